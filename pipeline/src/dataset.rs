@@ -1,0 +1,321 @@
+//! The datasets of DESIGN.md: their columns, dedup keys and time column.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The Arrow type a column is stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Utf8,
+    /// Low-cardinality string: `Dictionary(Int32, Utf8)`.
+    Dict,
+    Int32,
+    Int64,
+    Float64,
+    Bool,
+    /// `Timestamp(Nanosecond, "UTC")`.
+    TimestampNs,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub ty: ColumnType,
+    pub nullable: bool,
+}
+
+const fn col(name: &'static str, ty: ColumnType) -> Column {
+    Column {
+        name,
+        ty,
+        nullable: false,
+    }
+}
+
+const fn opt(name: &'static str, ty: ColumnType) -> Column {
+    Column {
+        name,
+        ty,
+        nullable: true,
+    }
+}
+
+use ColumnType::{Bool, Dict, Float64, Int32, Int64, TimestampNs, Utf8};
+
+const USAGE_LLM: &[Column] = &[
+    col("event_id", Utf8),
+    col("timestamp", TimestampNs),
+    opt("actor_id", Dict),
+    opt("actor_type", Dict),
+    opt("agent_id", Dict),
+    opt("microdao_id", Dict),
+    opt("model", Dict),
+    opt("provider", Dict),
+    col("prompt_tokens", Int32),
+    col("completion_tokens", Int32),
+    col("total_tokens", Int32),
+    opt("cache_creation_tokens", Int32),
+    opt("cache_read_tokens", Int32),
+    opt("latency_ms", Int32),
+    col("success", Bool),
+    opt("error", Utf8),
+    opt("cached", Bool),
+    opt("chat_id", Utf8),
+    opt("workflow_name", Dict),
+    opt("invocation_id", Utf8),
+    col("source", Dict),
+    opt("metadata", Utf8),
+];
+
+const USAGE_TOOL: &[Column] = &[
+    col("event_id", Utf8),
+    col("timestamp", TimestampNs),
+    col("actor_id", Dict),
+    col("actor_type", Dict),
+    opt("agent_id", Dict),
+    opt("microdao_id", Dict),
+    col("tool_id", Dict),
+    col("tool_name", Dict),
+    col("success", Bool),
+    col("latency_ms", Int32),
+    opt("error", Utf8),
+    opt("metadata", Utf8),
+];
+
+const USAGE_AGENT: &[Column] = &[
+    col("event_id", Utf8),
+    col("timestamp", TimestampNs),
+    col("agent_id", Dict),
+    opt("microdao_id", Dict),
+    opt("channel_id", Dict),
+    col("trigger", Dict),
+    col("duration_ms", Int32),
+    col("llm_calls", Int32),
+    col("tool_calls", Int32),
+    col("success", Bool),
+    opt("error", Utf8),
+    opt("metadata", Utf8),
+];
+
+const USAGE_MESSAGE: &[Column] = &[
+    col("event_id", Utf8),
+    col("timestamp", TimestampNs),
+    col("actor_id", Dict),
+    col("actor_type", Dict),
+    col("microdao_id", Dict),
+    col("channel_id", Dict),
+    col("message_length", Int32),
+    opt("metadata", Utf8),
+];
+
+const USAGE_CHAT_SUMMARY: &[Column] = &[
+    col("event_id", Utf8),
+    col("timestamp", TimestampNs),
+    col("chat_id", Utf8),
+    col("app_id", Dict),
+    col("user_id", Dict),
+    col("workflow_name", Dict),
+    col("prompt_tokens", Int64),
+    col("completion_tokens", Int64),
+    col("total_tokens", Int64),
+];
+
+const VM_METRICS: &[Column] = &[
+    col("customer_id", Dict),
+    col("vm_id", Dict),
+    col("timestamp", TimestampNs),
+    col("cpu_time_nanos", Int64),
+    col("memory_usage_bytes", Int64),
+    col("disk_read_bytes", Int64),
+    col("disk_write_bytes", Int64),
+    col("network_rx_bytes", Int64),
+    col("network_tx_bytes", Int64),
+];
+
+const VM_EVENTS: &[Column] = &[
+    col("event_id", Utf8),
+    col("timestamp", TimestampNs),
+    col("kind", Dict),
+    opt("vm_id", Dict),
+    opt("customer_id", Dict),
+    opt("instance_id", Dict),
+    opt("active_vms", Utf8),
+    opt("event_time", TimestampNs),
+    opt("last_sent", TimestampNs),
+    opt("resume_time", TimestampNs),
+];
+
+const HOST_USAGE: &[Column] = &[
+    col("hostname", Dict),
+    col("timestamp", TimestampNs),
+    col("cpu_percent", Float64),
+    col("ram_percent", Float64),
+    col("ram_used_mb", Int64),
+    col("ram_total_mb", Int64),
+    opt("gpu_percent", Float64),
+    opt("gpu_mem_used_mb", Int64),
+    opt("gpu_mem_total_mb", Int64),
+];
+
+const USAGE_SNAPSHOTS: &[Column] = &[
+    col("id", Utf8),
+    col("timestamp", TimestampNs),
+    col("session_id", Utf8),
+    opt("actor_id", Dict),
+    opt("microdao_id", Dict),
+    col("plan", Dict),
+    col("input_tokens", Int64),
+    col("output_tokens", Int64),
+    col("cache_creation_tokens", Int64),
+    col("cache_read_tokens", Int64),
+    col("total_tokens", Int64),
+    opt("cost_usd", Float64),
+    col("messages", Int64),
+    opt("stats", Utf8),
+];
+
+const REJECTED: &[Column] = &[
+    col("timestamp", TimestampNs),
+    col("source", Dict),
+    opt("subject", Dict),
+    opt("dataset", Dict),
+    opt("index", Int32),
+    col("reason", Utf8),
+    col("payload", Utf8),
+];
+
+/// Every dataset tally stores. Each is one directory of Parquet files and one
+/// SQL table of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Dataset {
+    UsageLlm = 0,
+    UsageTool = 1,
+    UsageAgent = 2,
+    UsageMessage = 3,
+    UsageChatSummary = 4,
+    VmMetrics = 5,
+    VmEvents = 6,
+    HostUsage = 7,
+    UsageSnapshots = 8,
+    Rejected = 9,
+}
+
+impl Dataset {
+    pub const ALL: [Dataset; 10] = [
+        Dataset::UsageLlm,
+        Dataset::UsageTool,
+        Dataset::UsageAgent,
+        Dataset::UsageMessage,
+        Dataset::UsageChatSummary,
+        Dataset::VmMetrics,
+        Dataset::VmEvents,
+        Dataset::HostUsage,
+        Dataset::UsageSnapshots,
+        Dataset::Rejected,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::UsageLlm => "usage_llm",
+            Dataset::UsageTool => "usage_tool",
+            Dataset::UsageAgent => "usage_agent",
+            Dataset::UsageMessage => "usage_message",
+            Dataset::UsageChatSummary => "usage_chat_summary",
+            Dataset::VmMetrics => "vm_metrics",
+            Dataset::VmEvents => "vm_events",
+            Dataset::HostUsage => "host_usage",
+            Dataset::UsageSnapshots => "usage_snapshots",
+            Dataset::Rejected => "rejected",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn from_index(i: u8) -> Option<Dataset> {
+        Dataset::ALL.get(i as usize).copied()
+    }
+
+    pub fn columns(self) -> &'static [Column] {
+        match self {
+            Dataset::UsageLlm => USAGE_LLM,
+            Dataset::UsageTool => USAGE_TOOL,
+            Dataset::UsageAgent => USAGE_AGENT,
+            Dataset::UsageMessage => USAGE_MESSAGE,
+            Dataset::UsageChatSummary => USAGE_CHAT_SUMMARY,
+            Dataset::VmMetrics => VM_METRICS,
+            Dataset::VmEvents => VM_EVENTS,
+            Dataset::HostUsage => HOST_USAGE,
+            Dataset::UsageSnapshots => USAGE_SNAPSHOTS,
+            Dataset::Rejected => REJECTED,
+        }
+    }
+
+    pub fn column_index(self, name: &str) -> Option<usize> {
+        self.columns().iter().position(|c| c.name == name)
+    }
+
+    /// Columns of the dedup key, in order. Empty: append only.
+    pub fn key_columns(self) -> &'static [usize] {
+        match self {
+            Dataset::VmMetrics => &[1, 2],
+            Dataset::HostUsage => &[0, 1],
+            Dataset::Rejected => &[],
+            _ => &[0],
+        }
+    }
+
+    /// The column that places a record in a `date=/hour=` partition.
+    pub fn time_column(self) -> usize {
+        match self {
+            Dataset::VmMetrics => 2,
+            Dataset::Rejected => 0,
+            _ => 1,
+        }
+    }
+}
+
+impl fmt::Display for Dataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Dataset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Dataset::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| format!("unknown dataset {s:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_indexes_are_dense() {
+        for (i, d) in Dataset::ALL.into_iter().enumerate() {
+            assert_eq!(d.index(), i);
+            assert_eq!(Dataset::from_index(i as u8), Some(d));
+            assert_eq!(d.name().parse::<Dataset>().unwrap(), d);
+        }
+        assert!("nope".parse::<Dataset>().is_err());
+    }
+
+    #[test]
+    fn key_and_time_columns_are_not_nullable() {
+        for d in Dataset::ALL {
+            let cols = d.columns();
+            assert_eq!(cols[d.time_column()].ty, ColumnType::TimestampNs, "{d}");
+            for &k in d.key_columns() {
+                assert!(!cols[k].nullable, "{d}.{}", cols[k].name);
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The one entry point of every source: admit, dedup, log, acknowledge.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::dataset::Dataset;
+use crate::dedup::Dedup;
+use crate::metrics::{Metrics, Outcome};
+use crate::record::{Record, Value};
+use crate::store::{QueueFull, Store};
+use crate::wal::{Wal, WalError};
+
+/// A payload a source could not turn into a record. It is stored in
+/// `rejected` with the reason, and the sender is told the reason.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Position in the request, when the request held several.
+    pub index: Option<usize>,
+    pub subject: Option<String>,
+    pub dataset: Option<Dataset>,
+    pub reason: String,
+    pub payload: String,
+}
+
+impl Rejection {
+    fn into_record(self, source: &str, now_ns: i64) -> Record {
+        let opt = |s: Option<String>| s.map(Value::Str).unwrap_or(Value::Null);
+        Record::new(
+            Dataset::Rejected,
+            vec![
+                Value::Ts(now_ns),
+                Value::Str(source.to_string()),
+                opt(self.subject),
+                opt(self.dataset.map(|d| d.name().to_string())),
+                self.index.map(|i| Value::I32(i as i32)).unwrap_or(Value::Null),
+                Value::Str(self.reason),
+                Value::Str(self.payload),
+            ],
+        )
+    }
+}
+
+/// What became of a request's records.
+#[derive(Debug, Default, Clone)]
+pub struct IngestReport {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// `(index, reason)` of each rejection.
+    pub rejected: Vec<(Option<usize>, String)>,
+    /// Per input record (in the order given): `true` if it was a duplicate.
+    pub duplicate_flags: Vec<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+/// Shared handle to the pipeline.
+#[derive(Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    wal: Wal,
+    store: Arc<Store>,
+    dedup: Arc<Dedup>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+impl Pipeline {
+    pub fn new(wal: Wal, store: Arc<Store>, dedup: Arc<Dedup>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                wal,
+                store,
+                dedup,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+    pub fn wal(&self) -> &Wal {
+        &self.inner.wal
+    }
+    pub fn dedup(&self) -> &Arc<Dedup> {
+        &self.inner.dedup
+    }
+
+    /// Stores `records` (dropping duplicates) and `rejections`, and returns
+    /// once they are durable. On error nothing of the request is stored.
+    pub async fn ingest(
+        &self,
+        source: &str,
+        records: Vec<Record>,
+        rejections: Vec<Rejection>,
+    ) -> Result<IngestReport, IngestError> {
+        let inner = &self.inner;
+        let now = now_ns();
+        let now_secs = (now / 1_000_000_000) as u64;
+
+        // Admission first, so a full queue refuses before dedup remembers keys.
+        let mut rows = [0usize; 10];
+        for r in &records {
+            rows[r.dataset.index()] += 1;
+        }
+        rows[Dataset::Rejected.index()] += rejections.len();
+        let mut reserved: Vec<(Dataset, usize)> = Vec::new();
+        for d in Dataset::ALL {
+            let n = rows[d.index()];
+            if n == 0 {
+                continue;
+            }
+            if let Err(e) = inner.store.reserve(d, n) {
+                for (d, n) in reserved {
+                    inner.store.release(d, n);
+                }
+                inner.metrics.queue_full.add(1);
+                return Err(e.into());
+            }
+            reserved.push((d, n));
+        }
+
+        let mut report = IngestReport {
+            duplicate_flags: Vec::with_capacity(records.len()),
+            ..Default::default()
+        };
+        let mut keys: Vec<(Dataset, Vec<u8>)> = Vec::new();
+        let mut kept = Vec::with_capacity(records.len() + rejections.len());
+        for r in records {
+            if let Some(key) = r.key() {
+                if !inner.dedup.insert(r.dataset, &key, now_secs) {
+                    inner.store.release(r.dataset, 1);
+                    inner.metrics.count(Outcome::Duplicate, r.dataset, source, 1);
+                    report.duplicates += 1;
+                    report.duplicate_flags.push(true);
+                    continue;
+                }
+                keys.push((r.dataset, key));
+            }
+            report.duplicate_flags.push(false);
+            kept.push(r);
+        }
+        let accepted: Vec<(Dataset, usize)> = Dataset::ALL
+            .iter()
+            .map(|d| (*d, kept.iter().filter(|r| r.dataset == *d).count()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        report.accepted = kept.len();
+        let mut rejected_by_dataset = [0u64; 10];
+        for rej in rejections {
+            report.rejected.push((rej.index, rej.reason.clone()));
+            rejected_by_dataset[rej.dataset.unwrap_or(Dataset::Rejected).index()] += 1;
+            kept.push(rej.into_record(source, now));
+        }
+        if kept.is_empty() {
+            return Ok(report);
+        }
+        let kept_rows: Vec<(Dataset, usize)> = Dataset::ALL
+            .iter()
+            .map(|d| (*d, kept.iter().filter(|r| r.dataset == *d).count()))
+            .collect();
+        if let Err(e) = inner.wal.append(kept).await {
+            for (d, key) in keys {
+                inner.dedup.remove(d, &key);
+            }
+            for (d, n) in kept_rows {
+                inner.store.release(d, n);
+            }
+            return Err(e.into());
+        }
+        for (d, n) in accepted {
+            inner.metrics.count(Outcome::Accepted, d, source, n as u64);
+        }
+        for d in Dataset::ALL {
+            let n = rejected_by_dataset[d.index()];
+            inner.metrics.count(Outcome::Rejected, d, source, n);
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,211 @@
+//! Counters and histograms of the pipeline, rendered as Prometheus text.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::dataset::Dataset;
+
+/// What happened to a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    Rejected,
+}
+
+impl Outcome {
+    fn metric(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "tally_records_accepted_total",
+            Outcome::Duplicate => "tally_records_duplicate_total",
+            Outcome::Rejected => "tally_records_rejected_total",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A fixed-bucket histogram of seconds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum in nanoseconds, to keep it an integer.
+    sum_ns: AtomicU64,
+}
+
+const LATENCY_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            bounds: LATENCY_BOUNDS,
+            buckets: LATENCY_BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| seconds <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, n) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// Every metric the pipeline and its sinks keep.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    records: Mutex<BTreeMap<(Outcome, Dataset, String), u64>>,
+    pub wal_fsync_seconds: Histogram,
+    pub wal_bytes: Counter,
+    pub parquet_files: [Counter; 10],
+    pub parquet_bytes: [Counter; 10],
+    pub parquet_rows: [Counter; 10],
+    pub flush_errors: Counter,
+    pub dedup_evictions: Counter,
+    pub queue_full: Counter,
+}
+
+impl Metrics {
+    pub fn count(&self, outcome: Outcome, dataset: Dataset, source: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        *self
+            .records
+            .lock()
+            .entry((outcome, dataset, source.to_string()))
+            .or_default() += n;
+    }
+
+    /// Records of `dataset` with `outcome`, over all sources.
+    pub fn total(&self, outcome: Outcome, dataset: Dataset) -> u64 {
+        self.records
+            .lock()
+            .iter()
+            .filter(|((o, d, _), _)| *o == outcome && *d == dataset)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Renders everything; `queue_depth` gives each dataset's queued rows.
+    pub fn render(&self, queue_depth: impl Fn(Dataset) -> usize) -> String {
+        let mut out = String::with_capacity(8192);
+        let records = self.records.lock().clone();
+        for outcome in [Outcome::Accepted, Outcome::Duplicate, Outcome::Rejected] {
+            let name = outcome.metric();
+            let _ = writeln!(
+                out,
+                "# HELP {name} Records by dataset and source.\n# TYPE {name} counter"
+            );
+            for ((o, d, s), n) in &records {
+                if *o == outcome {
+                    let _ = writeln!(out, "{name}{{dataset=\"{d}\",source=\"{s}\"}} {n}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tally_queue_depth_rows Rows admitted and not yet in a Parquet file.\n# TYPE tally_queue_depth_rows gauge"
+        );
+        for d in Dataset::ALL {
+            let _ = writeln!(out, "tally_queue_depth_rows{{dataset=\"{d}\"}} {}", queue_depth(d));
+        }
+        self.wal_fsync_seconds.render(
+            "tally_wal_fsync_duration_seconds",
+            "Time of each WAL write + fsync (one per commit group).",
+            &mut out,
+        );
+        let per_dataset: [(&str, &str, &[Counter; 10]); 3] = [
+            ("tally_parquet_files_written_total", "Parquet files committed.", &self.parquet_files),
+            ("tally_parquet_bytes_written_total", "Bytes of committed Parquet files.", &self.parquet_bytes),
+            ("tally_parquet_rows_written_total", "Rows in committed Parquet files.", &self.parquet_rows),
+        ];
+        for (name, help, counters) in per_dataset {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for d in Dataset::ALL {
+                let _ = writeln!(out, "{name}{{dataset=\"{d}\"}} {}", counters[d.index()].get());
+            }
+        }
+        let scalars = [
+            ("tally_wal_bytes_written_total", "Bytes written to the WAL.", &self.wal_bytes),
+            ("tally_flush_errors_total", "Failed Parquet flush rounds (retried).", &self.flush_errors),
+            ("tally_dedup_evictions_total", "Dedup keys dropped before the window ended because the key bound was hit.", &self.dedup_evictions),
+            ("tally_queue_full_total", "Ingest requests refused because a queue was full.", &self.queue_full),
+        ];
+        for (name, help, c) in scalars {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(0.0002);
+        h.observe(0.003);
+        h.observe(5.0);
+        let mut out = String::new();
+        h.render("x", "help", &mut out);
+        assert!(out.contains("x_bucket{le=\"0.00025\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"1\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn records_are_labelled_by_dataset_and_source() {
+        let m = Metrics::default();
+        m.count(Outcome::Accepted, Dataset::UsageLlm, "http", 3);
+        m.count(Outcome::Accepted, Dataset::UsageLlm, "nats", 2);
+        assert_eq!(m.total(Outcome::Accepted, Dataset::UsageLlm), 5);
+        let text = m.render(|_| 7);
+        assert!(text.contains("tally_records_accepted_total{dataset=\"usage_llm\",source=\"http\"} 3"));
+        assert!(text.contains("tally_queue_depth_rows{dataset=\"vm_metrics\"} 7"));
+    }
+}
