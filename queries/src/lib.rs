@@ -1,1 +1,11 @@
+//! Reading tally with SQL: a DataFusion catalog where each dataset is one
+//! table over its Parquet files and the live buffer, the output formats, and
+//! the `/v1/sql` route.
 
+pub mod catalog;
+pub mod format;
+pub mod http;
+pub mod sql;
+
+pub use format::OutputFormat;
+pub use sql::{QueryError, SqlEngine};

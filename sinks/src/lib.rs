@@ -1,1 +1,9 @@
+//! Where records go after the WAL: Parquet files in the Hive layout of
+//! DESIGN.md, written by the flusher, and recovered at start-up.
 
+pub mod parquet;
+
+pub use parquet::checkpoint::Checkpoint;
+pub use parquet::flusher::{FlushPolicy, Flusher};
+pub use parquet::recovery::{open_files, recover, Recovered};
+pub use parquet::SinkError;

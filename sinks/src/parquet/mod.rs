@@ -1,0 +1,47 @@
+//! The Parquet sink.
+//!
+//! A flush round writes every buffered record up to a WAL sequence `S` into
+//! temporary files, records `S` and the pending renames in the checkpoint,
+//! renames, and only then drops the records from the live buffer and lets the
+//! WAL delete what it holds up to `S`. A crash at any point either replays
+//! from the WAL (before the checkpoint) or completes the renames (after it).
+
+pub mod checkpoint;
+pub mod flusher;
+pub mod layout;
+pub mod recovery;
+pub mod writer;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("I/O error at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("Parquet error in {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: ::parquet::errors::ParquetError,
+    },
+    #[error("Arrow error: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("checkpoint {path} is unreadable: {source}")]
+    Checkpoint {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("WAL: {0}")]
+    Wal(#[from] tally_pipeline::wal::WalError),
+    #[error("the Parquet writer stopped after a failed round: {0}")]
+    Halted(String),
+    #[error("checkpoint lists {tmp} → {final_path}, but neither file exists")]
+    MissingPending { tmp: PathBuf, final_path: PathBuf },
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SinkError + '_ {
+    move |source| SinkError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,290 @@
+//! Reading a JSON object's fields into typed values, collecting every error
+//! with the field's name and the rule it broke.
+
+use chrono::{DateTime, NaiveDateTime};
+use serde_json::{Map, Value as Json};
+use tally_pipeline::Value;
+
+/// A JSON object being decoded. Getters return a placeholder on error and
+/// remember the error; [`Fields::finish`] reports them all.
+pub struct Fields<'a> {
+    obj: &'a Map<String, Json>,
+    errors: Vec<String>,
+}
+
+fn kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// Longest string tally stores in an identifier column.
+const MAX_ID_LEN: usize = 1024;
+
+impl<'a> Fields<'a> {
+    pub fn new(obj: &'a Map<String, Json>) -> Self {
+        Self {
+            obj,
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn object(&self) -> &'a Map<String, Json> {
+        self.obj
+    }
+
+    pub fn error(&mut self, e: String) {
+        self.errors.push(e);
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Json> {
+        self.obj.get(name).filter(|v| !v.is_null())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn opt_str(&mut self, name: &str) -> Option<String> {
+        match self.get(name)? {
+            Json::String(s) => {
+                if s.len() > MAX_ID_LEN && name != "error" {
+                    self.errors.push(format!(
+                        "{name} must be at most {MAX_ID_LEN} bytes, got {}",
+                        s.len()
+                    ));
+                    None
+                } else if s.contains('\0') {
+                    self.errors.push(format!("{name} must not contain NUL characters"));
+                    None
+                } else {
+                    Some(s.clone())
+                }
+            }
+            other => {
+                self.errors
+                    .push(format!("{name} must be a string, got {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// A required, non-empty string.
+    pub fn str(&mut self, name: &str) -> Value {
+        if !self.has(name) {
+            self.errors.push(format!("{name} is required"));
+            return Value::Null;
+        }
+        match self.opt_str(name) {
+            Some(s) if s.is_empty() => {
+                self.errors.push(format!("{name} must not be empty"));
+                Value::Null
+            }
+            Some(s) => Value::Str(s),
+            None => Value::Null,
+        }
+    }
+
+    pub fn opt_str_value(&mut self, name: &str) -> Value {
+        self.opt_str(name).map(Value::Str).unwrap_or(Value::Null)
+    }
+
+    /// A string with a default when absent.
+    pub fn str_or(&mut self, name: &str, default: &str) -> Value {
+        if self.has(name) {
+            self.str(name)
+        } else {
+            Value::Str(default.to_string())
+        }
+    }
+
+    /// A required time: RFC 3339, or ISO 8601 without an offset (read as UTC).
+    pub fn timestamp(&mut self, name: &str) -> Value {
+        match self.get(name) {
+            None => {
+                self.errors.push(format!("{name} is required"));
+                Value::Null
+            }
+            Some(Json::String(s)) => match parse_time(s) {
+                Some(ns) => Value::Ts(ns),
+                None => {
+                    self.errors.push(format!(
+                        "{name} must be an RFC 3339 time such as 2025-11-24T12:00:00Z, got {s:?}"
+                    ));
+                    Value::Null
+                }
+            },
+            Some(other) => {
+                self.errors.push(format!(
+                    "{name} must be an RFC 3339 time string, got {}",
+                    kind(other)
+                ));
+                Value::Null
+            }
+        }
+    }
+
+    fn integer(&mut self, name: &str, v: &Json) -> Option<i64> {
+        match v.as_i64() {
+            Some(n) => Some(n),
+            None => {
+                let what = match v {
+                    Json::Number(_) => "a fraction or out of range".to_string(),
+                    other => kind(other).to_string(),
+                };
+                self.errors
+                    .push(format!("{name} must be an integer, got {what}"));
+                None
+            }
+        }
+    }
+
+    /// A non-negative count that fits the column's 32 bits; `None` if absent.
+    pub fn opt_count32(&mut self, name: &str) -> Option<i32> {
+        let v = self.get(name)?;
+        let n = self.integer(name, v)?;
+        if n < 0 {
+            self.errors.push(format!("{name} must be >= 0, got {n}"));
+            None
+        } else if n > i32::MAX as i64 {
+            self.errors
+                .push(format!("{name} must be at most {}, got {n}", i32::MAX));
+            None
+        } else {
+            Some(n as i32)
+        }
+    }
+
+    pub fn count32(&mut self, name: &str) -> Value {
+        if !self.has(name) {
+            self.errors.push(format!("{name} is required"));
+            return Value::Null;
+        }
+        self.opt_count32(name).map(Value::I32).unwrap_or(Value::Null)
+    }
+
+    pub fn opt_count64(&mut self, name: &str) -> Option<i64> {
+        let v = self.get(name)?;
+        let n = self.integer(name, v)?;
+        if n < 0 {
+            self.errors.push(format!("{name} must be >= 0, got {n}"));
+            None
+        } else {
+            Some(n)
+        }
+    }
+
+    pub fn count64(&mut self, name: &str) -> Value {
+        if !self.has(name) {
+            self.errors.push(format!("{name} is required"));
+            return Value::Null;
+        }
+        self.opt_count64(name).map(Value::I64).unwrap_or(Value::Null)
+    }
+
+    pub fn opt_bool(&mut self, name: &str) -> Option<bool> {
+        match self.get(name)? {
+            Json::Bool(b) => Some(*b),
+            other => {
+                self.errors
+                    .push(format!("{name} must be a boolean, got {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    pub fn bool_or(&mut self, name: &str, default: bool) -> Value {
+        Value::Bool(self.opt_bool(name).unwrap_or(default))
+    }
+
+    pub fn bool(&mut self, name: &str) -> Value {
+        if !self.has(name) {
+            self.errors.push(format!("{name} is required"));
+            return Value::Null;
+        }
+        self.opt_bool(name).map(Value::Bool).unwrap_or(Value::Null)
+    }
+
+    /// A non-negative number of seconds, as whole milliseconds.
+    pub fn opt_seconds_as_ms(&mut self, name: &str) -> Option<i32> {
+        let v = self.get(name)?;
+        match v.as_f64() {
+            Some(s) if s >= 0.0 && s * 1000.0 <= i32::MAX as f64 => Some((s * 1000.0).round() as i32),
+            Some(s) => {
+                self.errors
+                    .push(format!("{name} must be between 0 and 2147483 seconds, got {s}"));
+                None
+            }
+            None => {
+                self.errors
+                    .push(format!("{name} must be a number, got {}", kind(v)));
+                None
+            }
+        }
+    }
+
+    /// `metadata` as JSON text; any JSON value is kept as it is.
+    pub fn metadata(&self) -> Value {
+        self.get("metadata")
+            .map(|m| Value::Str(m.to_string()))
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn finish(self, values: Vec<Value>) -> Result<Vec<Value>, String> {
+        if self.errors.is_empty() {
+            Ok(values)
+        } else {
+            Err(self.errors.join("; "))
+        }
+    }
+}
+
+/// Parses RFC 3339, or an ISO 8601 time without an offset as UTC (what
+/// Python's `datetime.utcnow().isoformat()` sends).
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return t.timestamp_nanos_opt();
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .and_then(|t| t.and_utc().timestamp_nanos_opt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn times_with_offset_and_without_are_utc() {
+        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1_000_000_000));
+        assert_eq!(parse_time("1970-01-01T01:00:01+01:00"), Some(1_000_000_000));
+        assert_eq!(parse_time("1970-01-01T00:00:01.5"), Some(1_500_000_000));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_rule() {
+        let obj = json!({"a": -5, "b": "x", "c": 1.5, "e": "", "t": "noon"});
+        let mut f = Fields::new(obj.as_object().unwrap());
+        f.count32("a");
+        f.count32("b");
+        f.count32("c");
+        f.str("d");
+        f.str("e");
+        f.timestamp("t");
+        let err = f.finish(vec![]).unwrap_err();
+        assert_eq!(
+            err,
+            "a must be >= 0, got -5; b must be an integer, got a string; \
+             c must be an integer, got a fraction or out of range; d is required; \
+             e must not be empty; t must be an RFC 3339 time such as 2025-11-24T12:00:00Z, got \"noon\""
+        );
+    }
+}

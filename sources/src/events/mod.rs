@@ -1,0 +1,90 @@
+//! The JSON events of specs 001 and 004, by subject, and their mapping onto
+//! datasets. Shared by every source that carries these events.
+
+pub mod agent_usage;
+pub mod chat_usage;
+pub mod fields;
+
+use std::fmt;
+
+use serde_json::Value as Json;
+use tally_pipeline::{Dataset, Record};
+
+/// A subject (NATS subject, HTTP path segment, Kafka topic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    UsageLlm,
+    UsageTool,
+    UsageAgent,
+    MessageCreated,
+    ChatUsageDelta,
+    ChatUsageSummary,
+}
+
+impl Subject {
+    pub const ALL: [Subject; 6] = [
+        Subject::UsageLlm,
+        Subject::UsageTool,
+        Subject::UsageAgent,
+        Subject::MessageCreated,
+        Subject::ChatUsageDelta,
+        Subject::ChatUsageSummary,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Subject::UsageLlm => "usage.llm",
+            Subject::UsageTool => "usage.tool",
+            Subject::UsageAgent => "usage.agent",
+            Subject::MessageCreated => "messaging.message.created",
+            Subject::ChatUsageDelta => "chat.usage_delta",
+            Subject::ChatUsageSummary => "chat.usage_summary",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Subject> {
+        Subject::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn dataset(self) -> Dataset {
+        match self {
+            Subject::UsageLlm | Subject::ChatUsageDelta => Dataset::UsageLlm,
+            Subject::UsageTool => Dataset::UsageTool,
+            Subject::UsageAgent => Dataset::UsageAgent,
+            Subject::MessageCreated => Dataset::UsageMessage,
+            Subject::ChatUsageSummary => Dataset::UsageChatSummary,
+        }
+    }
+
+    /// Turns one event into a record, or says what is wrong with it.
+    pub fn decode(self, event: &Json) -> Result<Record, String> {
+        let Some(obj) = event.as_object() else {
+            return Err(format!(
+                "a {} event must be a JSON object, got {}",
+                self.name(),
+                match event {
+                    Json::Array(_) => "an array",
+                    Json::String(_) => "a string",
+                    Json::Number(_) => "a number",
+                    Json::Bool(_) => "a boolean",
+                    _ => "null",
+                }
+            ));
+        };
+        let values = match self {
+            Subject::UsageLlm => agent_usage::llm(obj),
+            Subject::UsageTool => agent_usage::tool(obj),
+            Subject::UsageAgent => agent_usage::agent(obj),
+            Subject::MessageCreated => agent_usage::message(obj),
+            Subject::ChatUsageDelta => chat_usage::delta(obj),
+            Subject::ChatUsageSummary => chat_usage::summary(obj),
+        }?;
+        Ok(Record::new(self.dataset(), values))
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,94 @@
+//! Command line: `tally serve` and `tally sql`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// tally — usage metering: durable ingest into Parquet, queried with SQL.
+///
+/// Every setting of `tally serve` comes, in this order of precedence, from
+/// its flag, its environment variable, the config file (`tally.toml` in the
+/// working directory, or `--config`), or the built-in default.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: HTTP ingest, SQL, /health and /metrics on every listener.
+    Serve(ServeArgs),
+    /// Run one read-only SQL query over a data directory, offline.
+    Sql(SqlArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Config file (TOML; keys as the long flags with `_`). Default: ./tally.toml if it exists.
+    #[arg(long, env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Data directory: Parquet files, WAL and checkpoint. [default: ./data]
+    #[arg(long, env = "TALLY_DATA")]
+    pub data: Option<PathBuf>,
+
+    /// Address to listen on; repeat for several (all routes on each). [default: 127.0.0.1:8081]
+    #[arg(long, env = "TALLY_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<SocketAddr>,
+
+    /// Flush the live buffer to Parquet when its oldest record is this old. [default: 10s]
+    #[arg(long, env = "TALLY_FLUSH_INTERVAL", value_parser = crate::config::parse_duration)]
+    pub flush_interval: Option<std::time::Duration>,
+
+    /// Flush when a dataset buffers this many rows. [default: 200000]
+    #[arg(long, env = "TALLY_FLUSH_ROWS")]
+    pub flush_rows: Option<usize>,
+
+    /// Flush when a dataset buffers this many bytes. [default: 67108864]
+    #[arg(long, env = "TALLY_FLUSH_BYTES")]
+    pub flush_bytes: Option<usize>,
+
+    /// Rows per dataset admitted but not yet in Parquet; beyond it ingest answers 429. [default: 1000000]
+    #[arg(long, env = "TALLY_MAX_QUEUED_ROWS")]
+    pub max_queued_rows: Option<usize>,
+
+    /// How long a key is remembered for dedup. [default: 24h]
+    #[arg(long, env = "TALLY_DEDUP_WINDOW", value_parser = crate::config::parse_duration)]
+    pub dedup_window: Option<std::time::Duration>,
+
+    /// Dedup keys kept per dataset; beyond it the oldest hour is dropped early. [default: 10000000]
+    #[arg(long, env = "TALLY_DEDUP_MAX_KEYS")]
+    pub dedup_max_keys: Option<usize>,
+
+    /// WAL segment size before a new segment starts. [default: 67108864]
+    #[arg(long, env = "TALLY_WAL_SEGMENT_BYTES")]
+    pub wal_segment_bytes: Option<u64>,
+
+    /// Largest request body accepted. [default: 33554432]
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SqlFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Data directory to read.
+    #[arg(long, env = "TALLY_DATA", default_value = "data")]
+    pub data: PathBuf,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SqlFormat,
+
+    /// The query, e.g. "SELECT model, count(*) FROM usage_llm GROUP BY model".
+    pub query: String,
+}

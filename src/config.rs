@@ -1,0 +1,139 @@
+//! Settings of `tally serve`: flags and environment over `tally.toml` over defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+/// `tally.toml`: every key optional, same names as the long flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    listen: Option<Vec<SocketAddr>>,
+    flush_interval: Option<String>,
+    flush_rows: Option<usize>,
+    flush_bytes: Option<usize>,
+    max_queued_rows: Option<usize>,
+    dedup_window: Option<String>,
+    dedup_max_keys: Option<usize>,
+    wal_segment_bytes: Option<u64>,
+    max_body_bytes: Option<usize>,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub flush_interval: Duration,
+    pub flush_rows: usize,
+    pub flush_bytes: usize,
+    pub max_queued_rows: usize,
+    pub dedup_window: Duration,
+    pub dedup_max_keys: usize,
+    pub wal_segment_bytes: u64,
+    pub max_body_bytes: usize,
+}
+
+/// Parses `500ms`, `10s`, `5m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration must be a number with a unit (ms, s, m, h, d), got {s:?}"))?;
+    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(secs(1)),
+        "m" => Ok(secs(60)),
+        "h" => Ok(secs(3600)),
+        "d" => Ok(secs(86_400)),
+        _ => Err(format!("duration unit must be one of ms, s, m, h, d; got {unit:?}")),
+    }
+}
+
+impl Config {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => load(path)?,
+            None if Path::new("tally.toml").exists() => load(Path::new("tally.toml"))?,
+            None => FileConfig::default(),
+        };
+        let duration = |flag: Option<Duration>, file: &Option<String>, name: &str, default: Duration| {
+            match (flag, file) {
+                (Some(d), _) => Ok(d),
+                (None, Some(s)) => parse_duration(s).map_err(|e| anyhow::anyhow!("{name} in the config file: {e}")),
+                (None, None) => Ok(default),
+            }
+        };
+        let listen = if !args.listen.is_empty() {
+            args.listen
+        } else {
+            file.listen
+                .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 8081))])
+        };
+        let config = Config {
+            data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from("data")),
+            listen,
+            flush_interval: duration(args.flush_interval, &file.flush_interval, "flush_interval", Duration::from_secs(10))?,
+            flush_rows: args.flush_rows.or(file.flush_rows).unwrap_or(200_000),
+            flush_bytes: args.flush_bytes.or(file.flush_bytes).unwrap_or(64 << 20),
+            max_queued_rows: args.max_queued_rows.or(file.max_queued_rows).unwrap_or(1_000_000),
+            dedup_window: duration(args.dedup_window, &file.dedup_window, "dedup_window", Duration::from_secs(86_400))?,
+            dedup_max_keys: args.dedup_max_keys.or(file.dedup_max_keys).unwrap_or(10_000_000),
+            wal_segment_bytes: args.wal_segment_bytes.or(file.wal_segment_bytes).unwrap_or(64 << 20),
+            max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(32 << 20),
+        };
+        if config.listen.is_empty() {
+            anyhow::bail!("listen must name at least one address");
+        }
+        if config.flush_rows == 0 || config.max_queued_rows == 0 {
+            anyhow::bail!("flush_rows and max_queued_rows must be at least 1");
+        }
+        Ok(config)
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "flush_rows = 5\nflush_interval = \"2s\"\ndata = \"/x\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            flush_rows: Some(7),
+            ..Default::default()
+        };
+        let c = Config::resolve(args).unwrap();
+        assert_eq!(c.flush_rows, 7);
+        assert_eq!(c.flush_interval, Duration::from_secs(2));
+        assert_eq!(c.data, PathBuf::from("/x"));
+        assert_eq!(c.max_queued_rows, 1_000_000);
+    }
+}

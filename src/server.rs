@@ -1,0 +1,154 @@
+//! `tally serve`: recovery, wiring and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use tally_pipeline::dedup::Dedup;
+use tally_pipeline::metrics::Metrics;
+use tally_pipeline::store::Store;
+use tally_pipeline::wal::{Wal, WalConfig};
+use tally_pipeline::{now_ns, Pipeline};
+use tally_queries::SqlEngine;
+use tally_sinks::parquet::layout::wal_dir;
+use tally_sinks::{recover, FlushPolicy, Flusher};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::status::{self, StatusState};
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(Store::new(config.max_queued_rows));
+    let dedup = Arc::new(Dedup::new(
+        config.dedup_window.as_secs(),
+        config.dedup_max_keys,
+        metrics.clone(),
+    ));
+
+    let data = config.data.clone();
+    let recovered = {
+        let (data, store, dedup) = (data.clone(), store.clone(), dedup.clone());
+        tokio::task::spawn_blocking(move || recover(&data, &store, &dedup)).await?
+    }
+    .with_context(|| format!("recovering data directory {}", data.display()))?;
+    let now_secs = (now_ns() / 1_000_000_000) as u64;
+    let (wal, replay) = Wal::open(
+        WalConfig {
+            dir: wal_dir(&data),
+            segment_bytes: config.wal_segment_bytes,
+            max_group_bytes: 16 << 20,
+        },
+        store.clone(),
+        metrics.clone(),
+        recovered.checkpoint.flushed_seq,
+        |r| {
+            if let Some(key) = r.key() {
+                dedup.insert(r.dataset, &key, now_secs);
+            }
+        },
+    )
+    .context("opening the WAL")?;
+    tracing::info!(
+        data = %data.display(),
+        files = recovered.files,
+        dedup_keys = recovered.dedup_keys_restored,
+        renames_completed = recovered.renames_completed,
+        wal_entries_replayed = replay.entries_replayed,
+        wal_records_replayed = replay.records_replayed,
+        last_seq = replay.last_seq,
+        "recovered"
+    );
+
+    let pipeline = Pipeline::new(wal.clone(), store.clone(), dedup.clone(), metrics.clone());
+    let flusher = Arc::new(Flusher::new(
+        data.clone(),
+        store.clone(),
+        wal.clone(),
+        metrics.clone(),
+        FlushPolicy {
+            max_rows: config.flush_rows,
+            max_bytes: config.flush_bytes,
+            max_age: config.flush_interval,
+            tick: Duration::from_millis(100),
+        },
+        recovered.checkpoint,
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let flusher_task = tokio::spawn(flusher.clone().run(stop_rx.clone()));
+    tokio::spawn(expire_dedup(dedup.clone(), stop_rx.clone()));
+
+    let app = Router::new()
+        .merge(tally_sources::http::router(pipeline.clone()))
+        .merge(tally_queries::http::router(SqlEngine::new(store.clone())))
+        .merge(status::router(StatusState {
+            pipeline: pipeline.clone(),
+            flusher: flusher.clone(),
+            started,
+        }))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+
+    let mut servers = Vec::new();
+    for addr in &config.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "listening");
+        let mut stop = stop_rx.clone();
+        let app = app.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new requests; flushing");
+    let _ = stop_tx.send(true);
+    for s in servers {
+        if let Ok(Err(e)) = s.await {
+            tracing::warn!(error = %e, "listener ended with an error");
+        }
+    }
+    let _ = flusher_task.await;
+    let flushed = flusher.flush().await;
+    wal.shutdown().await;
+    match flushed {
+        Ok(stats) => {
+            tracing::info!(files = stats.files, rows = stats.rows, "stopped; everything is in Parquet");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "final flush failed; the WAL keeps the records for the next start");
+            Err(e.into())
+        }
+    }
+}
+
+async fn expire_dedup(dedup: Arc<Dedup>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let dedup = dedup.clone();
+        let now = (now_ns() / 1_000_000_000) as u64;
+        let _ = tokio::task::spawn_blocking(move || dedup.expire(now)).await;
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

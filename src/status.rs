@@ -1,0 +1,80 @@
+//! `/health` (a status per component) and `/metrics` (Prometheus text).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tally_pipeline::{Dataset, Pipeline};
+use tally_sinks::Flusher;
+
+#[derive(Clone)]
+pub struct StatusState {
+    pub pipeline: Pipeline,
+    pub flusher: Arc<Flusher>,
+    pub started: Instant,
+}
+
+pub fn router(state: StatusState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn health(State(s): State<StatusState>) -> Response {
+    let wal = match s.pipeline.wal().failure() {
+        None => json!({"status": "ok"}),
+        Some(reason) => json!({"status": "down", "detail": reason}),
+    };
+    let writer = match (s.flusher.is_halted(), s.flusher.last_error()) {
+        (true, reason) => json!({"status": "down", "detail": reason}),
+        (false, Some(reason)) => json!({"status": "degraded", "detail": reason}),
+        (false, None) => json!({"status": "ok"}),
+    };
+    let store = s.pipeline.store();
+    let queues: serde_json::Map<String, serde_json::Value> = Dataset::ALL
+        .iter()
+        .map(|d| {
+            let st = store.stats(*d);
+            (
+                d.name().to_string(),
+                json!({"queued_rows": st.queued_rows, "buffered_rows": st.buffered_rows, "files": st.files}),
+            )
+        })
+        .collect();
+    let down = wal["status"] == "down" || writer["status"] == "down";
+    let body = json!({
+        "status": if down { "down" } else { "ok" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": s.started.elapsed().as_secs(),
+        "components": {
+            "wal": wal,
+            "parquet_writer": writer,
+            "queues": {"status": "ok", "datasets": queues},
+        },
+    });
+    let status = if down {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<StatusState>) -> Response {
+    let store = s.pipeline.store().clone();
+    let text = s
+        .pipeline
+        .metrics()
+        .render(|d| store.stats(d).queued_rows);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
