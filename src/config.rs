@@ -45,9 +45,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("duration must be a number with a unit (ms, s, m, h, d), got {s:?}"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("duration must be a number with a unit (ms, s, m, h, d), got {s:?}")
+    })?;
     let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
@@ -55,7 +55,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(secs(60)),
         "h" => Ok(secs(3600)),
         "d" => Ok(secs(86_400)),
-        _ => Err(format!("duration unit must be one of ms, s, m, h, d; got {unit:?}")),
+        _ => Err(format!(
+            "duration unit must be one of ms, s, m, h, d; got {unit:?}"
+        )),
     }
 }
 
@@ -66,13 +68,16 @@ impl Config {
             None if Path::new("tally.toml").exists() => load(Path::new("tally.toml"))?,
             None => FileConfig::default(),
         };
-        let duration = |flag: Option<Duration>, file: &Option<String>, name: &str, default: Duration| {
-            match (flag, file) {
+        let duration =
+            |flag: Option<Duration>, file: &Option<String>, name: &str, default: Duration| match (
+                flag, file,
+            ) {
                 (Some(d), _) => Ok(d),
-                (None, Some(s)) => parse_duration(s).map_err(|e| anyhow::anyhow!("{name} in the config file: {e}")),
+                (None, Some(s)) => {
+                    parse_duration(s).map_err(|e| anyhow::anyhow!("{name} in the config file: {e}"))
+                }
                 (None, None) => Ok(default),
-            }
-        };
+            };
         let listen = if !args.listen.is_empty() {
             args.listen
         } else {
@@ -80,16 +85,41 @@ impl Config {
                 .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 8081))])
         };
         let config = Config {
-            data: args.data.or(file.data).unwrap_or_else(|| PathBuf::from("data")),
+            data: args
+                .data
+                .or(file.data)
+                .unwrap_or_else(|| PathBuf::from("data")),
             listen,
-            flush_interval: duration(args.flush_interval, &file.flush_interval, "flush_interval", Duration::from_secs(10))?,
+            flush_interval: duration(
+                args.flush_interval,
+                &file.flush_interval,
+                "flush_interval",
+                Duration::from_secs(10),
+            )?,
             flush_rows: args.flush_rows.or(file.flush_rows).unwrap_or(200_000),
             flush_bytes: args.flush_bytes.or(file.flush_bytes).unwrap_or(64 << 20),
-            max_queued_rows: args.max_queued_rows.or(file.max_queued_rows).unwrap_or(1_000_000),
-            dedup_window: duration(args.dedup_window, &file.dedup_window, "dedup_window", Duration::from_secs(86_400))?,
-            dedup_max_keys: args.dedup_max_keys.or(file.dedup_max_keys).unwrap_or(10_000_000),
-            wal_segment_bytes: args.wal_segment_bytes.or(file.wal_segment_bytes).unwrap_or(64 << 20),
-            max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(32 << 20),
+            max_queued_rows: args
+                .max_queued_rows
+                .or(file.max_queued_rows)
+                .unwrap_or(1_000_000),
+            dedup_window: duration(
+                args.dedup_window,
+                &file.dedup_window,
+                "dedup_window",
+                Duration::from_secs(86_400),
+            )?,
+            dedup_max_keys: args
+                .dedup_max_keys
+                .or(file.dedup_max_keys)
+                .unwrap_or(10_000_000),
+            wal_segment_bytes: args
+                .wal_segment_bytes
+                .or(file.wal_segment_bytes)
+                .unwrap_or(64 << 20),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(32 << 20),
         };
         if config.listen.is_empty() {
             anyhow::bail!("listen must name at least one address");
@@ -124,7 +154,11 @@ mod tests {
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");
-        std::fs::write(&path, "flush_rows = 5\nflush_interval = \"2s\"\ndata = \"/x\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "flush_rows = 5\nflush_interval = \"2s\"\ndata = \"/x\"\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             flush_rows: Some(7),

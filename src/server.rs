@@ -122,7 +122,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     wal.shutdown().await;
     match flushed {
         Ok(stats) => {
-            tracing::info!(files = stats.files, rows = stats.rows, "stopped; everything is in Parquet");
+            tracing::info!(
+                files = stats.files,
+                rows = stats.rows,
+                "stopped; everything is in Parquet"
+            );
             Ok(())
         }
         Err(e) => {

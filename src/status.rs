@@ -68,12 +68,12 @@ async fn health(State(s): State<StatusState>) -> Response {
 
 async fn metrics(State(s): State<StatusState>) -> Response {
     let store = s.pipeline.store().clone();
-    let text = s
-        .pipeline
-        .metrics()
-        .render(|d| store.stats(d).queued_rows);
+    let text = s.pipeline.metrics().render(|d| store.stats(d).queued_rows);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

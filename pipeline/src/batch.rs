@@ -216,7 +216,13 @@ mod tests {
         for d in Dataset::ALL {
             let s = schema(d);
             assert_eq!(s.fields().len(), d.columns().len());
-            let empty = records_to_batch(d, std::iter::empty::<&Record>().collect::<Vec<_>>().into_iter()).unwrap();
+            let empty = records_to_batch(
+                d,
+                std::iter::empty::<&Record>()
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            )
+            .unwrap();
             assert_eq!(empty.num_rows(), 0);
         }
     }

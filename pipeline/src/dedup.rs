@@ -28,7 +28,10 @@ impl Dedup {
         Self {
             window_secs,
             max_keys: max_keys.max(1),
-            sets: Dataset::ALL.iter().map(|_| Mutex::new(HashMap::new())).collect(),
+            sets: Dataset::ALL
+                .iter()
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             metrics,
         }
     }

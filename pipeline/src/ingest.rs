@@ -32,7 +32,9 @@ impl Rejection {
                 Value::Str(source.to_string()),
                 opt(self.subject),
                 opt(self.dataset.map(|d| d.name().to_string())),
-                self.index.map(|i| Value::I32(i as i32)).unwrap_or(Value::Null),
+                self.index
+                    .map(|i| Value::I32(i as i32))
+                    .unwrap_or(Value::Null),
                 Value::Str(self.reason),
                 Value::Str(self.payload),
             ],
@@ -148,7 +150,9 @@ impl Pipeline {
             if let Some(key) = r.key() {
                 if !inner.dedup.insert(r.dataset, &key, now_secs) {
                     inner.store.release(r.dataset, 1);
-                    inner.metrics.count(Outcome::Duplicate, r.dataset, source, 1);
+                    inner
+                        .metrics
+                        .count(Outcome::Duplicate, r.dataset, source, 1);
                     report.duplicates += 1;
                     report.duplicate_flags.push(true);
                     continue;

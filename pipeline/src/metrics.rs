@@ -148,7 +148,11 @@ impl Metrics {
             "# HELP tally_queue_depth_rows Rows admitted and not yet in a Parquet file.\n# TYPE tally_queue_depth_rows gauge"
         );
         for d in Dataset::ALL {
-            let _ = writeln!(out, "tally_queue_depth_rows{{dataset=\"{d}\"}} {}", queue_depth(d));
+            let _ = writeln!(
+                out,
+                "tally_queue_depth_rows{{dataset=\"{d}\"}} {}",
+                queue_depth(d)
+            );
         }
         self.wal_fsync_seconds.render(
             "tally_wal_fsync_duration_seconds",
@@ -156,24 +160,60 @@ impl Metrics {
             &mut out,
         );
         let per_dataset: [(&str, &str, &[Counter; 10]); 3] = [
-            ("tally_parquet_files_written_total", "Parquet files committed.", &self.parquet_files),
-            ("tally_parquet_bytes_written_total", "Bytes of committed Parquet files.", &self.parquet_bytes),
-            ("tally_parquet_rows_written_total", "Rows in committed Parquet files.", &self.parquet_rows),
+            (
+                "tally_parquet_files_written_total",
+                "Parquet files committed.",
+                &self.parquet_files,
+            ),
+            (
+                "tally_parquet_bytes_written_total",
+                "Bytes of committed Parquet files.",
+                &self.parquet_bytes,
+            ),
+            (
+                "tally_parquet_rows_written_total",
+                "Rows in committed Parquet files.",
+                &self.parquet_rows,
+            ),
         ];
         for (name, help, counters) in per_dataset {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for d in Dataset::ALL {
-                let _ = writeln!(out, "{name}{{dataset=\"{d}\"}} {}", counters[d.index()].get());
+                let _ = writeln!(
+                    out,
+                    "{name}{{dataset=\"{d}\"}} {}",
+                    counters[d.index()].get()
+                );
             }
         }
         let scalars = [
-            ("tally_wal_bytes_written_total", "Bytes written to the WAL.", &self.wal_bytes),
-            ("tally_flush_errors_total", "Failed Parquet flush rounds (retried).", &self.flush_errors),
-            ("tally_dedup_evictions_total", "Dedup keys dropped before the window ended because the key bound was hit.", &self.dedup_evictions),
-            ("tally_queue_full_total", "Ingest requests refused because a queue was full.", &self.queue_full),
+            (
+                "tally_wal_bytes_written_total",
+                "Bytes written to the WAL.",
+                &self.wal_bytes,
+            ),
+            (
+                "tally_flush_errors_total",
+                "Failed Parquet flush rounds (retried).",
+                &self.flush_errors,
+            ),
+            (
+                "tally_dedup_evictions_total",
+                "Dedup keys dropped before the window ended because the key bound was hit.",
+                &self.dedup_evictions,
+            ),
+            (
+                "tally_queue_full_total",
+                "Ingest requests refused because a queue was full.",
+                &self.queue_full,
+            ),
         ];
         for (name, help, c) in scalars {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.get()
+            );
         }
         out
     }
@@ -205,7 +245,9 @@ mod tests {
         m.count(Outcome::Accepted, Dataset::UsageLlm, "nats", 2);
         assert_eq!(m.total(Outcome::Accepted, Dataset::UsageLlm), 5);
         let text = m.render(|_| 7);
-        assert!(text.contains("tally_records_accepted_total{dataset=\"usage_llm\",source=\"http\"} 3"));
+        assert!(
+            text.contains("tally_records_accepted_total{dataset=\"usage_llm\",source=\"http\"} 3")
+        );
         assert!(text.contains("tally_queue_depth_rows{dataset=\"vm_metrics\"} 7"));
     }
 }

@@ -114,7 +114,9 @@ pub fn encode_key_part(value: &Value, out: &mut Vec<u8>) {
             out.push(0);
         }
         Value::I32(v) => out.extend_from_slice(&((*v as i64 as u64) ^ (1 << 63)).to_be_bytes()),
-        Value::I64(v) | Value::Ts(v) => out.extend_from_slice(&((*v as u64) ^ (1 << 63)).to_be_bytes()),
+        Value::I64(v) | Value::Ts(v) => {
+            out.extend_from_slice(&((*v as u64) ^ (1 << 63)).to_be_bytes())
+        }
         Value::Bool(b) => out.push(*b as u8),
         Value::F64(f) => out.extend_from_slice(&f.to_bits().to_be_bytes()),
         Value::Null => out.push(0xff),

@@ -57,7 +57,8 @@ impl OutputFormat {
             }
             OutputFormat::Arrow => {
                 if let Some(first) = batches.first() {
-                    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &first.schema())?;
+                    let mut w =
+                        arrow::ipc::writer::StreamWriter::try_new(&mut out, &first.schema())?;
                     for b in batches {
                         w.write(b)?;
                     }

@@ -22,7 +22,11 @@ async fn run_sql(State(engine): State<SqlEngine>, headers: HeaderMap, body: Stri
     match engine.query(&body).await {
         Ok(batches) => match format.write(&batches) {
             Ok(bytes) => ([(header::CONTENT_TYPE, format.content_type())], bytes).into_response(),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "Result encoding failed", e.to_string()),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Result encoding failed",
+                e.to_string(),
+            ),
         },
         Err(QueryError::Invalid(detail)) => error(StatusCode::BAD_REQUEST, "Invalid query", detail),
         Err(QueryError::Execution(detail)) => {

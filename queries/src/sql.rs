@@ -55,7 +55,9 @@ impl SqlEngine {
     /// Runs one read-only statement: DDL, DML and other statements are refused.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
         if sql.trim().is_empty() {
-            return Err(QueryError::Invalid("the request body must hold a SQL query".into()));
+            return Err(QueryError::Invalid(
+                "the request body must hold a SQL query".into(),
+            ));
         }
         let options = SQLOptions::new()
             .with_allow_ddl(false)

@@ -312,7 +312,9 @@ impl Writer {
             .file
             .write_all(buf)
             .and_then(|_| self.active.file.sync_data());
-        self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .wal_fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.wal_bytes.add(buf.len() as u64);
         match result {
             Ok(()) => {
@@ -326,7 +328,10 @@ impl Writer {
             Err(e) => {
                 // After a failed fsync the file's state is unknown: stop
                 // taking writes rather than acknowledge on top of it.
-                let reason = format!("write or fsync of {} failed: {e}", self.active.path.display());
+                let reason = format!(
+                    "write or fsync of {} failed: {e}",
+                    self.active.path.display()
+                );
                 self.fail(reason.clone());
                 for p in pending.drain(..) {
                     let _ = p.reply.send(Err(WalError::Failed(reason.clone())));
@@ -349,13 +354,9 @@ impl Writer {
         }
         // A closed segment ends where the next one starts.
         let mut removed = false;
-        while self.closed.len() > 0 {
+        while !self.closed.is_empty() {
             let first = self.closed[0];
-            let end = self
-                .closed
-                .get(1)
-                .copied()
-                .unwrap_or(self.active.first_seq);
+            let end = self.closed.get(1).copied().unwrap_or(self.active.first_seq);
             if end == 0 || end - 1 > through {
                 break;
             }
@@ -408,8 +409,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(Store::new(1000));
-        let (wal, report) =
-            Wal::open(config(dir.path()), store.clone(), metrics.clone(), 0, |_| {}).unwrap();
+        let (wal, report) = Wal::open(
+            config(dir.path()),
+            store.clone(),
+            metrics.clone(),
+            0,
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(report.entries_replayed, 0);
         let mut seqs = Vec::new();
         for i in 0..20 {
@@ -422,9 +429,13 @@ mod tests {
         // Reopen as if after a crash: everything after seq 5 comes back.
         let store2 = Arc::new(Store::new(1000));
         let mut seen = Vec::new();
-        let (wal2, report) = Wal::open(config(dir.path()), store2.clone(), metrics.clone(), 5, |r| {
-            seen.push(r.values[4].clone())
-        })
+        let (wal2, report) = Wal::open(
+            config(dir.path()),
+            store2.clone(),
+            metrics.clone(),
+            5,
+            |r| seen.push(r.values[4].clone()),
+        )
         .unwrap();
         assert_eq!(report.entries_replayed, 15);
         assert_eq!(report.last_seq, 20);
@@ -435,7 +446,11 @@ mod tests {
         wal2.truncate_through(21).await;
         wal2.shutdown().await;
         let left = list_segments(dir.path()).unwrap();
-        assert_eq!(left.len(), 1, "only the fresh active segment remains: {left:?}");
+        assert_eq!(
+            left.len(),
+            1,
+            "only the fresh active segment remains: {left:?}"
+        );
         assert_eq!(read_segment(&left[0].1).unwrap().frames.len(), 0);
     }
 
@@ -444,7 +459,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(Store::new(100_000));
-        let (wal, _) = Wal::open(config(dir.path()), store.clone(), metrics.clone(), 0, |_| {}).unwrap();
+        let (wal, _) = Wal::open(
+            config(dir.path()),
+            store.clone(),
+            metrics.clone(),
+            0,
+            |_| {},
+        )
+        .unwrap();
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let wal = wal.clone();
@@ -457,7 +479,10 @@ mod tests {
         }
         seqs.sort();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
-        assert!(metrics.wal_fsync_seconds.count() < 200, "appends were not grouped");
+        assert!(
+            metrics.wal_fsync_seconds.count() < 200,
+            "appends were not grouped"
+        );
         assert_eq!(store.stats(Dataset::Rejected).buffered_rows, 200);
     }
 }

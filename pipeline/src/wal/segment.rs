@@ -107,7 +107,10 @@ mod tests {
         let mut f = File::create(&path).unwrap();
         f.write_all(&bytes[..bytes.len() - 2]).unwrap();
         let c = read_segment(&path).unwrap();
-        assert_eq!(c.frames, vec![(7, b"hello".to_vec()), (8, b"world".to_vec())]);
+        assert_eq!(
+            c.frames,
+            vec![(7, b"hello".to_vec()), (8, b"world".to_vec())]
+        );
         assert_eq!(c.torn_at, Some(whole as u64));
         assert_eq!(list_segments(dir.path()).unwrap(), vec![(7, path)]);
     }

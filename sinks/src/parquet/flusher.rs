@@ -139,11 +139,10 @@ impl Flusher {
         let data = self.data.clone();
         let store = self.store.clone();
         let previous = checkpoint.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            write_round(&data, &store, through, previous)
-        })
-        .await
-        .expect("flush task does not panic");
+        let result =
+            tokio::task::spawn_blocking(move || write_round(&data, &store, through, previous))
+                .await
+                .expect("flush task does not panic");
         let (files, new_checkpoint) = match result {
             Ok(ok) => ok,
             Err(RoundError::BeforeCommit(e)) => {
@@ -186,7 +185,13 @@ impl Flusher {
             self.store.commit_files(d, through, files);
         }
         self.wal.truncate_through(through).await;
-        tracing::debug!(through, files = stats.files, rows = stats.rows, bytes = stats.bytes, "flushed");
+        tracing::debug!(
+            through,
+            files = stats.files,
+            rows = stats.rows,
+            bytes = stats.bytes,
+            "flushed"
+        );
         Ok(stats)
     }
 }
@@ -281,7 +286,9 @@ fn finish_round(data: &Path, written: &[WrittenFile], through: u64) -> Result<()
         }
     }
     for d in &dirs {
-        File::open(d).and_then(|f| f.sync_all()).map_err(io_err(d))?;
+        File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(d))?;
     }
     Checkpoint {
         flushed_seq: through,

@@ -44,7 +44,9 @@ pub fn recover(data: &Path, store: &Store, dedup: &Dedup) -> Result<Recovered, S
         if tmp.exists() {
             fs::rename(&tmp, &fin).map_err(io_err(&fin))?;
             if let Some(dir) = fin.parent() {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(dir))?;
             }
             out.renames_completed += 1;
         } else if !fin.exists() {
@@ -55,7 +57,10 @@ pub fn recover(data: &Path, store: &Store, dedup: &Dedup) -> Result<Recovered, S
         }
     }
     if out.renames_completed > 0 {
-        tracing::info!(renames = out.renames_completed, "completed the renames of an interrupted flush");
+        tracing::info!(
+            renames = out.renames_completed,
+            "completed the renames of an interrupted flush"
+        );
     }
     out.checkpoint.store(data)?;
 
@@ -72,7 +77,10 @@ pub fn recover(data: &Path, store: &Store, dedup: &Dedup) -> Result<Recovered, S
                 .and_then(|m| m.modified())
                 .map_err(io_err(&f.path))?;
             if !d.key_columns().is_empty() && modified >= horizon {
-                let secs = modified.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                let secs = modified
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
                 out.dedup_keys_restored += restore_keys(&f.path, d, dedup, secs)?;
             }
         }
@@ -116,7 +124,10 @@ fn file_entry(path: PathBuf) -> Result<FileEntry, SinkError> {
 
 /// Committed Parquet files of a dataset, in path order, and hidden
 /// temporary files.
-fn list_dataset_files(data: &Path, d: Dataset) -> Result<(Vec<FileEntry>, Vec<PathBuf>), SinkError> {
+fn list_dataset_files(
+    data: &Path,
+    d: Dataset,
+) -> Result<(Vec<FileEntry>, Vec<PathBuf>), SinkError> {
     let mut files = Vec::new();
     let mut tmps = Vec::new();
     let root = data.join(d.name());

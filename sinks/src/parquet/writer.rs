@@ -39,7 +39,9 @@ pub fn writer_properties(dataset: Dataset, first_seq: u64, last_seq: u64) -> Wri
         })
         .collect();
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
         .set_dictionary_enabled(true)
         .set_sorting_columns(Some(sorting))
         .set_key_value_metadata(Some(vec![
@@ -82,7 +84,14 @@ pub fn write_partition(
 
     let mut sorted: Vec<(Vec<u8>, &Record)> = records.iter().map(|r| (r.sort_key(), *r)).collect();
     sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let batch = records_to_batch(dataset, sorted.iter().map(|(_, r)| *r).collect::<Vec<_>>().into_iter())?;
+    let batch = records_to_batch(
+        dataset,
+        sorted
+            .iter()
+            .map(|(_, r)| *r)
+            .collect::<Vec<_>>()
+            .into_iter(),
+    )?;
 
     let abs_tmp = data.join(&tmp);
     let parquet_err = |source| SinkError::Parquet {

@@ -39,8 +39,14 @@ pub fn llm(obj: &Obj) -> Result<Vec<Value>, String> {
     let prompt = f.count32("prompt_tokens");
     let completion = f.count32("completion_tokens");
     let total = total_or_sum(&mut f, &prompt, &completion);
-    let cache_creation = f.opt_count32("cache_creation_tokens").map(Value::I32).unwrap_or(Value::Null);
-    let cache_read = f.opt_count32("cache_read_tokens").map(Value::I32).unwrap_or(Value::Null);
+    let cache_creation = f
+        .opt_count32("cache_creation_tokens")
+        .map(Value::I32)
+        .unwrap_or(Value::Null);
+    let cache_read = f
+        .opt_count32("cache_read_tokens")
+        .map(Value::I32)
+        .unwrap_or(Value::Null);
     let latency = f.count32("latency_ms");
     let success = f.bool_or("success", true);
     let error = f.opt_str_value("error");
@@ -139,7 +145,9 @@ pub fn message(obj: &Obj) -> Result<Vec<Value>, String> {
     let length = if let Some(n) = f.opt_count32("message_length") {
         n
     } else {
-        let text = f.opt_str("content").or_else(|| f.opt_str("content_preview"));
+        let text = f
+            .opt_str("content")
+            .or_else(|| f.opt_str("content_preview"));
         text.map(|t| t.chars().count().min(i32::MAX as usize) as i32)
             .unwrap_or(0)
     };

@@ -116,10 +116,17 @@ mod tests {
 
     #[test]
     fn summary_requires_its_dimensions() {
-        let err = summary(json!({"event_id": "x", "event_ts": "2026-01-12T03:12:35Z",
-            "prompt_tokens": 1, "completion_tokens": -1}).as_object().unwrap())
+        let err = summary(
+            json!({"event_id": "x", "event_ts": "2026-01-12T03:12:35Z",
+            "prompt_tokens": 1, "completion_tokens": -1})
+            .as_object()
+            .unwrap(),
+        )
         .unwrap_err();
-        assert_eq!(err, "chat_id is required; app_id is required; user_id is required; \
-            workflow_name is required; completion_tokens must be >= 0, got -1");
+        assert_eq!(
+            err,
+            "chat_id is required; app_id is required; user_id is required; \
+            workflow_name is required; completion_tokens must be >= 0, got -1"
+        );
     }
 }

@@ -60,7 +60,8 @@ impl<'a> Fields<'a> {
                     ));
                     None
                 } else if s.contains('\0') {
-                    self.errors.push(format!("{name} must not contain NUL characters"));
+                    self.errors
+                        .push(format!("{name} must not contain NUL characters"));
                     None
                 } else {
                     Some(s.clone())
@@ -165,7 +166,9 @@ impl<'a> Fields<'a> {
             self.errors.push(format!("{name} is required"));
             return Value::Null;
         }
-        self.opt_count32(name).map(Value::I32).unwrap_or(Value::Null)
+        self.opt_count32(name)
+            .map(Value::I32)
+            .unwrap_or(Value::Null)
     }
 
     pub fn opt_count64(&mut self, name: &str) -> Option<i64> {
@@ -184,7 +187,9 @@ impl<'a> Fields<'a> {
             self.errors.push(format!("{name} is required"));
             return Value::Null;
         }
-        self.opt_count64(name).map(Value::I64).unwrap_or(Value::Null)
+        self.opt_count64(name)
+            .map(Value::I64)
+            .unwrap_or(Value::Null)
     }
 
     pub fn opt_bool(&mut self, name: &str) -> Option<bool> {
@@ -214,10 +219,13 @@ impl<'a> Fields<'a> {
     pub fn opt_seconds_as_ms(&mut self, name: &str) -> Option<i32> {
         let v = self.get(name)?;
         match v.as_f64() {
-            Some(s) if s >= 0.0 && s * 1000.0 <= i32::MAX as f64 => Some((s * 1000.0).round() as i32),
+            Some(s) if s >= 0.0 && s * 1000.0 <= i32::MAX as f64 => {
+                Some((s * 1000.0).round() as i32)
+            }
             Some(s) => {
-                self.errors
-                    .push(format!("{name} must be between 0 and 2147483 seconds, got {s}"));
+                self.errors.push(format!(
+                    "{name} must be between 0 and 2147483 seconds, got {s}"
+                ));
                 None
             }
             None => {

@@ -71,10 +71,19 @@ mod tests {
     #[test]
     fn object_array_and_ndjson() {
         assert_eq!(count(&split(br#"{"a":1}"#, false).unwrap()), (1, 0));
-        assert_eq!(count(&split(br#"[{"a":1},{"b":2}]"#, false).unwrap()), (2, 0));
-        assert_eq!(count(&split(b"{\"a\":1}\n\n{oops\n{\"c\":3}\n", true).unwrap()), (2, 1));
+        assert_eq!(
+            count(&split(br#"[{"a":1},{"b":2}]"#, false).unwrap()),
+            (2, 0)
+        );
+        assert_eq!(
+            count(&split(b"{\"a\":1}\n\n{oops\n{\"c\":3}\n", true).unwrap()),
+            (2, 1)
+        );
         // NDJSON without its content type is still read line by line.
-        assert_eq!(count(&split(b"{\"a\":1}\n{\"b\":2}\n", false).unwrap()), (2, 0));
+        assert_eq!(
+            count(&split(b"{\"a\":1}\n{\"b\":2}\n", false).unwrap()),
+            (2, 0)
+        );
     }
 
     #[test]

@@ -36,7 +36,10 @@ async fn ingest_subject(
         return error_response(
             StatusCode::NOT_FOUND,
             "Unknown subject",
-            format!("unknown subject {subject:?}; known subjects: {}", known.join(", ")),
+            format!(
+                "unknown subject {subject:?}; known subjects: {}",
+                known.join(", ")
+            ),
         );
     };
     ingest(&pipeline, subject, &headers, &body).await
@@ -57,7 +60,12 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.contains("ndjson") || ct.contains("jsonl") || ct.contains("json-seq"))
 }
 
-async fn ingest(pipeline: &Pipeline, subject: Subject, headers: &HeaderMap, body: &[u8]) -> Response {
+async fn ingest(
+    pipeline: &Pipeline,
+    subject: Subject,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let items = match body::split(body, is_ndjson(headers)) {
         Ok(items) => items,
         Err(body::InvalidBody(detail)) => {
@@ -106,14 +114,20 @@ fn report_json(report: &IngestReport) -> serde_json::Value {
 pub fn ingest_error_response(e: &IngestError) -> Response {
     match e {
         IngestError::QueueFull(q) => {
-            let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, "Too many requests", q.to_string());
+            let mut r = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests",
+                q.to_string(),
+            );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             r
         }
-        IngestError::Wal(w) => {
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", w.to_string())
-        }
+        IngestError::Wal(w) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            w.to_string(),
+        ),
     }
 }
 

@@ -1,0 +1,233 @@
+//! Helpers shared by the end-to-end tests: the real `tally` binary on
+//! loopback, a client, and an independent Parquet reader.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int32Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub struct Tally {
+    pub child: Child,
+    pub addr: String,
+    pub data: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Tally {
+    /// Starts `tally serve` on a free port and waits for `/health`.
+    pub async fn start(data: &Path, args: &[&str]) -> Tally {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["serve", "--data"])
+            .arg(data)
+            .args(["--listen", &addr])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tally starts");
+        let t = Tally {
+            child,
+            addr,
+            data: data.to_path_buf(),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(t.url("/health")).send().await {
+                if r.status().is_success() {
+                    return t;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tally did not become healthy; see {}",
+                data.with_extension("log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "tally exited with {status}");
+    }
+
+    /// Resident memory of the server, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    pub async fn sql(&self, query: &str) -> Vec<serde_json::Value> {
+        let r = reqwest::Client::new()
+            .post(self.url("/v1/sql"))
+            .body(query.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{query}");
+        r.json().await.unwrap()
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An LLM event as the usage engine spec has it.
+pub fn llm_event(id: &str, timestamp: &str, prompt: i64, completion: i64) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": id,
+        "timestamp": timestamp,
+        "actor_id": "user:93",
+        "actor_type": "human",
+        "agent_id": "agent:sofia",
+        "microdao_id": "microdao:7",
+        "model": "gpt-4.1-mini",
+        "provider": "openai",
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "latency_ms": 1250,
+        "success": true
+    })
+}
+
+pub fn ndjson(events: &[serde_json::Value]) -> String {
+    events.iter().map(|e| format!("{e}\n")).collect()
+}
+
+/// Every committed Parquet file of a dataset (hidden temporary files excluded).
+pub fn parquet_files(data: &Path, dataset: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![data.join(dataset)];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+            {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// A string column's values, whether plain or dictionary encoded.
+pub fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {
+    let array = batch.column_by_name(column).unwrap();
+    if let Some(dict) = array.as_dictionary_opt::<Int32Type>() {
+        let values = dict.values().as_string::<i32>();
+        return dict
+            .keys()
+            .iter()
+            .map(|k| values.value(k.unwrap() as usize).to_string())
+            .collect();
+    }
+    let s = array.as_string::<i32>();
+    (0..s.len()).map(|i| s.value(i).to_string()).collect()
+}
+
+/// How many times each event_id of a dataset is stored in its Parquet files.
+pub fn stored_event_ids(data: &Path, dataset: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for f in parquet_files(data, dataset) {
+        for b in read_parquet(&f) {
+            for id in strings(&b, "event_id") {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// A small deterministic PRNG (xorshift64*), seeded per test run.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+    pub fn from_time() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("rng seed {seed}");
+        Rng(seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
