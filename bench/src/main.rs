@@ -1,1 +1,100 @@
-fn main() {}
+//! tally-bench: load generator and benchmark runner for tally.
+
+mod report;
+mod runner;
+mod server;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Load-tests a tally server and reports throughput, acknowledgement latency
+/// and what the server spent on it.
+#[derive(Debug, Parser)]
+#[command(name = "tally-bench", version, about)]
+pub struct Args {
+    /// What to send.
+    #[arg(long, value_enum, default_value = "http-llm")]
+    pub scenario: Scenario,
+
+    /// A running server to target, e.g. http://127.0.0.1:8081.
+    #[arg(long, conflicts_with = "server_bin")]
+    pub target: Option<String>,
+
+    /// Start this `tally` binary on a temporary data directory instead, and
+    /// measure its CPU time, peak memory and bytes on disk.
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+
+    /// Measured time after the warm-up, e.g. 20s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Load before measuring starts; not counted.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// Concurrent senders (closed loop) or in-flight cap (open loop).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+
+    /// Records per request.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+
+    /// Open loop: offered records per second. Latency then counts from each
+    /// request's intended send time (no coordinated omission).
+    #[arg(long)]
+    pub rate: Option<u64>,
+
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// `usage.llm` events as NDJSON over `POST /v1/events/usage.llm`.
+    HttpLlm,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration unit in {s:?}")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server = match (&args.target, &args.server_bin) {
+        (Some(t), _) => server::Target::Running(t.trim_end_matches('/').to_string()),
+        (None, Some(bin)) => server::Target::Spawned(server::Spawned::start(bin).await?),
+        (None, None) => anyhow::bail!("give --target URL or --server-bin PATH"),
+    };
+    let result = runner::run(&args, server.url()).await?;
+    let server_stats = match server {
+        server::Target::Spawned(s) => Some(s.stop(result.records_stored).await?),
+        server::Target::Running(_) => None,
+    };
+    let report = report::Report::new(&args, result, server_stats);
+    println!("{}", report.human());
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
+    }
+    if report.errors_total() > 0 && report.records_acked == 0 {
+        anyhow::bail!("no request succeeded");
+    }
+    Ok(())
+}

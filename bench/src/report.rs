@@ -1,0 +1,81 @@
+//! The summary a person reads and the JSON a script reads.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::runner::RunResult;
+use crate::server::ServerStats;
+use crate::{Args, Scenario};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub mode: String,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub duration_seconds: f64,
+    pub requests: u64,
+    pub records_acked: u64,
+    pub records_per_second: f64,
+    /// Acknowledgement latency per request, in milliseconds.
+    pub latency_ms: BTreeMap<String, f64>,
+    pub errors: BTreeMap<String, u64>,
+    pub server: Option<ServerStats>,
+}
+
+impl Report {
+    pub fn new(args: &Args, r: RunResult, server: Option<ServerStats>) -> Report {
+        let secs = r.elapsed.as_secs_f64();
+        let mut latency_ms = BTreeMap::new();
+        if !r.latency_us.is_empty() {
+            for (name, q) in [("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("p99.9", 0.999)] {
+                latency_ms.insert(name.to_string(), r.latency_us.value_at_quantile(q) as f64 / 1000.0);
+            }
+            latency_ms.insert("max".into(), r.latency_us.max() as f64 / 1000.0);
+        }
+        Report {
+            scenario: args.scenario,
+            mode: match args.rate {
+                Some(rate) => format!("open loop at {rate} records/s"),
+                None => format!("closed loop, {} senders", args.concurrency),
+            },
+            batch: args.batch,
+            concurrency: args.concurrency,
+            duration_seconds: secs,
+            requests: r.requests,
+            records_acked: r.records_acked,
+            records_per_second: r.records_acked as f64 / secs.max(1e-9),
+            latency_ms,
+            errors: r.errors,
+            server,
+        }
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "{:?}, {}, {} records/request\n  {:.0} records/s acknowledged ({} records, {} requests in {:.1}s)\n",
+            self.scenario, self.mode, self.batch, self.records_per_second, self.records_acked, self.requests, self.duration_seconds
+        );
+        if !self.latency_ms.is_empty() {
+            s += &format!(
+                "  ack latency ms: p50 {:.2}  p95 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n",
+                self.latency_ms["p50"], self.latency_ms["p95"], self.latency_ms["p99"], self.latency_ms["p99.9"], self.latency_ms["max"]
+            );
+        }
+        if !self.errors.is_empty() {
+            s += &format!("  errors: {:?}\n", self.errors);
+        }
+        if let Some(srv) = &self.server {
+            s += &format!(
+                "  server: {:.1} CPU s, peak RSS {:.0} MiB, {} Parquet bytes = {:.1} bytes/record",
+                srv.cpu_seconds, srv.peak_rss_mib, srv.parquet_bytes, srv.bytes_per_record
+            );
+        }
+        s
+    }
+}

@@ -1,0 +1,113 @@
+//! A tally server started by the bench, and what it cost.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+
+pub enum Target {
+    Running(String),
+    Spawned(Spawned),
+}
+
+impl Target {
+    pub fn url(&self) -> &str {
+        match self {
+            Target::Running(u) => u,
+            Target::Spawned(s) => &s.url,
+        }
+    }
+}
+
+pub struct Spawned {
+    child: Child,
+    pub url: String,
+    data: tempfile::TempDir,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerStats {
+    pub cpu_seconds: f64,
+    pub peak_rss_mib: f64,
+    pub parquet_bytes: u64,
+    pub bytes_per_record: f64,
+}
+
+impl Spawned {
+    pub async fn start(bin: &Path) -> anyhow::Result<Spawned> {
+        let data = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("http://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data.path().join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.get(format!("{url}/health")).send().await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Spawned { child, url, data })
+    }
+
+    /// Stops the server with SIGTERM (it flushes everything) and measures.
+    pub async fn stop(mut self, records: u64) -> anyhow::Result<ServerStats> {
+        let pid = self.child.id().context("server already exited")?;
+        let (cpu_seconds, peak_rss_mib) = proc_usage(pid)?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let exit = self.child.wait().await?;
+        anyhow::ensure!(exit.success(), "server exited with {exit}");
+        let parquet_bytes = dir_size(&self.data.path().join("data").join("usage_llm"));
+        Ok(ServerStats {
+            cpu_seconds,
+            peak_rss_mib,
+            parquet_bytes,
+            bytes_per_record: parquet_bytes as f64 / records.max(1) as f64,
+        })
+    }
+}
+
+/// CPU seconds (user + system) and peak RSS of a process, from /proc.
+fn proc_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = &stat[stat.rfind(')').context("bad /proc stat")? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after comm.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let hz = 100.0; // USER_HZ on Linux
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    Ok((ticks / hz, hwm_kib / 1024.0))
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(m) = e.metadata() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}

@@ -1,0 +1,35 @@
+//! A few seconds of real load against a real server: the harness works.
+//! (Figures come from `BENCHMARKS.md` runs, never from a timed test.)
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn tally_bin() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_tally-bench"));
+    let tally = bench.with_file_name("tally");
+    assert!(tally.exists(), "build the tally binary first: cargo build --workspace");
+    tally
+}
+
+#[test]
+fn short_run_acknowledges_records_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("result.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .arg("--server-bin")
+        .arg(tally_bin())
+        .args(["--duration", "2s", "--warmup", "500ms", "--concurrency", "2", "--batch", "50", "--quiet", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let acked = report["records_acked"].as_u64().unwrap();
+    assert!(acked > 0, "{report}");
+    assert_eq!(acked % 50, 0, "whole batches only: {report}");
+    assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    let server = &report["server"];
+    assert!(server["parquet_bytes"].as_u64().unwrap() > 0, "the server flushed on SIGTERM: {report}");
+    assert!(server["cpu_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["errors"], serde_json::json!({}));
+}
