@@ -39,6 +39,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_LISTEN", value_delimiter = ',')]
     pub listen: Vec<SocketAddr>,
 
+    /// Also serve `/metrics` alone on this address (e.g. 127.0.0.1:9465).
+    #[arg(long, env = "TALLY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Flush the live buffer to Parquet when its oldest record is this old. [default: 10s]
     #[arg(long, env = "TALLY_FLUSH_INTERVAL", value_parser = crate::config::parse_duration)]
     pub flush_interval: Option<std::time::Duration>,

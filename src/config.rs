@@ -15,6 +15,7 @@ use crate::cli::ServeArgs;
 struct FileConfig {
     data: Option<PathBuf>,
     listen: Option<Vec<SocketAddr>>,
+    metrics_listen: Option<SocketAddr>,
     flush_interval: Option<String>,
     flush_rows: Option<usize>,
     flush_bytes: Option<usize>,
@@ -30,6 +31,7 @@ struct FileConfig {
 pub struct Config {
     pub data: PathBuf,
     pub listen: Vec<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub flush_interval: Duration,
     pub flush_rows: usize,
     pub flush_bytes: usize,
@@ -68,16 +70,16 @@ impl Config {
             None if Path::new("tally.toml").exists() => load(Path::new("tally.toml"))?,
             None => FileConfig::default(),
         };
-        let duration =
-            |flag: Option<Duration>, file: &Option<String>, name: &str, default: Duration| match (
-                flag, file,
-            ) {
-                (Some(d), _) => Ok(d),
-                (None, Some(s)) => {
-                    parse_duration(s).map_err(|e| anyhow::anyhow!("{name} in the config file: {e}"))
-                }
-                (None, None) => Ok(default),
-            };
+        let duration = |flag: Option<Duration>,
+                        file: &Option<String>,
+                        name: &str,
+                        default: Duration| match (flag, file) {
+            (Some(d), _) => Ok(d),
+            (None, Some(s)) => {
+                parse_duration(s).map_err(|e| anyhow::anyhow!("{name} in the config file: {e}"))
+            }
+            (None, None) => Ok(default),
+        };
         let listen = if !args.listen.is_empty() {
             args.listen
         } else {
@@ -90,6 +92,7 @@ impl Config {
                 .or(file.data)
                 .unwrap_or_else(|| PathBuf::from("data")),
             listen,
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
             flush_interval: duration(
                 args.flush_interval,
                 &file.flush_interval,

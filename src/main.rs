@@ -53,7 +53,7 @@ async fn sql(args: SqlArgs) -> anyhow::Result<()> {
         anyhow::bail!("data directory {} does not exist", args.data.display());
     }
     let store = tally_sinks::open_files(&args.data)?;
-    let engine = SqlEngine::new(store);
+    let engine = SqlEngine::new(store).await?;
     let batches = engine.query(&args.query).await?;
     let format = match args.format {
         SqlFormat::Table => OutputFormat::Table,

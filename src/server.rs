@@ -14,11 +14,16 @@ use tally_pipeline::{now_ns, Pipeline};
 use tally_queries::SqlEngine;
 use tally_sinks::parquet::layout::wal_dir;
 use tally_sinks::{recover, FlushPolicy, Flusher};
+use tally_sources::billing::BillingService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::status::{self, StatusState};
+
+/// Samples further apart than this are a gap (DESIGN.md's billing rules; the
+/// rollup SQL uses the same limit).
+const GAP_LIMIT_SECS: u64 = 120;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -82,24 +87,36 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let flusher_task = tokio::spawn(flusher.clone().run(stop_rx.clone()));
     tokio::spawn(expire_dedup(dedup.clone(), stop_rx.clone()));
 
+    let engine = SqlEngine::new(store.clone()).await?;
+    let billing = BillingService::new(pipeline.clone(), GAP_LIMIT_SECS);
+    let status = StatusState {
+        pipeline: pipeline.clone(),
+        flusher: flusher.clone(),
+        billing: billing.metrics.clone(),
+        started,
+    };
     let app = Router::new()
         .merge(tally_sources::http::router(pipeline.clone()))
-        .merge(tally_queries::http::router(SqlEngine::new(store.clone())))
-        .merge(status::router(StatusState {
-            pipeline: pipeline.clone(),
-            flusher: flusher.clone(),
-            started,
-        }))
+        .merge(tally_sources::billing::router(
+            billing,
+            config.max_body_bytes,
+        ))
+        .merge(tally_queries::http::router(engine))
+        .merge(status::router(status.clone()))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
 
     let mut servers = Vec::new();
-    for addr in &config.listen {
-        let listener = TcpListener::bind(addr)
+    let listeners = config.listen.iter().map(|a| (*a, app.clone())).chain(
+        config
+            .metrics_listen
+            .map(|a| (a, status::metrics_router(status.clone()))),
+    );
+    for (addr, app) in listeners {
+        let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let mut stop = stop_rx.clone();
-        let app = app.clone();
         servers.push(tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

@@ -11,12 +11,21 @@ use axum::{Json, Router};
 use serde_json::json;
 use tally_pipeline::{Dataset, Pipeline};
 use tally_sinks::Flusher;
+use tally_sources::billing::metrics::BillingMetrics;
 
 #[derive(Clone)]
 pub struct StatusState {
     pub pipeline: Pipeline,
     pub flusher: Arc<Flusher>,
+    pub billing: Arc<BillingMetrics>,
     pub started: Instant,
+}
+
+/// `/metrics` alone, for a separate metrics port (`--metrics-listen`).
+pub fn metrics_router(state: StatusState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
 pub fn router(state: StatusState) -> Router {
@@ -68,7 +77,8 @@ async fn health(State(s): State<StatusState>) -> Response {
 
 async fn metrics(State(s): State<StatusState>) -> Response {
     let store = s.pipeline.store().clone();
-    let text = s.pipeline.metrics().render(|d| store.stats(d).queued_rows);
+    let mut text = s.pipeline.metrics().render(|d| store.stats(d).queued_rows);
+    text.push_str(&s.billing.render());
     (
         [(
             header::CONTENT_TYPE,

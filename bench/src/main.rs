@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = match (&args.target, &args.server_bin) {
         (Some(t), _) => server::Target::Running(t.trim_end_matches('/').to_string()),
-        (None, Some(bin)) => server::Target::Spawned(server::Spawned::start(bin).await?),
+        (None, Some(bin)) => server::Target::Spawned(Box::new(server::Spawned::start(bin).await?)),
         (None, None) => anyhow::bail!("give --target URL or --server-bin PATH"),
     };
     let result = runner::run(&args, server.url()).await?;

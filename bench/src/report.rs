@@ -29,8 +29,16 @@ impl Report {
         let secs = r.elapsed.as_secs_f64();
         let mut latency_ms = BTreeMap::new();
         if !r.latency_us.is_empty() {
-            for (name, q) in [("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("p99.9", 0.999)] {
-                latency_ms.insert(name.to_string(), r.latency_us.value_at_quantile(q) as f64 / 1000.0);
+            for (name, q) in [
+                ("p50", 0.50),
+                ("p95", 0.95),
+                ("p99", 0.99),
+                ("p99.9", 0.999),
+            ] {
+                latency_ms.insert(
+                    name.to_string(),
+                    r.latency_us.value_at_quantile(q) as f64 / 1000.0,
+                );
             }
             latency_ms.insert("max".into(), r.latency_us.max() as f64 / 1000.0);
         }
@@ -64,7 +72,11 @@ impl Report {
         if !self.latency_ms.is_empty() {
             s += &format!(
                 "  ack latency ms: p50 {:.2}  p95 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n",
-                self.latency_ms["p50"], self.latency_ms["p95"], self.latency_ms["p99"], self.latency_ms["p99.9"], self.latency_ms["max"]
+                self.latency_ms["p50"],
+                self.latency_ms["p95"],
+                self.latency_ms["p99"],
+                self.latency_ms["p99.9"],
+                self.latency_ms["max"]
             );
         }
         if !self.errors.is_empty() {

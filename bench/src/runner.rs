@@ -58,7 +58,13 @@ fn body(first_id: u64, n: usize) -> String {
     s
 }
 
-async fn send(client: &reqwest::Client, url: &str, shared: &Shared, batch: usize, intended: Instant) {
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    shared: &Shared,
+    batch: usize,
+    intended: Instant,
+) {
     let first = shared.next_id.fetch_add(batch as u64, Ordering::Relaxed);
     let result = client
         .post(url)
@@ -69,10 +75,18 @@ async fn send(client: &reqwest::Client, url: &str, shared: &Shared, batch: usize
     let outcome = match result {
         Ok(r) if r.status().is_success() => {
             let ok = r.bytes().await.is_ok();
-            if ok { Ok(()) } else { Err("read".to_string()) }
+            if ok {
+                Ok(())
+            } else {
+                Err("read".to_string())
+            }
         }
         Ok(r) => Err(r.status().as_u16().to_string()),
-        Err(e) => Err(if e.is_timeout() { "timeout".into() } else { "connect".into() }),
+        Err(e) => Err(if e.is_timeout() {
+            "timeout".into()
+        } else {
+            "connect".into()
+        }),
     };
     if outcome.is_ok() {
         shared.stored.fetch_add(batch as u64, Ordering::Relaxed);
@@ -87,7 +101,14 @@ async fn send(client: &reqwest::Client, url: &str, shared: &Shared, batch: usize
             let us = intended.elapsed().as_micros() as u64;
             let _ = shared.hist.lock().expect("not poisoned").record(us.max(1));
         }
-        Err(code) => *shared.errors.lock().expect("not poisoned").entry(code).or_default() += 1,
+        Err(code) => {
+            *shared
+                .errors
+                .lock()
+                .expect("not poisoned")
+                .entry(code)
+                .or_default() += 1
+        }
     }
 }
 
@@ -111,7 +132,8 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
     match args.rate {
         None => {
             for _ in 0..args.concurrency {
-                let (client, url, shared, batch) = (client.clone(), url.clone(), shared.clone(), args.batch);
+                let (client, url, shared, batch) =
+                    (client.clone(), url.clone(), shared.clone(), args.batch);
                 tasks.push(tokio::spawn(async move {
                     while !shared.stop.load(Ordering::Relaxed) {
                         send(&client, &url, &shared, batch, Instant::now()).await;
@@ -122,14 +144,17 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
         Some(rate) => {
             let interval = Duration::from_secs_f64(args.batch as f64 / rate.max(1) as f64);
             let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1) * 64));
-            let (client, url, shared, batch) = (client.clone(), url.clone(), shared.clone(), args.batch);
+            let (client, url, shared, batch) =
+                (client.clone(), url.clone(), shared.clone(), args.batch);
             tasks.push(tokio::spawn(async move {
                 let start = Instant::now();
                 let mut i: u32 = 0;
                 while !shared.stop.load(Ordering::Relaxed) {
                     let intended = start + interval * i;
                     tokio::time::sleep_until(intended.into()).await;
-                    let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
                     let (client, url, shared) = (client.clone(), url.clone(), shared.clone());
                     tokio::spawn(async move {
                         send(&client, &url, &shared, batch, intended).await;
@@ -148,7 +173,12 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
         tokio::time::sleep(Duration::from_secs(1).min(args.duration)).await;
         if !args.quiet {
             let now = shared.acked.load(Ordering::Relaxed);
-            eprint!("\r{:>6.1}s  {:>10} records/s  {:>12} acked", started.elapsed().as_secs_f64(), now - last, now);
+            eprint!(
+                "\r{:>6.1}s  {:>10} records/s  {:>12} acked",
+                started.elapsed().as_secs_f64(),
+                now - last,
+                now
+            );
             last = now;
         }
     }

@@ -9,7 +9,7 @@ use tokio::process::{Child, Command};
 
 pub enum Target {
     Running(String),
-    Spawned(Spawned),
+    Spawned(Box<Spawned>),
 }
 
 impl Target {
@@ -38,7 +38,9 @@ pub struct ServerStats {
 impl Spawned {
     pub async fn start(bin: &Path) -> anyhow::Result<Spawned> {
         let data = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let url = format!("http://127.0.0.1:{port}");
         let child = Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
@@ -99,7 +101,9 @@ fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {

@@ -7,7 +7,10 @@ use std::process::Command;
 fn tally_bin() -> PathBuf {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_tally-bench"));
     let tally = bench.with_file_name("tally");
-    assert!(tally.exists(), "build the tally binary first: cargo build --workspace");
+    assert!(
+        tally.exists(),
+        "build the tally binary first: cargo build --workspace"
+    );
     tally
 }
 
@@ -18,7 +21,18 @@ fn short_run_acknowledges_records_and_reports_json() {
     let status = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
         .arg("--server-bin")
         .arg(tally_bin())
-        .args(["--duration", "2s", "--warmup", "500ms", "--concurrency", "2", "--batch", "50", "--quiet", "--out"])
+        .args([
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+            "--concurrency",
+            "2",
+            "--batch",
+            "50",
+            "--quiet",
+            "--out",
+        ])
         .arg(&out)
         .status()
         .unwrap();
@@ -29,7 +43,10 @@ fn short_run_acknowledges_records_and_reports_json() {
     assert_eq!(acked % 50, 0, "whole batches only: {report}");
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     let server = &report["server"];
-    assert!(server["parquet_bytes"].as_u64().unwrap() > 0, "the server flushed on SIGTERM: {report}");
+    assert!(
+        server["parquet_bytes"].as_u64().unwrap() > 0,
+        "the server flushed on SIGTERM: {report}"
+    );
     assert!(server["cpu_seconds"].as_f64().unwrap() > 0.0);
     assert_eq!(report["errors"], serde_json::json!({}));
 }

@@ -54,16 +54,21 @@ const LATENCY_BOUNDS: &[f64] = &[
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self {
-            bounds: LATENCY_BOUNDS,
-            buckets: LATENCY_BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_ns: AtomicU64::new(0),
-        }
+        Self::with_bounds(LATENCY_BOUNDS)
     }
 }
 
 impl Histogram {
+    /// A histogram with these upper bounds (ascending).
+    pub fn with_bounds(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
     pub fn observe(&self, seconds: f64) {
         if let Some(i) = self.bounds.iter().position(|b| seconds <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
@@ -77,7 +82,7 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn render(&self, name: &str, help: &str, out: &mut String) {
+    pub fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
         for (b, n) in self.bounds.iter().zip(&self.buckets) {

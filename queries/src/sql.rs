@@ -38,14 +38,28 @@ pub struct SqlEngine {
     ctx: Arc<SessionContext>,
 }
 
+/// The named queries in `queries/sql/`, registered as views.
+const VM_USAGE_SQL: &str = include_str!("../sql/vm_usage.sql");
+
+/// Rollup windows: view suffix and `date_trunc` unit.
+pub const VM_USAGE_WINDOWS: [(&str, &str); 3] =
+    [("hourly", "hour"), ("daily", "day"), ("monthly", "month")];
+
 impl SqlEngine {
-    pub fn new(store: Arc<Store>) -> Self {
+    /// A session with every dataset as a table and the named queries as views.
+    pub async fn new(store: Arc<Store>) -> Result<Self, QueryError> {
         let ctx = SessionContext::new();
         for d in Dataset::ALL {
-            ctx.register_table(d.name(), Arc::new(DatasetTable::new(d, store.clone())))
-                .expect("dataset names are unique");
+            ctx.register_table(d.name(), Arc::new(DatasetTable::new(d, store.clone())))?;
         }
-        Self { ctx: Arc::new(ctx) }
+        for (suffix, unit) in VM_USAGE_WINDOWS {
+            let body = VM_USAGE_SQL.replace("{window}", unit);
+            ctx.sql(&format!("CREATE VIEW vm_usage_{suffix} AS {body}"))
+                .await?
+                .collect()
+                .await?;
+        }
+        Ok(Self { ctx: Arc::new(ctx) })
     }
 
     pub fn context(&self) -> &SessionContext {

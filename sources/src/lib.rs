@@ -1,4 +1,5 @@
 //! Sources: each turns its input into records and hands them to the pipeline.
 
+pub mod billing;
 pub mod events;
 pub mod http;

@@ -1,0 +1,64 @@
+//! Measures the memory of the dedup index per million keys.
+//!
+//! `cargo run --release -p tally-pipeline --example dedup_memory`
+//! prints RSS growth per million keys for 36-byte event ids (UUID text) and
+//! for `vm_metrics` keys (vm id + timestamp).
+
+use std::sync::Arc;
+
+use tally_pipeline::dedup::Dedup;
+use tally_pipeline::metrics::Metrics;
+use tally_pipeline::record::{encode_key_part, Value};
+use tally_pipeline::Dataset;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    const N: u64 = 2_000_000;
+    for (name, dataset) in [
+        ("event_id (36-byte UUID text)", Dataset::UsageLlm),
+        ("vm_id + timestamp", Dataset::VmMetrics),
+    ] {
+        let dedup = Dedup::new(86_400, usize::MAX, Arc::new(Metrics::default()));
+        let before = rss_kib();
+        let mut key = Vec::new();
+        for i in 0..N {
+            key.clear();
+            if dataset == Dataset::UsageLlm {
+                let id = format!(
+                    "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                    i,
+                    i % 65536,
+                    i % 4096,
+                    i % 4096,
+                    i * 7919
+                );
+                encode_key_part(&Value::Str(id), &mut key);
+            } else {
+                encode_key_part(&Value::Str(format!("ud-{:016x}", i % 1000)), &mut key);
+                encode_key_part(
+                    &Value::Ts(1_700_000_000_000_000_000 + i as i64 * 100_000_000),
+                    &mut key,
+                );
+            }
+            dedup.insert(dataset, &key, 1_700_000_000);
+        }
+        let after = rss_kib();
+        let per_million_mib = (after - before) as f64 / 1024.0 / (N as f64 / 1e6);
+        println!(
+            "{name}: {} keys, {:.1} MiB per million keys ({:.0} bytes/key)",
+            dedup.len(dataset),
+            per_million_mib,
+            per_million_mib * 1024.0 * 1024.0 / 1e6
+        );
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine, then runs
+# every test of the workspace. Usage: ./scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+# Services the end-to-end tests talk to, from Debian's packages
+# ("package:command" pairs; none yet beyond the Rust toolchain).
+for pkg_bin in ; do
+  pkg=${pkg_bin%%:*}; bin=${pkg_bin##*:}
+  command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# buf (npm package @bufbuild/buf, pinned in package-lock.json): a real
+# Connect, gRPC and gRPC-Web client for the billing.v1 tests.
+if [ ! -x node_modules/.bin/buf ]; then
+  npm ci --no-audit --no-fund
+fi
+
+# Build every binary first: the end-to-end tests run the real `tally` and
+# `tally-bench` executables.
+cargo build --workspace --all-targets
+cargo test --workspace --all-targets "$@"

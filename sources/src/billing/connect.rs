@@ -1,0 +1,228 @@
+//! The Connect protocol, unary: `application/json` or `application/proto`,
+//! gzip request and response bodies, errors as `{"code","message"}`.
+
+use std::io::{Read, Write};
+
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use prost::Message;
+use serde_json::json;
+
+use super::json;
+use super::service::{BillingService, RpcError};
+
+pub const SOURCE: &str = "connect";
+/// Largest decompressed request accepted.
+const MAX_MESSAGE: u64 = 32 << 20;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Codec {
+    Json,
+    Proto,
+}
+
+/// A Connect error: its code, HTTP status and message.
+pub fn error(code: &str, message: &str) -> Response {
+    let status = match code {
+        "invalid_argument" => StatusCode::BAD_REQUEST,
+        "unauthenticated" => StatusCode::UNAUTHORIZED,
+        "permission_denied" => StatusCode::FORBIDDEN,
+        "not_found" => StatusCode::NOT_FOUND,
+        "unimplemented" => StatusCode::NOT_IMPLEMENTED,
+        "resource_exhausted" => StatusCode::TOO_MANY_REQUESTS,
+        "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut r = (
+        status,
+        axum::Json(json!({"code": code, "message": message})),
+    )
+        .into_response();
+    if code == "resource_exhausted" {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+fn rpc_error(e: RpcError) -> Response {
+    error(e.code(), &e.to_string())
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Serves one unary Connect call of `method`.
+pub async fn call(
+    service: &BillingService,
+    method: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = header_str(headers, header::CONTENT_TYPE)
+        .map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let codec = match content_type.as_str() {
+        "application/json" => Codec::Json,
+        "application/proto" => Codec::Proto,
+        other => {
+            let mut r = (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content type {other:?}: use application/json or application/proto (Connect), application/grpc or application/grpc-web"),
+            )
+                .into_response();
+            r.headers_mut().insert(
+                "accept-post",
+                HeaderValue::from_static(
+                    "application/json, application/proto, application/grpc, application/grpc-web",
+                ),
+            );
+            return r;
+        }
+    };
+    if let Some(v) = headers.get("connect-protocol-version") {
+        if v != "1" {
+            return error("invalid_argument", "connect-protocol-version must be 1");
+        }
+    }
+    let body = match header_str(headers, header::CONTENT_ENCODING).unwrap_or("identity") {
+        "identity" => body.to_vec(),
+        "gzip" => {
+            let mut out = Vec::new();
+            match GzDecoder::new(&body[..])
+                .take(MAX_MESSAGE + 1)
+                .read_to_end(&mut out)
+            {
+                Ok(_) if out.len() as u64 > MAX_MESSAGE => {
+                    return error(
+                        "resource_exhausted",
+                        "decompressed request is larger than 32 MiB",
+                    )
+                }
+                Ok(_) => out,
+                Err(e) => {
+                    return error(
+                        "invalid_argument",
+                        &format!("request body is not valid gzip: {e}"),
+                    )
+                }
+            }
+        }
+        other => {
+            return error(
+                "unimplemented",
+                &format!("content-encoding {other:?} is not supported; use gzip or identity"),
+            )
+        }
+    };
+
+    let result = dispatch(service, method, codec, &body).await;
+    let (message, json_body) = match result {
+        Ok(ok) => ok,
+        Err(e) => return rpc_error(e),
+    };
+    let mut bytes = match codec {
+        Codec::Proto => message,
+        Codec::Json => json_body.to_string().into_bytes(),
+    };
+    let gzip = header_str(headers, header::ACCEPT_ENCODING)
+        .is_some_and(|a| a.split(',').any(|e| e.trim().starts_with("gzip")));
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if codec == Codec::Json {
+            "application/json"
+        } else {
+            "application/proto"
+        }),
+    );
+    if gzip {
+        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        if enc.write_all(&bytes).is_ok() {
+            if let Ok(zipped) = enc.finish() {
+                bytes = zipped;
+                response_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+        }
+    }
+    (StatusCode::OK, response_headers, bytes).into_response()
+}
+
+fn decode<T: Message + Default>(
+    codec: Codec,
+    body: &[u8],
+    from_json: fn(&[u8]) -> Result<T, String>,
+) -> Result<T, RpcError> {
+    match codec {
+        Codec::Proto => T::decode(body).map_err(|e| {
+            RpcError::InvalidArgument(format!("request is not a valid protobuf message: {e}"))
+        }),
+        Codec::Json => from_json(body).map_err(RpcError::InvalidArgument),
+    }
+}
+
+/// Runs the method; returns the response as protobuf bytes and as JSON.
+async fn dispatch(
+    service: &BillingService,
+    method: &str,
+    codec: Codec,
+    body: &[u8],
+) -> Result<(Vec<u8>, serde_json::Value), RpcError> {
+    use tally_proto::billing::v1 as pb;
+    // The four acknowledgements are all `bool success = 1`: one encoding serves them.
+    let ok = || {
+        (
+            pb::SendHeartbeatResponse { success: true }.encode_to_vec(),
+            json!({"success": true}),
+        )
+    };
+    match method {
+        "SendMetricsBatch" => {
+            let req = decode(codec, body, json::metrics_batch)?;
+            let message = service.send_metrics_batch(SOURCE, req).await?;
+            let bytes = pb::SendMetricsBatchResponse {
+                success: true,
+                message: message.clone(),
+            }
+            .encode_to_vec();
+            Ok((bytes, json!({"success": true, "message": message})))
+        }
+        "SendHeartbeat" => {
+            service
+                .send_heartbeat(SOURCE, decode(codec, body, json::heartbeat)?)
+                .await?;
+            Ok(ok())
+        }
+        "NotifyVmStarted" => {
+            service
+                .notify_vm_started(SOURCE, decode(codec, body, json::vm_started)?)
+                .await?;
+            Ok(ok())
+        }
+        "NotifyVmStopped" => {
+            service
+                .notify_vm_stopped(SOURCE, decode(codec, body, json::vm_stopped)?)
+                .await?;
+            Ok(ok())
+        }
+        "NotifyPossibleGap" => {
+            service
+                .notify_possible_gap(SOURCE, decode(codec, body, json::possible_gap)?)
+                .await?;
+            Ok(ok())
+        }
+        other => Err(RpcError::Internal(format!(
+            "billing.v1.BillingService has no method {other}"
+        ))),
+    }
+}

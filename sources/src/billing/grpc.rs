@@ -1,0 +1,85 @@
+//! gRPC and gRPC-Web: the tonic service, calling the same billing logic.
+
+use tally_proto::billing::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::service::{BillingService, RpcError};
+
+impl From<RpcError> for Status {
+    fn from(e: RpcError) -> Status {
+        match e {
+            RpcError::InvalidArgument(m) => Status::invalid_argument(m),
+            RpcError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            RpcError::Unavailable(m) => Status::unavailable(m),
+            RpcError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// The label of a request's source: gRPC-Web requests arrive through the
+/// tonic-web layer with their original content type.
+fn source<T>(req: &Request<T>) -> &'static str {
+    let web = req
+        .metadata()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc-web"));
+    if web {
+        "grpc-web"
+    } else {
+        "grpc"
+    }
+}
+
+#[tonic::async_trait]
+impl pb::billing_service_server::BillingService for BillingService {
+    async fn send_metrics_batch(
+        &self,
+        req: Request<pb::SendMetricsBatchRequest>,
+    ) -> Result<Response<pb::SendMetricsBatchResponse>, Status> {
+        let src = source(&req);
+        let message = BillingService::send_metrics_batch(self, src, req.into_inner()).await?;
+        Ok(Response::new(pb::SendMetricsBatchResponse {
+            success: true,
+            message,
+        }))
+    }
+
+    async fn send_heartbeat(
+        &self,
+        req: Request<pb::SendHeartbeatRequest>,
+    ) -> Result<Response<pb::SendHeartbeatResponse>, Status> {
+        let src = source(&req);
+        BillingService::send_heartbeat(self, src, req.into_inner()).await?;
+        Ok(Response::new(pb::SendHeartbeatResponse { success: true }))
+    }
+
+    async fn notify_vm_started(
+        &self,
+        req: Request<pb::NotifyVmStartedRequest>,
+    ) -> Result<Response<pb::NotifyVmStartedResponse>, Status> {
+        let src = source(&req);
+        BillingService::notify_vm_started(self, src, req.into_inner()).await?;
+        Ok(Response::new(pb::NotifyVmStartedResponse { success: true }))
+    }
+
+    async fn notify_vm_stopped(
+        &self,
+        req: Request<pb::NotifyVmStoppedRequest>,
+    ) -> Result<Response<pb::NotifyVmStoppedResponse>, Status> {
+        let src = source(&req);
+        BillingService::notify_vm_stopped(self, src, req.into_inner()).await?;
+        Ok(Response::new(pb::NotifyVmStoppedResponse { success: true }))
+    }
+
+    async fn notify_possible_gap(
+        &self,
+        req: Request<pb::NotifyPossibleGapRequest>,
+    ) -> Result<Response<pb::NotifyPossibleGapResponse>, Status> {
+        let src = source(&req);
+        BillingService::notify_possible_gap(self, src, req.into_inner()).await?;
+        Ok(Response::new(pb::NotifyPossibleGapResponse {
+            success: true,
+        }))
+    }
+}

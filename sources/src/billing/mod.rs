@@ -1,0 +1,92 @@
+//! billing.v1 (spec 003) on the shared port: Connect (JSON and binary),
+//! gRPC over HTTP/2 cleartext, and gRPC-Web, all at
+//! `POST /billing.v1.BillingService/<Method>`, told apart by content type.
+//!
+//! gRPC and gRPC-Web are tonic's (`tonic-web` for the latter). Connect unary
+//! is served here: it is plain HTTP (a JSON or protobuf body, gzip, a JSON
+//! error), and the maintained Connect crates for axum were pre-release or
+//! pinned to older prost/axum when this was written.
+
+pub mod connect;
+pub mod grpc;
+pub mod json;
+pub mod metrics;
+pub mod service;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use tally_proto::billing::v1::billing_service_server::BillingServiceServer;
+use tower::ServiceExt;
+
+pub use service::BillingService;
+
+const METHODS: [&str; 5] = [
+    "SendMetricsBatch",
+    "SendHeartbeat",
+    "NotifyVmStarted",
+    "NotifyVmStopped",
+    "NotifyPossibleGap",
+];
+
+#[derive(Clone)]
+struct Billing {
+    service: BillingService,
+    grpc: BillingServiceServer<BillingService>,
+    grpc_web: tonic_web::GrpcWebService<BillingServiceServer<BillingService>>,
+    max_body: usize,
+}
+
+pub fn router(service: BillingService, max_body: usize) -> Router {
+    let grpc = BillingServiceServer::new(service.clone())
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_body);
+    let grpc_web = tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), grpc.clone());
+    Router::new()
+        .route("/billing.v1.BillingService/{method}", post(serve))
+        .with_state(Billing {
+            service,
+            grpc,
+            grpc_web,
+            max_body,
+        })
+}
+
+async fn serve(State(b): State<Billing>, Path(method): Path<String>, req: Request) -> Response {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/grpc-web") {
+        return match b.grpc_web.oneshot(req).await {
+            Ok(r) => r.map(Body::new),
+            Err(e) => connect::error("internal", &e.to_string()),
+        };
+    }
+    if content_type.starts_with("application/grpc") {
+        return match b.grpc.oneshot(req).await {
+            Ok(r) => r.map(Body::new),
+            Err(e) => connect::error("internal", &e.to_string()),
+        };
+    }
+    if !METHODS.contains(&method.as_str()) {
+        return connect::error(
+            "not_found",
+            &format!("billing.v1.BillingService has no method {method:?}"),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, b.max_body).await {
+        Ok(bytes) => bytes,
+        Err(e) => return connect::error("resource_exhausted", &format!("request body: {e}")),
+    };
+    connect::call(&b.service, &method, &parts.headers, bytes)
+        .await
+        .into_response()
+}

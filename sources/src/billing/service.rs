@@ -1,0 +1,520 @@
+//! billing.v1 semantics, independent of the wire protocol: validation,
+//! records for `vm_metrics` and `vm_events`, fleet state and metrics.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tally_pipeline::{now_ns, Dataset, IngestError, Pipeline, Record, Rejection, Value};
+use tally_proto::billing::v1::{
+    NotifyPossibleGapRequest, NotifyVmStartedRequest, NotifyVmStoppedRequest, SendHeartbeatRequest,
+    SendMetricsBatchRequest,
+};
+
+use super::metrics::BillingMetrics;
+
+/// At most this many samples per batch.
+pub const MAX_BATCH: usize = 1000;
+/// Samples may be stamped at most this far in the future.
+const MAX_FUTURE_NS: i64 = 24 * 3600 * 1_000_000_000;
+
+/// An RPC failure with its Connect / gRPC code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RpcError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RpcError {
+    /// The Connect code name.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RpcError::InvalidArgument(_) => "invalid_argument",
+            RpcError::ResourceExhausted(_) => "resource_exhausted",
+            RpcError::Unavailable(_) => "unavailable",
+            RpcError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<IngestError> for RpcError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::QueueFull(q) => RpcError::ResourceExhausted(q.to_string()),
+            IngestError::Wal(w) => RpcError::Unavailable(w.to_string()),
+        }
+    }
+}
+
+/// What the service remembers of the fleet, for gap detection and
+/// `billaged_active_vms`.
+#[derive(Default)]
+struct Fleet {
+    /// Newest sample time per VM (ns).
+    last_sample: HashMap<String, i64>,
+    /// VMs started and not stopped.
+    running: HashSet<String>,
+    /// Latest heartbeat list per metald instance.
+    heartbeats: HashMap<String, Vec<String>>,
+}
+
+impl Fleet {
+    fn active(&self) -> usize {
+        let mut all: HashSet<&str> = self.running.iter().map(String::as_str).collect();
+        all.extend(self.heartbeats.values().flatten().map(String::as_str));
+        all.len()
+    }
+}
+
+#[derive(Clone)]
+pub struct BillingService {
+    pipeline: Pipeline,
+    fleet: Arc<Mutex<Fleet>>,
+    pub metrics: Arc<BillingMetrics>,
+    gap_limit_ns: i64,
+}
+
+fn required(name: &str, v: &str) -> Result<(), RpcError> {
+    if v.is_empty() {
+        Err(RpcError::InvalidArgument(format!("{name} is required")))
+    } else if v.len() > 1024 || v.contains('\0') {
+        Err(RpcError::InvalidArgument(format!(
+            "{name} must be at most 1024 bytes without NUL characters"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn required_time(name: &str, v: i64) -> Result<(), RpcError> {
+    if v <= 0 {
+        Err(RpcError::InvalidArgument(format!(
+            "{name} is required (Unix time in nanoseconds, > 0), got {v}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a batch; the first error names the field and the sample's index.
+pub fn validate_batch(req: &SendMetricsBatchRequest, now: i64) -> Result<(), RpcError> {
+    required("vm_id", &req.vm_id)?;
+    required("customer_id", &req.customer_id)?;
+    let n = req.metrics.len();
+    if n == 0 || n > MAX_BATCH {
+        return Err(RpcError::InvalidArgument(format!(
+            "metrics must hold between 1 and {MAX_BATCH} samples, got {n}"
+        )));
+    }
+    for (i, m) in req.metrics.iter().enumerate() {
+        let Some(ts) = &m.timestamp else {
+            return Err(RpcError::InvalidArgument(format!(
+                "metrics[{i}].timestamp is required"
+            )));
+        };
+        if !(0..1_000_000_000).contains(&ts.nanos) || ts.seconds <= 0 {
+            return Err(RpcError::InvalidArgument(format!(
+                "metrics[{i}].timestamp must be after 1970 with nanos in 0..1e9, got {}s {}ns",
+                ts.seconds, ts.nanos
+            )));
+        }
+        let ns = timestamp_ns(ts).ok_or_else(|| {
+            RpcError::InvalidArgument(format!("metrics[{i}].timestamp is out of range"))
+        })?;
+        if ns > now + MAX_FUTURE_NS {
+            return Err(RpcError::InvalidArgument(format!(
+                "metrics[{i}].timestamp is more than 24h in the future"
+            )));
+        }
+        for (name, v) in [
+            ("cpu_time_nanos", m.cpu_time_nanos),
+            ("memory_usage_bytes", m.memory_usage_bytes),
+            ("disk_read_bytes", m.disk_read_bytes),
+            ("disk_write_bytes", m.disk_write_bytes),
+            ("network_rx_bytes", m.network_rx_bytes),
+            ("network_tx_bytes", m.network_tx_bytes),
+        ] {
+            if v < 0 {
+                return Err(RpcError::InvalidArgument(format!(
+                    "metrics[{i}].{name} must be >= 0, got {v}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn timestamp_ns(ts: &prost_types::Timestamp) -> Option<i64> {
+    ts.seconds
+        .checked_mul(1_000_000_000)?
+        .checked_add(ts.nanos as i64)
+}
+
+/// The optional columns of a `vm_events` row.
+#[derive(Default)]
+struct VmEvent<'a> {
+    vm_id: Option<&'a str>,
+    customer_id: Option<&'a str>,
+    instance_id: Option<&'a str>,
+    active_vms: Option<String>,
+    event_time: Option<i64>,
+    last_sent: Option<i64>,
+    resume_time: Option<i64>,
+}
+
+impl VmEvent<'_> {
+    fn record(self, event_id: String, kind: &str, now: i64) -> Record {
+        let s = |v: Option<&str>| v.map(|s| Value::Str(s.to_string())).unwrap_or(Value::Null);
+        let t = |v: Option<i64>| v.map(Value::Ts).unwrap_or(Value::Null);
+        Record::new(
+            Dataset::VmEvents,
+            vec![
+                Value::Str(event_id),
+                Value::Ts(now),
+                Value::Str(kind.to_string()),
+                s(self.vm_id),
+                s(self.customer_id),
+                s(self.instance_id),
+                self.active_vms.map(Value::Str).unwrap_or(Value::Null),
+                t(self.event_time),
+                t(self.last_sent),
+                t(self.resume_time),
+            ],
+        )
+    }
+}
+
+impl BillingService {
+    pub fn new(pipeline: Pipeline, gap_limit_secs: u64) -> Self {
+        Self {
+            pipeline,
+            fleet: Arc::new(Mutex::new(Fleet::default())),
+            metrics: Arc::new(BillingMetrics::default()),
+            gap_limit_ns: gap_limit_secs as i64 * 1_000_000_000,
+        }
+    }
+
+    async fn store(&self, source: &str, records: Vec<Record>) -> Result<(usize, usize), RpcError> {
+        let report = self.pipeline.ingest(source, records, Vec::new()).await?;
+        Ok((report.accepted, report.duplicates))
+    }
+
+    /// Keeps a refused request in `rejected` (best effort: the caller's
+    /// answer is the error either way).
+    async fn reject(&self, source: &str, what: &str, payload: String, e: &RpcError) {
+        let rejection = Rejection {
+            index: None,
+            subject: Some(format!("billing.v1.BillingService/{what}")),
+            dataset: Some(if what == "SendMetricsBatch" {
+                Dataset::VmMetrics
+            } else {
+                Dataset::VmEvents
+            }),
+            reason: e.to_string(),
+            payload,
+        };
+        if let Err(err) = self
+            .pipeline
+            .ingest(source, Vec::new(), vec![rejection])
+            .await
+        {
+            tracing::warn!(error = %err, "could not keep a refused billing request in `rejected`");
+        }
+    }
+
+    pub async fn send_metrics_batch(
+        &self,
+        source: &str,
+        req: SendMetricsBatchRequest,
+    ) -> Result<String, RpcError> {
+        let started = Instant::now();
+        let now = now_ns();
+        if let Err(e) = validate_batch(&req, now) {
+            let payload = format!(
+                "{{\"vm_id\":{:?},\"customer_id\":{:?},\"samples\":{}}}",
+                req.vm_id,
+                req.customer_id,
+                req.metrics.len()
+            );
+            self.reject(source, "SendMetricsBatch", payload, &e).await;
+            return Err(e);
+        }
+        let n = req.metrics.len();
+        let mut newest = i64::MIN;
+        let records: Vec<Record> = req
+            .metrics
+            .iter()
+            .map(|m| {
+                let ts = m
+                    .timestamp
+                    .as_ref()
+                    .and_then(timestamp_ns)
+                    .unwrap_or_default();
+                newest = newest.max(ts);
+                Record::new(
+                    Dataset::VmMetrics,
+                    vec![
+                        Value::Str(req.customer_id.clone()),
+                        Value::Str(req.vm_id.clone()),
+                        Value::Ts(ts),
+                        Value::I64(m.cpu_time_nanos),
+                        Value::I64(m.memory_usage_bytes),
+                        Value::I64(m.disk_read_bytes),
+                        Value::I64(m.disk_write_bytes),
+                        Value::I64(m.network_rx_bytes),
+                        Value::I64(m.network_tx_bytes),
+                    ],
+                )
+            })
+            .collect();
+        let (accepted, duplicates) = self.store(source, records).await?;
+        {
+            let mut fleet = self.fleet.lock();
+            let last = fleet.last_sample.entry(req.vm_id).or_insert(newest);
+            *last = (*last).max(newest);
+        }
+        self.metrics.processed.add(accepted as u64);
+        self.metrics.batch_size.observe(n as f64);
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(if duplicates > 0 {
+            format!("processed {accepted} metrics, {duplicates} duplicates ignored")
+        } else {
+            format!("processed {accepted} metrics")
+        })
+    }
+
+    pub async fn send_heartbeat(
+        &self,
+        source: &str,
+        req: SendHeartbeatRequest,
+    ) -> Result<(), RpcError> {
+        let now = now_ns();
+        if let Err(e) = required("instance_id", &req.instance_id) {
+            self.reject(source, "SendHeartbeat", format!("{req:?}"), &e)
+                .await;
+            return Err(e);
+        }
+        if let Some(i) = req.active_vms.iter().position(|v| v.is_empty()) {
+            let e = RpcError::InvalidArgument(format!("active_vms[{i}] must not be empty"));
+            self.reject(source, "SendHeartbeat", format!("{req:?}"), &e)
+                .await;
+            return Err(e);
+        }
+        let list = serde_json::to_string(&req.active_vms).unwrap_or_default();
+        let mut records = vec![VmEvent {
+            instance_id: Some(&req.instance_id),
+            active_vms: Some(list),
+            ..Default::default()
+        }
+        .record(
+            format!("heartbeat:{}:{now}", req.instance_id),
+            "heartbeat",
+            now,
+        )];
+        {
+            let mut fleet = self.fleet.lock();
+            for vm in &req.active_vms {
+                if let Some(&last) = fleet.last_sample.get(vm) {
+                    if now - last > self.gap_limit_ns {
+                        // Keyed by the last sample: one gap per silence, however
+                        // many heartbeats notice it.
+                        records.push(
+                            VmEvent {
+                                vm_id: Some(vm),
+                                instance_id: Some(&req.instance_id),
+                                last_sent: Some(last),
+                                ..Default::default()
+                            }
+                            .record(
+                                format!("gap_detected:{vm}:{last}"),
+                                "gap_detected",
+                                now,
+                            ),
+                        );
+                    }
+                }
+            }
+            fleet
+                .heartbeats
+                .insert(req.instance_id.clone(), req.active_vms.clone());
+            self.metrics.active_vms.set(fleet.active() as u64);
+        }
+        self.store(source, records).await.map(|_| ())
+    }
+
+    pub async fn notify_vm_started(
+        &self,
+        source: &str,
+        req: NotifyVmStartedRequest,
+    ) -> Result<(), RpcError> {
+        let now = now_ns();
+        let check = required("vm_id", &req.vm_id)
+            .and_then(|_| required("customer_id", &req.customer_id))
+            .and_then(|_| required_time("start_time", req.start_time));
+        if let Err(e) = check {
+            self.reject(source, "NotifyVmStarted", format!("{req:?}"), &e)
+                .await;
+            return Err(e);
+        }
+        let r = VmEvent {
+            vm_id: Some(&req.vm_id),
+            customer_id: Some(&req.customer_id),
+            event_time: Some(req.start_time),
+            ..Default::default()
+        }
+        .record(
+            format!("started:{}:{}", req.vm_id, req.start_time),
+            "started",
+            now,
+        );
+        self.store(source, vec![r]).await?;
+        let mut fleet = self.fleet.lock();
+        fleet.running.insert(req.vm_id);
+        self.metrics.active_vms.set(fleet.active() as u64);
+        Ok(())
+    }
+
+    pub async fn notify_vm_stopped(
+        &self,
+        source: &str,
+        req: NotifyVmStoppedRequest,
+    ) -> Result<(), RpcError> {
+        let now = now_ns();
+        let check =
+            required("vm_id", &req.vm_id).and_then(|_| required_time("stop_time", req.stop_time));
+        if let Err(e) = check {
+            self.reject(source, "NotifyVmStopped", format!("{req:?}"), &e)
+                .await;
+            return Err(e);
+        }
+        let r = VmEvent {
+            vm_id: Some(&req.vm_id),
+            event_time: Some(req.stop_time),
+            ..Default::default()
+        }
+        .record(
+            format!("stopped:{}:{}", req.vm_id, req.stop_time),
+            "stopped",
+            now,
+        );
+        self.store(source, vec![r]).await?;
+        let mut fleet = self.fleet.lock();
+        fleet.running.remove(&req.vm_id);
+        self.metrics.active_vms.set(fleet.active() as u64);
+        Ok(())
+    }
+
+    pub async fn notify_possible_gap(
+        &self,
+        source: &str,
+        req: NotifyPossibleGapRequest,
+    ) -> Result<(), RpcError> {
+        let now = now_ns();
+        let check = required("vm_id", &req.vm_id)
+            .and_then(|_| required_time("last_sent", req.last_sent))
+            .and_then(|_| required_time("resume_time", req.resume_time))
+            .and_then(|_| {
+                if req.resume_time < req.last_sent {
+                    Err(RpcError::InvalidArgument(format!(
+                        "resume_time ({}) must not be before last_sent ({})",
+                        req.resume_time, req.last_sent
+                    )))
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = check {
+            self.reject(source, "NotifyPossibleGap", format!("{req:?}"), &e)
+                .await;
+            return Err(e);
+        }
+        let r = VmEvent {
+            vm_id: Some(&req.vm_id),
+            last_sent: Some(req.last_sent),
+            resume_time: Some(req.resume_time),
+            ..Default::default()
+        }
+        .record(
+            format!(
+                "possible_gap:{}:{}:{}",
+                req.vm_id, req.last_sent, req.resume_time
+            ),
+            "possible_gap",
+            now,
+        );
+        self.store(source, vec![r]).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_proto::billing::v1::VmMetrics;
+
+    fn sample(secs: i64) -> VmMetrics {
+        VmMetrics {
+            timestamp: Some(prost_types::Timestamp {
+                seconds: secs,
+                nanos: 0,
+            }),
+            cpu_time_nanos: 1,
+            memory_usage_bytes: 1,
+            disk_read_bytes: 1,
+            disk_write_bytes: 1,
+            network_rx_bytes: 1,
+            network_tx_bytes: 1,
+        }
+    }
+
+    fn batch(metrics: Vec<VmMetrics>) -> SendMetricsBatchRequest {
+        SendMetricsBatchRequest {
+            vm_id: "vm".into(),
+            customer_id: "c".into(),
+            metrics,
+        }
+    }
+
+    fn err(req: &SendMetricsBatchRequest) -> String {
+        validate_batch(req, 2_000_000_000 * 1_000_000_000)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn validation_names_the_field_and_the_index() {
+        let mut b = batch((0..20).map(|i| sample(1_700_000_000 + i)).collect());
+        assert!(validate_batch(&b, 2_000_000_000 * 1_000_000_000).is_ok());
+        b.metrics[17].timestamp = None;
+        assert_eq!(err(&b), "metrics[17].timestamp is required");
+        b.metrics[17] = sample(1_700_000_000);
+        b.metrics[3].disk_write_bytes = -5;
+        assert_eq!(err(&b), "metrics[3].disk_write_bytes must be >= 0, got -5");
+        b.metrics[3] = sample(2_000_000_000 + 25 * 3600);
+        assert_eq!(
+            err(&b),
+            "metrics[3].timestamp is more than 24h in the future"
+        );
+        assert_eq!(
+            err(&batch(vec![])),
+            "metrics must hold between 1 and 1000 samples, got 0"
+        );
+        assert_eq!(
+            err(&batch(
+                (0..1001).map(|i| sample(1_700_000_000 + i)).collect()
+            )),
+            "metrics must hold between 1 and 1000 samples, got 1001"
+        );
+        let mut no_vm = batch(vec![sample(1_700_000_000)]);
+        no_vm.vm_id.clear();
+        assert_eq!(err(&no_vm), "vm_id is required");
+    }
+}

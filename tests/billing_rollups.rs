@@ -1,0 +1,328 @@
+//! A generated fleet with counter resets, silences, reported gaps, duplicate
+//! and out-of-order batches: the rollups equal values computed here, from
+//! the same samples, by the billing rules of DESIGN.md.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Rng, Tally};
+use serde_json::Value;
+use tally_proto::billing::v1 as pb;
+use tally_proto::billing::v1::billing_service_client::BillingServiceClient;
+
+const NS: i64 = 1_000_000_000;
+const GAP_LIMIT: i64 = 120 * NS;
+
+/// (customer, vm, samples, reported gaps as (last_sent, resume_time)).
+type Vm = (&'static str, &'static str, Vec<Sample>, Vec<(i64, i64)>);
+
+#[derive(Clone, Debug)]
+struct Sample {
+    ts: i64,
+    cpu: i64,
+    mem: i64,
+    disk_r: i64,
+    disk_w: i64,
+    rx: i64,
+    tx: i64,
+}
+
+/// One VM's samples, every ~10 s with jitter, over `steps` steps.
+fn generate(rng: &mut Rng, start: i64, steps: usize, special: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    let (mut ts, mut cpu, mut disk_r, mut disk_w, mut rx, mut tx) =
+        (start, 0i64, 0i64, 0i64, 0i64, 0i64);
+    for i in 0..steps {
+        let mut step = 10 * NS + (rng.below(3_000_000_000) as i64);
+        if special == "silence" && i == steps / 3 {
+            step = 200 * NS; // over the gap limit
+        }
+        if special == "exact" && i == steps / 2 {
+            step = 120 * NS; // exactly the limit: not a gap
+        }
+        ts += step;
+        cpu += rng.below(2 * NS as u64) as i64;
+        disk_r += rng.below(1 << 20) as i64;
+        disk_w += rng.below(1 << 20) as i64;
+        rx += rng.below(1 << 24) as i64;
+        tx += rng.below(1 << 24) as i64;
+        if i == steps * 2 / 3 {
+            // Counter reset (the VM rebooted).
+            cpu = rng.below(NS as u64) as i64;
+            disk_r = 0;
+            rx = 17;
+        }
+        out.push(Sample {
+            ts,
+            cpu,
+            mem: (256 << 20) + rng.below(4 << 30) as i64,
+            disk_r,
+            disk_w,
+            rx,
+            tx,
+        });
+    }
+    out
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Rollup {
+    cpu_ns: i64,
+    mem_byte_seconds: f64,
+    disk_r: i64,
+    disk_w: i64,
+    rx: i64,
+    tx: i64,
+    observed_ns: i64,
+    samples: i64,
+    gaps: i64,
+}
+
+/// The billing rules, written out plainly.
+fn expected(samples: &[Sample], gaps: &[(i64, i64)], window_ns: i64) -> BTreeMap<i64, Rollup> {
+    let mut s = samples.to_vec();
+    s.sort_by_key(|x| x.ts);
+    s.dedup_by_key(|x| x.ts);
+    let mut out: BTreeMap<i64, Rollup> = BTreeMap::new();
+    let window = |ts: i64| ts - ts.rem_euclid(window_ns);
+    out.entry(window(s[0].ts)).or_default().samples += 1;
+    for pair in s.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let r = out.entry(window(b.ts)).or_default();
+        r.samples += 1;
+        let dt = b.ts - a.ts;
+        let reported = gaps
+            .iter()
+            .any(|(last, resume)| a.ts.max(*last) < b.ts.min(*resume));
+        if dt > GAP_LIMIT || reported {
+            r.gaps += 1;
+            continue;
+        }
+        r.cpu_ns += (b.cpu - a.cpu).max(0);
+        r.disk_r += (b.disk_r - a.disk_r).max(0);
+        r.disk_w += (b.disk_w - a.disk_w).max(0);
+        r.rx += (b.rx - a.rx).max(0);
+        r.tx += (b.tx - a.tx).max(0);
+        r.mem_byte_seconds += a.mem.min(b.mem) as f64 * (dt as f64 / 1e9);
+        r.observed_ns += dt;
+    }
+    out
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+fn to_pb(s: &Sample) -> pb::VmMetrics {
+    pb::VmMetrics {
+        timestamp: Some(prost_types::Timestamp {
+            seconds: s.ts / NS,
+            nanos: (s.ts % NS) as i32,
+        }),
+        cpu_time_nanos: s.cpu,
+        memory_usage_bytes: s.mem,
+        disk_read_bytes: s.disk_r,
+        disk_write_bytes: s.disk_w,
+        network_rx_bytes: s.rx,
+        network_tx_bytes: s.tx,
+    }
+}
+
+fn check(rows: &[Value], fleet: &[Vm], window_ns: i64, customer: Option<&str>) {
+    let mut want = BTreeMap::new();
+    for (cust, vm, samples, gaps) in fleet {
+        if customer.is_some_and(|c| c != *cust) {
+            continue;
+        }
+        for (w, r) in expected(samples, gaps, window_ns) {
+            want.insert((cust.to_string(), vm.to_string(), w), r);
+        }
+    }
+    let mut got = BTreeMap::new();
+    for row in rows {
+        let start =
+            chrono::DateTime::parse_from_rfc3339(row["window_start"].as_str().unwrap()).unwrap();
+        let end =
+            chrono::DateTime::parse_from_rfc3339(row["window_end"].as_str().unwrap()).unwrap();
+        let start_ns = start.timestamp_nanos_opt().unwrap();
+        assert_eq!(
+            end.timestamp_nanos_opt().unwrap() - start_ns,
+            window_ns,
+            "{row}"
+        );
+        let key = (
+            row["customer_id"].as_str().unwrap().to_string(),
+            row["vm_id"].as_str().unwrap().to_string(),
+            start_ns,
+        );
+        got.insert(key, row.clone());
+    }
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (key, w) in &want {
+        let g = &got[key];
+        let int = |name: &str| g[name].as_i64().unwrap_or_else(|| panic!("{name} in {g}"));
+        let float = |name: &str| g[name].as_f64().unwrap();
+        assert_eq!(
+            (
+                int("disk_read_bytes"),
+                int("disk_write_bytes"),
+                int("network_rx_bytes"),
+                int("network_tx_bytes"),
+                int("samples"),
+                int("gaps")
+            ),
+            (w.disk_r, w.disk_w, w.rx, w.tx, w.samples, w.gaps),
+            "{key:?}: {g}"
+        );
+        assert!(
+            close(float("cpu_seconds"), w.cpu_ns as f64 / 1e9),
+            "{key:?} cpu: {g} vs {w:?}"
+        );
+        assert!(
+            close(float("observed_seconds"), w.observed_ns as f64 / 1e9),
+            "{key:?} observed: {g} vs {w:?}"
+        );
+        let gib_hours = w.mem_byte_seconds / (1u64 << 30) as f64 / 3600.0;
+        assert!(
+            close(float("memory_gib_hours"), gib_hours),
+            "{key:?} memory: {g} vs {gib_hours}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_follow_the_billing_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Small flushes: the rollups read Parquet files and the live buffer together.
+    let t = Tally::start(&data, &["--flush-rows", "700", "--flush-interval", "300ms"]).await;
+    let mut rng = Rng::from_time();
+    // 2024-01-15T22:30:00Z: three hours of samples cross midnight.
+    let start = 1_705_357_800 * NS;
+    let mut fleet = vec![
+        (
+            "cust-a",
+            "vm-1",
+            generate(&mut rng, start, 1000, "silence"),
+            vec![],
+        ),
+        (
+            "cust-a",
+            "vm-2",
+            generate(&mut rng, start + 3 * NS, 1000, "exact"),
+            vec![],
+        ),
+        (
+            "cust-b",
+            "vm-3",
+            generate(&mut rng, start + 7 * NS, 1000, ""),
+            vec![],
+        ),
+    ];
+    // A reported gap on vm-3 over five minutes while samples kept coming,
+    // and one on vm-1 that ends exactly at a sample: it spoils the pair
+    // before that sample, not the pair after.
+    let t300 = fleet[2].2[300].ts;
+    fleet[2].3.push((t300 + NS, t300 + 300 * NS));
+    let t10 = fleet[0].2[10].ts;
+    fleet[0].3.push((t10 - 5 * NS, t10));
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = BillingServiceClient::new(channel);
+    // Batches of 1..600 samples, sent out of order, some twice.
+    let mut batches = Vec::new();
+    for (cust, vm, samples, _) in &fleet {
+        let mut i = 0;
+        while i < samples.len() {
+            let n = (1 + rng.below(600) as usize).min(samples.len() - i);
+            batches.push(pb::SendMetricsBatchRequest {
+                vm_id: vm.to_string(),
+                customer_id: cust.to_string(),
+                metrics: samples[i..i + n].iter().map(to_pb).collect(),
+            });
+            i += n;
+        }
+    }
+    for i in (1..batches.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        batches.swap(i, j);
+    }
+    let resend: Vec<_> = batches.iter().step_by(3).cloned().collect();
+    for b in batches.into_iter().chain(resend) {
+        client.send_metrics_batch(b).await.unwrap();
+    }
+    for (_, vm, _, gaps) in &fleet {
+        for (last, resume) in gaps {
+            client
+                .notify_possible_gap(pb::NotifyPossibleGapRequest {
+                    vm_id: vm.to_string(),
+                    last_sent: *last,
+                    resume_time: *resume,
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    let get = |query: String| {
+        let url = t.url(&format!("/v1/billing/vm-usage?{query}"));
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Vec<Value>>().await.unwrap()
+        }
+    };
+    let range = "from=2024-01-15T00:00:00Z&to=2024-01-17T00:00:00Z";
+    check(
+        &get(format!("window=hour&{range}")).await,
+        &fleet,
+        3600 * NS,
+        None,
+    );
+    check(
+        &get(format!("window=day&{range}")).await,
+        &fleet,
+        86_400 * NS,
+        None,
+    );
+    check(
+        &get(format!("window=hour&customer_id=cust-b&{range}")).await,
+        &fleet,
+        3600 * NS,
+        Some("cust-b"),
+    );
+    // The same through SQL, by the view's name.
+    let rows = t
+        .sql("SELECT * FROM vm_usage_hourly ORDER BY customer_id, vm_id, window_start")
+        .await;
+    check(&rows, &fleet, 3600 * NS, None);
+
+    // Windows outside [from, to) are not returned; bad parameters are named.
+    let one_hour =
+        get("window=hour&from=2024-01-16T00:00:00Z&to=2024-01-16T01:00:00Z".into()).await;
+    assert_eq!(one_hour.len(), 3, "{one_hour:?}");
+    for row in &one_hour {
+        let start =
+            chrono::DateTime::parse_from_rfc3339(row["window_start"].as_str().unwrap()).unwrap();
+        assert_eq!(start.timestamp(), 1_705_363_200, "{row}");
+    }
+    assert!(
+        get("window=hour&from=2024-01-16T05:00:00Z&to=2024-01-16T06:00:00Z".into())
+            .await
+            .is_empty()
+    );
+    let r = reqwest::get(t.url("/v1/billing/vm-usage?window=week&from=yesterday"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["detail"], "window must be one of hour, day, month, got \"week\"; from must be an RFC 3339 time such as 2024-01-15T10:00:00Z, got \"yesterday\"");
+}
