@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 # Services the end-to-end tests talk to, from Debian's packages
-# ("package:command" pairs; none yet beyond the Rust toolchain).
-for pkg_bin in ; do
+# ("package:command" pairs).
+for pkg_bin in nats-server:nats-server; do
   pkg=${pkg_bin%%:*}; bin=${pkg_bin##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

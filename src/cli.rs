@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: HTTP ingest, SQL, /health and /metrics on every listener.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run one read-only SQL query over a data directory, offline.
     Sql(SqlArgs),
 }
@@ -74,6 +74,43 @@ pub struct ServeArgs {
     /// Largest request body accepted. [default: 33554432]
     #[arg(long, env = "TALLY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+
+    /// Consume usage events from this NATS server (core NATS unless --nats-stream).
+    #[arg(long, env = "NATS_URL")]
+    pub nats: Option<String>,
+
+    /// Consume through this JetStream stream with a durable pull consumer.
+    #[arg(long, env = "TALLY_NATS_STREAM", requires = "nats")]
+    pub nats_stream: Option<String>,
+
+    /// Create the JetStream stream over the event subjects if it does not exist.
+    #[arg(long, env = "TALLY_NATS_CREATE_STREAM", requires = "nats_stream")]
+    pub nats_create_stream: bool,
+
+    /// Durable consumer name. [default: tally]
+    #[arg(long, env = "TALLY_NATS_CONSUMER")]
+    pub nats_consumer: Option<String>,
+
+    /// How long JetStream waits for tally's ack before redelivering (after a
+    /// crash, unacked messages return after this). [default: 10s]
+    #[arg(long, env = "TALLY_NATS_ACK_WAIT", value_parser = crate::config::parse_duration)]
+    pub nats_ack_wait: Option<std::time::Duration>,
+
+    /// Use another NATS subject for an event type, e.g. usage.llm=acme.usage.llm (repeatable).
+    #[arg(long = "nats-subject", value_name = "EVENT=SUBJECT")]
+    pub nats_subjects: Vec<String>,
+
+    /// LLM price catalogue (LiteLLM's JSON shape) instead of the built-in one.
+    #[arg(long, env = "TALLY_PRICES")]
+    pub prices: Option<PathBuf>,
+
+    /// POST every accepted chat.usage_summary to the control plane (spec 004).
+    #[arg(long, env = "CONTROL_PLANE_USAGE_INGEST_ENABLED")]
+    pub control_plane_usage_ingest_enabled: bool,
+
+    /// Where the control-plane usage hook posts.
+    #[arg(long, env = "CONTROL_PLANE_USAGE_INGEST_URL")]
+    pub control_plane_usage_ingest_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

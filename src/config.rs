@@ -1,11 +1,15 @@
 //! Settings of `tally serve`: flags and environment over `tally.toml` over defaults.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
+
+use tally_sources::events::Subject;
+use tally_sources::nats::NatsConfig;
 
 use crate::cli::ServeArgs;
 
@@ -24,6 +28,13 @@ struct FileConfig {
     dedup_max_keys: Option<usize>,
     wal_segment_bytes: Option<u64>,
     max_body_bytes: Option<usize>,
+    nats: Option<String>,
+    nats_stream: Option<String>,
+    nats_create_stream: Option<bool>,
+    nats_consumer: Option<String>,
+    nats_subjects: Option<HashMap<String, String>>,
+    prices: Option<PathBuf>,
+    control_plane_usage_ingest_url: Option<String>,
 }
 
 /// The resolved settings.
@@ -40,6 +51,10 @@ pub struct Config {
     pub dedup_max_keys: usize,
     pub wal_segment_bytes: u64,
     pub max_body_bytes: usize,
+    pub nats: Option<NatsConfig>,
+    pub prices: Option<PathBuf>,
+    /// Control-plane usage hook URL, when enabled.
+    pub control_plane_url: Option<String>,
 }
 
 /// Parses `500ms`, `10s`, `5m`, `24h`, `7d` (a bare number is seconds).
@@ -123,7 +138,53 @@ impl Config {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(32 << 20),
+            nats: None,
+            prices: args.prices.or(file.prices),
+            control_plane_url: None,
         };
+        let mut config = config;
+        if let Some(url) = args.nats.or(file.nats) {
+            let mut subjects = HashMap::new();
+            let pairs = file.nats_subjects.unwrap_or_default().into_iter().chain(
+                args.nats_subjects.iter().map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (k.to_string(), v.to_string())
+                }),
+            );
+            for (event, subject) in pairs {
+                let Some(s) = Subject::from_name(&event) else {
+                    anyhow::bail!("nats subject override: unknown event type {event:?}");
+                };
+                if subject.is_empty() {
+                    anyhow::bail!(
+                        "nats subject override for {event} must be EVENT=SUBJECT with a subject"
+                    );
+                }
+                subjects.insert(s, subject);
+            }
+            config.nats = Some(NatsConfig {
+                url,
+                stream: args.nats_stream.or(file.nats_stream),
+                create_stream: args.nats_create_stream || file.nats_create_stream.unwrap_or(false),
+                consumer: args
+                    .nats_consumer
+                    .or(file.nats_consumer)
+                    .unwrap_or_else(|| "tally".into()),
+                ack_wait: args.nats_ack_wait.unwrap_or(Duration::from_secs(10)),
+                subjects,
+            });
+        }
+        if args.control_plane_usage_ingest_enabled {
+            match args
+                .control_plane_usage_ingest_url
+                .or(file.control_plane_usage_ingest_url)
+            {
+                Some(url) if !url.is_empty() => config.control_plane_url = Some(url),
+                _ => anyhow::bail!(
+                    "CONTROL_PLANE_USAGE_INGEST_ENABLED=true needs CONTROL_PLANE_USAGE_INGEST_URL"
+                ),
+            }
+        }
         if config.listen.is_empty() {
             anyhow::bail!("listen must name at least one address");
         }

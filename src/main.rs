@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => server::serve(config::Config::resolve(args)?).await,
+            Command::Serve(args) => server::serve(config::Config::resolve(*args)?).await,
             Command::Sql(args) => sql(args).await,
         }
     });

@@ -9,12 +9,16 @@ use axum::Router;
 use tally_pipeline::dedup::Dedup;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::store::Store;
+use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::{now_ns, Pipeline};
+use tally_queries::prices::PriceCatalogue;
 use tally_queries::SqlEngine;
+use tally_sinks::control_plane::{self, ForwarderConfig};
 use tally_sinks::parquet::layout::wal_dir;
 use tally_sinks::{recover, FlushPolicy, Flusher};
 use tally_sources::billing::BillingService;
+use tally_sources::nats::NatsStatus;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -88,15 +92,51 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(expire_dedup(dedup.clone(), stop_rx.clone()));
 
     let engine = SqlEngine::new(store.clone()).await?;
+    let prices = Arc::new(match &config.prices {
+        Some(path) => PriceCatalogue::from_file(path)?,
+        None => PriceCatalogue::embedded(),
+    });
+    tracing::info!(models = prices.len(), "price catalogue loaded");
+    let forwarder = config.control_plane_url.clone().map(|url| {
+        tracing::info!(%url, "forwarding chat.usage_summary to the control plane");
+        control_plane::start(ForwarderConfig::new(url))
+    });
+    let tap: Option<Arc<dyn PayloadTap>> = forwarder.clone().map(|f| f as Arc<dyn PayloadTap>);
+    let nats_status = Arc::new(parking_lot::Mutex::new(NatsStatus::default()));
+    let nats_task = config.nats.clone().map(|nats| {
+        let (pipeline, tap, status, stop) = (
+            pipeline.clone(),
+            tap.clone(),
+            nats_status.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) =
+                tally_sources::nats::run(nats, pipeline, tap, status.clone(), stop).await
+            {
+                tracing::error!(error = %e, "NATS collector stopped");
+                *status.lock() = NatsStatus {
+                    connected: false,
+                    detail: Some(e.to_string()),
+                };
+            }
+        })
+    });
     let billing = BillingService::new(pipeline.clone(), GAP_LIMIT_SECS);
     let status = StatusState {
         pipeline: pipeline.clone(),
         flusher: flusher.clone(),
         billing: billing.metrics.clone(),
+        forwarder: forwarder.as_ref().map(|f| f.metrics.clone()),
+        nats: config.nats.is_some().then(|| nats_status.clone()),
         started,
     };
     let app = Router::new()
-        .merge(tally_sources::http::router(pipeline.clone()))
+        .merge(tally_sources::http::router(pipeline.clone(), tap.clone()))
+        .merge(tally_queries::usage_engine::router(
+            engine.clone(),
+            prices.clone(),
+        ))
         .merge(tally_sources::billing::router(
             billing,
             config.max_body_bytes,
@@ -135,6 +175,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = flusher_task.await;
+    if let Some(t) = nats_task {
+        let _ = t.await;
+    }
     let flushed = flusher.flush().await;
     wal.shutdown().await;
     match flushed {

@@ -10,14 +10,19 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tally_pipeline::{Dataset, Pipeline};
+use tally_sinks::control_plane::ForwarderMetrics;
 use tally_sinks::Flusher;
 use tally_sources::billing::metrics::BillingMetrics;
+use tally_sources::nats::NatsStatus;
 
 #[derive(Clone)]
 pub struct StatusState {
     pub pipeline: Pipeline,
     pub flusher: Arc<Flusher>,
     pub billing: Arc<BillingMetrics>,
+    pub forwarder: Option<Arc<ForwarderMetrics>>,
+    /// Present when the NATS collector is configured.
+    pub nats: Option<Arc<parking_lot::Mutex<NatsStatus>>>,
     pub started: Instant,
 }
 
@@ -56,7 +61,17 @@ async fn health(State(s): State<StatusState>) -> Response {
             )
         })
         .collect();
-    let down = wal["status"] == "down" || writer["status"] == "down";
+    let nats = s.nats.as_ref().map(|n| {
+        let n = n.lock().clone();
+        if n.connected {
+            json!({"status": "ok"})
+        } else {
+            json!({"status": "down", "detail": n.detail})
+        }
+    });
+    let down = wal["status"] == "down"
+        || writer["status"] == "down"
+        || nats.as_ref().is_some_and(|n| n["status"] == "down");
     let body = json!({
         "status": if down { "down" } else { "ok" },
         "version": env!("CARGO_PKG_VERSION"),
@@ -67,6 +82,10 @@ async fn health(State(s): State<StatusState>) -> Response {
             "queues": {"status": "ok", "datasets": queues},
         },
     });
+    let mut body = body;
+    if let Some(n) = nats {
+        body["components"]["nats"] = n;
+    }
     let status = if down {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -79,6 +98,9 @@ async fn metrics(State(s): State<StatusState>) -> Response {
     let store = s.pipeline.store().clone();
     let mut text = s.pipeline.metrics().render(|d| store.stats(d).queued_rows);
     text.push_str(&s.billing.render());
+    if let Some(f) = &s.forwarder {
+        text.push_str(&f.render());
+    }
     (
         [(
             header::CONTENT_TYPE,

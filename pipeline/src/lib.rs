@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod record;
 pub mod store;
+pub mod tap;
 pub mod wal;
 
 pub use dataset::{Column, ColumnType, Dataset};

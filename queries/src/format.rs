@@ -40,7 +40,10 @@ impl OutputFormat {
                 if batches.iter().all(|b| b.num_rows() == 0) {
                     out.extend_from_slice(b"[]");
                 } else {
-                    let mut w = arrow::json::ArrayWriter::new(&mut out);
+                    // Null columns are written as `null`, not left out.
+                    let mut w = arrow::json::WriterBuilder::new()
+                        .with_explicit_nulls(true)
+                        .build::<_, arrow::json::writer::JsonArray>(&mut out);
                     for b in batches {
                         w.write(b)?;
                     }

@@ -5,7 +5,9 @@
 pub mod catalog;
 pub mod format;
 pub mod http;
+pub mod prices;
 pub mod sql;
+pub mod usage_engine;
 
 pub use format::OutputFormat;
 pub use sql::{QueryError, SqlEngine};

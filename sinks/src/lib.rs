@@ -1,6 +1,7 @@
 //! Where records go after the WAL: Parquet files in the Hive layout of
 //! DESIGN.md, written by the flusher, and recovered at start-up.
 
+pub mod control_plane;
 pub mod parquet;
 
 pub use parquet::checkpoint::Checkpoint;

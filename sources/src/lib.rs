@@ -3,3 +3,4 @@
 pub mod billing;
 pub mod events;
 pub mod http;
+pub mod nats;

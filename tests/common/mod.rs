@@ -29,6 +29,11 @@ fn free_port() -> u16 {
 impl Tally {
     /// Starts `tally serve` on a free port and waits for `/health`.
     pub async fn start(data: &Path, args: &[&str]) -> Tally {
+        Self::start_with_env(data, args, &[]).await
+    }
+
+    /// Starts with extra environment variables.
+    pub async fn start_with_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Tally {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -41,6 +46,7 @@ impl Tally {
             .args(["--listen", &addr])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -229,5 +235,73 @@ impl Rng {
     }
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// A real `nats-server` (with JetStream) on a free port, stopped on drop.
+pub struct NatsServer {
+    child: Child,
+    pub url: String,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let port = free_port();
+        let store = tempfile::tempdir().unwrap();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (./scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _store: store,
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `query` until its first row's `n` equals `want` (or 20 s pass).
+pub async fn wait_for_count(t: &Tally, query: &str, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = t.sql(query).await[0]["n"].as_u64().unwrap();
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `/health` reports the NATS component connected.
+pub async fn wait_nats_connected(t: &Tally) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h: serde_json::Value = reqwest::get(t.url("/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if h["components"]["nats"]["status"] == "ok" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "NATS never connected: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

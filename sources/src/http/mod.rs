@@ -11,6 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
+use std::sync::Arc;
+
+use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::{IngestError, IngestReport, Pipeline, Rejection};
 
 use crate::events::Subject;
@@ -18,15 +21,22 @@ use body::Item;
 
 pub const SOURCE: &str = "http";
 
-pub fn router(pipeline: Pipeline) -> Router {
+#[derive(Clone)]
+struct HttpIngest {
+    pipeline: Pipeline,
+    tap: Option<Arc<dyn PayloadTap>>,
+}
+
+/// The ingest routes; `tap` sees every accepted, non-duplicate payload.
+pub fn router(pipeline: Pipeline, tap: Option<Arc<dyn PayloadTap>>) -> Router {
     Router::new()
         .route("/v1/events/{subject}", post(ingest_subject))
         .route("/usage/ingest", post(ingest_usage_summary))
-        .with_state(pipeline)
+        .with_state(HttpIngest { pipeline, tap })
 }
 
 async fn ingest_subject(
-    State(pipeline): State<Pipeline>,
+    State(state): State<HttpIngest>,
     Path(subject): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -42,15 +52,15 @@ async fn ingest_subject(
             ),
         );
     };
-    ingest(&pipeline, subject, &headers, &body).await
+    ingest(&state, subject, &headers, &body).await
 }
 
 async fn ingest_usage_summary(
-    State(pipeline): State<Pipeline>,
+    State(state): State<HttpIngest>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    ingest(&pipeline, Subject::ChatUsageSummary, &headers, &body).await
+    ingest(&state, Subject::ChatUsageSummary, &headers, &body).await
 }
 
 fn is_ndjson(headers: &HeaderMap) -> bool {
@@ -61,7 +71,7 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
 }
 
 async fn ingest(
-    pipeline: &Pipeline,
+    state: &HttpIngest,
     subject: Subject,
     headers: &HeaderMap,
     body: &[u8],
@@ -73,14 +83,23 @@ async fn ingest(
         }
     };
     let mut records = Vec::with_capacity(items.len());
+    let mut payloads = Vec::new();
     let mut rejections = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         let decoded = match item {
-            Item::Event(v) => subject.decode(&v).map_err(|e| (v.to_string(), e)),
+            Item::Event(v) => match subject.decode(&v) {
+                Ok(r) => Ok((r, v)),
+                Err(e) => Err((v.to_string(), e)),
+            },
             Item::Unreadable { raw, error } => Err((raw, error)),
         };
         match decoded {
-            Ok(r) => records.push(r),
+            Ok((r, payload)) => {
+                if state.tap.is_some() {
+                    payloads.push(payload);
+                }
+                records.push(r);
+            }
             Err((payload, reason)) => rejections.push(Rejection {
                 index: Some(index),
                 subject: Some(subject.name().to_string()),
@@ -90,8 +109,17 @@ async fn ingest(
             }),
         }
     }
-    match pipeline.ingest(SOURCE, records, rejections).await {
-        Ok(report) => (StatusCode::OK, Json(report_json(&report))).into_response(),
+    match state.pipeline.ingest(SOURCE, records, rejections).await {
+        Ok(report) => {
+            if let Some(tap) = &state.tap {
+                for (payload, dup) in payloads.iter().zip(&report.duplicate_flags) {
+                    if !dup {
+                        tap.offer(subject.name(), payload.to_string().as_bytes());
+                    }
+                }
+            }
+            (StatusCode::OK, Json(report_json(&report))).into_response()
+        }
         Err(e) => ingest_error_response(&e),
     }
 }

@@ -1,0 +1,357 @@
+//! NATS collectors for the subjects of specs 001 and 004.
+//!
+//! Two modes:
+//! - **Core NATS** (as the usage-engine spec has it): at-most-once. A message
+//!   published while tally is down, or dropped by the NATS client as a slow
+//!   consumer, is lost; that is NATS core's contract, not tally's.
+//! - **JetStream** (`--nats-stream`): a durable pull consumer. A message is
+//!   acknowledged only after its record (or its rejection) is in the fsync'd
+//!   WAL; redeliveries are deduplicated by `event_id`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tally_pipeline::{IngestError, Pipeline, Record, Rejection};
+use tokio::sync::watch;
+
+use crate::events::Subject;
+use tally_pipeline::tap::PayloadTap;
+
+pub const SOURCE: &str = "nats";
+/// Messages taken per ingest call.
+const BATCH: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    /// JetStream stream to consume; core NATS when `None`.
+    pub stream: Option<String>,
+    /// Create the stream (over all subjects) when it does not exist.
+    pub create_stream: bool,
+    /// Durable consumer name.
+    pub consumer: String,
+    /// Redelivery delay of unacknowledged messages.
+    pub ack_wait: Duration,
+    /// NATS subject for each event subject (defaults to the same name).
+    pub subjects: HashMap<Subject, String>,
+}
+
+impl NatsConfig {
+    pub fn subject_name(&self, s: Subject) -> String {
+        self.subjects
+            .get(&s)
+            .cloned()
+            .unwrap_or_else(|| s.name().to_string())
+    }
+
+    fn routes(&self) -> HashMap<String, Subject> {
+        Subject::ALL
+            .iter()
+            .map(|s| (self.subject_name(*s), *s))
+            .collect()
+    }
+}
+
+/// The collector's state, for `/health`.
+#[derive(Debug, Clone, Default)]
+pub struct NatsStatus {
+    pub connected: bool,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    #[error("subscribing to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        source: async_nats::SubscribeError,
+    },
+}
+
+/// One message turned into a record or a rejection.
+fn decode(
+    routes: &HashMap<String, Subject>,
+    subject: &str,
+    payload: &[u8],
+    records: &mut Vec<Record>,
+    rejections: &mut Vec<Rejection>,
+) -> Option<(Subject, usize)> {
+    let Some(&s) = routes.get(subject) else {
+        rejections.push(Rejection {
+            index: None,
+            subject: Some(subject.to_string()),
+            dataset: None,
+            reason: format!("no event type is mapped to NATS subject {subject:?}"),
+            payload: String::from_utf8_lossy(payload).into_owned(),
+        });
+        return None;
+    };
+    let result = serde_json::from_slice::<serde_json::Value>(payload)
+        .map_err(|e| format!("message is not valid JSON: {e}"))
+        .and_then(|v| s.decode(&v));
+    match result {
+        Ok(r) => {
+            records.push(r);
+            Some((s, records.len() - 1))
+        }
+        Err(reason) => {
+            rejections.push(Rejection {
+                index: None,
+                subject: Some(s.name().to_string()),
+                dataset: Some(s.dataset()),
+                reason,
+                payload: String::from_utf8_lossy(payload).into_owned(),
+            });
+            None
+        }
+    }
+}
+
+/// Ingests until durable, waiting while queues are full: the pipeline's
+/// backpressure reaches NATS as a slower consumer.
+async fn ingest_until_durable(
+    pipeline: &Pipeline,
+    records: Vec<Record>,
+    rejections: Vec<Rejection>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<bool>, IngestError> {
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match pipeline
+            .ingest(SOURCE, records.clone(), rejections.clone())
+            .await
+        {
+            Ok(report) => return Ok(report.duplicate_flags),
+            Err(IngestError::QueueFull(q)) if !*stop.borrow() => {
+                tracing::debug!(error = %q, "pipeline full; NATS collector waits");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs the collector until `stop`; reconnects are the NATS client's.
+pub async fn run(
+    config: NatsConfig,
+    pipeline: Pipeline,
+    tap: Option<Arc<dyn PayloadTap>>,
+    status: Arc<Mutex<NatsStatus>>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), NatsError> {
+    let status_events = status.clone();
+    let client = async_nats::ConnectOptions::new()
+        .name("tally")
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let status = status_events.clone();
+            async move {
+                let mut s = status.lock();
+                match event {
+                    async_nats::Event::Connected => {
+                        *s = NatsStatus {
+                            connected: true,
+                            detail: None,
+                        }
+                    }
+                    async_nats::Event::Disconnected => {
+                        *s = NatsStatus {
+                            connected: false,
+                            detail: Some("disconnected; reconnecting".into()),
+                        }
+                    }
+                    other => s.detail = Some(other.to_string()),
+                }
+            }
+        })
+        .connect(&config.url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: config.url.clone(),
+            source,
+        })?;
+    {
+        let mut s = status.lock();
+        s.connected = true;
+    }
+    tracing::info!(url = %config.url, stream = ?config.stream, "NATS collector connected");
+    match &config.stream {
+        None => run_core(client, &config, pipeline, tap, stop).await,
+        Some(stream) => run_jetstream(client, &config, stream, pipeline, tap, stop).await,
+    }
+}
+
+fn offer(
+    tap: &Option<Arc<dyn PayloadTap>>,
+    accepted: &[(Subject, usize, Vec<u8>)],
+    duplicates: &[bool],
+) {
+    let Some(tap) = tap else { return };
+    for (subject, index, payload) in accepted {
+        if !duplicates.get(*index).copied().unwrap_or(true) {
+            tap.offer(subject.name(), payload);
+        }
+    }
+}
+
+async fn run_core(
+    client: async_nats::Client,
+    config: &NatsConfig,
+    pipeline: Pipeline,
+    tap: Option<Arc<dyn PayloadTap>>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), NatsError> {
+    let routes = config.routes();
+    let mut subs = Vec::new();
+    for name in routes.keys() {
+        subs.push(
+            client
+                .subscribe(name.clone())
+                .await
+                .map_err(|source| NatsError::Subscribe {
+                    subject: name.clone(),
+                    source,
+                })?,
+        );
+    }
+    let mut messages = futures::stream::select_all(subs).ready_chunks(BATCH);
+    loop {
+        let batch = tokio::select! {
+            b = messages.next() => b,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(batch) = batch else { break };
+        let (mut records, mut rejections, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
+        for m in &batch {
+            if let Some((s, i)) = decode(
+                &routes,
+                m.subject.as_str(),
+                &m.payload,
+                &mut records,
+                &mut rejections,
+            ) {
+                accepted.push((s, i, m.payload.to_vec()));
+            }
+        }
+        match ingest_until_durable(&pipeline, records, rejections, &stop).await {
+            Ok(dups) => offer(&tap, &accepted, &dups),
+            // Core NATS cannot redeliver: say loudly what was lost.
+            Err(e) => {
+                tracing::error!(error = %e, messages = batch.len(), "NATS messages could not be stored and are lost (core NATS is at-most-once)")
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_jetstream(
+    client: async_nats::Client,
+    config: &NatsConfig,
+    stream_name: &str,
+    pipeline: Pipeline,
+    tap: Option<Arc<dyn PayloadTap>>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), NatsError> {
+    let js = jetstream::new(client);
+    let routes = config.routes();
+    let stream = if config.create_stream {
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: stream_name.to_string(),
+            subjects: routes.keys().cloned().collect(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| NatsError::JetStream(format!("creating stream {stream_name}: {e}")))?
+    } else {
+        js.get_stream(stream_name).await.map_err(|e| {
+            NatsError::JetStream(format!(
+                "stream {stream_name} (use --nats-create-stream to create it): {e}"
+            ))
+        })?
+    };
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &config.consumer,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(config.consumer.clone()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| NatsError::JetStream(format!("consumer {}: {e}", config.consumer)))?;
+    while !*stop.borrow() {
+        let fetched = consumer
+            .fetch()
+            .max_messages(BATCH)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await;
+        let mut batch_stream = match fetched {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "JetStream fetch failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+                continue;
+            }
+        };
+        let mut batch = Vec::new();
+        while let Some(m) = batch_stream.next().await {
+            match m {
+                Ok(m) => batch.push(m),
+                Err(e) => tracing::debug!(error = %e, "JetStream batch ended"),
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let (mut records, mut rejections, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
+        for m in &batch {
+            if let Some((s, i)) = decode(
+                &routes,
+                m.subject.as_str(),
+                &m.payload,
+                &mut records,
+                &mut rejections,
+            ) {
+                accepted.push((s, i, m.payload.to_vec()));
+            }
+        }
+        match ingest_until_durable(&pipeline, records, rejections, &stop).await {
+            Ok(dups) => {
+                offer(&tap, &accepted, &dups);
+                // Durable: now JetStream may forget them.
+                for m in &batch {
+                    if let Err(e) = m.ack().await {
+                        tracing::warn!(error = %e, "JetStream ack failed; the message will be redelivered and deduplicated");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, messages = batch.len(), "could not store JetStream messages; they will be redelivered");
+                for m in &batch {
+                    let _ = m
+                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! `/internal/usage/*`: summaries per tenant, agent, model and tool, with
+//! costs, against expectations computed here from the events sent.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::Tally;
+use serde_json::{json, Value};
+
+fn ts(hours_ago: i64) -> String {
+    (chrono::Utc::now() - chrono::Duration::hours(hours_ago)).to_rfc3339()
+}
+
+fn llm(
+    id: &str,
+    hours_ago: i64,
+    dao: &str,
+    agent: &str,
+    model: &str,
+    [p, c, cache_read]: [i64; 3],
+    latency: i64,
+) -> Value {
+    json!({"event_id": id, "timestamp": ts(hours_ago), "actor_id": "user:1", "actor_type": "human",
+        "agent_id": agent, "microdao_id": dao, "model": model, "provider": "openai",
+        "prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c + cache_read,
+        "cache_read_tokens": cache_read, "latency_ms": latency})
+}
+
+fn tool(
+    id: &str,
+    hours_ago: i64,
+    dao: &str,
+    agent: &str,
+    tool: &str,
+    ok: bool,
+    latency: i64,
+) -> Value {
+    json!({"event_id": id, "timestamp": ts(hours_ago), "actor_id": agent, "actor_type": "agent",
+        "agent_id": agent, "microdao_id": dao, "tool_id": tool, "tool_name": format!("Tool {tool}"),
+        "success": ok, "latency_ms": latency})
+}
+
+fn agent(id: &str, hours_ago: i64, dao: &str, agent: &str) -> Value {
+    json!({"event_id": id, "timestamp": ts(hours_ago), "agent_id": agent, "microdao_id": dao,
+        "trigger": "message", "duration_ms": 100})
+}
+
+async fn send(t: &Tally, subject: &str, events: Vec<Value>) {
+    let r = reqwest::Client::new()
+        .post(t.url(&format!("/v1/events/{subject}")))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["accepted"].as_u64().unwrap() as usize,
+        events.len(),
+        "{body}"
+    );
+}
+
+async fn get(t: &Tally, path: &str) -> (u16, Value) {
+    let r = reqwest::get(t.url(path)).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Prices read straight from the shipped catalogue file.
+fn price(model: &str) -> (f64, f64, f64) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/queries/prices/llm_model_prices.json"
+    ))
+    .unwrap();
+    let all: Value = serde_json::from_str(&text).unwrap();
+    let m = &all[model];
+    (
+        m["input_cost_per_token"].as_f64().unwrap(),
+        m["output_cost_per_token"].as_f64().unwrap(),
+        m["cache_read_input_token_cost"].as_f64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn summaries_models_agents_tools_with_costs_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tally::start(&dir.path().join("data"), &["--flush-interval", "1h"]).await;
+    send(
+        &t,
+        "usage.llm",
+        vec![
+            llm(
+                "l1",
+                1,
+                "dao:7",
+                "agent:sofia",
+                "gpt-4o-mini",
+                [1000, 200, 50],
+                1000,
+            ),
+            llm(
+                "l2",
+                2,
+                "dao:7",
+                "agent:sofia",
+                "gpt-4o-mini",
+                [3000, 400, 0],
+                2000,
+            ),
+            llm(
+                "l3",
+                3,
+                "dao:7",
+                "agent:max",
+                "mystery-model-x",
+                [10, 10, 0],
+                600,
+            ),
+            llm("l4", 5, "dao:9", "agent:zed", "gpt-4o-mini", [7, 3, 0], 100),
+            llm(
+                "old",
+                48,
+                "dao:7",
+                "agent:sofia",
+                "gpt-4o-mini",
+                [99, 1, 0],
+                100,
+            ),
+        ],
+    )
+    .await;
+    send(
+        &t,
+        "usage.tool",
+        vec![
+            tool("t1", 1, "dao:7", "agent:sofia", "projects.list", true, 400),
+            tool("t2", 1, "dao:7", "agent:sofia", "projects.list", true, 500),
+            tool("t3", 2, "dao:7", "agent:sofia", "projects.list", false, 600),
+            tool("t4", 2, "dao:7", "agent:max", "search", true, 50),
+            tool("t5", 30, "dao:7", "agent:max", "search", false, 50),
+        ],
+    )
+    .await;
+    send(
+        &t,
+        "usage.agent",
+        vec![
+            agent("a1", 1, "dao:7", "agent:sofia"),
+            agent("a2", 2, "dao:7", "agent:sofia"),
+            agent("a3", 4, "dao:9", "agent:zed"),
+        ],
+    )
+    .await;
+    send(&t, "messaging.message.created", vec![
+        json!({"channel_id": "c", "message_id": "m1", "sender_id": "user:1", "microdao_id": "dao:7", "created_at": ts(1)}),
+        json!({"channel_id": "c", "message_id": "m2", "sender_id": "agent:sofia", "sender_type": "agent", "microdao_id": "dao:7", "created_at": ts(1)}),
+    ]).await;
+
+    let (input, output, cache_read) = price("gpt-4o-mini");
+    let mini_cost_dao7 = (1000.0 + 3000.0) * input + 600.0 * output + 50.0 * cache_read;
+
+    let (status, s) = get(&t, "/internal/usage/summary?microdao_id=dao:7").await;
+    assert_eq!(status, 200);
+    let sum = &s["summary"];
+    assert_eq!(sum["microdao_id"], "dao:7");
+    assert_eq!(
+        (
+            sum["llm_calls_total"].as_u64(),
+            sum["llm_tokens_total"].as_u64(),
+            sum["tool_calls_total"].as_u64(),
+            sum["agent_invocations_total"].as_u64(),
+            sum["messages_sent"].as_u64(),
+            sum["unpriced_calls"].as_u64()
+        ),
+        (
+            Some(3),
+            Some(1250 + 3400 + 20),
+            Some(4),
+            Some(2),
+            Some(2),
+            Some(1)
+        )
+    );
+    let cost = sum["llm_cost_usd_total"].as_f64().unwrap();
+    assert!(
+        (cost - mini_cost_dao7).abs() < 1e-12,
+        "{cost} vs {mini_cost_dao7}"
+    );
+    let start =
+        chrono::DateTime::parse_from_rfc3339(sum["period_start"].as_str().unwrap()).unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339(sum["period_end"].as_str().unwrap()).unwrap();
+    assert_eq!((end - start).num_hours(), 24);
+
+    // Models: by model and provider, cost null (not zero) when unpriced.
+    let models = s["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0]["model"], "gpt-4o-mini");
+    assert_eq!(
+        (models[0]["calls"].as_u64(), models[0]["tokens"].as_u64()),
+        (Some(2), Some(4650))
+    );
+    assert_eq!(models[0]["avg_latency_ms"].as_f64(), Some(1500.0));
+    assert_eq!(models[1]["model"], "mystery-model-x");
+    assert_eq!(models[1]["cost_usd"], Value::Null);
+
+    // Agents join invocations, LLM calls, tool calls and tokens.
+    let agents: BTreeMap<String, Value> = s["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["agent_id"].as_str().unwrap().to_string(), a.clone()))
+        .collect();
+    assert_eq!(
+        agents["agent:sofia"],
+        json!({"agent_id": "agent:sofia", "invocations": 2, "llm_calls": 2, "tool_calls": 3, "total_tokens": 4650})
+    );
+    assert_eq!(
+        agents["agent:max"],
+        json!({"agent_id": "agent:max", "invocations": 0, "llm_calls": 1, "tool_calls": 1, "total_tokens": 20})
+    );
+    assert!(!agents.contains_key("agent:zed"), "another tenant's agent");
+
+    // Tools: success rate and mean latency.
+    let (_, tools) = get(&t, "/internal/usage/tools?microdao_id=dao:7").await;
+    let tools = tools["tools"].as_array().unwrap();
+    assert_eq!(tools[0]["tool_id"], "projects.list");
+    assert_eq!(tools[0]["calls"], 3);
+    assert!((tools[0]["success_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(tools[0]["avg_latency_ms"].as_f64(), Some(500.0));
+    assert_eq!(
+        (
+            tools[1]["tool_id"].as_str(),
+            tools[1]["success_rate"].as_f64()
+        ),
+        (Some("search"), Some(1.0))
+    );
+
+    // A longer period takes in the older events; agent_id narrows everything.
+    let (_, s) = get(
+        &t,
+        "/internal/usage/summary?microdao_id=dao:7&period_hours=72&agent_id=agent:sofia",
+    )
+    .await;
+    assert_eq!(
+        (
+            s["summary"]["llm_calls_total"].as_u64(),
+            s["summary"]["tool_calls_total"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    assert_eq!(
+        s["summary"]["messages_sent"], 1,
+        "agent_id filters messages by sender"
+    );
+    let (_, m) = get(&t, "/internal/usage/models?period_hours=72").await;
+    let calls: u64 = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["calls"].as_u64().unwrap())
+        .sum();
+    assert_eq!(calls, 5);
+    let (_, a) = get(&t, "/internal/usage/agents").await;
+    assert_eq!(a["agents"].as_array().unwrap().len(), 3);
+
+    // Bad parameters: 400 naming the parameter and the rule.
+    for (q, want) in [
+        (
+            "period_hours=0",
+            "period_hours must be between 1 and 720, got 0",
+        ),
+        (
+            "period_hours=721",
+            "period_hours must be between 1 and 720, got 721",
+        ),
+        (
+            "period_hours=abc",
+            "period_hours must be an integer between 1 and 720, got \"abc\"",
+        ),
+    ] {
+        for endpoint in ["summary", "models", "agents", "tools"] {
+            let (status, e) = get(&t, &format!("/internal/usage/{endpoint}?{q}")).await;
+            assert_eq!(
+                (status, e["detail"].as_str()),
+                (400, Some(want)),
+                "{endpoint}?{q}"
+            );
+        }
+    }
+}
