@@ -75,6 +75,14 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
 
+    /// How often the hardware sampler reads CPU, RAM and GPU (at least 200ms). [default: 1s]
+    #[arg(long, env = "TALLY_SAMPLER_INTERVAL", value_parser = crate::config::parse_duration)]
+    pub sampler_interval: Option<std::time::Duration>,
+
+    /// Turn the hardware sampler off (no host_usage rows, no /usage updates).
+    #[arg(long, env = "TALLY_NO_SAMPLER")]
+    pub no_sampler: bool,
+
     /// Consume usage events from this NATS server (core NATS unless --nats-stream).
     #[arg(long, env = "NATS_URL")]
     pub nats: Option<String>,

@@ -28,6 +28,8 @@ struct FileConfig {
     dedup_max_keys: Option<usize>,
     wal_segment_bytes: Option<u64>,
     max_body_bytes: Option<usize>,
+    sampler_interval: Option<String>,
+    no_sampler: Option<bool>,
     nats: Option<String>,
     nats_stream: Option<String>,
     nats_create_stream: Option<bool>,
@@ -51,6 +53,8 @@ pub struct Config {
     pub dedup_max_keys: usize,
     pub wal_segment_bytes: u64,
     pub max_body_bytes: usize,
+    /// `None` when the sampler is off.
+    pub sampler_interval: Option<Duration>,
     pub nats: Option<NatsConfig>,
     pub prices: Option<PathBuf>,
     /// Control-plane usage hook URL, when enabled.
@@ -138,6 +142,16 @@ impl Config {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(32 << 20),
+            sampler_interval: if args.no_sampler || file.no_sampler.unwrap_or(false) {
+                None
+            } else {
+                Some(duration(
+                    args.sampler_interval,
+                    &file.sampler_interval,
+                    "sampler_interval",
+                    Duration::from_secs(1),
+                )?)
+            },
             nats: None,
             prices: args.prices.or(file.prices),
             control_plane_url: None,
@@ -184,6 +198,12 @@ impl Config {
                     "CONTROL_PLANE_USAGE_INGEST_ENABLED=true needs CONTROL_PLANE_USAGE_INGEST_URL"
                 ),
             }
+        }
+        if config
+            .sampler_interval
+            .is_some_and(|i| i < Duration::from_millis(200))
+        {
+            anyhow::bail!("sampler_interval must be at least 200ms (CPU usage needs two readings that far apart)");
         }
         if config.listen.is_empty() {
             anyhow::bail!("listen must name at least one address");

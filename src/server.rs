@@ -18,6 +18,8 @@ use tally_sinks::control_plane::{self, ForwarderConfig};
 use tally_sinks::parquet::layout::wal_dir;
 use tally_sinks::{recover, FlushPolicy, Flusher};
 use tally_sources::billing::BillingService;
+use tally_sources::hardware::stream::UsageFeed;
+use tally_sources::hardware::{self, HostSampler};
 use tally_sources::nats::NatsStatus;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -92,6 +94,51 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(expire_dedup(dedup.clone(), stop_rx.clone()));
 
     let engine = SqlEngine::new(store.clone()).await?;
+    let (updates_tx, updates_rx) = watch::channel(None);
+    let tick_cost = Arc::new(parking_lot::Mutex::new(Duration::ZERO));
+    let sampler = match config.sampler_interval {
+        Some(_) => {
+            let gpu = tokio::task::spawn_blocking(hardware::gpu::open).await?;
+            match HostSampler::new(gpu) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "hardware sampler disabled");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let host = sampler.as_ref().map(|s| s.info.clone());
+    let gpu_absent = sampler.as_ref().and_then(|s| s.gpu_absent.clone());
+    if let Some(why) = &gpu_absent {
+        tracing::info!(reason = %why, "no GPU telemetry; GPU fields are left out");
+    }
+    let updates_keepalive = match (sampler, config.sampler_interval) {
+        (Some(sampler), Some(interval)) => {
+            tokio::spawn(hardware::run(
+                sampler,
+                interval,
+                pipeline.clone(),
+                updates_tx,
+                tick_cost.clone(),
+                stop_rx.clone(),
+            ));
+            None
+        }
+        // No sampler: /usage still answers system_info; nothing follows.
+        _ => Some(updates_tx),
+    };
+    let host_for_ws = host.clone();
+    let feed = UsageFeed {
+        system_info: Arc::new(move || {
+            match &host_for_ws {
+            Some(h) => h.system_info().to_string(),
+            None => serde_json::json!({"type": "system_info", "timestamp": tally_pipeline::now_ns() / 1_000_000_000}).to_string(),
+        }
+        }),
+        updates: updates_rx,
+    };
     let prices = Arc::new(match &config.prices {
         Some(path) => PriceCatalogue::from_file(path)?,
         None => PriceCatalogue::embedded(),
@@ -129,6 +176,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         billing: billing.metrics.clone(),
         forwarder: forwarder.as_ref().map(|f| f.metrics.clone()),
         nats: config.nats.is_some().then(|| nats_status.clone()),
+        sampler: config.sampler_interval.map(|_| tick_cost.clone()),
+        gpu: host.as_ref().map(|h| match &gpu_absent {
+            None => serde_json::json!({"status": "ok", "count": h.gpus.len()}),
+            Some(why) => serde_json::json!({"status": "absent", "detail": why}),
+        }),
         started,
     };
     let app = Router::new()
@@ -137,6 +189,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             engine.clone(),
             prices.clone(),
         ))
+        .merge(hardware::stream::router(feed))
         .merge(tally_sources::billing::router(
             billing,
             config.max_body_bytes,
@@ -174,6 +227,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "listener ended with an error");
         }
     }
+    drop(updates_keepalive);
     let _ = flusher_task.await;
     if let Some(t) = nats_task {
         let _ = t.await;

@@ -23,6 +23,10 @@ pub struct StatusState {
     pub forwarder: Option<Arc<ForwarderMetrics>>,
     /// Present when the NATS collector is configured.
     pub nats: Option<Arc<parking_lot::Mutex<NatsStatus>>>,
+    /// CPU time of the sampler's last tick, when the sampler runs.
+    pub sampler: Option<Arc<parking_lot::Mutex<std::time::Duration>>>,
+    /// GPU telemetry status, when the sampler runs.
+    pub gpu: Option<serde_json::Value>,
     pub started: Instant,
 }
 
@@ -85,6 +89,13 @@ async fn health(State(s): State<StatusState>) -> Response {
     let mut body = body;
     if let Some(n) = nats {
         body["components"]["nats"] = n;
+    }
+    if let Some(t) = &s.sampler {
+        body["components"]["sampler"] =
+            json!({"status": "ok", "last_tick_micros": t.lock().as_micros() as u64});
+    }
+    if let Some(g) = &s.gpu {
+        body["components"]["gpu"] = g.clone();
     }
     let status = if down {
         StatusCode::SERVICE_UNAVAILABLE

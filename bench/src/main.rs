@@ -3,6 +3,7 @@
 mod report;
 mod runner;
 mod server;
+mod ws;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,6 +53,10 @@ pub struct Args {
     #[arg(long)]
     pub out: Option<PathBuf>,
 
+    /// `ws-clients`: WebSocket clients to open on `/usage`.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -62,6 +67,9 @@ pub struct Args {
 pub enum Scenario {
     /// `usage.llm` events as NDJSON over `POST /v1/events/usage.llm`.
     HttpLlm,
+    /// Idle WebSocket clients on `/usage`: memory per client and the spread
+    /// of each update's arrival across clients.
+    WsClients,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -83,6 +91,18 @@ async fn main() -> anyhow::Result<()> {
         (None, Some(bin)) => server::Target::Spawned(Box::new(server::Spawned::start(bin).await?)),
         (None, None) => anyhow::bail!("give --target URL or --server-bin PATH"),
     };
+    if let Scenario::WsClients = args.scenario {
+        let pid = match &server {
+            server::Target::Spawned(s) => s.pid(),
+            server::Target::Running(_) => None,
+        };
+        let report = ws::run(server.url(), pid, args.clients, args.duration).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        if let Some(out) = &args.out {
+            std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
+        }
+        return Ok(());
+    }
     let result = runner::run(&args, server.url()).await?;
     let server_stats = match server {
         server::Target::Spawned(s) => Some(s.stop(result.records_stored).await?),

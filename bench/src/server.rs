@@ -60,6 +60,10 @@ impl Spawned {
         Ok(Spawned { child, url, data })
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Stops the server with SIGTERM (it flushes everything) and measures.
     pub async fn stop(mut self, records: u64) -> anyhow::Result<ServerStats> {
         let pid = self.child.id().context("server already exited")?;

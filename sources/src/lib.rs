@@ -2,5 +2,6 @@
 
 pub mod billing;
 pub mod events;
+pub mod hardware;
 pub mod http;
 pub mod nats;

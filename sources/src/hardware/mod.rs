@@ -1,0 +1,270 @@
+//! The hardware sampler: CPU, RAM and (when a driver is there) GPU of this
+//! host, every interval, into `host_usage` and onto the `/usage` WebSocket
+//! stream (`stream.rs`).
+
+pub mod gpu;
+pub mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::{json, Map, Value as Json};
+use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+use tally_pipeline::metrics::Outcome;
+use tally_pipeline::{now_ns, Dataset, Pipeline, Record, Value};
+use tokio::sync::watch;
+
+use gpu::{GpuInfo, GpuProbe, GpuTotals};
+
+pub const SOURCE: &str = "sampler";
+/// CPU usage needs two refreshes at least this far apart.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What does not change while tally runs.
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub cpu_model: String,
+    pub cpu_count: usize,
+    pub ram_total_mb: u64,
+    pub gpus: Vec<GpuInfo>,
+}
+
+impl HostInfo {
+    /// The `system_info` message (spec 000); GPU fields only with GPU telemetry.
+    pub fn system_info(&self) -> Json {
+        let mut m = Map::new();
+        m.insert("type".into(), json!("system_info"));
+        m.insert("cpu_count".into(), json!(self.cpu_count));
+        m.insert("cpu_model".into(), json!(self.cpu_model));
+        m.insert("ram_total_mb".into(), json!(self.ram_total_mb));
+        if !self.gpus.is_empty() {
+            m.insert("gpu_count".into(), json!(self.gpus.len()));
+            m.insert("gpus".into(), json!(self.gpus));
+        }
+        m.insert("hostname".into(), json!(self.hostname));
+        m.insert("timestamp".into(), json!(now_ns() / 1_000_000_000));
+        Json::Object(m)
+    }
+}
+
+/// One sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSample {
+    pub timestamp_ns: i64,
+    pub cpu_percent: f64,
+    pub ram_used_mb: u64,
+    pub ram_total_mb: u64,
+    pub gpu: Option<GpuTotals>,
+}
+
+impl HostSample {
+    pub fn ram_percent(&self) -> f64 {
+        if self.ram_total_mb == 0 {
+            0.0
+        } else {
+            self.ram_used_mb as f64 * 100.0 / self.ram_total_mb as f64
+        }
+    }
+
+    pub fn record(&self, hostname: &str) -> Record {
+        let opt_f = |v: Option<f64>| v.map(Value::F64).unwrap_or(Value::Null);
+        let opt_i = |v: Option<u64>| v.map(|x| Value::I64(x as i64)).unwrap_or(Value::Null);
+        Record::new(
+            Dataset::HostUsage,
+            vec![
+                Value::Str(hostname.to_string()),
+                Value::Ts(self.timestamp_ns),
+                Value::F64(self.cpu_percent),
+                Value::F64(self.ram_percent()),
+                Value::I64(self.ram_used_mb as i64),
+                Value::I64(self.ram_total_mb as i64),
+                opt_f(self.gpu.map(|g| g.percent)),
+                opt_i(self.gpu.map(|g| g.mem_used_mb)),
+                opt_i(self.gpu.map(|g| g.mem_total_mb)),
+            ],
+        )
+    }
+
+    /// The `usage_update` message (spec 000) with tally's ingest rates.
+    pub fn usage_update(&self, rates: &Map<String, Json>) -> Json {
+        let round1 = |x: f64| (x * 10.0).round() / 10.0;
+        let mut m = Map::new();
+        m.insert("type".into(), json!("usage_update"));
+        m.insert("cpu_percent".into(), json!(round1(self.cpu_percent)));
+        m.insert("ram_percent".into(), json!(round1(self.ram_percent())));
+        m.insert("ram_used_mb".into(), json!(self.ram_used_mb));
+        m.insert("ram_total_mb".into(), json!(self.ram_total_mb));
+        if let Some(g) = self.gpu {
+            m.insert("gpu_percent".into(), json!(round1(g.percent)));
+            m.insert("gpu_mem_used_mb".into(), json!(g.mem_used_mb));
+            m.insert("gpu_mem_total_mb".into(), json!(g.mem_total_mb));
+        }
+        m.insert("timestamp".into(), json!(self.timestamp_ns / 1_000_000_000));
+        m.insert("message_rates".into(), Json::Object(rates.clone()));
+        Json::Object(m)
+    }
+}
+
+/// One long-lived `System`, refreshed narrowly (CPU usage and RAM only).
+pub struct HostSampler {
+    system: System,
+    gpu: Option<Box<dyn GpuProbe>>,
+    pub info: HostInfo,
+    /// Why there is no GPU telemetry, when there is none.
+    pub gpu_absent: Option<String>,
+}
+
+impl HostSampler {
+    pub fn new(gpu: Result<Box<dyn GpuProbe>, String>) -> Result<Self, String> {
+        let kinds = RefreshKind::nothing()
+            .with_cpu(CpuRefreshKind::nothing().with_usage())
+            .with_memory(MemoryRefreshKind::nothing().with_ram());
+        let mut system = System::new_with_specifics(kinds)
+            .map_err(|e| format!("cannot read host statistics: {e}"))?;
+        system.refresh_cpu_usage();
+        system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+        let cpus = system.cpus();
+        let (gpu, gpu_absent) = match gpu {
+            Ok(g) => (Some(g), None),
+            Err(why) => (None, Some(why)),
+        };
+        let info = HostInfo {
+            hostname: System::host_name().unwrap_or_else(|_| "unknown".into()),
+            cpu_model: cpus
+                .first()
+                .map(|c| c.brand().trim().to_string())
+                .unwrap_or_default(),
+            cpu_count: cpus.len(),
+            ram_total_mb: system.total_memory() >> 20,
+            gpus: gpu.as_ref().map(|g| g.gpus().to_vec()).unwrap_or_default(),
+        };
+        Ok(Self {
+            system,
+            gpu,
+            info,
+            gpu_absent,
+        })
+    }
+
+    /// Takes a sample; call at least [`MIN_INTERVAL`] after the previous one.
+    pub fn sample(&mut self) -> HostSample {
+        self.system.refresh_cpu_usage();
+        self.system
+            .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+        HostSample {
+            timestamp_ns: now_ns(),
+            cpu_percent: self.system.global_cpu_usage() as f64,
+            ram_used_mb: self.system.used_memory() >> 20,
+            ram_total_mb: self.system.total_memory() >> 20,
+            gpu: self.gpu.as_ref().and_then(|g| gpu::totals(&g.read())),
+        }
+    }
+}
+
+/// A serialised `usage_update`, shared by every WebSocket client: one
+/// serialisation per tick, a reference count per client.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub seq: u64,
+    pub json: axum::extract::ws::Utf8Bytes,
+}
+
+/// Ingest rates per dataset from the accepted-record counters.
+struct Rates {
+    last: [u64; 10],
+    at: Instant,
+}
+
+impl Rates {
+    fn new(pipeline: &Pipeline) -> Self {
+        let mut last = [0; 10];
+        for d in Dataset::ALL {
+            last[d.index()] = pipeline.metrics().total(Outcome::Accepted, d);
+        }
+        Self {
+            last,
+            at: Instant::now(),
+        }
+    }
+
+    fn next(&mut self, pipeline: &Pipeline) -> Map<String, Json> {
+        let secs = self.at.elapsed().as_secs_f64().max(1e-3);
+        self.at = Instant::now();
+        let mut m = Map::new();
+        let mut total = 0.0;
+        let mut per = Vec::new();
+        for d in Dataset::ALL {
+            let now = pipeline.metrics().total(Outcome::Accepted, d);
+            let rate = (now - self.last[d.index()]) as f64 / secs;
+            self.last[d.index()] = now;
+            total += rate;
+            per.push((format!("{}_per_sec", d.name()), rate));
+        }
+        let round1 = |x: f64| (x * 10.0).round() / 10.0;
+        m.insert("total_per_sec".into(), json!(round1(total)));
+        for (k, v) in per {
+            m.insert(k, json!(round1(v)));
+        }
+        m
+    }
+}
+
+/// Samples every `interval` until `stop`: stores each sample in
+/// `host_usage` and publishes it on `updates`.
+pub async fn run(
+    mut sampler: HostSampler,
+    interval: Duration,
+    pipeline: Pipeline,
+    updates: watch::Sender<Option<Update>>,
+    tick_cost: Arc<Mutex<Duration>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = interval.max(MIN_INTERVAL);
+    let mut rates = Rates::new(&pipeline);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut seq = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let started = Instant::now();
+        let sample = sampler.sample();
+        let update = sample.usage_update(&rates.next(&pipeline));
+        seq += 1;
+        updates.send_replace(Some(Update {
+            seq,
+            json: update.to_string().into(),
+        }));
+        *tick_cost.lock() = started.elapsed();
+        let record = sample.record(&sampler.info.hostname);
+        if let Err(e) = pipeline.ingest(SOURCE, vec![record], Vec::new()).await {
+            tracing::debug!(error = %e, "host sample not stored");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_sample_has_plausible_values_and_no_gpu_fields() {
+        let mut s = HostSampler::new(Err("no GPU in this test".into())).unwrap();
+        std::thread::sleep(MIN_INTERVAL);
+        let sample = s.sample();
+        assert!(s.info.cpu_count >= 1);
+        assert!(s.info.ram_total_mb > 0);
+        assert!((0.0..=100.0).contains(&sample.cpu_percent), "{sample:?}");
+        assert!(sample.ram_used_mb <= sample.ram_total_mb);
+        let update = sample.usage_update(&Map::new());
+        assert!(update.get("gpu_percent").is_none());
+        assert!(s.info.system_info().get("gpus").is_none());
+        let r = sample.record(&s.info.hostname);
+        assert_eq!(r.values[6], Value::Null);
+    }
+}
