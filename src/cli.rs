@@ -83,6 +83,14 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_NO_SAMPLER")]
     pub no_sampler: bool,
 
+    /// Usage API: POST /api/usage/config (and reset) per client IP per minute. [default: 60]
+    #[arg(long, env = "TALLY_USAGE_CONFIG_RATE")]
+    pub usage_config_rate: Option<u32>,
+
+    /// Usage API: GET /api/usage/stats per client IP per minute. [default: 300]
+    #[arg(long, env = "TALLY_USAGE_STATS_RATE")]
+    pub usage_stats_rate: Option<u32>,
+
     /// Consume usage events from this NATS server (core NATS unless --nats-stream).
     #[arg(long, env = "NATS_URL")]
     pub nats: Option<String>,

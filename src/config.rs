@@ -30,6 +30,8 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     sampler_interval: Option<String>,
     no_sampler: Option<bool>,
+    usage_config_rate: Option<u32>,
+    usage_stats_rate: Option<u32>,
     nats: Option<String>,
     nats_stream: Option<String>,
     nats_create_stream: Option<bool>,
@@ -53,6 +55,8 @@ pub struct Config {
     pub dedup_max_keys: usize,
     pub wal_segment_bytes: u64,
     pub max_body_bytes: usize,
+    pub usage_config_rate: u32,
+    pub usage_stats_rate: u32,
     /// `None` when the sampler is off.
     pub sampler_interval: Option<Duration>,
     pub nats: Option<NatsConfig>,
@@ -152,6 +156,14 @@ impl Config {
                     Duration::from_secs(1),
                 )?)
             },
+            usage_config_rate: args
+                .usage_config_rate
+                .or(file.usage_config_rate)
+                .unwrap_or(60),
+            usage_stats_rate: args
+                .usage_stats_rate
+                .or(file.usage_stats_rate)
+                .unwrap_or(300),
             nats: None,
             prices: args.prices.or(file.prices),
             control_plane_url: None,

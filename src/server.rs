@@ -13,6 +13,7 @@ use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::{now_ns, Pipeline};
 use tally_queries::prices::PriceCatalogue;
+use tally_queries::usage_api::{UsageApi, UsageApiConfig};
 use tally_queries::SqlEngine;
 use tally_sinks::control_plane::{self, ForwarderConfig};
 use tally_sinks::parquet::layout::wal_dir;
@@ -190,6 +191,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             prices.clone(),
         ))
         .merge(hardware::stream::router(feed))
+        .merge(
+            UsageApi::new(
+                engine.clone(),
+                pipeline.clone(),
+                prices.clone(),
+                UsageApiConfig {
+                    config_path: tally_sinks::parquet::layout::state_dir(&data)
+                        .join("usage_config.json"),
+                    config_updates_per_minute: config.usage_config_rate,
+                    stats_per_minute: config.usage_stats_rate,
+                },
+            )
+            .context("loading the usage API configuration")?
+            .router(),
+        )
         .merge(tally_sources::billing::router(
             billing,
             config.max_body_bytes,
@@ -211,11 +227,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
         }));
     }
 

@@ -7,6 +7,7 @@ pub mod format;
 pub mod http;
 pub mod prices;
 pub mod sql;
+pub mod usage_api;
 pub mod usage_engine;
 
 pub use format::OutputFormat;
