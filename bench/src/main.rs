@@ -40,9 +40,13 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
 
-    /// Records per request.
+    /// Records per request (HTTP events, or VM samples per batch).
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
+
+    /// VM scenarios: how many VMs the batches rotate over.
+    #[arg(long, default_value_t = 1000)]
+    pub vms: u64,
 
     /// Open loop: offered records per second. Latency then counts from each
     /// request's intended send time (no coordinated omission).
@@ -67,6 +71,12 @@ pub struct Args {
 pub enum Scenario {
     /// `usage.llm` events as NDJSON over `POST /v1/events/usage.llm`.
     HttpLlm,
+    /// VM metric batches over gRPC (HTTP/2, binary protobuf).
+    GrpcVm,
+    /// VM metric batches over Connect with binary protobuf.
+    ConnectProtoVm,
+    /// VM metric batches over Connect with JSON.
+    ConnectJsonVm,
     /// Idle WebSocket clients on `/usage`: memory per client and the spread
     /// of each update's arrival across clients.
     WsClients,

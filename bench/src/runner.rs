@@ -6,7 +6,12 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::Args;
+use prost::Message;
+use tally_proto::billing::v1 as pb;
+use tally_proto::billing::v1::billing_service_client::BillingServiceClient;
+use tonic::transport::Channel;
+
+use crate::{Args, Scenario};
 
 pub struct RunResult {
     pub elapsed: Duration,
@@ -58,35 +63,127 @@ fn body(first_id: u64, n: usize) -> String {
     s
 }
 
-async fn send(
-    client: &reqwest::Client,
-    url: &str,
-    shared: &Shared,
-    batch: usize,
-    intended: Instant,
-) {
-    let first = shared.next_id.fetch_add(batch as u64, Ordering::Relaxed);
-    let result = client
-        .post(url)
-        .header("content-type", "application/x-ndjson")
-        .body(body(first, batch))
-        .send()
-        .await;
-    let outcome = match result {
-        Ok(r) if r.status().is_success() => {
-            let ok = r.bytes().await.is_ok();
-            if ok {
-                Ok(())
-            } else {
-                Err("read".to_string())
+/// How requests go out, per scenario.
+#[derive(Clone)]
+pub enum Client {
+    HttpLlm {
+        http: reqwest::Client,
+        url: String,
+    },
+    GrpcVm {
+        grpc: BillingServiceClient<Channel>,
+        vms: u64,
+    },
+    ConnectVm {
+        http: reqwest::Client,
+        url: String,
+        vms: u64,
+        json: bool,
+    },
+}
+
+/// A batch of one VM's samples: request `r` covers VM `r % vms`, the
+/// `r / vms`-th stretch of `n` samples 100 ms apart, so no two requests
+/// overlap. Counters grow with jitter and restart now and then.
+fn vm_batch(first_id: u64, n: usize, vms: u64) -> pb::SendMetricsBatchRequest {
+    let r = first_id / n as u64;
+    let (vm, round) = (r % vms.max(1), r / vms.max(1));
+    let base_ns = 1_705_314_600_000_000_000i64 + (round as i64 * n as i64) * 100_000_000;
+    let metrics = (0..n as i64)
+        .map(|i| {
+            let ts = base_ns + i * 100_000_000;
+            let step = round as i64 * n as i64 + i;
+            let jitter = (step * 7919 + vm as i64 * 104_729) % 1000;
+            // Every 50,000 samples the VM "reboots": counters restart.
+            let since_boot = step % 50_000;
+            pb::VmMetrics {
+                timestamp: Some(prost_types::Timestamp {
+                    seconds: ts / 1_000_000_000,
+                    nanos: (ts % 1_000_000_000) as i32,
+                }),
+                cpu_time_nanos: since_boot * 50_000_000 + jitter * 1000,
+                memory_usage_bytes: (1 << 30) + jitter * 4096,
+                disk_read_bytes: since_boot * 4096 + jitter,
+                disk_write_bytes: since_boot * 8192,
+                network_rx_bytes: since_boot * 1500 + jitter * 3,
+                network_tx_bytes: since_boot * 900,
             }
+        })
+        .collect();
+    pb::SendMetricsBatchRequest {
+        vm_id: format!("vm-{vm:05}"),
+        customer_id: format!("customer-{}", vm % 100),
+        metrics,
+    }
+}
+
+/// The protobuf JSON mapping of a batch, as Connect JSON clients send it.
+fn vm_batch_json(req: &pb::SendMetricsBatchRequest) -> String {
+    let metrics: Vec<serde_json::Value> = req
+        .metrics
+        .iter()
+        .map(|m| {
+            let t = m.timestamp.unwrap_or_default();
+            let ts =
+                chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap_or_default();
+            serde_json::json!({
+                "timestamp": ts.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                "cpuTimeNanos": m.cpu_time_nanos.to_string(),
+                "memoryUsageBytes": m.memory_usage_bytes.to_string(),
+                "diskReadBytes": m.disk_read_bytes.to_string(),
+                "diskWriteBytes": m.disk_write_bytes.to_string(),
+                "networkRxBytes": m.network_rx_bytes.to_string(),
+                "networkTxBytes": m.network_tx_bytes.to_string(),
+            })
+        })
+        .collect();
+    serde_json::json!({"vmId": req.vm_id, "customerId": req.customer_id, "metrics": metrics})
+        .to_string()
+}
+
+async fn http_outcome(result: reqwest::Result<reqwest::Response>) -> Result<(), String> {
+    match result {
+        Ok(r) if r.status().is_success() => {
+            r.bytes().await.map(|_| ()).map_err(|_| "read".to_string())
         }
         Ok(r) => Err(r.status().as_u16().to_string()),
-        Err(e) => Err(if e.is_timeout() {
-            "timeout".into()
-        } else {
-            "connect".into()
-        }),
+        Err(e) if e.is_timeout() => Err("timeout".into()),
+        Err(_) => Err("connect".into()),
+    }
+}
+
+async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant) {
+    let first = shared.next_id.fetch_add(batch as u64, Ordering::Relaxed);
+    let outcome = match client {
+        Client::HttpLlm { http, url } => {
+            let req = http
+                .post(url)
+                .header("content-type", "application/x-ndjson")
+                .body(body(first, batch));
+            http_outcome(req.send().await).await
+        }
+        Client::GrpcVm { grpc, vms } => {
+            let mut grpc = grpc.clone();
+            grpc.send_metrics_batch(vm_batch(first, batch, *vms))
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}", s.code()))
+        }
+        Client::ConnectVm {
+            http,
+            url,
+            vms,
+            json,
+        } => {
+            let req = vm_batch(first, batch, *vms);
+            let (ct, body) = if *json {
+                ("application/json", vm_batch_json(&req).into_bytes())
+            } else {
+                ("application/proto", req.encode_to_vec())
+            };
+            let req = http.post(url).header("content-type", ct).body(body);
+            http_outcome(req.send().await).await
+        }
     };
     if outcome.is_ok() {
         shared.stored.fetch_add(batch as u64, Ordering::Relaxed);
@@ -113,7 +210,39 @@ async fn send(
 }
 
 pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
-    let url = format!("{base}/v1/events/usage.llm");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let method = format!("{base}/billing.v1.BillingService/SendMetricsBatch");
+    let client = match args.scenario {
+        Scenario::HttpLlm => Client::HttpLlm {
+            http,
+            url: format!("{base}/v1/events/usage.llm"),
+        },
+        Scenario::GrpcVm => {
+            let channel = tonic::transport::Endpoint::from_shared(base.to_string())?
+                .connect()
+                .await?;
+            Client::GrpcVm {
+                grpc: BillingServiceClient::new(channel),
+                vms: args.vms,
+            }
+        }
+        Scenario::ConnectProtoVm => Client::ConnectVm {
+            http,
+            url: method,
+            vms: args.vms,
+            json: false,
+        },
+        Scenario::ConnectJsonVm => Client::ConnectVm {
+            http,
+            url: method,
+            vms: args.vms,
+            json: true,
+        },
+        Scenario::WsClients => anyhow::bail!("ws-clients is not a load scenario"),
+    };
     let shared = Arc::new(Shared {
         next_id: AtomicU64::new(0),
         measuring: AtomicBool::new(args.warmup.is_zero()),
@@ -124,19 +253,14 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
         hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         errors: Mutex::new(Default::default()),
     });
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .timeout(Duration::from_secs(30))
-        .build()?;
     let mut tasks = Vec::new();
     match args.rate {
         None => {
             for _ in 0..args.concurrency {
-                let (client, url, shared, batch) =
-                    (client.clone(), url.clone(), shared.clone(), args.batch);
+                let (client, shared, batch) = (client.clone(), shared.clone(), args.batch);
                 tasks.push(tokio::spawn(async move {
                     while !shared.stop.load(Ordering::Relaxed) {
-                        send(&client, &url, &shared, batch, Instant::now()).await;
+                        send(&client, &shared, batch, Instant::now()).await;
                     }
                 }));
             }
@@ -144,8 +268,7 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
         Some(rate) => {
             let interval = Duration::from_secs_f64(args.batch as f64 / rate.max(1) as f64);
             let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1) * 64));
-            let (client, url, shared, batch) =
-                (client.clone(), url.clone(), shared.clone(), args.batch);
+            let (client, shared, batch) = (client.clone(), shared.clone(), args.batch);
             tasks.push(tokio::spawn(async move {
                 let start = Instant::now();
                 let mut i: u32 = 0;
@@ -155,9 +278,9 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break;
                     };
-                    let (client, url, shared) = (client.clone(), url.clone(), shared.clone());
+                    let (client, shared) = (client.clone(), shared.clone());
                     tokio::spawn(async move {
-                        send(&client, &url, &shared, batch, intended).await;
+                        send(&client, &shared, batch, intended).await;
                         drop(permit);
                     });
                     i += 1;

@@ -74,7 +74,8 @@ impl Spawned {
         anyhow::ensure!(status.success(), "kill -TERM failed");
         let exit = self.child.wait().await?;
         anyhow::ensure!(exit.success(), "server exited with {exit}");
-        let parquet_bytes = dir_size(&self.data.path().join("data").join("usage_llm"));
+        let data = self.data.path().join("data");
+        let parquet_bytes = dir_size(&data.join("usage_llm")) + dir_size(&data.join("vm_metrics"));
         Ok(ServerStats {
             cpu_seconds,
             peak_rss_mib,
