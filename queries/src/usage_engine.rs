@@ -183,26 +183,24 @@ async fn agents(
     State(api): State<UsageApi>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let f = match Filters::parse(&params, Utc::now()) {
-        Ok(f) => f,
-        Err(detail) => return bad_request(detail),
-    };
-    match rows(&api.engine, &f.fill(AGENTS_SQL)).await {
-        Ok(agents) => Json(json!({"agents": agents})).into_response(),
-        Err(e) => failed(e),
-    }
+    list(&api, &params, AGENTS_SQL, "agents").await
 }
 
 async fn tools(
     State(api): State<UsageApi>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let f = match Filters::parse(&params, Utc::now()) {
+    list(&api, &params, TOOLS_SQL, "tools").await
+}
+
+/// `{"<key>": rows}` of a named query under the request's filters.
+async fn list(api: &UsageApi, params: &HashMap<String, String>, sql: &str, key: &str) -> Response {
+    let f = match Filters::parse(params, Utc::now()) {
         Ok(f) => f,
         Err(detail) => return bad_request(detail),
     };
-    match rows(&api.engine, &f.fill(TOOLS_SQL)).await {
-        Ok(tools) => Json(json!({"tools": tools})).into_response(),
+    match rows(&api.engine, &f.fill(sql)).await {
+        Ok(rows) => Json(json!({ key: rows })).into_response(),
         Err(e) => failed(e),
     }
 }

@@ -9,23 +9,6 @@ use super::fields::Fields;
 
 type Obj = Map<String, Json>;
 
-/// `total_tokens` when the sender left it out: prompt + completion.
-fn total_or_sum(f: &mut Fields, prompt: &Value, completion: &Value) -> Value {
-    if f.has("total_tokens") {
-        return f.count32("total_tokens");
-    }
-    match (prompt, completion) {
-        (Value::I32(p), Value::I32(c)) => match p.checked_add(*c) {
-            Some(t) => Value::I32(t),
-            None => {
-                f.error("prompt_tokens + completion_tokens must fit in 32 bits".into());
-                Value::Null
-            }
-        },
-        _ => Value::Null,
-    }
-}
-
 pub fn llm(obj: &Obj) -> Result<Vec<Value>, String> {
     let mut f = Fields::new(obj);
     let event_id = f.str("event_id");
@@ -38,7 +21,7 @@ pub fn llm(obj: &Obj) -> Result<Vec<Value>, String> {
     let provider = f.str("provider");
     let prompt = f.count32("prompt_tokens");
     let completion = f.count32("completion_tokens");
-    let total = total_or_sum(&mut f, &prompt, &completion);
+    let total = f.total_tokens(&prompt, &completion);
     let cache_creation = f
         .opt_count32("cache_creation_tokens")
         .map(Value::I32)

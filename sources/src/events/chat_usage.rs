@@ -8,23 +8,6 @@ use super::fields::Fields;
 
 type Obj = Map<String, Json>;
 
-fn total(f: &mut Fields, prompt: &Value, completion: &Value) -> Value {
-    if f.has("total_tokens") {
-        return f.count64("total_tokens");
-    }
-    match (prompt, completion) {
-        (Value::I64(p), Value::I64(c)) => Value::I64(p.saturating_add(*c)),
-        (Value::I32(p), Value::I32(c)) => match p.checked_add(*c) {
-            Some(t) => Value::I32(t),
-            None => {
-                f.error("prompt_tokens + completion_tokens must fit in 32 bits".into());
-                Value::Null
-            }
-        },
-        _ => Value::Null,
-    }
-}
-
 pub fn delta(obj: &Obj) -> Result<Vec<Value>, String> {
     let mut f = Fields::new(obj);
     let event_id = f.str("event_id");
@@ -35,11 +18,7 @@ pub fn delta(obj: &Obj) -> Result<Vec<Value>, String> {
     let model = f.opt_str_value("model_name");
     let prompt = f.count32("prompt_tokens");
     let completion = f.count32("completion_tokens");
-    let total = if f.has("total_tokens") {
-        f.count32("total_tokens")
-    } else {
-        total(&mut f, &prompt, &completion)
-    };
+    let total = f.total_tokens(&prompt, &completion);
     let cached = f.opt_bool("cached");
     let latency = f
         .opt_seconds_as_ms("duration_sec")
@@ -85,7 +64,7 @@ pub fn summary(obj: &Obj) -> Result<Vec<Value>, String> {
     let workflow = f.str("workflow_name");
     let prompt = f.count64("prompt_tokens");
     let completion = f.count64("completion_tokens");
-    let total = total(&mut f, &prompt, &completion);
+    let total = f.total_tokens(&prompt, &completion);
     f.finish(vec![
         event_id, timestamp, chat_id, app_id, user_id, workflow, prompt, completion, total,
     ])

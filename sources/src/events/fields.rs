@@ -236,6 +236,30 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// `total_tokens` as sent, or prompt + completion when left out; the
+    /// width (32 or 64 bits) follows `prompt`.
+    pub fn total_tokens(&mut self, prompt: &Value, completion: &Value) -> Value {
+        let wide = matches!(prompt, Value::I64(_));
+        if self.has("total_tokens") {
+            return if wide {
+                self.count64("total_tokens")
+            } else {
+                self.count32("total_tokens")
+            };
+        }
+        match (prompt, completion) {
+            (Value::I64(p), Value::I64(c)) => Value::I64(p.saturating_add(*c)),
+            (Value::I32(p), Value::I32(c)) => match p.checked_add(*c) {
+                Some(t) => Value::I32(t),
+                None => {
+                    self.error("prompt_tokens + completion_tokens must fit in 32 bits".into());
+                    Value::Null
+                }
+            },
+            _ => Value::Null,
+        }
+    }
+
     /// `metadata` as JSON text; any JSON value is kept as it is.
     pub fn metadata(&self) -> Value {
         self.get("metadata")

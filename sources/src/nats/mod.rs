@@ -118,6 +118,23 @@ fn decode(
     }
 }
 
+/// Records and rejections of a batch of `(subject, payload)`, and for each
+/// record its subject, index and payload (for the tap).
+type Decoded = (Vec<Record>, Vec<Rejection>, Vec<(Subject, usize, Vec<u8>)>);
+
+fn decode_batch<'a>(
+    routes: &HashMap<String, Subject>,
+    messages: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Decoded {
+    let (mut records, mut rejections, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
+    for (subject, payload) in messages {
+        if let Some((s, i)) = decode(routes, subject, payload, &mut records, &mut rejections) {
+            accepted.push((s, i, payload.to_vec()));
+        }
+    }
+    (records, rejections, accepted)
+}
+
 /// Ingests until durable, waiting while queues are full: the pipeline's
 /// backpressure reaches NATS as a slower consumer.
 async fn ingest_until_durable(
@@ -233,18 +250,10 @@ async fn run_core(
             _ = stop.wait_for(|s| *s) => None,
         };
         let Some(batch) = batch else { break };
-        let (mut records, mut rejections, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
-        for m in &batch {
-            if let Some((s, i)) = decode(
-                &routes,
-                m.subject.as_str(),
-                &m.payload,
-                &mut records,
-                &mut rejections,
-            ) {
-                accepted.push((s, i, m.payload.to_vec()));
-            }
-        }
+        let (records, rejections, accepted) = decode_batch(
+            &routes,
+            batch.iter().map(|m| (m.subject.as_str(), &m.payload[..])),
+        );
         match ingest_until_durable(&pipeline, records, rejections, &stop).await {
             Ok(dups) => offer(&tap, &accepted, &dups),
             // Core NATS cannot redeliver: say loudly what was lost.
@@ -321,18 +330,10 @@ async fn run_jetstream(
         if batch.is_empty() {
             continue;
         }
-        let (mut records, mut rejections, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
-        for m in &batch {
-            if let Some((s, i)) = decode(
-                &routes,
-                m.subject.as_str(),
-                &m.payload,
-                &mut records,
-                &mut rejections,
-            ) {
-                accepted.push((s, i, m.payload.to_vec()));
-            }
-        }
+        let (records, rejections, accepted) = decode_batch(
+            &routes,
+            batch.iter().map(|m| (m.subject.as_str(), &m.payload[..])),
+        );
         match ingest_until_durable(&pipeline, records, rejections, &stop).await {
             Ok(dups) => {
                 offer(&tap, &accepted, &dups);
