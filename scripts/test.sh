@@ -18,10 +18,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
 
-# buf (npm package @bufbuild/buf, pinned in package-lock.json): a real
+# buf (npm package @bufbuild/buf, version pinned in package.json): a real
 # Connect, gRPC and gRPC-Web client for the billing.v1 tests.
 if [ ! -x node_modules/.bin/buf ]; then
-  npm ci --no-audit --no-fund
+  npm install --no-audit --no-fund
 fi
 
 # Build every binary first: the end-to-end tests run the real `tally` and

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 type Seen = Arc<Mutex<HashMap<String, Vec<Value>>>>;
 
-/// A control plane: `retry-*` ids get 503 twice then 202; `reject-*` get
-/// 400; `conflict-*` get 409; the rest 201.
+/// A control plane: `retry-*` ids get 503, then 429, then 200; `reject-*`
+/// get 400; `conflict-*` get 409; the rest 201.
 async fn control_plane(State(seen): State<Seen>, Json(body): Json<Value>) -> StatusCode {
     let id = body["event_id"].as_str().unwrap_or("").to_string();
     let attempts = {
@@ -27,8 +27,9 @@ async fn control_plane(State(seen): State<Seen>, Json(body): Json<Value>) -> Sta
         v.len()
     };
     match id.split('-').next().unwrap() {
-        "retry" if attempts <= 2 => StatusCode::SERVICE_UNAVAILABLE,
-        "retry" => StatusCode::ACCEPTED,
+        "retry" if attempts == 1 => StatusCode::SERVICE_UNAVAILABLE,
+        "retry" if attempts == 2 => StatusCode::TOO_MANY_REQUESTS,
+        "retry" => StatusCode::OK,
         "reject" => StatusCode::BAD_REQUEST,
         "conflict" => StatusCode::CONFLICT,
         _ => StatusCode::CREATED,
