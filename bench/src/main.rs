@@ -1,8 +1,10 @@
 //! tally-bench: load generator and benchmark runner for tally.
 
+mod nats;
 mod report;
 mod runner;
 mod server;
+mod summary;
 mod ws;
 
 use std::path::PathBuf;
@@ -61,6 +63,18 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub clients: usize,
 
+    /// NATS scenarios: the nats-server URL (tally is started with it).
+    #[arg(long)]
+    pub nats: Option<String>,
+
+    /// `usage-summary`: events to load first.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+
+    /// `usage-summary`: summary requests to time.
+    #[arg(long, default_value_t = 50)]
+    pub queries: usize,
+
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -77,6 +91,13 @@ pub enum Scenario {
     ConnectProtoVm,
     /// VM metric batches over Connect with JSON.
     ConnectJsonVm,
+    /// `usage.llm` events over core NATS (needs --nats); the server is told
+    /// to consume them. Measures the stored rate.
+    NatsCoreLlm,
+    /// `usage.llm` events published to a JetStream stream (needs --nats).
+    NatsJetstreamLlm,
+    /// Load --events LLM events over HTTP, then time /internal/usage/summary.
+    UsageSummary,
     /// Idle WebSocket clients on `/usage`: memory per client and the spread
     /// of each update's arrival across clients.
     WsClients,
@@ -98,20 +119,51 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = match (&args.target, &args.server_bin) {
         (Some(t), _) => server::Target::Running(t.trim_end_matches('/').to_string()),
-        (None, Some(bin)) => server::Target::Spawned(Box::new(server::Spawned::start(bin).await?)),
+        (None, Some(bin)) => {
+            let extra: Vec<String> = match (args.scenario, &args.nats) {
+                (Scenario::NatsCoreLlm, Some(url)) => vec!["--nats".into(), url.clone()],
+                (Scenario::NatsJetstreamLlm, Some(url)) => vec![
+                    "--nats".into(),
+                    url.clone(),
+                    "--nats-stream".into(),
+                    "BENCH".into(),
+                    "--nats-create-stream".into(),
+                ],
+                _ => Vec::new(),
+            };
+            server::Target::Spawned(Box::new(server::Spawned::start(bin, &extra).await?))
+        }
         (None, None) => anyhow::bail!("give --target URL or --server-bin PATH"),
     };
+    if let Scenario::NatsCoreLlm | Scenario::NatsJetstreamLlm = args.scenario {
+        let url = args
+            .nats
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("NATS scenarios need --nats URL"))?;
+        let js = matches!(args.scenario, Scenario::NatsJetstreamLlm);
+        let report = nats::run(
+            server.url(),
+            &url,
+            js,
+            args.concurrency,
+            args.warmup,
+            args.duration,
+        )
+        .await?;
+        return finish(&args, &report);
+    }
+    if let Scenario::UsageSummary = args.scenario {
+        let report =
+            summary::run(server.url(), args.events, args.queries, args.concurrency).await?;
+        return finish(&args, &report);
+    }
     if let Scenario::WsClients = args.scenario {
         let pid = match &server {
             server::Target::Spawned(s) => s.pid(),
             server::Target::Running(_) => None,
         };
         let report = ws::run(server.url(), pid, args.clients, args.duration).await?;
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        if let Some(out) = &args.out {
-            std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
-        }
-        return Ok(());
+        return finish(&args, &report);
     }
     let result = runner::run(&args, server.url()).await?;
     let server_stats = match server {
@@ -125,6 +177,14 @@ async fn main() -> anyhow::Result<()> {
     }
     if report.errors_total() > 0 && report.records_acked == 0 {
         anyhow::bail!("no request succeeded");
+    }
+    Ok(())
+}
+
+fn finish(args: &Args, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_vec_pretty(report)?)?;
     }
     Ok(())
 }

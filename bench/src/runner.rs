@@ -36,7 +36,7 @@ struct Shared {
 }
 
 /// One NDJSON body of `n` LLM events with fresh ids.
-fn body(first_id: u64, n: usize) -> String {
+pub fn body(first_id: u64, n: usize) -> String {
     let mut s = String::with_capacity(n * 330);
     for id in first_id..first_id + n as u64 {
         let secs = 1_763_985_600 + id / 1000;
@@ -241,7 +241,7 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
             vms: args.vms,
             json: true,
         },
-        Scenario::WsClients => anyhow::bail!("ws-clients is not a load scenario"),
+        other => anyhow::bail!("{other:?} is not a request/response load scenario"),
     };
     let shared = Arc::new(Shared {
         next_id: AtomicU64::new(0),

@@ -36,7 +36,7 @@ pub struct ServerStats {
 }
 
 impl Spawned {
-    pub async fn start(bin: &Path) -> anyhow::Result<Spawned> {
+    pub async fn start(bin: &Path, extra: &[String]) -> anyhow::Result<Spawned> {
         let data = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -45,6 +45,7 @@ impl Spawned {
         let child = Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data.path().join("data"))
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

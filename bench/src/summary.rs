@@ -1,0 +1,112 @@
+//! The `usage-summary` scenario: load N `usage.llm` events from the last 24
+//! hours over HTTP, then time `GET /internal/usage/summary`.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct SummaryReport {
+    pub events: u64,
+    pub load_seconds: f64,
+    pub queries: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub max_ms: f64,
+    pub llm_calls_total: u64,
+}
+
+/// Events spread over the last 23 hours, 12 tenants, 40 agents, 3 models.
+fn batch(first: u64, n: u64, now_s: i64) -> String {
+    let mut s = String::with_capacity(n as usize * 300);
+    for id in first..first + n {
+        let ts =
+            chrono::DateTime::from_timestamp(now_s - (id % 82_800) as i64, 0).unwrap_or_default();
+        s.push_str(&format!(
+            "{{\"event_id\":\"sum-{id:012}\",\"timestamp\":\"{}\",\"actor_id\":\"user:{}\",\"actor_type\":\"human\",\
+             \"agent_id\":\"agent:{}\",\"microdao_id\":\"microdao:{}\",\"model\":\"{}\",\"provider\":\"openai\",\
+             \"prompt_tokens\":{},\"completion_tokens\":{},\"latency_ms\":{}}}\n",
+            ts.format("%Y-%m-%dT%H:%M:%SZ"),
+            id % 997,
+            id % 40,
+            id % 12,
+            ["gpt-4.1-mini", "gpt-4o", "gpt-4o-mini"][(id % 3) as usize],
+            100 + id % 900,
+            20 + id % 300,
+            200 + id % 2000
+        ));
+    }
+    s
+}
+
+pub async fn run(
+    base: &str,
+    events: u64,
+    queries: usize,
+    concurrency: usize,
+) -> anyhow::Result<SummaryReport> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let now_s = chrono::Utc::now().timestamp();
+    let started = Instant::now();
+    let per = 5000u64;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (http, next, url) = (
+            http.clone(),
+            next.clone(),
+            format!("{base}/v1/events/usage.llm"),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let first = next.fetch_add(per, std::sync::atomic::Ordering::Relaxed);
+                if first >= events {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let n = per.min(events - first);
+                loop {
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/x-ndjson")
+                        .body(batch(first, n, now_s))
+                        .send()
+                        .await?;
+                    if r.status().is_success() {
+                        break;
+                    }
+                    // 429: the queue is full; wait as Retry-After says.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let load_seconds = started.elapsed().as_secs_f64();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut calls = 0;
+    for _ in 0..queries {
+        let t = Instant::now();
+        let v: serde_json::Value = http
+            .get(format!("{base}/internal/usage/summary?period_hours=24"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        hist.record((t.elapsed().as_micros() as u64).max(1))?;
+        calls = v["summary"]["llm_calls_total"].as_u64().unwrap_or(0);
+    }
+    Ok(SummaryReport {
+        events,
+        load_seconds,
+        queries,
+        p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p95_ms: hist.value_at_quantile(0.95) as f64 / 1000.0,
+        max_ms: hist.max() as f64 / 1000.0,
+        llm_calls_total: calls,
+    })
+}
