@@ -23,7 +23,9 @@ use tally_pipeline::tap::PayloadTap;
 
 pub const SOURCE: &str = "nats";
 /// Messages taken per ingest call.
-const BATCH: usize = 1000;
+const BATCH: usize = 4096;
+/// Core NATS: ingest calls in flight at once.
+const IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
@@ -244,6 +246,7 @@ async fn run_core(
         );
     }
     let mut messages = futures::stream::select_all(subs).ready_chunks(BATCH);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
         let batch = tokio::select! {
             b = messages.next() => b,
@@ -254,14 +257,24 @@ async fn run_core(
             &routes,
             batch.iter().map(|m| (m.subject.as_str(), &m.payload[..])),
         );
-        match ingest_until_durable(&pipeline, records, rejections, &stop).await {
-            Ok(dups) => offer(&tap, &accepted, &dups),
-            // Core NATS cannot redeliver: say loudly what was lost.
-            Err(e) => {
-                tracing::error!(error = %e, messages = batch.len(), "NATS messages could not be stored and are lost (core NATS is at-most-once)")
+        // Several batches in flight share WAL fsyncs (group commit); core
+        // NATS has no order to keep and nothing to acknowledge.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let (pipeline, tap, stop) = (pipeline.clone(), tap.clone(), stop.clone());
+        let n = batch.len();
+        tokio::spawn(async move {
+            match ingest_until_durable(&pipeline, records, rejections, &stop).await {
+                Ok(dups) => offer(&tap, &accepted, &dups),
+                // Core NATS cannot redeliver: say loudly what was lost.
+                Err(e) => {
+                    tracing::error!(error = %e, messages = n, "NATS messages could not be stored and are lost (core NATS is at-most-once)")
+                }
             }
-        }
+            drop(permit);
+        });
     }
+    // Wait for the batches still in flight.
+    let _ = in_flight.acquire_many(IN_FLIGHT as u32).await;
     Ok(())
 }
 
@@ -297,6 +310,9 @@ async fn run_jetstream(
                 durable_name: Some(config.consumer.clone()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: config.ack_wait,
+                // Above one fetch, so a fetch is never cut short by
+                // messages still waiting for their ack.
+                max_ack_pending: (4 * BATCH) as i64,
                 ..Default::default()
             },
         )
