@@ -259,7 +259,9 @@ async fn run_core(
         );
         // Several batches in flight share WAL fsyncs (group commit); core
         // NATS has no order to keep and nothing to acknowledge.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let (pipeline, tap, stop) = (pipeline.clone(), tap.clone(), stop.clone());
         let n = batch.len();
         tokio::spawn(async move {
