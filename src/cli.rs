@@ -19,7 +19,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server: HTTP ingest, SQL, /health and /metrics on every listener.
+    /// Run the server: HTTP ingest, billing.v1, NATS, SQL and the read APIs, /usage, /health and /metrics.
     Serve(Box<ServeArgs>),
     /// Run one read-only SQL query over a data directory, offline.
     Sql(SqlArgs),
