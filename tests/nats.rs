@@ -17,9 +17,29 @@ async fn core_nats_stores_spec_events_rejects_bad_ones_and_dedups() {
     )
     .await;
     wait_nats_connected(&t).await;
-    // The subscriptions are made right after connecting; give them a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let client = async_nats::connect(&nats.url).await.unwrap();
+    // Core NATS keeps nothing for a subscriber that is not there yet: probe
+    // until tally's subscriptions store what is published.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for i in 0.. {
+        let probe = llm_event(&format!("probe-{i}"), "2025-11-24T11:00:00Z", 1, 1);
+        client
+            .publish("usage.llm", probe.to_string().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = t.sql("SELECT count(*) AS n FROM usage_llm").await[0]["n"]
+            .as_u64()
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tally never received a probe"
+        );
+    }
     let events = [
         (
             "usage.llm",
@@ -87,7 +107,7 @@ async fn core_nats_stores_spec_events_rejects_bad_ones_and_dedups() {
         1
     );
     let llm = t
-        .sql("SELECT event_id, total_tokens, source FROM usage_llm ORDER BY event_id")
+        .sql("SELECT event_id, total_tokens, source FROM usage_llm WHERE event_id NOT LIKE 'probe-%' ORDER BY event_id")
         .await;
     assert_eq!(
         llm,
