@@ -1,6 +1,7 @@
 //! tally-bench: load generator and benchmark runner for tally.
 
 mod nats;
+mod peer;
 mod report;
 mod runner;
 mod server;
@@ -75,6 +76,13 @@ pub struct Args {
     #[arg(long, default_value_t = 50)]
     pub queries: usize,
 
+    /// `usage-summary`: the PostgreSQL peer to load the same events into
+    /// and ask the same summary (schema `tally_bench`, dropped and made
+    /// anew). Unset or unreachable: the peer part is skipped, and the
+    /// report says why.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -98,6 +106,10 @@ pub enum Scenario {
     NatsJetstreamLlm,
     /// Load --events LLM events over HTTP, then time /internal/usage/summary.
     UsageSummary,
+    /// All of gRPC, Connect binary, Connect JSON (VM batches) and HTTP
+    /// NDJSON (LLM events) at once, requests taking turns; errors are
+    /// counted per protocol.
+    Mixed,
     /// Idle WebSocket clients on `/usage`: memory per client and the spread
     /// of each update's arrival across clients.
     WsClients,
@@ -153,8 +165,25 @@ async fn main() -> anyhow::Result<()> {
         return finish(&args, &report);
     }
     if let Scenario::UsageSummary = args.scenario {
-        let report =
-            summary::run(server.url(), args.events, args.queries, args.concurrency).await?;
+        let now_s = chrono::Utc::now().timestamp();
+        let tally = summary::run(
+            server.url(),
+            args.events,
+            args.queries,
+            args.concurrency,
+            now_s,
+        )
+        .await?;
+        let postgres = peer::run(
+            args.database_url.as_deref(),
+            args.events,
+            now_s,
+            args.queries,
+            args.concurrency,
+            &tally,
+        )
+        .await;
+        let report = serde_json::json!({"tally": tally, "postgres": postgres});
         return finish(&args, &report);
     }
     if let Scenario::WsClients = args.scenario {

@@ -18,6 +18,7 @@ pub struct Report {
     pub requests: u64,
     pub records_acked: u64,
     pub records_per_second: f64,
+    pub records_acked_by_protocol: BTreeMap<String, u64>,
     /// Acknowledgement latency per request, in milliseconds.
     pub latency_ms: BTreeMap<String, f64>,
     pub errors: BTreeMap<String, u64>,
@@ -54,6 +55,7 @@ impl Report {
             requests: r.requests,
             records_acked: r.records_acked,
             records_per_second: r.records_acked as f64 / secs.max(1e-9),
+            records_acked_by_protocol: r.acked_by,
             latency_ms,
             errors: r.errors,
             server,
@@ -77,6 +79,12 @@ impl Report {
                 self.latency_ms["p99"],
                 self.latency_ms["p99.9"],
                 self.latency_ms["max"]
+            );
+        }
+        if self.records_acked_by_protocol.len() > 1 {
+            s += &format!(
+                "  acked by protocol: {:?}\n",
+                self.records_acked_by_protocol
             );
         }
         if !self.errors.is_empty() {

@@ -22,6 +22,8 @@ pub struct RunResult {
     /// Latency of acknowledged requests, in microseconds.
     pub latency_us: Histogram<u64>,
     pub errors: std::collections::BTreeMap<String, u64>,
+    /// Records acknowledged per protocol (one entry unless mixed).
+    pub acked_by: std::collections::BTreeMap<String, u64>,
 }
 
 struct Shared {
@@ -33,6 +35,7 @@ struct Shared {
     requests: AtomicU64,
     hist: Mutex<Histogram<u64>>,
     errors: Mutex<std::collections::BTreeMap<String, u64>>,
+    acked_by: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// One NDJSON body of `n` LLM events with fresh ids.
@@ -80,6 +83,24 @@ pub enum Client {
         vms: u64,
         json: bool,
     },
+    /// Every protocol at once: request `i` goes to `clients[i % len]`.
+    Mixed {
+        clients: Vec<Client>,
+        turn: Arc<AtomicU64>,
+    },
+}
+
+impl Client {
+    /// The short name errors are counted under in a mixed run.
+    fn name(&self) -> &'static str {
+        match self {
+            Client::HttpLlm { .. } => "http-llm",
+            Client::GrpcVm { .. } => "grpc-vm",
+            Client::ConnectVm { json: false, .. } => "connect-proto-vm",
+            Client::ConnectVm { json: true, .. } => "connect-json-vm",
+            Client::Mixed { .. } => "mixed",
+        }
+    }
 }
 
 /// A batch of one VM's samples: request `r` covers VM `r % vms`, the
@@ -153,6 +174,13 @@ async fn http_outcome(result: reqwest::Result<reqwest::Response>) -> Result<(), 
 }
 
 async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant) {
+    let (client, mixed) = match client {
+        Client::Mixed { clients, turn } => {
+            let i = turn.fetch_add(1, Ordering::Relaxed) as usize;
+            (&clients[i % clients.len()], true)
+        }
+        other => (other, false),
+    };
     let first = shared.next_id.fetch_add(batch as u64, Ordering::Relaxed);
     let outcome = match client {
         Client::HttpLlm { http, url } => {
@@ -184,6 +212,11 @@ async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant)
             let req = http.post(url).header("content-type", ct).body(body);
             http_outcome(req.send().await).await
         }
+        Client::Mixed { .. } => Err("nested mixed client".into()),
+    };
+    let outcome = match outcome {
+        Err(code) if mixed => Err(format!("{}:{code}", client.name())),
+        other => other,
     };
     if outcome.is_ok() {
         shared.stored.fetch_add(batch as u64, Ordering::Relaxed);
@@ -195,6 +228,12 @@ async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant)
     match outcome {
         Ok(()) => {
             shared.acked.fetch_add(batch as u64, Ordering::Relaxed);
+            *shared
+                .acked_by
+                .lock()
+                .expect("not poisoned")
+                .entry(client.name().to_string())
+                .or_default() += batch as u64;
             let us = intended.elapsed().as_micros() as u64;
             let _ = shared.hist.lock().expect("not poisoned").record(us.max(1));
         }
@@ -209,15 +248,16 @@ async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant)
     }
 }
 
-pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .timeout(Duration::from_secs(30))
-        .build()?;
+async fn client_for(
+    scenario: Scenario,
+    args: &Args,
+    base: &str,
+    http: &reqwest::Client,
+) -> anyhow::Result<Client> {
     let method = format!("{base}/billing.v1.BillingService/SendMetricsBatch");
-    let client = match args.scenario {
+    Ok(match scenario {
         Scenario::HttpLlm => Client::HttpLlm {
-            http,
+            http: http.clone(),
             url: format!("{base}/v1/events/usage.llm"),
         },
         Scenario::GrpcVm => {
@@ -230,18 +270,43 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
             }
         }
         Scenario::ConnectProtoVm => Client::ConnectVm {
-            http,
+            http: http.clone(),
             url: method,
             vms: args.vms,
             json: false,
         },
         Scenario::ConnectJsonVm => Client::ConnectVm {
-            http,
+            http: http.clone(),
             url: method,
             vms: args.vms,
             json: true,
         },
         other => anyhow::bail!("{other:?} is not a request/response load scenario"),
+    })
+}
+
+pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let client = match args.scenario {
+        Scenario::Mixed => {
+            let mut clients = Vec::new();
+            for s in [
+                Scenario::GrpcVm,
+                Scenario::ConnectProtoVm,
+                Scenario::ConnectJsonVm,
+                Scenario::HttpLlm,
+            ] {
+                clients.push(client_for(s, args, base, &http).await?);
+            }
+            Client::Mixed {
+                clients,
+                turn: Arc::new(AtomicU64::new(0)),
+            }
+        }
+        s => client_for(s, args, base, &http).await?,
     };
     let shared = Arc::new(Shared {
         next_id: AtomicU64::new(0),
@@ -252,6 +317,7 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
         requests: AtomicU64::new(0),
         hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         errors: Mutex::new(Default::default()),
+        acked_by: Mutex::new(Default::default()),
     });
     let mut tasks = Vec::new();
     match args.rate {
@@ -316,6 +382,7 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
     }
     let hist = shared.hist.lock().expect("not poisoned").clone();
     let errors = shared.errors.lock().expect("not poisoned").clone();
+    let acked_by = shared.acked_by.lock().expect("not poisoned").clone();
     Ok(RunResult {
         elapsed,
         requests: shared.requests.load(Ordering::Relaxed),
@@ -323,5 +390,6 @@ pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
         records_stored: shared.stored.load(Ordering::Relaxed),
         latency_us: hist,
         errors,
+        acked_by,
     })
 }

@@ -17,24 +17,61 @@ pub struct SummaryReport {
     pub llm_calls_total: u64,
 }
 
-/// Events spread over the last 23 hours, 12 tenants, 40 agents, 3 models.
+/// One generated `usage.llm` event: the same one goes to tally and to the
+/// PostgreSQL peer.
+pub struct LlmEvent {
+    pub event_id: String,
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    pub actor_id: String,
+    pub agent_id: String,
+    pub microdao_id: String,
+    pub model: &'static str,
+    pub prompt_tokens: i32,
+    pub completion_tokens: i32,
+    pub latency_ms: i32,
+}
+
+impl LlmEvent {
+    /// Event `id`: spread over the 23 hours before `now_s`, 12 tenants,
+    /// 40 agents, 3 models.
+    pub fn generate(id: u64, now_s: i64) -> LlmEvent {
+        LlmEvent {
+            event_id: format!("sum-{id:012}"),
+            timestamp: chrono::DateTime::from_timestamp(now_s - (id % 82_800) as i64, 0)
+                .unwrap_or_default(),
+            actor_id: format!("user:{}", id % 997),
+            agent_id: format!("agent:{}", id % 40),
+            microdao_id: format!("microdao:{}", id % 12),
+            model: ["gpt-4.1-mini", "gpt-4o", "gpt-4o-mini"][(id % 3) as usize],
+            prompt_tokens: 100 + (id % 900) as i32,
+            completion_tokens: 20 + (id % 300) as i32,
+            latency_ms: 200 + (id % 2000) as i32,
+        }
+    }
+
+    pub fn total_tokens(&self) -> i32 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// Events `first..first + n` as NDJSON.
 fn batch(first: u64, n: u64, now_s: i64) -> String {
     let mut s = String::with_capacity(n as usize * 300);
     for id in first..first + n {
-        let ts =
-            chrono::DateTime::from_timestamp(now_s - (id % 82_800) as i64, 0).unwrap_or_default();
+        let e = LlmEvent::generate(id, now_s);
         s.push_str(&format!(
-            "{{\"event_id\":\"sum-{id:012}\",\"timestamp\":\"{}\",\"actor_id\":\"user:{}\",\"actor_type\":\"human\",\
-             \"agent_id\":\"agent:{}\",\"microdao_id\":\"microdao:{}\",\"model\":\"{}\",\"provider\":\"openai\",\
+            "{{\"event_id\":\"{}\",\"timestamp\":\"{}\",\"actor_id\":\"{}\",\"actor_type\":\"human\",\
+             \"agent_id\":\"{}\",\"microdao_id\":\"{}\",\"model\":\"{}\",\"provider\":\"openai\",\
              \"prompt_tokens\":{},\"completion_tokens\":{},\"latency_ms\":{}}}\n",
-            ts.format("%Y-%m-%dT%H:%M:%SZ"),
-            id % 997,
-            id % 40,
-            id % 12,
-            ["gpt-4.1-mini", "gpt-4o", "gpt-4o-mini"][(id % 3) as usize],
-            100 + id % 900,
-            20 + id % 300,
-            200 + id % 2000
+            e.event_id,
+            e.timestamp.format("%Y-%m-%dT%H:%M:%SZ"),
+            e.actor_id,
+            e.agent_id,
+            e.microdao_id,
+            e.model,
+            e.prompt_tokens,
+            e.completion_tokens,
+            e.latency_ms
         ));
     }
     s
@@ -45,11 +82,11 @@ pub async fn run(
     events: u64,
     queries: usize,
     concurrency: usize,
+    now_s: i64,
 ) -> anyhow::Result<SummaryReport> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
-    let now_s = chrono::Utc::now().timestamp();
     let started = Instant::now();
     let per = 5000u64;
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

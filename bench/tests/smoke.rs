@@ -50,3 +50,68 @@ fn short_run_acknowledges_records_and_reports_json() {
     assert!(server["cpu_seconds"].as_f64().unwrap() > 0.0);
     assert_eq!(report["errors"], serde_json::json!({}));
 }
+
+#[test]
+fn mixed_run_acknowledges_every_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mixed.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .arg("--server-bin")
+        .arg(tally_bin())
+        .args([
+            "--scenario",
+            "mixed",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+            "--concurrency",
+            "4",
+            "--batch",
+            "40",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let by = report["records_acked_by_protocol"].as_object().unwrap();
+    for protocol in ["grpc-vm", "connect-proto-vm", "connect-json-vm", "http-llm"] {
+        let n = by.get(protocol).and_then(|v| v.as_u64()).unwrap_or(0);
+        assert!(n > 0 && n % 40 == 0, "{protocol}: {report}");
+    }
+    let sum: u64 = by.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(sum, report["records_acked"].as_u64().unwrap());
+    assert_eq!(report["errors"], serde_json::json!({}));
+}
+
+#[test]
+fn summary_run_says_why_the_postgres_peer_was_skipped() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .arg("--server-bin")
+        .arg(tally_bin())
+        .args([
+            "--scenario",
+            "usage-summary",
+            "--events",
+            "3000",
+            "--queries",
+            "2",
+            "--quiet",
+            // Nothing listens on port 1: the peer cannot connect.
+            "--database-url",
+            "postgres://tally@127.0.0.1:1/none",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["tally"]["llm_calls_total"], 3000, "{report}");
+    let skipped = report["postgres"]["skipped"].as_str().unwrap();
+    assert!(
+        skipped.contains("PostgreSQL at DATABASE_URL failed"),
+        "{skipped}"
+    );
+}
