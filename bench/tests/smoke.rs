@@ -80,7 +80,7 @@ fn mixed_run_acknowledges_every_protocol() {
     let by = report["records_acked_by_protocol"].as_object().unwrap();
     for protocol in ["grpc-vm", "connect-proto-vm", "connect-json-vm", "http-llm"] {
         let n = by.get(protocol).and_then(|v| v.as_u64()).unwrap_or(0);
-        assert!(n > 0 && n % 40 == 0, "{protocol}: {report}");
+        assert!(n > 0 && n.is_multiple_of(40), "{protocol}: {report}");
     }
     let sum: u64 = by.values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(sum, report["records_acked"].as_u64().unwrap());
