@@ -14,6 +14,12 @@ use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, SqlArgs, SqlFormat};
 
+/// mimalloc instead of the system allocator: with glibc's malloc, allocation
+/// and free were about a fifth of the server's CPU on the gRPC ingest
+/// profile (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

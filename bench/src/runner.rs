@@ -73,8 +73,11 @@ pub enum Client {
         http: reqwest::Client,
         url: String,
     },
+    /// One HTTP/2 connection per sender: a single tonic channel, not the
+    /// server, was the limit in earlier runs.
     GrpcVm {
-        grpc: BillingServiceClient<Channel>,
+        grpc: Arc<Vec<BillingServiceClient<Channel>>>,
+        turn: Arc<AtomicU64>,
         vms: u64,
     },
     ConnectVm {
@@ -190,8 +193,9 @@ async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant)
                 .body(body(first, batch));
             http_outcome(req.send().await).await
         }
-        Client::GrpcVm { grpc, vms } => {
-            let mut grpc = grpc.clone();
+        Client::GrpcVm { grpc, turn, vms } => {
+            let i = turn.fetch_add(1, Ordering::Relaxed) as usize;
+            let mut grpc = grpc[i % grpc.len()].clone();
             grpc.send_metrics_batch(vm_batch(first, batch, *vms))
                 .await
                 .map(|_| ())
@@ -261,11 +265,16 @@ async fn client_for(
             url: format!("{base}/v1/events/usage.llm"),
         },
         Scenario::GrpcVm => {
-            let channel = tonic::transport::Endpoint::from_shared(base.to_string())?
-                .connect()
-                .await?;
+            let mut grpc = Vec::new();
+            for _ in 0..args.concurrency.max(1) {
+                let channel = tonic::transport::Endpoint::from_shared(base.to_string())?
+                    .connect()
+                    .await?;
+                grpc.push(BillingServiceClient::new(channel));
+            }
             Client::GrpcVm {
-                grpc: BillingServiceClient::new(channel),
+                grpc: Arc::new(grpc),
+                turn: Arc::new(AtomicU64::new(0)),
                 vms: args.vms,
             }
         }

@@ -23,11 +23,24 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
+    // Each kind of key is measured in a fresh process: memory freed by one
+    // measurement stays in the allocator and would hide the next one's.
+    let Some(which) = std::env::args().nth(1) else {
+        let me = std::env::current_exe().expect("own path");
+        for which in ["uuid", "vm"] {
+            let status = std::process::Command::new(&me).arg(which).status();
+            assert!(status.is_ok_and(|s| s.success()), "{which} run failed");
+        }
+        return;
+    };
     const N: u64 = 2_000_000;
     for (name, dataset) in [
         ("event_id (36-byte UUID text)", Dataset::UsageLlm),
         ("vm_id + timestamp", Dataset::VmMetrics),
     ] {
+        if (which == "vm") != (dataset == Dataset::VmMetrics) {
+            continue;
+        }
         let dedup = Dedup::new(86_400, usize::MAX, Arc::new(Metrics::default()));
         let before = rss_kib();
         let mut key = Vec::new();

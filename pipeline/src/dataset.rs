@@ -267,6 +267,13 @@ impl Dataset {
         }
     }
 
+    /// Whether the key is more than one column and its last is the record's
+    /// time: dedup then keeps a table of times per key prefix.
+    pub fn key_ends_in_time(self) -> bool {
+        let cols = self.key_columns();
+        cols.len() >= 2 && cols.last() == Some(&self.time_column())
+    }
+
     /// The column that places a record in a `date=/hour=` partition.
     pub fn time_column(self) -> usize {
         match self {

@@ -1,25 +1,142 @@
 //! Exact deduplication on each dataset's key over a time window.
 //!
 //! Keys are kept whole (no hashes, no Bloom filter): a false duplicate would
-//! drop a billable record. Each key costs its bytes plus about 40 bytes of
-//! table overhead; see the README for the measured cost per million keys.
+//! drop a billable record. Datasets keyed by an id alone keep each key's bytes
+//! in one table (about 40 bytes of overhead per key). Datasets whose key ends
+//! in the record's time (`vm_metrics`: `vm_id, timestamp`) keep one small
+//! table of times per key prefix: 16 bytes a sample instead of a boxed key,
+//! no allocation per sample, and no rehash of one huge table (a pause that
+//! showed as a latency spike in profiles). See BENCHMARKS.md for the measured
+//! cost per million keys.
+//!
 //! The number of keys per dataset is bounded: when the bound is hit, the
 //! oldest hour of keys is dropped early and `tally_dedup_evictions_total`
 //! counts it, so memory stays bounded and the shortened window is visible.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use hashbrown::HashMap;
 use parking_lot::Mutex;
 
 use crate::dataset::Dataset;
 use crate::metrics::Metrics;
 
+/// The keys of one dataset. `seen` values are the Unix second a key was
+/// first seen.
+enum KeySet {
+    /// Whole keys.
+    Flat(HashMap<Box<[u8]>, u32>),
+    /// Key prefix → (last 8 key bytes, the time part) → seen.
+    Nested {
+        prefixes: HashMap<Box<[u8]>, HashMap<u64, u32>>,
+        len: usize,
+    },
+}
+
+impl KeySet {
+    fn for_dataset(dataset: Dataset) -> KeySet {
+        if dataset.key_ends_in_time() {
+            KeySet::Nested {
+                prefixes: HashMap::new(),
+                len: 0,
+            }
+        } else {
+            KeySet::Flat(HashMap::new())
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            KeySet::Flat(m) => m.len(),
+            KeySet::Nested { len, .. } => *len,
+        }
+    }
+
+    /// Splits a nested key into its prefix and its 8-byte time part.
+    fn split(key: &[u8]) -> (&[u8], u64) {
+        let (prefix, time) = key.split_at(key.len().saturating_sub(8));
+        let mut last = [0u8; 8];
+        last[8 - time.len()..].copy_from_slice(time);
+        (prefix, u64::from_be_bytes(last))
+    }
+
+    fn seen_mut(&mut self, key: &[u8]) -> Option<&mut u32> {
+        match self {
+            KeySet::Flat(m) => m.get_mut(key),
+            KeySet::Nested { prefixes, .. } => {
+                let (prefix, time) = Self::split(key);
+                prefixes.get_mut(prefix)?.get_mut(&time)
+            }
+        }
+    }
+
+    fn insert(&mut self, key: &[u8], now: u32) {
+        match self {
+            KeySet::Flat(m) => {
+                m.insert(key.into(), now);
+            }
+            KeySet::Nested { prefixes, len } => {
+                let (prefix, time) = Self::split(key);
+                let times = match prefixes.get_mut(prefix) {
+                    Some(t) => t,
+                    None => prefixes.entry(prefix.into()).or_default(),
+                };
+                if times.insert(time, now).is_none() {
+                    *len += 1;
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        match self {
+            KeySet::Flat(m) => {
+                m.remove(key);
+            }
+            KeySet::Nested { prefixes, len } => {
+                let (prefix, time) = Self::split(key);
+                if let Some(times) = prefixes.get_mut(prefix) {
+                    if times.remove(&time).is_some() {
+                        *len -= 1;
+                    }
+                    if times.is_empty() {
+                        prefixes.remove(prefix);
+                    }
+                }
+            }
+        }
+    }
+
+    fn oldest(&self) -> Option<u32> {
+        match self {
+            KeySet::Flat(m) => m.values().min().copied(),
+            KeySet::Nested { prefixes, .. } => prefixes
+                .values()
+                .filter_map(|t| t.values().min().copied())
+                .min(),
+        }
+    }
+
+    /// Keeps the keys first seen at or after `cutoff`.
+    fn retain_since(&mut self, cutoff: u32) {
+        match self {
+            KeySet::Flat(m) => m.retain(|_, seen| *seen >= cutoff),
+            KeySet::Nested { prefixes, len } => {
+                *len = 0;
+                prefixes.retain(|_, times| {
+                    times.retain(|_, seen| *seen >= cutoff);
+                    *len += times.len();
+                    !times.is_empty()
+                });
+            }
+        }
+    }
+}
+
 pub struct Dedup {
     window_secs: u64,
     max_keys: usize,
-    /// Key → the second (Unix time) it was first seen.
-    sets: Vec<Mutex<HashMap<Box<[u8]>, u32>>>,
+    sets: Vec<Mutex<KeySet>>,
     metrics: Arc<Metrics>,
 }
 
@@ -30,7 +147,7 @@ impl Dedup {
             max_keys: max_keys.max(1),
             sets: Dataset::ALL
                 .iter()
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|d| Mutex::new(KeySet::for_dataset(*d)))
                 .collect(),
             metrics,
         }
@@ -44,7 +161,7 @@ impl Dedup {
     pub fn insert(&self, dataset: Dataset, key: &[u8], now_secs: u64) -> bool {
         let mut set = self.sets[dataset.index()].lock();
         let now = now_secs as u32;
-        if let Some(seen) = set.get_mut(key) {
+        if let Some(seen) = set.seen_mut(key) {
             if now_secs.saturating_sub(*seen as u64) < self.window_secs {
                 return false;
             }
@@ -54,7 +171,7 @@ impl Dedup {
         if set.len() >= self.max_keys {
             self.evict_oldest_hour(&mut set, dataset);
         }
-        set.insert(key.into(), now);
+        set.insert(key, now);
         true
     }
 
@@ -65,9 +182,9 @@ impl Dedup {
 
     /// Drops keys older than the window.
     pub fn expire(&self, now_secs: u64) {
-        let cutoff = now_secs.saturating_sub(self.window_secs);
+        let cutoff = now_secs.saturating_sub(self.window_secs) as u32;
         for set in &self.sets {
-            set.lock().retain(|_, seen| *seen as u64 >= cutoff);
+            set.lock().retain_since(cutoff);
         }
     }
 
@@ -79,13 +196,12 @@ impl Dedup {
         Dataset::ALL.iter().all(|d| self.len(*d) == 0)
     }
 
-    fn evict_oldest_hour(&self, set: &mut HashMap<Box<[u8]>, u32>, dataset: Dataset) {
-        let Some(oldest) = set.values().min().copied() else {
+    fn evict_oldest_hour(&self, set: &mut KeySet, dataset: Dataset) {
+        let Some(oldest) = set.oldest() else {
             return;
         };
-        let cutoff = oldest.saturating_add(3600);
         let before = set.len();
-        set.retain(|_, seen| *seen >= cutoff);
+        set.retain_since(oldest.saturating_add(3600));
         let evicted = (before - set.len()) as u64;
         self.metrics.dedup_evictions.add(evicted);
         tracing::warn!(%dataset, evicted, max_keys = self.max_keys, "dedup key bound reached: the oldest hour of keys was dropped before the window ended");
@@ -132,5 +248,37 @@ mod tests {
         assert_eq!(d.len(Dataset::VmMetrics), 2);
         assert_eq!(d.metrics.dedup_evictions.get(), 2);
         assert!(!d.insert(Dataset::VmMetrics, b"3", 7202));
+    }
+
+    fn vm_key(vm: &str, ts: i64) -> Vec<u8> {
+        let mut k = Vec::new();
+        crate::record::encode_key_part(&crate::record::Value::Str(vm.into()), &mut k);
+        crate::record::encode_key_part(&crate::record::Value::Ts(ts), &mut k);
+        k
+    }
+
+    #[test]
+    fn vm_keys_are_exact_per_vm_and_timestamp() {
+        let d = dedup(86_400, 100);
+        assert!(d.insert(Dataset::VmMetrics, &vm_key("vm-1", 10), 0));
+        assert!(d.insert(Dataset::VmMetrics, &vm_key("vm-1", 11), 0));
+        // Same time, other VM; a VM whose name extends another's.
+        assert!(d.insert(Dataset::VmMetrics, &vm_key("vm-2", 10), 0));
+        assert!(d.insert(Dataset::VmMetrics, &vm_key("vm-10", 10), 0));
+        // Negative and far-apart times are distinct keys too.
+        assert!(d.insert(Dataset::VmMetrics, &vm_key("vm-1", -10), 0));
+        assert!(!d.insert(Dataset::VmMetrics, &vm_key("vm-1", 10), 5));
+        assert!(!d.insert(Dataset::VmMetrics, &vm_key("vm-1", -10), 5));
+        assert_eq!(d.len(Dataset::VmMetrics), 5);
+        d.remove(Dataset::VmMetrics, &vm_key("vm-1", 10));
+        d.remove(Dataset::VmMetrics, &vm_key("vm-1", 10));
+        assert_eq!(d.len(Dataset::VmMetrics), 4);
+        assert!(d.insert(Dataset::VmMetrics, &vm_key("vm-1", 10), 6));
+        d.expire(86_400 + 3);
+        assert_eq!(
+            d.len(Dataset::VmMetrics),
+            1,
+            "only the key seen at 6 is inside the window"
+        );
     }
 }

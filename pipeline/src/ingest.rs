@@ -162,11 +162,11 @@ impl Pipeline {
             report.duplicate_flags.push(false);
             kept.push(r);
         }
-        let accepted: Vec<(Dataset, usize)> = Dataset::ALL
-            .iter()
-            .map(|d| (*d, kept.iter().filter(|r| r.dataset == *d).count()))
-            .filter(|(_, n)| *n > 0)
-            .collect();
+        // Rows per dataset, counted once (this loop runs for every request).
+        let mut accepted = [0usize; 10];
+        for r in &kept {
+            accepted[r.dataset.index()] += 1;
+        }
         report.accepted = kept.len();
         let mut rejected_by_dataset = [0u64; 10];
         for rej in rejections {
@@ -177,21 +177,24 @@ impl Pipeline {
         if kept.is_empty() {
             return Ok(report);
         }
-        let kept_rows: Vec<(Dataset, usize)> = Dataset::ALL
-            .iter()
-            .map(|d| (*d, kept.iter().filter(|r| r.dataset == *d).count()))
-            .collect();
         if let Err(e) = inner.wal.append(kept).await {
             for (d, key) in keys {
                 inner.dedup.remove(d, &key);
             }
-            for (d, n) in kept_rows {
-                inner.store.release(d, n);
+            // Rejections are rows of `rejected`, whatever dataset they were for.
+            accepted[Dataset::Rejected.index()] += report.rejected.len();
+            for d in Dataset::ALL {
+                if accepted[d.index()] > 0 {
+                    inner.store.release(d, accepted[d.index()]);
+                }
             }
             return Err(e.into());
         }
-        for (d, n) in accepted {
-            inner.metrics.count(Outcome::Accepted, d, source, n as u64);
+        for d in Dataset::ALL {
+            let n = accepted[d.index()];
+            if n > 0 {
+                inner.metrics.count(Outcome::Accepted, d, source, n as u64);
+            }
         }
         for d in Dataset::ALL {
             let n = rejected_by_dataset[d.index()];
