@@ -87,12 +87,11 @@ async fn run_peer(
     connections: usize,
     tally: &SummaryReport,
 ) -> anyhow::Result<PeerReport> {
-    let (admin, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(connection);
-    admin
+    // `connect` already points search_path at tally_bench, made here.
+    let client = connect(url).await?;
+    client
         .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS tally_bench CASCADE; CREATE SCHEMA tally_bench; \
-             SET search_path TO tally_bench; {SCHEMA_SQL}"
+            "DROP SCHEMA IF EXISTS tally_bench CASCADE; CREATE SCHEMA tally_bench; {SCHEMA_SQL}"
         ))
         .await?;
 
@@ -142,7 +141,6 @@ async fn run_peer(
     let insert_secs = started.elapsed().as_secs_f64();
 
     // 2. The bulk way: COPY into the emptied table, indexes in place.
-    let client = connect(url).await?;
     client.batch_execute("TRUNCATE usage_llm").await?;
     let started = Instant::now();
     let sink = client

@@ -14,30 +14,35 @@ fn tally_bin() -> PathBuf {
     tally
 }
 
-#[test]
-fn short_run_acknowledges_records_and_reports_json() {
+/// Runs tally-bench against a server it starts, with `args`, and returns
+/// its JSON report.
+fn bench_report(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("result.json");
     let status = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
         .arg("--server-bin")
         .arg(tally_bin())
-        .args([
-            "--duration",
-            "2s",
-            "--warmup",
-            "500ms",
-            "--concurrency",
-            "2",
-            "--batch",
-            "50",
-            "--quiet",
-            "--out",
-        ])
+        .args(args)
+        .args(["--quiet", "--out"])
         .arg(&out)
         .status()
         .unwrap();
     assert!(status.success());
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+}
+
+#[test]
+fn short_run_acknowledges_records_and_reports_json() {
+    let report = bench_report(&[
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--concurrency",
+        "2",
+        "--batch",
+        "50",
+    ]);
     let acked = report["records_acked"].as_u64().unwrap();
     assert!(acked > 0, "{report}");
     assert_eq!(acked % 50, 0, "whole batches only: {report}");
@@ -53,30 +58,18 @@ fn short_run_acknowledges_records_and_reports_json() {
 
 #[test]
 fn mixed_run_acknowledges_every_protocol() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("mixed.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
-        .arg("--server-bin")
-        .arg(tally_bin())
-        .args([
-            "--scenario",
-            "mixed",
-            "--duration",
-            "2s",
-            "--warmup",
-            "500ms",
-            "--concurrency",
-            "4",
-            "--batch",
-            "40",
-            "--quiet",
-            "--out",
-        ])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let report = bench_report(&[
+        "--scenario",
+        "mixed",
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--concurrency",
+        "4",
+        "--batch",
+        "40",
+    ]);
     let by = report["records_acked_by_protocol"].as_object().unwrap();
     for protocol in ["grpc-vm", "connect-proto-vm", "connect-json-vm", "http-llm"] {
         let n = by.get(protocol).and_then(|v| v.as_u64()).unwrap_or(0);
@@ -89,25 +82,17 @@ fn mixed_run_acknowledges_every_protocol() {
 
 #[test]
 fn summary_run_says_why_the_postgres_peer_was_skipped() {
-    let output = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
-        .arg("--server-bin")
-        .arg(tally_bin())
-        .args([
-            "--scenario",
-            "usage-summary",
-            "--events",
-            "3000",
-            "--queries",
-            "2",
-            "--quiet",
-            // Nothing listens on port 1: the peer cannot connect.
-            "--database-url",
-            "postgres://tally@127.0.0.1:1/none",
-        ])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = bench_report(&[
+        "--scenario",
+        "usage-summary",
+        "--events",
+        "3000",
+        "--queries",
+        "2",
+        // Nothing listens on port 1: the peer cannot connect.
+        "--database-url",
+        "postgres://tally@127.0.0.1:1/none",
+    ]);
     assert_eq!(report["tally"]["llm_calls_total"], 3000, "{report}");
     let skipped = report["postgres"]["skipped"].as_str().unwrap();
     assert!(
