@@ -31,9 +31,55 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Data directory: Parquet files, WAL and checkpoint. [default: ./data]
+    /// Data directory (Parquet files, WAL and checkpoint), or `s3://bucket/prefix`
+    /// for Parquet on S3-compatible storage (credentials and endpoint from the
+    /// usual AWS_* variables; the WAL stays in --state-dir). [default: ./data]
     #[arg(long, env = "TALLY_DATA")]
     pub data: Option<PathBuf>,
+
+    /// Local directory for the WAL, checkpoint and upload staging when --data is
+    /// on object storage. [default: ./tally-state]
+    #[arg(long, env = "TALLY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// This node's id, written into the name of every Parquet file it writes;
+    /// nodes sharing a data prefix need distinct ids. [default: the host name]
+    #[arg(long, env = "TALLY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// How often the data prefix is listed for files other nodes wrote. [default: 10s]
+    #[arg(long, env = "TALLY_LIST_INTERVAL", value_parser = crate::config::parse_duration)]
+    pub list_interval: Option<std::time::Duration>,
+
+    /// Consume usage from these Kafka brokers (host:port,...) in a consumer group.
+    #[arg(long, env = "TALLY_KAFKA")]
+    pub kafka: Option<String>,
+
+    /// Kafka consumer group. [default: tally]
+    #[arg(long, env = "TALLY_KAFKA_GROUP", requires = "kafka")]
+    pub kafka_group: Option<String>,
+
+    /// Use another Kafka topic for an event type, e.g. usage.llm=acme.usage.llm,
+    /// or vm.metrics=TOPIC, tally.records=TOPIC (repeatable).
+    #[arg(long = "kafka-topic", value_name = "EVENT=TOPIC", requires = "kafka")]
+    pub kafka_topics: Vec<String>,
+
+    /// Partitions of the Kafka topics created when missing. [default: 8]
+    #[arg(long, env = "TALLY_KAFKA_PARTITIONS")]
+    pub kafka_partitions: Option<i32>,
+
+    /// Kafka group session timeout: how soon a dead writer's partitions move. [default: 10s]
+    #[arg(long, env = "TALLY_KAFKA_SESSION_TIMEOUT", value_parser = crate::config::parse_duration)]
+    pub kafka_session_timeout: Option<std::time::Duration>,
+
+    /// Edge mode: relay accepted records to these Kafka brokers (acks=all)
+    /// instead of writing Parquet; clients are answered once Kafka has them.
+    #[arg(long, env = "TALLY_RELAY_KAFKA", conflicts_with = "kafka")]
+    pub relay_kafka: Option<String>,
+
+    /// Topic of relayed records. [default: tally.records]
+    #[arg(long, env = "TALLY_RELAY_TOPIC")]
+    pub relay_topic: Option<String>,
 
     /// Address to listen on; repeat for several (all routes on each). [default: 127.0.0.1:8081]
     #[arg(long, env = "TALLY_LISTEN", value_delimiter = ',')]

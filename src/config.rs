@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use tally_sources::events::Subject;
+use tally_sources::kafka::KafkaConfig;
 use tally_sources::nats::NatsConfig;
 
 use crate::cli::ServeArgs;
@@ -18,6 +19,16 @@ use crate::cli::ServeArgs;
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    node_id: Option<String>,
+    list_interval: Option<String>,
+    kafka: Option<String>,
+    kafka_group: Option<String>,
+    kafka_topics: Option<HashMap<String, String>>,
+    kafka_partitions: Option<i32>,
+    kafka_session_timeout: Option<String>,
+    relay_kafka: Option<String>,
+    relay_topic: Option<String>,
     listen: Option<Vec<SocketAddr>>,
     metrics_listen: Option<SocketAddr>,
     flush_interval: Option<String>,
@@ -44,7 +55,15 @@ struct FileConfig {
 /// The resolved settings.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// A local directory, or `s3://bucket/prefix`.
     pub data: PathBuf,
+    /// WAL, checkpoint and staging when `data` is on object storage.
+    pub state_dir: PathBuf,
+    pub node_id: String,
+    pub list_interval: Duration,
+    pub kafka: Option<KafkaConfig>,
+    /// Edge mode: brokers and topic of the relay.
+    pub relay_kafka: Option<(String, String)>,
     pub listen: Vec<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
     pub flush_interval: Duration,
@@ -109,11 +128,29 @@ impl Config {
             file.listen
                 .unwrap_or_else(|| vec![SocketAddr::from(([127, 0, 0, 1], 8081))])
         };
+        let node_id = args
+            .node_id
+            .or(file.node_id)
+            .unwrap_or_else(default_node_id);
+        tally_sinks::parquet::layout::check_node_id(&node_id).map_err(anyhow::Error::msg)?;
         let config = Config {
             data: args
                 .data
                 .or(file.data)
                 .unwrap_or_else(|| PathBuf::from("data")),
+            state_dir: args
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from("tally-state")),
+            node_id: node_id.clone(),
+            list_interval: duration(
+                args.list_interval,
+                &file.list_interval,
+                "list_interval",
+                Duration::from_secs(10),
+            )?,
+            kafka: None,
+            relay_kafka: None,
             listen,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             flush_interval: duration(
@@ -200,6 +237,61 @@ impl Config {
                 subjects,
             });
         }
+        if let Some(brokers) = args.kafka.or(file.kafka) {
+            let group = args
+                .kafka_group
+                .or(file.kafka_group)
+                .unwrap_or_else(|| "tally".into());
+            let mut k = KafkaConfig::new(&brokers, &group, &node_id);
+            let pairs = file.kafka_topics.unwrap_or_default().into_iter().chain(
+                args.kafka_topics.iter().map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (k.to_string(), v.to_string())
+                }),
+            );
+            for (event, topic) in pairs {
+                if topic.is_empty() {
+                    anyhow::bail!(
+                        "kafka topic override for {event} must be EVENT=TOPIC with a topic"
+                    );
+                }
+                match event.as_str() {
+                    "vm.metrics" => k.vm_metrics_topic = topic,
+                    "tally.records" => k.records_topic = topic,
+                    other => match Subject::from_name(other) {
+                        Some(s) => {
+                            k.subjects.insert(s, topic);
+                        }
+                        None => anyhow::bail!(
+                            "kafka topic override: unknown event type {other:?} (an event subject, vm.metrics or tally.records)"
+                        ),
+                    },
+                }
+            }
+            if let Some(n) = args.kafka_partitions.or(file.kafka_partitions) {
+                if !(1..=10_000).contains(&n) {
+                    anyhow::bail!("kafka_partitions must be between 1 and 10000, got {n}");
+                }
+                k.partitions = n;
+            }
+            k.session_timeout = duration(
+                args.kafka_session_timeout,
+                &file.kafka_session_timeout,
+                "kafka_session_timeout",
+                k.session_timeout,
+            )?;
+            config.kafka = Some(k);
+        }
+        if let Some(brokers) = args.relay_kafka.or(file.relay_kafka) {
+            if config.kafka.is_some() {
+                anyhow::bail!("relay_kafka and kafka cannot be combined: an edge node relays to Kafka, a writer consumes from it");
+            }
+            let topic = args
+                .relay_topic
+                .or(file.relay_topic)
+                .unwrap_or_else(|| "tally.records".into());
+            config.relay_kafka = Some((brokers, topic));
+        }
         if args.control_plane_usage_ingest_enabled {
             match args
                 .control_plane_usage_ingest_url
@@ -224,6 +316,33 @@ impl Config {
             anyhow::bail!("flush_rows and max_queued_rows must be at least 1");
         }
         Ok(config)
+    }
+}
+
+/// The host name (unique per container), else `tally`.
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| tally_sinks::parquet::layout::check_node_id(h).is_ok())
+        .unwrap_or_else(|| "tally".into())
+}
+
+impl Config {
+    /// Whether Parquet goes to object storage.
+    pub fn data_is_object_store(&self) -> bool {
+        self.data.to_string_lossy().starts_with("s3://")
+    }
+
+    /// The local directory of the WAL and checkpoint (and, on object
+    /// storage, of the staged files).
+    pub fn local_dir(&self) -> PathBuf {
+        if self.data_is_object_store() {
+            self.state_dir.clone()
+        } else {
+            self.data.clone()
+        }
     }
 }
 

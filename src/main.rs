@@ -7,6 +7,7 @@ mod status;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use tally_queries::{OutputFormat, SqlEngine};
@@ -55,11 +56,32 @@ fn main() -> ExitCode {
 }
 
 async fn sql(args: SqlArgs) -> anyhow::Result<()> {
-    if !args.data.exists() {
-        anyhow::bail!("data directory {} does not exist", args.data.display());
-    }
-    let store = tally_sinks::open_files(&args.data)?;
-    let engine = SqlEngine::new(store).await?;
+    let location = args.data.to_string_lossy().into_owned();
+    let engine = match tally_sinks::Destination::parse(&location)? {
+        // Object storage: the committed files under the prefix.
+        Some(dest) => {
+            let store = Arc::new(tally_pipeline::store::Store::new(usize::MAX));
+            let dest = Arc::new(dest);
+            let listed = {
+                let (dest, store) = (dest.clone(), store.clone());
+                tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                    for d in tally_pipeline::Dataset::ALL {
+                        let files = dest.list(std::path::Path::new(""), d)?;
+                        store.add_existing_files(d, files.into_iter().map(|f| f.entry).collect());
+                    }
+                    Ok(())
+                })
+            };
+            listed.await??;
+            SqlEngine::with_object_store(store, dest.object_store()).await?
+        }
+        None => {
+            if !args.data.exists() {
+                anyhow::bail!("data directory {} does not exist", args.data.display());
+            }
+            SqlEngine::new(tally_sinks::open_files(&args.data)?).await?
+        }
+    };
     let batches = engine.query(&args.query).await?;
     let format = match args.format {
         SqlFormat::Table => OutputFormat::Table,

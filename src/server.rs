@@ -11,16 +11,18 @@ use tally_pipeline::metrics::Metrics;
 use tally_pipeline::store::Store;
 use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::wal::{Wal, WalConfig};
-use tally_pipeline::{now_ns, Pipeline};
+use tally_pipeline::{now_ns, Pipeline, Relay};
 use tally_queries::prices::PriceCatalogue;
 use tally_queries::usage_api::{UsageApi, UsageApiConfig};
 use tally_queries::SqlEngine;
 use tally_sinks::control_plane::{self, ForwarderConfig};
+use tally_sinks::kafka_relay::KafkaRelay;
 use tally_sinks::parquet::layout::wal_dir;
-use tally_sinks::{recover, FlushPolicy, Flusher};
+use tally_sinks::{recover, Destination, FlushPolicy, FlushTarget, Flusher, SharedListing};
 use tally_sources::billing::BillingService;
 use tally_sources::hardware::stream::UsageFeed;
 use tally_sources::hardware::{self, HostSampler};
+use tally_sources::kafka::{KafkaHooks, KafkaStatus};
 use tally_sources::nats::NatsStatus;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,12 +44,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
     ));
 
-    let data = config.data.clone();
+    let data = config.local_dir();
+    let destination = match Destination::parse(&config.data.to_string_lossy())? {
+        Some(object) => {
+            tracing::info!(location = %config.data.display(), state = %data.display(), "Parquet goes to object storage; WAL and staging stay local");
+            object
+        }
+        None => Destination::Local,
+    };
+    let target = FlushTarget {
+        data: data.clone(),
+        destination: Arc::new(destination),
+        node: config.node_id.clone(),
+    };
     let recovered = {
-        let (data, store, dedup) = (data.clone(), store.clone(), dedup.clone());
-        tokio::task::spawn_blocking(move || recover(&data, &store, &dedup)).await?
+        let (target, store, dedup) = (target.clone(), store.clone(), dedup.clone());
+        tokio::task::spawn_blocking(move || recover(&target, &store, &dedup)).await?
     }
-    .with_context(|| format!("recovering data directory {}", data.display()))?;
+    .with_context(|| format!("recovering data location {}", config.data.display()))?;
     let now_secs = (now_ns() / 1_000_000_000) as u64;
     let (wal, replay) = Wal::open(
         WalConfig {
@@ -72,13 +86,30 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         renames_completed = recovered.renames_completed,
         wal_entries_replayed = replay.entries_replayed,
         wal_records_replayed = replay.records_replayed,
+        wal_entries_left_to_kafka = replay.entries_left_to_log,
         last_seq = replay.last_seq,
         "recovered"
     );
 
-    let pipeline = Pipeline::new(wal.clone(), store.clone(), dedup.clone(), metrics.clone());
+    let relay: Option<Arc<dyn Relay>> = match &config.relay_kafka {
+        Some((brokers, topic)) => {
+            tracing::info!(%brokers, %topic, "edge node: relaying accepted records to Kafka");
+            Some(Arc::new(
+                KafkaRelay::new(brokers, topic, Duration::from_secs(30))
+                    .context("starting the Kafka relay")?,
+            ))
+        }
+        None => None,
+    };
+    let pipeline = Pipeline::with_relay(
+        wal.clone(),
+        store.clone(),
+        dedup.clone(),
+        metrics.clone(),
+        relay,
+    );
     let flusher = Arc::new(Flusher::new(
-        data.clone(),
+        target.clone(),
         store.clone(),
         wal.clone(),
         metrics.clone(),
@@ -94,7 +125,57 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let flusher_task = tokio::spawn(flusher.clone().run(stop_rx.clone()));
     tokio::spawn(expire_dedup(dedup.clone(), stop_rx.clone()));
 
-    let engine = SqlEngine::new(store.clone()).await?;
+    let listing = Arc::new(SharedListing::new(
+        target.clone(),
+        store.clone(),
+        dedup.clone(),
+    ));
+    tokio::spawn(listing.clone().run(config.list_interval, stop_rx.clone()));
+    let engine =
+        SqlEngine::with_object_store(store.clone(), target.destination.object_store()).await?;
+    let kafka_status = Arc::new(parking_lot::Mutex::new(KafkaStatus::default()));
+    let kafka_thread = match config.kafka.clone() {
+        Some(kafka) => {
+            let hooks = KafkaHooks {
+                flushed: flusher.flushed(),
+                flush_now: {
+                    let flusher = flusher.clone();
+                    Arc::new(move || {
+                        let flusher = flusher.clone();
+                        Box::pin(async move {
+                            flusher.flush().await.map_err(|e| e.to_string())?;
+                            let flushed = *flusher.flushed().borrow();
+                            Ok(flushed)
+                        })
+                    })
+                },
+                refresh: {
+                    let listing = listing.clone();
+                    Arc::new(move || {
+                        let listing = listing.clone();
+                        Box::pin(async move {
+                            listing
+                                .refresh()
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        })
+                    })
+                },
+            };
+            Some(
+                tally_sources::kafka::start(
+                    kafka,
+                    pipeline.clone(),
+                    hooks,
+                    kafka_status.clone(),
+                    stop_rx.clone(),
+                )
+                .context("starting the Kafka source")?,
+            )
+        }
+        None => None,
+    };
     let (updates_tx, updates_rx) = watch::channel(None);
     let tick_cost = Arc::new(parking_lot::Mutex::new(Duration::ZERO));
     let sampler = match config.sampler_interval {
@@ -250,6 +331,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = flusher_task.await;
     if let Some(t) = nats_task {
         let _ = t.await;
+    }
+    if let Some(t) = kafka_thread {
+        // It flushes and commits what it consumed before it returns.
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     let flushed = flusher.flush().await;
     wal.shutdown().await;

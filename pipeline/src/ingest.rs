@@ -1,5 +1,7 @@
 //! The one entry point of every source: admit, dedup, log, acknowledge.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,6 +11,15 @@ use crate::metrics::{Metrics, Outcome};
 use crate::record::{Record, Value};
 use crate::store::{QueueFull, Store};
 use crate::wal::{Wal, WalError};
+
+/// Where an edge node sends what it accepts instead of its own WAL: the
+/// Kafka relay. `send` returns once the records are durable there.
+pub trait Relay: Send + Sync {
+    fn send(
+        &self,
+        records: Vec<Record>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
 
 /// A payload a source could not turn into a record. It is stored in
 /// `rejected` with the reason, and the sender is told the reason.
@@ -51,6 +62,9 @@ pub struct IngestReport {
     pub rejected: Vec<(Option<usize>, String)>,
     /// Per input record (in the order given): `true` if it was a duplicate.
     pub duplicate_flags: Vec<bool>,
+    /// WAL sequence of the entry that holds the request; `None` when nothing
+    /// was written (all duplicates) or the records went to the relay.
+    pub seq: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +73,8 @@ pub enum IngestError {
     QueueFull(#[from] QueueFull),
     #[error(transparent)]
     Wal(#[from] WalError),
+    #[error("the Kafka relay did not take the records: {0}")]
+    Relay(String),
 }
 
 /// Shared handle to the pipeline.
@@ -72,6 +88,7 @@ struct Inner {
     store: Arc<Store>,
     dedup: Arc<Dedup>,
     metrics: Arc<Metrics>,
+    relay: Option<Arc<dyn Relay>>,
 }
 
 pub fn now_ns() -> i64 {
@@ -83,14 +100,32 @@ pub fn now_ns() -> i64 {
 
 impl Pipeline {
     pub fn new(wal: Wal, store: Arc<Store>, dedup: Arc<Dedup>, metrics: Arc<Metrics>) -> Self {
+        Self::with_relay(wal, store, dedup, metrics, None)
+    }
+
+    /// A pipeline whose accepted records go to `relay` (an edge node) rather
+    /// than to the WAL, when it is set.
+    pub fn with_relay(
+        wal: Wal,
+        store: Arc<Store>,
+        dedup: Arc<Dedup>,
+        metrics: Arc<Metrics>,
+        relay: Option<Arc<dyn Relay>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 wal,
                 store,
                 dedup,
                 metrics,
+                relay,
             }),
         }
+    }
+
+    /// Whether accepted records leave through the relay.
+    pub fn is_relay(&self) -> bool {
+        self.inner.relay.is_some()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -113,6 +148,28 @@ impl Pipeline {
         source: &str,
         records: Vec<Record>,
         rejections: Vec<Rejection>,
+    ) -> Result<IngestReport, IngestError> {
+        self.ingest_entry(source, records, rejections, false).await
+    }
+
+    /// Like [`Pipeline::ingest`], for records read from a replayable log
+    /// (Kafka): the WAL entry is marked so that a restart leaves them to the
+    /// log, which redelivers everything after the committed offset.
+    pub async fn ingest_from_log(
+        &self,
+        source: &str,
+        records: Vec<Record>,
+        rejections: Vec<Rejection>,
+    ) -> Result<IngestReport, IngestError> {
+        self.ingest_entry(source, records, rejections, true).await
+    }
+
+    async fn ingest_entry(
+        &self,
+        source: &str,
+        records: Vec<Record>,
+        rejections: Vec<Rejection>,
+        from_log: bool,
     ) -> Result<IngestReport, IngestError> {
         let inner = &self.inner;
         let now = now_ns();
@@ -177,19 +234,49 @@ impl Pipeline {
         if kept.is_empty() {
             return Ok(report);
         }
-        if let Err(e) = inner.wal.append(kept).await {
-            for (d, key) in keys {
-                inner.dedup.remove(d, &key);
-            }
-            // Rejections are rows of `rejected`, whatever dataset they were for.
-            accepted[Dataset::Rejected.index()] += report.rejected.len();
-            for d in Dataset::ALL {
-                if accepted[d.index()] > 0 {
-                    inner.store.release(d, accepted[d.index()]);
+        let written = match &inner.relay {
+            Some(relay) => {
+                let result = relay.send(kept).await.map_err(IngestError::Relay);
+                // Nothing waits in the local buffer on an edge node.
+                for d in Dataset::ALL {
+                    let n = accepted[d.index()]
+                        + if d == Dataset::Rejected {
+                            report.rejected.len()
+                        } else {
+                            0
+                        };
+                    if n > 0 {
+                        inner.store.release(d, n);
+                    }
                 }
+                result.map(|()| None)
             }
-            return Err(e.into());
-        }
+            None => inner
+                .wal
+                .append_entry(kept, from_log)
+                .await
+                .map(Some)
+                .map_err(IngestError::from),
+        };
+        report.seq = match written {
+            Ok(seq) => seq,
+            Err(e) => {
+                for (d, key) in keys {
+                    inner.dedup.remove(d, &key);
+                }
+                if inner.relay.is_some() {
+                    return Err(e);
+                }
+                // Rejections are rows of `rejected`, whatever dataset they were for.
+                accepted[Dataset::Rejected.index()] += report.rejected.len();
+                for d in Dataset::ALL {
+                    if accepted[d.index()] > 0 {
+                        inner.store.release(d, accepted[d.index()]);
+                    }
+                }
+                return Err(e);
+            }
+        };
         for d in Dataset::ALL {
             let n = accepted[d.index()];
             if n > 0 {

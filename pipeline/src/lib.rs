@@ -15,5 +15,5 @@ pub mod tap;
 pub mod wal;
 
 pub use dataset::{Column, ColumnType, Dataset};
-pub use ingest::{now_ns, IngestError, IngestReport, Pipeline, Rejection};
+pub use ingest::{now_ns, IngestError, IngestReport, Pipeline, Rejection, Relay};
 pub use record::{Record, Value};

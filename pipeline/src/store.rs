@@ -5,7 +5,7 @@
 //! under one lock, so a query's snapshot holds every acknowledged record
 //! exactly once, whether it has been flushed or not.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +27,8 @@ pub struct Chunk {
 /// A committed Parquet file.
 #[derive(Debug, Clone)]
 pub struct FileEntry {
+    /// A local path, or an object URL (`s3://bucket/key`) when the data
+    /// lives on object storage.
     pub path: PathBuf,
     pub rows: u64,
     pub bytes: u64,
@@ -35,6 +37,8 @@ pub struct FileEntry {
 #[derive(Debug, Default)]
 struct DatasetState {
     files: Vec<FileEntry>,
+    /// Paths of `files`, so a listing adds each file once.
+    paths: HashSet<PathBuf>,
     chunks: VecDeque<Arc<Chunk>>,
     /// Rows in `chunks`.
     buffered_rows: usize,
@@ -174,7 +178,11 @@ impl Store {
     /// Makes files visible and drops the chunks they hold, in one step.
     pub fn commit_files(&self, dataset: Dataset, through_seq: u64, files: Vec<FileEntry>) {
         let mut s = self.state(dataset).lock();
-        s.files.extend(files);
+        for f in files {
+            if s.paths.insert(f.path.clone()) {
+                s.files.push(f);
+            }
+        }
         while s.chunks.front().is_some_and(|c| c.seq <= through_seq) {
             let c = s.chunks.pop_front().expect("front checked");
             s.buffered_rows -= c.records.len();
@@ -190,7 +198,21 @@ impl Store {
 
     /// Registers files found on disk at start-up.
     pub fn add_existing_files(&self, dataset: Dataset, files: Vec<FileEntry>) {
-        self.state(dataset).lock().files.extend(files);
+        self.add_unknown_files(dataset, files);
+    }
+
+    /// Registers the files not registered yet and returns them: what a
+    /// listing of the shared prefix found that other nodes wrote.
+    pub fn add_unknown_files(&self, dataset: Dataset, files: Vec<FileEntry>) -> Vec<FileEntry> {
+        let mut s = self.state(dataset).lock();
+        let mut added = Vec::new();
+        for f in files {
+            if s.paths.insert(f.path.clone()) {
+                added.push(f.clone());
+                s.files.push(f);
+            }
+        }
+        added
     }
 
     pub fn stats(&self, dataset: Dataset) -> BufferStats {
@@ -236,6 +258,24 @@ mod tests {
         store.commit_files(Dataset::Rejected, 1, vec![]);
         assert_eq!(store.stats(Dataset::Rejected).queued_rows, 0);
         store.reserve(Dataset::Rejected, 3).unwrap();
+    }
+
+    #[test]
+    fn a_file_is_registered_once_however_often_it_is_listed() {
+        let store = Store::new(100);
+        let file = |p: &str| FileEntry {
+            path: p.into(),
+            rows: 1,
+            bytes: 1,
+        };
+        store.commit_files(Dataset::Rejected, 0, vec![file("a")]);
+        let added = store.add_unknown_files(Dataset::Rejected, vec![file("a"), file("b")]);
+        assert_eq!(added.len(), 1);
+        assert_eq!(added[0].path, PathBuf::from("b"));
+        assert!(store
+            .add_unknown_files(Dataset::Rejected, vec![file("b")])
+            .is_empty());
+        assert_eq!(store.snapshot(Dataset::Rejected).files.len(), 2);
     }
 
     #[test]

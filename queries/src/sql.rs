@@ -5,8 +5,10 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionContext};
+use object_store::ObjectStore;
 use tally_pipeline::store::Store;
 use tally_pipeline::Dataset;
+use url::Url;
 
 use crate::catalog::DatasetTable;
 
@@ -48,7 +50,19 @@ pub const VM_USAGE_WINDOWS: [(&str, &str); 3] =
 impl SqlEngine {
     /// A session with every dataset as a table and the named queries as views.
     pub async fn new(store: Arc<Store>) -> Result<Self, QueryError> {
+        Self::with_object_store(store, None).await
+    }
+
+    /// Like [`SqlEngine::new`], for files on object storage: `object` is the
+    /// store and its root URL (`s3://bucket`), which file URLs start with.
+    pub async fn with_object_store(
+        store: Arc<Store>,
+        object: Option<(Url, Arc<dyn ObjectStore>)>,
+    ) -> Result<Self, QueryError> {
         let ctx = SessionContext::new();
+        if let Some((url, object_store)) = object {
+            ctx.register_object_store(&url, object_store);
+        }
         for d in Dataset::ALL {
             ctx.register_table(d.name(), Arc::new(DatasetTable::new(d, store.clone())))?;
         }

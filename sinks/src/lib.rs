@@ -2,9 +2,12 @@
 //! DESIGN.md, written by the flusher, and recovered at start-up.
 
 pub mod control_plane;
+pub mod kafka_relay;
 pub mod parquet;
 
 pub use parquet::checkpoint::Checkpoint;
-pub use parquet::flusher::{FlushPolicy, Flusher};
+pub use parquet::destination::Destination;
+pub use parquet::flusher::{FlushPolicy, FlushTarget, Flusher};
+pub use parquet::listing::SharedListing;
 pub use parquet::recovery::{open_files, recover, Recovered};
 pub use parquet::SinkError;

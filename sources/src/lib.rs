@@ -4,4 +4,5 @@ pub mod billing;
 pub mod events;
 pub mod hardware;
 pub mod http;
+pub mod kafka;
 pub mod nats;

@@ -4,11 +4,17 @@
 //! tag byte and the value (little-endian). The column count comes from the
 //! dataset, so a payload written by this version decodes only against the same
 //! column lists; a schema change must bump [`FORMAT_VERSION`].
+//!
+//! The high bit of the version byte ([`FROM_LOG`]) marks an entry whose
+//! records came from a replayable log (a Kafka partition): it is not replayed
+//! at start-up, because the log delivers it again from the committed offset.
 
 use crate::dataset::Dataset;
 use crate::record::{Record, Value};
 
 pub const FORMAT_VERSION: u8 = 1;
+/// Flag bit of the version byte: the records came from a replayable log.
+pub const FROM_LOG: u8 = 0x80;
 
 const TAG_NULL: u8 = 0;
 const TAG_STR: u8 = 1;
@@ -33,7 +39,16 @@ pub enum DecodeError {
 }
 
 pub fn encode_records(records: &[Record], out: &mut Vec<u8>) {
-    out.push(FORMAT_VERSION);
+    encode_entry(records, false, out)
+}
+
+/// Encodes an entry; `from_log` sets the [`FROM_LOG`] flag.
+pub fn encode_entry(records: &[Record], from_log: bool, out: &mut Vec<u8>) {
+    out.push(if from_log {
+        FORMAT_VERSION | FROM_LOG
+    } else {
+        FORMAT_VERSION
+    });
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     for r in records {
         out.push(r.dataset as u8);
@@ -97,10 +112,21 @@ impl<'a> Reader<'a> {
 }
 
 pub fn decode_records(buf: &[u8]) -> Result<Vec<Record>, DecodeError> {
+    decode_entry(buf).map(|(_, records)| records)
+}
+
+/// Whether an entry carries the [`FROM_LOG`] flag, without decoding it.
+pub fn is_from_log(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|v| v & FROM_LOG != 0)
+}
+
+/// Decodes an entry: `(from_log, records)`.
+pub fn decode_entry(buf: &[u8]) -> Result<(bool, Vec<Record>), DecodeError> {
     let mut r = Reader { buf, pos: 0 };
     let version = r.u8()?;
-    if version != FORMAT_VERSION {
-        return Err(DecodeError::Version(version));
+    let from_log = version & FROM_LOG != 0;
+    if version & !FROM_LOG != FORMAT_VERSION {
+        return Err(DecodeError::Version(version & !FROM_LOG));
     }
     let count = u32::from_le_bytes(r.arr()?) as usize;
     let mut records = Vec::with_capacity(count.min(1 << 16));
@@ -132,7 +158,7 @@ pub fn decode_records(buf: &[u8]) -> Result<Vec<Record>, DecodeError> {
         }
         records.push(Record { dataset, values });
     }
-    Ok(records)
+    Ok((from_log, records))
 }
 
 #[cfg(test)]
@@ -175,6 +201,23 @@ mod tests {
         let mut buf = Vec::new();
         encode_records(&sample(), &mut buf);
         assert_eq!(decode_records(&buf).unwrap(), sample());
+    }
+
+    #[test]
+    fn the_log_flag_round_trips_and_plain_entries_lack_it() {
+        let mut flagged = Vec::new();
+        encode_entry(&sample(), true, &mut flagged);
+        assert!(is_from_log(&flagged));
+        assert_eq!(decode_entry(&flagged).unwrap(), (true, sample()));
+        let mut plain = Vec::new();
+        encode_records(&sample(), &mut plain);
+        assert!(!is_from_log(&plain));
+        assert_eq!(decode_entry(&plain).unwrap().0, false);
+        // Only the flag differs.
+        assert_eq!(flagged[1..], plain[1..]);
+        let mut bad = plain.clone();
+        bad[0] = 2;
+        assert_eq!(decode_entry(&bad).unwrap_err(), DecodeError::Version(2));
     }
 
     #[test]

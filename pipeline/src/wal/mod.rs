@@ -64,11 +64,14 @@ pub struct ReplayReport {
     pub records_replayed: u64,
     pub torn_frames: usize,
     pub last_seq: u64,
+    /// Entries from a replayable log (Kafka) left for the log to redeliver.
+    pub entries_left_to_log: u64,
 }
 
 enum Command {
     Append {
         records: Vec<Record>,
+        from_log: bool,
         reply: oneshot::Sender<Result<u64, WalError>>,
     },
     /// Delete what is stored in Parquet up to and including this sequence.
@@ -129,12 +132,27 @@ impl Wal {
     /// Writes the records as one entry and returns once they are fsync'd and
     /// in the live buffer.
     pub async fn append(&self, records: Vec<Record>) -> Result<u64, WalError> {
+        self.append_entry(records, false).await
+    }
+
+    /// Like [`Wal::append`]; `from_log` marks records that a replayable log
+    /// (Kafka) delivers again until its offset is committed, so start-up
+    /// leaves them to the log instead of replaying them.
+    pub async fn append_entry(
+        &self,
+        records: Vec<Record>,
+        from_log: bool,
+    ) -> Result<u64, WalError> {
         if let Some(f) = self.failure.lock().clone() {
             return Err(WalError::Failed(f));
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Append { records, reply })
+            .send(Command::Append {
+                records,
+                from_log,
+                reply,
+            })
             .await
             .map_err(|_| WalError::Stopped)?;
         rx.await.map_err(|_| WalError::Stopped)?
@@ -160,7 +178,9 @@ impl Wal {
 }
 
 /// Reads every segment and hands entries after `flushed_seq` to `apply`, in
-/// sequence order. Used at start-up and by offline readers.
+/// sequence order. Used at start-up and by offline readers. Entries from a
+/// replayable log are skipped: their offsets were never committed, so the log
+/// delivers them again (to this node or to another of its consumer group).
 pub fn replay(
     dir: &Path,
     flushed_seq: u64,
@@ -180,6 +200,10 @@ pub fn replay(
         for (seq, payload) in contents.frames {
             report.last_seq = report.last_seq.max(seq);
             if seq <= flushed_seq {
+                continue;
+            }
+            if codec::is_from_log(&payload) {
+                report.entries_left_to_log += 1;
                 continue;
             }
             let records = codec::decode_records(&payload).map_err(|source| WalError::Corrupt {
@@ -250,7 +274,11 @@ impl Writer {
             let mut next = Some(first);
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Command::Append { records, reply } => {
+                    Command::Append {
+                        records,
+                        from_log,
+                        reply,
+                    } => {
                         if let Some(f) = self.failure.lock().clone() {
                             let _ = reply.send(Err(WalError::Failed(f)));
                         } else {
@@ -258,7 +286,7 @@ impl Writer {
                             self.next_seq += 1;
                             let start = buf.len();
                             buf.extend_from_slice(&[0; segment::HEADER_LEN]);
-                            codec::encode_records(&records, &mut buf);
+                            codec::encode_entry(&records, from_log, &mut buf);
                             let payload = buf.split_off(start + segment::HEADER_LEN);
                             buf.truncate(start);
                             encode_frame(seq, &payload, &mut buf);
@@ -452,6 +480,32 @@ mod tests {
             "only the fresh active segment remains: {left:?}"
         );
         assert_eq!(read_segment(&left[0].1).unwrap().frames.len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_from_a_log_are_left_to_the_log_at_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(Store::new(1000));
+        let (wal, _) = Wal::open(config(dir.path()), store, metrics.clone(), 0, |_| {}).unwrap();
+        assert_eq!(wal.append(vec![record(1)]).await.unwrap(), 1);
+        assert_eq!(wal.append_entry(vec![record(2)], true).await.unwrap(), 2);
+        assert_eq!(wal.append(vec![record(3)]).await.unwrap(), 3);
+        wal.shutdown().await;
+
+        let store2 = Arc::new(Store::new(1000));
+        let mut seen = Vec::new();
+        let (wal2, report) = Wal::open(config(dir.path()), store2.clone(), metrics, 0, |r| {
+            seen.push(r.values[4].clone())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![Value::I32(1), Value::I32(3)]);
+        assert_eq!(report.entries_replayed, 2);
+        assert_eq!(report.entries_left_to_log, 1);
+        // The sequence still moves past the skipped entry.
+        assert_eq!(report.last_seq, 3);
+        assert_eq!(wal2.append(vec![record(4)]).await.unwrap(), 4);
+        wal2.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

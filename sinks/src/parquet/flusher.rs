@@ -14,6 +14,7 @@ use tally_pipeline::{Dataset, Record};
 use tokio::sync::watch;
 
 use super::checkpoint::{Checkpoint, PendingRename};
+use super::destination::Destination;
 use super::layout::partition_of;
 use super::writer::{write_partition, WrittenFile};
 use super::{io_err, SinkError};
@@ -48,7 +49,29 @@ pub struct FlushStats {
     pub bytes: u64,
 }
 
+/// Where and as whom a flusher writes.
+#[derive(Debug, Clone)]
+pub struct FlushTarget {
+    /// Local data directory: the files themselves, or their staging copies.
+    pub data: PathBuf,
+    pub destination: Arc<Destination>,
+    /// Written into every file name (see `layout`).
+    pub node: String,
+}
+
+impl FlushTarget {
+    /// Files in `data` itself, named for `node`.
+    pub fn local(data: PathBuf, node: &str) -> Self {
+        Self {
+            data,
+            destination: Arc::new(Destination::Local),
+            node: node.to_string(),
+        }
+    }
+}
+
 pub struct Flusher {
+    target: FlushTarget,
     data: PathBuf,
     store: Arc<Store>,
     wal: Wal,
@@ -60,19 +83,25 @@ pub struct Flusher {
     /// Set when a round failed after its checkpoint: only a restart (which
     /// completes the renames) may go on.
     halted: Mutex<Option<String>>,
+    /// The WAL sequence that committed files hold, for consumers that commit
+    /// upstream offsets only once their records are in Parquet (Kafka).
+    flushed: watch::Sender<u64>,
 }
 
 impl Flusher {
     pub fn new(
-        data: PathBuf,
+        target: FlushTarget,
         store: Arc<Store>,
         wal: Wal,
         metrics: Arc<Metrics>,
         policy: FlushPolicy,
         checkpoint: Checkpoint,
     ) -> Self {
+        let (flushed, _) = watch::channel(checkpoint.flushed_seq);
         Self {
-            data,
+            data: target.data.clone(),
+            target,
+            flushed,
             store,
             wal,
             metrics,
@@ -81,6 +110,11 @@ impl Flusher {
             last_error: Mutex::new(None),
             halted: Mutex::new(None),
         }
+    }
+
+    /// Follows the highest WAL sequence held by committed files.
+    pub fn flushed(&self) -> watch::Receiver<u64> {
+        self.flushed.subscribe()
     }
 
     /// The error of the last round, if it failed.
@@ -136,11 +170,11 @@ impl Flusher {
         if through <= checkpoint.flushed_seq {
             return Ok(FlushStats::default());
         }
-        let data = self.data.clone();
+        let target = self.target.clone();
         let store = self.store.clone();
         let previous = checkpoint.clone();
         let result =
-            tokio::task::spawn_blocking(move || write_round(&data, &store, through, previous))
+            tokio::task::spawn_blocking(move || write_round(&target, &store, through, previous))
                 .await
                 .expect("flush task does not panic");
         let (files, new_checkpoint) = match result {
@@ -175,7 +209,7 @@ impl Flusher {
             stats.rows += f.rows;
             stats.bytes += f.bytes;
             by_dataset.entry(f.dataset).or_default().push(FileEntry {
-                path: self.data.join(&f.final_path),
+                path: self.target.destination.location(&self.data, &f.final_path),
                 rows: f.rows,
                 bytes: f.bytes,
             });
@@ -185,6 +219,7 @@ impl Flusher {
             self.store.commit_files(d, through, files);
         }
         self.wal.truncate_through(through).await;
+        self.flushed.send_replace(through);
         tracing::debug!(
             through,
             files = stats.files,
@@ -206,11 +241,12 @@ enum RoundError {
 /// Writes, checkpoints and renames one round. On error the temporary files
 /// are removed and nothing changed that a reader or a restart would see.
 fn write_round(
-    data: &Path,
+    target: &FlushTarget,
     store: &Store,
     through: u64,
     previous: Checkpoint,
 ) -> Result<(Vec<WrittenFile>, Checkpoint), RoundError> {
+    let data = target.data.as_path();
     let mut written: Vec<WrittenFile> = Vec::new();
     let result = (|| {
         for d in Dataset::ALL {
@@ -232,7 +268,16 @@ fn write_round(
             }
             for (hour, (first, last, records)) in partitions {
                 let (date, hh) = partition_of(hour * 3_600_000_000_000);
-                written.push(write_partition(data, d, &date, hh, first, last, &records)?);
+                written.push(write_partition(
+                    data,
+                    &target.node,
+                    d,
+                    &date,
+                    hh,
+                    first,
+                    last,
+                    &records,
+                )?);
             }
         }
         let pending: Vec<PendingRename> = written
@@ -259,7 +304,7 @@ fn write_round(
         return Err(RoundError::BeforeCommit(e));
     }
     // From here the round is committed: a crash completes the renames.
-    finish_round(data, &written, through).map_err(RoundError::AfterCommit)?;
+    finish_round(target, &written, through).map_err(RoundError::AfterCommit)?;
     Ok((
         written,
         Checkpoint {
@@ -269,11 +314,19 @@ fn write_round(
     ))
 }
 
-fn finish_round(data: &Path, written: &[WrittenFile], through: u64) -> Result<(), SinkError> {
+fn finish_round(
+    target: &FlushTarget,
+    written: &[WrittenFile],
+    through: u64,
+) -> Result<(), SinkError> {
+    let data = target.data.as_path();
     let mut dirs: Vec<PathBuf> = Vec::new();
     for f in written {
+        target.destination.finish(data, &f.tmp, &f.final_path)?;
+        if !matches!(*target.destination, Destination::Local) {
+            continue;
+        }
         let to = data.join(&f.final_path);
-        fs::rename(data.join(&f.tmp), &to).map_err(io_err(&to))?;
         let mut dir = to.parent().map(Path::to_path_buf);
         // The hour, date and dataset directories may be new.
         for _ in 0..3 {

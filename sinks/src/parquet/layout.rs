@@ -1,4 +1,7 @@
-//! File layout: `<data>/<dataset>/date=YYYY-MM-DD/hour=HH/<first-wal-seq>-<uuid>.parquet`.
+//! File layout: `<data>/<dataset>/date=YYYY-MM-DD/hour=HH/<node>-<first-wal-seq>-<uuid>.parquet`.
+//!
+//! The node id in the name keeps the files of writers that share one prefix
+//! apart, and tells a node which files of a listing are its own.
 
 use std::path::{Path, PathBuf};
 
@@ -30,8 +33,41 @@ pub fn partition_dir(dataset: Dataset, date: &str, hour: u32) -> PathBuf {
         .join(format!("hour={hour:02}"))
 }
 
-pub fn file_name(first_seq: u64, id: &uuid::Uuid) -> String {
-    format!("{first_seq:020}-{}.parquet", id.simple())
+pub fn file_name(node: &str, first_seq: u64, id: &uuid::Uuid) -> String {
+    format!("{node}-{first_seq:020}-{}.parquet", id.simple())
+}
+
+/// The node id of a file name written by [`file_name`]; `None` for names
+/// of other shapes (files of older versions, or of other tools).
+pub fn node_of(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(".parquet")?;
+    let (rest, id) = stem.rsplit_once('-')?;
+    let (node, seq) = rest.rsplit_once('-')?;
+    let ok = id.len() == 32
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && seq.len() == 20
+        && seq.bytes().all(|b| b.is_ascii_digit())
+        && !node.is_empty();
+    ok.then_some(node)
+}
+
+/// A node id is a file-name part: letters, digits, `.`, `_` and `-`.
+pub fn check_node_id(node: &str) -> Result<(), String> {
+    if node.is_empty() || node.len() > 64 {
+        return Err(format!(
+            "node_id must be 1 to 64 characters, got {} ({node:?})",
+            node.len()
+        ));
+    }
+    match node
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "node_id may hold letters, digits, '.', '_' and '-' only, got {c:?} in {node:?}"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A file that is being written: hidden from Hive readers by its dot.
@@ -56,9 +92,26 @@ mod tests {
     }
 
     #[test]
-    fn file_names_sort_by_sequence() {
+    fn file_names_sort_by_sequence_and_carry_the_node() {
         let id = uuid::Uuid::nil();
-        assert!(file_name(9, &id) < file_name(10, &id));
+        assert!(file_name("w-1", 9, &id) < file_name("w-1", 10, &id));
         assert!(tmp_name("a.parquet").starts_with('.'));
+        assert_eq!(node_of(&file_name("writer-1", 7, &id)), Some("writer-1"));
+        assert_eq!(
+            node_of(&file_name("a", 7, &uuid::Uuid::new_v4())),
+            Some("a")
+        );
+        // Names of the earlier `<seq>-<uuid>` shape have no node.
+        assert_eq!(node_of(&format!("{:020}-{}.parquet", 7, id.simple())), None);
+        assert_eq!(node_of("x.parquet"), None);
+    }
+
+    #[test]
+    fn node_ids_are_file_name_parts() {
+        assert!(check_node_id("writer-1.eu_west").is_ok());
+        assert!(check_node_id("")
+            .unwrap_err()
+            .contains("node_id must be 1 to 64 characters"));
+        assert!(check_node_id("a/b").unwrap_err().contains("'/'"));
     }
 }

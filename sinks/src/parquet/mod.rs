@@ -7,8 +7,10 @@
 //! from the WAL (before the checkpoint) or completes the renames (after it).
 
 pub mod checkpoint;
+pub mod destination;
 pub mod flusher;
 pub mod layout;
+pub mod listing;
 pub mod recovery;
 pub mod writer;
 
@@ -35,6 +37,10 @@ pub enum SinkError {
     Wal(#[from] tally_pipeline::wal::WalError),
     #[error("the Parquet writer stopped after a failed round: {0}")]
     Halted(String),
+    #[error("data location: {0}")]
+    Location(String),
+    #[error("object store: {0}")]
+    Object(String),
     #[error("checkpoint lists {tmp} → {final_path}, but neither file exists")]
     MissingPending { tmp: PathBuf, final_path: PathBuf },
 }

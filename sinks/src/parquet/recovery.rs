@@ -1,11 +1,12 @@
 //! Start-up: finish the last flush round, find the committed files, and
 //! remember their keys for dedup.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use tally_pipeline::batch::value_at;
@@ -16,6 +17,8 @@ use tally_pipeline::wal;
 use tally_pipeline::Dataset;
 
 use super::checkpoint::Checkpoint;
+use super::destination::{list_local, Destination, ListedFile};
+use super::flusher::FlushTarget;
 use super::layout::wal_dir;
 use super::{io_err, SinkError};
 
@@ -29,31 +32,22 @@ pub struct Recovered {
     pub dedup_keys_restored: usize,
 }
 
-/// Completes the pending renames of the checkpoint, removes temporary files
-/// of rounds that never committed, registers committed files with `store`,
-/// and loads into `dedup` the keys of files written within its window.
+/// Completes the pending moves of the checkpoint, removes temporary files
+/// of rounds that never committed, registers the committed files (every
+/// node's, when the prefix is shared) with `store`, and loads into `dedup`
+/// the keys of files written within its window.
 /// The WAL is replayed afterwards, from `checkpoint.flushed_seq`.
-pub fn recover(data: &Path, store: &Store, dedup: &Dedup) -> Result<Recovered, SinkError> {
+pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Recovered, SinkError> {
+    let data = target.data.as_path();
+    let dest = &*target.destination;
     fs::create_dir_all(data).map_err(io_err(data))?;
     let mut out = Recovered {
         checkpoint: Checkpoint::load(data)?,
         ..Default::default()
     };
     for p in std::mem::take(&mut out.checkpoint.pending) {
-        let (tmp, fin) = (data.join(&p.tmp), data.join(&p.final_path));
-        if tmp.exists() {
-            fs::rename(&tmp, &fin).map_err(io_err(&fin))?;
-            if let Some(dir) = fin.parent() {
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_err(dir))?;
-            }
+        if dest.complete(data, &p.tmp, &p.final_path)? {
             out.renames_completed += 1;
-        } else if !fin.exists() {
-            return Err(SinkError::MissingPending {
-                tmp,
-                final_path: fin,
-            });
         }
     }
     if out.renames_completed > 0 {
@@ -64,30 +58,42 @@ pub fn recover(data: &Path, store: &Store, dedup: &Dedup) -> Result<Recovered, S
     }
     out.checkpoint.store(data)?;
 
-    let now = SystemTime::now();
-    let horizon = now - Duration::from_secs(dedup.window_secs());
     for d in Dataset::ALL {
-        let (files, tmps) = list_dataset_files(data, d)?;
+        let (_, tmps) = list_local(data, d)?;
         for t in tmps {
             fs::remove_file(&t).map_err(io_err(&t))?;
             out.tmp_files_removed += 1;
         }
-        for f in &files {
-            let modified = fs::metadata(&f.path)
-                .and_then(|m| m.modified())
-                .map_err(io_err(&f.path))?;
-            if !d.key_columns().is_empty() && modified >= horizon {
-                let secs = modified
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                out.dedup_keys_restored += restore_keys(&f.path, d, dedup, secs)?;
-            }
-        }
+        let files = dest.list(data, d)?;
+        out.dedup_keys_restored += restore_recent_keys(dest, d, &files, dedup)?;
         out.files += files.len();
-        store.add_existing_files(d, files);
+        store.add_existing_files(d, files.into_iter().map(|f| f.entry).collect());
     }
     Ok(out)
+}
+
+/// Loads into `dedup` the keys of the files modified within its window.
+pub fn restore_recent_keys(
+    dest: &Destination,
+    d: Dataset,
+    files: &[ListedFile],
+    dedup: &Dedup,
+) -> Result<usize, SinkError> {
+    if d.key_columns().is_empty() {
+        return Ok(0);
+    }
+    let horizon = SystemTime::now() - Duration::from_secs(dedup.window_secs());
+    let mut n = 0;
+    for f in files.iter().filter(|f| f.modified >= horizon) {
+        let secs = f
+            .modified
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let bytes = dest.read(&f.entry)?;
+        n += restore_keys(bytes, &f.entry.path, d, dedup, secs)?;
+    }
+    Ok(n)
 }
 
 /// Opens a data directory read-only, for offline queries: the committed
@@ -97,7 +103,8 @@ pub fn open_files(data: &Path) -> Result<Arc<Store>, SinkError> {
     let store = Arc::new(Store::new(usize::MAX));
     let checkpoint = Checkpoint::load(data)?;
     for d in Dataset::ALL {
-        let (mut files, _) = list_dataset_files(data, d)?;
+        let (listed, _) = list_local(data, d)?;
+        let mut files: Vec<FileEntry> = listed.into_iter().map(|f| f.entry).collect();
         for p in &checkpoint.pending {
             let (tmp, fin) = (data.join(&p.tmp), data.join(&p.final_path));
             if fin.starts_with(data.join(d.name())) && !fin.exists() && tmp.exists() {
@@ -122,44 +129,18 @@ fn file_entry(path: PathBuf) -> Result<FileEntry, SinkError> {
     })
 }
 
-/// Committed Parquet files of a dataset, in path order, and hidden
-/// temporary files.
-fn list_dataset_files(
-    data: &Path,
+fn restore_keys(
+    bytes: Bytes,
+    path: &Path,
     d: Dataset,
-) -> Result<(Vec<FileEntry>, Vec<PathBuf>), SinkError> {
-    let mut files = Vec::new();
-    let mut tmps = Vec::new();
-    let root = data.join(d.name());
-    if !root.exists() {
-        return Ok((files, tmps));
-    }
-    let mut stack = vec![root];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if entry.file_type().map_err(io_err(&path))?.is_dir() {
-                stack.push(path);
-            } else if name.starts_with('.') && name.ends_with(".tmp") {
-                tmps.push(path);
-            } else if name.ends_with(".parquet") {
-                files.push(file_entry(path)?);
-            }
-        }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok((files, tmps))
-}
-
-fn restore_keys(path: &Path, d: Dataset, dedup: &Dedup, secs: u64) -> Result<usize, SinkError> {
+    dedup: &Dedup,
+    secs: u64,
+) -> Result<usize, SinkError> {
     let parquet_err = |source| SinkError::Parquet {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io_err(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_err)?;
     let columns = d.columns();
     let names: Vec<&str> = d.key_columns().iter().map(|&c| columns[c].name).collect();
     let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());

@@ -68,6 +68,7 @@ pub fn writer_properties(dataset: Dataset, first_seq: u64, last_seq: u64) -> Wri
 /// Writes `records` (one dataset, one partition) to a temporary file.
 pub fn write_partition(
     data: &Path,
+    node: &str,
     dataset: Dataset,
     date: &str,
     hour: u32,
@@ -78,7 +79,7 @@ pub fn write_partition(
     let dir = partition_dir(dataset, date, hour);
     let abs_dir = data.join(&dir);
     fs::create_dir_all(&abs_dir).map_err(io_err(&abs_dir))?;
-    let name = file_name(first_seq, &uuid::Uuid::new_v4());
+    let name = file_name(node, first_seq, &uuid::Uuid::new_v4());
     let tmp = dir.join(tmp_name(&name));
     let final_path = dir.join(&name);
 

@@ -22,7 +22,7 @@ use axum::Router;
 use tally_proto::billing::v1::billing_service_server::BillingServiceServer;
 use tower::ServiceExt;
 
-pub use service::BillingService;
+pub use service::{batch_records, validate_batch, BillingService};
 
 const METHODS: [&str; 5] = [
     "SendMetricsBatch",

@@ -49,6 +49,7 @@ impl From<IngestError> for RpcError {
         match e {
             IngestError::QueueFull(q) => RpcError::ResourceExhausted(q.to_string()),
             IngestError::Wal(w) => RpcError::Unavailable(w.to_string()),
+            IngestError::Relay(r) => RpcError::Unavailable(r),
         }
     }
 }
@@ -151,6 +152,38 @@ pub fn validate_batch(req: &SendMetricsBatchRequest, now: i64) -> Result<(), Rpc
     Ok(())
 }
 
+/// The `vm_metrics` rows of a validated batch, and its newest sample time.
+pub fn batch_records(req: &SendMetricsBatchRequest) -> (Vec<Record>, i64) {
+    let mut newest = i64::MIN;
+    let records = req
+        .metrics
+        .iter()
+        .map(|m| {
+            let ts = m
+                .timestamp
+                .as_ref()
+                .and_then(timestamp_ns)
+                .unwrap_or_default();
+            newest = newest.max(ts);
+            Record::new(
+                Dataset::VmMetrics,
+                vec![
+                    Value::Str(req.customer_id.clone()),
+                    Value::Str(req.vm_id.clone()),
+                    Value::Ts(ts),
+                    Value::I64(m.cpu_time_nanos),
+                    Value::I64(m.memory_usage_bytes),
+                    Value::I64(m.disk_read_bytes),
+                    Value::I64(m.disk_write_bytes),
+                    Value::I64(m.network_rx_bytes),
+                    Value::I64(m.network_tx_bytes),
+                ],
+            )
+        })
+        .collect();
+    (records, newest)
+}
+
 pub fn timestamp_ns(ts: &prost_types::Timestamp) -> Option<i64> {
     ts.seconds
         .checked_mul(1_000_000_000)?
@@ -247,33 +280,7 @@ impl BillingService {
             return Err(e);
         }
         let n = req.metrics.len();
-        let mut newest = i64::MIN;
-        let records: Vec<Record> = req
-            .metrics
-            .iter()
-            .map(|m| {
-                let ts = m
-                    .timestamp
-                    .as_ref()
-                    .and_then(timestamp_ns)
-                    .unwrap_or_default();
-                newest = newest.max(ts);
-                Record::new(
-                    Dataset::VmMetrics,
-                    vec![
-                        Value::Str(req.customer_id.clone()),
-                        Value::Str(req.vm_id.clone()),
-                        Value::Ts(ts),
-                        Value::I64(m.cpu_time_nanos),
-                        Value::I64(m.memory_usage_bytes),
-                        Value::I64(m.disk_read_bytes),
-                        Value::I64(m.disk_write_bytes),
-                        Value::I64(m.network_rx_bytes),
-                        Value::I64(m.network_tx_bytes),
-                    ],
-                )
-            })
-            .collect();
+        let (records, newest) = batch_records(&req);
         let (accepted, duplicates) = self.store(source, records).await?;
         {
             let mut fleet = self.fleet.lock();

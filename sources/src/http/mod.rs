@@ -156,6 +156,11 @@ pub fn ingest_error_response(e: &IngestError) -> Response {
             "Service unavailable",
             w.to_string(),
         ),
+        IngestError::Relay(r) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service unavailable",
+            format!("the Kafka relay did not take the records: {r}"),
+        ),
     }
 }
 

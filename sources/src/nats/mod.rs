@@ -82,7 +82,7 @@ pub enum NatsError {
 }
 
 /// One message turned into a record or a rejection.
-fn decode(
+pub(crate) fn decode(
     routes: &HashMap<String, Subject>,
     subject: &str,
     payload: &[u8],

@@ -1,0 +1,285 @@
+//! Where finished Parquet files go: the data directory itself, or an object
+//! store (`s3://bucket/prefix`) with the data directory as local staging.
+//!
+//! A flush round always writes its files to the local data directory first
+//! (temporary names, fsync'd). Finishing the round either renames them into
+//! place ([`Destination::Local`]) or uploads them under the prefix and removes
+//! the local copy ([`Destination::Object`]). Both are idempotent, so the
+//! checkpoint's pending list completes the same way after a crash.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tally_pipeline::store::FileEntry;
+use tally_pipeline::Dataset;
+use url::Url;
+
+use super::{io_err, SinkError};
+
+/// A Parquet file found by a listing.
+#[derive(Debug, Clone)]
+pub struct ListedFile {
+    pub entry: FileEntry,
+    pub modified: SystemTime,
+}
+
+pub enum Destination {
+    /// Files live in the data directory.
+    Local,
+    /// Files are uploaded under `prefix` of `store`; `bucket_url` is the
+    /// store's root (`s3://bucket`), which queries register with DataFusion.
+    Object {
+        store: Arc<dyn ObjectStore>,
+        bucket_url: Url,
+        prefix: ObjectPath,
+    },
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Local => f.write_str("Local"),
+            Destination::Object {
+                bucket_url, prefix, ..
+            } => write!(f, "Object({bucket_url}{prefix})"),
+        }
+    }
+}
+
+impl Destination {
+    /// `s3://bucket/prefix` → an S3-compatible store configured from the
+    /// usual `AWS_*` variables (`AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for a
+    /// non-AWS server); anything else is a local path.
+    pub fn parse(location: &str) -> Result<Option<Self>, SinkError> {
+        let Some(rest) = location.strip_prefix("s3://") else {
+            return Ok(None);
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(SinkError::Location(format!(
+                "{location:?} names no bucket: expected s3://bucket/prefix"
+            )));
+        }
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| SinkError::Location(format!("{location}: {e}")))?;
+        Ok(Some(Self::object(
+            Arc::new(store),
+            Url::parse(&format!("s3://{bucket}"))
+                .map_err(|e| SinkError::Location(format!("{location}: {e}")))?,
+            prefix.trim_matches('/'),
+        )))
+    }
+
+    /// An object-store destination over any `ObjectStore`.
+    pub fn object(store: Arc<dyn ObjectStore>, bucket_url: Url, prefix: &str) -> Self {
+        Destination::Object {
+            store,
+            bucket_url,
+            prefix: ObjectPath::from(prefix),
+        }
+    }
+
+    /// The store and its root URL, for DataFusion; `None` when local.
+    pub fn object_store(&self) -> Option<(Url, Arc<dyn ObjectStore>)> {
+        match self {
+            Destination::Local => None,
+            Destination::Object {
+                store, bucket_url, ..
+            } => Some((bucket_url.clone(), store.clone())),
+        }
+    }
+
+    fn key(prefix: &ObjectPath, rel: &Path) -> ObjectPath {
+        let mut key = prefix.clone();
+        for part in rel.iter() {
+            key = key.join(part.to_string_lossy().as_ref());
+        }
+        key
+    }
+
+    /// Where a committed file is read from: a path, or an object URL.
+    pub fn location(&self, data: &Path, rel: &Path) -> PathBuf {
+        match self {
+            Destination::Local => data.join(rel),
+            Destination::Object {
+                bucket_url, prefix, ..
+            } => PathBuf::from(format!(
+                "{}/{}",
+                bucket_url.as_str().trim_end_matches('/'),
+                Self::key(prefix, rel)
+            )),
+        }
+    }
+
+    /// Moves a finished temporary file (relative to `data`) to its final
+    /// place. Returns the directories that must be fsync'd (local only).
+    /// Runs on a blocking thread.
+    pub fn finish(&self, data: &Path, tmp: &Path, rel: &Path) -> Result<(), SinkError> {
+        let from = data.join(tmp);
+        match self {
+            Destination::Local => {
+                let to = data.join(rel);
+                fs::rename(&from, &to).map_err(io_err(&to))
+            }
+            Destination::Object { store, prefix, .. } => {
+                let bytes = fs::read(&from).map_err(io_err(&from))?;
+                let key = Self::key(prefix, rel);
+                block_on(store.put(&key, PutPayload::from(bytes)))
+                    .map_err(|e| SinkError::Object(format!("uploading {key}: {e}")))?;
+                fs::remove_file(&from).map_err(io_err(&from))
+            }
+        }
+    }
+
+    /// Completes a pending move after a crash: `true` if it did something.
+    pub fn complete(&self, data: &Path, tmp: &Path, rel: &Path) -> Result<bool, SinkError> {
+        let from = data.join(tmp);
+        if from.exists() {
+            self.finish(data, tmp, rel)?;
+            if let (Destination::Local, Some(dir)) = (self, data.join(rel).parent()) {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(dir))?;
+            }
+            return Ok(true);
+        }
+        match self {
+            Destination::Local if !data.join(rel).exists() => Err(SinkError::MissingPending {
+                tmp: from,
+                final_path: data.join(rel),
+            }),
+            // The upload finished before the local copy was removed.
+            _ => Ok(false),
+        }
+    }
+
+    /// The committed Parquet files of `dataset`, in path order.
+    pub fn list(&self, data: &Path, dataset: Dataset) -> Result<Vec<ListedFile>, SinkError> {
+        match self {
+            Destination::Local => {
+                let (files, _) = list_local(data, dataset)?;
+                Ok(files)
+            }
+            Destination::Object {
+                store,
+                bucket_url,
+                prefix,
+            } => {
+                let root = prefix.clone().join(dataset.name());
+                let metas: Vec<_> = block_on(store.list(Some(&root)).try_collect::<Vec<_>>())
+                    .map_err(|e| SinkError::Object(format!("listing {root}: {e}")))?;
+                let base = bucket_url.as_str().trim_end_matches('/').to_string();
+                let mut files: Vec<ListedFile> = metas
+                    .into_iter()
+                    .filter(|m| {
+                        m.location
+                            .filename()
+                            .is_some_and(|n| n.ends_with(".parquet") && !n.starts_with('.'))
+                    })
+                    .map(|m| ListedFile {
+                        entry: FileEntry {
+                            path: PathBuf::from(format!("{base}/{}", m.location)),
+                            rows: 0,
+                            bytes: m.size,
+                        },
+                        modified: SystemTime::UNIX_EPOCH
+                            + Duration::from_millis(
+                                m.last_modified.timestamp_millis().max(0) as u64
+                            ),
+                    })
+                    .collect();
+                files.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+                Ok(files)
+            }
+        }
+    }
+
+    /// The bytes of a listed file.
+    pub fn read(&self, entry: &FileEntry) -> Result<Bytes, SinkError> {
+        match self {
+            Destination::Local => fs::read(&entry.path)
+                .map(Bytes::from)
+                .map_err(io_err(&entry.path)),
+            Destination::Object {
+                store, bucket_url, ..
+            } => {
+                let url = entry.path.to_string_lossy();
+                let base = bucket_url.as_str().trim_end_matches('/');
+                let key = ObjectPath::from(
+                    url.strip_prefix(base)
+                        .unwrap_or(&url)
+                        .trim_start_matches('/'),
+                );
+                block_on(async { store.get(&key).await?.bytes().await })
+                    .map_err(|e| SinkError::Object(format!("reading {key}: {e}")))
+            }
+        }
+    }
+}
+
+/// Runs a future from synchronous code (flush rounds and start-up run on
+/// `spawn_blocking`): on a helper thread of the current runtime, which is
+/// allowed whatever thread the caller is on, or on a runtime of its own.
+fn block_on<F>(f: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => std::thread::scope(|s| {
+            s.spawn(|| handle.block_on(f))
+                .join()
+                .expect("object store call does not panic")
+        }),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime builds")
+            .block_on(f),
+    }
+}
+
+/// Committed Parquet files of a dataset in the local data directory, in
+/// path order, and hidden temporary files.
+pub fn list_local(data: &Path, d: Dataset) -> Result<(Vec<ListedFile>, Vec<PathBuf>), SinkError> {
+    let mut files = Vec::new();
+    let mut tmps = Vec::new();
+    let root = data.join(d.name());
+    if !root.exists() {
+        return Ok((files, tmps));
+    }
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().map_err(io_err(&path))?.is_dir() {
+                stack.push(path);
+            } else if name.starts_with('.') && name.ends_with(".tmp") {
+                tmps.push(path);
+            } else if name.ends_with(".parquet") {
+                let meta = fs::metadata(&path).map_err(io_err(&path))?;
+                files.push(ListedFile {
+                    modified: meta.modified().map_err(io_err(&path))?,
+                    entry: FileEntry {
+                        path,
+                        rows: 0,
+                        bytes: meta.len(),
+                    },
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    Ok((files, tmps))
+}
