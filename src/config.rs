@@ -57,8 +57,9 @@ struct FileConfig {
 pub struct Config {
     /// A local directory, or `s3://bucket/prefix`.
     pub data: PathBuf,
-    /// WAL, checkpoint and staging when `data` is on object storage.
-    pub state_dir: PathBuf,
+    /// WAL and checkpoint (and staging when `data` is on object storage),
+    /// when not in the data directory.
+    pub state_dir: Option<PathBuf>,
     pub node_id: String,
     pub list_interval: Duration,
     pub kafka: Option<KafkaConfig>,
@@ -138,10 +139,7 @@ impl Config {
                 .data
                 .or(file.data)
                 .unwrap_or_else(|| PathBuf::from("data")),
-            state_dir: args
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or_else(|| PathBuf::from("tally-state")),
+            state_dir: args.state_dir.or(file.state_dir),
             node_id: node_id.clone(),
             list_interval: duration(
                 args.list_interval,
@@ -335,11 +333,22 @@ impl Config {
         self.data.to_string_lossy().starts_with("s3://")
     }
 
-    /// The local directory of the WAL and checkpoint (and, on object
-    /// storage, of the staged files).
-    pub fn local_dir(&self) -> PathBuf {
+    /// The local directory whose `_tally/` holds the WAL and checkpoint:
+    /// `--state-dir`, else the data directory (or `./tally-state` when the
+    /// data is on object storage).
+    pub fn state_root(&self) -> PathBuf {
+        match (&self.state_dir, self.data_is_object_store()) {
+            (Some(s), _) => s.clone(),
+            (None, true) => PathBuf::from("tally-state"),
+            (None, false) => self.data.clone(),
+        }
+    }
+
+    /// The local directory files are written to: the data directory, or the
+    /// staging directory (the state root) on object storage.
+    pub fn files_dir(&self) -> PathBuf {
         if self.data_is_object_store() {
-            self.state_dir.clone()
+            self.state_root()
         } else {
             self.data.clone()
         }

@@ -44,16 +44,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
     ));
 
-    let data = config.local_dir();
+    let data = config.files_dir();
+    let state = config.state_root();
     let destination = match Destination::parse(&config.data.to_string_lossy())? {
         Some(object) => {
-            tracing::info!(location = %config.data.display(), state = %data.display(), "Parquet goes to object storage; WAL and staging stay local");
+            tracing::info!(location = %config.data.display(), state = %state.display(), "Parquet goes to object storage; WAL and staging stay local");
             object
         }
         None => Destination::Local,
     };
     let target = FlushTarget {
         data: data.clone(),
+        state: state.clone(),
         destination: Arc::new(destination),
         node: config.node_id.clone(),
     };
@@ -65,7 +67,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let now_secs = (now_ns() / 1_000_000_000) as u64;
     let (wal, replay) = Wal::open(
         WalConfig {
-            dir: wal_dir(&data),
+            dir: wal_dir(&state),
             segment_bytes: config.wal_segment_bytes,
             max_group_bytes: 16 << 20,
         },
@@ -258,6 +260,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         billing: billing.metrics.clone(),
         forwarder: forwarder.as_ref().map(|f| f.metrics.clone()),
         nats: config.nats.is_some().then(|| nats_status.clone()),
+        kafka: config.kafka.is_some().then(|| kafka_status.clone()),
         sampler: config.sampler_interval.map(|_| tick_cost.clone()),
         gpu: host.as_ref().map(|h| match &gpu_absent {
             None => serde_json::json!({"status": "ok", "count": h.gpus.len()}),
@@ -278,7 +281,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 pipeline.clone(),
                 prices.clone(),
                 UsageApiConfig {
-                    config_path: tally_sinks::parquet::layout::state_dir(&data)
+                    config_path: tally_sinks::parquet::layout::state_dir(&state)
                         .join("usage_config.json"),
                     config_updates_per_minute: config.usage_config_rate,
                     stats_per_minute: config.usage_stats_rate,

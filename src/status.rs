@@ -13,6 +13,7 @@ use tally_pipeline::{Dataset, Pipeline};
 use tally_sinks::control_plane::ForwarderMetrics;
 use tally_sinks::Flusher;
 use tally_sources::billing::metrics::BillingMetrics;
+use tally_sources::kafka::KafkaStatus;
 use tally_sources::nats::NatsStatus;
 
 #[derive(Clone)]
@@ -23,6 +24,8 @@ pub struct StatusState {
     pub forwarder: Option<Arc<ForwarderMetrics>>,
     /// Present when the NATS collector is configured.
     pub nats: Option<Arc<parking_lot::Mutex<NatsStatus>>>,
+    /// Present when the Kafka source is configured.
+    pub kafka: Option<Arc<parking_lot::Mutex<KafkaStatus>>>,
     /// CPU time of the sampler's last tick, when the sampler runs.
     pub sampler: Option<Arc<parking_lot::Mutex<std::time::Duration>>>,
     /// GPU telemetry status, when the sampler runs.
@@ -89,6 +92,17 @@ async fn health(State(s): State<StatusState>) -> Response {
     let mut body = body;
     if let Some(n) = nats {
         body["components"]["nats"] = n;
+    }
+    if let Some(k) = &s.kafka {
+        let k = k.lock().clone();
+        body["components"]["kafka"] = json!({
+            "status": if k.last_error.is_some() { "degraded" } else { "ok" },
+            "assigned_partitions": k.assigned_partitions,
+            "messages": k.messages,
+            "committed_messages": k.committed_messages,
+            "rebalances": k.rebalances,
+            "detail": k.last_error,
+        });
     }
     if let Some(t) = &s.sampler {
         body["components"]["sampler"] =

@@ -61,10 +61,13 @@ async fn files_hold_exactly_the_rows_sent_in_hive_partitions() {
         assert_eq!(parts.len(), 4, "{rel}");
         assert_eq!(parts[0], "usage_llm");
         let partition = format!("{}/{}", parts[1], parts[2]);
-        let (seq, uuid) = parts[3]
+        // <node>-<first WAL seq>-<uuid>.parquet; the node id may hold '-'.
+        let (rest, uuid) = parts[3]
             .trim_end_matches(".parquet")
-            .split_once('-')
+            .rsplit_once('-')
             .unwrap();
+        let (node, seq) = rest.rsplit_once('-').unwrap();
+        assert!(!node.is_empty(), "{rel}");
         assert!(
             seq.len() == 20 && seq.chars().all(|c| c.is_ascii_digit()),
             "{rel}"

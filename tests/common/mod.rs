@@ -34,11 +34,21 @@ impl Tally {
 
     /// Starts with extra environment variables.
     pub async fn start_with_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Tally {
+        Self::start_logged(data, &data.with_extension("log"), args, env).await
+    }
+
+    /// Starts with its log in `log` (nodes sharing a data directory).
+    pub async fn start_logged(
+        data: &Path,
+        log_path: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Tally {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data.with_extension("log"))
+            .open(log_path)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tally"))
             .args(["serve", "--data"])
@@ -67,7 +77,7 @@ impl Tally {
             assert!(
                 Instant::now() < deadline,
                 "tally did not become healthy; see {}",
-                data.with_extension("log").display()
+                log_path.display()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -303,5 +313,107 @@ pub async fn wait_nats_connected(t: &Tally) {
         }
         assert!(Instant::now() < deadline, "NATS never connected: {h}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A helper program the test command installs: `$var`, else `fallback`.
+fn tool(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(fallback),
+    }
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A real Kafka-protocol broker: Tansu with in-memory storage, on a free
+/// port, stopped on drop.
+pub struct KafkaBroker {
+    child: Child,
+    pub brokers: String,
+}
+
+impl KafkaBroker {
+    pub fn start() -> KafkaBroker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let bin = tool("TALLY_TEST_TANSU", "tansu");
+        let child = Command::new(&bin)
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "tansu ({}) is not installed: ./scripts/test.sh installs it: {e}",
+                    bin.display()
+                )
+            });
+        wait_for_port(port, "tansu");
+        KafkaBroker {
+            child,
+            brokers: format!("127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real S3-compatible server (moto's), on a free port, stopped on drop.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let port = free_port();
+        let bin = tool("TALLY_TEST_MOTO", "moto_server");
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "moto_server ({}) is not installed: ./scripts/test.sh installs it: {e}",
+                    bin.display()
+                )
+            });
+        wait_for_port(port, "moto_server");
+        S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The `AWS_*` variables a client of this server needs.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -52,8 +52,11 @@ pub struct FlushStats {
 /// Where and as whom a flusher writes.
 #[derive(Debug, Clone)]
 pub struct FlushTarget {
-    /// Local data directory: the files themselves, or their staging copies.
+    /// Local directory of the files themselves (local destination, possibly
+    /// shared with other nodes), or of their staging copies (object store).
     pub data: PathBuf,
+    /// This node's own directory: its `_tally/` holds the WAL and checkpoint.
+    pub state: PathBuf,
     pub destination: Arc<Destination>,
     /// Written into every file name (see `layout`).
     pub node: String,
@@ -63,6 +66,7 @@ impl FlushTarget {
     /// Files in `data` itself, named for `node`.
     pub fn local(data: PathBuf, node: &str) -> Self {
         Self {
+            state: data.clone(),
             data,
             destination: Arc::new(Destination::Local),
             node: node.to_string(),
@@ -291,7 +295,7 @@ fn write_round(
             flushed_seq: through,
             pending,
         }
-        .store(data)?;
+        .store(&target.state)?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -300,7 +304,7 @@ fn write_round(
         }
         // The checkpoint still says `previous`; write it back in case the
         // failure came after it was replaced.
-        let _ = previous.store(data);
+        let _ = previous.store(&target.state);
         return Err(RoundError::BeforeCommit(e));
     }
     // From here the round is committed: a crash completes the renames.
@@ -347,5 +351,5 @@ fn finish_round(
         flushed_seq: through,
         pending: Vec::new(),
     }
-    .store(data)
+    .store(&target.state)
 }

@@ -19,7 +19,7 @@ use tally_pipeline::Dataset;
 use super::checkpoint::Checkpoint;
 use super::destination::{list_local, Destination, ListedFile};
 use super::flusher::FlushTarget;
-use super::layout::wal_dir;
+use super::layout::{node_of, wal_dir};
 use super::{io_err, SinkError};
 
 /// What start-up found.
@@ -42,7 +42,7 @@ pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Rec
     let dest = &*target.destination;
     fs::create_dir_all(data).map_err(io_err(data))?;
     let mut out = Recovered {
-        checkpoint: Checkpoint::load(data)?,
+        checkpoint: Checkpoint::load(&target.state)?,
         ..Default::default()
     };
     for p in std::mem::take(&mut out.checkpoint.pending) {
@@ -56,11 +56,19 @@ pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Rec
             "completed the renames of an interrupted flush"
         );
     }
-    out.checkpoint.store(data)?;
+    out.checkpoint.store(&target.state)?;
 
     for d in Dataset::ALL {
         let (_, tmps) = list_local(data, d)?;
-        for t in tmps {
+        // Temporary files of this node's unfinished rounds (and of versions
+        // that did not name the node); other nodes' may be in flight.
+        let own = |t: &PathBuf| {
+            let name = t.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.as_deref().unwrap_or("");
+            let fin = name.trim_start_matches('.').trim_end_matches(".tmp");
+            node_of(fin).is_none_or(|n| n == target.node)
+        };
+        for t in tmps.into_iter().filter(own) {
             fs::remove_file(&t).map_err(io_err(&t))?;
             out.tmp_files_removed += 1;
         }

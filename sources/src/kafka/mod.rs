@@ -205,7 +205,11 @@ impl Shared {
             }
         }
         match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => self.status.lock().committed_messages += messages,
+            Ok(()) => {
+                let mut st = self.status.lock();
+                st.committed_messages += messages;
+                st.last_error = None;
+            }
             Err(e) => {
                 // The records are in Parquet; the next owner reads them again
                 // and dedup (fed by the shared listing) drops them.
