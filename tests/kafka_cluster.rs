@@ -143,8 +143,9 @@ async fn edges_relay_through_kafka_to_two_writers_and_a_kill_9_loses_and_doubles
     let e1 = start_edge(&shared, root.path(), brokers, "edge-1").await;
     let e2 = start_edge(&shared, root.path(), brokers, "edge-2").await;
 
-    // 40 batches of 100 events through alternating edges; writer-1 dies
-    // after the 15th, while the stream goes on.
+    // 40 batches of 100 events through alternating edges. writer-1 dies
+    // after the 15th, with some of its records in Parquet and some only in
+    // its WAL, while the stream goes on.
     let mut acked: BTreeSet<String> = BTreeSet::new();
     let mut w1 = Some(w1);
     for b in 0..40 {
@@ -157,6 +158,17 @@ async fn edges_relay_through_kafka_to_two_writers_and_a_kill_9_loses_and_doubles
                 .iter()
                 .map(|e| e["event_id"].as_str().unwrap().to_string()),
         );
+        if b == 12 {
+            eventually("writer-1 has written a file", 30, || async {
+                parquet_files(&shared, "usage_llm").iter().any(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("writer-1-")
+                })
+            })
+            .await;
+        }
         if b == 15 {
             w1.take().unwrap().kill9();
         }
@@ -190,6 +202,11 @@ async fn edges_relay_through_kafka_to_two_writers_and_a_kill_9_loses_and_doubles
         assigned(&w2).await == PARTITIONS
     })
     .await;
+    let h = health(&w2).await;
+    assert!(
+        h["components"]["kafka"]["rebalances"].as_u64().unwrap() >= 1,
+        "{h}"
+    );
     // writer-1 comes back with its WAL: what it had not flushed stays with
     // Kafka (redelivered to the group), not replayed a second time.
     let w1 = start_writer(&shared, root.path(), brokers, "writer-1").await;
@@ -314,10 +331,5 @@ async fn edges_relay_through_kafka_to_two_writers_and_a_kill_9_loses_and_doubles
         },
     )
     .await;
-    let h = health(&w2).await;
-    assert!(
-        h["components"]["kafka"]["rebalances"].as_u64().unwrap() >= 2,
-        "{h}"
-    );
     drop(broker);
 }

@@ -1,0 +1,187 @@
+//! Parquet on S3-compatible object storage (`--data s3://bucket/prefix`)
+//! against a real S3 server (moto's), read back over S3's own REST API.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{llm_event, ndjson, parquet_files, strings, S3Server, Tally};
+use object_store::aws::AmazonS3Builder;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+const BUCKET: &str = "metering";
+const DATA: &str = "s3://metering/tally/prod";
+
+/// Keys under `prefix`, from a plain ListObjectsV2 call (moto lets an
+/// unsigned request list, not read).
+async fn list_keys(s3: &S3Server, prefix: &str) -> Vec<String> {
+    let xml = reqwest::get(format!(
+        "{}/{BUCKET}?list-type=2&prefix={prefix}",
+        s3.endpoint
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    xml.split("<Key>")
+        .skip(1)
+        .map(|s| s.split("</Key>").next().unwrap().to_string())
+        .collect()
+}
+
+/// How often each event_id is stored in the objects of `usage_llm`. Objects
+/// are private, so the download is a signed S3 GET.
+async fn stored_in_bucket(s3: &S3Server) -> BTreeMap<String, usize> {
+    let mut builder = AmazonS3Builder::new().with_bucket_name(BUCKET);
+    for (k, v) in s3.env() {
+        builder = builder.with_config(k.to_ascii_lowercase().parse().unwrap(), v);
+    }
+    let client = builder.build().unwrap();
+    let mut counts = BTreeMap::new();
+    for key in list_keys(s3, "tally/prod/usage_llm/").await {
+        let body: Bytes = client
+            .get(&object_store::path::Path::from(key.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(body)
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            for id in strings(&b.unwrap(), "event_id") {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+async fn start(s3: &S3Server, state: &Path, flush: &str) -> Tally {
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--node-id",
+        "object-node",
+        "--flush-interval",
+        flush,
+        "--no-sampler",
+    ];
+    Tally::start_logged(Path::new(DATA), &state.with_extension("log"), &args, &env).await
+}
+
+fn events(range: std::ops::Range<usize>) -> Vec<Value> {
+    range
+        .map(|i| llm_event(&format!("s3-{i}"), "2026-11-20T10:15:00Z", 100, 20))
+        .collect()
+}
+
+async fn post(t: &Tally, events: &[Value]) -> Value {
+    let r = reqwest::Client::new()
+        .post(t.url("/v1/events/usage.llm"))
+        .body(ndjson(events))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_goes_to_s3_survives_kill_9_and_reads_back_with_sql() {
+    let s3 = S3Server::start();
+    let created = reqwest::Client::new()
+        .put(format!("{}/{BUCKET}", s3.endpoint))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+
+    // 1. 500 events, then a clean stop: the final flush uploads them.
+    let t = start(&s3, &state, "300ms").await;
+    assert_eq!(post(&t, &events(0..500)).await["accepted"], 500);
+    t.terminate();
+    let keys = list_keys(&s3, "tally/prod/usage_llm/").await;
+    assert!(!keys.is_empty());
+    for k in &keys {
+        let name = k.rsplit('/').next().unwrap();
+        assert!(
+            k.starts_with("tally/prod/usage_llm/date=2026-11-20/hour=10/")
+                && name.starts_with("object-node-")
+                && name.ends_with(".parquet"),
+            "{k}"
+        );
+    }
+    let stored = stored_in_bucket(&s3).await;
+    assert_eq!(stored.len(), 500);
+    assert!(stored.values().all(|&n| n == 1));
+    // The local directory only staged them.
+    assert!(parquet_files(&state, "usage_llm").is_empty());
+
+    // 2. Acknowledged but not flushed when the process is killed: the local
+    //    WAL brings them back, and the restart uploads them.
+    let t = start(&s3, &state, "1h").await;
+    let again = post(&t, &events(0..500)).await;
+    assert_eq!(
+        again["duplicates"], 500,
+        "dedup keys come back from the objects"
+    );
+    assert_eq!(post(&t, &events(500..600)).await["accepted"], 100);
+    t.kill9();
+    let t = start(&s3, &state, "300ms").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = stored_in_bucket(&s3).await;
+        if stored.len() == 600 {
+            assert!(stored.values().all(|&n| n == 1), "{stored:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of 600 stored", stored.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows = t
+        .sql("SELECT count(*) AS n, sum(prompt_tokens) AS p FROM usage_llm")
+        .await;
+    assert_eq!(rows[0]["n"], 600);
+    assert_eq!(rows[0]["p"], 600 * 100);
+    t.terminate();
+
+    // 3. `tally sql` reads the prefix offline.
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["sql", "--data", DATA, "--format", "json"])
+        .arg("SELECT count(DISTINCT event_id) AS d FROM usage_llm")
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["d"], 600);
+}
+
+#[tokio::test]
+async fn a_data_location_without_a_bucket_is_refused_with_the_rule() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["sql", "--data", "s3:///x", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("names no bucket"), "{err}");
+}
