@@ -3,13 +3,18 @@
 #
 # Starts a Tansu broker (in-memory), N writers in one consumer group sharing a
 # data directory, and one edge node (--relay-kafka). tally-bench loads the
-# edge with `usage.llm` NDJSON for DURATION; then the script waits until the
-# writers have durably accepted every record the edge acknowledged. Reported:
-# the edge's acknowledged records/s (client side, from tally-bench) and the
-# end-to-end rate: records / (time from the load's start until the writers
-# hold the last one).
+# edge with `usage.llm` NDJSON for DURATION.
 #
-# Usage: bench/scripts/kafka_scaleout.sh [TANSU_BIN] [WRITERS...]
+# MODE=live (default): the writers run during the load; the script then waits
+# until they have durably accepted (WAL, fsync'd) every record the edge
+# acknowledged. Reported: the edge's acknowledged records/s (client side,
+# tally-bench) and end to end: records / (load start → last record in a writer).
+#
+# MODE=backlog: the load goes into Kafka with no writer running; then the
+# writers start, and the drain rate is timed from their first accepted record
+# to their last: what N writers consume, with nothing else using the CPU.
+#
+# Usage: [MODE=live|backlog] bench/scripts/kafka_scaleout.sh [TANSU_BIN] [WRITERS...]
 #   TANSU_BIN defaults to `tansu` on PATH; WRITERS defaults to "1 2".
 # Needs release builds: cargo build --release --workspace --bins
 set -euo pipefail
@@ -24,6 +29,7 @@ BATCH=${BATCH:-1000}
 PARTITIONS=${PARTITIONS:-8}
 TALLY=target/release/tally
 BENCH=target/release/tally-bench
+MODE=${MODE:-live}
 OUT=${OUT:-target/kafka-scaleout}
 mkdir -p "$OUT"
 
@@ -51,26 +57,32 @@ for writers in $WRITER_COUNTS; do
     >"$run/tansu.log" 2>&1 &
   pids+=($!)
   sleep 1
+  # The relay's topic exists before anything produces to it (a broker that
+  # creates topics on first use would pick its own partition count).
+  "$TANSU" topic create tally.records --partitions "$PARTITIONS" \
+    --broker tcp://127.0.0.1:19192 >/dev/null
   ports=()
-  for i in $(seq 1 "$writers"); do
-    port=$((18300 + i))
-    ports+=("$port")
-    "$TALLY" serve --data "$run/shared" --state-dir "$run/w$i" --node-id "w$i" \
-      --listen "127.0.0.1:$port" --no-sampler --kafka 127.0.0.1:19192 \
-      --kafka-partitions "$PARTITIONS" --max-queued-rows 2000000 \
-      >"$run/w$i.log" 2>&1 &
-    pids+=($!)
-  done
-  # Every writer holds partitions before the load starts.
-  total_parts=$((PARTITIONS * 8))
-  for _ in $(seq 1 300); do
-    sum=0; all=1
-    for port in "${ports[@]}"; do
-      a=$(assigned "$port"); sum=$((sum + a)); [ "$a" -gt 0 ] || all=0
+  for i in $(seq 1 "$writers"); do ports+=($((18300 + i))); done
+  start_writers() {
+    for i in $(seq 1 "$writers"); do
+      "$TALLY" serve --data "$run/shared" --state-dir "$run/w$i" --node-id "w$i" \
+        --listen "127.0.0.1:$((18300 + i))" --no-sampler --kafka 127.0.0.1:19192 \
+        --kafka-partitions "$PARTITIONS" --max-queued-rows 2000000 \
+        >"$run/w$i.log" 2>&1 &
+      pids+=($!)
     done
-    [ "$all" = 1 ] && [ "$sum" = "$total_parts" ] && break
-    sleep 0.2
-  done
+    # Every writer holds partitions before timing starts.
+    total_parts=$((PARTITIONS * 8))
+    for _ in $(seq 1 600); do
+      sum=0; all=1
+      for port in "${ports[@]}"; do
+        a=$(assigned "$port"); sum=$((sum + a)); [ "$a" -gt 0 ] || all=0
+      done
+      [ "$all" = 1 ] && [ "$sum" = "$total_parts" ] && break
+      sleep 0.1
+    done
+  }
+  if [ "$MODE" = live ]; then start_writers; fi
   "$TALLY" serve --data "$run/edge" --node-id edge --listen 127.0.0.1:18390 \
     --no-sampler --relay-kafka 127.0.0.1:19192 >"$run/edge.log" 2>&1 &
   pids+=($!)
@@ -81,18 +93,33 @@ for writers in $WRITER_COUNTS; do
     --duration "$DURATION" --concurrency "$CONCURRENCY" --batch "$BATCH" \
     --out "$run/edge.json" >"$run/bench.txt"
   acked=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["records_acked"])' "$run/edge.json")
+  first=0
+  if [ "$MODE" = backlog ]; then
+    # Writers join after the load: the group is formed before they consume.
+    # Note: partitions are assigned only once all have joined, so the clock
+    # starts at the first record accepted.
+    start_writers
+    while :; do
+      first=$(accepted "${ports[@]}")
+      [ "$first" -gt 0 ] && break
+      sleep 0.02
+    done
+    start=$(date +%s.%N)
+  fi
   while [ "$(accepted "${ports[@]}")" -lt "$acked" ]; do sleep 0.05; done
   end=$(date +%s.%N)
-  python3 - "$writers" "$acked" "$start" "$end" "$run/edge.json" <<'EOF'
+  python3 - "$MODE" "$writers" "$acked" "$first" "$start" "$end" "$run/edge.json" <<'EOF'
 import json, sys
-writers, acked, start, end, path = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+mode, writers, acked, first = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+start, end, path = float(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
 edge = json.load(open(path))
 print(json.dumps({
+    "mode": mode,
     "writers": writers,
     "records_acked_by_edge": acked,
-    "edge_records_per_sec": edge.get("records_per_second"),
-    "end_to_end_seconds": round(end - start, 2),
-    "end_to_end_records_per_sec": round(acked / (end - start)),
+    "edge_records_per_sec": round(edge.get("records_per_second")),
+    "seconds": round(end - start, 2),
+    "records_per_sec": round((acked - first) / (end - start)),
 }))
 EOF
   kill "${pids[@]}" 2>/dev/null || true

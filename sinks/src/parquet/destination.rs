@@ -121,8 +121,8 @@ impl Destination {
     }
 
     /// Moves a finished temporary file (relative to `data`) to its final
-    /// place. Returns the directories that must be fsync'd (local only).
-    /// Runs on a blocking thread.
+    /// place: a rename (the caller fsyncs the directories), or an upload
+    /// followed by removing the local copy. Runs on a blocking thread.
     pub fn finish(&self, data: &Path, tmp: &Path, rel: &Path) -> Result<(), SinkError> {
         let from = data.join(tmp);
         match self {
@@ -282,4 +282,67 @@ pub fn list_local(data: &Path, d: Dataset) -> Result<(Vec<ListedFile>, Vec<PathB
     }
     files.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
     Ok((files, tmps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_local_move_completes_once_and_a_lost_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        std::fs::create_dir_all(data.join("d")).unwrap();
+        std::fs::write(data.join("d/.f.parquet.tmp"), b"x").unwrap();
+        let (tmp, fin) = (Path::new("d/.f.parquet.tmp"), Path::new("d/f.parquet"));
+        let local = Destination::Local;
+        assert!(local.complete(data, tmp, fin).unwrap());
+        assert_eq!(std::fs::read(data.join(fin)).unwrap(), b"x");
+        // Already done: nothing to do.
+        assert!(!local.complete(data, tmp, fin).unwrap());
+        let err = local
+            .complete(data, Path::new("d/.g.tmp"), Path::new("d/g.parquet"))
+            .unwrap_err();
+        assert!(matches!(err, SinkError::MissingPending { .. }), "{err}");
+    }
+
+    #[test]
+    fn object_locations_are_urls_under_the_prefix() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let dest = Destination::object(store, Url::parse("s3://bkt").unwrap(), "tally/prod");
+        assert_eq!(
+            dest.location(Path::new("/ignored"), Path::new("usage_llm/date=2026-11-20/hour=10/a.parquet")),
+            PathBuf::from("s3://bkt/tally/prod/usage_llm/date=2026-11-20/hour=10/a.parquet")
+        );
+        assert!(matches!(
+            Destination::parse("s3:///x"),
+            Err(SinkError::Location(m)) if m.contains("names no bucket")
+        ));
+        assert!(Destination::parse("/var/lib/tally").unwrap().is_none());
+    }
+
+    #[test]
+    fn uploads_list_and_read_back_through_the_object_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let dest = Destination::object(store, Url::parse("s3://bkt").unwrap(), "p");
+        std::fs::create_dir_all(data.join("usage_llm/h")).unwrap();
+        std::fs::write(data.join("usage_llm/h/.a.parquet.tmp"), b"abc").unwrap();
+        dest.finish(
+            data,
+            Path::new("usage_llm/h/.a.parquet.tmp"),
+            Path::new("usage_llm/h/a.parquet"),
+        )
+        .unwrap();
+        assert!(!data.join("usage_llm/h/.a.parquet.tmp").exists());
+        let listed = dest.list(data, Dataset::UsageLlm).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            listed[0].entry.path,
+            PathBuf::from("s3://bkt/p/usage_llm/h/a.parquet")
+        );
+        assert_eq!(dest.read(&listed[0].entry).unwrap(), Bytes::from_static(b"abc"));
+        assert!(dest.list(data, Dataset::UsageTool).unwrap().is_empty());
+    }
 }

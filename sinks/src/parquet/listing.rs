@@ -79,9 +79,8 @@ impl SharedListing {
                 .filter(|f| added.contains(&f.entry.path))
                 .collect();
             report.new_files += new.len();
-            // Keys first would be safer for dedup, but a file that fails to
-            // read must not stay invisible either: it is registered, and the
-            // error is reported.
+            // Registered before its keys are read: a file that cannot be
+            // read stays visible to queries, and the error is reported.
             report.dedup_keys_restored +=
                 restore_recent_keys(&self.target.destination, d, &new, &self.dedup)?;
         }
@@ -115,5 +114,70 @@ impl SharedListing {
                 tracing::warn!(error = %e, "listing the shared data prefix failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parquet::writer::write_partition;
+    use tally_pipeline::metrics::Metrics;
+    use tally_pipeline::{Record, Value};
+
+    fn sample(vm: &str, ts: i64) -> Record {
+        let mut values = vec![
+            Value::Str("cust".into()),
+            Value::Str(vm.into()),
+            Value::Ts(ts),
+        ];
+        values.extend((0..6).map(Value::I64));
+        Record::new(Dataset::VmMetrics, values)
+    }
+
+    /// Writes one committed file of `node` into the shared directory.
+    fn commit_file(shared: &Path, node: &str, records: &[Record]) {
+        let refs: Vec<&Record> = records.iter().collect();
+        let f = write_partition(shared, node, Dataset::VmMetrics, "2026-11-20", 10, 1, 1, &refs)
+            .unwrap();
+        std::fs::rename(shared.join(&f.tmp), shared.join(&f.final_path)).unwrap();
+    }
+
+    #[test]
+    fn a_listing_registers_other_nodes_files_once_and_remembers_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path();
+        commit_file(shared, "writer-1", &[sample("vm-1", 1), sample("vm-1", 2)]);
+        commit_file(shared, "writer-2", &[sample("vm-2", 1)]);
+
+        let store = Arc::new(Store::new(1000));
+        let dedup = Arc::new(Dedup::new(86_400, 1_000_000, Arc::new(Metrics::default())));
+        let listing = SharedListing::new(
+            FlushTarget::local(shared.to_path_buf(), "writer-2"),
+            store.clone(),
+            dedup.clone(),
+        );
+        let report = listing.refresh_blocking().unwrap();
+        // writer-2's own file is registered by its flusher, not by a listing.
+        assert_eq!(report.new_files, 1);
+        assert_eq!(report.dedup_keys_restored, 2);
+        let files = store.snapshot(Dataset::VmMetrics).files;
+        assert_eq!(files.len(), 1);
+        assert!(files[0]
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("writer-1-"));
+        // A record writer-1 stored is a duplicate here now.
+        let key = sample("vm-1", 2).key().unwrap();
+        assert!(!dedup.insert(Dataset::VmMetrics, &key, 0));
+        let fresh = sample("vm-1", 3).key().unwrap();
+        assert!(dedup.insert(Dataset::VmMetrics, &fresh, 0));
+
+        // Listing again adds nothing; a new foreign file is picked up.
+        assert_eq!(listing.refresh_blocking().unwrap().new_files, 0);
+        commit_file(shared, "writer-3", &[sample("vm-3", 1)]);
+        assert_eq!(listing.refresh_blocking().unwrap().new_files, 1);
+        assert_eq!(store.snapshot(Dataset::VmMetrics).files.len(), 2);
     }
 }
