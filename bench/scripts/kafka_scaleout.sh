@@ -43,6 +43,15 @@ accepted() { # sum of usage_llm rows the writers accepted from Kafka
   echo "$sum"
 }
 
+cpu_ticks() { # user+system clock ticks of the given pids
+  local sum=0 pid t
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    sum=$((sum + t))
+  done
+  echo "$sum"
+}
+
 assigned() { # partitions assigned to the writer on port $1
   curl -s "http://127.0.0.1:$1/health" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["components"]["kafka"]["assigned_partitions"])' 2>/dev/null || echo 0
@@ -63,6 +72,7 @@ for writers in $WRITER_COUNTS; do
     --broker tcp://127.0.0.1:19192 >/dev/null
   ports=()
   for i in $(seq 1 "$writers"); do ports+=($((18300 + i))); done
+  writer_pids=()
   start_writers() {
     for i in $(seq 1 "$writers"); do
       "$TALLY" serve --data "$run/shared" --state-dir "$run/w$i" --node-id "w$i" \
@@ -70,6 +80,7 @@ for writers in $WRITER_COUNTS; do
         --kafka-partitions "$PARTITIONS" --max-queued-rows 2000000 \
         >"$run/w$i.log" 2>&1 &
       pids+=($!)
+      writer_pids+=($!)
     done
     # Every writer holds partitions before timing starts.
     total_parts=$((PARTITIONS * 8))
@@ -94,6 +105,7 @@ for writers in $WRITER_COUNTS; do
     --out "$run/edge.json" >"$run/bench.txt"
   acked=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["records_acked"])' "$run/edge.json")
   first=0
+  ticks0=0
   if [ "$MODE" = backlog ]; then
     # Writers join after the load: the group is formed before they consume.
     # Note: partitions are assigned only once all have joined, so the clock
@@ -105,13 +117,16 @@ for writers in $WRITER_COUNTS; do
       sleep 0.02
     done
     start=$(date +%s.%N)
+    ticks0=$(cpu_ticks "${writer_pids[@]}")
   fi
   while [ "$(accepted "${ports[@]}")" -lt "$acked" ]; do sleep 0.05; done
   end=$(date +%s.%N)
-  python3 - "$MODE" "$writers" "$acked" "$first" "$start" "$end" "$run/edge.json" <<'EOF'
+  ticks=$(($(cpu_ticks "${writer_pids[@]}") - ticks0))
+  python3 - "$MODE" "$writers" "$acked" "$first" "$start" "$end" "$run/edge.json" "$ticks" "$(getconf CLK_TCK)" <<'EOF'
 import json, sys
 mode, writers, acked, first = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 start, end, path = float(sys.argv[5]), float(sys.argv[6]), sys.argv[7]
+cpu = int(sys.argv[8]) / int(sys.argv[9])
 edge = json.load(open(path))
 print(json.dumps({
     "mode": mode,
@@ -120,6 +135,9 @@ print(json.dumps({
     "edge_records_per_sec": round(edge.get("records_per_second")),
     "seconds": round(end - start, 2),
     "records_per_sec": round((acked - first) / (end - start)),
+    # Writers' CPU while draining (backlog) or over the whole run (live).
+    "writer_cpu_seconds": round(cpu, 2),
+    "writer_cpu_us_per_record": round(cpu * 1e6 / max(acked - first, 1), 2),
 }))
 EOF
   kill "${pids[@]}" 2>/dev/null || true

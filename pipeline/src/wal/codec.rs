@@ -212,7 +212,7 @@ mod tests {
         let mut plain = Vec::new();
         encode_records(&sample(), &mut plain);
         assert!(!is_from_log(&plain));
-        assert_eq!(decode_entry(&plain).unwrap().0, false);
+        assert!(!decode_entry(&plain).unwrap().0);
         // Only the flag differs.
         assert_eq!(flagged[1..], plain[1..]);
         let mut bad = plain.clone();

@@ -311,7 +311,10 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let dest = Destination::object(store, Url::parse("s3://bkt").unwrap(), "tally/prod");
         assert_eq!(
-            dest.location(Path::new("/ignored"), Path::new("usage_llm/date=2026-11-20/hour=10/a.parquet")),
+            dest.location(
+                Path::new("/ignored"),
+                Path::new("usage_llm/date=2026-11-20/hour=10/a.parquet")
+            ),
             PathBuf::from("s3://bkt/tally/prod/usage_llm/date=2026-11-20/hour=10/a.parquet")
         );
         assert!(matches!(
@@ -342,7 +345,10 @@ mod tests {
             listed[0].entry.path,
             PathBuf::from("s3://bkt/p/usage_llm/h/a.parquet")
         );
-        assert_eq!(dest.read(&listed[0].entry).unwrap(), Bytes::from_static(b"abc"));
+        assert_eq!(
+            dest.read(&listed[0].entry).unwrap(),
+            Bytes::from_static(b"abc")
+        );
         assert!(dest.list(data, Dataset::UsageTool).unwrap().is_empty());
     }
 }

@@ -276,10 +276,8 @@ fn write_round(
                     data,
                     &target.node,
                     d,
-                    &date,
-                    hh,
-                    first,
-                    last,
+                    (&date, hh),
+                    (first, last),
                     &records,
                 )?);
             }

@@ -137,8 +137,15 @@ mod tests {
     /// Writes one committed file of `node` into the shared directory.
     fn commit_file(shared: &Path, node: &str, records: &[Record]) {
         let refs: Vec<&Record> = records.iter().collect();
-        let f = write_partition(shared, node, Dataset::VmMetrics, "2026-11-20", 10, 1, 1, &refs)
-            .unwrap();
+        let f = write_partition(
+            shared,
+            node,
+            Dataset::VmMetrics,
+            ("2026-11-20", 10),
+            (1, 1),
+            &refs,
+        )
+        .unwrap();
         std::fs::rename(shared.join(&f.tmp), shared.join(&f.final_path)).unwrap();
     }
 

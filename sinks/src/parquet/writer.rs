@@ -66,14 +66,14 @@ pub fn writer_properties(dataset: Dataset, first_seq: u64, last_seq: u64) -> Wri
 }
 
 /// Writes `records` (one dataset, one partition) to a temporary file.
+/// `partition` is `(date, hour)`; `seqs` the first and last WAL sequence of
+/// the records.
 pub fn write_partition(
     data: &Path,
     node: &str,
     dataset: Dataset,
-    date: &str,
-    hour: u32,
-    first_seq: u64,
-    last_seq: u64,
+    (date, hour): (&str, u32),
+    (first_seq, last_seq): (u64, u64),
     records: &[&Record],
 ) -> Result<WrittenFile, SinkError> {
     let dir = partition_dir(dataset, date, hour);

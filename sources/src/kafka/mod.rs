@@ -306,8 +306,19 @@ fn decode(
 ) {
     match route {
         Route::Subject(s) => {
-            let routes = HashMap::from([(topic.to_string(), s)]);
-            crate::nats::decode(&routes, topic, payload, records, rejections);
+            let result = serde_json::from_slice::<serde_json::Value>(payload)
+                .map_err(|e| format!("message is not valid JSON: {e}"))
+                .and_then(|v| s.decode(&v));
+            match result {
+                Ok(r) => records.push(r),
+                Err(reason) => rejections.push(Rejection {
+                    index: None,
+                    subject: Some(topic.to_string()),
+                    dataset: Some(s.dataset()),
+                    reason,
+                    payload: String::from_utf8_lossy(payload).into_owned(),
+                }),
+            }
         }
         Route::VmMetrics => {
             let result = SendMetricsBatchRequest::decode(payload)

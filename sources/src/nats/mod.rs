@@ -82,7 +82,7 @@ pub enum NatsError {
 }
 
 /// One message turned into a record or a rejection.
-pub(crate) fn decode(
+fn decode(
     routes: &HashMap<String, Subject>,
     subject: &str,
     payload: &[u8],
