@@ -155,7 +155,15 @@ mod tests {
     }
 
     #[test]
-    fn records_without_a_tenant_are_keyed_by_dataset() {
+    fn records_are_keyed_by_tenant_else_by_dataset() {
         assert_eq!(partition_key(&rejected("p".into())), "rejected");
+        let mut values = vec![
+            Value::Str("cust-42".into()),
+            Value::Str("vm-1".into()),
+            Value::Ts(1),
+        ];
+        values.extend((0..6).map(Value::I64));
+        let sample = Record::new(Dataset::VmMetrics, values);
+        assert_eq!(partition_key(&sample), "cust-42");
     }
 }
