@@ -181,8 +181,8 @@ struct Shared {
     hooks: KafkaHooks,
     node: String,
     pending: Mutex<PendingOffsets>,
-    /// Bumped on every revocation: a batch polled across one is dropped
-    /// (its partitions restart from the committed offsets).
+    /// Bumped on every revocation: what a batch polled before one is
+    /// dropped (its partitions restart from the committed offsets).
     revocations: AtomicU64,
     status: Arc<Mutex<KafkaStatus>>,
 }
@@ -435,7 +435,7 @@ fn run(
 ) {
     let mut flushed = shared.hooks.flushed.clone();
     while !*stop.borrow() {
-        let generation = shared.revocations.load(Ordering::SeqCst);
+        let mut generation = shared.revocations.load(Ordering::SeqCst);
         let started = Instant::now();
         let now = now_ns();
         let (mut records, mut rejections) = (Vec::new(), Vec::new());
@@ -446,11 +446,35 @@ fn run(
             } else {
                 BATCH_WAIT.saturating_sub(started.elapsed())
             };
-            match consumer.poll(wait) {
+            let polled = consumer.poll(wait);
+            // A rebalance runs inside `poll`. What this batch holds from
+            // before it was neither ingested nor committed: the partitions'
+            // owners (this member too, for those it got back) read it again
+            // from the committed offsets. A message `poll` returns after the
+            // rebalance belongs to the new assignment.
+            let now_generation = shared.revocations.load(Ordering::SeqCst);
+            if now_generation != generation {
+                generation = now_generation;
+                records.clear();
+                rejections.clear();
+                offsets.clear();
+            }
+            match polled {
                 Some(Ok(m)) => {
                     let topic = m.topic();
-                    if let (Some(route), Some(payload)) = (routes.get(topic), m.payload()) {
-                        decode(*route, topic, payload, now, &mut records, &mut rejections);
+                    match (routes.get(topic), m.payload()) {
+                        (Some(route), Some(payload)) => {
+                            decode(*route, topic, payload, now, &mut records, &mut rejections)
+                        }
+                        (_, None) => rejections.push(Rejection {
+                            index: None,
+                            subject: Some(topic.to_string()),
+                            dataset: None,
+                            reason: "message has no payload (a tombstone)".into(),
+                            payload: String::new(),
+                        }),
+                        // Only routed topics are subscribed to.
+                        (None, Some(_)) => {}
                     }
                     offsets.push((topic.to_string(), m.partition(), m.offset()));
                 }
@@ -464,12 +488,6 @@ fn run(
             if offsets.is_empty() && *stop.borrow() {
                 break;
             }
-        }
-        if shared.revocations.load(Ordering::SeqCst) != generation {
-            // Partitions were taken away while this batch was polled: their
-            // new owner starts from the committed offsets, and so does this
-            // member for whatever it was given back.
-            continue;
         }
         if !offsets.is_empty() {
             let seq = match ingest_until_durable(shared, pipeline, records, rejections, &stop) {
