@@ -394,4 +394,59 @@ mod tests {
         assert_eq!(c.data, PathBuf::from("/x"));
         assert_eq!(c.max_queued_rows, 1_000_000);
     }
+
+    #[test]
+    fn kafka_settings_resolve_and_bad_ones_name_the_rule() {
+        let args = ServeArgs {
+            kafka: Some("k:9092".into()),
+            kafka_topics: vec!["usage.llm=acme.llm".into(), "vm.metrics=acme.vm".into()],
+            node_id: Some("writer-1".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(args).unwrap();
+        let k = c.kafka.unwrap();
+        assert_eq!((k.brokers.as_str(), k.group.as_str()), ("k:9092", "tally"));
+        assert_eq!(k.subjects[&Subject::UsageLlm], "acme.llm");
+        assert_eq!(k.vm_metrics_topic, "acme.vm");
+        assert_eq!(k.node, "writer-1");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "kafka = \"k:9092\"\nrelay_kafka = \"k:9092\"\n").unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot be combined"), "{err}");
+
+        let err = Config::resolve(ServeArgs {
+            node_id: Some("a b".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("node_id may hold"), "{err}");
+    }
+
+    #[test]
+    fn object_storage_keeps_state_local() {
+        let c = Config::resolve(ServeArgs {
+            data: Some("s3://bkt/prefix".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.data_is_object_store());
+        assert_eq!(c.state_root(), PathBuf::from("tally-state"));
+        assert_eq!(c.files_dir(), PathBuf::from("tally-state"));
+        let c = Config::resolve(ServeArgs {
+            data: Some("/shared".into()),
+            state_dir: Some("/node".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (c.files_dir(), c.state_root()),
+            ("/shared".into(), "/node".into())
+        );
+    }
 }
