@@ -210,6 +210,25 @@ async fn edges_relay_through_kafka_to_two_writers_and_a_kill_9_loses_and_doubles
     // writer-1 comes back with its WAL: what it had not flushed stays with
     // Kafka (redelivered to the group), not replayed a second time.
     let w1 = start_writer(&shared, root.path(), brokers, "writer-1").await;
+    // More load while it rejoins: writer-2 gives up half its partitions in a
+    // rebalance under load (flush and commit before the revocation).
+    // (Joining takes Tansu about 5 s; the load lasts longer.)
+    for b in 40..80 {
+        let edge = if b % 2 == 0 { &e1 } else { &e2 };
+        let events = batch(b);
+        assert_eq!(post_batch(edge, &events).await["accepted"], 100);
+        acked.extend(
+            events
+                .iter()
+                .map(|e| e["event_id"].as_str().unwrap().to_string()),
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    eventually("the writers split the partitions again", 60, || async {
+        let (a, b) = (assigned(&w1).await, assigned(&w2).await);
+        a > 0 && b > 0 && a + b == PARTITIONS
+    })
+    .await;
 
     // Producers that write to Kafka directly: JSON on the subject topic,
     // billing.v1 protobuf on vm.metrics, and one message that is not JSON.
