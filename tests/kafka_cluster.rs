@@ -34,13 +34,25 @@ async fn assigned(t: &Tally) -> u64 {
         .unwrap_or(0)
 }
 
-async fn start_writer(shared: &Path, root: &Path, brokers: &str, node: &str) -> Tally {
+/// A node on the shared data directory, with its own state directory and
+/// log under `root`, and the arguments of its role.
+async fn start_node(shared: &Path, root: &Path, node: &str, role: &[&str]) -> Tally {
     let state = root.join(node);
-    let args = [
+    let mut args = vec![
         "--state-dir",
         state.to_str().unwrap(),
         "--node-id",
         node,
+        "--list-interval",
+        "500ms",
+        "--no-sampler",
+    ];
+    args.extend_from_slice(role);
+    Tally::start_logged(shared, &root.join(format!("{node}.log")), &args, &[]).await
+}
+
+async fn start_writer(shared: &Path, root: &Path, brokers: &str, node: &str) -> Tally {
+    let role = [
         "--kafka",
         brokers,
         "--kafka-partitions",
@@ -49,27 +61,12 @@ async fn start_writer(shared: &Path, root: &Path, brokers: &str, node: &str) -> 
         "6s",
         "--flush-interval",
         "300ms",
-        "--list-interval",
-        "500ms",
-        "--no-sampler",
     ];
-    Tally::start_logged(shared, &root.join(format!("{node}.log")), &args, &[]).await
+    start_node(shared, root, node, &role).await
 }
 
 async fn start_edge(shared: &Path, root: &Path, brokers: &str, node: &str) -> Tally {
-    let state = root.join(node);
-    let args = [
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--node-id",
-        node,
-        "--relay-kafka",
-        brokers,
-        "--list-interval",
-        "500ms",
-        "--no-sampler",
-    ];
-    Tally::start_logged(shared, &root.join(format!("{node}.log")), &args, &[]).await
+    start_node(shared, root, node, &["--relay-kafka", brokers]).await
 }
 
 /// Waits until `check` holds, or fails with `what`.

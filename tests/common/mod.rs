@@ -316,20 +316,30 @@ pub async fn wait_nats_connected(t: &Tally) {
     }
 }
 
-/// A helper program the test command installs: `$var`, else `fallback`.
-fn tool(var: &str, fallback: &str) -> PathBuf {
-    match std::env::var_os(var) {
+/// Starts a server program the test command installs (`$var`, else `name`
+/// on PATH) and waits until it listens on `port`.
+fn spawn_tool(var: &str, name: &str, args: &[&str], port: u16) -> Child {
+    let bin = match std::env::var_os(var) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(fallback),
-    }
-}
-
-fn wait_for_port(port: u16, what: &str) {
+        _ => PathBuf::from(name),
+    };
+    let child = Command::new(&bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{name} ({}) is not installed: ./scripts/test.sh installs it: {e}",
+                bin.display()
+            )
+        });
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
+        assert!(Instant::now() < deadline, "{name} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    child
 }
 
 /// A real Kafka-protocol broker: Tansu with in-memory storage, on a free
@@ -343,20 +353,20 @@ impl KafkaBroker {
     pub fn start() -> KafkaBroker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let bin = tool("TALLY_TEST_TANSU", "tansu");
-        let child = Command::new(&bin)
-            .args(["broker", "--storage-engine", "memory://tansu/"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "tansu ({}) is not installed: ./scripts/test.sh installs it: {e}",
-                    bin.display()
-                )
-            });
-        wait_for_port(port, "tansu");
+        let child = spawn_tool(
+            "TALLY_TEST_TANSU",
+            "tansu",
+            &[
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ],
+            port,
+        );
         KafkaBroker {
             child,
             brokers: format!("127.0.0.1:{port}"),
@@ -380,19 +390,12 @@ pub struct S3Server {
 impl S3Server {
     pub fn start() -> S3Server {
         let port = free_port();
-        let bin = tool("TALLY_TEST_MOTO", "moto_server");
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "moto_server ({}) is not installed: ./scripts/test.sh installs it: {e}",
-                    bin.display()
-                )
-            });
-        wait_for_port(port, "moto_server");
+        let child = spawn_tool(
+            "TALLY_TEST_MOTO",
+            "moto_server",
+            &["-H", "127.0.0.1", "-p", &port.to_string()],
+            port,
+        );
         S3Server {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
