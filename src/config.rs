@@ -206,13 +206,7 @@ impl Config {
         let mut config = config;
         if let Some(url) = args.nats.or(file.nats) {
             let mut subjects = HashMap::new();
-            let pairs = file.nats_subjects.unwrap_or_default().into_iter().chain(
-                args.nats_subjects.iter().map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (k.to_string(), v.to_string())
-                }),
-            );
-            for (event, subject) in pairs {
+            for (event, subject) in overrides(file.nats_subjects, &args.nats_subjects) {
                 let Some(s) = Subject::from_name(&event) else {
                     anyhow::bail!("nats subject override: unknown event type {event:?}");
                 };
@@ -241,13 +235,7 @@ impl Config {
                 .or(file.kafka_group)
                 .unwrap_or_else(|| "tally".into());
             let mut k = KafkaConfig::new(&brokers, &group, &node_id);
-            let pairs = file.kafka_topics.unwrap_or_default().into_iter().chain(
-                args.kafka_topics.iter().map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (k.to_string(), v.to_string())
-                }),
-            );
-            for (event, topic) in pairs {
+            for (event, topic) in overrides(file.kafka_topics, &args.kafka_topics) {
                 if topic.is_empty() {
                     anyhow::bail!(
                         "kafka topic override for {event} must be EVENT=TOPIC with a topic"
@@ -317,6 +305,16 @@ impl Config {
     }
 }
 
+/// `EVENT=NAME` overrides: the config file's table, then the flags (which
+/// win by coming later). A flag without `=` has an empty name.
+fn overrides(file: Option<HashMap<String, String>>, flags: &[String]) -> Vec<(String, String)> {
+    let flags = flags.iter().map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (k.to_string(), v.to_string())
+    });
+    file.unwrap_or_default().into_iter().chain(flags).collect()
+}
+
 /// The host name (unique per container), else `tally`.
 fn default_node_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -331,6 +329,17 @@ impl Config {
     /// Whether Parquet goes to object storage.
     pub fn data_is_object_store(&self) -> bool {
         self.data.to_string_lossy().starts_with("s3://")
+    }
+
+    /// Whether other nodes may write under the data location too (object
+    /// storage, a state directory of its own, a Kafka role): then the
+    /// location is listed every `list_interval` for their files. A lone node
+    /// on its own directory knows every file already.
+    pub fn shares_data_location(&self) -> bool {
+        self.data_is_object_store()
+            || self.state_dir.is_some()
+            || self.kafka.is_some()
+            || self.relay_kafka.is_some()
     }
 
     /// The local directory whose `_tally/` holds the WAL and checkpoint:

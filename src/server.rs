@@ -132,7 +132,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         store.clone(),
         dedup.clone(),
     ));
-    tokio::spawn(listing.clone().run(config.list_interval, stop_rx.clone()));
+    if config.shares_data_location() {
+        tokio::spawn(listing.clone().run(config.list_interval, stop_rx.clone()));
+    }
     let engine =
         SqlEngine::with_object_store(store.clone(), target.destination.object_store()).await?;
     let kafka_status = Arc::new(parking_lot::Mutex::new(KafkaStatus::default()));

@@ -5,28 +5,13 @@ mod common;
 
 use std::io::{Read, Write};
 
-use common::Tally;
+use common::{vm_sample as sample, Tally};
 use prost::Message;
 use serde_json::{json, Value};
 use tally_proto::billing::v1 as pb;
 use tally_proto::billing::v1::billing_service_client::BillingServiceClient;
 
 const NO_FLUSH: [&str; 2] = ["--flush-interval", "1h"];
-
-fn sample(secs: i64, cpu: i64) -> pb::VmMetrics {
-    pb::VmMetrics {
-        timestamp: Some(prost_types::Timestamp {
-            seconds: secs,
-            nanos: 0,
-        }),
-        cpu_time_nanos: cpu,
-        memory_usage_bytes: 1 << 30,
-        disk_read_bytes: 10,
-        disk_write_bytes: 20,
-        network_rx_bytes: 30,
-        network_tx_bytes: 40,
-    }
-}
 
 pub async fn grpc_client(t: &Tally) -> BillingServiceClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{llm_event, ndjson, parquet_files, stored_event_ids, KafkaBroker, Tally};
+use common::{llm_event, parquet_files, stored_event_ids, vm_sample, KafkaBroker, Tally};
 use prost::Message;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -93,32 +93,6 @@ fn batch(b: usize) -> Vec<Value> {
         .collect()
 }
 
-async fn post_batch(edge: &Tally, events: &[Value]) -> Value {
-    let r = reqwest::Client::new()
-        .post(edge.url("/v1/events/usage.llm"))
-        .body(ndjson(events))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "edge refused a batch");
-    r.json().await.unwrap()
-}
-
-fn vm_sample(secs: i64, cpu: i64) -> pb::VmMetrics {
-    pb::VmMetrics {
-        timestamp: Some(prost_types::Timestamp {
-            seconds: secs,
-            nanos: 0,
-        }),
-        cpu_time_nanos: cpu,
-        memory_usage_bytes: 1 << 30,
-        disk_read_bytes: 1,
-        disk_write_bytes: 2,
-        network_rx_bytes: 3,
-        network_tx_bytes: 4,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn edges_relay_through_kafka_to_two_writers_and_a_kill_9_loses_and_doubles_nothing() {
     let root = tempfile::tempdir().unwrap();
@@ -148,7 +122,7 @@ async fn edges_relay_through_kafka_to_two_writers_and_a_kill_9_loses_and_doubles
     for b in 0..40 {
         let edge = if b % 2 == 0 { &e1 } else { &e2 };
         let events = batch(b);
-        let r = post_batch(edge, &events).await;
+        let r = edge.post_llm_events(&events).await;
         assert_eq!(r["accepted"], 100, "{r}");
         acked.extend(
             events
@@ -172,7 +146,7 @@ async fn edges_relay_through_kafka_to_two_writers_and_a_kill_9_loses_and_doubles
         if b == 25 {
             // A client retries an earlier batch through the other edge: it
             // must not be stored twice, whatever that edge answers.
-            let r = post_batch(&e2, &batch(4)).await;
+            let r = e2.post_llm_events(&batch(4)).await;
             assert_eq!(
                 r["accepted"].as_u64().unwrap() + r["duplicates"].as_u64().unwrap(),
                 100
@@ -213,7 +187,7 @@ async fn edges_relay_through_kafka_to_two_writers_and_a_kill_9_loses_and_doubles
     for b in 40..80 {
         let edge = if b % 2 == 0 { &e1 } else { &e2 };
         let events = batch(b);
-        assert_eq!(post_batch(edge, &events).await["accepted"], 100);
+        assert_eq!(edge.post_llm_events(&events).await["accepted"], 100);
         acked.extend(
             events
                 .iter()

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{llm_event, ndjson, parquet_files, strings, S3Server, Tally};
+use common::{llm_event, parquet_files, strings, S3Server, Tally};
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -87,17 +87,6 @@ fn events(range: std::ops::Range<usize>) -> Vec<Value> {
         .collect()
 }
 
-async fn post(t: &Tally, events: &[Value]) -> Value {
-    let r = reqwest::Client::new()
-        .post(t.url("/v1/events/usage.llm"))
-        .body(ndjson(events))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_goes_to_s3_survives_kill_9_and_reads_back_with_sql() {
     let s3 = S3Server::start();
@@ -112,7 +101,7 @@ async fn parquet_goes_to_s3_survives_kill_9_and_reads_back_with_sql() {
 
     // 1. 500 events, then a clean stop: the final flush uploads them.
     let t = start(&s3, &state, "300ms").await;
-    assert_eq!(post(&t, &events(0..500)).await["accepted"], 500);
+    assert_eq!(t.post_llm_events(&events(0..500)).await["accepted"], 500);
     t.terminate();
     let keys = list_keys(&s3, "tally/prod/usage_llm/").await;
     assert!(!keys.is_empty());
@@ -134,12 +123,12 @@ async fn parquet_goes_to_s3_survives_kill_9_and_reads_back_with_sql() {
     // 2. Acknowledged but not flushed when the process is killed: the local
     //    WAL brings them back, and the restart uploads them.
     let t = start(&s3, &state, "1h").await;
-    let again = post(&t, &events(0..500)).await;
+    let again = t.post_llm_events(&events(0..500)).await;
     assert_eq!(
         again["duplicates"], 500,
         "dedup keys come back from the objects"
     );
-    assert_eq!(post(&t, &events(500..600)).await["accepted"], 100);
+    assert_eq!(t.post_llm_events(&events(500..600)).await["accepted"], 100);
     t.kill9();
     let t = start(&s3, &state, "300ms").await;
     let deadline = Instant::now() + Duration::from_secs(30);

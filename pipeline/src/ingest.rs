@@ -123,11 +123,6 @@ impl Pipeline {
         }
     }
 
-    /// Whether accepted records leave through the relay.
-    pub fn is_relay(&self) -> bool {
-        self.inner.relay.is_some()
-    }
-
     pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
     }
@@ -234,22 +229,23 @@ impl Pipeline {
         if kept.is_empty() {
             return Ok(report);
         }
-        let written = match &inner.relay {
-            Some(relay) => {
-                let result = relay.send(kept).await.map_err(IngestError::Relay);
-                // Nothing waits in the local buffer on an edge node.
-                for d in Dataset::ALL {
-                    let n = accepted[d.index()]
-                        + if d == Dataset::Rejected {
-                            report.rejected.len()
-                        } else {
-                            0
-                        };
-                    if n > 0 {
-                        inner.store.release(d, n);
-                    }
+        // Rows this request holds under the admission bound (rejections are
+        // rows of `rejected`, whatever dataset they were for).
+        let mut held = accepted;
+        held[Dataset::Rejected.index()] += report.rejected.len();
+        let release = |held: &[usize; 10]| {
+            for d in Dataset::ALL {
+                if held[d.index()] > 0 {
+                    inner.store.release(d, held[d.index()]);
                 }
-                result.map(|()| None)
+            }
+        };
+        let written = match &inner.relay {
+            // An edge node buffers nothing: the rows leave the bound either way.
+            Some(relay) => {
+                let result = relay.send(kept).await;
+                release(&held);
+                result.map(|()| None).map_err(IngestError::Relay)
             }
             None => inner
                 .wal
@@ -264,15 +260,8 @@ impl Pipeline {
                 for (d, key) in keys {
                     inner.dedup.remove(d, &key);
                 }
-                if inner.relay.is_some() {
-                    return Err(e);
-                }
-                // Rejections are rows of `rejected`, whatever dataset they were for.
-                accepted[Dataset::Rejected.index()] += report.rejected.len();
-                for d in Dataset::ALL {
-                    if accepted[d.index()] > 0 {
-                        inner.store.release(d, accepted[d.index()]);
-                    }
+                if inner.relay.is_none() {
+                    release(&held);
                 }
                 return Err(e);
             }

@@ -94,7 +94,7 @@ impl Relay for KafkaRelay {
 /// dataset's name when it has neither.
 pub fn partition_key(r: &Record) -> String {
     for name in ["customer_id", "microdao_id"] {
-        if let Some(i) = r.dataset.columns().iter().position(|c| c.name == name) {
+        if let Some(i) = r.dataset.column_index(name) {
             if let Some(Value::Str(s)) = r.values.get(i) {
                 return s.clone();
             }

@@ -118,6 +118,18 @@ impl Tally {
             .unwrap()
     }
 
+    /// POSTs `usage.llm` events as NDJSON, expects 200, returns the report.
+    pub async fn post_llm_events(&self, events: &[serde_json::Value]) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .post(self.url("/v1/events/usage.llm"))
+            .body(ndjson(events))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "usage.llm events refused at {}", self.addr);
+        r.json().await.unwrap()
+    }
+
     pub async fn sql(&self, query: &str) -> Vec<serde_json::Value> {
         let r = reqwest::Client::new()
             .post(self.url("/v1/sql"))
@@ -154,6 +166,22 @@ pub fn llm_event(id: &str, timestamp: &str, prompt: i64, completion: i64) -> ser
         "latency_ms": 1250,
         "success": true
     })
+}
+
+/// One billing.v1 VM sample at `secs` with CPU counter `cpu`.
+pub fn vm_sample(secs: i64, cpu: i64) -> tally_proto::billing::v1::VmMetrics {
+    tally_proto::billing::v1::VmMetrics {
+        timestamp: Some(prost_types::Timestamp {
+            seconds: secs,
+            nanos: 0,
+        }),
+        cpu_time_nanos: cpu,
+        memory_usage_bytes: 1 << 30,
+        disk_read_bytes: 10,
+        disk_write_bytes: 20,
+        network_rx_bytes: 30,
+        network_tx_bytes: 40,
+    }
 }
 
 pub fn ndjson(events: &[serde_json::Value]) -> String {

@@ -62,21 +62,8 @@ pub struct FlushTarget {
     pub node: String,
 }
 
-impl FlushTarget {
-    /// Files in `data` itself, named for `node`.
-    pub fn local(data: PathBuf, node: &str) -> Self {
-        Self {
-            state: data.clone(),
-            data,
-            destination: Arc::new(Destination::Local),
-            node: node.to_string(),
-        }
-    }
-}
-
 pub struct Flusher {
     target: FlushTarget,
-    data: PathBuf,
     store: Arc<Store>,
     wal: Wal,
     metrics: Arc<Metrics>,
@@ -103,7 +90,6 @@ impl Flusher {
     ) -> Self {
         let (flushed, _) = watch::channel(checkpoint.flushed_seq);
         Self {
-            data: target.data.clone(),
             target,
             flushed,
             store,
@@ -213,7 +199,10 @@ impl Flusher {
             stats.rows += f.rows;
             stats.bytes += f.bytes;
             by_dataset.entry(f.dataset).or_default().push(FileEntry {
-                path: self.target.destination.location(&self.data, &f.final_path),
+                path: self
+                    .target
+                    .destination
+                    .location(&self.target.data, &f.final_path),
                 rows: f.rows,
                 bytes: f.bytes,
             });

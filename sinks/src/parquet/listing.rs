@@ -159,7 +159,12 @@ mod tests {
         let store = Arc::new(Store::new(1000));
         let dedup = Arc::new(Dedup::new(86_400, 1_000_000, Arc::new(Metrics::default())));
         let listing = SharedListing::new(
-            FlushTarget::local(shared.to_path_buf(), "writer-2"),
+            FlushTarget {
+                data: shared.to_path_buf(),
+                state: shared.to_path_buf(),
+                destination: Arc::new(crate::parquet::destination::Destination::Local),
+                node: "writer-2".into(),
+            },
             store.clone(),
             dedup.clone(),
         );

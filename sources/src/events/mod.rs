@@ -8,7 +8,7 @@ pub mod fields;
 use std::fmt;
 
 use serde_json::Value as Json;
-use tally_pipeline::{Dataset, Record};
+use tally_pipeline::{Dataset, Record, Rejection};
 
 /// A subject (NATS subject, HTTP path segment, Kafka topic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +54,22 @@ impl Subject {
             Subject::MessageCreated => Dataset::UsageMessage,
             Subject::ChatUsageSummary => Dataset::UsageChatSummary,
         }
+    }
+
+    /// One message of this event type (JSON bytes) as a record, or as the
+    /// rejection that keeps it with its reason. `channel` is the NATS subject
+    /// or Kafka topic it came on.
+    pub fn decode_message(self, channel: &str, payload: &[u8]) -> Result<Record, Rejection> {
+        serde_json::from_slice::<Json>(payload)
+            .map_err(|e| format!("message is not valid JSON: {e}"))
+            .and_then(|v| self.decode(&v))
+            .map_err(|reason| Rejection {
+                index: None,
+                subject: Some(channel.to_string()),
+                dataset: Some(self.dataset()),
+                reason,
+                payload: String::from_utf8_lossy(payload).into_owned(),
+            })
     }
 
     /// Turns one event into a record, or says what is wrong with it.

@@ -305,21 +305,10 @@ fn decode(
     rejections: &mut Vec<Rejection>,
 ) {
     match route {
-        Route::Subject(s) => {
-            let result = serde_json::from_slice::<serde_json::Value>(payload)
-                .map_err(|e| format!("message is not valid JSON: {e}"))
-                .and_then(|v| s.decode(&v));
-            match result {
-                Ok(r) => records.push(r),
-                Err(reason) => rejections.push(Rejection {
-                    index: None,
-                    subject: Some(topic.to_string()),
-                    dataset: Some(s.dataset()),
-                    reason,
-                    payload: String::from_utf8_lossy(payload).into_owned(),
-                }),
-            }
-        }
+        Route::Subject(s) => match s.decode_message(topic, payload) {
+            Ok(r) => records.push(r),
+            Err(rejection) => rejections.push(rejection),
+        },
         Route::VmMetrics => {
             let result = SendMetricsBatchRequest::decode(payload)
                 .map_err(|e| format!("message is not a SendMetricsBatchRequest: {e}"))

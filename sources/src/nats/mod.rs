@@ -99,22 +99,13 @@ fn decode(
         });
         return None;
     };
-    let result = serde_json::from_slice::<serde_json::Value>(payload)
-        .map_err(|e| format!("message is not valid JSON: {e}"))
-        .and_then(|v| s.decode(&v));
-    match result {
+    match s.decode_message(s.name(), payload) {
         Ok(r) => {
             records.push(r);
             Some((s, records.len() - 1))
         }
-        Err(reason) => {
-            rejections.push(Rejection {
-                index: None,
-                subject: Some(s.name().to_string()),
-                dataset: Some(s.dataset()),
-                reason,
-                payload: String::from_utf8_lossy(payload).into_owned(),
-            });
+        Err(rejection) => {
+            rejections.push(rejection);
             None
         }
     }
