@@ -23,6 +23,26 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run one read-only SQL query over a data directory, offline.
     Sql(SqlArgs),
+    /// Verify a data directory offline: every WAL frame, the checkpoint and
+    /// every Parquet file (footer, schema, rows). Exits 1 on damage.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Data directory to check.
+    #[arg(long, env = "TALLY_DATA", default_value = "data")]
+    pub data: PathBuf,
+
+    /// The node's state directory (WAL, checkpoint, quarantine). [default: the data directory]
+    #[arg(long, env = "TALLY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Do what start-up does with damage, without serving: copy damaged WAL
+    /// segments into the quarantine, move unreadable and foreign files there,
+    /// and record the reports.
+    #[arg(long)]
+    pub repair: bool,
 }
 
 #[derive(Debug, Args, Default)]

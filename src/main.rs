@@ -1,5 +1,6 @@
 //! The `tally` binary: command line, config and wiring.
 
+mod check;
 mod cli;
 mod config;
 mod server;
@@ -42,12 +43,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => server::serve(config::Config::resolve(*args)?).await,
-            Command::Sql(args) => sql(args).await,
+            Command::Serve(args) => server::serve(config::Config::resolve(*args)?)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Sql(args) => sql(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Check(args) => tokio::task::spawn_blocking(move || check::run(args)).await?,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -9,6 +9,7 @@ use axum::Router;
 use tally_pipeline::dedup::Dedup;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::store::Store;
+use tally_pipeline::quarantine::Quarantine;
 use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::{now_ns, Pipeline, Relay};
@@ -18,6 +19,7 @@ use tally_queries::SqlEngine;
 use tally_sinks::control_plane::{self, ForwarderConfig};
 use tally_sinks::kafka_relay::KafkaRelay;
 use tally_sinks::parquet::layout::wal_dir;
+use tally_sinks::parquet::verify::FileDoctor;
 use tally_sinks::{recover, Destination, FlushPolicy, FlushTarget, Flusher, SharedListing};
 use tally_sources::billing::BillingService;
 use tally_sources::hardware::stream::UsageFeed;
@@ -53,11 +55,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => Destination::Local,
     };
+    let quarantine_dir = tally_sinks::parquet::layout::quarantine_dir(&state);
+    let quarantine = Arc::new(
+        Quarantine::open(&quarantine_dir, metrics.clone())
+            .with_context(|| format!("opening the quarantine {}", quarantine_dir.display()))?,
+    );
     let target = FlushTarget {
         data: data.clone(),
         state: state.clone(),
         destination: Arc::new(destination),
         node: config.node_id.clone(),
+        quarantine: Some(quarantine.clone()),
     };
     let recovered = {
         let (target, store, dedup) = (target.clone(), store.clone(), dedup.clone());
@@ -70,6 +78,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             dir: wal_dir(&state),
             segment_bytes: config.wal_segment_bytes,
             max_group_bytes: 16 << 20,
+            quarantine: Some(quarantine.clone()),
         },
         store.clone(),
         metrics.clone(),
@@ -86,6 +95,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         files = recovered.files,
         dedup_keys = recovered.dedup_keys_restored,
         renames_completed = recovered.renames_completed,
+        files_quarantined = recovered.quarantined,
+        wal_damaged_regions = replay.damage.len(),
         wal_entries_replayed = replay.entries_replayed,
         wal_records_replayed = replay.records_replayed,
         wal_entries_left_to_kafka = replay.entries_left_to_log,
@@ -135,8 +146,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if config.shares_data_location() {
         tokio::spawn(listing.clone().run(config.list_interval, stop_rx.clone()));
     }
-    let engine =
-        SqlEngine::with_object_store(store.clone(), target.destination.object_store()).await?;
+    let engine = SqlEngine::with_object_store(store.clone(), target.destination.object_store())
+        .await?
+        .with_file_check(Arc::new(FileDoctor::new(
+            target.destination.clone(),
+            data.clone(),
+            store.clone(),
+            quarantine.clone(),
+        )));
     let kafka_status = Arc::new(parking_lot::Mutex::new(KafkaStatus::default()));
     let kafka_thread = match config.kafka.clone() {
         Some(kafka) => {
@@ -264,6 +281,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         nats: config.nats.is_some().then(|| nats_status.clone()),
         kafka: config.kafka.is_some().then(|| kafka_status.clone()),
         sampler: config.sampler_interval.map(|_| tick_cost.clone()),
+        quarantine: quarantine.clone(),
         gpu: host.as_ref().map(|h| match &gpu_absent {
             None => serde_json::json!({"status": "ok", "count": h.gpus.len()}),
             Some(why) => serde_json::json!({"status": "absent", "detail": why}),

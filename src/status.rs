@@ -6,9 +6,10 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tally_pipeline::quarantine::{DamageKind, Quarantine};
 use tally_pipeline::{Dataset, Pipeline};
 use tally_sinks::control_plane::ForwarderMetrics;
 use tally_sinks::Flusher;
@@ -30,6 +31,8 @@ pub struct StatusState {
     pub sampler: Option<Arc<parking_lot::Mutex<std::time::Duration>>>,
     /// GPU telemetry status, when the sampler runs.
     pub gpu: Option<serde_json::Value>,
+    /// Damage found on disk, until an operator acknowledges it.
+    pub quarantine: Arc<Quarantine>,
     pub started: Instant,
 }
 
@@ -44,7 +47,47 @@ pub fn router(state: StatusState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/v1/damage", get(damage))
+        .route("/v1/damage/acknowledge", post(acknowledge))
         .with_state(state)
+}
+
+/// Every damage report, acknowledged or not.
+async fn damage(State(s): State<StatusState>) -> Response {
+    Json(json!({"damage": s.quarantine.all()})).into_response()
+}
+
+/// An operator has seen the damage: `/health` stops saying `degraded`.
+async fn acknowledge(State(s): State<StatusState>) -> Response {
+    match s.quarantine.acknowledge() {
+        Ok(n) => Json(json!({"acknowledged": n})).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "Cannot record the acknowledgement", "detail": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// The `damage` component of `/health`.
+fn damage_status(q: &Quarantine) -> serde_json::Value {
+    let open = q.unacknowledged();
+    if open.is_empty() {
+        return json!({"status": "ok"});
+    }
+    let entries: u64 = open.iter().map(|d| d.unread_entries).sum();
+    json!({
+        "status": "degraded",
+        "detail": format!(
+            "{} damage report(s) not acknowledged: {} unreadable WAL entries, {} file(s) quarantined; POST /v1/damage/acknowledge once handled",
+            open.len(),
+            entries,
+            open.iter().filter(|d| d.kind != DamageKind::WalSegment).count(),
+        ),
+        "unacknowledged": open.len(),
+        "unread_wal_entries": entries,
+        "reports": open,
+    })
 }
 
 async fn health(State(s): State<StatusState>) -> Response {
@@ -76,17 +119,20 @@ async fn health(State(s): State<StatusState>) -> Response {
             json!({"status": "down", "detail": n.detail})
         }
     });
+    let damage = damage_status(&s.quarantine);
+    let degraded = damage["status"] == "degraded";
     let down = wal["status"] == "down"
         || writer["status"] == "down"
         || nats.as_ref().is_some_and(|n| n["status"] == "down");
     let body = json!({
-        "status": if down { "down" } else { "ok" },
+        "status": if down { "down" } else if degraded { "degraded" } else { "ok" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "components": {
             "wal": wal,
             "parquet_writer": writer,
             "queues": {"status": "ok", "datasets": queues},
+            "damage": damage,
         },
     });
     let mut body = body;
@@ -122,6 +168,10 @@ async fn health(State(s): State<StatusState>) -> Response {
 async fn metrics(State(s): State<StatusState>) -> Response {
     let store = s.pipeline.store().clone();
     let mut text = s.pipeline.metrics().render(|d| store.stats(d).queued_rows);
+    text.push_str(&format!(
+        "# HELP tally_damage_unacknowledged Damage reports no operator has acknowledged yet.\n# TYPE tally_damage_unacknowledged gauge\ntally_damage_unacknowledged {}\n",
+        s.quarantine.unacknowledged().len()
+    ));
     text.push_str(&s.billing.render());
     if let Some(f) = &s.forwarder {
         text.push_str(&f.render());

@@ -202,7 +202,10 @@ pub enum Dataset {
 }
 
 impl Dataset {
-    pub const ALL: [Dataset; 10] = [
+    /// How many datasets there are.
+    pub const COUNT: usize = 10;
+
+    pub const ALL: [Dataset; Dataset::COUNT] = [
         Dataset::UsageLlm,
         Dataset::UsageTool,
         Dataset::UsageAgent,

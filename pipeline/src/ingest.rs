@@ -171,7 +171,7 @@ impl Pipeline {
         let now_secs = (now / 1_000_000_000) as u64;
 
         // Admission first, so a full queue refuses before dedup remembers keys.
-        let mut rows = [0usize; 10];
+        let mut rows = [0usize; Dataset::COUNT];
         for r in &records {
             rows[r.dataset.index()] += 1;
         }
@@ -215,12 +215,12 @@ impl Pipeline {
             kept.push(r);
         }
         // Rows per dataset, counted once (this loop runs for every request).
-        let mut accepted = [0usize; 10];
+        let mut accepted = [0usize; Dataset::COUNT];
         for r in &kept {
             accepted[r.dataset.index()] += 1;
         }
         report.accepted = kept.len();
-        let mut rejected_by_dataset = [0u64; 10];
+        let mut rejected_by_dataset = [0u64; Dataset::COUNT];
         for rej in rejections {
             report.rejected.push((rej.index, rej.reason.clone()));
             rejected_by_dataset[rej.dataset.unwrap_or(Dataset::Rejected).index()] += 1;
@@ -233,7 +233,7 @@ impl Pipeline {
         // rows of `rejected`, whatever dataset they were for).
         let mut held = accepted;
         held[Dataset::Rejected.index()] += report.rejected.len();
-        let release = |held: &[usize; 10]| {
+        let release = |held: &[usize; Dataset::COUNT]| {
             for d in Dataset::ALL {
                 if held[d.index()] > 0 {
                     inner.store.release(d, held[d.index()]);

@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod dedup;
 pub mod ingest;
 pub mod metrics;
+pub mod quarantine;
 pub mod record;
 pub mod store;
 pub mod tap;

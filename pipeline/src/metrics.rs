@@ -102,12 +102,15 @@ pub struct Metrics {
     records: Mutex<BTreeMap<(Outcome, Dataset, String), u64>>,
     pub wal_fsync_seconds: Histogram,
     pub wal_bytes: Counter,
-    pub parquet_files: [Counter; 10],
-    pub parquet_bytes: [Counter; 10],
-    pub parquet_rows: [Counter; 10],
+    pub parquet_files: [Counter; Dataset::COUNT],
+    pub parquet_bytes: [Counter; Dataset::COUNT],
+    pub parquet_rows: [Counter; Dataset::COUNT],
     pub flush_errors: Counter,
     pub dedup_evictions: Counter,
     pub queue_full: Counter,
+    pub damage_reports: Counter,
+    pub damage_unread_entries: Counter,
+    pub records_failing_schema: Counter,
 }
 
 impl Metrics {
@@ -164,7 +167,7 @@ impl Metrics {
             "Time of each WAL write + fsync (one per commit group).",
             &mut out,
         );
-        let per_dataset: [(&str, &str, &[Counter; 10]); 3] = [
+        let per_dataset: [(&str, &str, &[Counter; Dataset::COUNT]); 3] = [
             (
                 "tally_parquet_files_written_total",
                 "Parquet files committed.",
@@ -211,6 +214,21 @@ impl Metrics {
                 "tally_queue_full_total",
                 "Ingest requests refused because a queue was full.",
                 &self.queue_full,
+            ),
+            (
+                "tally_damage_reports_total",
+                "Damaged WAL segments, unreadable Parquet files and foreign files found and quarantined.",
+                &self.damage_reports,
+            ),
+            (
+                "tally_damage_unread_wal_entries_total",
+                "WAL entries (frames) that damage made unreadable.",
+                &self.damage_unread_entries,
+            ),
+            (
+                "tally_records_failing_schema_total",
+                "Records a source built that did not fit their dataset's schema (rejected at admission).",
+                &self.records_failing_schema,
             ),
         ];
         for (name, help, c) in scalars {

@@ -215,6 +215,18 @@ impl Store {
         added
     }
 
+    /// Takes files out of the manifest (moved to the quarantine).
+    pub fn remove_files(&self, dataset: Dataset, paths: &[PathBuf]) {
+        if paths.is_empty() {
+            return;
+        }
+        let mut s = self.state(dataset).lock();
+        s.files.retain(|f| !paths.contains(&f.path));
+        for p in paths {
+            s.paths.remove(p);
+        }
+    }
+
     pub fn stats(&self, dataset: Dataset) -> BufferStats {
         let s = self.state(dataset).lock();
         BufferStats {

@@ -6,6 +6,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use object_store::ObjectStore;
+use tally_pipeline::quarantine::FileCheck;
 use tally_pipeline::store::Store;
 use tally_pipeline::Dataset;
 use url::Url;
@@ -38,6 +39,8 @@ impl From<DataFusionError> for QueryError {
 #[derive(Clone)]
 pub struct SqlEngine {
     ctx: Arc<SessionContext>,
+    /// Run when a query fails while reading: takes unreadable files out.
+    file_check: Option<Arc<dyn FileCheck>>,
 }
 
 /// The named queries in `queries/sql/`, registered as views.
@@ -73,7 +76,18 @@ impl SqlEngine {
                 .collect()
                 .await?;
         }
-        Ok(Self { ctx: Arc::new(ctx) })
+        Ok(Self {
+            ctx: Arc::new(ctx),
+            file_check: None,
+        })
+    }
+
+    /// A query that fails while running makes `check` read the registered
+    /// files; when it quarantines any, the query runs once more without
+    /// them, so one bad file never fails a query over the others.
+    pub fn with_file_check(mut self, check: Arc<dyn FileCheck>) -> Self {
+        self.file_check = Some(check);
+        self
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -92,6 +106,23 @@ impl SqlEngine {
             .with_allow_dml(false)
             .with_allow_statements(false);
         let df = self.ctx.sql_with_options(sql, options).await?;
-        Ok(df.collect().await?)
+        match df.collect().await.map_err(QueryError::from) {
+            Err(QueryError::Execution(e)) => {
+                let Some(check) = self.file_check.clone() else {
+                    return Err(QueryError::Execution(e));
+                };
+                let moved = tokio::task::spawn_blocking(move || check.quarantine_unreadable())
+                    .await
+                    .unwrap_or(0);
+                if moved == 0 {
+                    return Err(QueryError::Execution(e));
+                }
+                tracing::error!(files = moved, error = %e, "a query hit unreadable files; they are in quarantine and the query ran again without them");
+                // Planned again: the scan takes a new snapshot of the files.
+                let df = self.ctx.sql_with_options(sql, options).await?;
+                Ok(df.collect().await?)
+            }
+            other => other,
+        }
     }
 }

@@ -20,20 +20,18 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
+use crate::quarantine::{Damage, DamageKind, Quarantine};
 use crate::record::Record;
 use crate::store::Store;
-use segment::{encode_frame, list_segments, read_segment, segment_path, sync_dir};
+use segment::{
+    classify_tail, encode_frame, list_segments, lost_entries, read_segment, segment_path,
+    sync_dir, Tail,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("WAL I/O error at {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("WAL entry {seq} in {path} cannot be decoded: {source}")]
-    Corrupt {
-        seq: u64,
-        path: PathBuf,
-        source: codec::DecodeError,
-    },
     #[error("the WAL is not accepting writes: {0}")]
     Failed(String),
     #[error("the WAL writer has stopped")]
@@ -54,6 +52,21 @@ pub struct WalConfig {
     pub segment_bytes: u64,
     /// Upper bound of bytes written under one fsync.
     pub max_group_bytes: usize,
+    /// Where damaged segments are kept; `None` leaves them in place (and
+    /// never deletes them).
+    pub quarantine: Option<Arc<Quarantine>>,
+}
+
+/// Part of a segment that replay could not read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentDamage {
+    pub path: PathBuf,
+    pub first_seq: u64,
+    pub offset: u64,
+    pub bytes: u64,
+    /// Acknowledged entries lost (from the sequence numbers around it).
+    pub lost_entries: u64,
+    pub detail: String,
 }
 
 /// What start-up found in the log.
@@ -63,6 +76,9 @@ pub struct ReplayReport {
     pub entries_replayed: u64,
     pub records_replayed: u64,
     pub torn_frames: usize,
+    /// Damage: unreadable frames with readable ones after them, or missing
+    /// from the end of a segment that a later one proves were written.
+    pub damage: Vec<SegmentDamage>,
     pub last_seq: u64,
     /// Entries from a replayable log (Kafka) left for the log to redeliver.
     pub entries_left_to_log: u64,
@@ -104,6 +120,7 @@ impl Wal {
         })?;
         report.last_seq = report.last_seq.max(flushed_seq);
         store.set_applied_seq(report.last_seq);
+        let pinned = quarantine_damage(&report.damage, config.quarantine.as_deref());
         let next_seq = report.last_seq + 1;
         let segments: VecDeque<u64> = list_segments(&config.dir)
             .map_err(io_err(&config.dir))?
@@ -121,6 +138,7 @@ impl Wal {
             active,
             next_seq,
             failure: failure.clone(),
+            pinned,
         };
         std::thread::Builder::new()
             .name("tally-wal".into())
@@ -190,14 +208,66 @@ pub fn replay(
     if !dir.exists() {
         return Ok(report);
     }
-    for (_, path) in list_segments(dir).map_err(io_err(dir))? {
+    let segments = list_segments(dir).map_err(io_err(dir))?;
+    for (i, (first_seq, path)) in segments.iter().enumerate() {
+        let (first_seq, path) = (*first_seq, path.clone());
         report.segments += 1;
-        let contents = read_segment(&path).map_err(io_err(&path))?;
-        if let Some(at) = contents.torn_at {
-            report.torn_frames += 1;
-            tracing::warn!(path = %path.display(), offset = at, "WAL segment ends in a torn frame; it was never acknowledged");
+        let contents = match read_segment(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                // Unreadable as a whole (EIO): every frame in it is lost.
+                let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                let next = segments.get(i + 1).map(|s| s.0);
+                report.damage.push(SegmentDamage {
+                    path: path.clone(),
+                    first_seq,
+                    offset: 0,
+                    bytes,
+                    lost_entries: next.map_or(0, |n| n.saturating_sub(first_seq)),
+                    detail: format!("the segment cannot be read: {e}"),
+                });
+                continue;
+            }
+        };
+        for region in &contents.damaged {
+            report.damage.push(SegmentDamage {
+                path: path.clone(),
+                first_seq,
+                offset: region.offset,
+                bytes: region.len,
+                lost_entries: lost_entries(region, first_seq),
+                detail: format!(
+                    "{} unreadable bytes between entries {} and {}",
+                    region.len,
+                    region.after_seq.map_or("(start)".into(), |s| s.to_string()),
+                    region.before_seq.map_or("(end)".into(), |s| s.to_string()),
+                ),
+            });
         }
-        for (seq, payload) in contents.frames {
+        if let Some(tail) = contents.tail {
+            let last_whole = contents.frames.last().map(|f| f.0);
+            let next = segments.get(i + 1).map(|s| s.0);
+            match classify_tail(first_seq, last_whole, next) {
+                Tail::Torn => {
+                    report.torn_frames += 1;
+                    tracing::info!(path = %path.display(), offset = tail.offset, "WAL segment ends in a torn frame (a write cut short by a crash; it was never acknowledged)");
+                }
+                Tail::Damaged { lost_entries } => report.damage.push(SegmentDamage {
+                    path: path.clone(),
+                    first_seq,
+                    offset: tail.offset,
+                    bytes: tail.len,
+                    lost_entries,
+                    detail: format!(
+                        "the last {} bytes are unreadable and the next segment starts at entry {}: entries after {} are lost",
+                        tail.len,
+                        next.unwrap_or_default(),
+                        last_whole.map_or("(start)".into(), |s| s.to_string()),
+                    ),
+                }),
+            }
+        }
+        for ((seq, payload), offset) in contents.frames.into_iter().zip(contents.offsets) {
             report.last_seq = report.last_seq.max(seq);
             if seq <= flushed_seq {
                 continue;
@@ -206,17 +276,69 @@ pub fn replay(
                 report.entries_left_to_log += 1;
                 continue;
             }
-            let records = codec::decode_records(&payload).map_err(|source| WalError::Corrupt {
-                seq,
-                path: path.clone(),
-                source,
-            })?;
+            let records = match codec::decode_records(&payload) {
+                Ok(records) => records,
+                Err(e) => {
+                    // The checksum matched, so the bytes are what was
+                    // written; a version that cannot decode them must not
+                    // lose them either.
+                    report.damage.push(SegmentDamage {
+                        path: path.clone(),
+                        first_seq,
+                        offset,
+                        bytes: (segment::HEADER_LEN + payload.len()) as u64,
+                        lost_entries: 1,
+                        detail: format!("entry {seq} cannot be decoded: {e}"),
+                    });
+                    continue;
+                }
+            };
             report.entries_replayed += 1;
             report.records_replayed += records.len() as u64;
             apply(seq, records);
         }
     }
     Ok(report)
+}
+
+/// Keeps a whole copy of every damaged segment in the quarantine and
+/// reports it. Returns the segments that could not be copied: the writer
+/// never deletes those.
+pub fn quarantine_damage(
+    damage: &[SegmentDamage],
+    quarantine: Option<&Quarantine>,
+) -> std::collections::HashSet<u64> {
+    let mut pinned = std::collections::HashSet::new();
+    for d in damage {
+        let name = d.path.file_name().unwrap_or_default();
+        let kept = match quarantine {
+            Some(q) => match q.keep_copy(&d.path, &Path::new("wal").join(name)) {
+                Ok(p) => Some(p.display().to_string()),
+                Err(e) => {
+                    tracing::error!(path = %d.path.display(), error = %e, "cannot copy the damaged WAL segment into quarantine; it stays in place and is never deleted");
+                    None
+                }
+            },
+            None => None,
+        };
+        if kept.is_none() {
+            pinned.insert(d.first_seq);
+        }
+        if let Some(q) = quarantine {
+            q.report(Damage {
+                kind: DamageKind::WalSegment,
+                path: d.path.display().to_string(),
+                quarantined: kept,
+                offset: Some(d.offset),
+                unread_entries: d.lost_entries,
+                unread_bytes: d.bytes,
+                detail: d.detail.clone(),
+                found_at: crate::quarantine::now_secs(),
+                acknowledged: false,
+            });
+        }
+    }
+    pinned
 }
 
 struct ActiveSegment {
@@ -256,6 +378,8 @@ struct Writer {
     active: ActiveSegment,
     next_seq: u64,
     failure: Arc<Mutex<Option<String>>>,
+    /// Damaged segments that are not in quarantine: never deleted.
+    pinned: std::collections::HashSet<u64>,
 }
 
 struct Pending {
@@ -389,6 +513,10 @@ impl Writer {
                 break;
             }
             let path = segment_path(&self.config.dir, first);
+            if self.pinned.contains(&first) {
+                self.closed.pop_front();
+                continue;
+            }
             match fs::remove_file(&path) {
                 Ok(()) => removed = true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -429,6 +557,7 @@ mod tests {
             dir: dir.to_path_buf(),
             segment_bytes: 256,
             max_group_bytes: 1 << 20,
+            quarantine: None,
         }
     }
 
@@ -480,6 +609,56 @@ mod tests {
             "only the fresh active segment remains: {left:?}"
         );
         assert_eq!(read_segment(&left[0].1).unwrap().frames.len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_frame_is_salvaged_around_quarantined_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut cfg = config(dir.path());
+        cfg.segment_bytes = 1 << 20;
+        let (wal, _) = Wal::open(cfg.clone(), Arc::new(Store::new(1000)), metrics.clone(), 0, |_| {})
+            .unwrap();
+        for i in 1..=5 {
+            wal.append(vec![record(i), record(100 + i)]).await.unwrap();
+        }
+        wal.shutdown().await;
+        let segments = list_segments(dir.path()).unwrap();
+        let (_, path) = segments.iter().find(|(s, _)| *s == 1).unwrap();
+        let contents = read_segment(path).unwrap();
+        let mut bytes = fs::read(path).unwrap();
+        let third = contents.offsets[2] as usize;
+        bytes[third + segment::HEADER_LEN + 7] ^= 0x10;
+        fs::write(path, &bytes).unwrap();
+
+        let qdir = tempfile::tempdir().unwrap();
+        let quarantine = Arc::new(Quarantine::open(qdir.path(), metrics.clone()).unwrap());
+        cfg.quarantine = Some(quarantine.clone());
+        let store = Arc::new(Store::new(1000));
+        let mut seen = Vec::new();
+        let (wal2, report) = Wal::open(cfg, store, metrics.clone(), 0, |r| {
+            seen.push(r.values[4].clone())
+        })
+        .unwrap();
+        let expected: Vec<Value> = [1, 101, 2, 102, 4, 104, 5, 105]
+            .into_iter()
+            .map(Value::I32)
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(report.damage.len(), 1);
+        assert_eq!(report.damage[0].lost_entries, 1);
+        assert_eq!(report.damage[0].offset, third as u64);
+        let found = quarantine.unacknowledged();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].unread_entries, 1);
+        let kept = PathBuf::from(found[0].quarantined.clone().unwrap());
+        assert_eq!(fs::read(&kept).unwrap(), bytes, "the segment is kept whole");
+        assert_eq!(metrics.damage_reports.get(), 1);
+        // Once everything is flushed the segment may go; its copy stays.
+        wal2.truncate_through(5).await;
+        wal2.shutdown().await;
+        assert!(!path.exists());
+        assert!(kept.exists());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

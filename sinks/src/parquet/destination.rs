@@ -203,6 +203,52 @@ impl Destination {
         }
     }
 
+    /// Moves a committed file (a path or an object URL, as listed) into the
+    /// quarantine: `<quarantine>/files/<relative path>` for a local file,
+    /// `<prefix>/_tally/quarantine/<relative key>` on object storage.
+    /// Returns where it is now.
+    pub fn quarantine(
+        &self,
+        data: &Path,
+        path: &Path,
+        quarantine: &tally_pipeline::quarantine::Quarantine,
+    ) -> Result<String, SinkError> {
+        match self {
+            Destination::Local => {
+                let rel = path.strip_prefix(data).unwrap_or(path);
+                let rel = Path::new("files").join(rel.strip_prefix("/").unwrap_or(rel));
+                quarantine
+                    .move_in(path, &rel)
+                    .map(|p| p.display().to_string())
+                    .map_err(io_err(path))
+            }
+            Destination::Object {
+                store,
+                bucket_url,
+                prefix,
+            } => {
+                let url = path.to_string_lossy();
+                let base = bucket_url.as_str().trim_end_matches('/');
+                let key = ObjectPath::from(
+                    url.strip_prefix(base)
+                        .unwrap_or(&url)
+                        .trim_start_matches('/'),
+                );
+                let rel: Vec<_> = key
+                    .prefix_match(prefix)
+                    .map(|parts| parts.collect())
+                    .unwrap_or_default();
+                let mut to = prefix.clone().join("_tally").join("quarantine");
+                for part in rel {
+                    to = to.join(part.as_ref());
+                }
+                block_on(store.rename(&key, &to))
+                    .map_err(|e| SinkError::Object(format!("moving {key} to {to}: {e}")))?;
+                Ok(format!("{base}/{to}"))
+            }
+        }
+    }
+
     /// The bytes of a listed file.
     pub fn read(&self, entry: &FileEntry) -> Result<Bytes, SinkError> {
         match self {

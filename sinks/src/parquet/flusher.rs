@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tally_pipeline::quarantine::Quarantine;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::wal::Wal;
@@ -60,6 +61,9 @@ pub struct FlushTarget {
     pub destination: Arc<Destination>,
     /// Written into every file name (see `layout`).
     pub node: String,
+    /// Where unreadable and foreign files go; `None` reports nothing and
+    /// moves nothing (offline readers).
+    pub quarantine: Option<Arc<Quarantine>>,
 }
 
 pub struct Flusher {

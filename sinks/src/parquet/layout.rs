@@ -17,6 +17,11 @@ pub fn wal_dir(data: &Path) -> PathBuf {
     state_dir(data).join("wal")
 }
 
+/// Damaged WAL segments, unreadable and foreign files, and their reports.
+pub fn quarantine_dir(data: &Path) -> PathBuf {
+    state_dir(data).join("quarantine")
+}
+
 /// `(date, hour)` of a timestamp in nanoseconds, UTC.
 pub fn partition_of(ts_ns: i64) -> (String, u32) {
     let t = DateTime::from_timestamp_nanos(ts_ns);

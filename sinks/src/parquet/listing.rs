@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::flusher::FlushTarget;
 use super::layout::node_of;
-use super::recovery::restore_recent_keys;
+use super::recovery::{admit_files, restore_recent_keys};
 use super::SinkError;
 
 /// What one listing found.
@@ -78,11 +78,14 @@ impl SharedListing {
                 .into_iter()
                 .filter(|f| added.contains(&f.entry.path))
                 .collect();
-            report.new_files += new.len();
-            // Registered before its keys are read: a file that cannot be
-            // read stays visible to queries, and the error is reported.
-            report.dedup_keys_restored +=
-                restore_recent_keys(&self.target.destination, d, &new, &self.dedup)?;
+            // A file that cannot be read goes to quarantine and out of the
+            // store again; the others are kept and their keys remembered.
+            let (good, bad) = admit_files(&self.target, d, new);
+            let (keys, unreadable) = restore_recent_keys(&self.target, d, &good, &self.dedup);
+            report.new_files += good.len() - unreadable.len();
+            let gone: Vec<_> = bad.into_iter().chain(unreadable).collect();
+            self.store.remove_files(d, &gone);
+            report.dedup_keys_restored += keys;
         }
         if report.new_files > 0 {
             tracing::debug!(
@@ -164,6 +167,7 @@ mod tests {
                 state: shared.to_path_buf(),
                 destination: Arc::new(crate::parquet::destination::Destination::Local),
                 node: "writer-2".into(),
+                quarantine: None,
             },
             store.clone(),
             dedup.clone(),

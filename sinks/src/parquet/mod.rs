@@ -12,6 +12,7 @@ pub mod flusher;
 pub mod layout;
 pub mod listing;
 pub mod recovery;
+pub mod verify;
 pub mod writer;
 
 use std::io;

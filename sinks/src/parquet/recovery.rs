@@ -20,6 +20,8 @@ use super::checkpoint::Checkpoint;
 use super::destination::{list_local, Destination, ListedFile};
 use super::flusher::FlushTarget;
 use super::layout::{node_of, wal_dir};
+use super::verify::{quarantine_file, verify_file, FileProblem};
+use tally_pipeline::quarantine::DamageKind;
 use super::{io_err, SinkError};
 
 /// What start-up found.
@@ -30,6 +32,8 @@ pub struct Recovered {
     pub renames_completed: usize,
     pub tmp_files_removed: usize,
     pub dedup_keys_restored: usize,
+    /// Unreadable or foreign files moved to the quarantine.
+    pub quarantined: usize,
 }
 
 /// Completes the pending moves of the checkpoint, removes temporary files
@@ -72,24 +76,64 @@ pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Rec
             fs::remove_file(&t).map_err(io_err(&t))?;
             out.tmp_files_removed += 1;
         }
-        let files = dest.list(data, d)?;
-        out.dedup_keys_restored += restore_recent_keys(dest, d, &files, dedup)?;
+        let (files, bad) = admit_files(target, d, dest.list(data, d)?);
+        out.quarantined += bad.len();
+        let (keys, unreadable) = restore_recent_keys(target, d, &files, dedup);
+        out.dedup_keys_restored += keys;
+        out.quarantined += unreadable.len();
+        let files: Vec<FileEntry> = files
+            .into_iter()
+            .filter(|f| !unreadable.contains(&f.entry.path))
+            .map(|f| f.entry)
+            .collect();
         out.files += files.len();
-        store.add_existing_files(d, files.into_iter().map(|f| f.entry).collect());
+        store.add_existing_files(d, files);
     }
     Ok(out)
 }
 
+/// Checks the footer and schema of each listed file. Returns the good ones
+/// and the paths of the bad ones, which are moved to the quarantine and
+/// reported (when the target has a quarantine).
+pub fn admit_files(
+    target: &FlushTarget,
+    d: Dataset,
+    files: Vec<ListedFile>,
+) -> (Vec<ListedFile>, Vec<PathBuf>) {
+    let mut good = Vec::with_capacity(files.len());
+    let mut bad = Vec::new();
+    for f in files {
+        match verify_file(&target.destination, &f.entry, d, false) {
+            Ok(_) => good.push(f),
+            Err(problem) => {
+                quarantine_file(
+                    &target.destination,
+                    &target.data,
+                    target.quarantine.as_deref(),
+                    &f.entry,
+                    problem,
+                );
+                bad.push(f.entry.path);
+            }
+        }
+    }
+    (good, bad)
+}
+
 /// Loads into `dedup` the keys of the files modified within its window.
+/// Returns how many keys, and the files whose keys could not be read: those
+/// are quarantined (when the target has a quarantine).
 pub fn restore_recent_keys(
-    dest: &Destination,
+    target: &FlushTarget,
     d: Dataset,
     files: &[ListedFile],
     dedup: &Dedup,
-) -> Result<usize, SinkError> {
+) -> (usize, Vec<PathBuf>) {
+    let mut unreadable = Vec::new();
     if d.key_columns().is_empty() {
-        return Ok(0);
+        return (0, unreadable);
     }
+    let dest = &*target.destination;
     let horizon = SystemTime::now() - Duration::from_secs(dedup.window_secs());
     let mut n = 0;
     for f in files.iter().filter(|f| f.modified >= horizon) {
@@ -98,10 +142,28 @@ pub fn restore_recent_keys(
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let bytes = dest.read(&f.entry)?;
-        n += restore_keys(bytes, &f.entry.path, d, dedup, secs)?;
+        let restored = dest
+            .read(&f.entry)
+            .and_then(|bytes| restore_keys(bytes, &f.entry.path, d, dedup, secs));
+        match restored {
+            Ok(k) => n += k,
+            Err(e) => {
+                let problem = FileProblem {
+                    kind: DamageKind::ParquetFile,
+                    detail: format!("reading its keys: {e}"),
+                };
+                quarantine_file(
+                    dest,
+                    &target.data,
+                    target.quarantine.as_deref(),
+                    &f.entry,
+                    problem,
+                );
+                unreadable.push(f.entry.path.clone());
+            }
+        }
     }
-    Ok(n)
+    (n, unreadable)
 }
 
 /// Opens a data directory read-only, for offline queries: the committed
@@ -112,7 +174,14 @@ pub fn open_files(data: &Path) -> Result<Arc<Store>, SinkError> {
     let checkpoint = Checkpoint::load(data)?;
     for d in Dataset::ALL {
         let (listed, _) = list_local(data, d)?;
-        let mut files: Vec<FileEntry> = listed.into_iter().map(|f| f.entry).collect();
+        let mut files: Vec<FileEntry> = Vec::with_capacity(listed.len());
+        for f in listed {
+            // Read-only: a bad file is left where it is, named, and skipped.
+            match verify_file(&Destination::Local, &f.entry, d, false) {
+                Ok(_) => files.push(f.entry),
+                Err(p) => tracing::error!(path = %f.entry.path.display(), kind = ?p.kind, detail = %p.detail, "unreadable file left out of this query; `tally check --repair` moves it to quarantine"),
+            }
+        }
         for p in &checkpoint.pending {
             let (tmp, fin) = (data.join(&p.tmp), data.join(&p.final_path));
             if fin.starts_with(data.join(d.name())) && !fin.exists() && tmp.exists() {
@@ -124,6 +193,9 @@ pub fn open_files(data: &Path) -> Result<Arc<Store>, SinkError> {
     let report = wal::replay(&wal_dir(data), checkpoint.flushed_seq, |seq, records| {
         store.apply(seq, records, false)
     })?;
+    for damage in &report.damage {
+        tracing::error!(path = %damage.path.display(), offset = damage.offset, lost_entries = damage.lost_entries, detail = %damage.detail, "damaged WAL segment: what could be read is included; `tally check` tells more");
+    }
     store.set_applied_seq(report.last_seq);
     Ok(store)
 }

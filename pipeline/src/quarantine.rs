@@ -1,0 +1,281 @@
+//! Damage found on disk, kept aside and reported until an operator
+//! acknowledges it.
+//!
+//! A damaged WAL segment is copied whole into the quarantine directory (its
+//! readable frames are still replayed); a Parquet file that cannot be read,
+//! or a foreign file in the data tree, is moved there. Each finding is a
+//! [`Damage`] report: logged at `ERROR`, counted in `/metrics`, kept in
+//! `damage.json` beside the quarantined files, and shown by `/health` as
+//! `degraded` until it is acknowledged.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+
+/// What was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DamageKind {
+    /// WAL frames that could not be read.
+    WalSegment,
+    /// A Parquet file of tally's that cannot be read.
+    ParquetFile,
+    /// A file in the data tree that is not one of tally's (wrong schema, not
+    /// Parquet at all).
+    ForeignFile,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Damage {
+    pub kind: DamageKind,
+    /// Where it was found.
+    pub path: String,
+    /// Where it is kept now; `None` if keeping it failed (then it was left
+    /// in place and is never deleted).
+    pub quarantined: Option<String>,
+    /// Byte offset of the first unreadable byte, when known.
+    pub offset: Option<u64>,
+    /// WAL entries (frames) that could not be read.
+    pub unread_entries: u64,
+    /// Bytes that could not be read.
+    pub unread_bytes: u64,
+    pub detail: String,
+    /// Unix seconds.
+    pub found_at: i64,
+    #[serde(default)]
+    pub acknowledged: bool,
+}
+
+impl Damage {
+    fn same_finding(&self, other: &Damage) -> bool {
+        self.kind == other.kind && self.path == other.path && self.offset == other.offset
+    }
+}
+
+/// The quarantine directory and its reports.
+#[derive(Debug)]
+pub struct Quarantine {
+    dir: PathBuf,
+    reports: Mutex<Vec<Damage>>,
+    metrics: Arc<Metrics>,
+}
+
+const REPORTS: &str = "damage.json";
+
+impl Quarantine {
+    /// Opens (or creates) the quarantine at `dir`, with the reports kept there.
+    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let reports = match fs::read(dir.join(REPORTS)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", dir.join(REPORTS).display()),
+                )
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            reports: Mutex::new(reports),
+            metrics,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where a file kept under the relative name `rel` goes.
+    pub fn path_for(&self, rel: &Path) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Copies `src` whole to `rel` inside the quarantine (fsync'd). An
+    /// existing copy of the same length is kept as it is.
+    pub fn keep_copy(&self, src: &Path, rel: &Path) -> io::Result<PathBuf> {
+        let dest = self.path_for(rel);
+        let parent = dest.parent().unwrap_or(&self.dir).to_path_buf();
+        fs::create_dir_all(&parent)?;
+        let len = fs::metadata(src)?.len();
+        if fs::metadata(&dest).is_ok_and(|m| m.len() == len) {
+            return Ok(dest);
+        }
+        let tmp = parent.join(format!(
+            ".{}.tmp",
+            dest.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        fs::copy(src, &tmp)?;
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, &dest)?;
+        File::open(&parent)?.sync_all()?;
+        Ok(dest)
+    }
+
+    /// Moves `src` to `rel` inside the quarantine: a rename, or a copy and
+    /// a delete across file systems. A name already taken gets a suffix.
+    pub fn move_in(&self, src: &Path, rel: &Path) -> io::Result<PathBuf> {
+        let mut dest = self.path_for(rel);
+        let parent = dest.parent().unwrap_or(&self.dir).to_path_buf();
+        fs::create_dir_all(&parent)?;
+        let mut n = 1;
+        while dest.exists() {
+            dest = self.path_for(rel).with_extension(format!("{n}.quarantined"));
+            n += 1;
+        }
+        if fs::rename(src, &dest).is_err() {
+            fs::copy(src, &dest)?;
+            File::open(&dest)?.sync_all()?;
+            fs::remove_file(src)?;
+        }
+        File::open(&parent)?.sync_all()?;
+        if let Some(from) = src.parent() {
+            File::open(from)?.sync_all()?;
+        }
+        Ok(dest)
+    }
+
+    /// Records a finding: `ERROR` log, metrics, `damage.json`. The same
+    /// finding (kind, path, offset) already reported and not acknowledged is
+    /// logged again but not counted twice.
+    pub fn report(&self, damage: Damage) {
+        tracing::error!(
+            kind = ?damage.kind,
+            path = %damage.path,
+            offset = ?damage.offset,
+            unread_entries = damage.unread_entries,
+            unread_bytes = damage.unread_bytes,
+            quarantined = damage.quarantined.as_deref().unwrap_or("(left in place)"),
+            detail = %damage.detail,
+            "DAMAGE: data could not be read; what could be read was kept, the rest is in quarantine"
+        );
+        let mut reports = self.reports.lock();
+        if reports
+            .iter()
+            .any(|r| !r.acknowledged && r.same_finding(&damage))
+        {
+            return;
+        }
+        self.metrics.damage_reports.add(1);
+        self.metrics.damage_unread_entries.add(damage.unread_entries);
+        reports.push(damage);
+        if let Err(e) = self.persist(&reports) {
+            tracing::error!(error = %e, dir = %self.dir.display(), "cannot write the damage reports");
+        }
+    }
+
+    /// Findings not acknowledged yet.
+    pub fn unacknowledged(&self) -> Vec<Damage> {
+        self.reports
+            .lock()
+            .iter()
+            .filter(|r| !r.acknowledged)
+            .cloned()
+            .collect()
+    }
+
+    /// Every finding, acknowledged or not.
+    pub fn all(&self) -> Vec<Damage> {
+        self.reports.lock().clone()
+    }
+
+    /// Marks every finding acknowledged; returns how many were not.
+    pub fn acknowledge(&self) -> io::Result<usize> {
+        let mut reports = self.reports.lock();
+        let mut n = 0;
+        for r in reports.iter_mut().filter(|r| !r.acknowledged) {
+            r.acknowledged = true;
+            n += 1;
+        }
+        self.persist(&reports)?;
+        Ok(n)
+    }
+
+    fn persist(&self, reports: &[Damage]) -> io::Result<()> {
+        let tmp = self.dir.join(format!(".{REPORTS}.tmp"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(reports).expect("reports serialise"))?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.dir.join(REPORTS))?;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// A check of the registered data files that the SQL engine runs when a
+/// query fails: it moves unreadable files to the quarantine and out of the
+/// store, so that the query can run again over the others.
+pub trait FileCheck: Send + Sync {
+    /// Returns how many files it took out.
+    fn quarantine_unreadable(&self) -> usize;
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    crate::ingest::now_ns() / 1_000_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn damage(path: &str) -> Damage {
+        Damage {
+            kind: DamageKind::ParquetFile,
+            path: path.into(),
+            quarantined: None,
+            offset: Some(4),
+            unread_entries: 2,
+            unread_bytes: 10,
+            detail: "bad".into(),
+            found_at: 1,
+            acknowledged: false,
+        }
+    }
+
+    #[test]
+    fn reports_persist_count_once_and_clear_on_acknowledgement() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let q = Quarantine::open(dir.path(), metrics.clone()).unwrap();
+        q.report(damage("a"));
+        q.report(damage("a"));
+        q.report(damage("b"));
+        assert_eq!(q.unacknowledged().len(), 2);
+        assert_eq!(metrics.damage_reports.get(), 2);
+        assert_eq!(metrics.damage_unread_entries.get(), 4);
+
+        let again = Quarantine::open(dir.path(), metrics.clone()).unwrap();
+        assert_eq!(again.unacknowledged().len(), 2);
+        assert_eq!(again.acknowledge().unwrap(), 2);
+        assert!(again.unacknowledged().is_empty());
+        let third = Quarantine::open(dir.path(), metrics).unwrap();
+        assert!(third.unacknowledged().is_empty());
+        assert_eq!(third.all().len(), 2);
+    }
+
+    #[test]
+    fn files_are_copied_or_moved_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Quarantine::open(&dir.path().join("q"), Arc::new(Metrics::default())).unwrap();
+        let src = dir.path().join("seg.wal");
+        fs::write(&src, b"0123456789").unwrap();
+        let copy = q.keep_copy(&src, Path::new("wal/seg.wal")).unwrap();
+        assert_eq!(fs::read(&copy).unwrap(), b"0123456789");
+        assert!(src.exists());
+        let moved = q.move_in(&src, Path::new("d/x.parquet")).unwrap();
+        assert!(!src.exists());
+        assert_eq!(fs::read(&moved).unwrap(), b"0123456789");
+        fs::write(&src, b"again").unwrap();
+        let second = q.move_in(&src, Path::new("d/x.parquet")).unwrap();
+        assert_ne!(second, moved);
+        assert_eq!(fs::read(&second).unwrap(), b"again");
+    }
+}
