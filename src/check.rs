@@ -34,7 +34,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let state = args.state_dir.unwrap_or_else(|| data.clone());
     let quarantine = if args.repair {
         let dir = quarantine_dir(&state);
-        Some(Arc::new(Quarantine::open(&dir, Arc::new(Metrics::default()))?))
+        Some(Arc::new(Quarantine::open(
+            &dir,
+            Arc::new(Metrics::default()),
+        )?))
     } else {
         None
     };

@@ -145,7 +145,10 @@ async fn a_flipped_byte_in_the_wal_costs_one_entry_and_is_reported_until_acknowl
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("tally_damage_reports_total 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("tally_damage_reports_total 1\n"),
+        "{metrics}"
+    );
     assert!(metrics.contains("tally_damage_unread_wal_entries_total 1\n"));
     assert!(metrics.contains("tally_damage_unacknowledged 1\n"));
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
@@ -165,7 +168,10 @@ async fn a_flipped_byte_in_the_wal_costs_one_entry_and_is_reported_until_acknowl
         .collect();
     assert_eq!(stored.keys().cloned().collect::<BTreeSet<_>>(), want);
     assert!(stored.values().all(|&n| n == 1));
-    assert!(kept.exists(), "the quarantined copy outlives the WAL segment");
+    assert!(
+        kept.exists(),
+        "the quarantined copy outlives the WAL segment"
+    );
 
     // Still degraded after a restart, until acknowledged.
     let t = Tally::start(&data, &args).await;
@@ -290,7 +296,10 @@ async fn a_damaged_and_a_foreign_file_are_quarantined_and_everything_else_answer
     std::fs::write(&h11, &whole[..whole.len() / 2]).unwrap();
     let rows = t.sql("SELECT count(*) AS n FROM usage_llm").await;
     assert_eq!(rows[0]["n"], 0, "{rows:?}");
-    assert!(!h11.exists(), "the file damaged at read time is in quarantine");
+    assert!(
+        !h11.exists(),
+        "the file damaged at read time is in quarantine"
+    );
     let (_, h) = health(&t).await;
     assert_eq!(h["components"]["damage"]["unacknowledged"], 3, "{h}");
     t.terminate();

@@ -175,7 +175,7 @@ pub fn batch_to_records(dataset: Dataset, batch: &RecordBatch) -> Vec<Record> {
                     None => Value::Null,
                 })
                 .collect();
-            Record::new(dataset, values)
+            Record::from_columns(dataset, values)
         })
         .collect()
 }
@@ -189,7 +189,7 @@ mod tests {
         let d = Dataset::VmMetrics;
         let records: Vec<Record> = (0..5)
             .map(|i| {
-                Record::new(
+                Record::from_columns(
                     d,
                     vec![
                         Value::Str("cust".into()),

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::dataset::Dataset;
 use crate::dedup::Dedup;
 use crate::metrics::{Metrics, Outcome};
-use crate::record::{Record, Value};
+use crate::record::{Record, RecordBuilder, SchemaError, Value};
 use crate::store::{QueueFull, Store};
 use crate::wal::{Wal, WalError};
 
@@ -34,23 +34,64 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn into_record(self, source: &str, now_ns: i64) -> Record {
-        let opt = |s: Option<String>| s.map(Value::Str).unwrap_or(Value::Null);
-        Record::new(
-            Dataset::Rejected,
-            vec![
-                Value::Ts(now_ns),
-                Value::Str(source.to_string()),
-                opt(self.subject),
-                opt(self.dataset.map(|d| d.name().to_string())),
-                self.index
-                    .map(|i| Value::I32(i as i32))
-                    .unwrap_or(Value::Null),
-                Value::Str(self.reason),
-                Value::Str(self.payload),
-            ],
-        )
+    fn into_record(self, source: &str, now_ns: i64) -> Result<Record, SchemaError> {
+        let mut r = RecordBuilder::new(Dataset::Rejected);
+        r.set("timestamp", Value::Ts(now_ns))
+            .set("source", source)
+            .set("subject", self.subject)
+            .set("dataset", self.dataset.map(|d| d.name()))
+            .set("index", self.index.map(|i| i.min(i32::MAX as usize) as i32))
+            .set("reason", self.reason)
+            .set("payload", self.payload);
+        r.build()
     }
+
+    /// A record a source built that does not fit its dataset's schema.
+    fn schema(record: &Record, error: SchemaError) -> Self {
+        let mut payload = format!("{:?}", record.values);
+        if payload.len() > 4096 {
+            let mut cut = 4096;
+            while !payload.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            payload.truncate(cut);
+        }
+        Rejection {
+            index: None,
+            subject: None,
+            dataset: Some(record.dataset),
+            reason: error.to_string(),
+            payload,
+        }
+    }
+}
+
+/// Splits records that fit their schema from those that do not, which
+/// become rejections (counted in `tally_records_failing_schema_total`).
+/// The third value says, per input record, whether it fits (`None`: all do).
+fn admit(
+    records: Vec<Record>,
+    mut rejections: Vec<Rejection>,
+    metrics: &Metrics,
+) -> (Vec<Record>, Vec<Rejection>, Option<Vec<bool>>) {
+    if records.iter().all(|r| r.check().is_ok()) {
+        return (records, rejections, None);
+    }
+    let mut kept = Vec::with_capacity(records.len());
+    let mut fits = Vec::with_capacity(records.len());
+    for r in records {
+        let check = r.check();
+        fits.push(check.is_ok());
+        match check {
+            Ok(()) => kept.push(r),
+            Err(e) => {
+                tracing::error!(dataset = %r.dataset, error = %e, "a record does not fit its dataset's schema; rejected");
+                metrics.records_failing_schema.add(1);
+                rejections.push(Rejection::schema(&r, e));
+            }
+        }
+    }
+    (kept, rejections, Some(fits))
 }
 
 /// What became of a request's records.
@@ -60,8 +101,9 @@ pub struct IngestReport {
     pub duplicates: usize,
     /// `(index, reason)` of each rejection.
     pub rejected: Vec<(Option<usize>, String)>,
-    /// Per input record (in the order given): `true` if it was a duplicate.
-    pub duplicate_flags: Vec<bool>,
+    /// Per input record (in the order given): `true` if it was stored (not
+    /// a duplicate, not rejected for its schema).
+    pub stored_flags: Vec<bool>,
     /// WAL sequence of the entry that holds the request; `None` when nothing
     /// was written (all duplicates) or the records went to the relay.
     pub seq: Option<u64>,
@@ -170,6 +212,11 @@ impl Pipeline {
         let now = now_ns();
         let now_secs = (now / 1_000_000_000) as u64;
 
+        // The schema is checked here, for every source: a record that does
+        // not fit its dataset is rejected with the reason and never reaches
+        // the WAL or the Parquet writer.
+        let (records, rejections, fits) = admit(records, rejections, &inner.metrics);
+
         // Admission first, so a full queue refuses before dedup remembers keys.
         let mut rows = [0usize; Dataset::COUNT];
         for r in &records {
@@ -193,7 +240,7 @@ impl Pipeline {
         }
 
         let mut report = IngestReport {
-            duplicate_flags: Vec::with_capacity(records.len()),
+            stored_flags: Vec::with_capacity(records.len()),
             ..Default::default()
         };
         let mut keys: Vec<(Dataset, Vec<u8>)> = Vec::new();
@@ -206,13 +253,21 @@ impl Pipeline {
                         .metrics
                         .count(Outcome::Duplicate, r.dataset, source, 1);
                     report.duplicates += 1;
-                    report.duplicate_flags.push(true);
+                    report.stored_flags.push(false);
                     continue;
                 }
                 keys.push((r.dataset, key));
             }
-            report.duplicate_flags.push(false);
+            report.stored_flags.push(true);
             kept.push(r);
+        }
+        if let Some(fits) = fits {
+            // Records rejected for their schema were stored neither.
+            let mut kept_flags = std::mem::take(&mut report.stored_flags).into_iter();
+            report.stored_flags = fits
+                .into_iter()
+                .map(|ok| ok && kept_flags.next().unwrap_or(false))
+                .collect();
         }
         // Rows per dataset, counted once (this loop runs for every request).
         let mut accepted = [0usize; Dataset::COUNT];
@@ -224,7 +279,15 @@ impl Pipeline {
         for rej in rejections {
             report.rejected.push((rej.index, rej.reason.clone()));
             rejected_by_dataset[rej.dataset.unwrap_or(Dataset::Rejected).index()] += 1;
-            kept.push(rej.into_record(source, now));
+            match rej.into_record(source, now) {
+                Ok(r) => kept.push(r),
+                Err(e) => {
+                    // Cannot happen with the columns above; the sender has
+                    // the reason in its answer either way.
+                    tracing::error!(error = %e, "a rejection does not fit the rejected table");
+                    inner.store.release(Dataset::Rejected, 1);
+                }
+            }
         }
         if kept.is_empty() {
             return Ok(report);
@@ -277,5 +340,78 @@ impl Pipeline {
             inner.metrics.count(Outcome::Rejected, d, source, n);
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::WalConfig;
+
+    fn message(id: &str, length: Value) -> Record {
+        let mut b = RecordBuilder::new(Dataset::UsageMessage);
+        b.set("event_id", id)
+            .set("timestamp", Value::Ts(0))
+            .set("actor_id", "user:1")
+            .set("actor_type", "human")
+            .set("microdao_id", "dao")
+            .set("channel_id", "c")
+            .set("message_length", 1);
+        let mut r = b.build().unwrap();
+        r.values[Dataset::UsageMessage
+            .column_index("message_length")
+            .unwrap()] = length;
+        r
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_that_does_not_fit_its_schema_is_rejected_and_the_rest_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(Store::new(1000));
+        let (wal, _) = Wal::open(
+            WalConfig {
+                dir: dir.path().to_path_buf(),
+                segment_bytes: 1 << 20,
+                max_group_bytes: 1 << 20,
+                quarantine: None,
+            },
+            store.clone(),
+            metrics.clone(),
+            0,
+            |_| {},
+        )
+        .unwrap();
+        let dedup = Arc::new(Dedup::new(3600, 1000, metrics.clone()));
+        let pipeline = Pipeline::new(wal.clone(), store.clone(), dedup, metrics.clone());
+        let report = pipeline
+            .ingest(
+                "test",
+                vec![
+                    message("a", Value::I32(1)),
+                    message("b", Value::Str("long".into())),
+                    message("c", Value::Null),
+                    message("a", Value::I32(1)),
+                ],
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.accepted, 1);
+        assert_eq!(report.duplicates, 1);
+        assert_eq!(report.stored_flags, vec![true, false, false, false]);
+        let reasons: Vec<&str> = report.rejected.iter().map(|r| r.1.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "usage_message.message_length must be a 32-bit integer, got a string",
+                "usage_message.message_length is required (NOT NULL), got null",
+            ]
+        );
+        assert_eq!(metrics.records_failing_schema.get(), 2);
+        assert_eq!(store.stats(Dataset::UsageMessage).buffered_rows, 1);
+        assert_eq!(store.stats(Dataset::Rejected).buffered_rows, 2);
+        assert_eq!(store.stats(Dataset::UsageMessage).queued_rows, 1);
+        wal.shutdown().await;
     }
 }

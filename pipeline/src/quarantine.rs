@@ -128,7 +128,9 @@ impl Quarantine {
         fs::create_dir_all(&parent)?;
         let mut n = 1;
         while dest.exists() {
-            dest = self.path_for(rel).with_extension(format!("{n}.quarantined"));
+            dest = self
+                .path_for(rel)
+                .with_extension(format!("{n}.quarantined"));
             n += 1;
         }
         if fs::rename(src, &dest).is_err() {
@@ -165,7 +167,9 @@ impl Quarantine {
             return;
         }
         self.metrics.damage_reports.add(1);
-        self.metrics.damage_unread_entries.add(damage.unread_entries);
+        self.metrics
+            .damage_unread_entries
+            .add(damage.unread_entries);
         reports.push(damage);
         if let Err(e) = self.persist(&reports) {
             tracing::error!(error = %e, dir = %self.dir.display(), "cannot write the damage reports");

@@ -59,6 +59,95 @@ impl Value {
     }
 }
 
+impl ColumnType {
+    /// How a schema error names the type.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ColumnType::Utf8 | ColumnType::Dict => "a string",
+            ColumnType::Int32 => "a 32-bit integer",
+            ColumnType::Int64 => "a 64-bit integer",
+            ColumnType::Float64 => "a float",
+            ColumnType::Bool => "a boolean",
+            ColumnType::TimestampNs => "a timestamp",
+        }
+    }
+}
+
+impl Value {
+    fn describe(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Str(_) => "a string",
+            Value::I32(_) => "a 32-bit integer",
+            Value::I64(_) => "a 64-bit integer",
+            Value::F64(_) => "a float",
+            Value::Bool(_) => "a boolean",
+            Value::Ts(_) => "a timestamp",
+        }
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Str(s)
+    }
+}
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.to_string())
+    }
+}
+impl From<i32> for Value {
+    fn from(v: i32) -> Self {
+        Value::I32(v)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::I64(v)
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::F64(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Bool(v)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// A record that does not fit its dataset's schema.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SchemaError {
+    #[error("{dataset} has no column {column:?}")]
+    UnknownColumn { dataset: Dataset, column: String },
+    #[error("{dataset} rows have {expected} columns, this one has {got}")]
+    Arity {
+        dataset: Dataset,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{dataset}.{column} must be {expected}, got {got}")]
+    Type {
+        dataset: Dataset,
+        column: &'static str,
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("{dataset}.{column} is required (NOT NULL), got null")]
+    Null {
+        dataset: Dataset,
+        column: &'static str,
+    },
+}
+
 /// A row of one dataset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -66,10 +155,123 @@ pub struct Record {
     pub values: Vec<Value>,
 }
 
+/// Builds a record by column name against the dataset's schema; `build`
+/// checks every value's type and nullability.
+///
+/// ```
+/// use tally_pipeline::{Dataset, Value};
+/// use tally_pipeline::record::RecordBuilder;
+/// let mut b = RecordBuilder::new(Dataset::UsageMessage);
+/// b.set("event_id", "m-1")
+///     .set("timestamp", Value::Ts(0))
+///     .set("actor_id", "user:1")
+///     .set("actor_type", "human")
+///     .set("microdao_id", "dao:1")
+///     .set("channel_id", "c")
+///     .set("message_length", 5);
+/// let record = b.build().unwrap();
+/// assert_eq!(record.get("message_length"), Some(&Value::I32(5)));
+/// ```
+#[derive(Debug, Clone)]
+pub struct RecordBuilder {
+    dataset: Dataset,
+    values: Vec<Value>,
+    /// Where the next `set` most likely goes: names usually come in schema
+    /// order, so the lookup is one comparison.
+    next: usize,
+    error: Option<SchemaError>,
+}
+
+impl RecordBuilder {
+    /// Every column null until set.
+    pub fn new(dataset: Dataset) -> Self {
+        Self {
+            dataset,
+            values: vec![Value::Null; dataset.columns().len()],
+            next: 0,
+            error: None,
+        }
+    }
+
+    pub fn set(&mut self, column: &str, value: impl Into<Value>) -> &mut Self {
+        let columns = self.dataset.columns();
+        let i = if columns.get(self.next).is_some_and(|c| c.name == column) {
+            Some(self.next)
+        } else {
+            self.dataset.column_index(column)
+        };
+        match i {
+            Some(i) => {
+                self.values[i] = value.into();
+                self.next = i + 1;
+            }
+            None => {
+                self.error.get_or_insert(SchemaError::UnknownColumn {
+                    dataset: self.dataset,
+                    column: column.to_string(),
+                });
+            }
+        }
+        self
+    }
+
+    /// The record, if every column holds a value of its type and every
+    /// required column a value.
+    pub fn build(self) -> Result<Record, SchemaError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let record = Record {
+            dataset: self.dataset,
+            values: self.values,
+        };
+        record.check()?;
+        Ok(record)
+    }
+}
+
 impl Record {
-    pub fn new(dataset: Dataset, values: Vec<Value>) -> Self {
-        debug_assert_eq!(values.len(), dataset.columns().len());
+    /// A record from values in the dataset's column order, for decoders of
+    /// tally's own formats (WAL, Arrow); everything else uses
+    /// [`RecordBuilder`]. Checked when admitted, like every record.
+    pub fn from_columns(dataset: Dataset, values: Vec<Value>) -> Self {
         Self { dataset, values }
+    }
+
+    /// Whether the record fits its dataset's schema: one value per column,
+    /// each of the column's type, no null in a required column.
+    pub fn check(&self) -> Result<(), SchemaError> {
+        let columns = self.dataset.columns();
+        if self.values.len() != columns.len() {
+            return Err(SchemaError::Arity {
+                dataset: self.dataset,
+                expected: columns.len(),
+                got: self.values.len(),
+            });
+        }
+        for (v, c) in self.values.iter().zip(columns) {
+            if v.fits(c.ty, c.nullable) {
+                continue;
+            }
+            return Err(match v {
+                Value::Null => SchemaError::Null {
+                    dataset: self.dataset,
+                    column: c.name,
+                },
+                _ => SchemaError::Type {
+                    dataset: self.dataset,
+                    column: c.name,
+                    expected: c.ty.describe(),
+                    got: v.describe(),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// The value of a column, by name.
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.values.get(self.dataset.column_index(column)?)
     }
 
     /// The record's event time in nanoseconds; it picks the file partition.
@@ -120,5 +322,70 @@ pub fn encode_key_part(value: &Value, out: &mut Vec<u8>) {
         Value::Bool(b) => out.push(*b as u8),
         Value::F64(f) => out.extend_from_slice(&f.to_bits().to_be_bytes()),
         Value::Null => out.push(0xff),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builder_places_values_by_name_and_checks_them() {
+        let mut b = RecordBuilder::new(Dataset::VmMetrics);
+        // Out of schema order on purpose.
+        b.set("vm_id", "vm-1")
+            .set("customer_id", "c")
+            .set("timestamp", Value::Ts(5));
+        for c in [
+            "cpu_time_nanos",
+            "memory_usage_bytes",
+            "disk_read_bytes",
+            "disk_write_bytes",
+            "network_rx_bytes",
+            "network_tx_bytes",
+        ] {
+            b.set(c, 1i64);
+        }
+        let r = b.build().unwrap();
+        assert_eq!(r.values[0], Value::Str("c".into()));
+        assert_eq!(r.values[1], Value::Str("vm-1".into()));
+        assert_eq!(r.get("timestamp"), Some(&Value::Ts(5)));
+
+        let mut missing = RecordBuilder::new(Dataset::VmMetrics);
+        missing.set("customer_id", "c");
+        assert_eq!(
+            missing.build().unwrap_err().to_string(),
+            "vm_metrics.vm_id is required (NOT NULL), got null"
+        );
+        let mut typo = RecordBuilder::new(Dataset::VmMetrics);
+        typo.set("vmid", "x");
+        assert!(matches!(
+            typo.build(),
+            Err(SchemaError::UnknownColumn { column, .. }) if column == "vmid"
+        ));
+    }
+
+    #[test]
+    fn check_names_the_column_and_the_rule() {
+        let mut r = Record::from_columns(
+            Dataset::Rejected,
+            vec![
+                Value::Ts(0),
+                Value::Str("http".into()),
+                Value::Null,
+                Value::Null,
+                Value::Str("three".into()),
+                Value::Str("reason".into()),
+                Value::Str("{}".into()),
+            ],
+        );
+        assert_eq!(
+            r.check().unwrap_err().to_string(),
+            "rejected.index must be a 32-bit integer, got a string"
+        );
+        r.values[4] = Value::I32(3);
+        assert!(r.check().is_ok());
+        r.values.pop();
+        assert!(matches!(r.check(), Err(SchemaError::Arity { got: 6, .. })));
     }
 }

@@ -245,7 +245,7 @@ mod tests {
     use crate::record::Value;
 
     fn rejected(n: i64) -> Record {
-        Record::new(
+        Record::from_columns(
             Dataset::Rejected,
             vec![
                 Value::Ts(n),

@@ -121,21 +121,15 @@ fn encode_chunks(records: &[Record], emit: &mut dyn FnMut(Vec<u8>)) {
 mod tests {
     use super::*;
     use tally_pipeline::wal::codec::decode_records;
-    use tally_pipeline::Dataset;
+    use tally_pipeline::{Dataset, RecordBuilder};
 
     fn rejected(payload: String) -> Record {
-        Record::new(
-            Dataset::Rejected,
-            vec![
-                Value::Ts(1),
-                Value::Str("http".into()),
-                Value::Null,
-                Value::Null,
-                Value::Null,
-                Value::Str("reason".into()),
-                Value::Str(payload),
-            ],
-        )
+        let mut r = RecordBuilder::new(Dataset::Rejected);
+        r.set("timestamp", Value::Ts(1))
+            .set("source", "http")
+            .set("reason", "reason")
+            .set("payload", payload);
+        r.build().unwrap()
     }
 
     #[test]
@@ -157,13 +151,7 @@ mod tests {
     #[test]
     fn records_are_keyed_by_tenant_else_by_dataset() {
         assert_eq!(partition_key(&rejected("p".into())), "rejected");
-        let mut values = vec![
-            Value::Str("cust-42".into()),
-            Value::Str("vm-1".into()),
-            Value::Ts(1),
-        ];
-        values.extend((0..6).map(Value::I64));
-        let sample = Record::new(Dataset::VmMetrics, values);
+        let sample = crate::parquet::listing::tests::vm_sample("cust-42", "vm-1", 1);
         assert_eq!(partition_key(&sample), "cust-42");
     }
 }

@@ -167,7 +167,7 @@ mod tests {
 
     fn sample() -> Vec<Record> {
         vec![
-            Record::new(
+            Record::from_columns(
                 Dataset::Rejected,
                 vec![
                     Value::Ts(-5),
@@ -179,7 +179,7 @@ mod tests {
                     Value::Str("{\"a\":\"é\"}".into()),
                 ],
             ),
-            Record::new(
+            Record::from_columns(
                 Dataset::HostUsage,
                 vec![
                     Value::Str("h".into()),

@@ -24,8 +24,8 @@ use crate::quarantine::{Damage, DamageKind, Quarantine};
 use crate::record::Record;
 use crate::store::Store;
 use segment::{
-    classify_tail, encode_frame, list_segments, lost_entries, read_segment, segment_path,
-    sync_dir, Tail,
+    classify_tail, encode_frame, list_segments, lost_entries, read_segment, segment_path, sync_dir,
+    Tail,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -538,7 +538,7 @@ mod tests {
     use crate::record::Value;
 
     fn record(i: i64) -> Record {
-        Record::new(
+        Record::from_columns(
             Dataset::Rejected,
             vec![
                 Value::Ts(i),
@@ -617,8 +617,14 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut cfg = config(dir.path());
         cfg.segment_bytes = 1 << 20;
-        let (wal, _) = Wal::open(cfg.clone(), Arc::new(Store::new(1000)), metrics.clone(), 0, |_| {})
-            .unwrap();
+        let (wal, _) = Wal::open(
+            cfg.clone(),
+            Arc::new(Store::new(1000)),
+            metrics.clone(),
+            0,
+            |_| {},
+        )
+        .unwrap();
         for i in 1..=5 {
             wal.append(vec![record(i), record(100 + i)]).await.unwrap();
         }

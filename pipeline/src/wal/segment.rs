@@ -190,7 +190,11 @@ mod tests {
         let mut starts = Vec::new();
         for seq in seqs {
             starts.push(bytes.len());
-            encode_frame(seq, format!("payload of entry {seq}").as_bytes(), &mut bytes);
+            encode_frame(
+                seq,
+                format!("payload of entry {seq}").as_bytes(),
+                &mut bytes,
+            );
         }
         (bytes, starts)
     }
@@ -272,7 +276,10 @@ mod tests {
         bytes.extend_from_slice(&[0xff; 37]);
         bytes.extend_from_slice(&b);
         let c = parse_segment(&bytes, 1);
-        assert_eq!(c.frames.iter().map(|f| f.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            c.frames.iter().map(|f| f.0).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert_eq!(c.damaged[0].len, 37);
         assert_eq!(lost_entries(&c.damaged[0], 1), 0);
     }

@@ -26,7 +26,7 @@ use chrono::{TimeZone, Utc};
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
-use tally_pipeline::{Dataset, Pipeline, Record};
+use tally_pipeline::{Dataset, Pipeline, RecordBuilder};
 
 use crate::format::OutputFormat;
 use crate::prices::{PriceCatalogue, Tokens};
@@ -322,27 +322,29 @@ impl UsageApi {
             last.insert(key.clone(), now);
         }
         use tally_pipeline::Value as V;
-        let opt = |s: &Option<String>| s.clone().map(V::Str).unwrap_or(V::Null);
         let t = block.token_counts;
-        let record = Record::new(
-            Dataset::UsageSnapshots,
-            vec![
-                V::Str(format!("{key}|{now}")),
-                V::Ts(now * 1_000_000),
-                V::Str(block.id.clone()),
-                opt(&scope.actor_id),
-                opt(&scope.microdao_id),
-                V::Str(cfg.plan.clone()),
-                V::I64(t.input_tokens),
-                V::I64(t.output_tokens),
-                V::I64(t.cache_creation_tokens),
-                V::I64(t.cache_read_tokens),
-                V::I64(t.total_tokens),
-                V::F64(block.cost_usd),
-                V::I64(block.sent_messages_count),
-                V::Str(stats.to_string()),
-            ],
-        );
+        let mut b = RecordBuilder::new(Dataset::UsageSnapshots);
+        b.set("id", format!("{key}|{now}"))
+            .set("timestamp", V::Ts(now * 1_000_000))
+            .set("session_id", block.id.as_str())
+            .set("actor_id", scope.actor_id.clone())
+            .set("microdao_id", scope.microdao_id.clone())
+            .set("plan", cfg.plan.as_str())
+            .set("input_tokens", t.input_tokens)
+            .set("output_tokens", t.output_tokens)
+            .set("cache_creation_tokens", t.cache_creation_tokens)
+            .set("cache_read_tokens", t.cache_read_tokens)
+            .set("total_tokens", t.total_tokens)
+            .set("cost_usd", block.cost_usd)
+            .set("messages", block.sent_messages_count)
+            .set("stats", stats.to_string());
+        let record = match b.build() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "usage snapshot does not fit usage_snapshots; not stored");
+                return;
+            }
+        };
         if let Err(e) = self
             .0
             .pipeline

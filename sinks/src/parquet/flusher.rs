@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tally_pipeline::quarantine::Quarantine;
 use tally_pipeline::metrics::Metrics;
+use tally_pipeline::quarantine::Quarantine;
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::wal::Wal;
 use tally_pipeline::{Dataset, Record};

@@ -121,20 +121,26 @@ impl SharedListing {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::parquet::writer::write_partition;
     use tally_pipeline::metrics::Metrics;
-    use tally_pipeline::{Record, Value};
+    use tally_pipeline::{Record, RecordBuilder, Value};
+
+    /// A `vm_metrics` row with every counter at zero.
+    pub(crate) fn vm_sample(customer: &str, vm: &str, ts: i64) -> Record {
+        let mut r = RecordBuilder::new(Dataset::VmMetrics);
+        r.set("customer_id", customer)
+            .set("vm_id", vm)
+            .set("timestamp", Value::Ts(ts));
+        for c in &Dataset::VmMetrics.columns()[3..] {
+            r.set(c.name, 0i64);
+        }
+        r.build().unwrap()
+    }
 
     fn sample(vm: &str, ts: i64) -> Record {
-        let mut values = vec![
-            Value::Str("cust".into()),
-            Value::Str(vm.into()),
-            Value::Ts(ts),
-        ];
-        values.extend((0..6).map(Value::I64));
-        Record::new(Dataset::VmMetrics, values)
+        vm_sample("cust", vm, ts)
     }
 
     /// Writes one committed file of `node` into the shared directory.

@@ -21,8 +21,8 @@ use super::destination::{list_local, Destination, ListedFile};
 use super::flusher::FlushTarget;
 use super::layout::{node_of, wal_dir};
 use super::verify::{quarantine_file, verify_file, FileProblem};
-use tally_pipeline::quarantine::DamageKind;
 use super::{io_err, SinkError};
+use tally_pipeline::quarantine::DamageKind;
 
 /// What start-up found.
 #[derive(Debug, Default)]
@@ -179,7 +179,9 @@ pub fn open_files(data: &Path) -> Result<Arc<Store>, SinkError> {
             // Read-only: a bad file is left where it is, named, and skipped.
             match verify_file(&Destination::Local, &f.entry, d, false) {
                 Ok(_) => files.push(f.entry),
-                Err(p) => tracing::error!(path = %f.entry.path.display(), kind = ?p.kind, detail = %p.detail, "unreadable file left out of this query; `tally check --repair` moves it to quarantine"),
+                Err(p) => {
+                    tracing::error!(path = %f.entry.path.display(), kind = ?p.kind, detail = %p.detail, "unreadable file left out of this query; `tally check --repair` moves it to quarantine")
+                }
             }
         }
         for p in &checkpoint.pending {

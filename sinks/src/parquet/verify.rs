@@ -106,9 +106,8 @@ pub fn verify_reader<R: ChunkReader + 'static>(
         .map_err(|e| FileProblem::damaged(path, format!("opening row groups: {e}")))?;
     let mut read = 0u64;
     for batch in batches {
-        let batch = batch.map_err(|e| {
-            FileProblem::damaged(path, format!("decoding after {read} rows: {e}"))
-        })?;
+        let batch = batch
+            .map_err(|e| FileProblem::damaged(path, format!("decoding after {read} rows: {e}")))?;
         read += batch.num_rows() as u64;
     }
     if read != rows {

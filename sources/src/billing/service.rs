@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use tally_pipeline::{now_ns, Dataset, IngestError, Pipeline, Record, Rejection, Value};
+use tally_pipeline::{
+    now_ns, Dataset, IngestError, Pipeline, Record, RecordBuilder, Rejection, SchemaError, Value,
+};
 use tally_proto::billing::v1::{
     NotifyPossibleGapRequest, NotifyVmStartedRequest, NotifyVmStoppedRequest, SendHeartbeatRequest,
     SendMetricsBatchRequest,
@@ -30,6 +32,14 @@ pub enum RpcError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<SchemaError> for RpcError {
+    /// A row this service built does not fit its dataset: a defect of
+    /// tally's, not of the request.
+    fn from(e: SchemaError) -> Self {
+        RpcError::Internal(format!("the row does not fit the schema: {e}"))
+    }
 }
 
 impl RpcError {
@@ -153,7 +163,7 @@ pub fn validate_batch(req: &SendMetricsBatchRequest, now: i64) -> Result<(), Rpc
 }
 
 /// The `vm_metrics` rows of a validated batch, and its newest sample time.
-pub fn batch_records(req: &SendMetricsBatchRequest) -> (Vec<Record>, i64) {
+pub fn batch_records(req: &SendMetricsBatchRequest) -> Result<(Vec<Record>, i64), SchemaError> {
     let mut newest = i64::MIN;
     let records = req
         .metrics
@@ -165,23 +175,20 @@ pub fn batch_records(req: &SendMetricsBatchRequest) -> (Vec<Record>, i64) {
                 .and_then(timestamp_ns)
                 .unwrap_or_default();
             newest = newest.max(ts);
-            Record::new(
-                Dataset::VmMetrics,
-                vec![
-                    Value::Str(req.customer_id.clone()),
-                    Value::Str(req.vm_id.clone()),
-                    Value::Ts(ts),
-                    Value::I64(m.cpu_time_nanos),
-                    Value::I64(m.memory_usage_bytes),
-                    Value::I64(m.disk_read_bytes),
-                    Value::I64(m.disk_write_bytes),
-                    Value::I64(m.network_rx_bytes),
-                    Value::I64(m.network_tx_bytes),
-                ],
-            )
+            let mut r = RecordBuilder::new(Dataset::VmMetrics);
+            r.set("customer_id", req.customer_id.as_str())
+                .set("vm_id", req.vm_id.as_str())
+                .set("timestamp", Value::Ts(ts))
+                .set("cpu_time_nanos", m.cpu_time_nanos)
+                .set("memory_usage_bytes", m.memory_usage_bytes)
+                .set("disk_read_bytes", m.disk_read_bytes)
+                .set("disk_write_bytes", m.disk_write_bytes)
+                .set("network_rx_bytes", m.network_rx_bytes)
+                .set("network_tx_bytes", m.network_tx_bytes);
+            r.build()
         })
-        .collect();
-    (records, newest)
+        .collect::<Result<_, _>>()?;
+    Ok((records, newest))
 }
 
 pub fn timestamp_ns(ts: &prost_types::Timestamp) -> Option<i64> {
@@ -203,24 +210,20 @@ struct VmEvent<'a> {
 }
 
 impl VmEvent<'_> {
-    fn record(self, event_id: String, kind: &str, now: i64) -> Record {
-        let s = |v: Option<&str>| v.map(|s| Value::Str(s.to_string())).unwrap_or(Value::Null);
+    fn record(self, event_id: String, kind: &str, now: i64) -> Result<Record, SchemaError> {
         let t = |v: Option<i64>| v.map(Value::Ts).unwrap_or(Value::Null);
-        Record::new(
-            Dataset::VmEvents,
-            vec![
-                Value::Str(event_id),
-                Value::Ts(now),
-                Value::Str(kind.to_string()),
-                s(self.vm_id),
-                s(self.customer_id),
-                s(self.instance_id),
-                self.active_vms.map(Value::Str).unwrap_or(Value::Null),
-                t(self.event_time),
-                t(self.last_sent),
-                t(self.resume_time),
-            ],
-        )
+        let mut r = RecordBuilder::new(Dataset::VmEvents);
+        r.set("event_id", event_id)
+            .set("timestamp", Value::Ts(now))
+            .set("kind", kind)
+            .set("vm_id", self.vm_id)
+            .set("customer_id", self.customer_id)
+            .set("instance_id", self.instance_id)
+            .set("active_vms", self.active_vms)
+            .set("event_time", t(self.event_time))
+            .set("last_sent", t(self.last_sent))
+            .set("resume_time", t(self.resume_time));
+        r.build()
     }
 }
 
@@ -280,7 +283,7 @@ impl BillingService {
             return Err(e);
         }
         let n = req.metrics.len();
-        let (records, newest) = batch_records(&req);
+        let (records, newest) = batch_records(&req)?;
         let (accepted, duplicates) = self.store(source, records).await?;
         {
             let mut fleet = self.fleet.lock();
@@ -326,7 +329,7 @@ impl BillingService {
             format!("heartbeat:{}:{now}", req.instance_id),
             "heartbeat",
             now,
-        )];
+        )?];
         {
             let mut fleet = self.fleet.lock();
             for vm in &req.active_vms {
@@ -345,7 +348,7 @@ impl BillingService {
                                 format!("gap_detected:{vm}:{last}"),
                                 "gap_detected",
                                 now,
-                            ),
+                            )?,
                         );
                     }
                 }
@@ -382,7 +385,7 @@ impl BillingService {
             format!("started:{}:{}", req.vm_id, req.start_time),
             "started",
             now,
-        );
+        )?;
         self.store(source, vec![r]).await?;
         let mut fleet = self.fleet.lock();
         fleet.running.insert(req.vm_id);
@@ -412,7 +415,7 @@ impl BillingService {
             format!("stopped:{}:{}", req.vm_id, req.stop_time),
             "stopped",
             now,
-        );
+        )?;
         self.store(source, vec![r]).await?;
         let mut fleet = self.fleet.lock();
         fleet.running.remove(&req.vm_id);
@@ -457,7 +460,7 @@ impl BillingService {
             ),
             "possible_gap",
             now,
-        );
+        )?;
         self.store(source, vec![r]).await.map(|_| ())
     }
 }

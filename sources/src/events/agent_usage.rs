@@ -1,105 +1,83 @@
 //! Spec 001 events: `usage.llm`, `usage.tool`, `usage.agent`,
 //! `messaging.message.created`. Required fields are the spec's NOT NULL
-//! columns without a default.
+//! columns without a default. Rows are built by column name; where the
+//! event's field is named differently, the pair is spelled out.
 
 use serde_json::{Map, Value as Json};
-use tally_pipeline::Value;
+use tally_pipeline::{Dataset, Record, RecordBuilder, Value};
 
 use super::fields::Fields;
 
 type Obj = Map<String, Json>;
 
-pub fn llm(obj: &Obj) -> Result<Vec<Value>, String> {
+pub fn llm(obj: &Obj) -> Result<Record, String> {
     let mut f = Fields::new(obj);
-    let event_id = f.str("event_id");
-    let timestamp = f.timestamp("timestamp");
-    let actor_id = f.str("actor_id");
-    let actor_type = f.str("actor_type");
-    let agent_id = f.opt_str_value("agent_id");
-    let microdao_id = f.opt_str_value("microdao_id");
-    let model = f.str("model");
-    let provider = f.str("provider");
+    let mut r = RecordBuilder::new(Dataset::UsageLlm);
+    r.set("event_id", f.str("event_id"))
+        .set("timestamp", f.timestamp("timestamp"))
+        .set("actor_id", f.str("actor_id"))
+        .set("actor_type", f.str("actor_type"))
+        .set("agent_id", f.opt_str_value("agent_id"))
+        .set("microdao_id", f.opt_str_value("microdao_id"))
+        .set("model", f.str("model"))
+        .set("provider", f.str("provider"));
     let prompt = f.count32("prompt_tokens");
     let completion = f.count32("completion_tokens");
     let total = f.total_tokens(&prompt, &completion);
-    let cache_creation = f
-        .opt_count32("cache_creation_tokens")
-        .map(Value::I32)
-        .unwrap_or(Value::Null);
-    let cache_read = f
-        .opt_count32("cache_read_tokens")
-        .map(Value::I32)
-        .unwrap_or(Value::Null);
-    let latency = f.count32("latency_ms");
-    let success = f.bool_or("success", true);
-    let error = f.opt_str_value("error");
-    let cached = f.opt_bool("cached").map(Value::Bool).unwrap_or(Value::Null);
-    let chat_id = f.opt_str_value("chat_id");
-    let workflow = f.opt_str_value("workflow_name");
-    let invocation = f.opt_str_value("invocation_id");
-    let metadata = f.metadata();
-    f.finish(vec![
-        event_id,
-        timestamp,
-        actor_id,
-        actor_type,
-        agent_id,
-        microdao_id,
-        model,
-        provider,
-        prompt,
-        completion,
-        total,
-        cache_creation,
-        cache_read,
-        latency,
-        success,
-        error,
-        cached,
-        chat_id,
-        workflow,
-        invocation,
-        Value::Str("usage.llm".into()),
-        metadata,
-    ])
+    r.set("prompt_tokens", prompt)
+        .set("completion_tokens", completion)
+        .set("total_tokens", total)
+        .set(
+            "cache_creation_tokens",
+            f.opt_count32("cache_creation_tokens"),
+        )
+        .set("cache_read_tokens", f.opt_count32("cache_read_tokens"))
+        .set("latency_ms", f.count32("latency_ms"))
+        .set("success", f.bool_or("success", true))
+        .set("error", f.opt_str_value("error"))
+        .set("cached", f.opt_bool("cached"))
+        .set("chat_id", f.opt_str_value("chat_id"))
+        .set("workflow_name", f.opt_str_value("workflow_name"))
+        .set("invocation_id", f.opt_str_value("invocation_id"))
+        .set("source", "usage.llm")
+        .set("metadata", f.metadata());
+    f.finish(r)
 }
 
-pub fn tool(obj: &Obj) -> Result<Vec<Value>, String> {
+pub fn tool(obj: &Obj) -> Result<Record, String> {
     let mut f = Fields::new(obj);
-    let values = vec![
-        f.str("event_id"),
-        f.timestamp("timestamp"),
-        f.str("actor_id"),
-        f.str("actor_type"),
-        f.opt_str_value("agent_id"),
-        f.opt_str_value("microdao_id"),
-        f.str("tool_id"),
-        f.str("tool_name"),
-        f.bool("success"),
-        f.count32("latency_ms"),
-        f.opt_str_value("error"),
-        f.metadata(),
-    ];
-    f.finish(values)
+    let mut r = RecordBuilder::new(Dataset::UsageTool);
+    r.set("event_id", f.str("event_id"))
+        .set("timestamp", f.timestamp("timestamp"))
+        .set("actor_id", f.str("actor_id"))
+        .set("actor_type", f.str("actor_type"))
+        .set("agent_id", f.opt_str_value("agent_id"))
+        .set("microdao_id", f.opt_str_value("microdao_id"))
+        .set("tool_id", f.str("tool_id"))
+        .set("tool_name", f.str("tool_name"))
+        .set("success", f.bool("success"))
+        .set("latency_ms", f.count32("latency_ms"))
+        .set("error", f.opt_str_value("error"))
+        .set("metadata", f.metadata());
+    f.finish(r)
 }
 
-pub fn agent(obj: &Obj) -> Result<Vec<Value>, String> {
+pub fn agent(obj: &Obj) -> Result<Record, String> {
     let mut f = Fields::new(obj);
-    let values = vec![
-        f.str("event_id"),
-        f.timestamp("timestamp"),
-        f.str("agent_id"),
-        f.opt_str_value("microdao_id"),
-        f.opt_str_value("channel_id"),
-        f.str("trigger"),
-        f.count32("duration_ms"),
-        Value::I32(f.opt_count32("llm_calls").unwrap_or(0)),
-        Value::I32(f.opt_count32("tool_calls").unwrap_or(0)),
-        f.bool_or("success", true),
-        f.opt_str_value("error"),
-        f.metadata(),
-    ];
-    f.finish(values)
+    let mut r = RecordBuilder::new(Dataset::UsageAgent);
+    r.set("event_id", f.str("event_id"))
+        .set("timestamp", f.timestamp("timestamp"))
+        .set("agent_id", f.str("agent_id"))
+        .set("microdao_id", f.opt_str_value("microdao_id"))
+        .set("channel_id", f.opt_str_value("channel_id"))
+        .set("trigger", f.str("trigger"))
+        .set("duration_ms", f.count32("duration_ms"))
+        .set("llm_calls", f.opt_count32("llm_calls").unwrap_or(0))
+        .set("tool_calls", f.opt_count32("tool_calls").unwrap_or(0))
+        .set("success", f.bool_or("success", true))
+        .set("error", f.opt_str_value("error"))
+        .set("metadata", f.metadata());
+    f.finish(r)
 }
 
 /// Fields of `messaging.message.created` that map onto columns; the rest go
@@ -117,7 +95,7 @@ const MESSAGE_FIELDS: &[&str] = &[
     "metadata",
 ];
 
-pub fn message(obj: &Obj) -> Result<Vec<Value>, String> {
+pub fn message(obj: &Obj) -> Result<Record, String> {
     let mut f = Fields::new(obj);
     let event_id = f.str("message_id");
     let timestamp = f.timestamp("created_at");
@@ -149,16 +127,16 @@ pub fn message(obj: &Obj) -> Result<Vec<Value>, String> {
     } else {
         Value::Str(Json::Object(extra).to_string())
     };
-    f.finish(vec![
-        event_id,
-        timestamp,
-        actor_id,
-        actor_type,
-        microdao_id,
-        channel_id,
-        Value::I32(length),
-        metadata,
-    ])
+    let mut r = RecordBuilder::new(Dataset::UsageMessage);
+    r.set("event_id", event_id)
+        .set("timestamp", timestamp)
+        .set("actor_id", actor_id)
+        .set("actor_type", actor_type)
+        .set("microdao_id", microdao_id)
+        .set("channel_id", channel_id)
+        .set("message_length", length)
+        .set("metadata", metadata);
+    f.finish(r)
 }
 
 #[cfg(test)]
@@ -180,10 +158,13 @@ mod tests {
             "latency_ms": 1250, "success": true
         })))
         .unwrap();
-        assert_eq!(v[0], Value::Str("evt-123".into()));
-        assert_eq!(v[1], Value::Ts(1_763_985_600_000_000_000));
-        assert_eq!(v[10], Value::I32(570));
-        assert_eq!(v[14], Value::Bool(true));
+        assert_eq!(v.get("event_id"), Some(&Value::Str("evt-123".into())));
+        assert_eq!(
+            v.get("timestamp"),
+            Some(&Value::Ts(1_763_985_600_000_000_000))
+        );
+        assert_eq!(v.get("total_tokens"), Some(&Value::I32(570)));
+        assert_eq!(v.get("success"), Some(&Value::Bool(true)));
     }
 
     #[test]
@@ -194,7 +175,7 @@ mod tests {
             "prompt_tokens": 2, "completion_tokens": 3, "latency_ms": 1
         })))
         .unwrap();
-        assert_eq!(v[10], Value::I32(5));
+        assert_eq!(v.get("total_tokens"), Some(&Value::I32(5)));
     }
 
     #[test]
@@ -205,9 +186,12 @@ mod tests {
             "content": "héllo", "thread_id": "t1"
         })))
         .unwrap();
-        assert_eq!(v[0], Value::Str("m".into()));
-        assert_eq!(v[3], Value::Str("human".into()));
-        assert_eq!(v[6], Value::I32(5));
-        assert_eq!(v[7], Value::Str(r#"{"thread_id":"t1"}"#.into()));
+        assert_eq!(v.get("event_id"), Some(&Value::Str("m".into())));
+        assert_eq!(v.get("actor_type"), Some(&Value::Str("human".into())));
+        assert_eq!(v.get("message_length"), Some(&Value::I32(5)));
+        assert_eq!(
+            v.get("metadata"),
+            Some(&Value::Str(r#"{"thread_id":"t1"}"#.into()))
+        );
     }
 }

@@ -2,78 +2,61 @@
 //! says) and `chat.usage_summary`.
 
 use serde_json::{Map, Value as Json};
-use tally_pipeline::Value;
+use tally_pipeline::{Dataset, Record, RecordBuilder};
 
 use super::fields::Fields;
 
 type Obj = Map<String, Json>;
 
-pub fn delta(obj: &Obj) -> Result<Vec<Value>, String> {
+pub fn delta(obj: &Obj) -> Result<Record, String> {
     let mut f = Fields::new(obj);
-    let event_id = f.str("event_id");
-    let timestamp = f.timestamp("event_ts");
-    let actor_id = f.opt_str_value("user_id");
-    let agent_id = f.opt_str_value("agent_name");
-    let microdao_id = f.opt_str_value("app_id");
-    let model = f.opt_str_value("model_name");
+    let mut r = RecordBuilder::new(Dataset::UsageLlm);
+    r.set("event_id", f.str("event_id"))
+        .set("timestamp", f.timestamp("event_ts"))
+        .set("actor_id", f.opt_str_value("user_id"))
+        .set("agent_id", f.opt_str_value("agent_name"))
+        .set("microdao_id", f.opt_str_value("app_id"))
+        .set("model", f.opt_str_value("model_name"));
     let prompt = f.count32("prompt_tokens");
     let completion = f.count32("completion_tokens");
     let total = f.total_tokens(&prompt, &completion);
-    let cached = f.opt_bool("cached");
-    let latency = f
-        .opt_seconds_as_ms("duration_sec")
-        .map(Value::I32)
-        .unwrap_or(Value::Null);
-    let chat_id = f.opt_str_value("chat_id");
-    let workflow = f.opt_str_value("workflow_name");
-    let invocation = f.opt_str_value("invocation_id");
-    let metadata = f.metadata();
-    f.finish(vec![
-        event_id,
-        timestamp,
-        actor_id,
-        Value::Null,
-        agent_id,
-        microdao_id,
-        model,
-        Value::Null,
-        prompt,
-        completion,
-        total,
-        Value::Null,
-        Value::Null,
-        latency,
-        Value::Bool(true),
-        Value::Null,
-        cached.map(Value::Bool).unwrap_or(Value::Null),
-        chat_id,
-        workflow,
-        invocation,
-        Value::Str("chat.usage_delta".into()),
-        metadata,
-    ])
+    r.set("prompt_tokens", prompt)
+        .set("completion_tokens", completion)
+        .set("total_tokens", total)
+        .set("cached", f.opt_bool("cached"))
+        .set("latency_ms", f.opt_seconds_as_ms("duration_sec"))
+        .set("success", true)
+        .set("chat_id", f.opt_str_value("chat_id"))
+        .set("workflow_name", f.opt_str_value("workflow_name"))
+        .set("invocation_id", f.opt_str_value("invocation_id"))
+        .set("source", "chat.usage_delta")
+        .set("metadata", f.metadata());
+    f.finish(r)
 }
 
-pub fn summary(obj: &Obj) -> Result<Vec<Value>, String> {
+pub fn summary(obj: &Obj) -> Result<Record, String> {
     let mut f = Fields::new(obj);
-    let event_id = f.str("event_id");
-    let timestamp = f.timestamp("event_ts");
-    let chat_id = f.str("chat_id");
-    let app_id = f.str("app_id");
-    let user_id = f.str("user_id");
-    let workflow = f.str("workflow_name");
+    let mut r = RecordBuilder::new(Dataset::UsageChatSummary);
+    r.set("event_id", f.str("event_id"))
+        .set("timestamp", f.timestamp("event_ts"))
+        .set("chat_id", f.str("chat_id"))
+        .set("app_id", f.str("app_id"))
+        .set("user_id", f.str("user_id"))
+        .set("workflow_name", f.str("workflow_name"));
     let prompt = f.count64("prompt_tokens");
     let completion = f.count64("completion_tokens");
     let total = f.total_tokens(&prompt, &completion);
-    f.finish(vec![
-        event_id, timestamp, chat_id, app_id, user_id, workflow, prompt, completion, total,
-    ])
+    r.set("prompt_tokens", prompt)
+        .set("completion_tokens", completion)
+        .set("total_tokens", total);
+    f.finish(r)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use tally_pipeline::Value;
 
     #[test]
     fn spec_delta_example_maps_onto_usage_llm() {
@@ -85,12 +68,15 @@ mod tests {
             "total_tokens": 168, "cached": false, "duration_sec": 0.82, "invocation_id": "inv_789"
         }).as_object().unwrap())
         .unwrap();
-        assert_eq!(v[2], Value::Str("user_456".into()));
-        assert_eq!(v[4], Value::Str("PlannerAgent".into()));
-        assert_eq!(v[5], Value::Str("app_abc".into()));
-        assert_eq!(v[6], Value::Str("gpt-4o-mini".into()));
-        assert_eq!(v[13], Value::I32(820));
-        assert_eq!(v[20], Value::Str("chat.usage_delta".into()));
+        assert_eq!(v.get("actor_id"), Some(&Value::Str("user_456".into())));
+        assert_eq!(v.get("agent_id"), Some(&Value::Str("PlannerAgent".into())));
+        assert_eq!(v.get("microdao_id"), Some(&Value::Str("app_abc".into())));
+        assert_eq!(v.get("model"), Some(&Value::Str("gpt-4o-mini".into())));
+        assert_eq!(v.get("latency_ms"), Some(&Value::I32(820)));
+        assert_eq!(
+            v.get("source"),
+            Some(&Value::Str("chat.usage_delta".into()))
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, NaiveDateTime};
 use serde_json::{Map, Value as Json};
-use tally_pipeline::Value;
+use tally_pipeline::{Record, RecordBuilder, Value};
 
 /// A JSON object being decoded. Getters return a placeholder on error and
 /// remember the error; [`Fields::finish`] reports them all.
@@ -267,9 +267,11 @@ impl<'a> Fields<'a> {
             .unwrap_or(Value::Null)
     }
 
-    pub fn finish(self, values: Vec<Value>) -> Result<Vec<Value>, String> {
+    /// The record, or every field error; a value that does not fit its
+    /// column is reported as the schema names it.
+    pub fn finish(self, record: RecordBuilder) -> Result<Record, String> {
         if self.errors.is_empty() {
-            Ok(values)
+            record.build().map_err(|e| e.to_string())
         } else {
             Err(self.errors.join("; "))
         }
@@ -311,7 +313,9 @@ mod tests {
         f.str("d");
         f.str("e");
         f.timestamp("t");
-        let err = f.finish(vec![]).unwrap_err();
+        let err = f
+            .finish(RecordBuilder::new(tally_pipeline::Dataset::UsageLlm))
+            .unwrap_err();
         assert_eq!(
             err,
             "a must be >= 0, got -5; b must be an integer, got a string; \

@@ -87,15 +87,14 @@ impl Subject {
                 }
             ));
         };
-        let values = match self {
+        match self {
             Subject::UsageLlm => agent_usage::llm(obj),
             Subject::UsageTool => agent_usage::tool(obj),
             Subject::UsageAgent => agent_usage::agent(obj),
             Subject::MessageCreated => agent_usage::message(obj),
             Subject::ChatUsageDelta => chat_usage::delta(obj),
             Subject::ChatUsageSummary => chat_usage::summary(obj),
-        }?;
-        Ok(Record::new(self.dataset(), values))
+        }
     }
 }
 

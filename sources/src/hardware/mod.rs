@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value as Json};
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 use tally_pipeline::metrics::Outcome;
-use tally_pipeline::{now_ns, Dataset, Pipeline, Record, Value};
+use tally_pipeline::{now_ns, Dataset, Pipeline, Record, RecordBuilder, SchemaError, Value};
 use tokio::sync::watch;
 
 use gpu::{GpuInfo, GpuProbe, GpuTotals};
@@ -68,23 +68,18 @@ impl HostSample {
         }
     }
 
-    pub fn record(&self, hostname: &str) -> Record {
-        let opt_f = |v: Option<f64>| v.map(Value::F64).unwrap_or(Value::Null);
-        let opt_i = |v: Option<u64>| v.map(|x| Value::I64(x as i64)).unwrap_or(Value::Null);
-        Record::new(
-            Dataset::HostUsage,
-            vec![
-                Value::Str(hostname.to_string()),
-                Value::Ts(self.timestamp_ns),
-                Value::F64(self.cpu_percent),
-                Value::F64(self.ram_percent()),
-                Value::I64(self.ram_used_mb as i64),
-                Value::I64(self.ram_total_mb as i64),
-                opt_f(self.gpu.map(|g| g.percent)),
-                opt_i(self.gpu.map(|g| g.mem_used_mb)),
-                opt_i(self.gpu.map(|g| g.mem_total_mb)),
-            ],
-        )
+    pub fn record(&self, hostname: &str) -> Result<Record, SchemaError> {
+        let mut r = RecordBuilder::new(Dataset::HostUsage);
+        r.set("hostname", hostname)
+            .set("timestamp", Value::Ts(self.timestamp_ns))
+            .set("cpu_percent", self.cpu_percent)
+            .set("ram_percent", self.ram_percent())
+            .set("ram_used_mb", self.ram_used_mb as i64)
+            .set("ram_total_mb", self.ram_total_mb as i64)
+            .set("gpu_percent", self.gpu.map(|g| g.percent))
+            .set("gpu_mem_used_mb", self.gpu.map(|g| g.mem_used_mb as i64))
+            .set("gpu_mem_total_mb", self.gpu.map(|g| g.mem_total_mb as i64));
+        r.build()
     }
 
     /// The `usage_update` message (spec 000) with tally's ingest rates.
@@ -241,7 +236,13 @@ pub async fn run(
             json: update.to_string().into(),
         }));
         *tick_cost.lock() = started.elapsed();
-        let record = sample.record(&sampler.info.hostname);
+        let record = match sample.record(&sampler.info.hostname) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "host sample does not fit host_usage; not stored");
+                continue;
+            }
+        };
         if let Err(e) = pipeline.ingest(SOURCE, vec![record], Vec::new()).await {
             tracing::debug!(error = %e, "host sample not stored");
         }
@@ -264,7 +265,7 @@ mod tests {
         let update = sample.usage_update(&Map::new());
         assert!(update.get("gpu_percent").is_none());
         assert!(s.info.system_info().get("gpus").is_none());
-        let r = sample.record(&s.info.hostname);
-        assert_eq!(r.values[6], Value::Null);
+        let r = sample.record(&s.info.hostname).unwrap();
+        assert_eq!(r.get("gpu_percent"), Some(&Value::Null));
     }
 }

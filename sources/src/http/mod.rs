@@ -112,8 +112,8 @@ async fn ingest(
     match state.pipeline.ingest(SOURCE, records, rejections).await {
         Ok(report) => {
             if let Some(tap) = &state.tap {
-                for (payload, dup) in payloads.iter().zip(&report.duplicate_flags) {
-                    if !dup {
+                for (payload, stored) in payloads.iter().zip(&report.stored_flags) {
+                    if *stored {
                         tap.offer(subject.name(), payload.to_string().as_bytes());
                     }
                 }

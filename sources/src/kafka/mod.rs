@@ -316,9 +316,10 @@ fn decode(
                     validate_batch(&req, now)
                         .map(|()| req)
                         .map_err(|e| e.to_string())
-                });
+                })
+                .and_then(|req| batch_records(&req).map_err(|e| e.to_string()));
             match result {
-                Ok(req) => records.extend(batch_records(&req).0),
+                Ok((batch, _)) => records.extend(batch),
                 Err(reason) => rejections.push(Rejection {
                     index: None,
                     subject: Some(topic.to_string()),
@@ -328,6 +329,8 @@ fn decode(
                 }),
             }
         }
+        // Every record is checked against its dataset's schema when the
+        // pipeline admits it: a wrongly typed one becomes a rejection.
         Route::Records => match decode_records(payload) {
             Ok(rs) => records.extend(rs),
             Err(e) => rejections.push(Rejection {

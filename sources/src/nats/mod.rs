@@ -142,7 +142,7 @@ async fn ingest_until_durable(
             .ingest(SOURCE, records.clone(), rejections.clone())
             .await
         {
-            Ok(report) => return Ok(report.duplicate_flags),
+            Ok(report) => return Ok(report.stored_flags),
             Err(IngestError::QueueFull(q)) if !*stop.borrow() => {
                 tracing::debug!(error = %q, "pipeline full; NATS collector waits");
                 tokio::time::sleep(delay).await;
@@ -206,11 +206,11 @@ pub async fn run(
 fn offer(
     tap: &Option<Arc<dyn PayloadTap>>,
     accepted: &[(Subject, usize, Vec<u8>)],
-    duplicates: &[bool],
+    stored: &[bool],
 ) {
     let Some(tap) = tap else { return };
     for (subject, index, payload) in accepted {
-        if !duplicates.get(*index).copied().unwrap_or(true) {
+        if stored.get(*index).copied().unwrap_or(false) {
             tap.offer(subject.name(), payload);
         }
     }
@@ -257,7 +257,7 @@ async fn run_core(
         let n = batch.len();
         tokio::spawn(async move {
             match ingest_until_durable(&pipeline, records, rejections, &stop).await {
-                Ok(dups) => offer(&tap, &accepted, &dups),
+                Ok(stored) => offer(&tap, &accepted, &stored),
                 // Core NATS cannot redeliver: say loudly what was lost.
                 Err(e) => {
                     tracing::error!(error = %e, messages = n, "NATS messages could not be stored and are lost (core NATS is at-most-once)")
@@ -344,8 +344,8 @@ async fn run_jetstream(
             batch.iter().map(|m| (m.subject.as_str(), &m.payload[..])),
         );
         match ingest_until_durable(&pipeline, records, rejections, &stop).await {
-            Ok(dups) => {
-                offer(&tap, &accepted, &dups);
+            Ok(stored) => {
+                offer(&tap, &accepted, &stored);
                 // Durable: now JetStream may forget them.
                 for m in &batch {
                     if let Err(e) = m.ack().await {
