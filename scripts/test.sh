@@ -37,3 +37,7 @@ export TALLY_TEST_TANSU TALLY_TEST_MOTO
 # `tally-bench` executables.
 cargo build --workspace --all-targets
 cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc
+
+# A few seconds of each fuzz target over its corpus (nightly, cargo-fuzz).
+./scripts/fuzz-smoke.sh 5

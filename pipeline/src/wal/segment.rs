@@ -101,7 +101,7 @@ pub fn parse_segment(buf: &[u8], first_seq: u64) -> SegmentContents {
     let mut pos = 0usize;
     let mut last_seq: Option<u64> = None;
     while pos < buf.len() {
-        let min_seq = last_seq.map_or(first_seq, |s| s + 1);
+        let min_seq = last_seq.map_or(first_seq, |s| s.saturating_add(1));
         if let Some((seq, end)) = frame_at(buf, pos, min_seq) {
             out.frames.push((seq, buf[pos + HEADER_LEN..end].to_vec()));
             out.offsets.push(pos as u64);
@@ -143,7 +143,9 @@ pub fn read_segment(path: &Path) -> io::Result<SegmentContents> {
 
 /// Entries lost in a bad region, counted from the sequences around it.
 pub fn lost_entries(region: &BadRegion, segment_first_seq: u64) -> u64 {
-    let from = region.after_seq.map_or(segment_first_seq, |s| s + 1);
+    let from = region
+        .after_seq
+        .map_or(segment_first_seq, |s| s.saturating_add(1));
     region.before_seq.map_or(0, |b| b.saturating_sub(from))
 }
 
@@ -166,7 +168,7 @@ pub fn classify_tail(
     last_whole_seq: Option<u64>,
     next_segment_first_seq: Option<u64>,
 ) -> Tail {
-    let expected = last_whole_seq.map_or(segment_first_seq, |s| s + 1);
+    let expected = last_whole_seq.map_or(segment_first_seq, |s| s.saturating_add(1));
     match next_segment_first_seq {
         Some(next) if next > expected => Tail::Damaged {
             lost_entries: next - expected,

@@ -13,15 +13,95 @@ use serde_json::json;
 
 use super::json;
 use super::service::{BillingService, RpcError};
+use tally_proto::billing::v1 as pb;
 
 pub const SOURCE: &str = "connect";
 /// Largest decompressed request accepted.
 const MAX_MESSAGE: u64 = 32 << 20;
 
-#[derive(Clone, Copy, PartialEq)]
-enum Codec {
+/// The message encoding of a Connect request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Codec {
     Json,
     Proto,
+}
+
+impl Codec {
+    /// From the `content-type` header; `None` for a type Connect unary
+    /// does not use.
+    pub fn from_content_type(content_type: &str) -> Option<Codec> {
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "application/json" => Some(Codec::Json),
+            "application/proto" => Some(Codec::Proto),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded request of one of the five methods.
+#[derive(Debug)]
+pub enum BillingRequest {
+    SendMetricsBatch(pb::SendMetricsBatchRequest),
+    SendHeartbeat(pb::SendHeartbeatRequest),
+    NotifyVmStarted(pb::NotifyVmStartedRequest),
+    NotifyVmStopped(pb::NotifyVmStoppedRequest),
+    NotifyPossibleGap(pb::NotifyPossibleGapRequest),
+}
+
+/// The request body after its `content-encoding` (identity or gzip),
+/// bounded to 32 MiB decompressed.
+pub fn decompress(content_encoding: &str, body: &[u8]) -> Result<Vec<u8>, RpcError> {
+    match content_encoding {
+        "identity" => Ok(body.to_vec()),
+        "gzip" => {
+            let mut out = Vec::new();
+            match GzDecoder::new(body)
+                .take(MAX_MESSAGE + 1)
+                .read_to_end(&mut out)
+            {
+                Ok(_) if out.len() as u64 > MAX_MESSAGE => Err(RpcError::ResourceExhausted(
+                    "decompressed request is larger than 32 MiB".into(),
+                )),
+                Ok(_) => Ok(out),
+                Err(e) => Err(RpcError::InvalidArgument(format!(
+                    "request body is not valid gzip: {e}"
+                ))),
+            }
+        }
+        other => Err(RpcError::Unimplemented(format!(
+            "content-encoding {other:?} is not supported; use gzip or identity"
+        ))),
+    }
+}
+
+/// Decodes the message of `method` from a decompressed body.
+pub fn decode_request(method: &str, codec: Codec, body: &[u8]) -> Result<BillingRequest, RpcError> {
+    Ok(match method {
+        "SendMetricsBatch" => {
+            BillingRequest::SendMetricsBatch(decode(codec, body, json::metrics_batch)?)
+        }
+        "SendHeartbeat" => BillingRequest::SendHeartbeat(decode(codec, body, json::heartbeat)?),
+        "NotifyVmStarted" => {
+            BillingRequest::NotifyVmStarted(decode(codec, body, json::vm_started)?)
+        }
+        "NotifyVmStopped" => {
+            BillingRequest::NotifyVmStopped(decode(codec, body, json::vm_stopped)?)
+        }
+        "NotifyPossibleGap" => {
+            BillingRequest::NotifyPossibleGap(decode(codec, body, json::possible_gap)?)
+        }
+        other => {
+            return Err(RpcError::Unimplemented(format!(
+                "billing.v1.BillingService has no method {other}"
+            )))
+        }
+    })
 }
 
 /// A Connect error: its code, HTTP status and message.
@@ -63,70 +143,33 @@ pub async fn call(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let content_type = header_str(headers, header::CONTENT_TYPE)
-        .map(|c| {
-            c.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    let codec = match content_type.as_str() {
-        "application/json" => Codec::Json,
-        "application/proto" => Codec::Proto,
-        other => {
-            let mut r = (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("unsupported content type {other:?}: use application/json or application/proto (Connect), application/grpc or application/grpc-web"),
-            )
-                .into_response();
-            r.headers_mut().insert(
-                "accept-post",
-                HeaderValue::from_static(
-                    "application/json, application/proto, application/grpc, application/grpc-web",
-                ),
-            );
-            return r;
-        }
+    let content_type = header_str(headers, header::CONTENT_TYPE).unwrap_or_default();
+    let Some(codec) = Codec::from_content_type(content_type) else {
+        let mut r = (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("unsupported content type {:?}: use application/json or application/proto (Connect), application/grpc or application/grpc-web", content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()),
+        )
+            .into_response();
+        r.headers_mut().insert(
+            "accept-post",
+            HeaderValue::from_static(
+                "application/json, application/proto, application/grpc, application/grpc-web",
+            ),
+        );
+        return r;
     };
     if let Some(v) = headers.get("connect-protocol-version") {
         if v != "1" {
             return error("invalid_argument", "connect-protocol-version must be 1");
         }
     }
-    let body = match header_str(headers, header::CONTENT_ENCODING).unwrap_or("identity") {
-        "identity" => body.to_vec(),
-        "gzip" => {
-            let mut out = Vec::new();
-            match GzDecoder::new(&body[..])
-                .take(MAX_MESSAGE + 1)
-                .read_to_end(&mut out)
-            {
-                Ok(_) if out.len() as u64 > MAX_MESSAGE => {
-                    return error(
-                        "resource_exhausted",
-                        "decompressed request is larger than 32 MiB",
-                    )
-                }
-                Ok(_) => out,
-                Err(e) => {
-                    return error(
-                        "invalid_argument",
-                        &format!("request body is not valid gzip: {e}"),
-                    )
-                }
-            }
-        }
-        other => {
-            return error(
-                "unimplemented",
-                &format!("content-encoding {other:?} is not supported; use gzip or identity"),
-            )
-        }
+    let encoding = header_str(headers, header::CONTENT_ENCODING).unwrap_or("identity");
+    let request = match decompress(encoding, &body).and_then(|b| decode_request(method, codec, &b))
+    {
+        Ok(r) => r,
+        Err(e) => return rpc_error(e),
     };
-
-    let result = dispatch(service, method, codec, &body).await;
+    let result = dispatch(service, request).await;
     let (message, json_body) = match result {
         Ok(ok) => ok,
         Err(e) => return rpc_error(e),
@@ -174,11 +217,8 @@ fn decode<T: Message + Default>(
 /// Runs the method; returns the response as protobuf bytes and as JSON.
 async fn dispatch(
     service: &BillingService,
-    method: &str,
-    codec: Codec,
-    body: &[u8],
+    request: BillingRequest,
 ) -> Result<(Vec<u8>, serde_json::Value), RpcError> {
-    use tally_proto::billing::v1 as pb;
     // The four acknowledgements are all `bool success = 1`: one encoding serves them.
     let ok = || {
         (
@@ -186,9 +226,8 @@ async fn dispatch(
             json!({"success": true}),
         )
     };
-    match method {
-        "SendMetricsBatch" => {
-            let req = decode(codec, body, json::metrics_batch)?;
+    match request {
+        BillingRequest::SendMetricsBatch(req) => {
             let message = service.send_metrics_batch(SOURCE, req).await?;
             let bytes = pb::SendMetricsBatchResponse {
                 success: true,
@@ -197,32 +236,21 @@ async fn dispatch(
             .encode_to_vec();
             Ok((bytes, json!({"success": true, "message": message})))
         }
-        "SendHeartbeat" => {
-            service
-                .send_heartbeat(SOURCE, decode(codec, body, json::heartbeat)?)
-                .await?;
+        BillingRequest::SendHeartbeat(req) => {
+            service.send_heartbeat(SOURCE, req).await?;
             Ok(ok())
         }
-        "NotifyVmStarted" => {
-            service
-                .notify_vm_started(SOURCE, decode(codec, body, json::vm_started)?)
-                .await?;
+        BillingRequest::NotifyVmStarted(req) => {
+            service.notify_vm_started(SOURCE, req).await?;
             Ok(ok())
         }
-        "NotifyVmStopped" => {
-            service
-                .notify_vm_stopped(SOURCE, decode(codec, body, json::vm_stopped)?)
-                .await?;
+        BillingRequest::NotifyVmStopped(req) => {
+            service.notify_vm_stopped(SOURCE, req).await?;
             Ok(ok())
         }
-        "NotifyPossibleGap" => {
-            service
-                .notify_possible_gap(SOURCE, decode(codec, body, json::possible_gap)?)
-                .await?;
+        BillingRequest::NotifyPossibleGap(req) => {
+            service.notify_possible_gap(SOURCE, req).await?;
             Ok(ok())
         }
-        other => Err(RpcError::Internal(format!(
-            "billing.v1.BillingService has no method {other}"
-        ))),
     }
 }

@@ -12,6 +12,7 @@ impl From<RpcError> for Status {
             RpcError::ResourceExhausted(m) => Status::resource_exhausted(m),
             RpcError::Unavailable(m) => Status::unavailable(m),
             RpcError::Internal(m) => Status::internal(m),
+            RpcError::Unimplemented(m) => Status::unimplemented(m),
         }
     }
 }

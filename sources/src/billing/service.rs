@@ -32,6 +32,8 @@ pub enum RpcError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Unimplemented(String),
 }
 
 impl From<SchemaError> for RpcError {
@@ -50,6 +52,7 @@ impl RpcError {
             RpcError::ResourceExhausted(_) => "resource_exhausted",
             RpcError::Unavailable(_) => "unavailable",
             RpcError::Internal(_) => "internal",
+            RpcError::Unimplemented(_) => "unimplemented",
         }
     }
 }

@@ -168,13 +168,13 @@ pub struct Update {
 
 /// Ingest rates per dataset from the accepted-record counters.
 struct Rates {
-    last: [u64; 10],
+    last: [u64; Dataset::COUNT],
     at: Instant,
 }
 
 impl Rates {
     fn new(pipeline: &Pipeline) -> Self {
-        let mut last = [0; 10];
+        let mut last = [0; Dataset::COUNT];
         for d in Dataset::ALL {
             last[d.index()] = pipeline.metrics().total(Outcome::Accepted, d);
         }

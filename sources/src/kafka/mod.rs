@@ -295,6 +295,17 @@ fn ensure_topics(rt: &Handle, config: &KafkaConfig, topics: &[String]) -> Result
     Ok(())
 }
 
+/// A `vm.metrics` message: a `SendMetricsBatchRequest`, validated as
+/// billing.v1 validates it, as `vm_metrics` rows.
+pub fn decode_vm_metrics(payload: &[u8], now: i64) -> Result<Vec<Record>, String> {
+    let req = SendMetricsBatchRequest::decode(payload)
+        .map_err(|e| format!("message is not a SendMetricsBatchRequest: {e}"))?;
+    validate_batch(&req, now).map_err(|e| e.to_string())?;
+    batch_records(&req)
+        .map(|(records, _)| records)
+        .map_err(|e| e.to_string())
+}
+
 /// One consumed message, decoded.
 fn decode(
     route: Route,
@@ -309,26 +320,16 @@ fn decode(
             Ok(r) => records.push(r),
             Err(rejection) => rejections.push(rejection),
         },
-        Route::VmMetrics => {
-            let result = SendMetricsBatchRequest::decode(payload)
-                .map_err(|e| format!("message is not a SendMetricsBatchRequest: {e}"))
-                .and_then(|req| {
-                    validate_batch(&req, now)
-                        .map(|()| req)
-                        .map_err(|e| e.to_string())
-                })
-                .and_then(|req| batch_records(&req).map_err(|e| e.to_string()));
-            match result {
-                Ok((batch, _)) => records.extend(batch),
-                Err(reason) => rejections.push(Rejection {
-                    index: None,
-                    subject: Some(topic.to_string()),
-                    dataset: Some(tally_pipeline::Dataset::VmMetrics),
-                    reason,
-                    payload: format!("{} bytes of protobuf", payload.len()),
-                }),
-            }
-        }
+        Route::VmMetrics => match decode_vm_metrics(payload, now) {
+            Ok(batch) => records.extend(batch),
+            Err(reason) => rejections.push(Rejection {
+                index: None,
+                subject: Some(topic.to_string()),
+                dataset: Some(tally_pipeline::Dataset::VmMetrics),
+                reason,
+                payload: format!("{} bytes of protobuf", payload.len()),
+            }),
+        },
         // Every record is checked against its dataset's schema when the
         // pipeline admits it: a wrongly typed one becomes a rejection.
         Route::Records => match decode_records(payload) {
