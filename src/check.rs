@@ -65,9 +65,26 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             found.damage.push(format!(
-                "{e}. Do: move it aside; tally then replays the whole WAL, and dedup keeps records that are already in Parquet from counting twice within the dedup window."
+                "{e}. Do: start tally (or `tally check --repair`): the checkpoint goes to quarantine and is rebuilt from the Parquet files' metadata"
             ));
-            Checkpoint::default()
+            if let Some(q) = &quarantine {
+                // What start-up does, without serving.
+                let target = tally_sinks::FlushTarget {
+                    data: data.clone(),
+                    state: state.clone(),
+                    destination: Arc::new(Destination::Local),
+                    node: args
+                        .node_id
+                        .clone()
+                        .unwrap_or_else(crate::config::default_node_id),
+                    quarantine: Some(q.clone()),
+                };
+                let metrics = Arc::new(Metrics::default());
+                let store = tally_pipeline::store::Store::new(usize::MAX);
+                let dedup = tally_pipeline::dedup::Dedup::new(0, 1, metrics);
+                tally_sinks::recover(&target, &store, &dedup)?;
+            }
+            Checkpoint::load(&state).unwrap_or_default()
         }
     };
 

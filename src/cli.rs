@@ -38,6 +38,10 @@ pub struct CheckArgs {
     #[arg(long, env = "TALLY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// The node id whose files rebuild an unreadable checkpoint (--repair). [default: the host name]
+    #[arg(long, env = "TALLY_NODE_ID")]
+    pub node_id: Option<String>,
+
     /// Do what start-up does with damage, without serving: copy damaged WAL
     /// segments into the quarantine, move unreadable and foreign files there,
     /// and record the reports.

@@ -316,7 +316,7 @@ fn overrides(file: Option<HashMap<String, String>>, flags: &[String]) -> Vec<(St
 }
 
 /// The host name (unique per container), else `tally`.
-fn default_node_id() -> String {
+pub(crate) fn default_node_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

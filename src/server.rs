@@ -288,6 +288,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }),
         started,
     };
+    let usage_config_path =
+        tally_sinks::parquet::layout::state_dir(&state).join("usage_config.json");
+    quarantine_unreadable_usage_config(&usage_config_path, &quarantine);
     let app = Router::new()
         .merge(tally_sources::http::router(pipeline.clone(), tap.clone()))
         .merge(tally_queries::usage_engine::router(
@@ -301,8 +304,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 pipeline.clone(),
                 prices.clone(),
                 UsageApiConfig {
-                    config_path: tally_sinks::parquet::layout::state_dir(&state)
-                        .join("usage_config.json"),
+                    config_path: usage_config_path.clone(),
                     config_updates_per_minute: config.usage_config_rate,
                     stats_per_minute: config.usage_stats_rate,
                 },
@@ -375,6 +377,35 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             Err(e.into())
         }
     }
+}
+
+/// A Usage API configuration file that cannot be read goes to the
+/// quarantine (reported); the API then starts from the defaults.
+fn quarantine_unreadable_usage_config(path: &std::path::Path, quarantine: &Quarantine) {
+    let Ok(bytes) = std::fs::read(path) else {
+        return;
+    };
+    let Err(e) = serde_json::from_slice::<tally_queries::usage_api::config::UsageConfig>(&bytes)
+    else {
+        return;
+    };
+    let kept = quarantine
+        .move_in(path, std::path::Path::new("state/usage_config.json"))
+        .map(|p| p.display().to_string());
+    if let Err(err) = &kept {
+        tracing::error!(path = %path.display(), error = %err, "cannot move the unreadable Usage API configuration aside");
+    }
+    quarantine.report(tally_pipeline::quarantine::Damage {
+        kind: tally_pipeline::quarantine::DamageKind::StateFile,
+        path: path.display().to_string(),
+        quarantined: kept.ok(),
+        offset: None,
+        unread_entries: 0,
+        unread_bytes: bytes.len() as u64,
+        detail: format!("the Usage API configuration cannot be read ({e}); the defaults are used until it is set again"),
+        found_at: tally_pipeline::quarantine::now_secs(),
+        acknowledged: false,
+    });
 }
 
 async fn expire_dedup(dedup: Arc<Dedup>, mut stop: watch::Receiver<bool>) {

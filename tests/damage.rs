@@ -324,3 +324,94 @@ async fn check_repair_quarantines_without_serving() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 damage report(s)"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_checkpoint_and_usage_config_are_set_aside_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Batch a in Parquet; batch b only in the WAL (kill -9).
+    let t = Tally::start(&data, &["--no-sampler"]).await;
+    let a = batch("a", 300);
+    t.post_llm_events(&a).await;
+    t.terminate();
+    let t = Tally::start(&data, &["--no-sampler", "--flush-interval", "1h"]).await;
+    let b = batch("b", 200);
+    t.post_llm_events(&b).await;
+    t.kill9();
+
+    // Bit rot in the checkpoint and in the Usage API configuration.
+    for name in ["checkpoint.json", "usage_config.json"] {
+        let path = data.join("_tally").join(name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0x20;
+        bytes[5] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let (code, out) = tally_check(&data, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("checkpoint.json"), "{out}");
+
+    let t = Tally::start(&data, &["--no-sampler", "--flush-interval", "1h"]).await;
+    // The checkpoint now says what a's files hold, read from their metadata
+    // here with the parquet crate.
+    let last_in_files = parquet_files(&data, "usage_llm")
+        .iter()
+        .map(|p| {
+            let file = std::fs::File::open(p).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap();
+            let kv = reader
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .unwrap();
+            kv.iter()
+                .find(|kv| kv.key == "tally.last_wal_seq")
+                .and_then(|kv| kv.value.as_deref())
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("_tally/checkpoint.json")).unwrap())
+            .unwrap();
+    assert!(last_in_files > 0);
+    assert_eq!(checkpoint["flushed_seq"], last_in_files);
+    let rows = t
+        .sql("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM usage_llm")
+        .await;
+    assert_eq!(rows[0]["n"], 500, "{rows:?}");
+    assert_eq!(rows[0]["d"], 500);
+    let (_, h) = health(&t).await;
+    assert_eq!(h["status"], "degraded");
+    let reports = h["components"]["damage"]["reports"].as_array().unwrap();
+    let paths: BTreeSet<String> = reports
+        .iter()
+        .map(|r| {
+            assert_eq!(r["kind"], "state_file", "{r}");
+            r["path"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(data
+        .join("_tally/quarantine/state/checkpoint.json")
+        .exists());
+    assert!(data
+        .join("_tally/quarantine/state/usage_config.json")
+        .exists());
+    // The Usage API answers with its defaults.
+    let config: serde_json::Value = reqwest::get(t.url("/api/usage/config"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["plan"], "custom", "{config}");
+    t.terminate();
+    let stored = stored_event_ids(&data, "usage_llm");
+    assert_eq!(stored.len(), 500);
+    assert!(stored.values().all(|&n| n == 1), "every record stored once");
+}

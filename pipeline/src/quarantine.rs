@@ -29,6 +29,9 @@ pub enum DamageKind {
     /// A file in the data tree that is not one of tally's (wrong schema, not
     /// Parquet at all).
     ForeignFile,
+    /// One of tally's own state files (checkpoint, Usage API configuration,
+    /// the damage reports themselves) that cannot be read.
+    StateFile,
 }
 
 /// One finding.
@@ -71,23 +74,44 @@ const REPORTS: &str = "damage.json";
 
 impl Quarantine {
     /// Opens (or creates) the quarantine at `dir`, with the reports kept there.
+    /// Unreadable reports are kept aside as `damage.json.unreadable` and
+    /// reported afresh.
     pub fn open(dir: &Path, metrics: Arc<Metrics>) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let reports = match fs::read(dir.join(REPORTS)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", dir.join(REPORTS).display()),
-                )
-            })?,
+        let path = dir.join(REPORTS);
+        let mut unreadable = None;
+        let reports = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    let aside = dir.join(format!("{REPORTS}.unreadable"));
+                    fs::rename(&path, &aside)?;
+                    unreadable = Some((aside, e.to_string()));
+                    Vec::new()
+                }
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        Ok(Self {
+        let q = Self {
             dir: dir.to_path_buf(),
             reports: Mutex::new(reports),
             metrics,
-        })
+        };
+        if let Some((aside, error)) = unreadable {
+            q.report(Damage {
+                kind: DamageKind::StateFile,
+                path: path.display().to_string(),
+                quarantined: Some(aside.display().to_string()),
+                offset: None,
+                unread_entries: 0,
+                unread_bytes: fs::metadata(&aside).map(|m| m.len()).unwrap_or(0),
+                detail: format!("the damage reports cannot be read ({error}); earlier reports are in the file kept aside"),
+                found_at: now_secs(),
+                acknowledged: false,
+            });
+        }
+        Ok(q)
     }
 
     pub fn dir(&self) -> &Path {
@@ -263,6 +287,28 @@ mod tests {
         let third = Quarantine::open(dir.path(), metrics).unwrap();
         assert!(third.unacknowledged().is_empty());
         assert_eq!(third.all().len(), 2);
+    }
+
+    #[test]
+    fn unreadable_reports_are_kept_aside_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(REPORTS), b"[{\"kind\": tru").unwrap();
+        let q = Quarantine::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        let open = q.unacknowledged();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].kind, DamageKind::StateFile);
+        assert_eq!(
+            fs::read(dir.path().join("damage.json.unreadable")).unwrap(),
+            b"[{\"kind\": tru"
+        );
+        // The new reports are readable again.
+        assert_eq!(
+            Quarantine::open(dir.path(), Arc::new(Metrics::default()))
+                .unwrap()
+                .unacknowledged()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -20,9 +20,9 @@ use super::checkpoint::Checkpoint;
 use super::destination::{list_local, Destination, ListedFile};
 use super::flusher::FlushTarget;
 use super::layout::{node_of, wal_dir};
-use super::verify::{quarantine_file, verify_file, FileProblem};
+use super::verify::{last_wal_seq, quarantine_file, verify_file, FileProblem};
 use super::{io_err, SinkError};
-use tally_pipeline::quarantine::DamageKind;
+use tally_pipeline::quarantine::{now_secs, Damage, DamageKind};
 
 /// What start-up found.
 #[derive(Debug, Default)]
@@ -34,6 +34,8 @@ pub struct Recovered {
     pub dedup_keys_restored: usize,
     /// Unreadable or foreign files moved to the quarantine.
     pub quarantined: usize,
+    /// The checkpoint was unreadable and was rebuilt from the files.
+    pub checkpoint_rebuilt: bool,
 }
 
 /// Completes the pending moves of the checkpoint, removes temporary files
@@ -45,8 +47,22 @@ pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Rec
     let data = target.data.as_path();
     let dest = &*target.destination;
     fs::create_dir_all(data).map_err(io_err(data))?;
+    let (checkpoint, rebuild) = match Checkpoint::load(&target.state) {
+        Ok(c) => (c, false),
+        Err(SinkError::Checkpoint { path, source }) => {
+            // Bit rot in the checkpoint: keep it aside and rebuild what it
+            // said from the files (see below).
+            quarantine_state_file(
+                target,
+                &path,
+                format!("the checkpoint cannot be read ({source}); the flushed WAL sequence is rebuilt from the Parquet files' metadata"),
+            );
+            (Checkpoint::default(), true)
+        }
+        Err(e) => return Err(e),
+    };
     let mut out = Recovered {
-        checkpoint: Checkpoint::load(&target.state)?,
+        checkpoint,
         ..Default::default()
     };
     for p in std::mem::take(&mut out.checkpoint.pending) {
@@ -60,8 +76,11 @@ pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Rec
             "completed the renames of an interrupted flush"
         );
     }
-    out.checkpoint.store(&target.state)?;
+    if !rebuild {
+        out.checkpoint.store(&target.state)?;
+    }
 
+    let mut own_last_seq = 0u64;
     for d in Dataset::ALL {
         let (_, tmps) = list_local(data, d)?;
         // Temporary files of this node's unfinished rounds (and of versions
@@ -78,6 +97,16 @@ pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Rec
         }
         let (files, bad) = admit_files(target, d, dest.list(data, d)?);
         out.quarantined += bad.len();
+        if rebuild {
+            for f in &files {
+                let name = f.entry.path.file_name().and_then(|n| n.to_str());
+                if name.and_then(node_of).is_none_or(|n| n == target.node) {
+                    if let Some(seq) = last_wal_seq(dest, &f.entry) {
+                        own_last_seq = own_last_seq.max(seq);
+                    }
+                }
+            }
+        }
         let (keys, unreadable) = restore_recent_keys(target, d, &files, dedup);
         out.dedup_keys_restored += keys;
         out.quarantined += unreadable.len();
@@ -89,7 +118,46 @@ pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Rec
         out.files += files.len();
         store.add_existing_files(d, files);
     }
+    if rebuild {
+        // Everything up to the last entry any of this node's files holds is
+        // in Parquet; the WAL replays what comes after. Temporary files of
+        // an interrupted round were removed above, and the WAL still holds
+        // their entries (it is truncated only after a round commits).
+        out.checkpoint.flushed_seq = own_last_seq;
+        out.checkpoint.store(&target.state)?;
+        out.checkpoint_rebuilt = true;
+        tracing::warn!(
+            flushed_seq = own_last_seq,
+            "checkpoint rebuilt from the Parquet files"
+        );
+    }
     Ok(out)
+}
+
+/// Moves a damaged state file (checkpoint) into the quarantine and reports it.
+fn quarantine_state_file(target: &FlushTarget, path: &Path, detail: String) {
+    let Some(q) = target.quarantine.as_deref() else {
+        return;
+    };
+    let name = path.file_name().unwrap_or_default();
+    let kept = match q.move_in(path, &Path::new("state").join(name)) {
+        Ok(p) => Some(p.display().to_string()),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot move the damaged state file into quarantine");
+            None
+        }
+    };
+    q.report(Damage {
+        kind: DamageKind::StateFile,
+        path: path.display().to_string(),
+        quarantined: kept,
+        offset: None,
+        unread_entries: 0,
+        unread_bytes: fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        detail,
+        found_at: now_secs(),
+        acknowledged: false,
+    });
 }
 
 /// Checks the footer and schema of each listed file. Returns the good ones

@@ -144,6 +144,34 @@ pub fn verify_file(
     }
 }
 
+/// The last WAL sequence a file of tally's holds (`tally.last_wal_seq` in
+/// its key-value metadata).
+pub fn last_wal_seq(dest: &Destination, entry: &FileEntry) -> Option<u64> {
+    let metadata = match dest {
+        Destination::Local => {
+            ParquetRecordBatchReaderBuilder::try_new(File::open(&entry.path).ok()?)
+                .ok()?
+                .metadata()
+                .clone()
+        }
+        Destination::Object { .. } => {
+            ParquetRecordBatchReaderBuilder::try_new(dest.read(entry).ok()?)
+                .ok()?
+                .metadata()
+                .clone()
+        }
+    };
+    metadata
+        .file_metadata()
+        .key_value_metadata()?
+        .iter()
+        .find(|kv| kv.key == "tally.last_wal_seq")?
+        .value
+        .as_deref()?
+        .parse()
+        .ok()
+}
+
 /// Moves a bad file to the quarantine (when there is one) and reports it.
 pub fn quarantine_file(
     dest: &Destination,
