@@ -17,4 +17,4 @@ pub mod wal;
 
 pub use dataset::{Column, ColumnType, Dataset};
 pub use ingest::{now_ns, IngestError, IngestReport, Pipeline, Rejection, Relay};
-pub use record::{Record, RecordBuilder, SchemaError, Value};
+pub use record::{Record, RecordBuilder, RowLayout, SchemaError, Value};

@@ -230,6 +230,67 @@ impl RecordBuilder {
     }
 }
 
+/// Column positions resolved once from names, for hot paths: a row is then
+/// placed without looking names up, and checked like any other.
+///
+/// ```
+/// use std::sync::LazyLock;
+/// use tally_pipeline::{Dataset, Value};
+/// use tally_pipeline::record::RowLayout;
+/// static HOSTS: LazyLock<RowLayout<2>> = LazyLock::new(|| {
+///     RowLayout::new(Dataset::HostUsage, ["timestamp", "hostname"]).expect("columns exist")
+/// });
+/// let err = HOSTS.row([Value::Ts(1), "h".into()]).unwrap_err();
+/// assert_eq!(err.to_string(), "host_usage.cpu_percent is required (NOT NULL), got null");
+/// ```
+#[derive(Debug, Clone)]
+pub struct RowLayout<const N: usize> {
+    dataset: Dataset,
+    index: [usize; N],
+    /// The names are the dataset's columns, in order: values go as they are.
+    in_order: bool,
+}
+
+impl<const N: usize> RowLayout<N> {
+    pub fn new(dataset: Dataset, names: [&str; N]) -> Result<Self, SchemaError> {
+        let mut index = [0; N];
+        for (slot, name) in index.iter_mut().zip(names) {
+            *slot = dataset
+                .column_index(name)
+                .ok_or_else(|| SchemaError::UnknownColumn {
+                    dataset,
+                    column: name.to_string(),
+                })?;
+        }
+        let in_order =
+            N == dataset.columns().len() && index.iter().enumerate().all(|(i, &c)| i == c);
+        Ok(Self {
+            dataset,
+            index,
+            in_order,
+        })
+    }
+
+    /// A record of these values (in the layout's order), checked.
+    pub fn row(&self, values: [Value; N]) -> Result<Record, SchemaError> {
+        let values = if self.in_order {
+            Vec::from(values)
+        } else {
+            let mut row = vec![Value::Null; self.dataset.columns().len()];
+            for (&i, v) in self.index.iter().zip(values) {
+                row[i] = v;
+            }
+            row
+        };
+        let record = Record {
+            dataset: self.dataset,
+            values,
+        };
+        record.check()?;
+        Ok(record)
+    }
+}
+
 impl Record {
     /// A record from values in the dataset's column order, for decoders of
     /// tally's own formats (WAL, Arrow); everything else uses
