@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{llm_event, parquet_files, stored_event_ids, Tally};
+use common::{files_under, llm_event, parquet_files, stored_event_ids, Tally};
 
 /// Frames of a WAL segment as `(offset, payload length, seq)`, read with
 /// the layout DESIGN.md gives (u32 length, u32 crc, u64 seq, payload),
@@ -52,11 +52,6 @@ fn batch(prefix: &str, n: usize) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn health(t: &Tally) -> (u16, serde_json::Value) {
-    let r = reqwest::get(t.url("/health")).await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
 fn tally_check(data: &Path, extra: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["check", "--data"])
@@ -68,26 +63,6 @@ fn tally_check(data: &Path, extra: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +99,7 @@ async fn a_flipped_byte_in_the_wal_costs_one_entry_and_is_reported_until_acknowl
         .await;
     assert_eq!(rows[0]["n"], 2000, "{rows:?}");
     assert_eq!(rows[0]["d"], 2000);
-    let (status, h) = health(&t).await;
+    let (status, h) = t.health().await;
     assert_eq!(status, 200, "{h}");
     assert_eq!(h["status"], "degraded", "{h}");
     let damage = &h["components"]["damage"];
@@ -139,12 +114,7 @@ async fn a_flipped_byte_in_the_wal_costs_one_entry_and_is_reported_until_acknowl
         bytes,
         "the damaged segment is kept whole"
     );
-    let metrics = reqwest::get(t.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics_text().await;
     assert!(
         metrics.contains("tally_damage_reports_total 1\n"),
         "{metrics}"
@@ -175,7 +145,7 @@ async fn a_flipped_byte_in_the_wal_costs_one_entry_and_is_reported_until_acknowl
 
     // Still degraded after a restart, until acknowledged.
     let t = Tally::start(&data, &args).await;
-    assert_eq!(health(&t).await.1["status"], "degraded");
+    assert_eq!(t.health().await.1["status"], "degraded");
     let ack: serde_json::Value = reqwest::Client::new()
         .post(t.url("/v1/damage/acknowledge"))
         .send()
@@ -185,7 +155,7 @@ async fn a_flipped_byte_in_the_wal_costs_one_entry_and_is_reported_until_acknowl
         .await
         .unwrap();
     assert_eq!(ack["acknowledged"], 1);
-    let (_, h) = health(&t).await;
+    let (_, h) = t.health().await;
     assert_eq!(h["status"], "ok", "{h}");
     t.terminate();
     let (code, out) = tally_check(&data, &[]);
@@ -263,7 +233,7 @@ async fn a_damaged_and_a_foreign_file_are_quarantined_and_everything_else_answer
     assert_eq!(rows[0]["n"], 50);
     let rows = t.sql("SELECT count(*) AS n FROM usage_tool").await;
     assert_eq!(rows[0]["n"], 7);
-    let (status, h) = health(&t).await;
+    let (status, h) = t.health().await;
     assert_eq!(status, 200);
     assert_eq!(h["status"], "degraded");
     let reports = h["components"]["damage"]["reports"].as_array().unwrap();
@@ -300,7 +270,7 @@ async fn a_damaged_and_a_foreign_file_are_quarantined_and_everything_else_answer
         !h11.exists(),
         "the file damaged at read time is in quarantine"
     );
-    let (_, h) = health(&t).await;
+    let (_, h) = t.health().await;
     assert_eq!(h["components"]["damage"]["unacknowledged"], 3, "{h}");
     t.terminate();
 
@@ -385,7 +355,7 @@ async fn an_unreadable_checkpoint_and_usage_config_are_set_aside_and_rebuilt() {
         .await;
     assert_eq!(rows[0]["n"], 500, "{rows:?}");
     assert_eq!(rows[0]["d"], 500);
-    let (_, h) = health(&t).await;
+    let (_, h) = t.health().await;
     assert_eq!(h["status"], "degraded");
     let reports = h["components"]["damage"]["reports"].as_array().unwrap();
     let paths: BTreeSet<String> = reports

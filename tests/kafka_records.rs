@@ -100,20 +100,12 @@ async fn a_wrongly_typed_relayed_record_is_rejected_and_later_records_reach_parq
         rows[0]["reason"],
         "usage_llm.prompt_tokens must be a 32-bit integer, got a string"
     );
-    let metrics = reqwest::get(t.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics_text().await;
     assert!(
         metrics.contains("tally_records_failing_schema_total 1\n"),
         "{metrics}"
     );
-    let (_, h): (u16, serde_json::Value) = {
-        let r = reqwest::get(t.url("/health")).await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
-    };
+    let (_, h) = t.health().await;
     assert_eq!(h["components"]["parquet_writer"]["status"], "ok", "{h}");
     t.terminate();
 }

@@ -18,7 +18,7 @@ use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::Pipeline;
 use tally_queries::usage_api::config::UsageConfig;
 use tally_sources::billing::connect::{decode_request, decompress, BillingRequest, Codec};
-use tally_sources::billing::{batch_records, validate_batch, BillingService};
+use tally_sources::billing::{batch_records, validate_batch, BillingService, METHODS};
 use tally_sources::events::Subject;
 use tally_sources::http::body::{split, Item};
 use tally_sources::kafka::decode_vm_metrics;
@@ -26,14 +26,6 @@ use tower::ServiceExt;
 
 /// "Now" for validators that compare times with it: 2026-01-01T00:00:00Z.
 const NOW_NS: i64 = 1_767_225_600_000_000_000;
-
-const METHODS: [&str; 5] = [
-    "SendMetricsBatch",
-    "SendHeartbeat",
-    "NotifyVmStarted",
-    "NotifyVmStopped",
-    "NotifyPossibleGap",
-];
 
 /// Connect unary bodies: JSON or binary protobuf, identity or gzip, for
 /// each method. The first byte picks method, codec and encoding. A batch

@@ -45,21 +45,10 @@ fn by_name(i: i64) -> Record {
 }
 
 static VM_ROW: std::sync::LazyLock<RowLayout<9>> = std::sync::LazyLock::new(|| {
-    RowLayout::new(
-        Dataset::VmMetrics,
-        [
-            "customer_id",
-            "vm_id",
-            "timestamp",
-            "cpu_time_nanos",
-            "memory_usage_bytes",
-            "disk_read_bytes",
-            "disk_write_bytes",
-            "network_rx_bytes",
-            "network_tx_bytes",
-        ],
-    )
-    .expect("columns exist")
+    // The same layout as billing.v1's batches: every column, in order.
+    let columns = Dataset::VmMetrics.columns();
+    RowLayout::new(Dataset::VmMetrics, std::array::from_fn(|i| columns[i].name))
+        .expect("columns exist")
 });
 
 fn by_layout(i: i64) -> Record {

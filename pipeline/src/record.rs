@@ -397,15 +397,8 @@ mod tests {
         b.set("vm_id", "vm-1")
             .set("customer_id", "c")
             .set("timestamp", Value::Ts(5));
-        for c in [
-            "cpu_time_nanos",
-            "memory_usage_bytes",
-            "disk_read_bytes",
-            "disk_write_bytes",
-            "network_rx_bytes",
-            "network_tx_bytes",
-        ] {
-            b.set(c, 1i64);
+        for c in &Dataset::VmMetrics.columns()[3..] {
+            b.set(c.name, 1i64);
         }
         let r = b.build().unwrap();
         assert_eq!(r.values[0], Value::Str("c".into()));

@@ -130,6 +130,22 @@ impl Tally {
         r.json().await.unwrap()
     }
 
+    /// `/metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `/health`: its status code and body.
+    pub async fn health(&self) -> (u16, serde_json::Value) {
+        let r = reqwest::get(self.url("/health")).await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
     pub async fn sql(&self, query: &str) -> Vec<serde_json::Value> {
         let r = reqwest::Client::new()
             .post(self.url("/v1/sql"))
@@ -188,10 +204,10 @@ pub fn ndjson(events: &[serde_json::Value]) -> String {
     events.iter().map(|e| format!("{e}\n")).collect()
 }
 
-/// Every committed Parquet file of a dataset (hidden temporary files excluded).
-pub fn parquet_files(data: &Path, dataset: &str) -> Vec<PathBuf> {
+/// Every file below `dir`, in path order.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut stack = vec![data.join(dataset)];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -200,15 +216,24 @@ pub fn parquet_files(data: &Path, dataset: &str) -> Vec<PathBuf> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet")
-                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-            {
+            } else {
                 out.push(p);
             }
         }
     }
     out.sort();
     out
+}
+
+/// Every committed Parquet file of a dataset (hidden temporary files excluded).
+pub fn parquet_files(data: &Path, dataset: &str) -> Vec<PathBuf> {
+    files_under(&data.join(dataset))
+        .into_iter()
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "parquet")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
+        .collect()
 }
 
 pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {

@@ -24,7 +24,8 @@ use tower::ServiceExt;
 
 pub use service::{batch_records, validate_batch, BillingService};
 
-const METHODS: [&str; 5] = [
+/// The methods of billing.v1.BillingService.
+pub const METHODS: [&str; 5] = [
     "SendMetricsBatch",
     "SendHeartbeat",
     "NotifyVmStarted",
