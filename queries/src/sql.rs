@@ -106,23 +106,74 @@ impl SqlEngine {
             .with_allow_dml(false)
             .with_allow_statements(false);
         let df = self.ctx.sql_with_options(sql, options).await?;
-        match df.collect().await.map_err(QueryError::from) {
-            Err(QueryError::Execution(e)) => {
+        match df.collect().await {
+            Ok(batches) => Ok(batches),
+            Err(e) if !reads_files(&e) => Err(e.into()),
+            Err(e) => {
                 let Some(check) = self.file_check.clone() else {
-                    return Err(QueryError::Execution(e));
+                    return Err(e.into());
                 };
                 let moved = tokio::task::spawn_blocking(move || check.quarantine_unreadable())
                     .await
                     .unwrap_or(0);
                 if moved == 0 {
-                    return Err(QueryError::Execution(e));
+                    return Err(e.into());
                 }
                 tracing::error!(files = moved, error = %e, "a query hit unreadable files; they are in quarantine and the query ran again without them");
                 // Planned again: the scan takes a new snapshot of the files.
                 let df = self.ctx.sql_with_options(sql, options).await?;
                 Ok(df.collect().await?)
             }
-            other => other,
         }
+    }
+}
+
+/// Whether an error can come from reading a data file (decoding Parquet,
+/// I/O, the object store), rather than from the query itself (a division by
+/// zero, a bad cast): only those make the engine check the files.
+fn reads_files(e: &DataFusionError) -> bool {
+    use arrow::error::ArrowError;
+    match e {
+        DataFusionError::ParquetError(_)
+        | DataFusionError::IoError(_)
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::External(_) => true,
+        DataFusionError::ArrowError(a, _) => matches!(
+            a.as_ref(),
+            ArrowError::ParquetError(_) | ArrowError::IoError(..) | ArrowError::ExternalError(_)
+        ),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            reads_files(inner)
+        }
+        DataFusionError::Shared(inner) => reads_files(inner),
+        DataFusionError::Collection(all) => all.iter().any(reads_files),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod file_error_tests {
+    use super::*;
+    use arrow::error::ArrowError;
+    use datafusion::parquet::errors::ParquetError;
+
+    #[test]
+    fn only_errors_of_reading_files_make_the_engine_check_them() {
+        let parquet = DataFusionError::ParquetError(Box::new(ParquetError::EOF("short".into())));
+        assert!(reads_files(&parquet));
+        assert!(reads_files(&DataFusionError::Context(
+            "scanning".into(),
+            Box::new(parquet)
+        )));
+        assert!(reads_files(&DataFusionError::IoError(
+            std::io::Error::other("bad sector")
+        )));
+        assert!(!reads_files(&DataFusionError::Execution(
+            "Divide by zero error".into()
+        )));
+        assert!(!reads_files(&DataFusionError::ArrowError(
+            Box::new(ArrowError::CastError("'x' is not an integer".into())),
+            None
+        )));
     }
 }
