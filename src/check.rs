@@ -152,9 +152,17 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let open = Quarantine::open(&quarantine_dir(&state), Arc::new(Metrics::default()))
-        .map(|q| q.unacknowledged())
-        .unwrap_or_default();
+    // Read, not opened: without --repair the check changes nothing.
+    let open: Vec<tally_pipeline::quarantine::Damage> =
+        std::fs::read(quarantine_dir(&state).join("damage.json"))
+            .ok()
+            .and_then(|b| {
+                serde_json::from_slice::<Vec<tally_pipeline::quarantine::Damage>>(&b).ok()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| !d.acknowledged)
+            .collect();
     if !open.is_empty() {
         found.notes.push(format!(
             "{} damage report(s) in {} not acknowledged (POST /v1/damage/acknowledge on the server)",
