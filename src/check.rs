@@ -134,9 +134,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         for f in listed {
             match verify_file(&Destination::Local, &f.entry, d, true) {
-                Ok(n) => {
+                Ok(facts) => {
                     files += 1;
-                    rows += n;
+                    rows += facts.rows;
                 }
                 Err(problem) => {
                     found.damage.push(describe(&f.entry.path, d, &problem));

@@ -134,7 +134,26 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_DEDUP_WINDOW", value_parser = crate::config::parse_duration)]
     pub dedup_window: Option<std::time::Duration>,
 
-    /// Dedup keys kept per dataset; beyond it the oldest hour is dropped early. [default: 10000000]
+    /// An hour partition is compacted (one file, copies dropped, rollups
+    /// written) this long after its end. [default: 10m]
+    #[arg(long, env = "TALLY_COMPACT_AFTER", value_parser = crate::config::parse_duration)]
+    pub compact_after: Option<std::time::Duration>,
+
+    /// How often the compactor looks for closed hours. [default: 30s]
+    #[arg(long, env = "TALLY_COMPACT_INTERVAL", value_parser = crate::config::parse_duration)]
+    pub compact_interval: Option<std::time::Duration>,
+
+    /// Raw hours older than this are deleted once rolled up; bills and
+    /// summaries of them keep answering from the rollups. [default: keep forever]
+    #[arg(long, env = "TALLY_RAW_RETENTION", value_parser = crate::config::parse_duration)]
+    pub raw_retention: Option<std::time::Duration>,
+
+    /// Rollups of hours older than this (whose raw files are gone) are
+    /// deleted. [default: keep forever]
+    #[arg(long, env = "TALLY_ROLLUP_RETENTION", value_parser = crate::config::parse_duration)]
+    pub rollup_retention: Option<std::time::Duration>,
+
+    /// Dedup keys kept in memory per dataset; beyond it the oldest hour is dropped early (compaction still drops copies). [default: 10000000]
     #[arg(long, env = "TALLY_DEDUP_MAX_KEYS")]
     pub dedup_max_keys: Option<usize>,
 

@@ -37,6 +37,10 @@ struct FileConfig {
     max_queued_rows: Option<usize>,
     dedup_window: Option<String>,
     dedup_max_keys: Option<usize>,
+    compact_after: Option<String>,
+    compact_interval: Option<String>,
+    raw_retention: Option<String>,
+    rollup_retention: Option<String>,
     wal_segment_bytes: Option<u64>,
     max_body_bytes: Option<usize>,
     sampler_interval: Option<String>,
@@ -73,6 +77,10 @@ pub struct Config {
     pub max_queued_rows: usize,
     pub dedup_window: Duration,
     pub dedup_max_keys: usize,
+    pub compact_after: Duration,
+    pub compact_interval: Duration,
+    pub raw_retention: Option<Duration>,
+    pub rollup_retention: Option<Duration>,
     pub wal_segment_bytes: u64,
     pub max_body_bytes: usize,
     pub usage_config_rate: u32,
@@ -173,6 +181,26 @@ impl Config {
                 .dedup_max_keys
                 .or(file.dedup_max_keys)
                 .unwrap_or(10_000_000),
+            compact_after: duration(
+                args.compact_after,
+                &file.compact_after,
+                "compact_after",
+                Duration::from_secs(600),
+            )?,
+            compact_interval: duration(
+                args.compact_interval,
+                &file.compact_interval,
+                "compact_interval",
+                Duration::from_secs(30),
+            )?,
+            raw_retention: match (args.raw_retention, &file.raw_retention) {
+                (None, None) => None,
+                (flag, file) => Some(duration(flag, file, "raw_retention", Duration::ZERO)?),
+            },
+            rollup_retention: match (args.rollup_retention, &file.rollup_retention) {
+                (None, None) => None,
+                (flag, file) => Some(duration(flag, file, "rollup_retention", Duration::ZERO)?),
+            },
             wal_segment_bytes: args
                 .wal_segment_bytes
                 .or(file.wal_segment_bytes)

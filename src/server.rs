@@ -9,10 +9,12 @@ use axum::Router;
 use tally_pipeline::dedup::Dedup;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::quarantine::Quarantine;
+use tally_pipeline::rollup::Rollups;
 use tally_pipeline::store::Store;
 use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::{now_ns, Pipeline, Relay};
+use tally_queries::history::History;
 use tally_queries::prices::PriceCatalogue;
 use tally_queries::usage_api::{UsageApi, UsageApiConfig};
 use tally_queries::SqlEngine;
@@ -20,7 +22,10 @@ use tally_sinks::control_plane::{self, ForwarderConfig};
 use tally_sinks::kafka_relay::KafkaRelay;
 use tally_sinks::parquet::layout::wal_dir;
 use tally_sinks::parquet::verify::FileDoctor;
-use tally_sinks::{recover, Destination, FlushPolicy, FlushTarget, Flusher, SharedListing};
+use tally_sinks::{
+    recover, CompactionPolicy, Compactor, Destination, FlushPolicy, FlushTarget, Flusher,
+    SharedListing,
+};
 use tally_sources::billing::BillingService;
 use tally_sources::hardware::stream::UsageFeed;
 use tally_sources::hardware::{self, HostSampler};
@@ -146,6 +151,36 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if config.shares_data_location() {
         tokio::spawn(listing.clone().run(config.list_interval, stop_rx.clone()));
     }
+    let rollups = Arc::new(Rollups::new());
+    let history = History::new(
+        store.clone(),
+        rollups.clone(),
+        target.destination.object_store(),
+        GAP_LIMIT_SECS,
+    );
+    let compactor = Arc::new(Compactor::new(
+        target.clone(),
+        store.clone(),
+        rollups.clone(),
+        Arc::new(history.clone()),
+        CompactionPolicy {
+            compact_after: config.compact_after,
+            interval: config.compact_interval,
+            raw_retention: config.raw_retention,
+            rollup_retention: config.rollup_retention,
+            // Replaced files stay one interval for queries still reading them.
+            grace: config.compact_interval,
+        },
+        metrics.clone(),
+    ));
+    {
+        let (c, compacted) = (compactor.clone(), recovered.compacted.clone());
+        let n = tokio::task::spawn_blocking(move || c.recover(&compacted))
+            .await?
+            .context("loading the stored rollups")?;
+        tracing::info!(hours = n, "stored rollups registered");
+    }
+    tokio::spawn(compactor.clone().run(stop_rx.clone()));
     let engine = SqlEngine::with_object_store(store.clone(), target.destination.object_store())
         .await?
         .with_file_check(Arc::new(FileDoctor::new(
@@ -317,6 +352,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config.max_body_bytes,
         ))
         .merge(tally_queries::http::router(engine))
+        .merge(tally_queries::vm_billing::router(history.clone()))
         .merge(status::router(status.clone()))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
 

@@ -326,3 +326,191 @@ async fn rollups_follow_the_billing_rules() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["detail"], "window must be one of hour, day, month, got \"week\"; from must be an RFC 3339 time such as 2024-01-15T10:00:00Z, got \"yesterday\"");
 }
+
+/// Parquet files per hour directory under `dir`.
+fn files_per_hour(dir: &std::path::Path) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for f in common::files_under(dir) {
+        if f.extension().is_some_and(|e| e == "parquet") {
+            let hour = f.parent().unwrap().display().to_string();
+            *out.entry(hour).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Waits until every hour of `vm_metrics` is one file with its stored
+/// rollup, and the stored rollups answer.
+async fn wait_compacted(data: &std::path::Path, hours: usize) {
+    for _ in 0..300 {
+        let raw = files_per_hour(&data.join("vm_metrics"));
+        let rolled = files_per_hour(&data.join("vm_usage_hours"));
+        if raw.len() == hours && raw.values().all(|n| *n == 1) && rolled.len() == hours {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "not compacted ({hours} hours): {:?} / {:?}",
+        files_per_hour(&data.join("vm_metrics")),
+        files_per_hour(&data.join("vm_usage_hours"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_rollups_equal_the_rules_after_compaction_and_late_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--flush-rows",
+        "500",
+        "--flush-interval",
+        "200ms",
+        "--compact-after",
+        "0s",
+        "--compact-interval",
+        "300ms",
+    ];
+    let t = Tally::start(&data, &args).await;
+    let mut rng = Rng::from_time();
+    // 2024-01-15T22:30:00Z: about three hours of samples cross midnight.
+    let start = 1_705_357_800 * NS;
+    let mut fleet = vec![
+        (
+            "cust-a",
+            "vm-1",
+            generate(&mut rng, start, 900, "silence"),
+            vec![],
+        ),
+        (
+            "cust-b",
+            "vm-2",
+            generate(&mut rng, start + 5 * NS, 900, "exact"),
+            vec![],
+        ),
+    ];
+    let t200 = fleet[1].2[200].ts;
+    fleet[1].3.push((t200 + NS, t200 + 200 * NS));
+    // Hold back every fifth sample of vm-1: it comes late, after its hour
+    // was compacted and rolled up.
+    let late: Vec<Sample> = fleet[0].2.iter().step_by(5).cloned().collect();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = BillingServiceClient::new(channel);
+    let send = |vm: &str, cust: &str, samples: &[Sample]| pb::SendMetricsBatchRequest {
+        vm_id: vm.to_string(),
+        customer_id: cust.to_string(),
+        metrics: samples.iter().map(to_pb).collect(),
+    };
+    let early: Vec<Sample> = fleet[0]
+        .2
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 5 != 0)
+        .map(|(_, s)| s.clone())
+        .collect();
+    for chunk in early.chunks(97) {
+        client
+            .send_metrics_batch(send("vm-1", "cust-a", chunk))
+            .await
+            .unwrap();
+    }
+    for chunk in fleet[1].2.chunks(131).rev() {
+        client
+            .send_metrics_batch(send("vm-2", "cust-b", chunk))
+            .await
+            .unwrap();
+    }
+    let get = |query: String| {
+        let url = t.url(&format!("/v1/billing/vm-usage?{query}"));
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Vec<Value>>().await.unwrap()
+        }
+    };
+    let range = "from=2024-01-15T00:00:00Z&to=2024-01-17T00:00:00Z";
+    let hours = {
+        let mut h: Vec<i64> = fleet
+            .iter()
+            .flat_map(|v| v.2.iter().map(|s| s.ts / (3600 * NS)))
+            .collect();
+        h.sort();
+        h.dedup();
+        h.len()
+    };
+    wait_compacted(&data, hours).await;
+    let without_late: Vec<Vm> = vec![
+        ("cust-a", "vm-1", early.clone(), vec![]),
+        ("cust-b", "vm-2", fleet[1].2.clone(), vec![]),
+    ];
+    check(
+        &get(format!("window=hour&{range}")).await,
+        &without_late,
+        3600 * NS,
+        None,
+    );
+    check(
+        &get(format!("window=day&{range}")).await,
+        &without_late,
+        86_400 * NS,
+        None,
+    );
+
+    // Late samples into compacted hours, the whole of vm-2 again (counted
+    // once), and a gap reported late: the hours they touch are rolled up again.
+    for chunk in late.chunks(40) {
+        client
+            .send_metrics_batch(send("vm-1", "cust-a", chunk))
+            .await
+            .unwrap();
+    }
+    for chunk in fleet[1].2.chunks(200) {
+        client
+            .send_metrics_batch(send("vm-2", "cust-b", chunk))
+            .await
+            .unwrap();
+    }
+    let t600 = fleet[1].2[600].ts;
+    fleet[1].3.push((t600 - 3 * NS, t600 + 30 * NS));
+    for (_, vm, _, gaps) in &fleet {
+        for (last, resume) in gaps {
+            client
+                .notify_possible_gap(pb::NotifyPossibleGapRequest {
+                    vm_id: vm.to_string(),
+                    last_sent: *last,
+                    resume_time: *resume,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    // Right away (raw for the dirty hours) and once compacted again.
+    check(
+        &get(format!("window=hour&{range}")).await,
+        &fleet,
+        3600 * NS,
+        None,
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    wait_compacted(&data, hours).await;
+    check(
+        &get(format!("window=hour&{range}")).await,
+        &fleet,
+        3600 * NS,
+        None,
+    );
+    check(
+        &get(format!("window=day&{range}")).await,
+        &fleet,
+        86_400 * NS,
+        None,
+    );
+    // Raw SQL counts each sample once after compaction.
+    let n = t.sql("SELECT count(*) AS n FROM vm_metrics").await;
+    let want: usize = fleet.iter().map(|v| v.2.len()).sum();
+    assert_eq!(n[0]["n"].as_u64().unwrap() as usize, want);
+}

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod quarantine;
 pub mod record;
+pub mod rollup;
 pub mod store;
 pub mod tap;
 pub mod wal;

@@ -105,6 +105,9 @@ pub struct Metrics {
     pub parquet_files: [Counter; Dataset::COUNT],
     pub parquet_bytes: [Counter; Dataset::COUNT],
     pub parquet_rows: [Counter; Dataset::COUNT],
+    pub compactions: [Counter; Dataset::COUNT],
+    pub compaction_duplicates: [Counter; Dataset::COUNT],
+    pub compaction_errors: Counter,
     pub flush_errors: Counter,
     pub dedup_evictions: Counter,
     pub queue_full: Counter,
@@ -167,7 +170,17 @@ impl Metrics {
             "Time of each WAL write + fsync (one per commit group).",
             &mut out,
         );
-        let per_dataset: [(&str, &str, &[Counter; Dataset::COUNT]); 3] = [
+        let per_dataset: [(&str, &str, &[Counter; Dataset::COUNT]); 5] = [
+            (
+                "tally_compactions_total",
+                "Hour partitions compacted into one file (with their rollups).",
+                &self.compactions,
+            ),
+            (
+                "tally_compaction_duplicates_dropped_total",
+                "Rows a compaction dropped because a row with the same key was stored before.",
+                &self.compaction_duplicates,
+            ),
             (
                 "tally_parquet_files_written_total",
                 "Parquet files committed.",
@@ -207,8 +220,13 @@ impl Metrics {
             ),
             (
                 "tally_dedup_evictions_total",
-                "Dedup keys dropped before the window ended because the key bound was hit.",
+                "Dedup keys dropped from memory before the window ended because the key bound was hit (compaction still drops copies of them).",
                 &self.dedup_evictions,
+            ),
+            (
+                "tally_compaction_errors_total",
+                "Compaction passes that failed (retried on the next pass).",
+                &self.compaction_errors,
             ),
             (
                 "tally_queue_full_total",

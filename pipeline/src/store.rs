@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 
 use crate::dataset::Dataset;
 use crate::record::Record;
+use crate::rollup::HOUR_NS;
 
 /// Records of one dataset from one WAL entry.
 #[derive(Debug)]
@@ -22,6 +23,9 @@ pub struct Chunk {
     pub seq: u64,
     pub records: Vec<Record>,
     pub bytes: usize,
+    /// Earliest and latest record time (ns): the hours a chunk touches.
+    pub min_ts: i64,
+    pub max_ts: i64,
 }
 
 /// A committed Parquet file.
@@ -39,6 +43,9 @@ struct DatasetState {
     files: Vec<FileEntry>,
     /// Paths of `files`, so a listing adds each file once.
     paths: HashSet<PathBuf>,
+    /// Files a compaction replaced, and when: a listing that still finds
+    /// them on disk (they are deleted a little later) must not add them back.
+    retired: std::collections::HashMap<PathBuf, Instant>,
     chunks: VecDeque<Arc<Chunk>>,
     /// Rows in `chunks`.
     buffered_rows: usize,
@@ -139,10 +146,16 @@ impl Store {
                 s.queued_rows += rows;
             }
             s.oldest.get_or_insert(now);
+            let (min_ts, max_ts) = records.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
+                let t = r.timestamp_ns();
+                (lo.min(t), hi.max(t))
+            });
             s.chunks.push_back(Arc::new(Chunk {
                 seq,
                 records,
                 bytes,
+                min_ts,
+                max_ts,
             }));
         }
         self.applied_seq.fetch_max(seq, Ordering::Release);
@@ -201,18 +214,76 @@ impl Store {
         self.add_unknown_files(dataset, files);
     }
 
+    /// The listed items whose files are neither registered nor retired.
+    pub fn unknown_files<T>(&self, dataset: Dataset, listed: Vec<T>) -> Vec<T>
+    where
+        T: AsRef<std::path::Path>,
+    {
+        let s = self.state(dataset).lock();
+        listed
+            .into_iter()
+            .filter(|f| {
+                let p = f.as_ref();
+                !s.paths.contains(p) && !s.retired.contains_key(p)
+            })
+            .collect()
+    }
+
     /// Registers the files not registered yet and returns them: what a
     /// listing of the shared prefix found that other nodes wrote.
     pub fn add_unknown_files(&self, dataset: Dataset, files: Vec<FileEntry>) -> Vec<FileEntry> {
         let mut s = self.state(dataset).lock();
         let mut added = Vec::new();
         for f in files {
-            if s.paths.insert(f.path.clone()) {
+            if !s.retired.contains_key(&f.path) && s.paths.insert(f.path.clone()) {
                 added.push(f.clone());
                 s.files.push(f);
             }
         }
         added
+    }
+
+    /// Swaps files in one step (a compaction: its inputs out, its output
+    /// in), so a snapshot holds either the inputs or the output.
+    pub fn replace_files(&self, dataset: Dataset, remove: &[PathBuf], add: Vec<FileEntry>) {
+        let mut s = self.state(dataset).lock();
+        if !remove.is_empty() {
+            let gone: HashSet<&PathBuf> = remove.iter().collect();
+            s.files.retain(|f| !gone.contains(&f.path));
+        }
+        let now = Instant::now();
+        s.retired
+            .retain(|_, at| now.duration_since(*at) < std::time::Duration::from_secs(600));
+        for p in remove {
+            s.paths.remove(p);
+            s.retired.insert(p.clone(), now);
+        }
+        for f in add {
+            if s.paths.insert(f.path.clone()) {
+                s.files.push(f);
+            }
+        }
+    }
+
+    /// The hours (ns, floored) that buffered records of `dataset` fall in.
+    pub fn buffered_hours(&self, dataset: Dataset) -> std::collections::BTreeSet<i64> {
+        let s = self.state(dataset).lock();
+        let mut hours = std::collections::BTreeSet::new();
+        for c in &s.chunks {
+            if c.records.is_empty() {
+                continue;
+            }
+            let (lo, hi) = (c.min_ts.div_euclid(HOUR_NS), c.max_ts.div_euclid(HOUR_NS));
+            if hi - lo > 48 {
+                // Times far apart: name the hours one by one.
+                for r in &c.records {
+                    hours.insert(r.timestamp_ns().div_euclid(HOUR_NS) * HOUR_NS);
+                }
+            } else {
+                hours.extend((lo..=hi).map(|h| h * HOUR_NS));
+            }
+        }
+        hours
     }
 
     /// Takes files out of the manifest (moved to the quarantine).

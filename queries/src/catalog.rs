@@ -1,5 +1,6 @@
 //! One table per dataset: committed Parquet files ∪ the live buffer.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use tally_pipeline::batch::{records_to_batch, schema};
+use tally_pipeline::rollup::hour_of_path;
 use tally_pipeline::store::Store;
 use tally_pipeline::Dataset;
 
@@ -25,11 +27,24 @@ use tally_pipeline::Dataset;
 pub struct DatasetTable {
     dataset: Dataset,
     store: Arc<Store>,
+    /// Only the files of these hours (the live buffer is always read).
+    hours: Option<BTreeSet<i64>>,
 }
 
 impl DatasetTable {
     pub fn new(dataset: Dataset, store: Arc<Store>) -> Self {
-        Self { dataset, store }
+        Self {
+            dataset,
+            store,
+            hours: None,
+        }
+    }
+
+    /// A table over the files of some hours only: what a read API needs of
+    /// raw records, without opening the files of every other hour.
+    pub fn only_hours(mut self, hours: BTreeSet<i64>) -> Self {
+        self.hours = Some(hours);
+        self
     }
 }
 
@@ -66,7 +81,12 @@ impl TableProvider for DatasetTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let snapshot = self.store.snapshot(self.dataset);
+        let mut snapshot = self.store.snapshot(self.dataset);
+        if let Some(hours) = &self.hours {
+            snapshot
+                .files
+                .retain(|f| hour_of_path(&f.path).is_some_and(|h| hours.contains(&h)));
+        }
         let table_schema = schema(self.dataset);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 

@@ -4,11 +4,13 @@
 
 pub mod catalog;
 pub mod format;
+pub mod history;
 pub mod http;
 pub mod prices;
 pub mod sql;
 pub mod usage_api;
 pub mod usage_engine;
+pub mod vm_billing;
 
 pub use format::OutputFormat;
 pub use sql::{QueryError, SqlEngine};

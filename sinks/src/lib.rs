@@ -6,6 +6,7 @@ pub mod kafka_relay;
 pub mod parquet;
 
 pub use parquet::checkpoint::Checkpoint;
+pub use parquet::compact::{CompactionPolicy, CompactionReport, Compactor};
 pub use parquet::destination::Destination;
 pub use parquet::flusher::{FlushPolicy, FlushTarget, Flusher};
 pub use parquet::listing::SharedListing;

@@ -23,11 +23,20 @@ use url::Url;
 
 use super::{io_err, SinkError};
 
+impl AsRef<Path> for ListedFile {
+    fn as_ref(&self) -> &Path {
+        &self.entry.path
+    }
+}
+
 /// A Parquet file found by a listing.
 #[derive(Debug, Clone)]
 pub struct ListedFile {
     pub entry: FileEntry,
     pub modified: SystemTime,
+    /// For a compacted file, the names of the files it replaces (filled in
+    /// when the file is admitted: it is in the footer).
+    pub compacted_from: Vec<String>,
 }
 
 pub enum Destination {
@@ -164,9 +173,15 @@ impl Destination {
 
     /// The committed Parquet files of `dataset`, in path order.
     pub fn list(&self, data: &Path, dataset: Dataset) -> Result<Vec<ListedFile>, SinkError> {
+        self.list_table(data, dataset.name())
+    }
+
+    /// The committed Parquet files under the top-level directory `table`
+    /// (a dataset or a rollup table), in path order.
+    pub fn list_table(&self, data: &Path, table: &str) -> Result<Vec<ListedFile>, SinkError> {
         match self {
             Destination::Local => {
-                let (files, _) = list_local(data, dataset)?;
+                let (files, _) = list_local_table(data, table)?;
                 Ok(files)
             }
             Destination::Object {
@@ -174,7 +189,7 @@ impl Destination {
                 bucket_url,
                 prefix,
             } => {
-                let root = prefix.clone().join(dataset.name());
+                let root = prefix.clone().join(table);
                 let metas: Vec<_> = block_on(store.list(Some(&root)).try_collect::<Vec<_>>())
                     .map_err(|e| SinkError::Object(format!("listing {root}: {e}")))?;
                 let base = bucket_url.as_str().trim_end_matches('/').to_string();
@@ -191,6 +206,7 @@ impl Destination {
                             rows: 0,
                             bytes: m.size,
                         },
+                        compacted_from: Vec::new(),
                         modified: SystemTime::UNIX_EPOCH
                             + Duration::from_millis(
                                 m.last_modified.timestamp_millis().max(0) as u64
@@ -249,6 +265,26 @@ impl Destination {
         }
     }
 
+    /// Deletes a committed file (a path or an object URL). A file that is
+    /// already gone is not an error: deletes are repeated after a crash.
+    pub fn delete(&self, path: &Path) -> Result<(), SinkError> {
+        match self {
+            Destination::Local => match fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
+                _ => Ok(()),
+            },
+            Destination::Object {
+                store, bucket_url, ..
+            } => {
+                let key = object_key(bucket_url, path);
+                match block_on(store.delete(&key)) {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(SinkError::Object(format!("deleting {key}: {e}"))),
+                }
+            }
+        }
+    }
+
     /// The bytes of a listed file.
     pub fn read(&self, entry: &FileEntry) -> Result<Bytes, SinkError> {
         match self {
@@ -258,18 +294,23 @@ impl Destination {
             Destination::Object {
                 store, bucket_url, ..
             } => {
-                let url = entry.path.to_string_lossy();
-                let base = bucket_url.as_str().trim_end_matches('/');
-                let key = ObjectPath::from(
-                    url.strip_prefix(base)
-                        .unwrap_or(&url)
-                        .trim_start_matches('/'),
-                );
+                let key = object_key(bucket_url, &entry.path);
                 block_on(async { store.get(&key).await?.bytes().await })
                     .map_err(|e| SinkError::Object(format!("reading {key}: {e}")))
             }
         }
     }
+}
+
+/// The key of an object URL under the bucket's root.
+fn object_key(bucket_url: &Url, path: &Path) -> ObjectPath {
+    let url = path.to_string_lossy();
+    let base = bucket_url.as_str().trim_end_matches('/');
+    ObjectPath::from(
+        url.strip_prefix(base)
+            .unwrap_or(&url)
+            .trim_start_matches('/'),
+    )
 }
 
 /// Runs a future from synchronous code (flush rounds and start-up run on
@@ -297,9 +338,17 @@ where
 /// Committed Parquet files of a dataset in the local data directory, in
 /// path order, and hidden temporary files.
 pub fn list_local(data: &Path, d: Dataset) -> Result<(Vec<ListedFile>, Vec<PathBuf>), SinkError> {
+    list_local_table(data, d.name())
+}
+
+/// [`list_local`] for any top-level directory (a dataset or a rollup table).
+pub fn list_local_table(
+    data: &Path,
+    table: &str,
+) -> Result<(Vec<ListedFile>, Vec<PathBuf>), SinkError> {
     let mut files = Vec::new();
     let mut tmps = Vec::new();
-    let root = data.join(d.name());
+    let root = data.join(table);
     if !root.exists() {
         return Ok((files, tmps));
     }
@@ -322,6 +371,7 @@ pub fn list_local(data: &Path, d: Dataset) -> Result<(Vec<ListedFile>, Vec<PathB
                         rows: 0,
                         bytes: meta.len(),
                     },
+                    compacted_from: Vec::new(),
                 });
             }
         }

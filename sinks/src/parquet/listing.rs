@@ -8,7 +8,6 @@
 //! Parquet (but whose Kafka offset it had not committed yet) is a duplicate
 //! when its partition's new owner reads it again.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,26 +64,29 @@ impl SharedListing {
                 .into_iter()
                 .filter(|f| !self.is_own(&f.entry.path))
                 .collect();
-            let added: HashSet<_> = self
-                .store
-                .add_unknown_files(d, foreign.iter().map(|f| f.entry.clone()).collect())
-                .into_iter()
-                .map(|f| f.path)
-                .collect();
-            if added.is_empty() {
+            let new = self.store.unknown_files(d, foreign);
+            if new.is_empty() {
                 continue;
             }
-            let new: Vec<_> = foreign
+            // A file that cannot be read goes to quarantine; the others are
+            // registered and their keys remembered.
+            let (good, _bad) = admit_files(&self.target, d, new);
+            // Another node's compaction replaces files this node may have
+            // registered: they leave the manifest in the same step as the
+            // new file arrives (the compacting node deletes them).
+            let replaced: Vec<_> = super::compact::superseded(&good).into_iter().collect();
+            let good: Vec<_> = good
                 .into_iter()
-                .filter(|f| added.contains(&f.entry.path))
+                .filter(|f| !replaced.contains(&f.entry.path))
                 .collect();
-            // A file that cannot be read goes to quarantine and out of the
-            // store again; the others are kept and their keys remembered.
-            let (good, bad) = admit_files(&self.target, d, new);
             let (keys, unreadable) = restore_recent_keys(&self.target, d, &good, &self.dedup);
-            report.new_files += good.len() - unreadable.len();
-            let gone: Vec<_> = bad.into_iter().chain(unreadable).collect();
-            self.store.remove_files(d, &gone);
+            let entries: Vec<_> = good
+                .iter()
+                .filter(|f| !unreadable.contains(&f.entry.path))
+                .map(|f| f.entry.clone())
+                .collect();
+            report.new_files += entries.len();
+            self.store.replace_files(d, &replaced, entries);
             report.dedup_keys_restored += keys;
         }
         if report.new_files > 0 {

@@ -7,6 +7,7 @@
 //! from the WAL (before the checkpoint) or completes the renames (after it).
 
 pub mod checkpoint;
+pub mod compact;
 pub mod destination;
 pub mod flusher;
 pub mod layout;
@@ -42,6 +43,8 @@ pub enum SinkError {
     Location(String),
     #[error("object store: {0}")]
     Object(String),
+    #[error("rollup: {0}")]
+    Rollup(String),
     #[error("checkpoint lists {tmp} → {final_path}, but neither file exists")]
     MissingPending { tmp: PathBuf, final_path: PathBuf },
 }

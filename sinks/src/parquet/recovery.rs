@@ -36,6 +36,10 @@ pub struct Recovered {
     pub quarantined: usize,
     /// The checkpoint was unreadable and was rebuilt from the files.
     pub checkpoint_rebuilt: bool,
+    /// Files replaced by a committed compaction, deleted now.
+    pub superseded_removed: usize,
+    /// The compacted files found.
+    pub compacted: Vec<(Dataset, PathBuf)>,
 }
 
 /// Completes the pending moves of the checkpoint, removes temporary files
@@ -95,8 +99,22 @@ pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Rec
             fs::remove_file(&t).map_err(io_err(&t))?;
             out.tmp_files_removed += 1;
         }
-        let (files, bad) = admit_files(target, d, dest.list(data, d)?);
+        let (mut files, bad) = admit_files(target, d, dest.list(data, d)?);
         out.quarantined += bad.len();
+        // A compaction that committed its file but had not deleted the files
+        // it replaces yet: finish it.
+        let gone = super::compact::superseded(&files);
+        for p in &gone {
+            dest.delete(p)?;
+        }
+        out.superseded_removed += gone.len();
+        files.retain(|f| !gone.contains(&f.entry.path));
+        out.compacted.extend(
+            files
+                .iter()
+                .filter(|f| !f.compacted_from.is_empty())
+                .map(|f| (d, f.entry.path.clone())),
+        );
         if rebuild {
             for f in &files {
                 let name = f.entry.path.file_name().and_then(|n| n.to_str());
@@ -172,7 +190,10 @@ pub fn admit_files(
     let mut bad = Vec::new();
     for f in files {
         match verify_file(&target.destination, &f.entry, d, false) {
-            Ok(_) => good.push(f),
+            Ok(facts) => good.push(ListedFile {
+                compacted_from: facts.compacted_from,
+                ..f
+            }),
             Err(problem) => {
                 quarantine_file(
                     &target.destination,
@@ -204,7 +225,14 @@ pub fn restore_recent_keys(
     let dest = &*target.destination;
     let horizon = SystemTime::now() - Duration::from_secs(dedup.window_secs());
     let mut n = 0;
-    for f in files.iter().filter(|f| f.modified >= horizon) {
+    // Compacted hours need no keys in memory: a copy sent again lands in
+    // its hour as a new file, and compacting the hour again drops it. So
+    // start-up reads only the files of hours not compacted yet, whatever
+    // the window holds.
+    let recent = files
+        .iter()
+        .filter(|f| f.modified >= horizon && f.compacted_from.is_empty());
+    for f in recent {
         let secs = f
             .modified
             .duration_since(UNIX_EPOCH)

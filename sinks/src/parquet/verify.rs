@@ -86,20 +86,43 @@ fn check_schema(found: &Schema, dataset: Dataset) -> Result<(), FileProblem> {
     Ok(())
 }
 
+/// What the footer of a good file says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileFacts {
+    pub rows: u64,
+    /// A compacted file names the files it replaces (`tally.compacted_from`).
+    pub compacted_from: Vec<String>,
+}
+
+/// The key of the footer metadata naming the files a compacted file replaces.
+pub const COMPACTED_FROM: &str = "tally.compacted_from";
+
 /// Checks footer and schema; with `deep`, decodes every row and compares the
-/// count with the footer's. Returns the row count of the footer.
+/// count with the footer's.
 pub fn verify_reader<R: ChunkReader + 'static>(
     path: &Path,
     reader: R,
     dataset: Dataset,
     deep: bool,
-) -> Result<u64, FileProblem> {
+) -> Result<FileFacts, FileProblem> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(reader)
         .map_err(|e| FileProblem::damaged(path, format!("footer: {e}")))?;
     check_schema(builder.schema(), dataset)?;
     let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let compacted_from = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kvs| kvs.iter().find(|kv| kv.key == COMPACTED_FROM))
+        .and_then(|kv| kv.value.as_deref())
+        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
+        .unwrap_or_default();
+    let facts = FileFacts {
+        rows,
+        compacted_from,
+    };
     if !deep {
-        return Ok(rows);
+        return Ok(facts);
     }
     let batches = builder
         .build()
@@ -116,7 +139,7 @@ pub fn verify_reader<R: ChunkReader + 'static>(
             format!("the footer says {rows} rows, {read} could be read"),
         ));
     }
-    Ok(rows)
+    Ok(facts)
 }
 
 /// [`verify_reader`] on a listed file, wherever it lives.
@@ -125,7 +148,7 @@ pub fn verify_file(
     entry: &FileEntry,
     dataset: Dataset,
     deep: bool,
-) -> Result<u64, FileProblem> {
+) -> Result<FileFacts, FileProblem> {
     match dest {
         Destination::Local => {
             let file = File::open(&entry.path).map_err(|e| FileProblem {

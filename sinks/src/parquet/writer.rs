@@ -28,6 +28,16 @@ pub struct WrittenFile {
 }
 
 pub fn writer_properties(dataset: Dataset, first_seq: u64, last_seq: u64) -> WriterProperties {
+    writer_properties_with(dataset, first_seq, last_seq, Vec::new())
+}
+
+/// [`writer_properties`] with more key-value metadata.
+pub fn writer_properties_with(
+    dataset: Dataset,
+    first_seq: u64,
+    last_seq: u64,
+    extra: Vec<KeyValue>,
+) -> WriterProperties {
     let sorting = dataset
         .key_columns()
         .iter()
@@ -44,11 +54,16 @@ pub fn writer_properties(dataset: Dataset, first_seq: u64, last_seq: u64) -> Wri
         ))
         .set_dictionary_enabled(true)
         .set_sorting_columns(Some(sorting))
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new("tally.dataset".into(), dataset.name().to_string()),
-            KeyValue::new("tally.first_wal_seq".into(), first_seq.to_string()),
-            KeyValue::new("tally.last_wal_seq".into(), last_seq.to_string()),
-        ]));
+        .set_key_value_metadata(Some(
+            [
+                KeyValue::new("tally.dataset".into(), dataset.name().to_string()),
+                KeyValue::new("tally.first_wal_seq".into(), first_seq.to_string()),
+                KeyValue::new("tally.last_wal_seq".into(), last_seq.to_string()),
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect(),
+        ));
     for c in dataset.columns() {
         if matches!(
             c.ty,

@@ -1,0 +1,168 @@
+//! Stored hourly rollups: what a compaction derives from a closed hour, and
+//! the manifest that tells a reader which hours it may read from them.
+//!
+//! A rollup file is written from one compacted file (its *source*) and names
+//! it in its metadata. An hour of a dataset is *rolled up* when its rollups'
+//! source is the only raw file of the hour (or the raw files expired), no
+//! buffered record falls in it, and what else the rollup depended on (the
+//! reported gaps of VM billing) has not changed: its fingerprint still
+//! matches. Anything else makes the hour dirty, and readers compute it from
+//! raw records until the compactor rolls it up again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use parking_lot::RwLock;
+
+use crate::dataset::Dataset;
+use crate::store::FileEntry;
+
+pub const HOUR_NS: i64 = 3_600_000_000_000;
+
+/// The hour (nanoseconds since the epoch, a multiple of [`HOUR_NS`]) of a
+/// path under `…/date=YYYY-MM-DD/hour=HH/…`.
+pub fn hour_of_path(path: &Path) -> Option<i64> {
+    let mut date = None;
+    let mut hour = None;
+    for part in path.iter() {
+        let part = part.to_str()?;
+        if let Some(d) = part.strip_prefix("date=") {
+            date = chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok();
+        } else if let Some(h) = part.strip_prefix("hour=") {
+            hour = h.parse::<u32>().ok().filter(|h| *h < 24);
+        }
+    }
+    let t = date?.and_hms_opt(hour?, 0, 0)?.and_utc();
+    t.timestamp_nanos_opt()
+}
+
+/// The file name of a path (rollups name their source by it).
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// One rollup table's rows for one hour.
+#[derive(Debug, Clone)]
+pub struct RollupOutput {
+    pub table: &'static str,
+    pub batch: RecordBatch,
+}
+
+/// The stored rollups of one hour of one dataset.
+#[derive(Debug, Clone)]
+pub struct RolledHour {
+    /// File name of the compacted file they were computed from.
+    pub source: String,
+    pub fingerprint: u64,
+    /// Table name → its file.
+    pub tables: BTreeMap<&'static str, FileEntry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollupError {
+    #[error("rollup query failed: {0}")]
+    Query(String),
+    #[error("reading {path}: {detail}")]
+    Read { path: PathBuf, detail: String },
+}
+
+/// Computes the rollups of a dataset's closed hour. Implemented by the read
+/// side, which owns the rules (SQL files, billing rules); the compactor calls it.
+#[async_trait]
+pub trait RollupBuilder: Send + Sync {
+    /// The rollup tables derived from `dataset` (empty: none).
+    fn tables(&self, dataset: Dataset) -> &'static [&'static str];
+
+    /// The rollups of `hour` computed from `file`, a local Parquet file that
+    /// holds every record of the hour once.
+    /// Also returns the fingerprint of what they depended on besides the
+    /// file (see [`RollupBuilder::fingerprints`]).
+    async fn build(
+        &self,
+        dataset: Dataset,
+        hour: i64,
+        file: &Path,
+    ) -> Result<(Vec<RollupOutput>, u64), RollupError>;
+
+    /// What the rollups of each hour depend on besides its raw records (0
+    /// when nothing): a rollup whose stored fingerprint differs is stale.
+    async fn fingerprints(&self, dataset: Dataset, hours: &[i64]) -> Result<Vec<u64>, RollupError>;
+}
+
+/// Which hours of which dataset have stored rollups.
+#[derive(Debug, Default)]
+pub struct Rollups {
+    hours: RwLock<HashMap<Dataset, BTreeMap<i64, Arc<RolledHour>>>>,
+}
+
+impl Rollups {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the rollups of an hour; returns the ones they replace.
+    pub fn set(&self, dataset: Dataset, hour: i64, rolled: RolledHour) -> Option<Arc<RolledHour>> {
+        self.hours
+            .write()
+            .entry(dataset)
+            .or_default()
+            .insert(hour, Arc::new(rolled))
+    }
+
+    pub fn remove(&self, dataset: Dataset, hour: i64) -> Option<Arc<RolledHour>> {
+        self.hours.write().get_mut(&dataset)?.remove(&hour)
+    }
+
+    pub fn get(&self, dataset: Dataset, hour: i64) -> Option<Arc<RolledHour>> {
+        self.hours.read().get(&dataset)?.get(&hour).cloned()
+    }
+
+    /// The rolled hours of `dataset` in `[from, to)`.
+    pub fn range(&self, dataset: Dataset, from: i64, to: i64) -> Vec<(i64, Arc<RolledHour>)> {
+        match self.hours.read().get(&dataset) {
+            Some(m) if from < to => m.range(from..to).map(|(h, r)| (*h, r.clone())).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every rolled hour of `dataset`.
+    pub fn hours(&self, dataset: Dataset) -> Vec<i64> {
+        self.hours
+            .read()
+            .get(&dataset)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many hours are rolled up, for `/metrics`.
+    pub fn len(&self) -> usize {
+        self.hours.read().values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_are_read_from_partition_paths() {
+        let p = Path::new("/d/usage_llm/date=2025-11-24/hour=12/a.parquet");
+        assert_eq!(hour_of_path(p), Some(1_763_985_600_000_000_000));
+        assert_eq!(hour_of_path(p).unwrap() % HOUR_NS, 0);
+        assert_eq!(
+            hour_of_path(Path::new("s3://b/p/x/date=1970-01-01/hour=01/f.parquet")),
+            Some(HOUR_NS)
+        );
+        assert_eq!(hour_of_path(Path::new("x/date=2025-11-24/a.parquet")), None);
+        assert_eq!(hour_of_path(Path::new("x/date=2025-11-24/hour=24/a")), None);
+    }
+}

@@ -1,0 +1,440 @@
+//! Reading history: stored rollups for the hours that have them, raw records
+//! for the others, and the rollup rules the compactor calls.
+//!
+//! For a time range, [`History::coverage`] splits the hours into *rolled*
+//! (their stored rollups hold them: the rollups' source is the hour's only
+//! raw file, or its raw files expired; no buffered record falls in it; what
+//! else they depended on is unchanged) and *raw* ranges. The read APIs run
+//! the same SQL files over the raw ranges that built the stored rollups, so
+//! an answer is the same whichever way an hour is read.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow::datatypes::Int64Type;
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::common::ParamValues;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
+use datafusion::execution::context::SessionContext;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parking_lot::Mutex;
+use tally_pipeline::rollup::{
+    hour_of_path, RolledHour, RollupBuilder, RollupError, RollupOutput, Rollups, HOUR_NS,
+};
+use tally_pipeline::store::{FileEntry, Store};
+use tally_pipeline::Dataset;
+use url::Url;
+
+use crate::catalog::DatasetTable;
+use crate::sql::QueryError;
+use crate::vm_billing::hours::{self, GapSpans};
+
+pub const USAGE_LLM_HOURLY: &str = include_str!("../sql/rollups/usage_llm_hourly.sql");
+pub const USAGE_TOOL_HOURLY: &str = include_str!("../sql/rollups/usage_tool_hourly.sql");
+pub const USAGE_AGENT_HOURLY: &str = include_str!("../sql/rollups/usage_agent_hourly.sql");
+pub const USAGE_MESSAGE_HOURLY: &str = include_str!("../sql/rollups/usage_message_hourly.sql");
+pub const VM_GAP_SPANS: &str = include_str!("../sql/rollups/vm_gap_spans.sql");
+pub const VM_SAMPLES: &str = include_str!("../sql/rollups/vm_samples.sql");
+
+/// The rollup table of a dataset and the SQL that builds it (VM usage is
+/// folded in Rust over `vm_samples.sql`).
+pub fn rollup_of(d: Dataset) -> Option<(&'static str, &'static str)> {
+    Some(match d {
+        Dataset::UsageLlm => ("usage_llm_hourly", USAGE_LLM_HOURLY),
+        Dataset::UsageTool => ("usage_tool_hourly", USAGE_TOOL_HOURLY),
+        Dataset::UsageAgent => ("usage_agent_hourly", USAGE_AGENT_HOURLY),
+        Dataset::UsageMessage => ("usage_message_hourly", USAGE_MESSAGE_HOURLY),
+        Dataset::VmMetrics => ("vm_usage_hours", VM_SAMPLES),
+        Dataset::VmEvents => ("vm_gap_spans", VM_GAP_SPANS),
+        _ => return None,
+    })
+}
+
+/// Which hours of a range read stored rollups, and which read raw records.
+#[derive(Debug, Default)]
+pub struct Coverage {
+    pub rolled: Vec<(i64, Arc<RolledHour>)>,
+    /// `[from, to)` in nanoseconds, merged.
+    pub raw: Vec<(i64, i64)>,
+    pub raw_hours: BTreeSet<i64>,
+}
+
+#[derive(Clone)]
+pub struct History {
+    store: Arc<Store>,
+    rollups: Arc<Rollups>,
+    object: Option<(Url, Arc<dyn ObjectStore>)>,
+    /// Decoded rollup files: immutable, so kept by path.
+    cache: Arc<Mutex<HashMap<PathBuf, Arc<RecordBatch>>>>,
+    pub gap_limit_ns: i64,
+}
+
+impl History {
+    pub fn new(
+        store: Arc<Store>,
+        rollups: Arc<Rollups>,
+        object: Option<(Url, Arc<dyn ObjectStore>)>,
+        gap_limit_secs: u64,
+    ) -> Self {
+        Self {
+            store,
+            rollups,
+            object,
+            cache: Arc::new(Mutex::new(HashMap::new())),
+            gap_limit_ns: gap_limit_secs as i64 * 1_000_000_000,
+        }
+    }
+
+    pub fn rollups(&self) -> &Arc<Rollups> {
+        &self.rollups
+    }
+
+    /// Splits `[from, to)` of `dataset` into rolled hours and raw ranges.
+    /// `fingerprints` gives the current fingerprint of an hour (VM usage).
+    pub fn coverage(
+        &self,
+        d: Dataset,
+        from: i64,
+        to: i64,
+        fingerprint: &dyn Fn(i64) -> u64,
+    ) -> Coverage {
+        let mut cov = Coverage::default();
+        if from >= to {
+            return cov;
+        }
+        let first = from.div_euclid(HOUR_NS) * HOUR_NS;
+        let mut raw_files: HashMap<i64, Vec<String>> = HashMap::new();
+        for f in self.store.snapshot(d).files {
+            if let Some(h) = hour_of_path(&f.path) {
+                if h + HOUR_NS > from && h < to {
+                    raw_files
+                        .entry(h)
+                        .or_default()
+                        .push(tally_pipeline::rollup::file_name(&f.path));
+                }
+            }
+        }
+        let busy = self.store.buffered_hours(d);
+        let rolled: HashMap<i64, Arc<RolledHour>> =
+            self.rollups.range(d, first, to).into_iter().collect();
+        let mut hours: BTreeSet<i64> = raw_files.keys().copied().collect();
+        hours.extend(busy.range(first..to).copied());
+        hours.extend(rolled.keys().copied());
+        for h in hours {
+            let whole = h >= from && h + HOUR_NS <= to;
+            let files = raw_files.get(&h).map(Vec::as_slice).unwrap_or(&[]);
+            let clean = whole
+                && !busy.contains(&h)
+                && rolled.get(&h).is_some_and(|r| {
+                    (files.is_empty() || files == [r.source.clone()])
+                        && r.fingerprint == fingerprint(h)
+                });
+            if clean {
+                cov.rolled.push((h, rolled[&h].clone()));
+                continue;
+            }
+            if files.is_empty() && !busy.contains(&h) {
+                // Nothing raw to read: the hour is empty (or only rolled).
+                if let Some(r) = rolled.get(&h).filter(|_| whole) {
+                    cov.rolled.push((h, r.clone()));
+                }
+                continue;
+            }
+            let (a, b) = (h.max(from), (h + HOUR_NS).min(to));
+            cov.raw_hours.insert(h);
+            match cov.raw.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => cov.raw.push((a, b)),
+            }
+        }
+        cov
+    }
+
+    /// The rows of a rolled hour's table, decoded once.
+    pub fn load(&self, entry: &FileEntry) -> Result<Arc<RecordBatch>, QueryError> {
+        if let Some(b) = self.cache.lock().get(&entry.path) {
+            return Ok(b.clone());
+        }
+        let bytes = self.read_bytes(&entry.path)?;
+        let batch = read_parquet(bytes, &entry.path)?;
+        let batch = Arc::new(batch);
+        self.cache.lock().insert(entry.path.clone(), batch.clone());
+        Ok(batch)
+    }
+
+    /// Drops cached rows of files that are no longer rollups.
+    pub fn prune_cache(&self) {
+        let mut live: BTreeSet<PathBuf> = BTreeSet::new();
+        for d in Dataset::ALL {
+            for h in self.rollups.hours(d) {
+                if let Some(r) = self.rollups.get(d, h) {
+                    live.extend(r.tables.values().map(|f| f.path.clone()));
+                }
+            }
+        }
+        self.cache.lock().retain(|p, _| live.contains(p));
+    }
+
+    fn read_bytes(&self, path: &Path) -> Result<Bytes, QueryError> {
+        let text = path.to_string_lossy();
+        match &self.object {
+            Some((url, store)) if text.starts_with("s3://") => {
+                let base = url.as_str().trim_end_matches('/');
+                let key = object_store::path::Path::from(
+                    text.strip_prefix(base)
+                        .unwrap_or(&text)
+                        .trim_start_matches('/'),
+                );
+                let store = store.clone();
+                let fut = async move { store.get(&key).await?.bytes().await };
+                let handle = tokio::runtime::Handle::current();
+                std::thread::scope(|s| {
+                    s.spawn(|| handle.block_on(fut))
+                        .join()
+                        .expect("object read does not panic")
+                })
+                .map_err(|e| QueryError::Execution(format!("reading {text}: {e}")))
+            }
+            _ => std::fs::read(path)
+                .map(Bytes::from)
+                .map_err(|e| QueryError::Execution(format!("reading {text}: {e}"))),
+        }
+    }
+
+    /// Rows of the rolled hours' table for `dataset`.
+    pub fn rolled_rows(
+        &self,
+        d: Dataset,
+        cov: &Coverage,
+    ) -> Result<Vec<Arc<RecordBatch>>, QueryError> {
+        let Some((table, _)) = rollup_of(d) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(cov.rolled.len());
+        for (_, r) in &cov.rolled {
+            if let Some(f) = r.tables.get(table) {
+                out.push(self.load(f)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a rollup SQL file over the raw records of `ranges` (each record
+    /// once: rows with the same key count once, as compaction will make it).
+    pub async fn raw_rows(
+        &self,
+        d: Dataset,
+        sql: &str,
+        ranges: &[(i64, i64)],
+        hours: &BTreeSet<i64>,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = session();
+        if let Some((url, store)) = &self.object {
+            ctx.register_object_store(url, store.clone());
+        }
+        ctx.register_table(
+            "raw",
+            Arc::new(DatasetTable::new(d, self.store.clone()).only_hours(hours.clone())),
+        )?;
+        let cond: Vec<String> = (0..ranges.len())
+            .map(|i| {
+                format!(
+                    "(timestamp >= ${} AND timestamp < ${})",
+                    2 * i + 1,
+                    2 * i + 2
+                )
+            })
+            .collect();
+        let columns = d.columns();
+        let key: Vec<&str> = d.key_columns().iter().map(|&c| columns[c].name).collect();
+        let source = if key.is_empty() {
+            format!("SELECT * FROM raw WHERE {}", cond.join(" OR "))
+        } else {
+            // The first stored copy stays, as in compaction; the order names
+            // each column once.
+            let mut order = key.clone();
+            if !order.contains(&"timestamp") {
+                order.push("timestamp");
+            }
+            format!(
+                "SELECT DISTINCT ON ({k}) * FROM raw WHERE {c} ORDER BY {o}",
+                k = key.join(", "),
+                c = cond.join(" OR "),
+                o = order.join(", ")
+            )
+        };
+        let params: Vec<ScalarValue> = ranges
+            .iter()
+            .flat_map(|&(a, b)| [a, b])
+            .map(|t| ScalarValue::TimestampNanosecond(Some(t), Some("UTC".into())))
+            .collect();
+        let text = format!("WITH source AS ({source})\n{sql}");
+        let df = ctx.sql(&text).await?.with_param_values(ParamValues::List(
+            params.into_iter().map(Into::into).collect(),
+        ))?;
+        Ok(df.collect().await?)
+    }
+
+    /// Runs a rollup SQL file over one local Parquet file.
+    async fn file_rows(&self, file: &Path, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let bytes = std::fs::read(file)
+            .map(Bytes::from)
+            .map_err(|e| QueryError::Execution(format!("reading {}: {e}", file.display())))?;
+        let batch = read_parquet(bytes, file)?;
+        let ctx = session();
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        ctx.register_table("source", Arc::new(table))?;
+        Ok(ctx.sql(sql).await?.collect().await?)
+    }
+
+    /// Every reported gap span: the stored spans of rolled `vm_events`
+    /// hours and those in its raw records.
+    pub async fn gap_spans(&self) -> Result<GapSpans, QueryError> {
+        let cov = self.coverage(Dataset::VmEvents, i64::MIN / 2, i64::MAX / 2, &|_| 0);
+        let mut batches: Vec<RecordBatch> = self
+            .rolled_rows(Dataset::VmEvents, &cov)?
+            .iter()
+            .map(|b| b.as_ref().clone())
+            .collect();
+        batches.extend(
+            self.raw_rows(Dataset::VmEvents, VM_GAP_SPANS, &cov.raw, &cov.raw_hours)
+                .await?,
+        );
+        let mut spans: GapSpans = HashMap::new();
+        for b in &batches {
+            let vm = b.column(0).as_string::<i32>();
+            let (a, z) = (
+                b.column(1).as_primitive::<Int64Type>(),
+                b.column(2).as_primitive::<Int64Type>(),
+            );
+            for r in 0..b.num_rows() {
+                spans
+                    .entry(vm.value(r).to_string())
+                    .or_default()
+                    .push((a.value(r), z.value(r)));
+            }
+        }
+        for v in spans.values_mut() {
+            v.sort_unstable();
+            v.dedup();
+        }
+        Ok(spans)
+    }
+}
+
+/// A session for the rollup SQL files: strings are `Utf8`, as stored.
+fn session() -> SessionContext {
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+    SessionContext::new_with_config(config)
+}
+
+/// What a VM hour's rollup depends on besides its samples: the reported
+/// spans that overlap the hour.
+pub fn gap_fingerprint(spans: &GapSpans, hour: i64) -> u64 {
+    let mut touching: Vec<(&str, i64, i64)> = Vec::new();
+    for (vm, list) in spans {
+        for &(a, z) in list {
+            if a < hour + HOUR_NS && z > hour {
+                touching.push((vm, a, z));
+            }
+        }
+    }
+    if touching.is_empty() {
+        return 0;
+    }
+    touching.sort_unstable();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    touching.hash(&mut h);
+    h.finish() | 1
+}
+
+fn read_parquet(bytes: Bytes, path: &Path) -> Result<RecordBatch, QueryError> {
+    let err = |e: &dyn std::fmt::Display| {
+        QueryError::Execution(format!("reading {}: {e}", path.display()))
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| err(&e))?;
+    let schema = builder.schema().clone();
+    let reader = builder.build().map_err(|e| err(&e))?;
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| err(&e))?;
+    concat_batches(&schema, &batches).map_err(|e| err(&e))
+}
+
+#[async_trait]
+impl RollupBuilder for History {
+    fn tables(&self, d: Dataset) -> &'static [&'static str] {
+        match d {
+            Dataset::UsageLlm => &["usage_llm_hourly"],
+            Dataset::UsageTool => &["usage_tool_hourly"],
+            Dataset::UsageAgent => &["usage_agent_hourly"],
+            Dataset::UsageMessage => &["usage_message_hourly"],
+            Dataset::VmMetrics => &["vm_usage_hours"],
+            Dataset::VmEvents => &["vm_gap_spans"],
+            _ => &[],
+        }
+    }
+
+    async fn build(
+        &self,
+        d: Dataset,
+        hour: i64,
+        file: &Path,
+    ) -> Result<(Vec<RollupOutput>, u64), RollupError> {
+        let q = |e: QueryError| RollupError::Query(e.to_string());
+        let Some((table, sql)) = rollup_of(d) else {
+            return Ok((Vec::new(), 0));
+        };
+        let batches = self.file_rows(file, sql).await.map_err(q)?;
+        if d == Dataset::VmMetrics {
+            let spans = self.gap_spans().await.map_err(q)?;
+            let rows = hours::fold(&batches, &spans, self.gap_limit_ns);
+            return Ok((
+                vec![RollupOutput {
+                    table,
+                    batch: hours::to_batch(&rows),
+                }],
+                gap_fingerprint(&spans, hour),
+            ));
+        }
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => {
+                // No rows: plan the query once more for its schema.
+                let ctx = session();
+                let empty = MemTable::try_new(tally_pipeline::batch::schema(d), vec![vec![]])
+                    .map_err(|e| RollupError::Query(e.to_string()))?;
+                ctx.register_table("source", Arc::new(empty))
+                    .map_err(|e| RollupError::Query(e.to_string()))?;
+                let df = ctx
+                    .sql(sql)
+                    .await
+                    .map_err(|e| RollupError::Query(e.to_string()))?;
+                Arc::new(df.schema().as_arrow().clone())
+            }
+        };
+        let batch =
+            concat_batches(&schema, &batches).map_err(|e| RollupError::Query(e.to_string()))?;
+        Ok((vec![RollupOutput { table, batch }], 0))
+    }
+
+    async fn fingerprints(&self, d: Dataset, hours: &[i64]) -> Result<Vec<u64>, RollupError> {
+        if d != Dataset::VmMetrics {
+            return Ok(vec![0; hours.len()]);
+        }
+        let spans = self
+            .gap_spans()
+            .await
+            .map_err(|e| RollupError::Query(e.to_string()))?;
+        Ok(hours.iter().map(|h| gap_fingerprint(&spans, *h)).collect())
+    }
+}

@@ -1,0 +1,322 @@
+//! VM usage per hour by DESIGN.md's billing rules, in one pass over samples
+//! ordered by VM and time.
+//!
+//! An hour's row holds the pairs whose both samples are in the hour, and the
+//! hour's first and last sample. The pair that spans two hours (the last
+//! sample of one hour with data and the first of the next) is counted when
+//! hours are put together ([`assemble`]), so a late sample changes its own
+//! hour only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+
+/// One sample's values.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    pub ts: i64,
+    pub cpu: i64,
+    pub mem: i64,
+    pub disk_read: i64,
+    pub disk_write: i64,
+    pub rx: i64,
+    pub tx: i64,
+}
+
+/// Sums of counted pairs and counts of one VM over one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub cpu_nanos: i64,
+    /// Σ min(a, b) memory bytes × dt nanoseconds.
+    pub mem_byte_ns: f64,
+    pub disk_read: i64,
+    pub disk_write: i64,
+    pub rx: i64,
+    pub tx: i64,
+    pub observed_ns: i64,
+    pub samples: i64,
+    pub gaps: i64,
+}
+
+impl Usage {
+    pub fn add(&mut self, o: &Usage) {
+        self.cpu_nanos += o.cpu_nanos;
+        self.mem_byte_ns += o.mem_byte_ns;
+        self.disk_read += o.disk_read;
+        self.disk_write += o.disk_write;
+        self.rx += o.rx;
+        self.tx += o.tx;
+        self.observed_ns += o.observed_ns;
+        self.samples += o.samples;
+        self.gaps += o.gaps;
+    }
+}
+
+/// One VM's hour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmHour {
+    pub customer_id: String,
+    pub vm_id: String,
+    pub hour: i64,
+    /// Pairs inside the hour, and every sample of it.
+    pub usage: Usage,
+    pub first: Sample,
+    pub last: Sample,
+}
+
+/// Reported gap spans per VM: `(last_sent, resume_time)` in nanoseconds.
+pub type GapSpans = HashMap<String, Vec<(i64, i64)>>;
+
+/// Adds the pair (a, b) to `u` by the billing rules.
+pub fn add_pair(u: &mut Usage, a: &Sample, b: &Sample, spans: &[(i64, i64)], limit_ns: i64) {
+    let dt = b.ts - a.ts;
+    let reported = spans
+        .iter()
+        .any(|&(last_sent, resume)| a.ts.max(last_sent) < b.ts.min(resume));
+    if dt > limit_ns || reported {
+        u.gaps += 1;
+        return;
+    }
+    u.cpu_nanos += (b.cpu - a.cpu).max(0);
+    u.mem_byte_ns += a.mem.min(b.mem) as f64 * dt as f64;
+    u.disk_read += (b.disk_read - a.disk_read).max(0);
+    u.disk_write += (b.disk_write - a.disk_write).max(0);
+    u.rx += (b.rx - a.rx).max(0);
+    u.tx += (b.tx - a.tx).max(0);
+    u.observed_ns += dt;
+}
+
+const HOUR_NS: i64 = tally_pipeline::rollup::HOUR_NS;
+
+/// Folds samples (the columns of `vm_samples.sql`, ordered by VM and time)
+/// into hours. A repeated (vm_id, timestamp) counts once.
+pub fn fold(batches: &[RecordBatch], spans: &GapSpans, limit_ns: i64) -> Vec<VmHour> {
+    let mut out: Vec<VmHour> = Vec::new();
+    let none: Vec<(i64, i64)> = Vec::new();
+    for b in batches {
+        let s = |i: usize| b.column(i).as_string::<i32>();
+        let n = |i: usize| b.column(i).as_primitive::<Int64Type>();
+        let (customers, vms, ts) = (s(0), s(1), n(2));
+        let (cpu, mem, dr, dw, rx, tx) = (n(3), n(4), n(5), n(6), n(7), n(8));
+        for r in 0..b.num_rows() {
+            let sample = Sample {
+                ts: ts.value(r),
+                cpu: cpu.value(r),
+                mem: mem.value(r),
+                disk_read: dr.value(r),
+                disk_write: dw.value(r),
+                rx: rx.value(r),
+                tx: tx.value(r),
+            };
+            let vm = vms.value(r);
+            let hour = sample.ts.div_euclid(HOUR_NS) * HOUR_NS;
+            match out.last_mut() {
+                Some(h) if h.vm_id == vm && h.last.ts == sample.ts => continue,
+                Some(h) if h.vm_id == vm && h.hour == hour => {
+                    let vm_spans = spans.get(vm).unwrap_or(&none);
+                    let prev = h.last;
+                    add_pair(&mut h.usage, &prev, &sample, vm_spans, limit_ns);
+                    h.usage.samples += 1;
+                    h.last = sample;
+                }
+                _ => out.push(VmHour {
+                    customer_id: customers.value(r).to_string(),
+                    vm_id: vm.to_string(),
+                    hour,
+                    usage: Usage {
+                        samples: 1,
+                        ..Usage::default()
+                    },
+                    first: sample,
+                    last: sample,
+                }),
+            }
+        }
+    }
+    out
+}
+
+/// Puts a VM's hours (any order, rolled up or computed from raw) together:
+/// adds each hour's spanning pair (the previous hour with data's last
+/// sample and its first). `before` holds, per VM, the last sample before
+/// the first hour given, when there is one.
+pub fn assemble(
+    mut hours: Vec<VmHour>,
+    before: &HashMap<String, Sample>,
+    spans: &GapSpans,
+    limit_ns: i64,
+) -> Vec<VmHour> {
+    hours.sort_by(|a, b| a.vm_id.cmp(&b.vm_id).then(a.hour.cmp(&b.hour)));
+    let none: Vec<(i64, i64)> = Vec::new();
+    let mut prev: Option<(String, Sample)> = None;
+    for h in hours.iter_mut() {
+        let a = match &prev {
+            Some((vm, s)) if *vm == h.vm_id => Some(*s),
+            _ => before.get(&h.vm_id).copied(),
+        };
+        if let Some(a) = a {
+            let vm_spans = spans.get(&h.vm_id).unwrap_or(&none);
+            add_pair(&mut h.usage, &a, &h.first, vm_spans, limit_ns);
+        }
+        prev = Some((h.vm_id.clone(), h.last));
+    }
+    hours
+}
+
+/// The stored columns of `vm_usage_hourly`.
+pub fn schema() -> SchemaRef {
+    let i = |n: &str| Field::new(n, DataType::Int64, false);
+    let mut fields = vec![
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("vm_id", DataType::Utf8, false),
+        i("hour"),
+        i("cpu_nanos"),
+        Field::new("memory_byte_ns", DataType::Float64, false),
+        i("disk_read_bytes"),
+        i("disk_write_bytes"),
+        i("network_rx_bytes"),
+        i("network_tx_bytes"),
+        i("observed_ns"),
+        i("samples"),
+        i("gaps"),
+    ];
+    for side in ["first", "last"] {
+        for c in ["ts", "cpu", "mem", "disk_read", "disk_write", "rx", "tx"] {
+            fields.push(i(&format!("{side}_{c}")));
+        }
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn sample_values(s: &Sample) -> [i64; 7] {
+    [s.ts, s.cpu, s.mem, s.disk_read, s.disk_write, s.rx, s.tx]
+}
+
+pub fn to_batch(hours: &[VmHour]) -> RecordBatch {
+    let ints = |f: &dyn Fn(&VmHour) -> i64| -> Arc<dyn Array> {
+        Arc::new(Int64Array::from_iter_values(hours.iter().map(f)))
+    };
+    let mut columns: Vec<Arc<dyn Array>> = vec![
+        Arc::new(StringArray::from_iter_values(
+            hours.iter().map(|h| h.customer_id.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            hours.iter().map(|h| h.vm_id.as_str()),
+        )),
+        ints(&|h| h.hour),
+        ints(&|h| h.usage.cpu_nanos),
+        Arc::new(Float64Array::from_iter_values(
+            hours.iter().map(|h| h.usage.mem_byte_ns),
+        )),
+        ints(&|h| h.usage.disk_read),
+        ints(&|h| h.usage.disk_write),
+        ints(&|h| h.usage.rx),
+        ints(&|h| h.usage.tx),
+        ints(&|h| h.usage.observed_ns),
+        ints(&|h| h.usage.samples),
+        ints(&|h| h.usage.gaps),
+    ];
+    for k in 0..7 {
+        columns.push(ints(&|h| sample_values(&h.first)[k]));
+    }
+    for k in 0..7 {
+        columns.push(ints(&|h| sample_values(&h.last)[k]));
+    }
+    RecordBatch::try_new(schema(), columns).expect("columns match the schema")
+}
+
+/// Reads rows written by [`to_batch`]; `keep` filters by (customer, vm).
+pub fn from_batch(b: &RecordBatch, keep: &dyn Fn(&str, &str) -> bool) -> Vec<VmHour> {
+    let s = |i: usize| b.column(i).as_string::<i32>();
+    let n = |i: usize| b.column(i).as_primitive::<Int64Type>();
+    let f = b.column(4).as_primitive::<arrow::datatypes::Float64Type>();
+    let sample = |base: usize, r: usize| Sample {
+        ts: n(base).value(r),
+        cpu: n(base + 1).value(r),
+        mem: n(base + 2).value(r),
+        disk_read: n(base + 3).value(r),
+        disk_write: n(base + 4).value(r),
+        rx: n(base + 5).value(r),
+        tx: n(base + 6).value(r),
+    };
+    let mut out = Vec::new();
+    for r in 0..b.num_rows() {
+        let (c, v) = (s(0).value(r), s(1).value(r));
+        if !keep(c, v) {
+            continue;
+        }
+        out.push(VmHour {
+            customer_id: c.to_string(),
+            vm_id: v.to_string(),
+            hour: n(2).value(r),
+            usage: Usage {
+                cpu_nanos: n(3).value(r),
+                mem_byte_ns: f.value(r),
+                disk_read: n(5).value(r),
+                disk_write: n(6).value(r),
+                rx: n(7).value(r),
+                tx: n(8).value(r),
+                observed_ns: n(9).value(r),
+                samples: n(10).value(r),
+                gaps: n(11).value(r),
+            },
+            first: sample(12, r),
+            last: sample(19, r),
+        });
+    }
+    out
+}
+
+/// Sums hours into windows: `window_of(hour)` gives a window's start and end.
+pub fn windows(
+    hours: &[VmHour],
+    window_of: &dyn Fn(i64) -> (i64, i64),
+) -> BTreeMap<(String, String, i64), (i64, Usage)> {
+    let mut out: BTreeMap<(String, String, i64), (i64, Usage)> = BTreeMap::new();
+    for h in hours {
+        let (start, end) = window_of(h.hour);
+        let e = out
+            .entry((h.customer_id.clone(), h.vm_id.clone(), start))
+            .or_insert((end, Usage::default()));
+        e.1.add(&h.usage);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(ts_s: i64, cpu: i64) -> Sample {
+        Sample {
+            ts: ts_s * 1_000_000_000,
+            cpu,
+            mem: 1 << 30,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn pairs_follow_the_billing_rules() {
+        let limit = 120_000_000_000;
+        let mut u = Usage::default();
+        add_pair(&mut u, &s(0, 10), &s(120, 30), &[], limit);
+        assert_eq!(
+            (u.cpu_nanos, u.observed_ns, u.gaps),
+            (20, 120_000_000_000, 0)
+        );
+        // Over the limit: a gap; a reset counts zero.
+        add_pair(&mut u, &s(120, 30), &s(241, 90), &[], limit);
+        add_pair(&mut u, &s(241, 90), &s(250, 5), &[], limit);
+        assert_eq!((u.cpu_nanos, u.gaps), (20, 1));
+        // A reported span overlapping the pair makes it a gap; one that only
+        // touches it does not.
+        let spans = [(5_000_000_000, 7_000_000_000)];
+        let mut v = Usage::default();
+        add_pair(&mut v, &s(0, 0), &s(10, 5), &spans, limit);
+        add_pair(&mut v, &s(7, 0), &s(10, 5), &spans, limit);
+        assert_eq!((v.gaps, v.cpu_nanos), (1, 5));
+    }
+}

@@ -1,0 +1,310 @@
+//! VM billing: `GET /v1/billing/vm-usage`, from stored hourly rollups for
+//! rolled-up hours and from raw samples for the others (see `history`).
+
+pub mod hours;
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Utc};
+use serde_json::{json, Value};
+use tally_pipeline::rollup::HOUR_NS;
+use tally_pipeline::Dataset;
+
+use crate::history::{gap_fingerprint, History, VM_SAMPLES};
+use crate::http::error_response;
+use crate::sql::QueryError;
+use hours::{Sample, VmHour};
+
+pub fn router(history: History) -> Router {
+    Router::new()
+        .route("/v1/billing/vm-usage", get(vm_usage))
+        .with_state(history)
+}
+
+/// A window unit of the API.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Window {
+    Hour,
+    Day,
+    Month,
+}
+
+impl Window {
+    /// The window holding the hour `h` (ns): its start and end.
+    pub fn of(self, h: i64) -> (i64, i64) {
+        let t = DateTime::from_timestamp_nanos(h);
+        let ns = |t: DateTime<Utc>| t.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        match self {
+            Window::Hour => (h, h + HOUR_NS),
+            Window::Day => {
+                let start = h.div_euclid(24 * HOUR_NS) * 24 * HOUR_NS;
+                (start, start + 24 * HOUR_NS)
+            }
+            Window::Month => {
+                let start = Utc
+                    .with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
+                    .single()
+                    .expect("the first of a month exists");
+                let (y, m) = if t.month() == 12 {
+                    (t.year() + 1, 1)
+                } else {
+                    (t.year(), t.month() + 1)
+                };
+                let end = Utc
+                    .with_ymd_and_hms(y, m, 1, 0, 0, 0)
+                    .single()
+                    .expect("the first of a month exists");
+                (ns(start), ns(end))
+            }
+        }
+    }
+
+    /// The hours of the windows that start in `[from, to)`.
+    pub fn hours_of(self, from: i64, to: i64) -> (i64, i64) {
+        let floor = |t: i64| t.div_euclid(HOUR_NS) * HOUR_NS;
+        let (s, e) = self.of(floor(from));
+        let first = if s >= from { s } else { e };
+        let last_end = self.of(floor(to - 1)).1;
+        (first, last_end.max(first))
+    }
+}
+
+/// One row of the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowRow {
+    pub customer_id: String,
+    pub vm_id: String,
+    pub start: i64,
+    pub end: i64,
+    pub usage: hours::Usage,
+}
+
+/// The bill: windows of `window` starting in `[from, to)`, for the VMs
+/// `keep` accepts (by customer and VM), ordered by customer, VM and time.
+pub async fn bill(
+    history: &History,
+    window: Window,
+    from: i64,
+    to: i64,
+    keep: &(dyn Fn(&str, &str) -> bool + Sync),
+) -> Result<Vec<WindowRow>, QueryError> {
+    let (h0, h1) = window.hours_of(from, to);
+    if h0 >= h1 {
+        return Ok(Vec::new());
+    }
+    let spans = history.gap_spans().await?;
+    let fp = |h: i64| gap_fingerprint(&spans, h);
+    let limit = history.gap_limit_ns;
+    let d = Dataset::VmMetrics;
+
+    let cov = history.coverage(d, h0, h1, &fp);
+    let mut rows: Vec<VmHour> = Vec::new();
+    for b in history.rolled_rows(d, &cov)? {
+        rows.extend(hours::from_batch(&b, keep));
+    }
+    let raw = history
+        .raw_rows(d, VM_SAMPLES, &cov.raw, &cov.raw_hours)
+        .await?;
+    rows.extend(
+        hours::fold(&raw, &spans, limit)
+            .into_iter()
+            .filter(|h| keep(&h.customer_id, &h.vm_id)),
+    );
+    let before = last_samples_before(history, h0, &rows, keep, &spans).await?;
+    let rows = hours::assemble(rows, &before, &spans, limit);
+    Ok(hours::windows(&rows, &|h| window.of(h))
+        .into_iter()
+        .filter(|((_, _, start), _)| *start >= from && *start < to)
+        .map(|((customer_id, vm_id, start), (end, usage))| WindowRow {
+            customer_id,
+            vm_id,
+            start,
+            end,
+            usage,
+        })
+        .collect())
+}
+
+/// The last sample before `h0` of each VM in `rows`: the pair it makes
+/// with the VM's first sample in range counts (or is a gap).
+async fn last_samples_before(
+    history: &History,
+    h0: i64,
+    rows: &[VmHour],
+    keep: &(dyn Fn(&str, &str) -> bool + Sync),
+    spans: &hours::GapSpans,
+) -> Result<HashMap<String, Sample>, QueryError> {
+    let mut wanted: HashSet<&str> = rows.iter().map(|r| r.vm_id.as_str()).collect();
+    let mut found: HashMap<String, Sample> = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(found);
+    }
+    let fp = |h: i64| gap_fingerprint(spans, h);
+    let cov = history.coverage(Dataset::VmMetrics, i64::MIN / 2, h0, &fp);
+    // Raw hours before the range are recent ones not compacted yet, or
+    // dirty ones; they may hold a later sample than any rolled hour.
+    let raw = history
+        .raw_rows(Dataset::VmMetrics, VM_SAMPLES, &cov.raw, &cov.raw_hours)
+        .await?;
+    let mut latest: HashMap<String, Sample> = HashMap::new();
+    for h in hours::fold(&raw, spans, history.gap_limit_ns) {
+        if wanted.contains(h.vm_id.as_str()) {
+            let e = latest.entry(h.vm_id.clone()).or_insert(h.last);
+            if h.last.ts > e.ts {
+                *e = h.last;
+            }
+        }
+    }
+    // Rolled hours, newest first, until every VM has its sample.
+    for (hour, rolled) in cov.rolled.iter().rev() {
+        if wanted.is_empty() {
+            break;
+        }
+        let Some(f) = rolled.tables.get("vm_usage_hours") else {
+            continue;
+        };
+        let batch = history.load(f)?;
+        for h in hours::from_batch(&batch, &|c, v| keep(c, v) && wanted.contains(v)) {
+            let e = latest.entry(h.vm_id.clone()).or_insert(h.last);
+            if h.last.ts > e.ts {
+                *e = h.last;
+            }
+        }
+        // A VM found in this hour has nothing later in older hours; raw
+        // samples may still be later.
+        wanted.retain(|vm| latest.get(*vm).is_none_or(|s| s.ts < *hour));
+    }
+    found.extend(latest);
+    Ok(found)
+}
+
+fn time(ns: i64) -> String {
+    DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// `GET /v1/billing/vm-usage?customer_id=&vm_id=&from=&to=&window=hour|day|month`:
+/// rollup rows of the windows that start in [`from`, `to`). `from` and `to`
+/// are RFC 3339; they default to the 24 hours before now.
+async fn vm_usage(
+    State(history): State<History>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut errors = Vec::new();
+    let window = match params.get("window").map(String::as_str).unwrap_or("hour") {
+        "hour" => Window::Hour,
+        "day" => Window::Day,
+        "month" => Window::Month,
+        other => {
+            errors.push(format!(
+                "window must be one of hour, day, month, got {other:?}"
+            ));
+            Window::Hour
+        }
+    };
+    let now = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let mut time_param = |name: &str, default: i64| match params.get(name) {
+        None => Some(default),
+        Some(s) => match DateTime::parse_from_rfc3339(s)
+            .ok()
+            .and_then(|t| t.timestamp_nanos_opt())
+        {
+            Some(ns) => Some(ns),
+            None => {
+                errors.push(format!(
+                    "{name} must be an RFC 3339 time such as 2024-01-15T10:00:00Z, got {s:?}"
+                ));
+                None
+            }
+        },
+    };
+    let to = time_param("to", now);
+    let from = time_param("from", now - 24 * HOUR_NS);
+    if let (Some(f), Some(t)) = (from, to) {
+        if f >= t {
+            errors.push("from must be before to".to_string());
+        }
+    }
+    for (name, v) in &params {
+        if !["customer_id", "vm_id", "from", "to", "window"].contains(&name.as_str()) {
+            errors.push(format!("unknown parameter {name:?}"));
+        } else if (name == "customer_id" || name == "vm_id") && v.is_empty() {
+            errors.push(format!("{name} must not be empty when given"));
+        }
+    }
+    if !errors.is_empty() {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "Invalid request",
+            errors.join("; "),
+        );
+    }
+    let (from, to) = (from.unwrap_or_default(), to.unwrap_or_default());
+    let customer = params.get("customer_id").cloned();
+    let vm = params.get("vm_id").cloned();
+    let keep = move |c: &str, v: &str| {
+        customer.as_deref().is_none_or(|x| x == c) && vm.as_deref().is_none_or(|x| x == v)
+    };
+    match bill(&history, window, from, to, &keep).await {
+        Ok(rows) => {
+            let out: Vec<Value> = rows
+                .into_iter()
+                .map(|r| {
+                    let u = r.usage;
+                    json!({
+                        "customer_id": r.customer_id,
+                        "vm_id": r.vm_id,
+                        "window_start": time(r.start),
+                        "window_end": time(r.end),
+                        "cpu_seconds": u.cpu_nanos as f64 / 1e9,
+                        "memory_gib_hours": u.mem_byte_ns / 1e9 / 1_073_741_824.0 / 3600.0,
+                        "disk_read_bytes": u.disk_read,
+                        "disk_write_bytes": u.disk_write,
+                        "network_rx_bytes": u.rx,
+                        "network_tx_bytes": u.tx,
+                        "observed_seconds": u.observed_ns as f64 / 1e9,
+                        "samples": u.samples,
+                        "gaps": u.gaps,
+                    })
+                })
+                .collect();
+            Json(out).into_response()
+        }
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Query failed",
+            e.to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_start_at_or_after_from() {
+        let h = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_nanos_opt()
+                .unwrap()
+        };
+        let (a, b) = Window::Month.hours_of(h("2026-01-15T00:00:00Z"), h("2026-03-01T00:00:00Z"));
+        assert_eq!(
+            (a, b),
+            (h("2026-02-01T00:00:00Z"), h("2026-03-01T00:00:00Z"))
+        );
+        let (a, b) = Window::Day.hours_of(h("2026-01-15T00:00:00Z"), h("2026-01-15T00:00:01Z"));
+        assert_eq!(
+            (a, b),
+            (h("2026-01-15T00:00:00Z"), h("2026-01-16T00:00:00Z"))
+        );
+        let (a, b) = Window::Hour.hours_of(h("2026-01-15T10:30:00Z"), h("2026-01-15T11:00:00Z"));
+        assert_eq!(a, b, "no hour starts in [10:30, 11:00)");
+    }
+}

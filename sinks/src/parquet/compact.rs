@@ -1,0 +1,902 @@
+//! Compaction: each closed hour partition becomes one file sorted by the
+//! dataset's key, exact duplicates dropped, and its hourly rollups are
+//! written beside it.
+//!
+//! An hour is closed once its end plus `compact_after` has passed. One round
+//! of an hour:
+//! 1. merge its files (each is sorted already) into a temporary file in the
+//!    partition, dropping rows whose key was seen (the first stored copy
+//!    stays); its footer names the files it replaces (`tally.compacted_from`);
+//! 2. compute the hour's rollups from it and write them, fsync'd, under
+//!    `<table>/date=…/hour=…/<compacted file stem>.<fingerprint>.parquet`;
+//! 3. rename (or upload) the compacted file: the commit point;
+//! 4. swap the files in the manifest in one step, delete the replaced
+//!    rollups, and delete the replaced files a little later (a query that
+//!    planned over them may still be reading).
+//!
+//! A crash before 3 leaves temporary files (removed at start-up) and maybe
+//! rollups naming a file that does not exist (deleted as stale); after 3,
+//! start-up deletes what the committed file replaces. So readers of tally
+//! see the old files or the new one, never both and never neither.
+//!
+//! On a shared prefix, the node with the smallest id among the writers of an
+//! hour's files compacts it; the others leave it alone.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch};
+use arrow::compute::interleave;
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use parking_lot::Mutex;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use tally_pipeline::batch::schema;
+use tally_pipeline::metrics::Metrics;
+use tally_pipeline::rollup::{
+    file_name, hour_of_path, RolledHour, RollupBuilder, RollupOutput, Rollups, HOUR_NS,
+};
+use tally_pipeline::store::{FileEntry, Store};
+use tally_pipeline::Dataset;
+use tokio::sync::watch;
+
+use super::destination::{list_local_table, Destination, ListedFile};
+use super::flusher::FlushTarget;
+use super::layout::{file_name as data_file_name, node_of, partition_dir, partition_of, tmp_name};
+use super::verify::COMPACTED_FROM;
+use super::writer::writer_properties_with;
+use super::{io_err, SinkError};
+
+/// When hours are compacted and how long files are kept.
+#[derive(Debug, Clone)]
+pub struct CompactionPolicy {
+    /// An hour is closed this long after its end.
+    pub compact_after: Duration,
+    /// How often the compactor looks for work.
+    pub interval: Duration,
+    /// Raw hours older than this are deleted once rolled up (`None`: kept).
+    pub raw_retention: Option<Duration>,
+    /// Rollups older than this are deleted (`None`: kept).
+    pub rollup_retention: Option<Duration>,
+    /// How long replaced files stay on disk for queries still reading them.
+    pub grace: Duration,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        Self {
+            compact_after: Duration::from_secs(600),
+            interval: Duration::from_secs(30),
+            raw_retention: None,
+            rollup_retention: None,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct CompactionReport {
+    pub hours: usize,
+    pub files_in: usize,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub duplicates_dropped: u64,
+    pub rollup_files: usize,
+    pub raw_files_expired: usize,
+    pub rollup_files_expired: usize,
+}
+
+/// The files of a compacted file's footer `compacted_from`, as paths beside it.
+pub fn superseded(files: &[ListedFile]) -> HashSet<PathBuf> {
+    let mut out = HashSet::new();
+    for f in files.iter().filter(|f| !f.compacted_from.is_empty()) {
+        let Some(dir) = f.entry.path.parent() else {
+            continue;
+        };
+        for name in &f.compacted_from {
+            let p = dir.join(name);
+            if p != f.entry.path {
+                out.insert(p);
+            }
+        }
+    }
+    out
+}
+
+/// `<stem>.<fingerprint>.parquet` → (source file name, fingerprint).
+fn parse_rollup_name(name: &str) -> Option<(String, u64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let (source, fp) = stem.rsplit_once('.')?;
+    let fp = u64::from_str_radix(fp, 16).ok()?;
+    Some((format!("{source}.parquet"), fp))
+}
+
+fn rollup_name(source: &str, fingerprint: u64) -> String {
+    let stem = source.strip_suffix(".parquet").unwrap_or(source);
+    format!("{stem}.{fingerprint:016x}.parquet")
+}
+
+pub struct Compactor {
+    target: FlushTarget,
+    store: Arc<Store>,
+    rollups: Arc<Rollups>,
+    builder: Arc<dyn RollupBuilder>,
+    policy: CompactionPolicy,
+    metrics: Arc<Metrics>,
+    /// Replaced files waiting for their grace period to end.
+    doomed: Mutex<Vec<(Instant, Vec<PathBuf>)>>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Compactor {
+    pub fn new(
+        target: FlushTarget,
+        store: Arc<Store>,
+        rollups: Arc<Rollups>,
+        builder: Arc<dyn RollupBuilder>,
+        policy: CompactionPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            target,
+            store,
+            rollups,
+            builder,
+            policy,
+            metrics,
+            doomed: Mutex::new(Vec::new()),
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn rollups(&self) -> &Arc<Rollups> {
+        &self.rollups
+    }
+
+    /// Start-up, after [`super::recovery::recover`]: removes temporary
+    /// rollup files, registers the rollups whose source is the hour's only
+    /// file (or whose hour has no raw file left), deletes stale ones, and
+    /// marks compacted hours of datasets without rollups. `compacted` are the
+    /// compacted files recovery found.
+    pub fn recover(&self, compacted: &[(Dataset, PathBuf)]) -> Result<usize, SinkError> {
+        let data = self.target.data.as_path();
+        let dest = &*self.target.destination;
+        let mut registered = 0;
+        for d in Dataset::ALL {
+            let tables = self.builder.tables(d);
+            let raw = self.raw_by_hour(d);
+            if tables.is_empty() {
+                for (_, path) in compacted.iter().filter(|(cd, _)| *cd == d) {
+                    let Some(hour) = hour_of_path(path) else {
+                        continue;
+                    };
+                    if raw.get(&hour).is_some_and(|files| files.len() == 1) {
+                        self.rollups.set(
+                            d,
+                            hour,
+                            RolledHour {
+                                source: file_name(path),
+                                fingerprint: 0,
+                                tables: BTreeMap::new(),
+                            },
+                        );
+                        registered += 1;
+                    }
+                }
+                continue;
+            }
+            // hour → source → (fingerprint, table → file)
+            type Found = BTreeMap<String, (u64, BTreeMap<&'static str, FileEntry>)>;
+            let mut found: BTreeMap<i64, Found> = BTreeMap::new();
+            let mut stale: Vec<PathBuf> = Vec::new();
+            for &table in tables {
+                let (_, tmps) = list_local_table(data, table)?;
+                for t in tmps {
+                    fs::remove_file(&t).map_err(io_err(&t))?;
+                }
+                for f in dest.list_table(data, table)? {
+                    let parsed = parse_rollup_name(&file_name(&f.entry.path));
+                    match (hour_of_path(&f.entry.path), parsed) {
+                        (Some(hour), Some((source, fp))) => {
+                            let e = found.entry(hour).or_default().entry(source).or_default();
+                            e.0 = fp;
+                            e.1.insert(table, f.entry);
+                        }
+                        _ => stale.push(f.entry.path),
+                    }
+                }
+            }
+            for (hour, sources) in found {
+                let live: Vec<String> = raw
+                    .get(&hour)
+                    .map(|fs| fs.iter().map(|f| file_name(&f.path)).collect())
+                    .unwrap_or_default();
+                // The current generation: the one made from a live file, or
+                // when the hour's raw files expired, the last one written.
+                let keep = if live.is_empty() {
+                    sources.keys().next_back().cloned()
+                } else {
+                    sources.keys().find(|s| live.contains(s)).cloned()
+                };
+                for (source, (fp, files)) in sources {
+                    if Some(&source) == keep.as_ref() && files.len() == tables.len() {
+                        self.rollups.set(
+                            d,
+                            hour,
+                            RolledHour {
+                                source,
+                                fingerprint: fp,
+                                tables: files,
+                            },
+                        );
+                        registered += 1;
+                    } else {
+                        stale.extend(files.into_values().map(|f| f.path));
+                    }
+                }
+            }
+            for p in stale {
+                dest.delete(&p)?;
+            }
+        }
+        Ok(registered)
+    }
+
+    /// Raw files of `dataset` by hour.
+    fn raw_by_hour(&self, dataset: Dataset) -> BTreeMap<i64, Vec<FileEntry>> {
+        let mut by_hour: BTreeMap<i64, Vec<FileEntry>> = BTreeMap::new();
+        for f in self.store.snapshot(dataset).files {
+            if let Some(h) = hour_of_path(&f.path) {
+                by_hour.entry(h).or_default().push(f);
+            }
+        }
+        by_hour
+    }
+
+    /// Whether this node compacts an hour made of `files`: the smallest
+    /// node id among their writers is this node's.
+    fn owns(&self, files: &[FileEntry]) -> bool {
+        let names: Vec<String> = files.iter().map(|f| file_name(&f.path)).collect();
+        let smallest = names.iter().filter_map(|n| node_of(n)).min();
+        smallest.is_none_or(|n| n == self.target.node)
+    }
+
+    /// Compacts every closed hour that needs it, then applies retention.
+    pub async fn run_once(&self, now: SystemTime) -> Result<CompactionReport, SinkError> {
+        let _one = self.running.lock().await;
+        let mut report = CompactionReport::default();
+        self.delete_doomed(false)?;
+        let now_ns = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i64;
+        let closed_before = now_ns - self.policy.compact_after.as_nanos() as i64;
+        for d in Dataset::ALL {
+            let busy = self.store.buffered_hours(d);
+            let raw = self.raw_by_hour(d);
+            let candidates: Vec<(i64, Vec<FileEntry>)> = raw
+                .into_iter()
+                .filter(|(h, files)| {
+                    h + HOUR_NS <= closed_before
+                        && !busy.contains(h)
+                        && !files.is_empty()
+                        && self.owns(files)
+                })
+                .collect();
+            let hours: Vec<i64> = candidates.iter().map(|(h, _)| *h).collect();
+            let fingerprints = if self.builder.tables(d).is_empty() {
+                vec![0; hours.len()]
+            } else {
+                self.builder
+                    .fingerprints(d, &hours)
+                    .await
+                    .map_err(|e| SinkError::Rollup(e.to_string()))?
+            };
+            for ((hour, files), fp) in candidates.into_iter().zip(fingerprints) {
+                let done = self.rollups.get(d, hour).is_some_and(|r| {
+                    files.len() == 1 && r.source == file_name(&files[0].path) && r.fingerprint == fp
+                });
+                if done {
+                    continue;
+                }
+                self.compact_hour(d, hour, files, &mut report).await?;
+            }
+        }
+        self.expire(now_ns, &mut report)?;
+        if report.hours > 0 || report.raw_files_expired > 0 {
+            tracing::info!(
+                hours = report.hours,
+                files_in = report.files_in,
+                rows_in = report.rows_in,
+                rows_out = report.rows_out,
+                duplicates_dropped = report.duplicates_dropped,
+                rollup_files = report.rollup_files,
+                raw_files_expired = report.raw_files_expired,
+                rollup_files_expired = report.rollup_files_expired,
+                "compaction pass"
+            );
+        }
+        Ok(report)
+    }
+
+    /// One hour: merge, roll up, commit, swap.
+    async fn compact_hour(
+        &self,
+        d: Dataset,
+        hour: i64,
+        inputs: Vec<FileEntry>,
+        report: &mut CompactionReport,
+    ) -> Result<(), SinkError> {
+        let target = self.target.clone();
+        let ins = inputs.clone();
+        let merged = tokio::task::spawn_blocking(move || merge_hour(&target, d, hour, &ins))
+            .await
+            .expect("merge does not panic")?;
+        let data = self.target.data.clone();
+        let abs_tmp = data.join(&merged.tmp);
+        let built = self.builder.build(d, hour, &abs_tmp).await;
+        let (outputs, fingerprint) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = fs::remove_file(&abs_tmp);
+                return Err(SinkError::Rollup(e.to_string()));
+            }
+        };
+        let target = self.target.clone();
+        let m = merged.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            commit_hour(&target, d, hour, &m, &outputs, fingerprint)
+        })
+        .await
+        .expect("commit does not panic");
+        let tables = match committed {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = fs::remove_file(&abs_tmp);
+                return Err(e);
+            }
+        };
+        let dest = &self.target.destination;
+        let entry = FileEntry {
+            path: dest.location(&data, &merged.final_path),
+            rows: merged.rows_out,
+            bytes: merged.bytes,
+        };
+        let source = file_name(&entry.path);
+        let replaced: Vec<PathBuf> = inputs.iter().map(|f| f.path.clone()).collect();
+        let table_count = tables.len();
+        let old = self.rollups.set(
+            d,
+            hour,
+            RolledHour {
+                source,
+                fingerprint,
+                tables,
+            },
+        );
+        self.store.replace_files(d, &replaced, vec![entry]);
+        if let Some(old) = old {
+            for f in old.tables.values() {
+                if !f.path.as_os_str().is_empty() {
+                    dest.delete(&f.path)?;
+                }
+            }
+        }
+        self.doomed.lock().push((Instant::now(), replaced));
+        let i = d.index();
+        self.metrics.compactions[i].add(1);
+        self.metrics.compaction_duplicates[i].add(merged.rows_in - merged.rows_out);
+        report.hours += 1;
+        report.files_in += inputs.len();
+        report.rows_in += merged.rows_in;
+        report.rows_out += merged.rows_out;
+        report.duplicates_dropped += merged.rows_in - merged.rows_out;
+        report.rollup_files += table_count;
+        Ok(())
+    }
+
+    /// Deletes replaced files whose grace period ended (all with `all`).
+    fn delete_doomed(&self, all: bool) -> Result<(), SinkError> {
+        let due: Vec<PathBuf> = {
+            let mut doomed = self.doomed.lock();
+            let grace = self.policy.grace;
+            let (due, keep): (Vec<_>, Vec<_>) = doomed
+                .drain(..)
+                .partition(|(at, _)| all || at.elapsed() >= grace);
+            *doomed = keep;
+            due.into_iter().flat_map(|(_, p)| p).collect()
+        };
+        for p in &due {
+            self.target.destination.delete(p)?;
+        }
+        Ok(())
+    }
+
+    /// Retention: raw hours that are rolled up and older than the raw
+    /// retention, rollups older than theirs.
+    fn expire(&self, now_ns: i64, report: &mut CompactionReport) -> Result<(), SinkError> {
+        let dest = &self.target.destination;
+        if let Some(keep) = self.policy.raw_retention {
+            let before = now_ns - keep.as_nanos() as i64;
+            for d in Dataset::ALL {
+                for (hour, files) in self.raw_by_hour(d) {
+                    if hour + HOUR_NS > before || !self.owns(&files) {
+                        continue;
+                    }
+                    // Only an hour whose rollups hold it may go: bills of old
+                    // hours must not change.
+                    let rolled = self
+                        .rollups
+                        .get(d, hour)
+                        .is_some_and(|r| files.len() == 1 && r.source == file_name(&files[0].path));
+                    if !rolled {
+                        continue;
+                    }
+                    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+                    self.store.replace_files(d, &paths, Vec::new());
+                    self.doomed.lock().push((Instant::now(), paths));
+                    report.raw_files_expired += files.len();
+                }
+            }
+        }
+        if let Some(keep) = self.policy.rollup_retention {
+            let before = now_ns - keep.as_nanos() as i64;
+            for d in Dataset::ALL {
+                for hour in self.rollups.hours(d) {
+                    if hour + HOUR_NS > before {
+                        continue;
+                    }
+                    // Rollups of an hour whose raw files are still there stay:
+                    // they are what makes reading it cheap.
+                    if self.raw_by_hour(d).contains_key(&hour) {
+                        continue;
+                    }
+                    if let Some(old) = self.rollups.remove(d, hour) {
+                        for f in old.tables.values() {
+                            dest.delete(&f.path)?;
+                            report.rollup_files_expired += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a pass every `interval` until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.policy.interval) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            if let Err(e) = self.run_once(SystemTime::now()).await {
+                self.metrics.compaction_errors.add(1);
+                tracing::error!(error = %e, "compaction pass failed; the hour stays as it was and is tried again");
+            }
+        }
+        let _ = self.delete_doomed(true);
+    }
+}
+
+/// A merged hour waiting for its commit.
+#[derive(Debug, Clone)]
+struct Merged {
+    /// Relative to the data directory.
+    tmp: PathBuf,
+    final_path: PathBuf,
+    rows_in: u64,
+    rows_out: u64,
+    bytes: u64,
+}
+
+/// One input of the merge: its batches and the current row.
+struct Cursor {
+    batches: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    /// Slot of the current batch in the arena.
+    slot: usize,
+    row: usize,
+    len: usize,
+    sort: arrow::row::Rows,
+    key: Option<arrow::row::Rows>,
+}
+
+/// Reads a batch as the dataset's full schema (columns by name).
+fn conform(batch: RecordBatch, d: Dataset) -> Result<RecordBatch, SinkError> {
+    let full = schema(d);
+    if batch.schema() == full {
+        return Ok(batch);
+    }
+    let columns: Vec<ArrayRef> = full
+        .fields()
+        .iter()
+        .map(|f| {
+            batch
+                .column_by_name(f.name())
+                .cloned()
+                .unwrap_or_else(|| new_null_array(f.data_type(), batch.num_rows()))
+        })
+        .collect();
+    Ok(RecordBatch::try_new(full, columns)?)
+}
+
+/// Merges the hour's files into one sorted temporary file without copies.
+fn merge_hour(
+    target: &FlushTarget,
+    d: Dataset,
+    hour: i64,
+    inputs: &[FileEntry],
+) -> Result<Merged, SinkError> {
+    let data = target.data.as_path();
+    let dest = &*target.destination;
+    let full = schema(d);
+    let sort_cols: Vec<usize> = d
+        .key_columns()
+        .iter()
+        .copied()
+        .chain(std::iter::once(d.time_column()))
+        .collect();
+    let key_cols: Vec<usize> = d.key_columns().to_vec();
+    let fields = |cols: &[usize]| -> Vec<SortField> {
+        cols.iter()
+            .map(|&c| SortField::new(full.field(c).data_type().clone()))
+            .collect()
+    };
+    let sort_conv = RowConverter::new(fields(&sort_cols))?;
+    let key_conv = RowConverter::new(fields(&key_cols))?;
+
+    let mut own_first = u64::MAX;
+    let mut own_last = 0u64;
+    let mut arena: Vec<RecordBatch> = Vec::new();
+    let mut cursors: Vec<Option<Cursor>> = Vec::new();
+    let mut rows_in = 0u64;
+    let next_batch = |reader: &mut parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+                      path: &Path|
+     -> Result<Option<RecordBatch>, SinkError> {
+        loop {
+            match reader.next() {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(SinkError::Object(format!(
+                        "reading {} for compaction: {e}",
+                        path.display()
+                    )))
+                }
+                Some(Ok(b)) if b.num_rows() == 0 => continue,
+                Some(Ok(b)) => return Ok(Some(conform(b, d)?)),
+            }
+        }
+    };
+    let encode =
+        |b: &RecordBatch| -> Result<(arrow::row::Rows, Option<arrow::row::Rows>), SinkError> {
+            let s: Vec<ArrayRef> = sort_cols.iter().map(|&c| b.column(c).clone()).collect();
+            let sort = sort_conv.convert_columns(&s)?;
+            let key = if key_cols.is_empty() {
+                None
+            } else {
+                let k: Vec<ArrayRef> = key_cols.iter().map(|&c| b.column(c).clone()).collect();
+                Some(key_conv.convert_columns(&k)?)
+            };
+            Ok((sort, key))
+        };
+    for f in inputs {
+        let bytes = dest.read(f)?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|source| {
+            SinkError::Parquet {
+                path: f.path.clone(),
+                source,
+            }
+        })?;
+        let own = node_of(&file_name(&f.path)).is_none_or(|n| n == target.node);
+        if own {
+            let kv = builder.metadata().file_metadata().key_value_metadata();
+            let get = |k: &str| {
+                kv.and_then(|kvs| kvs.iter().find(|kv| kv.key == k))
+                    .and_then(|kv| kv.value.as_deref())
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            if let (Some(a), Some(b)) = (get("tally.first_wal_seq"), get("tally.last_wal_seq")) {
+                own_first = own_first.min(a);
+                own_last = own_last.max(b);
+            }
+        }
+        rows_in += builder.metadata().file_metadata().num_rows().max(0) as u64;
+        let mut reader =
+            builder
+                .with_batch_size(8192)
+                .build()
+                .map_err(|source| SinkError::Parquet {
+                    path: f.path.clone(),
+                    source,
+                })?;
+        match next_batch(&mut reader, &f.path)? {
+            None => cursors.push(None),
+            Some(b) => {
+                let (sort, key) = encode(&b)?;
+                arena.push(b);
+                cursors.push(Some(Cursor {
+                    len: arena[arena.len() - 1].num_rows(),
+                    batches: reader,
+                    slot: arena.len() - 1,
+                    row: 0,
+                    sort,
+                    key,
+                }));
+            }
+        }
+    }
+    if own_first == u64::MAX {
+        own_first = 0;
+    }
+
+    let (date, hh) = partition_of(hour);
+    let dir = partition_dir(d, &date, hh);
+    fs::create_dir_all(data.join(&dir)).map_err(io_err(&data.join(&dir)))?;
+    let name = data_file_name(&target.node, own_first, &uuid::Uuid::new_v4());
+    let tmp = dir.join(tmp_name(&name));
+    let final_path = dir.join(&name);
+    let abs_tmp = data.join(&tmp);
+    let replaced: Vec<String> = inputs.iter().map(|f| file_name(&f.path)).collect();
+    let props = writer_properties_with(
+        d,
+        own_first,
+        own_last,
+        vec![KeyValue::new(
+            COMPACTED_FROM.into(),
+            serde_json::to_string(&replaced).expect("names serialise"),
+        )],
+    );
+    let parquet_err = |source| SinkError::Parquet {
+        path: abs_tmp.clone(),
+        source,
+    };
+    let result = (|| {
+        let mut file = File::create(&abs_tmp).map_err(io_err(&abs_tmp))?;
+        let mut writer =
+            ArrowWriter::try_new(&mut file, full.clone(), Some(props)).map_err(parquet_err)?;
+        let mut heap: BinaryHeap<Reverse<(OwnedRow, usize)>> = BinaryHeap::new();
+        for (i, c) in cursors.iter().enumerate() {
+            if let Some(c) = c {
+                heap.push(Reverse((c.sort.row(c.row).owned(), i)));
+            }
+        }
+        let mut picked: Vec<(usize, usize)> = Vec::with_capacity(65_536);
+        let mut last_key: Option<OwnedRow> = None;
+        let mut rows_out = 0u64;
+        let flush = |picked: &mut Vec<(usize, usize)>,
+                     arena: &[RecordBatch],
+                     writer: &mut ArrowWriter<&mut File>|
+         -> Result<(), SinkError> {
+            if picked.is_empty() {
+                return Ok(());
+            }
+            let mut columns = Vec::with_capacity(full.fields().len());
+            for c in 0..full.fields().len() {
+                let arrays: Vec<&dyn Array> = arena.iter().map(|b| b.column(c).as_ref()).collect();
+                columns.push(interleave(&arrays, picked)?);
+            }
+            let batch = RecordBatch::try_new(full.clone(), columns)?;
+            writer.write(&batch).map_err(parquet_err)?;
+            picked.clear();
+            Ok(())
+        };
+        while let Some(Reverse((_, i))) = heap.pop() {
+            let c = cursors[i].as_mut().expect("a cursor in the heap is live");
+            let duplicate = match (&c.key, &last_key) {
+                (Some(keys), Some(last)) => keys.row(c.row) == last.row(),
+                _ => false,
+            };
+            if !duplicate {
+                if let Some(keys) = &c.key {
+                    last_key = Some(keys.row(c.row).owned());
+                }
+                picked.push((c.slot, c.row));
+                rows_out += 1;
+            }
+            c.row += 1;
+            if c.row == c.len {
+                // The batch is done: write what points into the arena first,
+                // then keep only the live batches in it.
+                flush(&mut picked, &arena, &mut writer)?;
+                let next = next_batch(&mut c.batches, Path::new(&replaced[i]))?;
+                match next {
+                    None => cursors[i] = None,
+                    Some(b) => {
+                        let (sort, key) = encode(&b)?;
+                        let c = cursors[i].as_mut().expect("live");
+                        c.len = b.num_rows();
+                        c.row = 0;
+                        c.sort = sort;
+                        c.key = key;
+                        arena.push(b);
+                        c.slot = arena.len() - 1;
+                    }
+                }
+                let mut fresh = Vec::new();
+                for c in cursors.iter_mut().flatten() {
+                    fresh.push(arena[c.slot].clone());
+                    c.slot = fresh.len() - 1;
+                }
+                arena = fresh;
+            } else if picked.len() >= 65_536 {
+                flush(&mut picked, &arena, &mut writer)?;
+            }
+            if let Some(c) = cursors[i].as_ref() {
+                heap.push(Reverse((c.sort.row(c.row).owned(), i)));
+            }
+        }
+        flush(&mut picked, &arena, &mut writer)?;
+        writer.close().map_err(parquet_err)?;
+        file.sync_all().map_err(io_err(&abs_tmp))?;
+        let bytes = file.metadata().map_err(io_err(&abs_tmp))?.len();
+        Ok((rows_out, bytes))
+    })();
+    match result {
+        Ok((rows_out, bytes)) => Ok(Merged {
+            tmp,
+            final_path,
+            rows_in,
+            rows_out,
+            bytes,
+        }),
+        Err(e) => {
+            let _ = fs::remove_file(&abs_tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes the rollups, then commits the compacted file. Returns the rollup
+/// files by table.
+fn commit_hour(
+    target: &FlushTarget,
+    d: Dataset,
+    hour: i64,
+    merged: &Merged,
+    outputs: &[RollupOutput],
+    fingerprint: u64,
+) -> Result<BTreeMap<&'static str, FileEntry>, SinkError> {
+    let data = target.data.as_path();
+    let dest = &*target.destination;
+    let source = file_name(&merged.final_path);
+    let (date, hh) = partition_of(hour);
+    let mut written: Vec<(&'static str, PathBuf, PathBuf, u64)> = Vec::new();
+    let result = (|| {
+        for out in outputs {
+            let dir = PathBuf::from(out.table)
+                .join(format!("date={date}"))
+                .join(format!("hour={hh:02}"));
+            let abs_dir = data.join(&dir);
+            fs::create_dir_all(&abs_dir).map_err(io_err(&abs_dir))?;
+            let name = rollup_name(&source, fingerprint);
+            let tmp = dir.join(tmp_name(&name));
+            let abs = data.join(&tmp);
+            let parquet_err = |source| SinkError::Parquet {
+                path: abs.clone(),
+                source,
+            };
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid")))
+                .set_key_value_metadata(Some(vec![
+                    KeyValue::new("tally.rollup_of".into(), source.clone()),
+                    KeyValue::new("tally.dataset".into(), d.name().to_string()),
+                ]))
+                .build();
+            let mut file = File::create(&abs).map_err(io_err(&abs))?;
+            let mut w = ArrowWriter::try_new(&mut file, out.batch.schema(), Some(props))
+                .map_err(parquet_err)?;
+            w.write(&out.batch).map_err(parquet_err)?;
+            w.close().map_err(parquet_err)?;
+            file.sync_all().map_err(io_err(&abs))?;
+            let bytes = file.metadata().map_err(io_err(&abs))?.len();
+            written.push((out.table, tmp, dir.join(&name), bytes));
+        }
+        Ok::<_, SinkError>(())
+    })();
+    if let Err(e) = result {
+        for (_, tmp, _, _) in &written {
+            let _ = fs::remove_file(data.join(tmp));
+        }
+        return Err(e);
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut tables = BTreeMap::new();
+    for (table, tmp, fin, bytes) in &written {
+        dest.finish(data, tmp, fin)?;
+        if let Some(p) = data.join(fin).parent() {
+            dirs.push(p.to_path_buf());
+        }
+        tables.insert(
+            *table,
+            FileEntry {
+                path: dest.location(data, fin),
+                rows: 0,
+                bytes: *bytes,
+            },
+        );
+    }
+    if matches!(dest, Destination::Local) {
+        for d in dirs
+            .iter()
+            .flat_map(|d| [d.clone(), d.join("..").join("..")])
+        {
+            if d.exists() {
+                File::open(&d)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err(&d))?;
+            }
+        }
+    }
+    // The commit point.
+    dest.finish(data, &merged.tmp, &merged.final_path)?;
+    if matches!(dest, Destination::Local) {
+        if let Some(p) = data.join(&merged.final_path).parent() {
+            File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(p))?;
+        }
+    }
+    Ok(tables)
+}
+
+/// Hours and their files, for tests and `tally check`.
+pub fn files_per_hour(files: &[FileEntry]) -> HashMap<i64, usize> {
+    let mut out = HashMap::new();
+    for f in files {
+        if let Some(h) = hour_of_path(&f.path) {
+            *out.entry(h).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollup_names_carry_their_source_and_fingerprint() {
+        let n = rollup_name("w-1-00000000000000000007-abc.parquet", 0xfeed);
+        assert_eq!(n, "w-1-00000000000000000007-abc.000000000000feed.parquet");
+        assert_eq!(
+            parse_rollup_name(&n),
+            Some(("w-1-00000000000000000007-abc.parquet".into(), 0xfeed))
+        );
+        assert_eq!(parse_rollup_name("x.parquet"), None);
+    }
+
+    #[test]
+    fn a_compacted_file_supersedes_its_siblings_only() {
+        let f = |p: &str, from: &[&str]| ListedFile {
+            entry: FileEntry {
+                path: p.into(),
+                rows: 0,
+                bytes: 0,
+            },
+            modified: SystemTime::UNIX_EPOCH,
+            compacted_from: from.iter().map(|s| s.to_string()).collect(),
+        };
+        let gone = superseded(&[
+            f("d/h=1/c.parquet", &["a.parquet", "b.parquet", "c.parquet"]),
+            f("d/h=1/a.parquet", &[]),
+            f("d/h=2/a.parquet", &[]),
+        ]);
+        let mut gone: Vec<_> = gone.into_iter().collect();
+        gone.sort();
+        assert_eq!(
+            gone,
+            vec![
+                PathBuf::from("d/h=1/a.parquet"),
+                PathBuf::from("d/h=1/b.parquet")
+            ]
+        );
+    }
+}
