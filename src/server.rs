@@ -42,6 +42,7 @@ use crate::status::{self, StatusState};
 const GAP_LIMIT_SECS: u64 = 120;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let started = Instant::now();
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(Store::new(config.max_queued_rows));
@@ -462,5 +463,27 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit, as servers do:
+/// a query over many hours opens a file per hour not yet compacted.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let soft = limit.rlim_cur;
+        if soft < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(from = soft, to = limit.rlim_max, "raised the open-file limit");
+            }
+        }
     }
 }
