@@ -482,7 +482,11 @@ fn raise_open_file_limit() {
         if soft < limit.rlim_max {
             limit.rlim_cur = limit.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                tracing::debug!(from = soft, to = limit.rlim_max, "raised the open-file limit");
+                tracing::debug!(
+                    from = soft,
+                    to = limit.rlim_max,
+                    "raised the open-file limit"
+                );
             }
         }
     }
