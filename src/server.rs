@@ -329,14 +329,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     quarantine_unreadable_usage_config(&usage_config_path, &quarantine);
     let app = Router::new()
         .merge(tally_sources::http::router(pipeline.clone(), tap.clone()))
-        .merge(tally_queries::usage_engine::router(
-            engine.clone(),
+        .merge(tally_queries::agent_usage::router(
+            history.clone(),
             prices.clone(),
         ))
         .merge(hardware::stream::router(feed))
         .merge(
             UsageApi::new(
                 engine.clone(),
+                history.clone(),
                 pipeline.clone(),
                 prices.clone(),
                 UsageApiConfig {

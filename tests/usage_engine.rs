@@ -289,3 +289,245 @@ async fn summaries_models_agents_tools_with_costs_and_filters() {
         }
     }
 }
+
+/// Hour directories of `dir` and their Parquet files.
+fn files_per_hour(dir: &std::path::Path) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for f in common::files_under(dir) {
+        if f.extension().is_some_and(|e| e == "parquet") {
+            let hour = f
+                .strip_prefix(dir)
+                .unwrap()
+                .parent()
+                .unwrap()
+                .display()
+                .to_string();
+            *out.entry(hour).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// One generated event and what the API should count of it.
+struct Event {
+    hours_ago: f64,
+    dao: &'static str,
+    agent: &'static str,
+    json: Value,
+}
+
+fn at(hours_ago: f64) -> String {
+    (chrono::Utc::now() - chrono::Duration::milliseconds((hours_ago * 3_600_000.0) as i64))
+        .to_rfc3339()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summaries_from_stored_rollups_equal_the_events_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--flush-interval",
+        "200ms",
+        "--compact-after",
+        "0s",
+        "--compact-interval",
+        "300ms",
+    ];
+    let t = Tally::start(&data, &args).await;
+    let mut rng = common::Rng::from_time();
+    let daos = ["dao:1", "dao:2"];
+    let agents = ["agent:a", "agent:b", "agent:c"];
+    let models = ["gpt-4o-mini", "mystery-model-x"];
+    // Times 10 minutes to 40 hours back, none near the 24-hour bound.
+    let when = |rng: &mut common::Rng| loop {
+        let h = 0.17 + rng.below(40_000) as f64 / 1000.0;
+        if !(23.7..24.3).contains(&h) {
+            return h;
+        }
+    };
+    let mut llms = Vec::new();
+    for i in 0..800 {
+        let (h, dao, agent) = (
+            when(&mut rng),
+            daos[rng.below(2) as usize],
+            agents[rng.below(3) as usize],
+        );
+        let (p, c, cr) = (
+            rng.below(5000) as i64,
+            rng.below(900) as i64,
+            rng.below(300) as i64,
+        );
+        let mut j = json!({"event_id": format!("l{i}"), "timestamp": at(h), "actor_id": "user:1",
+            "actor_type": "human", "agent_id": agent, "microdao_id": dao,
+            "model": models[rng.below(2) as usize], "provider": "openai", "prompt_tokens": p,
+            "completion_tokens": c, "total_tokens": p + c + cr, "cache_read_tokens": cr});
+        j["latency_ms"] = json!(rng.below(3000));
+        llms.push(Event {
+            hours_ago: h,
+            dao,
+            agent,
+            json: j,
+        });
+    }
+    let mut tools = Vec::new();
+    for i in 0..400 {
+        let (h, dao, agent) = (
+            when(&mut rng),
+            daos[rng.below(2) as usize],
+            agents[rng.below(3) as usize],
+        );
+        let id = ["search", "projects.list"][rng.below(2) as usize];
+        tools.push(Event {
+            hours_ago: h,
+            dao,
+            agent,
+            json: tool(
+                &format!("t{i}"),
+                0,
+                dao,
+                agent,
+                id,
+                rng.below(3) > 0,
+                rng.below(900) as i64,
+            ),
+        });
+        tools.last_mut().unwrap().json["timestamp"] = json!(at(h));
+    }
+    let mut invocations = Vec::new();
+    for i in 0..200 {
+        let (h, dao, a) = (
+            when(&mut rng),
+            daos[rng.below(2) as usize],
+            agents[rng.below(3) as usize],
+        );
+        let mut j = agent(&format!("a{i}"), 0, dao, a);
+        j["timestamp"] = json!(at(h));
+        invocations.push(Event {
+            hours_ago: h,
+            dao,
+            agent: a,
+            json: j,
+        });
+    }
+    let all = |events: &[Event]| events.iter().map(|e| e.json.clone()).collect::<Vec<_>>();
+    send(&t, "usage.llm", all(&llms)).await;
+    send(&t, "usage.tool", all(&tools)).await;
+    send(&t, "usage.agent", all(&invocations)).await;
+
+    let check = |s: &Value, period: f64, dao: &str| {
+        let keep = |e: &&Event| e.hours_ago < period && e.dao == dao;
+        let l: Vec<&Event> = llms.iter().filter(keep).collect();
+        let sum = &s["summary"];
+        let tokens: i64 = l
+            .iter()
+            .map(|e| e.json["total_tokens"].as_i64().unwrap())
+            .sum();
+        assert_eq!(
+            sum["llm_calls_total"].as_u64().unwrap() as usize,
+            l.len(),
+            "{period} h"
+        );
+        assert_eq!(sum["llm_tokens_total"].as_i64().unwrap(), tokens);
+        assert_eq!(
+            sum["tool_calls_total"].as_u64().unwrap() as usize,
+            tools.iter().filter(keep).count()
+        );
+        assert_eq!(
+            sum["agent_invocations_total"].as_u64().unwrap() as usize,
+            invocations.iter().filter(keep).count()
+        );
+        // Per model: calls, tokens and mean latency, by a second computation.
+        for m in s["models"].as_array().unwrap() {
+            let of: Vec<&&Event> = l.iter().filter(|e| e.json["model"] == m["model"]).collect();
+            assert_eq!(m["calls"].as_u64().unwrap() as usize, of.len());
+            let lat: Vec<f64> = of
+                .iter()
+                .filter_map(|e| e.json["latency_ms"].as_f64())
+                .collect();
+            let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+            assert!((m["avg_latency_ms"].as_f64().unwrap() - mean).abs() < 1e-9);
+        }
+        // Per agent: invocations, LLM and tool calls.
+        for a in s["agents"].as_array().unwrap() {
+            let name = a["agent_id"].as_str().unwrap();
+            let n = |events: &[Event]| {
+                events
+                    .iter()
+                    .filter(keep)
+                    .filter(|e| e.agent == name)
+                    .count()
+            };
+            assert_eq!(a["invocations"].as_u64().unwrap() as usize, n(&invocations));
+            assert_eq!(a["llm_calls"].as_u64().unwrap() as usize, n(&llms));
+            assert_eq!(a["tool_calls"].as_u64().unwrap() as usize, n(&tools));
+        }
+        for tl in s["tools"].as_array().unwrap() {
+            let of: Vec<&Event> = tools
+                .iter()
+                .filter(keep)
+                .filter(|e| e.json["tool_id"] == tl["tool_id"])
+                .collect();
+            let ok = of.iter().filter(|e| e.json["success"] == true).count();
+            assert_eq!(tl["calls"].as_u64().unwrap() as usize, of.len());
+            assert!(
+                (tl["success_rate"].as_f64().unwrap() - ok as f64 / of.len() as f64).abs() < 1e-12
+            );
+        }
+    };
+    let ask = |period: u32, dao: &str| {
+        let path = format!("/internal/usage/summary?period_hours={period}&microdao_id={dao}");
+        let t = &t;
+        async move {
+            let (status, s) = get(t, &path).await;
+            assert_eq!(status, 200, "{s}");
+            s
+        }
+    };
+    // Wait until every closed hour of usage_llm is one file with its rollup.
+    let closed = |data: &std::path::Path| {
+        let raw = files_per_hour(&data.join("usage_llm"));
+        let rolled = files_per_hour(&data.join("usage_llm_hourly"));
+        let current = chrono::Utc::now()
+            .format("date=%Y-%m-%d/hour=%H")
+            .to_string();
+        raw.iter()
+            .filter(|(h, _)| **h != current)
+            .all(|(h, n)| *n == 1 && rolled.contains_key(h))
+    };
+    let wait = || async {
+        for _ in 0..300 {
+            if closed(&data) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!(
+            "not compacted: {:?}",
+            files_per_hour(&data.join("usage_llm"))
+        );
+    };
+    wait().await;
+    for dao in daos {
+        check(&ask(24, dao).await, 24.0, dao);
+        check(&ask(720, dao).await, 720.0, dao);
+    }
+    // Everything again: counted once right away and after compacting again.
+    send_again(&t, "usage.llm", all(&llms)).await;
+    check(&ask(720, "dao:1").await, 720.0, "dao:1");
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    wait().await;
+    check(&ask(720, "dao:1").await, 720.0, "dao:1");
+    let n = t.sql("SELECT count(*) AS n FROM usage_llm").await;
+    assert_eq!(n[0]["n"].as_u64().unwrap() as usize, llms.len());
+}
+
+/// Sends without expecting every event to be new.
+async fn send_again(t: &Tally, subject: &str, events: Vec<Value>) {
+    let r = reqwest::Client::new()
+        .post(t.url(&format!("/v1/events/{subject}")))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -285,6 +285,24 @@ impl History {
         Ok(df.collect().await?)
     }
 
+    /// The hourly rollup rows of `dataset` over `[from, to)`: stored rows
+    /// for rolled-up hours, the same SQL over raw records for the others.
+    pub async fn hourly(
+        &self,
+        d: Dataset,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Arc<RecordBatch>>, QueryError> {
+        let Some((_, sql)) = rollup_of(d) else {
+            return Ok(Vec::new());
+        };
+        let cov = self.coverage(d, from, to, &|_| 0);
+        let mut out = self.rolled_rows(d, &cov)?;
+        let raw = self.raw_rows(d, sql, &cov.raw, &cov.raw_hours).await?;
+        out.extend(raw.into_iter().map(Arc::new));
+        Ok(out)
+    }
+
     /// Runs a rollup SQL file over one local Parquet file.
     async fn file_rows(&self, file: &Path, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
         let bytes = std::fs::read(file)

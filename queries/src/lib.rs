@@ -2,6 +2,7 @@
 //! table over its Parquet files and the live buffer, the output formats, and
 //! the `/v1/sql` route.
 
+pub mod agent_usage;
 pub mod catalog;
 pub mod format;
 pub mod history;
@@ -9,7 +10,7 @@ pub mod http;
 pub mod prices;
 pub mod sql;
 pub mod usage_api;
-pub mod usage_engine;
+
 pub mod vm_billing;
 
 pub use format::OutputFormat;

@@ -28,14 +28,17 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use tally_pipeline::{Dataset, Pipeline, RecordBuilder};
 
+use crate::agent_usage::totals::get as str_at;
 use crate::format::OutputFormat;
+use crate::history::History;
 use crate::prices::{PriceCatalogue, Tokens};
 use crate::sql::{QueryError, SqlEngine};
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
 use config::{ConfigFile, UsageConfig};
 use model::{Block, Call, HOUR_MS};
 use rate_limit::RateLimiter;
 
-const CALLS_SQL: &str = include_str!("../../sql/usage_calls.sql");
 pub const SOURCE: &str = "usage_api";
 
 /// Settings of the Usage API.
@@ -48,6 +51,7 @@ pub struct UsageApiConfig {
 
 struct Inner {
     engine: SqlEngine,
+    history: History,
     pipeline: Pipeline,
     prices: Arc<PriceCatalogue>,
     config: Mutex<UsageConfig>,
@@ -156,6 +160,7 @@ impl Scope {
 impl UsageApi {
     pub fn new(
         engine: SqlEngine,
+        history: History,
         pipeline: Pipeline,
         prices: Arc<PriceCatalogue>,
         settings: UsageApiConfig,
@@ -164,6 +169,7 @@ impl UsageApi {
         let config = file.load_or_init(now_ms() / 1000)?;
         Ok(Self(Arc::new(Inner {
             engine,
+            history,
             pipeline,
             prices,
             config: Mutex::new(config),
@@ -184,39 +190,49 @@ impl UsageApi {
             .with_state(self)
     }
 
+    /// The LLM calls of `scope` since a time, summed per hour, model and
+    /// provider (block bounds are whole hours, so that is all blocks need):
+    /// stored rollups for rolled-up hours, raw records for the others.
     async fn calls(&self, scope: &Scope, since_ms: i64) -> Result<Vec<Call>, QueryError> {
-        let filter = format!(
-            "CAST(timestamp AS BIGINT) >= {}{}",
-            since_ms * 1_000_000,
-            scope.sql()
-        );
         let batches = self
             .0
-            .engine
-            .query(&CALLS_SQL.replace("{filter}", &filter))
+            .history
+            .hourly(Dataset::UsageLlm, since_ms * 1_000_000, i64::MAX / 2)
             .await?;
-        let bytes = OutputFormat::Json
-            .write(&batches)
-            .map_err(|e| QueryError::Execution(e.to_string()))?;
-        let rows: Vec<Map<String, Value>> =
-            serde_json::from_slice(&bytes).map_err(|e| QueryError::Execution(e.to_string()))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let n = |k: &str| r.get(k).and_then(Value::as_i64).unwrap_or(0);
-                let model = r
-                    .get("model")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_string();
-                let provider = r.get("provider").and_then(Value::as_str);
+        let mut calls = Vec::new();
+        for b in &batches {
+            let s = |name: &str| {
+                b.column_by_name(name)
+                    .expect("rollup column")
+                    .as_string::<i32>()
+            };
+            let n = |name: &str| {
+                b.column_by_name(name)
+                    .expect("rollup column")
+                    .as_primitive::<Int64Type>()
+            };
+            let (actor, microdao, model, provider) =
+                (s("actor_id"), s("microdao_id"), s("model"), s("provider"));
+            for r in 0..b.num_rows() {
+                if scope
+                    .actor_id
+                    .as_deref()
+                    .is_some_and(|x| str_at(actor, r) != Some(x))
+                    || scope
+                        .microdao_id
+                        .as_deref()
+                        .is_some_and(|x| str_at(microdao, r) != Some(x))
+                {
+                    continue;
+                }
+                let model = str_at(model, r).unwrap_or("unknown").to_string();
                 let (input, output, cache_creation, cache_read) = (
-                    n("prompt_tokens"),
-                    n("completion_tokens"),
-                    n("cache_creation_tokens"),
-                    n("cache_read_tokens"),
+                    n("prompt_tokens").value(r),
+                    n("completion_tokens").value(r),
+                    n("cache_creation_tokens").value(r),
+                    n("cache_read_tokens").value(r),
                 );
-                let cost = self.0.prices.price(&model, provider).map(|p| {
+                let cost = self.0.prices.price(&model, str_at(provider, r)).map(|p| {
                     p.cost(Tokens {
                         prompt: input as f64,
                         completion: output as f64,
@@ -224,17 +240,19 @@ impl UsageApi {
                         cache_read: cache_read as f64,
                     })
                 });
-                Call {
-                    timestamp_ms: n("ts_ms"),
+                calls.push(Call {
+                    timestamp_ms: n("hour").value(r) / 1_000_000,
                     model,
                     input,
                     output,
                     cache_creation,
                     cache_read,
                     cost,
-                }
-            })
-            .collect())
+                    messages: n("calls").value(r),
+                });
+            }
+        }
+        Ok(calls)
     }
 
     /// The stats of the spec for `cfg` and `scope` at `now`.

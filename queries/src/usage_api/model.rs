@@ -20,6 +20,8 @@ pub struct Call {
     pub cache_read: i64,
     /// `None` when the model has no price.
     pub cost: Option<f64>,
+    /// How many messages this is (calls summed per hour count as many).
+    pub messages: i64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -94,10 +96,10 @@ pub fn blocks(calls: &[Call], now_ms: i64) -> Vec<Block> {
         t.cache_creation_tokens += c.cache_creation;
         t.cache_read_tokens += c.cache_read;
         t.total_tokens += total;
-        b.sent_messages_count += 1;
+        b.sent_messages_count += c.messages;
         let cost = c.cost.unwrap_or(0.0);
         if c.cost.is_none() {
-            b.unpriced_messages += 1;
+            b.unpriced_messages += c.messages;
         }
         b.cost_usd += cost;
         if !b.models.contains(&c.model) {
@@ -106,7 +108,7 @@ pub fn blocks(calls: &[Call], now_ms: i64) -> Vec<Block> {
         let m = b.per_model_stats.entry(c.model.clone()).or_default();
         m.tokens += total;
         m.cost += cost;
-        m.messages += 1;
+        m.messages += c.messages;
     }
     for b in &mut out {
         b.is_active = b.end_time > now_ms;
@@ -216,6 +218,7 @@ mod tests {
     fn call(ms: i64, tokens: [i64; 4], cost: Option<f64>) -> Call {
         Call {
             timestamp_ms: ms,
+            messages: 1,
             model: "m".into(),
             input: tokens[0],
             output: tokens[1],

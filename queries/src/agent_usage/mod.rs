@@ -1,0 +1,350 @@
+//! The usage-engine read API of spec 001: `GET /internal/usage/summary`,
+//! `/models`, `/agents`, `/tools`, with costs from the price catalogue.
+//!
+//! Filters: `microdao_id`, `agent_id`, `period_hours` (1..720, default 24).
+//! `agent_id` applies to messages as their sender (`actor_id`).
+
+pub mod totals;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Map, Value};
+use tally_pipeline::Dataset;
+
+use crate::history::History;
+use crate::http::error_response;
+use crate::prices::{PriceCatalogue, Tokens};
+use crate::sql::QueryError;
+use totals::Scope;
+
+#[derive(Clone)]
+struct UsageApi {
+    history: History,
+    prices: Arc<PriceCatalogue>,
+}
+
+pub fn router(history: History, prices: Arc<PriceCatalogue>) -> Router {
+    Router::new()
+        .route("/internal/usage/summary", get(summary))
+        .route("/internal/usage/models", get(models))
+        .route("/internal/usage/agents", get(agents))
+        .route("/internal/usage/tools", get(tools))
+        .with_state(UsageApi { history, prices })
+}
+
+/// Validated filters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filters {
+    pub microdao_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+}
+
+impl Filters {
+    pub fn parse(params: &HashMap<String, String>, now: DateTime<Utc>) -> Result<Filters, String> {
+        let mut errors = Vec::new();
+        let hours = match params.get("period_hours") {
+            None => 24,
+            Some(s) => match s.trim().parse::<i64>() {
+                Ok(h) if (1..=720).contains(&h) => h,
+                Ok(h) => {
+                    errors.push(format!("period_hours must be between 1 and 720, got {h}"));
+                    24
+                }
+                Err(_) => {
+                    errors.push(format!(
+                        "period_hours must be an integer between 1 and 720, got {s:?}"
+                    ));
+                    24
+                }
+            },
+        };
+        let text = |name: &str, errors: &mut Vec<String>| match params.get(name) {
+            Some(v) if v.is_empty() => {
+                errors.push(format!("{name} must not be empty when given"));
+                None
+            }
+            other => other.cloned(),
+        };
+        let microdao_id = text("microdao_id", &mut errors);
+        let agent_id = text("agent_id", &mut errors);
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        Ok(Filters {
+            microdao_id,
+            agent_id,
+            period_start: now - chrono::Duration::hours(hours),
+            period_end: now,
+        })
+    }
+
+    fn scope(&self) -> Scope<'_> {
+        Scope {
+            microdao_id: self.microdao_id.as_deref(),
+            agent_id: self.agent_id.as_deref(),
+        }
+    }
+
+    /// The period in nanoseconds.
+    fn range(&self) -> (i64, i64) {
+        let ns = |t: DateTime<Utc>| t.timestamp_nanos_opt().unwrap_or_default();
+        (ns(self.period_start), ns(self.period_end))
+    }
+}
+
+fn bad_request(detail: String) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "Invalid request", detail)
+}
+
+fn failed(e: QueryError) -> Response {
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Query failed",
+        e.to_string(),
+    )
+}
+
+type Batch = Arc<arrow::array::RecordBatch>;
+
+/// Hourly rollup rows of one dataset over the period.
+async fn hourly(api: &UsageApi, d: Dataset, f: &Filters) -> Result<Vec<Batch>, QueryError> {
+    let (from, to) = f.range();
+    api.history.hourly(d, from, to).await
+}
+
+/// `a` before `b` with `None` last, as SQL orders ascending.
+fn nulls_last(a: &Option<String>, b: &Option<String>) -> std::cmp::Ordering {
+    match (a, b) {
+        (Some(x), Some(y)) => x.cmp(y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    }
+}
+
+/// Model rows with `cost_usd` (null when unpriced), the priced total, and
+/// the number of calls that could not be priced.
+fn model_rows(api: &UsageApi, f: &Filters, llm: &[Batch]) -> (Vec<Value>, f64, u64) {
+    let mut rows: Vec<_> = totals::models(llm, &f.scope()).into_iter().collect();
+    rows.sort_by(|((ma, pa), a), ((mb, pb), b)| {
+        b.calls
+            .cmp(&a.calls)
+            .then_with(|| nulls_last(ma, mb))
+            .then_with(|| nulls_last(pa, pb))
+    });
+    let mut total = 0.0;
+    let mut unpriced = 0;
+    let mut out = Vec::with_capacity(rows.len());
+    for ((model, provider), t) in rows {
+        let tokens = Tokens {
+            prompt: t.prompt as f64,
+            completion: t.completion as f64,
+            cache_creation: t.cache_creation as f64,
+            cache_read: t.cache_read as f64,
+        };
+        let cost = api
+            .prices
+            .price(model.as_deref().unwrap_or(""), provider.as_deref())
+            .map(|p| p.cost(tokens));
+        match cost {
+            Some(c) => total += c,
+            None => unpriced += t.calls as u64,
+        }
+        out.push(json!({
+            "model": model,
+            "provider": provider,
+            "calls": t.calls,
+            "tokens": t.tokens,
+            "prompt_tokens": t.prompt,
+            "completion_tokens": t.completion,
+            "cache_creation_tokens": t.cache_creation,
+            "cache_read_tokens": t.cache_read,
+            "avg_latency_ms": t.avg_latency_ms(),
+            "cost_usd": cost,
+        }));
+    }
+    (out, total, unpriced)
+}
+
+fn agent_rows(f: &Filters, agent: &[Batch], llm: &[Batch], tool: &[Batch]) -> Vec<Value> {
+    let mut rows: Vec<_> = totals::agents(agent, llm, tool, &f.scope())
+        .into_iter()
+        .collect();
+    rows.sort_by(|(a_id, a), (b_id, b)| {
+        b.invocations
+            .cmp(&a.invocations)
+            .then(b.llm_calls.cmp(&a.llm_calls))
+            .then_with(|| a_id.cmp(b_id))
+    });
+    rows.into_iter()
+        .map(|(agent_id, t)| {
+            json!({
+                "agent_id": agent_id,
+                "invocations": t.invocations,
+                "llm_calls": t.llm_calls,
+                "tool_calls": t.tool_calls,
+                "total_tokens": t.total_tokens,
+            })
+        })
+        .collect()
+}
+
+fn tool_rows(f: &Filters, tool: &[Batch]) -> Vec<Value> {
+    let mut rows: Vec<_> = totals::tools(tool, &f.scope()).into_iter().collect();
+    rows.sort_by(|((ia, _), a), ((ib, _), b)| {
+        b.calls.cmp(&a.calls).then_with(|| nulls_last(ia, ib))
+    });
+    rows.into_iter()
+        .map(|((tool_id, tool_name), t)| {
+            json!({
+                "tool_id": tool_id,
+                "tool_name": tool_name,
+                "calls": t.calls,
+                "success_rate": t.successes as f64 / t.calls.max(1) as f64,
+                "avg_latency_ms": (t.latency_count > 0)
+                    .then(|| t.latency_sum as f64 / t.latency_count as f64),
+            })
+        })
+        .collect()
+}
+
+/// Parses the filters and answers with `rows`, or names what is wrong.
+async fn answer<F, Fut>(api: UsageApi, params: HashMap<String, String>, rows: F) -> Response
+where
+    F: FnOnce(UsageApi, Filters) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, QueryError>>,
+{
+    match Filters::parse(&params, Utc::now()) {
+        Ok(f) => match rows(api, f).await {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => failed(e),
+        },
+        Err(detail) => bad_request(detail),
+    }
+}
+
+async fn models(
+    State(api): State<UsageApi>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    answer(api, params, |api, f| async move {
+        let llm = hourly(&api, Dataset::UsageLlm, &f).await?;
+        let (models, _, _) = model_rows(&api, &f, &llm);
+        Ok(json!({ "models": models }))
+    })
+    .await
+}
+
+async fn agents(
+    State(api): State<UsageApi>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    answer(api, params, |api, f| async move {
+        let agent = hourly(&api, Dataset::UsageAgent, &f).await?;
+        let llm = hourly(&api, Dataset::UsageLlm, &f).await?;
+        let tool = hourly(&api, Dataset::UsageTool, &f).await?;
+        Ok(json!({ "agents": agent_rows(&f, &agent, &llm, &tool) }))
+    })
+    .await
+}
+
+async fn tools(
+    State(api): State<UsageApi>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    answer(api, params, |api, f| async move {
+        let tool = hourly(&api, Dataset::UsageTool, &f).await?;
+        Ok(json!({ "tools": tool_rows(&f, &tool) }))
+    })
+    .await
+}
+
+async fn summary(
+    State(api): State<UsageApi>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    answer(api, params, |api, f| async move {
+        let scope = f.scope();
+        let llm = hourly(&api, Dataset::UsageLlm, &f).await?;
+        let tool = hourly(&api, Dataset::UsageTool, &f).await?;
+        let agent = hourly(&api, Dataset::UsageAgent, &f).await?;
+        let message = hourly(&api, Dataset::UsageMessage, &f).await?;
+        let (models, cost, unpriced) = model_rows(&api, &f, &llm);
+        let agents = agent_rows(&f, &agent, &llm, &tool);
+        let tools = tool_rows(&f, &tool);
+        let time = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let mut summary = Map::new();
+        summary.insert("period_start".into(), json!(time(f.period_start)));
+        summary.insert("period_end".into(), json!(time(f.period_end)));
+        summary.insert("microdao_id".into(), json!(f.microdao_id));
+        summary.insert("agent_id".into(), json!(f.agent_id));
+        summary.insert(
+            "llm_calls_total".into(),
+            json!(totals::sum(&llm, &scope, "agent_id", "calls")),
+        );
+        summary.insert(
+            "llm_tokens_total".into(),
+            json!(totals::sum(&llm, &scope, "agent_id", "total_tokens")),
+        );
+        summary.insert(
+            "tool_calls_total".into(),
+            json!(totals::sum(&tool, &scope, "agent_id", "calls")),
+        );
+        summary.insert(
+            "agent_invocations_total".into(),
+            json!(totals::sum(&agent, &scope, "agent_id", "invocations")),
+        );
+        summary.insert(
+            "messages_sent".into(),
+            json!(totals::sum(&message, &scope, "actor_id", "messages")),
+        );
+        summary.insert("llm_cost_usd_total".into(), json!(cost));
+        summary.insert("unpriced_calls".into(), json!(unpriced));
+        Ok(json!({"summary": summary, "models": models, "agents": agents, "tools": tools}))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Filters, String> {
+        let params = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Filters::parse(&params, DateTime::from_timestamp(1_000_000, 0).unwrap())
+    }
+
+    #[test]
+    fn period_hours_is_validated_and_defaults_to_24() {
+        let f = parse(&[]).unwrap();
+        assert_eq!((f.period_end - f.period_start).num_hours(), 24);
+        assert_eq!(
+            parse(&[("period_hours", "720")]).map(|f| (f.period_end - f.period_start).num_hours()),
+            Ok(720)
+        );
+        assert_eq!(
+            parse(&[("period_hours", "0")]),
+            Err("period_hours must be between 1 and 720, got 0".into())
+        );
+        assert_eq!(
+            parse(&[("period_hours", "721")]),
+            Err("period_hours must be between 1 and 720, got 721".into())
+        );
+        assert_eq!(
+            parse(&[("period_hours", "1.5"), ("microdao_id", "")]),
+            Err("period_hours must be an integer between 1 and 720, got \"1.5\"; microdao_id must not be empty when given".into())
+        );
+    }
+}
