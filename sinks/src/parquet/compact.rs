@@ -390,6 +390,7 @@ impl Compactor {
                 }
             }
         }
+        tracing::debug!(%d, hour, inputs = ?inputs.iter().map(|f| file_name(&f.path)).collect::<Vec<_>>(), output = %file_name(&merged.final_path), rows_in = merged.rows_in, rows_out = merged.rows_out, "hour compacted");
         self.doomed.lock().push((Instant::now(), replaced));
         let i = d.index();
         self.metrics.compactions[i].add(1);
@@ -415,6 +416,7 @@ impl Compactor {
             due.into_iter().flat_map(|(_, p)| p).collect()
         };
         for p in &due {
+            tracing::debug!(path = %p.display(), "deleting a file a compaction replaced");
             self.target.destination.delete(p)?;
         }
         Ok(())
@@ -898,5 +900,83 @@ mod tests {
                 PathBuf::from("d/h=1/b.parquet")
             ]
         );
+    }
+
+    #[test]
+    fn a_merge_keeps_every_distinct_key_once_in_key_order() {
+        use crate::parquet::listing::tests::vm_sample;
+        use crate::parquet::writer::write_partition;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use tally_pipeline::Record;
+
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let target = FlushTarget {
+            data: data.to_path_buf(),
+            state: data.to_path_buf(),
+            destination: Arc::new(Destination::Local),
+            node: "n".into(),
+            quarantine: None,
+        };
+        let hour = 1_705_363_200_000_000_000i64;
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut want = std::collections::BTreeSet::new();
+        let mut inputs = Vec::new();
+        for f in 0..9u64 {
+            // Files of 1 to 20,000 rows: some span several read batches.
+            let rows = 1 + next(20_000);
+            let records: Vec<Record> = (0..rows)
+                .map(|_| {
+                    let vm = format!("vm-{}", next(13));
+                    let ts = hour + next(3_600_000) as i64 * 1_000_000;
+                    want.insert((vm.clone(), ts));
+                    vm_sample("c", &vm, ts)
+                })
+                .collect();
+            let refs: Vec<&Record> = records.iter().collect();
+            let w = write_partition(
+                data,
+                "n",
+                Dataset::VmMetrics,
+                ("2024-01-16", 0),
+                (f + 1, f + 1),
+                &refs,
+            )
+            .unwrap();
+            std::fs::rename(data.join(&w.tmp), data.join(&w.final_path)).unwrap();
+            inputs.push(FileEntry {
+                path: data.join(&w.final_path),
+                rows: w.rows,
+                bytes: w.bytes,
+            });
+        }
+        let merged = merge_hour(&target, Dataset::VmMetrics, hour, &inputs).unwrap();
+        let file = std::fs::File::open(data.join(&merged.tmp)).unwrap();
+        let mut got = Vec::new();
+        for b in ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let b = b.unwrap();
+            let vm = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+            let vm = vm.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+            let ts = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampNanosecondArray>()
+                .unwrap();
+            for r in 0..b.num_rows() {
+                got.push((vm.value(r).to_string(), ts.value(r)));
+            }
+        }
+        assert_eq!(merged.rows_out as usize, want.len());
+        assert_eq!(got, want.into_iter().collect::<Vec<_>>());
     }
 }

@@ -211,6 +211,11 @@ impl Flusher {
                 bytes: f.bytes,
             });
         }
+        for (d, fs) in &by_dataset {
+            for f in fs {
+                tracing::debug!(%d, path = %f.path.display(), rows = f.rows, through, "file committed");
+            }
+        }
         for d in Dataset::ALL {
             let files = by_dataset.remove(&d).unwrap_or_default();
             self.store.commit_files(d, through, files);

@@ -105,6 +105,7 @@ pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Rec
         // it replaces yet: finish it.
         let gone = super::compact::superseded(&files);
         for p in &gone {
+            tracing::debug!(path = %p.display(), "deleting a file a committed compaction replaced");
             dest.delete(p)?;
         }
         out.superseded_removed += gone.len();
