@@ -122,10 +122,15 @@ impl Wal {
         store.set_applied_seq(report.last_seq);
         let pinned = quarantine_damage(&report.damage, config.quarantine.as_deref());
         let next_seq = report.last_seq + 1;
+        // Segments holding entries before `next_seq`. A segment named for
+        // `next_seq` itself (left empty by the rotation of a truncation)
+        // becomes the active one below: were it also listed as closed, a
+        // truncation would delete the file being written.
         let segments: VecDeque<u64> = list_segments(&config.dir)
             .map_err(io_err(&config.dir))?
             .into_iter()
             .map(|(s, _)| s)
+            .filter(|s| *s < next_seq)
             .collect();
         let active = ActiveSegment::create(&config.dir, next_seq)?;
         let (tx, rx) = mpsc::channel(4096);
@@ -609,6 +614,35 @@ mod tests {
             "only the fresh active segment remains: {left:?}"
         );
         assert_eq!(read_segment(&left[0].1).unwrap().frames.len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_after_a_restart_on_an_empty_segment_survive_the_next_truncation() {
+        // A flush truncates everything, which leaves an empty segment named
+        // for the next sequence; a restart then writes into that very name.
+        // Truncating after new flushes must not delete the segment being
+        // written: the entries after it would be lost to a crash.
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let open = |flushed: u64, store: Arc<Store>| {
+            Wal::open(config(dir.path()), store, metrics.clone(), flushed, |_| {}).unwrap()
+        };
+        let (wal, _) = open(0, Arc::new(Store::new(1000)));
+        assert_eq!(wal.append(vec![record(1)]).await.unwrap(), 1);
+        wal.truncate_through(1).await;
+        wal.shutdown().await;
+
+        let (wal, _) = open(1, Arc::new(Store::new(1000)));
+        assert_eq!(wal.append(vec![record(2)]).await.unwrap(), 2);
+        wal.truncate_through(2).await;
+        assert_eq!(wal.append(vec![record(3)]).await.unwrap(), 3);
+        wal.shutdown().await;
+
+        let store = Arc::new(Store::new(1000));
+        let (_, report) = open(2, store.clone());
+        assert_eq!(report.last_seq, 3, "entry 3 was acknowledged");
+        assert_eq!(report.entries_replayed, 1);
+        assert_eq!(store.stats(Dataset::Rejected).buffered_rows, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
