@@ -516,11 +516,8 @@ async fn stored_rollups_equal_the_rules_after_compaction_and_late_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "failed once in about 20 runs, cause not found yet: run with --run-ignored"]
 async fn kill_9_during_compaction_loses_nothing_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let dir = Box::leak(Box::new(dir));
-    eprintln!("DATA {}", dir.path().display());
     let data = dir.path().join("data");
     let args = [
         "--flush-rows",
@@ -552,7 +549,8 @@ async fn kill_9_during_compaction_loses_nothing_and_doubles_nothing() {
     // moment while hours are being compacted, start again.
     let parts = 4;
     for round in 0..parts {
-        let t = Tally::start_with_env(&data, &args, &[("RUST_LOG", "info,tally_sinks=debug")]).await;
+        let t =
+            Tally::start_with_env(&data, &args, &[("RUST_LOG", "info,tally_sinks=debug")]).await;
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
             .unwrap()
             .connect()
@@ -650,12 +648,23 @@ async fn bills_of_hours_past_the_raw_retention_do_not_change() {
     let mut rng = Rng::from_time();
     let start = 1_705_357_800 * NS;
     let mut fleet: Vec<Vm> = vec![
-        ("cust-a", "vm-1", generate(&mut rng, start, 600, "silence"), vec![]),
-        ("cust-b", "vm-2", generate(&mut rng, start + 5 * NS, 600, ""), vec![]),
+        (
+            "cust-a",
+            "vm-1",
+            generate(&mut rng, start, 600, "silence"),
+            vec![],
+        ),
+        (
+            "cust-b",
+            "vm-2",
+            generate(&mut rng, start + 5 * NS, 600, ""),
+            vec![],
+        ),
     ];
     let t100 = fleet[1].2[100].ts;
     fleet[1].3.push((t100 + NS, t100 + 100 * NS));
-    let range = "/v1/billing/vm-usage?window=hour&from=2024-01-15T00:00:00Z&to=2024-01-17T00:00:00Z";
+    let range =
+        "/v1/billing/vm-usage?window=hour&from=2024-01-15T00:00:00Z&to=2024-01-17T00:00:00Z";
     let bill = |t: &Tally| {
         let url = t.url(range);
         async move {
@@ -677,7 +686,14 @@ async fn bills_of_hours_past_the_raw_retention_do_not_change() {
         h.dedup();
         h.len()
     };
-    let fast = ["--compact-after", "0s", "--compact-interval", "200ms", "--flush-interval", "100ms"];
+    let fast = [
+        "--compact-after",
+        "0s",
+        "--compact-interval",
+        "200ms",
+        "--flush-interval",
+        "100ms",
+    ];
     let t = Tally::start(&data, &fast).await;
     send_fleet(&t, &fleet, 77).await;
     wait_compacted(&data, hours).await;
@@ -720,17 +736,31 @@ async fn a_restart_with_a_day_of_data_keeps_dedup_exact() {
     let fleet: Vec<Vm> = (0..3)
         .map(|i| {
             let vm: &'static str = ["vm-1", "vm-2", "vm-3"][i];
-            ("cust-a", vm, generate(&mut rng, start + i as i64 * NS, 6500, ""), vec![])
+            (
+                "cust-a",
+                vm,
+                generate(&mut rng, start + i as i64 * NS, 6500, ""),
+                vec![],
+            )
         })
         .filter(|v| v.2.last().unwrap().ts < now)
         .collect();
-    let args = ["--compact-after", "0s", "--compact-interval", "200ms", "--flush-interval", "100ms"];
+    let args = [
+        "--compact-after",
+        "0s",
+        "--compact-interval",
+        "200ms",
+        "--flush-interval",
+        "100ms",
+    ];
     let t = Tally::start(&data, &args).await;
     send_fleet(&t, &fleet, 500).await;
     let closed = |data: &std::path::Path| {
         let raw = files_per_hour(&data.join("vm_metrics"));
         let rolled = files_per_hour(&data.join("vm_usage_hours"));
-        let current = chrono::Utc::now().format("date=%Y-%m-%d/hour=%H").to_string();
+        let current = chrono::Utc::now()
+            .format("date=%Y-%m-%d/hour=%H")
+            .to_string();
         raw.iter()
             .filter(|(h, _)| !h.ends_with(&current))
             .all(|(h, n)| *n == 1 && rolled.keys().any(|r| r.ends_with(&h[h.len() - 24..])))
@@ -741,7 +771,11 @@ async fn a_restart_with_a_day_of_data_keeps_dedup_exact() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(closed(&data), "{:?}", files_per_hour(&data.join("vm_metrics")));
+    assert!(
+        closed(&data),
+        "{:?}",
+        files_per_hour(&data.join("vm_metrics"))
+    );
     t.kill9();
 
     let started = std::time::Instant::now();

@@ -1,5 +1,6 @@
 //! tally-bench: load generator and benchmark runner for tally.
 
+mod history;
 mod nats;
 mod peer;
 mod report;
@@ -83,6 +84,11 @@ pub struct Args {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// `history-*`: `load` sends the month, `read` waits for compaction and
+    /// times the reads.
+    #[arg(long, default_value = "read")]
+    pub phase: String,
+
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -110,6 +116,12 @@ pub enum Scenario {
     /// NDJSON (LLM events) at once, requests taking turns; errors are
     /// counted per protocol.
     Mixed,
+    /// A month of VM samples (--events of them, --vms VMs) in October 2026;
+    /// then the monthly bill of every customer and a customer's day.
+    HistoryVm,
+    /// A month of `usage.llm` events (--events) before now; then
+    /// `/internal/usage/summary` over 720 and 24 hours.
+    HistoryLlm,
     /// Idle WebSocket clients on `/usage`: memory per client and the spread
     /// of each update's arrival across clients.
     WsClients,
@@ -184,6 +196,19 @@ async fn main() -> anyhow::Result<()> {
         )
         .await;
         let report = serde_json::json!({"tally": tally, "postgres": postgres});
+        return finish(&args, &report);
+    }
+    if let Scenario::HistoryVm | Scenario::HistoryLlm = args.scenario {
+        let report = history::run(
+            server.url(),
+            matches!(args.scenario, Scenario::HistoryVm),
+            args.phase == "load",
+            args.events,
+            args.vms,
+            args.concurrency,
+            args.queries,
+        )
+        .await?;
         return finish(&args, &report);
     }
     if let Scenario::WsClients = args.scenario {

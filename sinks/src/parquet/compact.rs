@@ -966,7 +966,10 @@ mod tests {
         {
             let b = b.unwrap();
             let vm = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
-            let vm = vm.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+            let vm = vm
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
             let ts = b
                 .column(2)
                 .as_any()
