@@ -4,36 +4,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::Int64Type;
 
 /// Which rows count: the filters of the API.
 #[derive(Debug, Clone, Default)]
 pub struct Scope<'a> {
     pub microdao_id: Option<&'a str>,
-    /// Compared with `agent_column` of each table.
+    /// Compared with the table's agent column (`agent_id`, or `actor_id`
+    /// for messages).
     pub agent_id: Option<&'a str>,
-}
-
-/// One table's rows as named columns.
-struct Rows<'b> {
-    batch: &'b RecordBatch,
-}
-
-impl<'b> Rows<'b> {
-    fn str(&self, name: &str) -> &'b StringArray {
-        self.batch
-            .column_by_name(name)
-            .unwrap_or_else(|| panic!("rollup rows have column {name}"))
-            .as_string::<i32>()
-    }
-
-    fn int(&self, name: &str) -> &'b arrow::array::Int64Array {
-        self.batch
-            .column_by_name(name)
-            .unwrap_or_else(|| panic!("rollup rows have column {name}"))
-            .as_primitive::<Int64Type>()
-    }
 }
 
 /// The string at row `r`, `None` when null.
@@ -41,27 +21,31 @@ pub fn get(a: &StringArray, r: usize) -> Option<&str> {
     a.is_valid(r).then(|| a.value(r))
 }
 
-/// Visits the rows of `batches` that `scope` keeps (agent filter on `agent_column`).
-fn each_row<'b>(
-    batches: &'b [Arc<RecordBatch>],
-    scope: &Scope,
+fn text<'b>(b: &'b RecordBatch, name: &str) -> &'b StringArray {
+    b.column_by_name(name)
+        .unwrap_or_else(|| panic!("rollup rows have column {name}"))
+        .as_string::<i32>()
+}
+
+fn int<'b>(b: &'b RecordBatch, name: &str) -> &'b Int64Array {
+    b.column_by_name(name)
+        .unwrap_or_else(|| panic!("rollup rows have column {name}"))
+        .as_primitive::<Int64Type>()
+}
+
+/// The rows of `b` that `scope` keeps (agent filter on `agent_column`).
+fn kept<'s>(
+    b: &'s RecordBatch,
+    scope: &'s Scope,
     agent_column: &str,
-    mut f: impl FnMut(&Rows<'b>, usize),
-) {
-    for b in batches {
-        let rows = Rows { batch: b };
-        let (microdao, agent) = (rows.str("microdao_id"), rows.str(agent_column));
-        for r in 0..b.num_rows() {
-            if scope
-                .microdao_id
-                .is_some_and(|m| get(microdao, r) != Some(m))
-                || scope.agent_id.is_some_and(|a| get(agent, r) != Some(a))
-            {
-                continue;
-            }
-            f(&rows, r);
-        }
-    }
+) -> impl Iterator<Item = usize> + 's {
+    let (microdao, agent) = (text(b, "microdao_id"), text(b, agent_column));
+    (0..b.num_rows()).filter(move |&r| {
+        scope
+            .microdao_id
+            .is_none_or(|m| get(microdao, r) == Some(m))
+            && scope.agent_id.is_none_or(|a| get(agent, r) == Some(a))
+    })
 }
 
 /// LLM calls of one model and provider.
@@ -85,25 +69,41 @@ impl ModelTotals {
 
 type Key = (Option<String>, Option<String>);
 
+fn owned<T>(m: HashMap<(Option<&str>, Option<&str>), T>) -> BTreeMap<Key, T> {
+    m.into_iter()
+        .map(|((a, b), t)| ((a.map(str::to_string), b.map(str::to_string)), t))
+        .collect()
+}
+
 /// Per (model, provider), from `usage_llm_hourly` rows.
 pub fn models(llm: &[Arc<RecordBatch>], scope: &Scope) -> BTreeMap<Key, ModelTotals> {
-    let mut out: BTreeMap<Key, ModelTotals> = BTreeMap::new();
-    each_row(llm, scope, "agent_id", |rows, r| {
-        let key = (
-            get(rows.str("model"), r).map(str::to_string),
-            get(rows.str("provider"), r).map(str::to_string),
-        );
-        let t = out.entry(key).or_default();
-        t.calls += rows.int("calls").value(r);
-        t.tokens += rows.int("total_tokens").value(r);
-        t.prompt += rows.int("prompt_tokens").value(r);
-        t.completion += rows.int("completion_tokens").value(r);
-        t.cache_creation += rows.int("cache_creation_tokens").value(r);
-        t.cache_read += rows.int("cache_read_tokens").value(r);
-        t.latency_sum += rows.int("latency_ms_sum").value(r);
-        t.latency_count += rows.int("latency_count").value(r);
-    });
-    out
+    let mut out: HashMap<(Option<&str>, Option<&str>), ModelTotals> = HashMap::new();
+    for b in llm {
+        let (model, provider) = (text(b, "model"), text(b, "provider"));
+        let c = [
+            "calls",
+            "total_tokens",
+            "prompt_tokens",
+            "completion_tokens",
+            "cache_creation_tokens",
+            "cache_read_tokens",
+            "latency_ms_sum",
+            "latency_count",
+        ]
+        .map(|n| int(b, n));
+        for r in kept(b, scope, "agent_id") {
+            let t = out.entry((get(model, r), get(provider, r))).or_default();
+            t.calls += c[0].value(r);
+            t.tokens += c[1].value(r);
+            t.prompt += c[2].value(r);
+            t.completion += c[3].value(r);
+            t.cache_creation += c[4].value(r);
+            t.cache_read += c[5].value(r);
+            t.latency_sum += c[6].value(r);
+            t.latency_count += c[7].value(r);
+        }
+    }
+    owned(out)
 }
 
 /// Per agent: invocations, LLM calls, tool calls and the LLM calls' tokens.
@@ -121,25 +121,25 @@ pub fn agents(
     tool: &[Arc<RecordBatch>],
     scope: &Scope,
 ) -> HashMap<String, AgentTotals> {
-    let mut out: HashMap<String, AgentTotals> = HashMap::new();
-    let mut add = |batches: &[Arc<RecordBatch>], f: &dyn Fn(&mut AgentTotals, &Rows, usize)| {
-        each_row(batches, scope, "agent_id", |rows, r| {
-            if let Some(a) = get(rows.str("agent_id"), r) {
-                f(out.entry(a.to_string()).or_default(), rows, r);
+    let mut out: HashMap<&str, AgentTotals> = HashMap::new();
+    // (table, column summed, where it goes)
+    let parts: [(&[Arc<RecordBatch>], &str, fn(&mut AgentTotals, i64)); 4] = [
+        (agent, "invocations", |t, v| t.invocations += v),
+        (llm, "calls", |t, v| t.llm_calls += v),
+        (llm, "total_tokens", |t, v| t.total_tokens += v),
+        (tool, "calls", |t, v| t.tool_calls += v),
+    ];
+    for (batches, column, add) in parts {
+        for b in batches {
+            let (ids, values) = (text(b, "agent_id"), int(b, column));
+            for r in kept(b, scope, "agent_id") {
+                if let Some(a) = get(ids, r) {
+                    add(out.entry(a).or_default(), values.value(r));
+                }
             }
-        });
-    };
-    add(agent, &|t, rows, r| {
-        t.invocations += rows.int("invocations").value(r)
-    });
-    add(llm, &|t, rows, r| {
-        t.llm_calls += rows.int("calls").value(r);
-        t.total_tokens += rows.int("total_tokens").value(r);
-    });
-    add(tool, &|t, rows, r| {
-        t.tool_calls += rows.int("calls").value(r)
-    });
-    out
+        }
+    }
+    out.into_iter().map(|(a, t)| (a.to_string(), t)).collect()
 }
 
 /// Per (tool_id, tool_name).
@@ -152,26 +152,30 @@ pub struct ToolTotals {
 }
 
 pub fn tools(tool: &[Arc<RecordBatch>], scope: &Scope) -> BTreeMap<Key, ToolTotals> {
-    let mut out: BTreeMap<Key, ToolTotals> = BTreeMap::new();
-    each_row(tool, scope, "agent_id", |rows, r| {
-        let key = (
-            get(rows.str("tool_id"), r).map(str::to_string),
-            get(rows.str("tool_name"), r).map(str::to_string),
-        );
-        let t = out.entry(key).or_default();
-        t.calls += rows.int("calls").value(r);
-        t.successes += rows.int("successes").value(r);
-        t.latency_sum += rows.int("latency_ms_sum").value(r);
-        t.latency_count += rows.int("latency_count").value(r);
-    });
-    out
+    let mut out: HashMap<(Option<&str>, Option<&str>), ToolTotals> = HashMap::new();
+    for b in tool {
+        let (id, name) = (text(b, "tool_id"), text(b, "tool_name"));
+        let c = ["calls", "successes", "latency_ms_sum", "latency_count"].map(|n| int(b, n));
+        for r in kept(b, scope, "agent_id") {
+            let t = out.entry((get(id, r), get(name, r))).or_default();
+            t.calls += c[0].value(r);
+            t.successes += c[1].value(r);
+            t.latency_sum += c[2].value(r);
+            t.latency_count += c[3].value(r);
+        }
+    }
+    owned(out)
 }
 
 /// Σ `column` over the rows `scope` keeps.
 pub fn sum(batches: &[Arc<RecordBatch>], scope: &Scope, agent_column: &str, column: &str) -> i64 {
-    let mut total = 0;
-    each_row(batches, scope, agent_column, |rows, r| {
-        total += rows.int(column).value(r)
-    });
-    total
+    batches
+        .iter()
+        .map(|b| {
+            let values = int(b, column);
+            kept(b, scope, agent_column)
+                .map(|r| values.value(r))
+                .sum::<i64>()
+        })
+        .sum()
 }
