@@ -123,7 +123,8 @@ pub fn agents(
 ) -> HashMap<String, AgentTotals> {
     let mut out: HashMap<&str, AgentTotals> = HashMap::new();
     // (table, column summed, where it goes)
-    let parts: [(&[Arc<RecordBatch>], &str, fn(&mut AgentTotals, i64)); 4] = [
+    type Part<'a> = (&'a [Arc<RecordBatch>], &'a str, fn(&mut AgentTotals, i64));
+    let parts: [Part; 4] = [
         (agent, "invocations", |t, v| t.invocations += v),
         (llm, "calls", |t, v| t.llm_calls += v),
         (llm, "total_tokens", |t, v| t.total_tokens += v),
