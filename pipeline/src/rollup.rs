@@ -92,6 +92,10 @@ pub trait RollupBuilder: Send + Sync {
     /// What the rollups of each hour depend on besides its raw records (0
     /// when nothing): a rollup whose stored fingerprint differs is stale.
     async fn fingerprints(&self, dataset: Dataset, hours: &[i64]) -> Result<Vec<u64>, RollupError>;
+
+    /// Rollup files that were replaced or expired: whatever was kept of
+    /// them may go.
+    fn forget(&self, _files: &[PathBuf]) {}
 }
 
 /// Which hours of which dataset have stored rollups.
@@ -137,15 +141,6 @@ impl Rollups {
             .get(&dataset)
             .map(|m| m.keys().copied().collect())
             .unwrap_or_default()
-    }
-
-    /// How many hours are rolled up, for `/metrics`.
-    pub fn len(&self) -> usize {
-        self.hours.read().values().map(BTreeMap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

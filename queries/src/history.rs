@@ -92,10 +92,6 @@ impl History {
         }
     }
 
-    pub fn rollups(&self) -> &Arc<Rollups> {
-        &self.rollups
-    }
-
     /// Splits `[from, to)` of `dataset` into rolled hours and raw ranges.
     /// `fingerprints` gives the current fingerprint of an hour (VM usage).
     pub fn coverage(
@@ -167,19 +163,6 @@ impl History {
         let batch = Arc::new(batch);
         self.cache.lock().insert(entry.path.clone(), batch.clone());
         Ok(batch)
-    }
-
-    /// Drops cached rows of files that are no longer rollups.
-    pub fn prune_cache(&self) {
-        let mut live: BTreeSet<PathBuf> = BTreeSet::new();
-        for d in Dataset::ALL {
-            for h in self.rollups.hours(d) {
-                if let Some(r) = self.rollups.get(d, h) {
-                    live.extend(r.tables.values().map(|f| f.path.clone()));
-                }
-            }
-        }
-        self.cache.lock().retain(|p, _| live.contains(p));
     }
 
     fn read_bytes(&self, path: &Path) -> Result<Bytes, QueryError> {
@@ -260,17 +243,19 @@ impl History {
         let source = if key.is_empty() {
             format!("SELECT * FROM raw WHERE {}", cond.join(" OR "))
         } else {
-            // The first stored copy stays, as in compaction; the order names
-            // each column once.
-            let mut order = key.clone();
-            if !order.contains(&"timestamp") {
-                order.push("timestamp");
-            }
+            // The first stored copy of a key stays, as in compaction. (A
+            // window, not DISTINCT ON: that one keeps an aggregate state per
+            // column and key, and was ten times slower.)
+            let order = if key.contains(&"timestamp") {
+                ""
+            } else {
+                " ORDER BY timestamp"
+            };
             format!(
-                "SELECT DISTINCT ON ({k}) * FROM raw WHERE {c} ORDER BY {o}",
+                "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {k}{order}) AS tally_copy \
+                 FROM raw WHERE {c}) WHERE tally_copy = 1",
                 k = key.join(", "),
                 c = cond.join(" OR "),
-                o = order.join(", ")
             )
         };
         let params: Vec<ScalarValue> = ranges
@@ -443,6 +428,13 @@ impl RollupBuilder for History {
         let batch =
             concat_batches(&schema, &batches).map_err(|e| RollupError::Query(e.to_string()))?;
         Ok((vec![RollupOutput { table, batch }], 0))
+    }
+
+    fn forget(&self, files: &[PathBuf]) {
+        let mut cache = self.cache.lock();
+        for f in files {
+            cache.remove(f);
+        }
     }
 
     async fn fingerprints(&self, d: Dataset, hours: &[i64]) -> Result<Vec<u64>, RollupError> {

@@ -140,9 +140,8 @@ async fn last_samples_before(
     spans: &hours::GapSpans,
 ) -> Result<HashMap<String, Sample>, QueryError> {
     let mut wanted: HashSet<&str> = rows.iter().map(|r| r.vm_id.as_str()).collect();
-    let mut found: HashMap<String, Sample> = HashMap::new();
     if wanted.is_empty() {
-        return Ok(found);
+        return Ok(HashMap::new());
     }
     let fp = |h: i64| gap_fingerprint(spans, h);
     let cov = history.coverage(Dataset::VmMetrics, i64::MIN / 2, h0, &fp);
@@ -179,8 +178,7 @@ async fn last_samples_before(
         // samples may still be later.
         wanted.retain(|vm| latest.get(*vm).is_none_or(|s| s.ts < *hour));
     }
-    found.extend(latest);
-    Ok(found)
+    Ok(latest)
 }
 
 fn time(ns: i64) -> String {

@@ -23,7 +23,7 @@
 //! hour's files compacts it; the others leave it alone.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -155,10 +155,6 @@ impl Compactor {
             doomed: Mutex::new(Vec::new()),
             running: tokio::sync::Mutex::new(()),
         }
-    }
-
-    pub fn rollups(&self) -> &Arc<Rollups> {
-        &self.rollups
     }
 
     /// Start-up, after [`super::recovery::recover`]: removes temporary
@@ -384,11 +380,11 @@ impl Compactor {
         );
         self.store.replace_files(d, &replaced, vec![entry]);
         if let Some(old) = old {
-            for f in old.tables.values() {
-                if !f.path.as_os_str().is_empty() {
-                    dest.delete(&f.path)?;
-                }
+            let paths: Vec<PathBuf> = old.tables.values().map(|f| f.path.clone()).collect();
+            for p in &paths {
+                dest.delete(p)?;
             }
+            self.builder.forget(&paths);
         }
         tracing::debug!(%d, hour, inputs = ?inputs.iter().map(|f| file_name(&f.path)).collect::<Vec<_>>(), output = %file_name(&merged.final_path), rows_in = merged.rows_in, rows_out = merged.rows_out, "hour compacted");
         self.doomed.lock().push((Instant::now(), replaced));
@@ -462,10 +458,13 @@ impl Compactor {
                         continue;
                     }
                     if let Some(old) = self.rollups.remove(d, hour) {
-                        for f in old.tables.values() {
-                            dest.delete(&f.path)?;
-                            report.rollup_files_expired += 1;
+                        let paths: Vec<PathBuf> =
+                            old.tables.values().map(|f| f.path.clone()).collect();
+                        for p in &paths {
+                            dest.delete(p)?;
                         }
+                        report.rollup_files_expired += paths.len();
+                        self.builder.forget(&paths);
                     }
                 }
             }
@@ -847,17 +846,6 @@ fn commit_hour(
         }
     }
     Ok(tables)
-}
-
-/// Hours and their files, for tests and `tally check`.
-pub fn files_per_hour(files: &[FileEntry]) -> HashMap<i64, usize> {
-    let mut out = HashMap::new();
-    for f in files {
-        if let Some(h) = hour_of_path(&f.path) {
-            *out.entry(h).or_default() += 1;
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -230,10 +230,22 @@ pub fn restore_recent_keys(
     // its hour as a new file, and compacting the hour again drops it. So
     // start-up reads only the files of hours not compacted yet, whatever
     // the window holds.
-    let recent = files
+    // Newest first, and no more than the index keeps: restart time is
+    // bounded by the key bound, not by the data in the window.
+    let mut recent: Vec<&ListedFile> = files
         .iter()
-        .filter(|f| f.modified >= horizon && f.compacted_from.is_empty());
+        .filter(|f| f.modified >= horizon && f.compacted_from.is_empty())
+        .collect();
+    recent.sort_by(|a, b| b.modified.cmp(&a.modified));
     for f in recent {
+        if n >= dedup.max_keys() {
+            tracing::info!(
+                dataset = %d,
+                keys = n,
+                "dedup keys restored up to the key bound; older copies are dropped when their hours are compacted"
+            );
+            break;
+        }
         let secs = f
             .modified
             .duration_since(UNIX_EPOCH)
