@@ -236,7 +236,7 @@ pub fn restore_recent_keys(
         .iter()
         .filter(|f| f.modified >= horizon && f.compacted_from.is_empty())
         .collect();
-    recent.sort_by(|a, b| b.modified.cmp(&a.modified));
+    recent.sort_by_key(|f| std::cmp::Reverse(f.modified));
     for f in recent {
         if n >= dedup.max_keys() {
             tracing::info!(
