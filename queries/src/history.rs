@@ -42,6 +42,7 @@ pub const USAGE_AGENT_HOURLY: &str = include_str!("../sql/rollups/usage_agent_ho
 pub const USAGE_MESSAGE_HOURLY: &str = include_str!("../sql/rollups/usage_message_hourly.sql");
 pub const VM_GAP_SPANS: &str = include_str!("../sql/rollups/vm_gap_spans.sql");
 pub const VM_SAMPLES: &str = include_str!("../sql/rollups/vm_samples.sql");
+pub const USAGE_LLM_BY_AGENT: &str = include_str!("../sql/rollups/usage_llm_hourly_by_agent.sql");
 
 /// The rollup table of a dataset and the SQL that builds it (VM usage is
 /// folded in Rust over `vm_samples.sql`).
@@ -66,13 +67,18 @@ pub struct Coverage {
     pub raw_hours: BTreeSet<i64>,
 }
 
+/// Decoded rows, shared.
+type Rows = Arc<RecordBatch>;
+
 #[derive(Clone)]
 pub struct History {
     store: Arc<Store>,
     rollups: Arc<Rollups>,
     object: Option<(Url, Arc<dyn ObjectStore>)>,
     /// Decoded rollup files: immutable, so kept by path.
-    cache: Arc<Mutex<HashMap<PathBuf, Arc<RecordBatch>>>>,
+    cache: Arc<Mutex<HashMap<PathBuf, Rows>>>,
+    /// Rollup files regrouped by a SQL file, by (path, SQL).
+    regrouped: Arc<Mutex<HashMap<(PathBuf, &'static str), Rows>>>,
     pub gap_limit_ns: i64,
 }
 
@@ -88,6 +94,7 @@ impl History {
             rollups,
             object,
             cache: Arc::new(Mutex::new(HashMap::new())),
+            regrouped: Arc::new(Mutex::new(HashMap::new())),
             gap_limit_ns: gap_limit_secs as i64 * 1_000_000_000,
         }
     }
@@ -288,6 +295,43 @@ impl History {
         Ok(out)
     }
 
+    /// [`History::hourly`] with every row set regrouped by `regroup` (a
+    /// SQL file over `source`, keeping the columns): fewer rows when a read
+    /// API needs fewer dimensions. Stored hours are regrouped once and kept.
+    pub async fn hourly_regrouped(
+        &self,
+        d: Dataset,
+        from: i64,
+        to: i64,
+        regroup: &'static str,
+    ) -> Result<Vec<Arc<RecordBatch>>, QueryError> {
+        let Some((table, sql)) = rollup_of(d) else {
+            return Ok(Vec::new());
+        };
+        let cov = self.coverage(d, from, to, &|_| 0);
+        let mut out = Vec::with_capacity(cov.rolled.len() + 1);
+        for (_, r) in &cov.rolled {
+            let Some(f) = r.tables.get(table) else {
+                continue;
+            };
+            let key = (f.path.clone(), regroup);
+            let cached = self.regrouped.lock().get(&key).cloned();
+            let batch = match cached {
+                Some(b) => b,
+                None => {
+                    let rows = self.load(f)?;
+                    let b = Arc::new(regroup_batch(rows.as_ref().clone(), regroup).await?);
+                    self.regrouped.lock().insert(key, b.clone());
+                    b
+                }
+            };
+            out.push(batch);
+        }
+        let raw = self.raw_rows(d, sql, &cov.raw, &cov.raw_hours).await?;
+        out.extend(raw.into_iter().map(Arc::new));
+        Ok(out)
+    }
+
     /// Runs a rollup SQL file over one local Parquet file.
     async fn file_rows(&self, file: &Path, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
         let bytes = std::fs::read(file)
@@ -333,6 +377,20 @@ impl History {
         }
         Ok(spans)
     }
+}
+
+/// Runs `sql` over one batch as `source`, as one batch.
+async fn regroup_batch(batch: RecordBatch, sql: &str) -> Result<RecordBatch, QueryError> {
+    let ctx = session();
+    let schema = batch.schema();
+    ctx.register_table(
+        "source",
+        Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
+    )?;
+    let df = ctx.sql(sql).await?;
+    let out_schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    concat_batches(&out_schema, &batches).map_err(|e| QueryError::Execution(e.to_string()))
 }
 
 /// A session for the rollup SQL files: strings are `Utf8`, as stored.
@@ -435,6 +493,7 @@ impl RollupBuilder for History {
         for f in files {
             cache.remove(f);
         }
+        self.regrouped.lock().retain(|(p, _), _| !files.contains(p));
     }
 
     async fn fingerprints(&self, d: Dataset, hours: &[i64]) -> Result<Vec<u64>, RollupError> {

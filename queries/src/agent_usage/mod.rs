@@ -115,9 +115,16 @@ fn failed(e: QueryError) -> Response {
 
 type Batch = Arc<arrow::array::RecordBatch>;
 
-/// Hourly rollup rows of one dataset over the period.
+/// Hourly rollup rows of one dataset over the period (LLM calls without
+/// their actor: these answers never ask for it).
 async fn hourly(api: &UsageApi, d: Dataset, f: &Filters) -> Result<Vec<Batch>, QueryError> {
     let (from, to) = f.range();
+    if d == Dataset::UsageLlm {
+        return api
+            .history
+            .hourly_regrouped(d, from, to, crate::history::USAGE_LLM_BY_AGENT)
+            .await;
+    }
     api.history.hourly(d, from, to).await
 }
 
