@@ -62,9 +62,13 @@ pub fn rollup_of(d: Dataset) -> Option<(&'static str, &'static str)> {
 #[derive(Debug, Default)]
 pub struct Coverage {
     pub rolled: Vec<(i64, Arc<RolledHour>)>,
-    /// `[from, to)` in nanoseconds, merged.
+    /// `[from, to)` in nanoseconds, merged: hours with copies possible.
     pub raw: Vec<(i64, i64)>,
     pub raw_hours: BTreeSet<i64>,
+    /// Parts of compacted hours read raw (the range cuts the hour, or what
+    /// the rollup depended on changed): each key is there once already.
+    pub unique: Vec<(i64, i64)>,
+    pub unique_hours: BTreeSet<i64>,
 }
 
 /// Decoded rows, shared.
@@ -133,28 +137,31 @@ impl History {
         for h in hours {
             let whole = h >= from && h + HOUR_NS <= to;
             let files = raw_files.get(&h).map(Vec::as_slice).unwrap_or(&[]);
-            let clean = whole
-                && !busy.contains(&h)
-                && rolled.get(&h).is_some_and(|r| {
-                    (files.is_empty() || files == [r.source.clone()])
-                        && r.fingerprint == fingerprint(h)
-                });
-            if clean {
+            let rolled_here = rolled.get(&h);
+            // One compacted file and nothing buffered: its keys are unique.
+            let compacted = !busy.contains(&h)
+                && rolled_here.is_some_and(|r| files.is_empty() || files == [r.source.clone()]);
+            if whole && compacted && rolled_here.is_some_and(|r| r.fingerprint == fingerprint(h)) {
                 cov.rolled.push((h, rolled[&h].clone()));
                 continue;
             }
             if files.is_empty() && !busy.contains(&h) {
                 // Nothing raw to read: the hour is empty (or only rolled).
-                if let Some(r) = rolled.get(&h).filter(|_| whole) {
+                if let Some(r) = rolled_here.filter(|_| whole) {
                     cov.rolled.push((h, r.clone()));
                 }
                 continue;
             }
             let (a, b) = (h.max(from), (h + HOUR_NS).min(to));
-            cov.raw_hours.insert(h);
-            match cov.raw.last_mut() {
+            let (ranges, set) = if compacted {
+                (&mut cov.unique, &mut cov.unique_hours)
+            } else {
+                (&mut cov.raw, &mut cov.raw_hours)
+            };
+            set.insert(h);
+            match ranges.last_mut() {
                 Some(last) if last.1 == a => last.1 = b,
-                _ => cov.raw.push((a, b)),
+                _ => ranges.push((a, b)),
             }
         }
         cov
@@ -216,61 +223,86 @@ impl History {
         Ok(out)
     }
 
-    /// Runs a rollup SQL file over the raw records of `ranges` (each record
-    /// once: rows with the same key count once, as compaction will make it).
+    /// Runs a rollup SQL file over the raw records of the coverage's raw
+    /// ranges, each record once: rows with the same key count once, as
+    /// compaction will make it, where copies are possible.
     pub async fn raw_rows(
         &self,
         d: Dataset,
         sql: &str,
-        ranges: &[(i64, i64)],
-        hours: &BTreeSet<i64>,
+        cov: &Coverage,
     ) -> Result<Vec<RecordBatch>, QueryError> {
-        if ranges.is_empty() {
+        if cov.raw.is_empty() && cov.unique.is_empty() {
             return Ok(Vec::new());
         }
         let ctx = session();
         if let Some((url, store)) = &self.object {
             ctx.register_object_store(url, store.clone());
         }
-        ctx.register_table(
-            "raw",
-            Arc::new(DatasetTable::new(d, self.store.clone()).only_hours(hours.clone())),
-        )?;
-        let cond: Vec<String> = (0..ranges.len())
-            .map(|i| {
-                format!(
-                    "(timestamp >= ${} AND timestamp < ${})",
-                    2 * i + 1,
-                    2 * i + 2
-                )
-            })
-            .collect();
-        let columns = d.columns();
-        let key: Vec<&str> = d.key_columns().iter().map(|&c| columns[c].name).collect();
-        let source = if key.is_empty() {
-            format!("SELECT * FROM raw WHERE {}", cond.join(" OR "))
-        } else {
-            // The first stored copy of a key stays, as in compaction. (A
-            // window, not DISTINCT ON: that one keeps an aggregate state per
-            // column and key, and was ten times slower.)
-            let order = if key.contains(&"timestamp") {
-                ""
-            } else {
-                " ORDER BY timestamp"
-            };
-            format!(
-                "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {k}{order}) AS tally_copy \
-                 FROM raw WHERE {c}) WHERE tally_copy = 1",
-                k = key.join(", "),
-                c = cond.join(" OR "),
-            )
+        let mut params: Vec<ScalarValue> = Vec::new();
+        // `timestamp` in any of the ranges, bound as parameters.
+        let mut within = |ranges: &[(i64, i64)]| {
+            let cond: Vec<String> = ranges
+                .iter()
+                .map(|&(a, b)| {
+                    params.push(ScalarValue::TimestampNanosecond(
+                        Some(a),
+                        Some("UTC".into()),
+                    ));
+                    params.push(ScalarValue::TimestampNanosecond(
+                        Some(b),
+                        Some("UTC".into()),
+                    ));
+                    format!(
+                        "(timestamp >= ${} AND timestamp < ${})",
+                        params.len() - 1,
+                        params.len()
+                    )
+                })
+                .collect();
+            cond.join(" OR ")
         };
-        let params: Vec<ScalarValue> = ranges
-            .iter()
-            .flat_map(|&(a, b)| [a, b])
-            .map(|t| ScalarValue::TimestampNanosecond(Some(t), Some("UTC".into())))
-            .collect();
-        let text = format!("WITH source AS ({source})\n{sql}");
+        let mut parts = Vec::new();
+        if !cov.raw.is_empty() {
+            ctx.register_table(
+                "raw",
+                Arc::new(
+                    DatasetTable::new(d, self.store.clone()).only_hours(cov.raw_hours.clone()),
+                ),
+            )?;
+            let columns = d.columns();
+            let key: Vec<&str> = d.key_columns().iter().map(|&c| columns[c].name).collect();
+            let cond = within(&cov.raw);
+            parts.push(if key.is_empty() {
+                format!("SELECT * FROM raw WHERE {cond}")
+            } else {
+                // The first stored copy of a key stays, as in compaction. (A
+                // window, not DISTINCT ON: that one keeps an aggregate state
+                // per column and key, and was ten times slower.)
+                let order = if key.contains(&"timestamp") {
+                    ""
+                } else {
+                    " ORDER BY timestamp"
+                };
+                format!(
+                    "SELECT * EXCLUDE (tally_copy) FROM (SELECT *, ROW_NUMBER() OVER \
+                     (PARTITION BY {k}{order}) AS tally_copy FROM raw WHERE {cond}) \
+                     WHERE tally_copy = 1",
+                    k = key.join(", "),
+                )
+            });
+        }
+        if !cov.unique.is_empty() {
+            ctx.register_table(
+                "compacted",
+                Arc::new(
+                    DatasetTable::new(d, self.store.clone()).only_hours(cov.unique_hours.clone()),
+                ),
+            )?;
+            let cond = within(&cov.unique);
+            parts.push(format!("SELECT * FROM compacted WHERE {cond}"));
+        }
+        let text = format!("WITH source AS ({})\n{sql}", parts.join(" UNION ALL "));
         let df = ctx.sql(&text).await?.with_param_values(ParamValues::List(
             params.into_iter().map(Into::into).collect(),
         ))?;
@@ -290,7 +322,7 @@ impl History {
         };
         let cov = self.coverage(d, from, to, &|_| 0);
         let mut out = self.rolled_rows(d, &cov)?;
-        let raw = self.raw_rows(d, sql, &cov.raw, &cov.raw_hours).await?;
+        let raw = self.raw_rows(d, sql, &cov).await?;
         out.extend(raw.into_iter().map(Arc::new));
         Ok(out)
     }
@@ -327,7 +359,7 @@ impl History {
             };
             out.push(batch);
         }
-        let raw = self.raw_rows(d, sql, &cov.raw, &cov.raw_hours).await?;
+        let raw = self.raw_rows(d, sql, &cov).await?;
         out.extend(raw.into_iter().map(Arc::new));
         Ok(out)
     }
@@ -353,10 +385,7 @@ impl History {
             .iter()
             .map(|b| b.as_ref().clone())
             .collect();
-        batches.extend(
-            self.raw_rows(Dataset::VmEvents, VM_GAP_SPANS, &cov.raw, &cov.raw_hours)
-                .await?,
-        );
+        batches.extend(self.raw_rows(Dataset::VmEvents, VM_GAP_SPANS, &cov).await?);
         let mut spans: GapSpans = HashMap::new();
         for b in &batches {
             let vm = b.column(0).as_string::<i32>();

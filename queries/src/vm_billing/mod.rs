@@ -107,9 +107,7 @@ pub async fn bill(
     for b in history.rolled_rows(d, &cov)? {
         rows.extend(hours::from_batch(&b, keep));
     }
-    let raw = history
-        .raw_rows(d, VM_SAMPLES, &cov.raw, &cov.raw_hours)
-        .await?;
+    let raw = history.raw_rows(d, VM_SAMPLES, &cov).await?;
     rows.extend(
         hours::fold(&raw, &spans, limit)
             .into_iter()
@@ -148,7 +146,7 @@ async fn last_samples_before(
     // Raw hours before the range are recent ones not compacted yet, or
     // dirty ones; they may hold a later sample than any rolled hour.
     let raw = history
-        .raw_rows(Dataset::VmMetrics, VM_SAMPLES, &cov.raw, &cov.raw_hours)
+        .raw_rows(Dataset::VmMetrics, VM_SAMPLES, &cov)
         .await?;
     let mut latest: HashMap<String, Sample> = HashMap::new();
     for h in hours::fold(&raw, spans, history.gap_limit_ns) {
