@@ -184,6 +184,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(compactor.clone().run(stop_rx.clone()));
     let engine = SqlEngine::with_object_store(store.clone(), target.destination.object_store())
         .await?
+        .with_rollups(rollups.clone())
+        .await?
         .with_file_check(Arc::new(FileDoctor::new(
             target.destination.clone(),
             data.clone(),

@@ -513,6 +513,12 @@ async fn stored_rollups_equal_the_rules_after_compaction_and_late_data() {
     let n = t.sql("SELECT count(*) AS n FROM vm_metrics").await;
     let want: usize = fleet.iter().map(|v| v.2.len()).sum();
     assert_eq!(n[0]["n"].as_u64().unwrap() as usize, want);
+    // The stored hours are a SQL table too, and hold every sample once.
+    let n = t
+        .sql("SELECT sum(samples) AS n, count(DISTINCT hour) AS hours FROM vm_usage_hours")
+        .await;
+    assert_eq!(n[0]["n"].as_u64().unwrap() as usize, want);
+    assert_eq!(n[0]["hours"].as_u64().unwrap() as usize, hours);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,3 +128,78 @@ impl TableProvider for DatasetTable {
         UnionExec::try_new(inputs)
     }
 }
+
+/// A stored rollup table: the files of every rolled-up hour, as the
+/// manifest has them now (hours not rolled up yet are not in it).
+pub struct RollupTable {
+    dataset: Dataset,
+    table: &'static str,
+    schema: SchemaRef,
+    rollups: Arc<tally_pipeline::rollup::Rollups>,
+}
+
+impl RollupTable {
+    pub fn new(
+        dataset: Dataset,
+        table: &'static str,
+        schema: SchemaRef,
+        rollups: Arc<tally_pipeline::rollup::Rollups>,
+    ) -> Self {
+        Self {
+            dataset,
+            table,
+            schema,
+            rollups,
+        }
+    }
+}
+
+impl fmt::Debug for RollupTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RollupTable")
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl TableProvider for RollupTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let urls = self
+            .rollups
+            .range(self.dataset, i64::MIN, i64::MAX)
+            .into_iter()
+            .filter_map(|(_, r)| r.tables.get(self.table).map(|f| f.path.clone()))
+            .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
+            .collect::<Result<Vec<_>>>()?;
+        if urls.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(self.schema.clone());
+        ListingTable::try_new(config)?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}

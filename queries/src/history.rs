@@ -408,6 +408,20 @@ impl History {
     }
 }
 
+/// The columns of a dataset's stored rollup table.
+pub async fn rollup_schema(d: Dataset) -> Result<arrow::datatypes::SchemaRef, QueryError> {
+    if d == Dataset::VmMetrics {
+        return Ok(hours::schema());
+    }
+    let Some((_, sql)) = rollup_of(d) else {
+        return Ok(Arc::new(arrow::datatypes::Schema::empty()));
+    };
+    let ctx = session();
+    let empty = MemTable::try_new(tally_pipeline::batch::schema(d), vec![vec![]])?;
+    ctx.register_table("source", Arc::new(empty))?;
+    Ok(Arc::new(ctx.sql(sql).await?.schema().as_arrow().clone()))
+}
+
 /// Runs `sql` over one batch as `source`, as one batch.
 async fn regroup_batch(batch: RecordBatch, sql: &str) -> Result<RecordBatch, QueryError> {
     let ctx = session();
@@ -498,19 +512,7 @@ impl RollupBuilder for History {
         }
         let schema = match batches.first() {
             Some(b) => b.schema(),
-            None => {
-                // No rows: plan the query once more for its schema.
-                let ctx = session();
-                let empty = MemTable::try_new(tally_pipeline::batch::schema(d), vec![vec![]])
-                    .map_err(|e| RollupError::Query(e.to_string()))?;
-                ctx.register_table("source", Arc::new(empty))
-                    .map_err(|e| RollupError::Query(e.to_string()))?;
-                let df = ctx
-                    .sql(sql)
-                    .await
-                    .map_err(|e| RollupError::Query(e.to_string()))?;
-                Arc::new(df.schema().as_arrow().clone())
-            }
+            None => rollup_schema(d).await.map_err(q)?,
         };
         let batch =
             concat_batches(&schema, &batches).map_err(|e| RollupError::Query(e.to_string()))?;

@@ -82,6 +82,30 @@ impl SqlEngine {
         })
     }
 
+    /// Registers the stored rollup tables (`usage_llm_hourly`, …,
+    /// `vm_usage_hours`, `vm_gap_spans`): the rolled-up hours only.
+    pub async fn with_rollups(
+        self,
+        rollups: Arc<tally_pipeline::rollup::Rollups>,
+    ) -> Result<Self, QueryError> {
+        for d in Dataset::ALL {
+            let Some((table, _)) = crate::history::rollup_of(d) else {
+                continue;
+            };
+            let schema = crate::history::rollup_schema(d).await?;
+            self.ctx.register_table(
+                table,
+                Arc::new(crate::catalog::RollupTable::new(
+                    d,
+                    table,
+                    schema,
+                    rollups.clone(),
+                )),
+            )?;
+        }
+        Ok(self)
+    }
+
     /// A query that fails while running makes `check` read the registered
     /// files; when it quarantines any, the query runs once more without
     /// them, so one bad file never fails a query over the others.

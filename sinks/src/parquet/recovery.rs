@@ -283,16 +283,27 @@ pub fn open_files(data: &Path) -> Result<Arc<Store>, SinkError> {
     let checkpoint = Checkpoint::load(data)?;
     for d in Dataset::ALL {
         let (listed, _) = list_local(data, d)?;
-        let mut files: Vec<FileEntry> = Vec::with_capacity(listed.len());
+        let mut good: Vec<ListedFile> = Vec::with_capacity(listed.len());
         for f in listed {
             // Read-only: a bad file is left where it is, named, and skipped.
             match verify_file(&Destination::Local, &f.entry, d, false) {
-                Ok(_) => files.push(f.entry),
+                Ok(facts) => good.push(ListedFile {
+                    compacted_from: facts.compacted_from,
+                    ..f
+                }),
                 Err(p) => {
                     tracing::error!(path = %f.entry.path.display(), kind = ?p.kind, detail = %p.detail, "unreadable file left out of this query; `tally check --repair` moves it to quarantine")
                 }
             }
         }
+        // Files a committed compaction replaced (not deleted yet) are read
+        // through the compacted file alone.
+        let replaced = super::compact::superseded(&good);
+        let mut files: Vec<FileEntry> = good
+            .into_iter()
+            .filter(|f| !replaced.contains(&f.entry.path))
+            .map(|f| f.entry)
+            .collect();
         for p in &checkpoint.pending {
             let (tmp, fin) = (data.join(&p.tmp), data.join(&p.final_path));
             if fin.starts_with(data.join(d.name())) && !fin.exists() && tmp.exists() {
