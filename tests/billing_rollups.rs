@@ -394,17 +394,7 @@ async fn stored_rollups_equal_the_rules_after_compaction_and_late_data() {
     // Hold back every fifth sample of vm-1: it comes late, after its hour
     // was compacted and rolled up.
     let late: Vec<Sample> = fleet[0].2.iter().step_by(5).cloned().collect();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = BillingServiceClient::new(channel);
-    let send = |vm: &str, cust: &str, samples: &[Sample]| pb::SendMetricsBatchRequest {
-        vm_id: vm.to_string(),
-        customer_id: cust.to_string(),
-        metrics: samples.iter().map(to_pb).collect(),
-    };
+    let mut client = billing_client(&t).await;
     let early: Vec<Sample> = fleet[0]
         .2
         .iter()
@@ -412,17 +402,10 @@ async fn stored_rollups_equal_the_rules_after_compaction_and_late_data() {
         .filter(|(i, _)| i % 5 != 0)
         .map(|(_, s)| s.clone())
         .collect();
-    for chunk in early.chunks(97) {
-        client
-            .send_metrics_batch(send("vm-1", "cust-a", chunk))
-            .await
-            .unwrap();
-    }
+    send_samples(&mut client, "cust-a", "vm-1", &early, 97).await;
+    // vm-2 newest batches first.
     for chunk in fleet[1].2.chunks(131).rev() {
-        client
-            .send_metrics_batch(send("vm-2", "cust-b", chunk))
-            .await
-            .unwrap();
+        send_samples(&mut client, "cust-b", "vm-2", chunk, 131).await;
     }
     let get = |query: String| {
         let url = t.url(&format!("/v1/billing/vm-usage?{query}"));
@@ -433,15 +416,7 @@ async fn stored_rollups_equal_the_rules_after_compaction_and_late_data() {
         }
     };
     let range = "from=2024-01-15T00:00:00Z&to=2024-01-17T00:00:00Z";
-    let hours = {
-        let mut h: Vec<i64> = fleet
-            .iter()
-            .flat_map(|v| v.2.iter().map(|s| s.ts / (3600 * NS)))
-            .collect();
-        h.sort();
-        h.dedup();
-        h.len()
-    };
+    let hours = hour_count(&fleet);
     wait_compacted(&data, hours).await;
     let without_late: Vec<Vm> = vec![
         ("cust-a", "vm-1", early.clone(), vec![]),
@@ -462,18 +437,8 @@ async fn stored_rollups_equal_the_rules_after_compaction_and_late_data() {
 
     // Late samples into compacted hours, the whole of vm-2 again (counted
     // once), and a gap reported late: the hours they touch are rolled up again.
-    for chunk in late.chunks(40) {
-        client
-            .send_metrics_batch(send("vm-1", "cust-a", chunk))
-            .await
-            .unwrap();
-    }
-    for chunk in fleet[1].2.chunks(200) {
-        client
-            .send_metrics_batch(send("vm-2", "cust-b", chunk))
-            .await
-            .unwrap();
-    }
+    send_samples(&mut client, "cust-a", "vm-1", &late, 40).await;
+    send_samples(&mut client, "cust-b", "vm-2", &fleet[1].2, 200).await;
     let t600 = fleet[1].2[600].ts;
     fleet[1].3.push((t600 - 3 * NS, t600 + 30 * NS));
     for (_, vm, _, gaps) in &fleet {
@@ -557,12 +522,7 @@ async fn kill_9_during_compaction_loses_nothing_and_doubles_nothing() {
     for round in 0..parts {
         let t =
             Tally::start_with_env(&data, &args, &[("RUST_LOG", "info,tally_sinks=debug")]).await;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = BillingServiceClient::new(channel);
+        let mut client = billing_client(&t).await;
         for (cust, vm, samples, _) in &fleet {
             let n = samples.len() / parts;
             let part = &samples[round * n..if round == parts - 1 {
@@ -572,30 +532,14 @@ async fn kill_9_during_compaction_loses_nothing_and_doubles_nothing() {
             }];
             // Everything up to this part again, as a sender retrying would.
             let again = &samples[(round * n).saturating_sub(n / 2)..round * n];
-            for chunk in part.chunks(23).chain(again.chunks(31)) {
-                client
-                    .send_metrics_batch(pb::SendMetricsBatchRequest {
-                        vm_id: vm.to_string(),
-                        customer_id: cust.to_string(),
-                        metrics: chunk.iter().map(to_pb).collect(),
-                    })
-                    .await
-                    .unwrap();
-            }
+            send_samples(&mut client, cust, vm, part, 23).await;
+            send_samples(&mut client, cust, vm, again, 31).await;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50 + rng.below(400))).await;
         t.kill9();
     }
     let t = Tally::start_with_env(&data, &args, &[("RUST_LOG", "info,tally_sinks=debug")]).await;
-    let hours = {
-        let mut h: Vec<i64> = fleet
-            .iter()
-            .flat_map(|v| v.2.iter().map(|s| s.ts / (3600 * NS)))
-            .collect();
-        h.sort();
-        h.dedup();
-        h.len()
-    };
+    let hours = hour_count(&fleet);
     wait_compacted(&data, hours).await;
     let rows: Vec<Value> = reqwest::get(
         t.url("/v1/billing/vm-usage?window=hour&from=2024-01-15T00:00:00Z&to=2024-01-17T00:00:00Z"),
@@ -615,25 +559,51 @@ async fn kill_9_during_compaction_loses_nothing_and_doubles_nothing() {
     );
 }
 
-/// Sends the fleet's samples in batches of `size`, and its reported gaps.
-async fn send_fleet(t: &Tally, fleet: &[Vm], size: usize) {
+/// How many distinct hours the fleet's samples fall in.
+fn hour_count(fleet: &[Vm]) -> usize {
+    let mut h: Vec<i64> = fleet
+        .iter()
+        .flat_map(|v| v.2.iter().map(|s| s.ts / (3600 * NS)))
+        .collect();
+    h.sort();
+    h.dedup();
+    h.len()
+}
+
+async fn billing_client(t: &Tally) -> BillingServiceClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut client = BillingServiceClient::new(channel);
+    BillingServiceClient::new(channel)
+}
+
+/// Sends one VM's samples in batches of `size`.
+async fn send_samples(
+    client: &mut BillingServiceClient<tonic::transport::Channel>,
+    customer: &str,
+    vm: &str,
+    samples: &[Sample],
+    size: usize,
+) {
+    for chunk in samples.chunks(size) {
+        client
+            .send_metrics_batch(pb::SendMetricsBatchRequest {
+                vm_id: vm.to_string(),
+                customer_id: customer.to_string(),
+                metrics: chunk.iter().map(to_pb).collect(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Sends the fleet's samples in batches of `size`, and its reported gaps.
+async fn send_fleet(t: &Tally, fleet: &[Vm], size: usize) {
+    let mut client = billing_client(t).await;
     for (cust, vm, samples, gaps) in fleet {
-        for chunk in samples.chunks(size) {
-            client
-                .send_metrics_batch(pb::SendMetricsBatchRequest {
-                    vm_id: vm.to_string(),
-                    customer_id: cust.to_string(),
-                    metrics: chunk.iter().map(to_pb).collect(),
-                })
-                .await
-                .unwrap();
-        }
+        send_samples(&mut client, cust, vm, samples, size).await;
         for (last, resume) in gaps {
             client
                 .notify_possible_gap(pb::NotifyPossibleGapRequest {
@@ -683,15 +653,7 @@ async fn bills_of_hours_past_the_raw_retention_do_not_change() {
         }
     };
     // First without retention: compacted and rolled up, raw files kept.
-    let hours = {
-        let mut h: Vec<i64> = fleet
-            .iter()
-            .flat_map(|v| v.2.iter().map(|s| s.ts / (3600 * NS)))
-            .collect();
-        h.sort();
-        h.dedup();
-        h.len()
-    };
+    let hours = hour_count(&fleet);
     let fast = [
         "--compact-after",
         "0s",

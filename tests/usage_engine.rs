@@ -46,14 +46,20 @@ fn agent(id: &str, hours_ago: i64, dao: &str, agent: &str) -> Value {
         "trigger": "message", "duration_ms": 100})
 }
 
-async fn send(t: &Tally, subject: &str, events: Vec<Value>) {
+/// Posts the events; answers the ingest response.
+async fn post(t: &Tally, subject: &str, events: &[Value]) -> Value {
     let r = reqwest::Client::new()
         .post(t.url(&format!("/v1/events/{subject}")))
-        .json(&events)
+        .json(events)
         .send()
         .await
         .unwrap();
-    let body: Value = r.json().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn send(t: &Tally, subject: &str, events: Vec<Value>) {
+    let body = post(t, subject, &events).await;
     assert_eq!(
         body["accepted"].as_u64().unwrap() as usize,
         events.len(),
@@ -512,22 +518,11 @@ async fn summaries_from_stored_rollups_equal_the_events_sent() {
         check(&ask(720, dao).await, 720.0, dao);
     }
     // Everything again: counted once right away and after compacting again.
-    send_again(&t, "usage.llm", all(&llms)).await;
+    post(&t, "usage.llm", &all(&llms)).await;
     check(&ask(720, "dao:1").await, 720.0, "dao:1");
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     wait().await;
     check(&ask(720, "dao:1").await, 720.0, "dao:1");
     let n = t.sql("SELECT count(*) AS n FROM usage_llm").await;
     assert_eq!(n[0]["n"].as_u64().unwrap() as usize, llms.len());
-}
-
-/// Sends without expecting every event to be new.
-async fn send_again(t: &Tally, subject: &str, events: Vec<Value>) {
-    let r = reqwest::Client::new()
-        .post(t.url(&format!("/v1/events/{subject}")))
-        .json(&events)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
 }

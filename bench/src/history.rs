@@ -150,47 +150,12 @@ pub async fn load_llm(
     concurrency: usize,
     now_s: i64,
 ) -> anyhow::Result<f64> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?;
-    let started = Instant::now();
-    let per = 5000u64;
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1) {
-        let (http, next, url) = (
-            http.clone(),
-            next.clone(),
-            format!("{base}/v1/events/usage.llm"),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let first = next.fetch_add(per, Ordering::Relaxed);
-                if first >= events {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                let body: String = (first..(first + per).min(events))
-                    .map(|id| llm_line(id, events, now_s))
-                    .collect();
-                loop {
-                    let r = http
-                        .post(&url)
-                        .header("content-type", "application/x-ndjson")
-                        .body(body.clone())
-                        .send()
-                        .await?;
-                    if r.status().is_success() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(started.elapsed().as_secs_f64())
+    crate::summary::post_ndjson(base, events, concurrency, move |first, n| {
+        (first..first + n)
+            .map(|id| llm_line(id, events, now_s))
+            .collect()
+    })
+    .await
 }
 
 /// Waits until `tally_compactions_total{dataset=…}` reaches `hours` and

@@ -77,25 +77,32 @@ fn batch(first: u64, n: u64, now_s: i64) -> String {
     s
 }
 
-pub async fn run(
+/// Posts events `0..events` as NDJSON to `/v1/events/usage.llm`, 5,000 a
+/// request from `concurrency` senders (`body(first, n)` makes a request's
+/// body), waiting and retrying on 429. Answers the seconds it took.
+pub async fn post_ndjson<F>(
     base: &str,
     events: u64,
-    queries: usize,
     concurrency: usize,
-    now_s: i64,
-) -> anyhow::Result<SummaryReport> {
+    body: F,
+) -> anyhow::Result<f64>
+where
+    F: Fn(u64, u64) -> String + Send + Sync + 'static,
+{
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
     let started = Instant::now();
     let per = 5000u64;
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let body = std::sync::Arc::new(body);
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (http, next, url) = (
+        let (http, next, url, body) = (
             http.clone(),
             next.clone(),
             format!("{base}/v1/events/usage.llm"),
+            body.clone(),
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -103,12 +110,12 @@ pub async fn run(
                 if first >= events {
                     return Ok::<(), anyhow::Error>(());
                 }
-                let n = per.min(events - first);
+                let text = body(first, per.min(events - first));
                 loop {
                     let r = http
                         .post(&url)
                         .header("content-type", "application/x-ndjson")
-                        .body(batch(first, n, now_s))
+                        .body(text.clone())
                         .send()
                         .await?;
                     if r.status().is_success() {
@@ -123,7 +130,23 @@ pub async fn run(
     for t in tasks {
         t.await??;
     }
-    let load_seconds = started.elapsed().as_secs_f64();
+    Ok(started.elapsed().as_secs_f64())
+}
+
+pub async fn run(
+    base: &str,
+    events: u64,
+    queries: usize,
+    concurrency: usize,
+    now_s: i64,
+) -> anyhow::Result<SummaryReport> {
+    let load_seconds = post_ndjson(base, events, concurrency, move |first, n| {
+        batch(first, n, now_s)
+    })
+    .await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let mut calls = 0;
     for _ in 0..queries {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -91,19 +92,18 @@ impl TableProvider for DatasetTable {
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 
         if !snapshot.files.is_empty() {
-            let urls = snapshot
-                .files
-                .iter()
-                .map(|f| ListingTableUrl::parse(f.path.to_string_lossy()))
-                .collect::<Result<Vec<_>>>()?;
-            // No extension filter: the paths are exact files.
-            let options =
-                ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
-            let config = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(options)
-                .with_schema(table_schema.clone());
-            let files = ListingTable::try_new(config)?;
-            inputs.push(files.scan(state, projection, filters, limit).await?);
+            let paths = snapshot.files.iter().map(|f| f.path.clone()).collect();
+            inputs.push(
+                scan_files(
+                    state,
+                    paths,
+                    table_schema.clone(),
+                    projection,
+                    filters,
+                    limit,
+                )
+                .await?,
+            );
         }
 
         let live_rows: usize = snapshot.chunks.iter().map(|c| c.records.len()).sum();
@@ -119,11 +119,7 @@ impl TableProvider for DatasetTable {
         }
 
         if inputs.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(table_schema.project(p)?),
-                None => table_schema,
-            };
-            return Ok(Arc::new(EmptyExec::new(projected)));
+            return empty_scan(&table_schema, projection);
         }
         UnionExec::try_new(inputs)
     }
@@ -179,27 +175,58 @@ impl TableProvider for RollupTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let urls = self
+        let paths: Vec<PathBuf> = self
             .rollups
             .range(self.dataset, i64::MIN, i64::MAX)
             .into_iter()
             .filter_map(|(_, r)| r.tables.get(self.table).map(|f| f.path.clone()))
-            .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
-            .collect::<Result<Vec<_>>>()?;
-        if urls.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => self.schema.clone(),
-            };
-            return Ok(Arc::new(EmptyExec::new(projected)));
+            .collect();
+        if paths.is_empty() {
+            return empty_scan(&self.schema, projection);
         }
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(self.schema.clone());
-        ListingTable::try_new(config)?
-            .scan(state, projection, filters, limit)
-            .await
+        scan_files(
+            state,
+            paths,
+            self.schema.clone(),
+            projection,
+            filters,
+            limit,
+        )
+        .await
     }
+}
+
+/// A scan of exact Parquet files (local paths or object URLs).
+async fn scan_files(
+    state: &dyn Session,
+    paths: Vec<PathBuf>,
+    schema: SchemaRef,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+    limit: Option<usize>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let urls = paths
+        .iter()
+        .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
+        .collect::<Result<Vec<_>>>()?;
+    // No extension filter: the paths are exact files.
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ListingTable::try_new(config)?
+        .scan(state, projection, filters, limit)
+        .await
+}
+
+/// No rows, with the projected columns.
+fn empty_scan(
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let projected = match projection {
+        Some(p) => Arc::new(schema.project(p)?),
+        None => schema.clone(),
+    };
+    Ok(Arc::new(EmptyExec::new(projected)))
 }
