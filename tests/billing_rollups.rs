@@ -327,24 +327,12 @@ async fn rollups_follow_the_billing_rules() {
     assert_eq!(e["detail"], "window must be one of hour, day, month, got \"week\"; from must be an RFC 3339 time such as 2024-01-15T10:00:00Z, got \"yesterday\"");
 }
 
-/// Parquet files per hour directory under `dir`.
-fn files_per_hour(dir: &std::path::Path) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for f in common::files_under(dir) {
-        if f.extension().is_some_and(|e| e == "parquet") {
-            let hour = f.parent().unwrap().display().to_string();
-            *out.entry(hour).or_default() += 1;
-        }
-    }
-    out
-}
-
 /// Waits until every hour of `vm_metrics` is one file with its stored
 /// rollup, and the stored rollups answer.
 async fn wait_compacted(data: &std::path::Path, hours: usize) {
     for _ in 0..300 {
-        let raw = files_per_hour(&data.join("vm_metrics"));
-        let rolled = files_per_hour(&data.join("vm_usage_hours"));
+        let raw = common::files_per_hour(&data.join("vm_metrics"));
+        let rolled = common::files_per_hour(&data.join("vm_usage_hours"));
         if raw.len() == hours && raw.values().all(|n| *n == 1) && rolled.len() == hours {
             return;
         }
@@ -352,8 +340,8 @@ async fn wait_compacted(data: &std::path::Path, hours: usize) {
     }
     panic!(
         "not compacted ({hours} hours): {:?} / {:?}",
-        files_per_hour(&data.join("vm_metrics")),
-        files_per_hour(&data.join("vm_usage_hours"))
+        common::files_per_hour(&data.join("vm_metrics")),
+        common::files_per_hour(&data.join("vm_usage_hours"))
     );
 }
 
@@ -675,16 +663,19 @@ async fn bills_of_hours_past_the_raw_retention_do_not_change() {
     args.extend(["--raw-retention", "1d"]);
     let t = Tally::start(&data, &args).await;
     for _ in 0..300 {
-        if files_per_hour(&data.join("vm_metrics")).is_empty() {
+        if common::files_per_hour(&data.join("vm_metrics")).is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(
-        files_per_hour(&data.join("vm_metrics")).is_empty(),
+        common::files_per_hour(&data.join("vm_metrics")).is_empty(),
         "raw hours past the retention are deleted"
     );
-    assert_eq!(files_per_hour(&data.join("vm_usage_hours")).len(), hours);
+    assert_eq!(
+        common::files_per_hour(&data.join("vm_usage_hours")).len(),
+        hours
+    );
     assert_eq!(bill(&t).await, before);
     t.terminate();
     let t = Tally::start(&data, &args).await;
@@ -724,14 +715,14 @@ async fn a_restart_with_a_day_of_data_keeps_dedup_exact() {
     let t = Tally::start(&data, &args).await;
     send_fleet(&t, &fleet, 500).await;
     let closed = |data: &std::path::Path| {
-        let raw = files_per_hour(&data.join("vm_metrics"));
-        let rolled = files_per_hour(&data.join("vm_usage_hours"));
+        let raw = common::files_per_hour(&data.join("vm_metrics"));
+        let rolled = common::files_per_hour(&data.join("vm_usage_hours"));
         let current = chrono::Utc::now()
             .format("date=%Y-%m-%d/hour=%H")
             .to_string();
         raw.iter()
-            .filter(|(h, _)| !h.ends_with(&current))
-            .all(|(h, n)| *n == 1 && rolled.keys().any(|r| r.ends_with(&h[h.len() - 24..])))
+            .filter(|(h, _)| **h != current)
+            .all(|(h, n)| *n == 1 && rolled.contains_key(h))
     };
     for _ in 0..600 {
         if closed(&data) {
@@ -742,7 +733,7 @@ async fn a_restart_with_a_day_of_data_keeps_dedup_exact() {
     assert!(
         closed(&data),
         "{:?}",
-        files_per_hour(&data.join("vm_metrics"))
+        common::files_per_hour(&data.join("vm_metrics"))
     );
     t.kill9();
 

@@ -296,24 +296,6 @@ async fn summaries_models_agents_tools_with_costs_and_filters() {
     }
 }
 
-/// Hour directories of `dir` and their Parquet files.
-fn files_per_hour(dir: &std::path::Path) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for f in common::files_under(dir) {
-        if f.extension().is_some_and(|e| e == "parquet") {
-            let hour = f
-                .strip_prefix(dir)
-                .unwrap()
-                .parent()
-                .unwrap()
-                .display()
-                .to_string();
-            *out.entry(hour).or_default() += 1;
-        }
-    }
-    out
-}
-
 /// One generated event and what the API should count of it.
 struct Event {
     hours_ago: f64,
@@ -491,8 +473,8 @@ async fn summaries_from_stored_rollups_equal_the_events_sent() {
     };
     // Wait until every closed hour of usage_llm is one file with its rollup.
     let closed = |data: &std::path::Path| {
-        let raw = files_per_hour(&data.join("usage_llm"));
-        let rolled = files_per_hour(&data.join("usage_llm_hourly"));
+        let raw = common::files_per_hour(&data.join("usage_llm"));
+        let rolled = common::files_per_hour(&data.join("usage_llm_hourly"));
         let current = chrono::Utc::now()
             .format("date=%Y-%m-%d/hour=%H")
             .to_string();
@@ -509,7 +491,7 @@ async fn summaries_from_stored_rollups_equal_the_events_sent() {
         }
         panic!(
             "not compacted: {:?}",
-            files_per_hour(&data.join("usage_llm"))
+            common::files_per_hour(&data.join("usage_llm"))
         );
     };
     wait().await;

@@ -205,6 +205,24 @@ pub fn ndjson(events: &[serde_json::Value]) -> String {
 }
 
 /// Every file below `dir`, in path order.
+/// Parquet files per hour directory under `dir` (`date=…/hour=…`, relative).
+pub fn files_per_hour(dir: &Path) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for f in files_under(dir) {
+        if f.extension().is_some_and(|e| e == "parquet") {
+            let hour = f
+                .strip_prefix(dir)
+                .unwrap()
+                .parent()
+                .unwrap()
+                .display()
+                .to_string();
+            *out.entry(hour).or_default() += 1;
+        }
+    }
+    out
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
