@@ -269,7 +269,8 @@ impl Compactor {
     pub async fn run_once(&self, now: SystemTime) -> Result<CompactionReport, SinkError> {
         let _one = self.running.lock().await;
         let mut report = CompactionReport::default();
-        self.delete_doomed(false)?;
+        // Deletes and the object store's calls block: off the async workers.
+        tokio::task::block_in_place(|| self.delete_doomed(false))?;
         let now_ns = now
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -306,7 +307,7 @@ impl Compactor {
                 self.compact_hour(d, hour, files, &mut report).await?;
             }
         }
-        self.expire(now_ns, &mut report)?;
+        tokio::task::block_in_place(|| self.expire(now_ns, &mut report))?;
         if report.hours > 0 || report.raw_files_expired > 0 {
             tracing::info!(
                 hours = report.hours,
@@ -381,9 +382,7 @@ impl Compactor {
         self.store.replace_files(d, &replaced, vec![entry]);
         if let Some(old) = old {
             let paths: Vec<PathBuf> = old.tables.values().map(|f| f.path.clone()).collect();
-            for p in &paths {
-                dest.delete(p)?;
-            }
+            tokio::task::block_in_place(|| paths.iter().try_for_each(|p| dest.delete(p)))?;
             self.builder.forget(&paths);
         }
         tracing::debug!(%d, hour, inputs = ?inputs.iter().map(|f| file_name(&f.path)).collect::<Vec<_>>(), output = %file_name(&merged.final_path), rows_in = merged.rows_in, rows_out = merged.rows_out, "hour compacted");
@@ -484,7 +483,7 @@ impl Compactor {
                 tracing::error!(error = %e, "compaction pass failed; the hour stays as it was and is tried again");
             }
         }
-        let _ = self.delete_doomed(true);
+        let _ = tokio::task::block_in_place(|| self.delete_doomed(true));
     }
 }
 
