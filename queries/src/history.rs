@@ -168,18 +168,18 @@ impl History {
     }
 
     /// The rows of a rolled hour's table, decoded once.
-    pub fn load(&self, entry: &FileEntry) -> Result<Arc<RecordBatch>, QueryError> {
+    pub async fn load(&self, entry: &FileEntry) -> Result<Arc<RecordBatch>, QueryError> {
         if let Some(b) = self.cache.lock().get(&entry.path) {
             return Ok(b.clone());
         }
-        let bytes = self.read_bytes(&entry.path)?;
+        let bytes = self.read_bytes(&entry.path).await?;
         let batch = read_parquet(bytes, &entry.path)?;
         let batch = Arc::new(batch);
         self.cache.lock().insert(entry.path.clone(), batch.clone());
         Ok(batch)
     }
 
-    fn read_bytes(&self, path: &Path) -> Result<Bytes, QueryError> {
+    async fn read_bytes(&self, path: &Path) -> Result<Bytes, QueryError> {
         let text = path.to_string_lossy();
         match &self.object {
             Some((url, store)) if text.starts_with("s3://") => {
@@ -189,15 +189,9 @@ impl History {
                         .unwrap_or(&text)
                         .trim_start_matches('/'),
                 );
-                let store = store.clone();
-                let fut = async move { store.get(&key).await?.bytes().await };
-                let handle = tokio::runtime::Handle::current();
-                std::thread::scope(|s| {
-                    s.spawn(|| handle.block_on(fut))
-                        .join()
-                        .expect("object read does not panic")
-                })
-                .map_err(|e| QueryError::Execution(format!("reading {text}: {e}")))
+                let got = async { store.get(&key).await?.bytes().await };
+                got.await
+                    .map_err(|e| QueryError::Execution(format!("reading {text}: {e}")))
             }
             _ => std::fs::read(path)
                 .map(Bytes::from)
@@ -206,7 +200,7 @@ impl History {
     }
 
     /// Rows of the rolled hours' table for `dataset`.
-    pub fn rolled_rows(
+    pub async fn rolled_rows(
         &self,
         d: Dataset,
         cov: &Coverage,
@@ -217,7 +211,7 @@ impl History {
         let mut out = Vec::with_capacity(cov.rolled.len());
         for (_, r) in &cov.rolled {
             if let Some(f) = r.tables.get(table) {
-                out.push(self.load(f)?);
+                out.push(self.load(f).await?);
             }
         }
         Ok(out)
@@ -321,7 +315,7 @@ impl History {
             return Ok(Vec::new());
         };
         let cov = self.coverage(d, from, to, &|_| 0);
-        let mut out = self.rolled_rows(d, &cov)?;
+        let mut out = self.rolled_rows(d, &cov).await?;
         let raw = self.raw_rows(d, sql, &cov).await?;
         out.extend(raw.into_iter().map(Arc::new));
         Ok(out)
@@ -351,7 +345,7 @@ impl History {
             let batch = match cached {
                 Some(b) => b,
                 None => {
-                    let rows = self.load(f)?;
+                    let rows = self.load(f).await?;
                     let b = Arc::new(regroup_batch(rows.as_ref().clone(), regroup).await?);
                     self.regrouped.lock().insert(key, b.clone());
                     b
@@ -381,7 +375,8 @@ impl History {
     pub async fn gap_spans(&self) -> Result<GapSpans, QueryError> {
         let cov = self.coverage(Dataset::VmEvents, i64::MIN / 2, i64::MAX / 2, &|_| 0);
         let mut batches: Vec<RecordBatch> = self
-            .rolled_rows(Dataset::VmEvents, &cov)?
+            .rolled_rows(Dataset::VmEvents, &cov)
+            .await?
             .iter()
             .map(|b| b.as_ref().clone())
             .collect();

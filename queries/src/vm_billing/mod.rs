@@ -104,7 +104,7 @@ pub async fn bill(
 
     let cov = history.coverage(d, h0, h1, &fp);
     let mut rows: Vec<VmHour> = Vec::new();
-    for b in history.rolled_rows(d, &cov)? {
+    for b in history.rolled_rows(d, &cov).await? {
         rows.extend(hours::from_batch(&b, keep));
     }
     let raw = history.raw_rows(d, VM_SAMPLES, &cov).await?;
@@ -165,7 +165,7 @@ async fn last_samples_before(
         let Some(f) = rolled.tables.get("vm_usage_hours") else {
             continue;
         };
-        let batch = history.load(f)?;
+        let batch = history.load(f).await?;
         for h in hours::from_batch(&batch, &|c, v| keep(c, v) && wanted.contains(v)) {
             let e = latest.entry(h.vm_id.clone()).or_insert(h.last);
             if h.last.ts > e.ts {
