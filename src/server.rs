@@ -15,8 +15,8 @@ use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::{now_ns, Pipeline, Relay};
 use tally_queries::history::History;
+use tally_queries::plan_usage::{UsageApi, UsageApiConfig};
 use tally_queries::prices::PriceCatalogue;
-use tally_queries::usage_api::{UsageApi, UsageApiConfig};
 use tally_queries::SqlEngine;
 use tally_sinks::control_plane::{self, ForwarderConfig};
 use tally_sinks::kafka_relay::KafkaRelay;
@@ -152,11 +152,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if config.shares_data_location() {
         tokio::spawn(listing.clone().run(config.list_interval, stop_rx.clone()));
     }
+    let prices = Arc::new(match &config.prices {
+        Some(path) => PriceCatalogue::from_file(path)?,
+        None => PriceCatalogue::embedded(),
+    });
+    tracing::info!(models = prices.len(), "price catalogue loaded");
     let rollups = Arc::new(Rollups::new());
     let history = History::new(
         store.clone(),
         rollups.clone(),
         target.destination.object_store(),
+        prices.clone(),
         GAP_LIMIT_SECS,
     );
     let compactor = Arc::new(Compactor::new(
@@ -184,7 +190,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(compactor.clone().run(stop_rx.clone()));
     let engine = SqlEngine::with_object_store(store.clone(), target.destination.object_store())
         .await?
-        .with_rollups(rollups.clone())
+        .with_history(&history, prices.clone())
         .await?
         .with_file_check(Arc::new(FileDoctor::new(
             target.destination.clone(),
@@ -280,11 +286,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }),
         updates: updates_rx,
     };
-    let prices = Arc::new(match &config.prices {
-        Some(path) => PriceCatalogue::from_file(path)?,
-        None => PriceCatalogue::embedded(),
-    });
-    tracing::info!(models = prices.len(), "price catalogue loaded");
     let forwarder = config.control_plane_url.clone().map(|url| {
         tracing::info!(%url, "forwarding chat.usage_summary to the control plane");
         control_plane::start(ForwarderConfig::new(url))
@@ -355,7 +356,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             billing,
             config.max_body_bytes,
         ))
-        .merge(tally_queries::http::router(engine))
+        .merge(tally_queries::sql::route::router(engine))
         .merge(tally_queries::vm_billing::router(history.clone()))
         .merge(status::router(status.clone()))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
@@ -425,7 +426,7 @@ fn quarantine_unreadable_usage_config(path: &std::path::Path, quarantine: &Quara
     let Ok(bytes) = std::fs::read(path) else {
         return;
     };
-    let Err(e) = serde_json::from_slice::<tally_queries::usage_api::config::UsageConfig>(&bytes)
+    let Err(e) = serde_json::from_slice::<tally_queries::plan_usage::config::UsageConfig>(&bytes)
     else {
         return;
     };

@@ -299,11 +299,19 @@ async fn rollups_follow_the_billing_rules() {
         3600 * NS,
         Some("cust-b"),
     );
-    // The same through SQL, by the view's name.
+    // The same through SQL, by the tables' names.
     let rows = t
         .sql("SELECT * FROM vm_usage_hourly ORDER BY customer_id, vm_id, window_start")
         .await;
     check(&rows, &fleet, 3600 * NS, None);
+    let rows = t
+        .sql("SELECT * FROM vm_usage_daily ORDER BY customer_id, vm_id, window_start")
+        .await;
+    check(&rows, &fleet, 86_400 * NS, None);
+    let rows = t
+        .sql("SELECT * FROM vm_usage_hourly WHERE customer_id = 'cust-b'")
+        .await;
+    check(&rows, &fleet, 3600 * NS, Some("cust-b"));
 
     // Windows outside [from, to) are not returned; bad parameters are named.
     let one_hour =
@@ -545,6 +553,161 @@ async fn kill_9_during_compaction_loses_nothing_and_doubles_nothing() {
         want,
         "every sample once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_rollups_are_written_loses_nothing_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--flush-rows",
+        "200",
+        "--flush-interval",
+        "50ms",
+        "--compact-after",
+        "0s",
+        "--compact-interval",
+        "20ms",
+    ];
+    let mut rng = Rng::from_time();
+    let start = 1_705_357_800 * NS;
+    let fleet: Vec<Vm> = (0..3)
+        .map(|i| {
+            let vm: &'static str = ["vm-1", "vm-2", "vm-3"][i];
+            (
+                "cust-a",
+                vm,
+                generate(&mut rng, start + i as i64 * NS, 800, ""),
+                vec![],
+            )
+        })
+        .collect();
+    // Each round sends every third sample (and some again): every hour
+    // is dirty and compacted again. A watcher kills the server the moment
+    // a rollup file is being written (its temporary file exists), or, if
+    // it never sees one, after a while.
+    let rounds = 3;
+    let mut hits = 0;
+    let mut acked: std::collections::BTreeSet<(String, i64)> = Default::default();
+    for round in 0..rounds {
+        let t = Tally::start(&data, &args).await;
+        let pid = t.pid() as i32;
+        let rollups = data.join("vm_usage_hours");
+        let watcher = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                let writing = common::files_under(&rollups).iter().any(|f| {
+                    f.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+                });
+                if writing {
+                    // SAFETY: signals a child process this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            false
+        });
+        // Batches the server answered are acknowledged; once it is killed
+        // the rest of the round is not sent.
+        let mut client = billing_client(&t).await;
+        'send: for (cust, vm, samples, _) in &fleet {
+            let part: Vec<Sample> = samples
+                .iter()
+                .skip(round)
+                .step_by(rounds)
+                .cloned()
+                .collect();
+            let again = if round > 0 {
+                &samples[..samples.len() / 4]
+            } else {
+                &[][..]
+            };
+            for (chunk, size) in [(&part[..], 37), (again, 53)] {
+                for batch in chunk.chunks(size) {
+                    let sent = client
+                        .send_metrics_batch(pb::SendMetricsBatchRequest {
+                            vm_id: vm.to_string(),
+                            customer_id: cust.to_string(),
+                            metrics: batch.iter().map(to_pb).collect(),
+                        })
+                        .await;
+                    if sent.is_err() {
+                        break 'send;
+                    }
+                    acked.extend(batch.iter().map(|x| (vm.to_string(), x.ts)));
+                }
+            }
+        }
+        drop(client);
+        if watcher.join().unwrap() {
+            hits += 1;
+        }
+        t.kill9();
+    }
+    assert!(hits > 0, "no kill landed while a rollup was being written");
+    let t = Tally::start(&data, &args).await;
+    // Once recovered and compacted, every acknowledged sample is stored,
+    // each once.
+    let mut acked_hours: Vec<i64> = acked.iter().map(|(_, ts)| ts / (3600 * NS)).collect();
+    acked_hours.dedup();
+    acked_hours.sort();
+    acked_hours.dedup();
+    wait_compacted(&data, acked_hours.len()).await;
+    let stored = t
+        .sql("SELECT vm_id, CAST(timestamp AS BIGINT) AS ts FROM vm_metrics")
+        .await;
+    let mut keys: Vec<(String, i64)> = stored
+        .iter()
+        .map(|r| {
+            (
+                r["vm_id"].as_str().unwrap().to_string(),
+                r["ts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    keys.sort();
+    let n = keys.len();
+    keys.dedup();
+    assert_eq!(n, keys.len(), "a sample stored twice");
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|k| keys.binary_search(k).is_err())
+        .collect();
+    assert!(missing.is_empty(), "acknowledged, not stored: {missing:?}");
+    // The senders retry what was not acknowledged (and the rest again: the
+    // index lost the keys of compacted hours, so compaction drops those
+    // copies); then the bill is exact.
+    send_fleet(&t, &fleet, 97).await;
+    let hours = hour_count(&fleet);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    wait_compacted(&data, hours).await;
+    let rows: Vec<Value> = reqwest::get(
+        t.url("/v1/billing/vm-usage?window=hour&from=2024-01-15T00:00:00Z&to=2024-01-17T00:00:00Z"),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    check(&rows, &fleet, 3600 * NS, None);
+    let n = t.sql("SELECT count(*) AS n FROM vm_metrics").await;
+    let want: usize = fleet.iter().map(|v| v.2.len()).sum();
+    assert_eq!(
+        n[0]["n"].as_u64().unwrap() as usize,
+        want,
+        "every sample once"
+    );
+    // One stored rollup per hour, no temporary file left behind.
+    let rolled = common::files_per_hour(&data.join("vm_usage_hours"));
+    assert!(rolled.values().all(|n| *n == 1), "{rolled:?}");
+    let leftovers: Vec<_> = common::files_under(&data)
+        .into_iter()
+        .filter(|f| f.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 /// How many distinct hours the fleet's samples fall in.

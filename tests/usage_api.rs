@@ -354,3 +354,156 @@ async fn config_is_validated_persisted_reset_and_rate_limited() {
     let wait: u64 = retry.unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait));
 }
+
+/// The P90 of the spec: linear between the two nearest ranks.
+fn p90(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let rank = 0.9 * (v.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_over_compacted_and_rolled_up_hours_equal_the_block_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let t = Tally::start(
+        &data,
+        &[
+            "--flush-interval",
+            "200ms",
+            "--compact-after",
+            "0s",
+            "--compact-interval",
+            "200ms",
+        ],
+    )
+    .await;
+    let mut rng = common::Rng::from_time();
+    let now = chrono::Utc::now().timestamp_millis();
+    let tokens = |rng: &mut common::Rng| {
+        [
+            5_000 + rng.below(20_000) as i64,
+            rng.below(5_000) as i64,
+            rng.below(1_000) as i64,
+            rng.below(3_000) as i64,
+        ]
+    };
+    // Six finished blocks over the last 8 days, three calls each over three
+    // hours; the current block has calls 170, 110, 50 and 5 minutes ago.
+    let mut events: Vec<(i64, [i64; 4])> = Vec::new();
+    let mut past_totals = Vec::new();
+    for day in 2..8 {
+        let base = now - day * 24 * HOUR;
+        let mut total = 0;
+        for offset in [0, 90, 150] {
+            let t4 = tokens(&mut rng);
+            total += t4.iter().sum::<i64>();
+            events.push((base + offset * 60_000, t4));
+        }
+        past_totals.push(total as f64);
+    }
+    let current: Vec<(i64, [i64; 4])> = [170, 110, 50, 5]
+        .iter()
+        .map(|m| (now - m * 60_000, tokens(&mut rng)))
+        .collect();
+    events.extend(current.iter().cloned());
+    let body: Vec<Value> = events
+        .iter()
+        .enumerate()
+        .map(|(i, (at, t4))| call(&format!("e{i}"), *at, "user:1", "gpt-4o-mini", *t4))
+        .collect();
+    let send = |body: Vec<Value>| {
+        let url = t.url("/v1/events/usage.llm");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    assert_eq!(send(body.clone()).await["accepted"], events.len());
+
+    // Wait until every hour before the current one is one compacted file
+    // with its stored rollup.
+    let hour_of = |ms: i64| ms - ms.rem_euclid(HOUR);
+    let mut closed: Vec<i64> = events
+        .iter()
+        .map(|(at, _)| hour_of(*at))
+        .filter(|h| *h < hour_of(now))
+        .collect();
+    closed.sort();
+    closed.dedup();
+    let compacted = |data: &std::path::Path| {
+        let raw = common::files_per_hour(&data.join("usage_llm"));
+        let rolled = common::files_per_hour(&data.join("usage_llm_hourly"));
+        closed
+            .iter()
+            .all(|h| raw.get(&dir_of(*h)) == Some(&1) && rolled.get(&dir_of(*h)) == Some(&1))
+    };
+    for _ in 0..200 {
+        if compacted(&data) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        compacted(&data),
+        "{:?}",
+        common::files_per_hour(&data.join("usage_llm"))
+    );
+
+    // The whole batch again (all duplicates), then the stats.
+    let again = send(body).await;
+    assert_eq!(again["duplicates"], events.len(), "{again}");
+    let (status, s) = get(&t, "/api/usage/stats?actor_id=user:1").await;
+    assert_eq!(status, 200, "{s}");
+    let p = price("gpt-4o-mini");
+    let cost_of = |t4: &[i64; 4]| (0..4).map(|k| t4[k] as f64 * p[k]).sum::<f64>();
+    let cur = &s["current_session"];
+    let start = hour_of(now - 170 * 60_000);
+    assert_eq!(cur["start_time"].as_i64(), Some(start), "{cur}");
+    let sum = |k: usize| current.iter().map(|(_, t4)| t4[k]).sum::<i64>();
+    assert_eq!(
+        cur["token_counts"],
+        json!({"input_tokens": sum(0), "output_tokens": sum(1),
+            "cache_creation_tokens": sum(2), "cache_read_tokens": sum(3),
+            "total_tokens": sum(0) + sum(1) + sum(2) + sum(3)})
+    );
+    assert_eq!(cur["sent_messages_count"], 4);
+    let cost: f64 = current.iter().map(|(_, t4)| cost_of(t4)).sum();
+    assert!(close(cur["cost_usd"].as_f64().unwrap(), cost, 1e-9));
+    // The custom plan's token limit: P90 of the six finished blocks.
+    let want = p90(past_totals).max(19_000.0);
+    assert!(
+        close(s["limits"]["tokens"].as_f64().unwrap(), want, 1e-12),
+        "{} vs {want}",
+        s["limits"]["tokens"]
+    );
+
+    // The stored rollup is a SQL table with the cost of its token sums.
+    let rows = t
+        .sql("SELECT sum(calls) AS calls, sum(cost_usd) AS cost FROM usage_llm_hourly")
+        .await;
+    let rolled: Vec<&(i64, [i64; 4])> = events
+        .iter()
+        .filter(|(at, _)| hour_of(*at) < hour_of(now))
+        .collect();
+    assert_eq!(rows[0]["calls"].as_u64(), Some(rolled.len() as u64));
+    let rolled_cost: f64 = rolled.iter().map(|(_, t4)| cost_of(t4)).sum();
+    assert!(
+        close(rows[0]["cost"].as_f64().unwrap(), rolled_cost, 1e-9),
+        "{rows:?} vs {rolled_cost}"
+    );
+}
+
+/// The partition directory of an hour (ms): `date=YYYY-MM-DD/hour=HH`.
+fn dir_of(hour_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(hour_ms)
+        .unwrap()
+        .format("date=%Y-%m-%d/hour=%H")
+        .to_string()
+}

@@ -16,7 +16,7 @@ data, kind = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 5
 con = duckdb.connect()
 
-# The billing rules of DESIGN.md, as queries/sql/vm_usage.sql has them (the
+# The billing rules of DESIGN.md, as queries/src/vm_billing/sql/vm_usage.sql has them (the
 # bench fleet reports no gaps, so the NotifyPossibleGap join is left out).
 VM_USAGE = """
 WITH samples AS (

@@ -1,17 +1,21 @@
-//! Reading tally with SQL: a DataFusion catalog where each dataset is one
-//! table over its Parquet files and the live buffer, the output formats, and
-//! the `/v1/sql` route.
+//! tally's read side, one folder per part:
+//!
+//! - `sql/`: the DataFusion engine, its catalogue (each dataset one table
+//!   over its Parquet files and the live buffer), output formats, `/v1/sql`;
+//! - `history/`: stored hourly rollups and raw records put together, and the
+//!   SQL that builds the rollups;
+//! - `vm_billing/`: `/v1/billing/vm-usage` and the `vm_usage_*` tables;
+//! - `agent_usage/`: `/internal/usage/*` (spec 001);
+//! - `plan_usage/`: the Usage API (spec 002): routes, stats, snapshots,
+//!   stream, its config file.
 
 pub mod agent_usage;
-pub mod catalog;
-pub mod format;
 pub mod history;
 pub mod http;
+pub mod plan_usage;
 pub mod prices;
 pub mod sql;
-pub mod usage_api;
-
 pub mod vm_billing;
 
-pub use format::OutputFormat;
+pub use sql::format::OutputFormat;
 pub use sql::{QueryError, SqlEngine};

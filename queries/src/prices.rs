@@ -8,6 +8,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Float64Array};
+use arrow::datatypes::Int64Type;
+use datafusion::logical_expr::{create_udf, ColumnarValue, ScalarUDF, Volatility};
 use serde::Deserialize;
 
 const EMBEDDED: &str = include_str!("../prices/llm_model_prices.json");
@@ -113,6 +118,59 @@ impl PriceCatalogue {
             .or_else(|| provider.and_then(|p| self.models.get(&format!("{p}/{model}"))))
             .or_else(|| model.rsplit_once('/').and_then(|(_, m)| self.models.get(m)))
     }
+}
+
+/// The SQL function `llm_cost_usd(model, provider, prompt_tokens,
+/// completion_tokens, cache_creation_tokens, cache_read_tokens)`: the cost
+/// in USD by this catalogue, NULL for a model it has no price for. Prices
+/// are linear in tokens, so pricing the sums of a group equals summing the
+/// prices of its calls.
+pub fn cost_udf(prices: Arc<PriceCatalogue>) -> ScalarUDF {
+    use arrow::datatypes::DataType;
+    let fun = move |args: &[ColumnarValue]| -> datafusion::common::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let (model, provider) = (arrays[0].as_string::<i32>(), arrays[1].as_string::<i32>());
+        let n = |i: usize| arrays[i].as_primitive::<Int64Type>();
+        let (p, c, cc, cr) = (n(2), n(3), n(4), n(5));
+        let tokens = |a: &arrow::array::Int64Array, r: usize| {
+            if a.is_null(r) {
+                0.0
+            } else {
+                a.value(r) as f64
+            }
+        };
+        let out: Float64Array = (0..model.len())
+            .map(|r| {
+                if model.is_null(r) {
+                    return None;
+                }
+                let provider = (!provider.is_null(r)).then(|| provider.value(r));
+                prices.price(model.value(r), provider).map(|price| {
+                    price.cost(Tokens {
+                        prompt: tokens(p, r),
+                        completion: tokens(c, r),
+                        cache_creation: tokens(cc, r),
+                        cache_read: tokens(cr, r),
+                    })
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    };
+    create_udf(
+        "llm_cost_usd",
+        vec![
+            DataType::Utf8,
+            DataType::Utf8,
+            DataType::Int64,
+            DataType::Int64,
+            DataType::Int64,
+            DataType::Int64,
+        ],
+        DataType::Float64,
+        Volatility::Immutable,
+        Arc::new(fun),
+    )
 }
 
 #[cfg(test)]

@@ -204,7 +204,6 @@ pub fn ndjson(events: &[serde_json::Value]) -> String {
     events.iter().map(|e| format!("{e}\n")).collect()
 }
 
-/// Every file below `dir`, in path order.
 /// Parquet files per hour directory under `dir` (`date=…/hour=…`, relative).
 pub fn files_per_hour(dir: &Path) -> std::collections::BTreeMap<String, usize> {
     let mut out = std::collections::BTreeMap::new();
@@ -223,6 +222,7 @@ pub fn files_per_hour(dir: &Path) -> std::collections::BTreeMap<String, usize> {
     out
 }
 
+/// Every file below `dir`, in path order.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

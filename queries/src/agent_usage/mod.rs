@@ -6,6 +6,9 @@
 
 pub mod totals;
 
+/// `usage_llm_hourly` regrouped without the actor (see the file).
+const USAGE_LLM_BY_AGENT: &str = include_str!("sql/usage_llm_hourly_by_agent.sql");
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -122,7 +125,7 @@ async fn hourly(api: &UsageApi, d: Dataset, f: &Filters) -> Result<Vec<Batch>, Q
     if d == Dataset::UsageLlm {
         return api
             .history
-            .hourly_regrouped(d, from, to, crate::history::USAGE_LLM_BY_AGENT)
+            .hourly_regrouped(d, from, to, USAGE_LLM_BY_AGENT)
             .await;
     }
     api.history.hourly(d, from, to).await

@@ -41,6 +41,18 @@ pub struct Usage {
 }
 
 impl Usage {
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_nanos as f64 / 1e9
+    }
+
+    pub fn memory_gib_hours(&self) -> f64 {
+        self.mem_byte_ns / 1e9 / 1_073_741_824.0 / 3600.0
+    }
+
+    pub fn observed_seconds(&self) -> f64 {
+        self.observed_ns as f64 / 1e9
+    }
+
     pub fn add(&mut self, o: &Usage) {
         self.cpu_nanos += o.cpu_nanos;
         self.mem_byte_ns += o.mem_byte_ns;

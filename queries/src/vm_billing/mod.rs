@@ -2,6 +2,16 @@
 //! rolled-up hours and from raw samples for the others (see `history`).
 
 pub mod hours;
+pub mod table;
+
+/// The billing rules over raw samples in SQL: `tally sql` registers it as
+/// the views `vm_usage_hourly`, `vm_usage_daily` and `vm_usage_monthly`
+/// (the server has [`table::BillTable`] under those names).
+pub const RAW_VIEW_SQL: &str = include_str!("sql/vm_usage.sql");
+
+/// View suffix and `date_trunc` unit of each window.
+pub const RAW_VIEW_WINDOWS: [(&str, &str); 3] =
+    [("hourly", "hour"), ("daily", "day"), ("monthly", "month")];
 
 use std::collections::{HashMap, HashSet};
 
@@ -256,13 +266,13 @@ async fn vm_usage(
                         "vm_id": r.vm_id,
                         "window_start": time(r.start),
                         "window_end": time(r.end),
-                        "cpu_seconds": u.cpu_nanos as f64 / 1e9,
-                        "memory_gib_hours": u.mem_byte_ns / 1e9 / 1_073_741_824.0 / 3600.0,
+                        "cpu_seconds": u.cpu_seconds(),
+                        "memory_gib_hours": u.memory_gib_hours(),
                         "disk_read_bytes": u.disk_read,
                         "disk_write_bytes": u.disk_write,
                         "network_rx_bytes": u.rx,
                         "network_tx_bytes": u.tx,
-                        "observed_seconds": u.observed_ns as f64 / 1e9,
+                        "observed_seconds": u.observed_seconds(),
                         "samples": u.samples,
                         "gaps": u.gaps,
                     })

@@ -10,6 +10,7 @@ SELECT hour, microdao_id, agent_id, CAST(NULL AS VARCHAR) AS actor_id, model, pr
        CAST(SUM(total_tokens) AS BIGINT) AS total_tokens,
        CAST(SUM(latency_ms_sum) AS BIGINT) AS latency_ms_sum,
        CAST(SUM(latency_count) AS BIGINT) AS latency_count,
-       CAST(SUM(failures) AS BIGINT) AS failures
+       CAST(SUM(failures) AS BIGINT) AS failures,
+       SUM(cost_usd) AS cost_usd
 FROM source
 GROUP BY hour, microdao_id, agent_id, model, provider

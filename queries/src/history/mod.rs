@@ -32,17 +32,17 @@ use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
 use url::Url;
 
-use crate::catalog::DatasetTable;
+use crate::prices::{cost_udf, PriceCatalogue};
+use crate::sql::catalog::DatasetTable;
 use crate::sql::QueryError;
 use crate::vm_billing::hours::{self, GapSpans};
 
-pub const USAGE_LLM_HOURLY: &str = include_str!("../sql/rollups/usage_llm_hourly.sql");
-pub const USAGE_TOOL_HOURLY: &str = include_str!("../sql/rollups/usage_tool_hourly.sql");
-pub const USAGE_AGENT_HOURLY: &str = include_str!("../sql/rollups/usage_agent_hourly.sql");
-pub const USAGE_MESSAGE_HOURLY: &str = include_str!("../sql/rollups/usage_message_hourly.sql");
-pub const VM_GAP_SPANS: &str = include_str!("../sql/rollups/vm_gap_spans.sql");
-pub const VM_SAMPLES: &str = include_str!("../sql/rollups/vm_samples.sql");
-pub const USAGE_LLM_BY_AGENT: &str = include_str!("../sql/rollups/usage_llm_hourly_by_agent.sql");
+pub const USAGE_LLM_HOURLY: &str = include_str!("sql/usage_llm_hourly.sql");
+pub const USAGE_TOOL_HOURLY: &str = include_str!("sql/usage_tool_hourly.sql");
+pub const USAGE_AGENT_HOURLY: &str = include_str!("sql/usage_agent_hourly.sql");
+pub const USAGE_MESSAGE_HOURLY: &str = include_str!("sql/usage_message_hourly.sql");
+pub const VM_GAP_SPANS: &str = include_str!("sql/vm_gap_spans.sql");
+pub const VM_SAMPLES: &str = include_str!("sql/vm_samples.sql");
 
 /// The rollup table of a dataset and the SQL that builds it (VM usage is
 /// folded in Rust over `vm_samples.sql`).
@@ -83,6 +83,7 @@ pub struct History {
     cache: Arc<Mutex<HashMap<PathBuf, Rows>>>,
     /// Rollup files regrouped by a SQL file, by (path, SQL).
     regrouped: Arc<Mutex<HashMap<(PathBuf, &'static str), Rows>>>,
+    prices: Arc<PriceCatalogue>,
     pub gap_limit_ns: i64,
 }
 
@@ -91,12 +92,14 @@ impl History {
         store: Arc<Store>,
         rollups: Arc<Rollups>,
         object: Option<(Url, Arc<dyn ObjectStore>)>,
+        prices: Arc<PriceCatalogue>,
         gap_limit_secs: u64,
     ) -> Self {
         Self {
             store,
             rollups,
             object,
+            prices,
             cache: Arc::new(Mutex::new(HashMap::new())),
             regrouped: Arc::new(Mutex::new(HashMap::new())),
             gap_limit_ns: gap_limit_secs as i64 * 1_000_000_000,
@@ -229,7 +232,7 @@ impl History {
         if cov.raw.is_empty() && cov.unique.is_empty() {
             return Ok(Vec::new());
         }
-        let ctx = session();
+        let ctx = self.session();
         if let Some((url, store)) = &self.object {
             ctx.register_object_store(url, store.clone());
         }
@@ -346,7 +349,7 @@ impl History {
                 Some(b) => b,
                 None => {
                     let rows = self.load(f).await?;
-                    let b = Arc::new(regroup_batch(rows.as_ref().clone(), regroup).await?);
+                    let b = Arc::new(self.regroup_batch(rows.as_ref().clone(), regroup).await?);
                     self.regrouped.lock().insert(key, b.clone());
                     b
                 }
@@ -364,7 +367,7 @@ impl History {
             .map(Bytes::from)
             .map_err(|e| QueryError::Execution(format!("reading {}: {e}", file.display())))?;
         let batch = read_parquet(bytes, file)?;
-        let ctx = session();
+        let ctx = self.session();
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
         ctx.register_table("source", Arc::new(table))?;
         Ok(ctx.sql(sql).await?.collect().await?)
@@ -403,39 +406,56 @@ impl History {
     }
 }
 
-/// The columns of a dataset's stored rollup table.
-pub async fn rollup_schema(d: Dataset) -> Result<arrow::datatypes::SchemaRef, QueryError> {
-    if d == Dataset::VmMetrics {
-        return Ok(hours::schema());
+impl History {
+    /// The columns of a dataset's stored rollup table.
+    pub async fn rollup_schema(
+        &self,
+        d: Dataset,
+    ) -> Result<arrow::datatypes::SchemaRef, QueryError> {
+        if d == Dataset::VmMetrics {
+            return Ok(hours::schema());
+        }
+        let Some((_, sql)) = rollup_of(d) else {
+            return Ok(Arc::new(arrow::datatypes::Schema::empty()));
+        };
+        let ctx = self.session();
+        let empty = MemTable::try_new(tally_pipeline::batch::schema(d), vec![vec![]])?;
+        ctx.register_table("source", Arc::new(empty))?;
+        Ok(Arc::new(ctx.sql(sql).await?.schema().as_arrow().clone()))
     }
-    let Some((_, sql)) = rollup_of(d) else {
-        return Ok(Arc::new(arrow::datatypes::Schema::empty()));
-    };
-    let ctx = session();
-    let empty = MemTable::try_new(tally_pipeline::batch::schema(d), vec![vec![]])?;
-    ctx.register_table("source", Arc::new(empty))?;
-    Ok(Arc::new(ctx.sql(sql).await?.schema().as_arrow().clone()))
-}
 
-/// Runs `sql` over one batch as `source`, as one batch.
-async fn regroup_batch(batch: RecordBatch, sql: &str) -> Result<RecordBatch, QueryError> {
-    let ctx = session();
-    let schema = batch.schema();
-    ctx.register_table(
-        "source",
-        Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
-    )?;
-    let df = ctx.sql(sql).await?;
-    let out_schema = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await?;
-    concat_batches(&out_schema, &batches).map_err(|e| QueryError::Execution(e.to_string()))
-}
+    /// The stored rollups of every dataset.
+    pub fn rollups(&self) -> &Arc<Rollups> {
+        &self.rollups
+    }
 
-/// A session for the rollup SQL files: strings are `Utf8`, as stored.
-fn session() -> SessionContext {
-    let mut config = datafusion::prelude::SessionConfig::new();
-    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
-    SessionContext::new_with_config(config)
+    /// A session for the rollup SQL files: strings are `Utf8`, as stored,
+    /// and `llm_cost_usd` prices tokens.
+    fn session(&self) -> SessionContext {
+        let mut config = datafusion::prelude::SessionConfig::new();
+        config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_udf(cost_udf(self.prices.clone()));
+        ctx
+    }
+
+    /// Runs `sql` over one batch as `source`, as one batch.
+    async fn regroup_batch(
+        &self,
+        batch: RecordBatch,
+        sql: &str,
+    ) -> Result<RecordBatch, QueryError> {
+        let ctx = self.session();
+        let schema = batch.schema();
+        ctx.register_table(
+            "source",
+            Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
+        )?;
+        let df = ctx.sql(sql).await?;
+        let out_schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        concat_batches(&out_schema, &batches).map_err(|e| QueryError::Execution(e.to_string()))
+    }
 }
 
 /// What a VM hour's rollup depends on besides its samples: the reported
@@ -507,7 +527,7 @@ impl RollupBuilder for History {
         }
         let schema = match batches.first() {
             Some(b) => b.schema(),
-            None => rollup_schema(d).await.map_err(q)?,
+            None => self.rollup_schema(d).await.map_err(q)?,
         };
         let batch =
             concat_batches(&schema, &batches).map_err(|e| RollupError::Query(e.to_string()))?;

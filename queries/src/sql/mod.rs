@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
+use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use object_store::ObjectStore;
@@ -11,7 +12,11 @@ use tally_pipeline::store::Store;
 use tally_pipeline::Dataset;
 use url::Url;
 
-use crate::catalog::DatasetTable;
+pub mod catalog;
+pub mod format;
+pub mod route;
+
+use catalog::DatasetTable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -43,13 +48,6 @@ pub struct SqlEngine {
     file_check: Option<Arc<dyn FileCheck>>,
 }
 
-/// The named queries in `queries/sql/`, registered as views.
-const VM_USAGE_SQL: &str = include_str!("../sql/vm_usage.sql");
-
-/// Rollup windows: view suffix and `date_trunc` unit.
-pub const VM_USAGE_WINDOWS: [(&str, &str); 3] =
-    [("hourly", "hour"), ("daily", "day"), ("monthly", "month")];
-
 impl SqlEngine {
     /// A session with every dataset as a table and the named queries as views.
     pub async fn new(store: Arc<Store>) -> Result<Self, QueryError> {
@@ -69,8 +67,8 @@ impl SqlEngine {
         for d in Dataset::ALL {
             ctx.register_table(d.name(), Arc::new(DatasetTable::new(d, store.clone())))?;
         }
-        for (suffix, unit) in VM_USAGE_WINDOWS {
-            let body = VM_USAGE_SQL.replace("{window}", unit);
+        for (suffix, unit) in crate::vm_billing::RAW_VIEW_WINDOWS {
+            let body = crate::vm_billing::RAW_VIEW_SQL.replace("{window}", unit);
             ctx.sql(&format!("CREATE VIEW vm_usage_{suffix} AS {body}"))
                 .await?
                 .collect()
@@ -82,27 +80,43 @@ impl SqlEngine {
         })
     }
 
-    /// Registers the stored rollup tables (`usage_llm_hourly`, …,
-    /// `vm_usage_hours`, `vm_gap_spans`): the rolled-up hours only.
-    pub async fn with_rollups(
+    /// Adds the stored rollup tables (`usage_llm_hourly`, …,
+    /// `vm_usage_hours`, `vm_gap_spans`: the rolled-up hours only) and the
+    /// `llm_cost_usd` function, and makes `vm_usage_hourly`,
+    /// `vm_usage_daily` and `vm_usage_monthly` the server's bills (stored
+    /// hours plus raw samples) instead of the views over raw samples that
+    /// `tally sql` has.
+    pub async fn with_history(
         self,
-        rollups: Arc<tally_pipeline::rollup::Rollups>,
+        history: &crate::history::History,
+        prices: Arc<crate::prices::PriceCatalogue>,
     ) -> Result<Self, QueryError> {
         for d in Dataset::ALL {
             let Some((table, _)) = crate::history::rollup_of(d) else {
                 continue;
             };
-            let schema = crate::history::rollup_schema(d).await?;
+            let schema = history.rollup_schema(d).await?;
             self.ctx.register_table(
                 table,
-                Arc::new(crate::catalog::RollupTable::new(
+                Arc::new(catalog::RollupTable::new(
                     d,
                     table,
                     schema,
-                    rollups.clone(),
+                    history.rollups().clone(),
                 )),
             )?;
         }
+        for (table, window) in crate::vm_billing::table::TABLES {
+            self.ctx.deregister_table(table)?;
+            self.ctx.register_table(
+                table,
+                Arc::new(crate::vm_billing::table::BillTable::new(
+                    history.clone(),
+                    window,
+                )),
+            )?;
+        }
+        self.ctx.register_udf(crate::prices::cost_udf(prices));
         Ok(self)
     }
 
@@ -120,6 +134,16 @@ impl SqlEngine {
 
     /// Runs one read-only statement: DDL, DML and other statements are refused.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        self.query_with_params(sql, Vec::new()).await
+    }
+
+    /// [`SqlEngine::query`] with `$1`, `$2`, … bound to `params`: values
+    /// from a request never become SQL text.
+    pub async fn query_with_params(
+        &self,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
         if sql.trim().is_empty() {
             return Err(QueryError::Invalid(
                 "the request body must hold a SQL query".into(),
@@ -129,7 +153,17 @@ impl SqlEngine {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = self.ctx.sql_with_options(sql, options).await?;
+        let plan = |ctx: Arc<SessionContext>, params: Vec<ScalarValue>| async move {
+            let df = ctx.sql_with_options(sql, options).await?;
+            if params.is_empty() {
+                Ok::<_, DataFusionError>(df)
+            } else {
+                df.with_param_values(ParamValues::List(
+                    params.into_iter().map(Into::into).collect(),
+                ))
+            }
+        };
+        let df = plan(self.ctx.clone(), params.clone()).await?;
         match df.collect().await {
             Ok(batches) => Ok(batches),
             Err(e) if !reads_files(&e) => Err(e.into()),
@@ -145,7 +179,7 @@ impl SqlEngine {
                 }
                 tracing::error!(files = moved, error = %e, "a query hit unreadable files; they are in quarantine and the query ran again without them");
                 // Planned again: the scan takes a new snapshot of the files.
-                let df = self.ctx.sql_with_options(sql, options).await?;
+                let df = plan(self.ctx.clone(), params).await?;
                 Ok(df.collect().await?)
             }
         }

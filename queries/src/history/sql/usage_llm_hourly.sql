@@ -1,7 +1,12 @@
 -- Hourly rollup of usage_llm: one row per hour and (microdao_id, agent_id,
 -- actor_id, model, provider). `source` holds each record of the hours once.
--- Cost is not stored: it is priced from the four token sums per model when
--- read, so a new price list applies to old hours as it does to raw records.
+-- cost_usd prices the four token sums of the row by the price catalogue in
+-- force when the hour was rolled up (NULL for a model without a price); the
+-- read APIs price the same sums with the catalogue of the running server.
+SELECT *,
+       llm_cost_usd(model, provider, prompt_tokens, completion_tokens,
+                    cache_creation_tokens, cache_read_tokens) AS cost_usd
+FROM (
 SELECT CAST(date_trunc('hour', timestamp) AS BIGINT) AS hour,
        CAST(microdao_id AS VARCHAR) AS microdao_id,
        CAST(agent_id AS VARCHAR) AS agent_id,
@@ -19,3 +24,4 @@ SELECT CAST(date_trunc('hour', timestamp) AS BIGINT) AS hour,
        CAST(COUNT(CASE WHEN NOT success THEN 1 END) AS BIGINT) AS failures
 FROM source
 GROUP BY 1, 2, 3, 4, 5, 6
+)
