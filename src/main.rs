@@ -43,9 +43,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => server::serve(config::Config::resolve(*args)?)
-                .await
-                .map(|()| ExitCode::SUCCESS),
+            Command::Serve(args) => {
+                let config = config::Config::resolve(args.config.as_deref(), &args.components)?;
+                server::serve(config).await.map(|()| ExitCode::SUCCESS)
+            }
             Command::Sql(args) => sql(args).await.map(|()| ExitCode::SUCCESS),
             Command::Check(args) => tokio::task::spawn_blocking(move || check::run(args)).await?,
         }

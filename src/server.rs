@@ -1,5 +1,12 @@
-//! `tally serve`: recovery, wiring and graceful shutdown.
+//! `tally serve`: each component started in order, the routes put
+//! together, and the shutdown order.
+//!
+//! The order: the core (recovery, WAL, pipeline), the Parquet sink (flusher,
+//! shared listing, compactor), the read side (history, SQL engine), the
+//! sources, the routes, the listeners. Shutdown goes the other way: no new
+//! requests, sources stop, the last flush, the WAL closes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,234 +22,415 @@ use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::{now_ns, Pipeline, Relay};
 use tally_queries::history::History;
-use tally_queries::plan_usage::{UsageApi, UsageApiConfig};
+use tally_queries::plan_usage::UsageApi;
 use tally_queries::prices::PriceCatalogue;
 use tally_queries::SqlEngine;
-use tally_sinks::control_plane::{self, ForwarderConfig};
+use tally_sinks::control_plane::{self, ControlPlaneForwarder};
 use tally_sinks::kafka_relay::KafkaRelay;
+use tally_sinks::parquet::control::ParquetControl;
 use tally_sinks::parquet::layout::wal_dir;
 use tally_sinks::parquet::verify::FileDoctor;
-use tally_sinks::{
-    recover, CompactionPolicy, Compactor, Destination, FlushPolicy, FlushTarget, Flusher,
-    SharedListing,
-};
+use tally_sinks::{recover, Compactor, Destination, FlushTarget, Flusher, SharedListing};
 use tally_sources::billing::BillingService;
 use tally_sources::hardware::stream::UsageFeed;
 use tally_sources::hardware::{self, HostSampler};
-use tally_sources::kafka::{KafkaHooks, KafkaStatus};
+use tally_sources::kafka::KafkaStatus;
 use tally_sources::nats::NatsStatus;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::status::{self, StatusState};
 
-/// Samples further apart than this are a gap (DESIGN.md's billing rules; the
-/// rollup SQL uses the same limit).
-const GAP_LIMIT_SECS: u64 = 120;
+type Shared<T> = Arc<parking_lot::Mutex<T>>;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_file_limit();
     let started = Instant::now();
-    let metrics = Arc::new(Metrics::default());
-    let store = Arc::new(Store::new(config.max_queued_rows));
-    let dedup = Arc::new(Dedup::new(
-        config.dedup_window.as_secs(),
-        config.dedup_max_keys,
-        metrics.clone(),
-    ));
-
-    let data = config.files_dir();
-    let state = config.state_root();
-    let destination = match Destination::parse(&config.data.to_string_lossy())? {
-        Some(object) => {
-            tracing::info!(location = %config.data.display(), state = %state.display(), "Parquet goes to object storage; WAL and staging stay local");
-            object
-        }
-        None => Destination::Local,
+    let (stop_tx, stop) = watch::channel(false);
+    let core = Core::start(&config).await?;
+    let sink = ParquetSink::start(&config, &core, &stop).await?;
+    let read = ReadSide::start(&config, &core, &sink, &stop).await?;
+    let sources = Sources::start(&config, &core, &sink, &stop).await?;
+    let status = StatusState {
+        pipeline: core.pipeline.clone(),
+        flusher: sink.flusher.clone(),
+        billing: sources.billing.metrics.clone(),
+        forwarder: sources.forwarder.as_ref().map(|f| f.metrics.clone()),
+        nats: config.nats.is_some().then(|| sources.nats_status.clone()),
+        kafka: config.kafka.is_some().then(|| sources.kafka_status.clone()),
+        sampler: config
+            .sampler_interval
+            .map(|_| sources.sampler_cost.clone()),
+        quarantine: core.quarantine.clone(),
+        gpu: sources.gpu_status.clone(),
+        started,
     };
-    let quarantine_dir = tally_sinks::parquet::layout::quarantine_dir(&state);
-    let quarantine = Arc::new(
-        Quarantine::open(&quarantine_dir, metrics.clone())
-            .with_context(|| format!("opening the quarantine {}", quarantine_dir.display()))?,
-    );
-    let target = FlushTarget {
-        data: data.clone(),
-        state: state.clone(),
-        destination: Arc::new(destination),
-        node: config.node_id.clone(),
-        quarantine: Some(quarantine.clone()),
-    };
-    let recovered = {
-        let (target, store, dedup) = (target.clone(), store.clone(), dedup.clone());
-        tokio::task::spawn_blocking(move || recover(&target, &store, &dedup)).await?
+    let app = routes(&config, &core, &read, &sources, status.clone())?;
+    let metrics_only = config
+        .metrics_listen
+        .map(|a| (a, status::metrics_router(status.clone())));
+    let listeners = config.listen.iter().map(|a| (*a, app.clone()));
+    let mut servers = Vec::new();
+    for (addr, app) in listeners.chain(metrics_only) {
+        servers.push(listen(addr, app, stop.clone()).await?);
     }
-    .with_context(|| format!("recovering data location {}", config.data.display()))?;
-    let now_secs = (now_ns() / 1_000_000_000) as u64;
-    let (wal, replay) = Wal::open(
-        WalConfig {
-            dir: wal_dir(&state),
-            segment_bytes: config.wal_segment_bytes,
-            max_group_bytes: 16 << 20,
-            quarantine: Some(quarantine.clone()),
-        },
-        store.clone(),
-        metrics.clone(),
-        recovered.checkpoint.flushed_seq,
-        |r| {
-            if let Some(key) = r.key() {
-                dedup.insert(r.dataset, &key, now_secs);
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new requests; flushing");
+    let _ = stop_tx.send(true);
+    for s in servers {
+        if let Ok(Err(e)) = s.await {
+            tracing::warn!(error = %e, "listener ended with an error");
+        }
+    }
+    sources.stopped().await;
+    let _ = sink.flusher_task.await;
+    let flushed = sink.flusher.flush().await;
+    core.wal.shutdown().await;
+    match flushed {
+        Ok(stats) => {
+            tracing::info!(
+                files = stats.files,
+                rows = stats.rows,
+                "stopped; everything is in Parquet"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "final flush failed; the WAL keeps the records for the next start");
+            Err(e.into())
+        }
+    }
+}
+
+/// Recovery, the WAL and the pipeline every source writes through.
+struct Core {
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    dedup: Arc<Dedup>,
+    quarantine: Arc<Quarantine>,
+    target: FlushTarget,
+    wal: Wal,
+    pipeline: Pipeline,
+    checkpoint: tally_sinks::Checkpoint,
+    compacted: Vec<(tally_pipeline::Dataset, std::path::PathBuf)>,
+}
+
+impl Core {
+    async fn start(config: &Config) -> anyhow::Result<Core> {
+        let metrics = Arc::new(Metrics::default());
+        let p = &config.pipeline;
+        let store = Arc::new(Store::new(p.max_queued_rows));
+        let dedup = Arc::new(Dedup::new(
+            p.dedup_window.as_secs(),
+            p.dedup_max_keys,
+            metrics.clone(),
+        ));
+        let (data, state) = (config.files_dir(), config.state_root());
+        let destination = match Destination::parse(&config.data.to_string_lossy())? {
+            Some(object) => {
+                tracing::info!(location = %config.data.display(), state = %state.display(), "Parquet goes to object storage; WAL and staging stay local");
+                object
             }
-        },
-    )
-    .context("opening the WAL")?;
-    tracing::info!(
-        data = %data.display(),
-        files = recovered.files,
-        dedup_keys = recovered.dedup_keys_restored,
-        renames_completed = recovered.renames_completed,
-        files_quarantined = recovered.quarantined,
-        wal_damaged_regions = replay.damage.len(),
-        wal_entries_replayed = replay.entries_replayed,
-        wal_records_replayed = replay.records_replayed,
-        wal_entries_left_to_kafka = replay.entries_left_to_log,
-        last_seq = replay.last_seq,
-        "recovered"
-    );
-
-    let relay: Option<Arc<dyn Relay>> = match &config.relay_kafka {
-        Some((brokers, topic)) => {
-            tracing::info!(%brokers, %topic, "edge node: relaying accepted records to Kafka");
-            Some(Arc::new(
-                KafkaRelay::new(brokers, topic, Duration::from_secs(30))
-                    .context("starting the Kafka relay")?,
-            ))
+            None => Destination::Local,
+        };
+        let quarantine_dir = tally_sinks::parquet::layout::quarantine_dir(&state);
+        let quarantine = Arc::new(
+            Quarantine::open(&quarantine_dir, metrics.clone())
+                .with_context(|| format!("opening the quarantine {}", quarantine_dir.display()))?,
+        );
+        let target = FlushTarget {
+            data: data.clone(),
+            state: state.clone(),
+            destination: Arc::new(destination),
+            node: config.node_id.clone(),
+            quarantine: Some(quarantine.clone()),
+        };
+        let recovered = {
+            let (target, store, dedup) = (target.clone(), store.clone(), dedup.clone());
+            tokio::task::spawn_blocking(move || recover(&target, &store, &dedup)).await?
         }
-        None => None,
-    };
-    let pipeline = Pipeline::with_relay(
-        wal.clone(),
-        store.clone(),
-        dedup.clone(),
-        metrics.clone(),
-        relay,
-    );
-    let flusher = Arc::new(Flusher::new(
-        target.clone(),
-        store.clone(),
-        wal.clone(),
-        metrics.clone(),
-        FlushPolicy {
-            max_rows: config.flush_rows,
-            max_bytes: config.flush_bytes,
-            max_age: config.flush_interval,
-            tick: Duration::from_millis(100),
-        },
-        recovered.checkpoint,
-    ));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let flusher_task = tokio::spawn(flusher.clone().run(stop_rx.clone()));
-    tokio::spawn(expire_dedup(dedup.clone(), stop_rx.clone()));
-
-    let listing = Arc::new(SharedListing::new(
-        target.clone(),
-        store.clone(),
-        dedup.clone(),
-    ));
-    if config.shares_data_location() {
-        tokio::spawn(listing.clone().run(config.list_interval, stop_rx.clone()));
+        .with_context(|| format!("recovering data location {}", config.data.display()))?;
+        let now_secs = (now_ns() / 1_000_000_000) as u64;
+        let (wal, replay) = Wal::open(
+            WalConfig {
+                dir: wal_dir(&state),
+                segment_bytes: p.wal_segment_bytes,
+                max_group_bytes: 16 << 20,
+                quarantine: Some(quarantine.clone()),
+            },
+            store.clone(),
+            metrics.clone(),
+            recovered.checkpoint.flushed_seq,
+            |r| {
+                if let Some(key) = r.key() {
+                    dedup.insert(r.dataset, &key, now_secs);
+                }
+            },
+        )
+        .context("opening the WAL")?;
+        tracing::info!(
+            data = %data.display(),
+            files = recovered.files,
+            dedup_keys = recovered.dedup_keys_restored,
+            renames_completed = recovered.renames_completed,
+            files_quarantined = recovered.quarantined,
+            wal_damaged_regions = replay.damage.len(),
+            wal_entries_replayed = replay.entries_replayed,
+            wal_records_replayed = replay.records_replayed,
+            wal_entries_left_to_kafka = replay.entries_left_to_log,
+            last_seq = replay.last_seq,
+            "recovered"
+        );
+        let relay: Option<Arc<dyn Relay>> = match &config.relay {
+            Some(r) => {
+                tracing::info!(brokers = %r.brokers, topic = %r.topic, "edge node: relaying accepted records to Kafka");
+                Some(Arc::new(
+                    KafkaRelay::new(&r.brokers, &r.topic, r.timeout)
+                        .context("starting the Kafka relay")?,
+                ))
+            }
+            None => None,
+        };
+        let pipeline = Pipeline::with_relay(
+            wal.clone(),
+            store.clone(),
+            dedup.clone(),
+            metrics.clone(),
+            relay,
+        );
+        Ok(Core {
+            metrics,
+            store,
+            dedup,
+            quarantine,
+            target,
+            wal,
+            pipeline,
+            checkpoint: recovered.checkpoint,
+            compacted: recovered.compacted,
+        })
     }
-    let prices = Arc::new(match &config.prices {
-        Some(path) => PriceCatalogue::from_file(path)?,
-        None => PriceCatalogue::embedded(),
-    });
-    tracing::info!(models = prices.len(), "price catalogue loaded");
-    let rollups = Arc::new(Rollups::new());
-    let history = History::new(
-        store.clone(),
-        rollups.clone(),
-        target.destination.object_store(),
-        prices.clone(),
-        GAP_LIMIT_SECS,
-    );
-    let compactor = Arc::new(Compactor::new(
-        target.clone(),
-        store.clone(),
-        rollups.clone(),
-        Arc::new(history.clone()),
-        CompactionPolicy {
-            compact_after: config.compact_after,
-            interval: config.compact_interval,
-            raw_retention: config.raw_retention,
-            rollup_retention: config.rollup_retention,
-            // Replaced files stay one interval for queries still reading them.
-            grace: config.compact_interval,
-        },
-        metrics.clone(),
-    ));
-    {
-        let (c, compacted) = (compactor.clone(), recovered.compacted.clone());
+}
+
+/// The Parquet sink: the flusher, the listing of a shared prefix, the
+/// compactor and its stored rollups.
+struct ParquetSink {
+    flusher: Arc<Flusher>,
+    flusher_task: JoinHandle<()>,
+    listing: Arc<SharedListing>,
+    rollups: Arc<Rollups>,
+}
+
+impl ParquetSink {
+    async fn start(
+        config: &Config,
+        core: &Core,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<ParquetSink> {
+        let settings = &config.parquet;
+        let flusher = Arc::new(Flusher::new(
+            core.target.clone(),
+            core.store.clone(),
+            core.wal.clone(),
+            core.metrics.clone(),
+            settings.flush.clone(),
+            core.checkpoint.clone(),
+        ));
+        let flusher_task = tokio::spawn(flusher.clone().run(stop.clone()));
+        tokio::spawn(expire_dedup(core.dedup.clone(), stop.clone()));
+        let listing = Arc::new(SharedListing::new(
+            core.target.clone(),
+            core.store.clone(),
+            core.dedup.clone(),
+        ));
+        if config.shares_data_location() {
+            tokio::spawn(listing.clone().run(settings.list_interval, stop.clone()));
+        }
+        Ok(ParquetSink {
+            flusher,
+            flusher_task,
+            listing,
+            rollups: Arc::new(Rollups::new()),
+        })
+    }
+
+    /// What a Kafka source may ask of this sink.
+    fn control(&self) -> Arc<ParquetControl> {
+        Arc::new(ParquetControl {
+            flusher: self.flusher.clone(),
+            listing: self.listing.clone(),
+        })
+    }
+}
+
+/// The read side: prices, history (stored rollups and raw records, and the
+/// compactor that writes the rollups), the SQL engine.
+struct ReadSide {
+    prices: Arc<PriceCatalogue>,
+    history: History,
+    engine: SqlEngine,
+}
+
+impl ReadSide {
+    async fn start(
+        config: &Config,
+        core: &Core,
+        sink: &ParquetSink,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<ReadSide> {
+        let prices = Arc::new(config.prices.load()?);
+        tracing::info!(models = prices.len(), "price catalogue loaded");
+        let object = core.target.destination.object_store();
+        let history = History::new(
+            core.store.clone(),
+            sink.rollups.clone(),
+            object.clone(),
+            prices.clone(),
+        );
+        let compactor = Arc::new(Compactor::new(
+            core.target.clone(),
+            core.store.clone(),
+            sink.rollups.clone(),
+            Arc::new(history.clone()),
+            config.parquet.compaction.clone(),
+            core.metrics.clone(),
+        ));
+        let (c, compacted) = (compactor.clone(), core.compacted.clone());
         let n = tokio::task::spawn_blocking(move || c.recover(&compacted))
             .await?
             .context("loading the stored rollups")?;
         tracing::info!(hours = n, "stored rollups registered");
+        tokio::spawn(compactor.run(stop.clone()));
+        let engine = SqlEngine::with_object_store(core.store.clone(), object)
+            .await?
+            .with_history(&history, prices.clone())
+            .await?
+            .with_file_check(Arc::new(FileDoctor::new(
+                core.target.destination.clone(),
+                core.target.data.clone(),
+                core.store.clone(),
+                core.quarantine.clone(),
+            )));
+        Ok(ReadSide {
+            prices,
+            history,
+            engine,
+        })
     }
-    tokio::spawn(compactor.clone().run(stop_rx.clone()));
-    let engine = SqlEngine::with_object_store(store.clone(), target.destination.object_store())
-        .await?
-        .with_history(&history, prices.clone())
-        .await?
-        .with_file_check(Arc::new(FileDoctor::new(
-            target.destination.clone(),
-            data.clone(),
-            store.clone(),
-            quarantine.clone(),
-        )));
-    let kafka_status = Arc::new(parking_lot::Mutex::new(KafkaStatus::default()));
-    let kafka_thread = match config.kafka.clone() {
-        Some(kafka) => {
-            let hooks = KafkaHooks {
-                flushed: flusher.flushed(),
-                flush_now: {
-                    let flusher = flusher.clone();
-                    Arc::new(move || {
-                        let flusher = flusher.clone();
-                        Box::pin(async move {
-                            flusher.flush().await.map_err(|e| e.to_string())?;
-                            let flushed = *flusher.flushed().borrow();
-                            Ok(flushed)
-                        })
-                    })
-                },
-                refresh: {
-                    let listing = listing.clone();
-                    Arc::new(move || {
-                        let listing = listing.clone();
-                        Box::pin(async move {
-                            listing
-                                .refresh()
-                                .await
-                                .map(|_| ())
-                                .map_err(|e| e.to_string())
-                        })
-                    })
-                },
-            };
-            Some(
+}
+
+/// The sources besides HTTP ingest: billing.v1, NATS, Kafka, the host
+/// sampler, and the control-plane hook that sees accepted payloads.
+struct Sources {
+    billing: BillingService,
+    forwarder: Option<Arc<ControlPlaneForwarder>>,
+    tap: Option<Arc<dyn PayloadTap>>,
+    nats_status: Shared<NatsStatus>,
+    nats_task: Option<JoinHandle<()>>,
+    kafka_status: Shared<KafkaStatus>,
+    kafka_thread: Option<std::thread::JoinHandle<()>>,
+    sampler_cost: Shared<Duration>,
+    gpu_status: Option<serde_json::Value>,
+    feed: UsageFeed,
+    /// Keeps `/usage` open when no sampler sends updates.
+    updates_keepalive: Option<watch::Sender<Option<hardware::Update>>>,
+}
+
+impl Sources {
+    async fn start(
+        config: &Config,
+        core: &Core,
+        sink: &ParquetSink,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<Sources> {
+        let pipeline = &core.pipeline;
+        let kafka_status = Shared::default();
+        let kafka_thread = match config.kafka.clone() {
+            Some(kafka) => Some(
                 tally_sources::kafka::start(
                     kafka,
                     pipeline.clone(),
-                    hooks,
+                    sink.control(),
                     kafka_status.clone(),
-                    stop_rx.clone(),
+                    stop.clone(),
                 )
                 .context("starting the Kafka source")?,
-            )
+            ),
+            None => None,
+        };
+        let forwarder = config.control_plane.clone().map(|c| {
+            tracing::info!(url = %c.url, "forwarding chat.usage_summary to the control plane");
+            control_plane::start(c)
+        });
+        let tap: Option<Arc<dyn PayloadTap>> = forwarder.clone().map(|f| f as Arc<dyn PayloadTap>);
+        let nats_status: Shared<NatsStatus> = Shared::default();
+        let nats_task = config.nats.clone().map(|nats| {
+            let (pipeline, tap, status, stop) = (
+                pipeline.clone(),
+                tap.clone(),
+                nats_status.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) =
+                    tally_sources::nats::run(nats, pipeline, tap, status.clone(), stop).await
+                {
+                    tracing::error!(error = %e, "NATS collector stopped");
+                    *status.lock() = NatsStatus {
+                        connected: false,
+                        detail: Some(e.to_string()),
+                    };
+                }
+            })
+        });
+        let (feed, updates_keepalive, sampler_cost, gpu_status) =
+            start_sampler(config, pipeline, stop).await?;
+        Ok(Sources {
+            billing: BillingService::new(pipeline.clone()),
+            forwarder,
+            tap,
+            nats_status,
+            nats_task,
+            kafka_status,
+            kafka_thread,
+            sampler_cost,
+            gpu_status,
+            feed,
+            updates_keepalive,
+        })
+    }
+
+    /// Waits for the sources to stop (after the stop signal).
+    async fn stopped(self) {
+        drop(self.updates_keepalive);
+        if let Some(t) = self.nats_task {
+            let _ = t.await;
         }
-        None => None,
-    };
+        if let Some(t) = self.kafka_thread {
+            // It flushes and commits what it consumed before it returns.
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// The host sampler (when on) and the `/usage` feed it drives: the feed,
+/// the sender kept while no sampler runs, the sampler's tick cost and the
+/// GPU status.
+async fn start_sampler(
+    config: &Config,
+    pipeline: &Pipeline,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(
+    UsageFeed,
+    Option<watch::Sender<Option<hardware::Update>>>,
+    Shared<Duration>,
+    Option<serde_json::Value>,
+)> {
     let (updates_tx, updates_rx) = watch::channel(None);
-    let tick_cost = Arc::new(parking_lot::Mutex::new(Duration::ZERO));
+    let tick_cost = Shared::default();
     let sampler = match config.sampler_interval {
         Some(_) => {
             let gpu = tokio::task::spawn_blocking(hardware::gpu::open).await?;
@@ -261,7 +449,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(why) = &gpu_absent {
         tracing::info!(reason = %why, "no GPU telemetry; GPU fields are left out");
     }
-    let updates_keepalive = match (sampler, config.sampler_interval) {
+    let gpu_status = host.as_ref().map(|h| match &gpu_absent {
+        None => serde_json::json!({"status": "ok", "count": h.gpus.len()}),
+        Some(why) => serde_json::json!({"status": "absent", "detail": why}),
+    });
+    let keepalive = match (sampler, config.sampler_interval) {
         (Some(sampler), Some(interval)) => {
             tokio::spawn(hardware::run(
                 sampler,
@@ -269,155 +461,86 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 pipeline.clone(),
                 updates_tx,
                 tick_cost.clone(),
-                stop_rx.clone(),
+                stop.clone(),
             ));
             None
         }
         // No sampler: /usage still answers system_info; nothing follows.
         _ => Some(updates_tx),
     };
-    let host_for_ws = host.clone();
     let feed = UsageFeed {
-        system_info: Arc::new(move || {
-            match &host_for_ws {
+        system_info: Arc::new(move || match &host {
             Some(h) => h.system_info().to_string(),
-            None => serde_json::json!({"type": "system_info", "timestamp": tally_pipeline::now_ns() / 1_000_000_000}).to_string(),
-        }
+            None => {
+                serde_json::json!({"type": "system_info", "timestamp": now_ns() / 1_000_000_000})
+                    .to_string()
+            }
         }),
         updates: updates_rx,
     };
-    let forwarder = config.control_plane_url.clone().map(|url| {
-        tracing::info!(%url, "forwarding chat.usage_summary to the control plane");
-        control_plane::start(ForwarderConfig::new(url))
-    });
-    let tap: Option<Arc<dyn PayloadTap>> = forwarder.clone().map(|f| f as Arc<dyn PayloadTap>);
-    let nats_status = Arc::new(parking_lot::Mutex::new(NatsStatus::default()));
-    let nats_task = config.nats.clone().map(|nats| {
-        let (pipeline, tap, status, stop) = (
-            pipeline.clone(),
-            tap.clone(),
-            nats_status.clone(),
-            stop_rx.clone(),
-        );
-        tokio::spawn(async move {
-            if let Err(e) =
-                tally_sources::nats::run(nats, pipeline, tap, status.clone(), stop).await
-            {
-                tracing::error!(error = %e, "NATS collector stopped");
-                *status.lock() = NatsStatus {
-                    connected: false,
-                    detail: Some(e.to_string()),
-                };
-            }
-        })
-    });
-    let billing = BillingService::new(pipeline.clone(), GAP_LIMIT_SECS);
-    let status = StatusState {
-        pipeline: pipeline.clone(),
-        flusher: flusher.clone(),
-        billing: billing.metrics.clone(),
-        forwarder: forwarder.as_ref().map(|f| f.metrics.clone()),
-        nats: config.nats.is_some().then(|| nats_status.clone()),
-        kafka: config.kafka.is_some().then(|| kafka_status.clone()),
-        sampler: config.sampler_interval.map(|_| tick_cost.clone()),
-        quarantine: quarantine.clone(),
-        gpu: host.as_ref().map(|h| match &gpu_absent {
-            None => serde_json::json!({"status": "ok", "count": h.gpus.len()}),
-            Some(why) => serde_json::json!({"status": "absent", "detail": why}),
-        }),
-        started,
-    };
+    Ok((feed, keepalive, tick_cost, gpu_status))
+}
+
+/// Every route of the main listeners.
+fn routes(
+    config: &Config,
+    core: &Core,
+    read: &ReadSide,
+    sources: &Sources,
+    status: StatusState,
+) -> anyhow::Result<Router> {
     let usage_config_path =
-        tally_sinks::parquet::layout::state_dir(&state).join("usage_config.json");
-    quarantine_unreadable_usage_config(&usage_config_path, &quarantine);
-    let app = Router::new()
-        .merge(tally_sources::http::router(pipeline.clone(), tap.clone()))
-        .merge(tally_queries::agent_usage::router(
-            history.clone(),
-            prices.clone(),
+        tally_sinks::parquet::layout::state_dir(&core.target.state).join("usage_config.json");
+    quarantine_unreadable_usage_config(&usage_config_path, &core.quarantine);
+    let usage_api = UsageApi::new(
+        read.engine.clone(),
+        read.history.clone(),
+        core.pipeline.clone(),
+        read.prices.clone(),
+        config.usage_api.resolve(usage_config_path),
+    )
+    .context("loading the usage API configuration")?;
+    Ok(Router::new()
+        .merge(tally_sources::http::router(
+            core.pipeline.clone(),
+            sources.tap.clone(),
         ))
-        .merge(hardware::stream::router(feed))
-        .merge(
-            UsageApi::new(
-                engine.clone(),
-                history.clone(),
-                pipeline.clone(),
-                prices.clone(),
-                UsageApiConfig {
-                    config_path: usage_config_path.clone(),
-                    config_updates_per_minute: config.usage_config_rate,
-                    stats_per_minute: config.usage_stats_rate,
-                },
-            )
-            .context("loading the usage API configuration")?
-            .router(),
-        )
         .merge(tally_sources::billing::router(
-            billing,
+            sources.billing.clone(),
             config.max_body_bytes,
         ))
-        .merge(tally_queries::sql::route::router(engine))
-        .merge(tally_queries::vm_billing::router(history.clone()))
-        .merge(status::router(status.clone()))
-        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+        .merge(hardware::stream::router(sources.feed.clone()))
+        .merge(tally_queries::agent_usage::router(
+            read.history.clone(),
+            read.prices.clone(),
+        ))
+        .merge(usage_api.router())
+        .merge(tally_queries::sql::route::router(read.engine.clone()))
+        .merge(tally_queries::vm_billing::router(read.history.clone()))
+        .merge(status::router(status))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes)))
+}
 
-    let mut servers = Vec::new();
-    let listeners = config.listen.iter().map(|a| (*a, app.clone())).chain(
-        config
-            .metrics_listen
-            .map(|a| (a, status::metrics_router(status.clone()))),
-    );
-    for (addr, app) in listeners {
-        let listener = TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "listening");
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        }));
-    }
-
-    shutdown_signal().await;
-    tracing::info!("shutting down: no new requests; flushing");
-    let _ = stop_tx.send(true);
-    for s in servers {
-        if let Ok(Err(e)) = s.await {
-            tracing::warn!(error = %e, "listener ended with an error");
-        }
-    }
-    drop(updates_keepalive);
-    let _ = flusher_task.await;
-    if let Some(t) = nats_task {
-        let _ = t.await;
-    }
-    if let Some(t) = kafka_thread {
-        // It flushes and commits what it consumed before it returns.
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
-    let flushed = flusher.flush().await;
-    wal.shutdown().await;
-    match flushed {
-        Ok(stats) => {
-            tracing::info!(
-                files = stats.files,
-                rows = stats.rows,
-                "stopped; everything is in Parquet"
-            );
-            Ok(())
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "final flush failed; the WAL keeps the records for the next start");
-            Err(e.into())
-        }
-    }
+/// Serves `app` on `addr` until `stop`.
+async fn listen(
+    addr: SocketAddr,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    Ok(tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+    }))
 }
 
 /// A Usage API configuration file that cannot be read goes to the

@@ -93,7 +93,7 @@ fn billing() -> &'static Billing {
         )
         .expect("WAL opens");
         let pipeline = Pipeline::new(wal, store, dedup, metrics);
-        let router = tally_sources::billing::router(BillingService::new(pipeline, 120), 1 << 20);
+        let router = tally_sources::billing::router(BillingService::new(pipeline), 1 << 20);
         Billing {
             runtime,
             router,

@@ -30,6 +30,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     }
 }
 
+/// `#[serde(with = "tally_pipeline::duration::opt")]` for an
+/// `Option<Duration>` written as `"10s"` in a config file.
+pub mod opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => super::parse_duration(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +67,9 @@ mod tests {
             parse_duration("1w").unwrap_err().to_string(),
             "duration unit must be one of ms, s, m, h, d; got \"w\""
         );
-        assert!(matches!(parse_duration("soon"), Err(DurationError::Number(_))));
+        assert!(matches!(
+            parse_duration("soon"),
+            Err(DurationError::Number(_))
+        ));
     }
 }

@@ -18,7 +18,15 @@ pub trait Relay: Send + Sync {
     fn send(
         &self,
         records: Vec<Record>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<(), RelayError>> + Send + '_>>;
+}
+
+/// The relay did not take the records: nothing was acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("producing to {topic}: {reason}")]
+pub struct RelayError {
+    pub topic: String,
+    pub reason: String,
 }
 
 /// A payload a source could not turn into a record. It is stored in
@@ -116,7 +124,7 @@ pub enum IngestError {
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error("the Kafka relay did not take the records: {0}")]
-    Relay(String),
+    Relay(#[from] RelayError),
 }
 
 /// Shared handle to the pipeline.

@@ -5,17 +5,20 @@
 //! queries read it.
 
 pub mod batch;
+pub mod config;
 pub mod dataset;
 pub mod dedup;
+pub mod duration;
 pub mod ingest;
 pub mod metrics;
 pub mod quarantine;
 pub mod record;
 pub mod rollup;
+pub mod sink;
 pub mod store;
 pub mod tap;
 pub mod wal;
 
 pub use dataset::{Column, ColumnType, Dataset};
-pub use ingest::{now_ns, IngestError, IngestReport, Pipeline, Rejection, Relay};
+pub use ingest::{now_ns, IngestError, IngestReport, Pipeline, Rejection, Relay, RelayError};
 pub use record::{Record, RecordBuilder, RowLayout, SchemaError, Value};

@@ -20,6 +20,11 @@ use parking_lot::RwLock;
 use crate::dataset::Dataset;
 use crate::store::FileEntry;
 
+/// Two VM samples further apart than this are a gap and count nothing
+/// (DESIGN.md's billing rules): the billing source's gap detection and the
+/// read side's rollups use this one value.
+pub const VM_GAP_LIMIT_SECS: u64 = 120;
+
 pub const HOUR_NS: i64 = 3_600_000_000_000;
 
 /// The hour (nanoseconds since the epoch, a multiple of [`HOUR_NS`]) of a

@@ -66,6 +66,31 @@ pub enum PriceError {
     },
 }
 
+/// Which price catalogue (`[prices]` in `tally.toml`).
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[command(next_help_heading = "Prices")]
+pub struct PricesArgs {
+    /// LLM price catalogue (LiteLLM's JSON shape) instead of the built-in one.
+    #[arg(
+        id = "prices",
+        value_name = "FILE",
+        long = "prices",
+        env = "TALLY_PRICES"
+    )]
+    #[serde(default)]
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl PricesArgs {
+    pub fn load(&self) -> Result<PriceCatalogue, PriceError> {
+        match &self.file {
+            Some(path) => PriceCatalogue::from_file(path),
+            None => Ok(PriceCatalogue::embedded()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PriceCatalogue {
     models: HashMap<String, ModelPrice>,

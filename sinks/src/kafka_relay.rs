@@ -16,21 +16,67 @@ use std::time::Duration;
 use futures::future::try_join_all;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tally_pipeline::wal::codec::encode_records;
-use tally_pipeline::{Record, Relay, Value};
+use tally_pipeline::wal::codec::{encode_records, RECORDS_TOPIC};
+use tally_pipeline::{Record, Relay, RelayError, Value};
 
-/// Default topic of relayed records.
-pub const RECORDS_TOPIC: &str = "tally.records";
 /// Upper bound of one Kafka message; the broker default is 1 MiB.
 const MAX_MESSAGE_BYTES: usize = 512 << 10;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RelayError {
+pub enum KafkaRelayError {
     #[error("cannot create the Kafka producer for {brokers}: {source}")]
     Create {
         brokers: String,
         source: rdkafka::error::KafkaError,
     },
+}
+
+/// An edge node's relay (`[relay]` in `tally.toml`).
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[command(next_help_heading = "Kafka relay (edge node)")]
+pub struct RelayArgs {
+    /// Edge node: relay accepted records to these Kafka brokers instead of
+    /// writing Parquet (acknowledged once the brokers have them).
+    #[arg(
+        id = "relay_kafka",
+        value_name = "BROKERS",
+        long = "relay-kafka",
+        env = "TALLY_RELAY_KAFKA",
+        conflicts_with = "kafka"
+    )]
+    #[serde(default)]
+    pub brokers: Option<String>,
+
+    /// Topic of relayed records. [default: tally.records]
+    #[arg(
+        id = "relay_topic",
+        value_name = "TOPIC",
+        long = "relay-topic",
+        env = "TALLY_RELAY_TOPIC"
+    )]
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+/// [`RelayArgs`] with the defaults applied: brokers and topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelaySettings {
+    pub brokers: String,
+    pub topic: String,
+    /// How long a record may wait for the brokers.
+    pub timeout: Duration,
+}
+
+impl RelayArgs {
+    /// `None` when this node is not an edge node.
+    pub fn resolve(&self) -> Option<RelaySettings> {
+        self.brokers.clone().map(|brokers| RelaySettings {
+            brokers,
+            topic: self.topic.clone().unwrap_or_else(|| RECORDS_TOPIC.into()),
+            timeout: Duration::from_secs(30),
+        })
+    }
 }
 
 pub struct KafkaRelay {
@@ -40,7 +86,7 @@ pub struct KafkaRelay {
 }
 
 impl KafkaRelay {
-    pub fn new(brokers: &str, topic: &str, timeout: Duration) -> Result<Self, RelayError> {
+    pub fn new(brokers: &str, topic: &str, timeout: Duration) -> Result<Self, KafkaRelayError> {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
@@ -49,7 +95,7 @@ impl KafkaRelay {
             .set("linger.ms", "2")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()
-            .map_err(|source| RelayError::Create {
+            .map_err(|source| KafkaRelayError::Create {
                 brokers: brokers.to_string(),
                 source,
             })?;
@@ -60,7 +106,7 @@ impl KafkaRelay {
         })
     }
 
-    async fn send_all(&self, records: Vec<Record>) -> Result<(), String> {
+    async fn send_all(&self, records: Vec<Record>) -> Result<(), RelayError> {
         let mut by_tenant: HashMap<String, Vec<Record>> = HashMap::new();
         for r in records {
             by_tenant.entry(partition_key(&r)).or_default().push(r);
@@ -76,7 +122,10 @@ impl KafkaRelay {
             )
         }))
         .await
-        .map_err(|(e, _)| format!("producing to {}: {e}", self.topic))?;
+        .map_err(|(e, _)| RelayError {
+            topic: self.topic.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(())
     }
 }
@@ -85,7 +134,7 @@ impl Relay for KafkaRelay {
     fn send(
         &self,
         records: Vec<Record>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<(), RelayError>> + Send + '_>> {
         Box::pin(self.send_all(records))
     }
 }

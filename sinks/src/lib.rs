@@ -7,6 +7,7 @@ pub mod parquet;
 
 pub use parquet::checkpoint::Checkpoint;
 pub use parquet::compact::{CompactionPolicy, CompactionReport, Compactor};
+pub use parquet::config::{ParquetArgs, ParquetSettings};
 pub use parquet::destination::Destination;
 pub use parquet::flusher::{FlushPolicy, FlushTarget, Flusher};
 pub use parquet::listing::SharedListing;

@@ -13,6 +13,9 @@ use crate::dataset::Dataset;
 use crate::record::{Record, Value};
 
 pub const FORMAT_VERSION: u8 = 1;
+/// The Kafka topic of records in this encoding: edge nodes relay to it,
+/// writers consume it (unless another is configured).
+pub const RECORDS_TOPIC: &str = "tally.records";
 /// Flag bit of the version byte: the records came from a replayable log.
 pub const FROM_LOG: u8 = 0x80;
 

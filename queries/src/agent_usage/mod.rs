@@ -52,7 +52,10 @@ pub struct Filters {
 }
 
 impl Filters {
-    pub fn parse(params: &HashMap<String, String>, now: DateTime<Utc>) -> Result<Filters, String> {
+    pub(crate) fn parse(
+        params: &HashMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> Result<Filters, String> {
         let mut errors = Vec::new();
         let hours = match params.get("period_hours") {
             None => 24,

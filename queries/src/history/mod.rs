@@ -93,7 +93,6 @@ impl History {
         rollups: Arc<Rollups>,
         object: Option<(Url, Arc<dyn ObjectStore>)>,
         prices: Arc<PriceCatalogue>,
-        gap_limit_secs: u64,
     ) -> Self {
         Self {
             store,
@@ -102,7 +101,7 @@ impl History {
             prices,
             cache: Arc::new(Mutex::new(HashMap::new())),
             regrouped: Arc::new(Mutex::new(HashMap::new())),
-            gap_limit_ns: gap_limit_secs as i64 * 1_000_000_000,
+            gap_limit_ns: tally_pipeline::rollup::VM_GAP_LIMIT_SECS as i64 * 1_000_000_000,
         }
     }
 

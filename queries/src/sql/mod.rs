@@ -68,7 +68,12 @@ impl SqlEngine {
             ctx.register_table(d.name(), Arc::new(DatasetTable::new(d, store.clone())))?;
         }
         for (suffix, unit) in crate::vm_billing::RAW_VIEW_WINDOWS {
-            let body = crate::vm_billing::RAW_VIEW_SQL.replace("{window}", unit);
+            let body = crate::vm_billing::RAW_VIEW_SQL
+                .replace("{window}", unit)
+                .replace(
+                    "{gap_limit_ns}",
+                    &(tally_pipeline::rollup::VM_GAP_LIMIT_SECS * 1_000_000_000).to_string(),
+                );
             ctx.sql(&format!("CREATE VIEW vm_usage_{suffix} AS {body}"))
                 .await?
                 .collect()

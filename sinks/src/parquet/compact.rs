@@ -69,18 +69,6 @@ pub struct CompactionPolicy {
     pub grace: Duration,
 }
 
-impl Default for CompactionPolicy {
-    fn default() -> Self {
-        Self {
-            compact_after: Duration::from_secs(600),
-            interval: Duration::from_secs(30),
-            raw_retention: None,
-            rollup_retention: None,
-            grace: Duration::from_secs(30),
-        }
-    }
-}
-
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct CompactionReport {

@@ -30,17 +30,6 @@ pub struct FlushPolicy {
     pub tick: Duration,
 }
 
-impl Default for FlushPolicy {
-    fn default() -> Self {
-        Self {
-            max_rows: 200_000,
-            max_bytes: 64 << 20,
-            max_age: Duration::from_secs(10),
-            tick: Duration::from_millis(100),
-        }
-    }
-}
-
 /// What one round wrote.
 #[derive(Debug, Default, Clone)]
 pub struct FlushStats {

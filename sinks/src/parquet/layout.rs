@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Datelike, Timelike};
+use tally_pipeline::config::ConfigError;
 use tally_pipeline::Dataset;
 
 /// Directory of tally's own state (WAL, checkpoint); Hive readers skip `_`.
@@ -57,19 +58,25 @@ pub fn node_of(name: &str) -> Option<&str> {
 }
 
 /// A node id is a file-name part: letters, digits, `.`, `_` and `-`.
-pub fn check_node_id(node: &str) -> Result<(), String> {
+pub fn check_node_id(node: &str) -> Result<(), ConfigError> {
     if node.is_empty() || node.len() > 64 {
-        return Err(format!(
-            "node_id must be 1 to 64 characters, got {} ({node:?})",
-            node.len()
+        return Err(ConfigError::new(
+            "node_id",
+            format!(
+                "node_id must be 1 to 64 characters, got {} ({node:?})",
+                node.len()
+            ),
         ));
     }
     match node
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        Some(c) => Err(format!(
-            "node_id may hold letters, digits, '.', '_' and '-' only, got {c:?} in {node:?}"
+        Some(c) => Err(ConfigError::new(
+            "node_id",
+            format!(
+                "node_id may hold letters, digits, '.', '_' and '-' only, got {c:?} in {node:?}"
+            ),
         )),
         None => Ok(()),
     }
@@ -116,7 +123,8 @@ mod tests {
         assert!(check_node_id("writer-1.eu_west").is_ok());
         assert!(check_node_id("")
             .unwrap_err()
+            .reason
             .contains("node_id must be 1 to 64 characters"));
-        assert!(check_node_id("a/b").unwrap_err().contains("'/'"));
+        assert!(check_node_id("a/b").unwrap_err().reason.contains("'/'"));
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod checkpoint;
 pub mod compact;
+pub mod config;
+pub mod control;
 pub mod destination;
 pub mod flusher;
 pub mod layout;

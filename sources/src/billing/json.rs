@@ -120,7 +120,7 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
     })
 }
 
-pub fn metrics_batch(body: &[u8]) -> Result<SendMetricsBatchRequest, String> {
+pub(crate) fn metrics_batch(body: &[u8]) -> Result<SendMetricsBatchRequest, String> {
     let b: MetricsBatch = parse(body)?;
     Ok(SendMetricsBatchRequest {
         vm_id: b.vm_id,
@@ -141,7 +141,7 @@ pub fn metrics_batch(body: &[u8]) -> Result<SendMetricsBatchRequest, String> {
     })
 }
 
-pub fn heartbeat(body: &[u8]) -> Result<SendHeartbeatRequest, String> {
+pub(crate) fn heartbeat(body: &[u8]) -> Result<SendHeartbeatRequest, String> {
     let h: Heartbeat = parse(body)?;
     Ok(SendHeartbeatRequest {
         instance_id: h.instance_id,
@@ -149,7 +149,7 @@ pub fn heartbeat(body: &[u8]) -> Result<SendHeartbeatRequest, String> {
     })
 }
 
-pub fn vm_started(body: &[u8]) -> Result<NotifyVmStartedRequest, String> {
+pub(crate) fn vm_started(body: &[u8]) -> Result<NotifyVmStartedRequest, String> {
     let s: Started = parse(body)?;
     Ok(NotifyVmStartedRequest {
         vm_id: s.vm_id,
@@ -158,7 +158,7 @@ pub fn vm_started(body: &[u8]) -> Result<NotifyVmStartedRequest, String> {
     })
 }
 
-pub fn vm_stopped(body: &[u8]) -> Result<NotifyVmStoppedRequest, String> {
+pub(crate) fn vm_stopped(body: &[u8]) -> Result<NotifyVmStoppedRequest, String> {
     let s: Stopped = parse(body)?;
     Ok(NotifyVmStoppedRequest {
         vm_id: s.vm_id,
@@ -166,7 +166,7 @@ pub fn vm_stopped(body: &[u8]) -> Result<NotifyVmStoppedRequest, String> {
     })
 }
 
-pub fn possible_gap(body: &[u8]) -> Result<NotifyPossibleGapRequest, String> {
+pub(crate) fn possible_gap(body: &[u8]) -> Result<NotifyPossibleGapRequest, String> {
     let g: Gap = parse(body)?;
     Ok(NotifyPossibleGapRequest {
         vm_id: g.vm_id,

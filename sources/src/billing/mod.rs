@@ -9,7 +9,7 @@
 
 pub mod connect;
 pub mod grpc;
-pub mod json;
+pub(crate) mod json;
 pub mod metrics;
 pub mod service;
 

@@ -63,7 +63,7 @@ impl From<IngestError> for RpcError {
         match e {
             IngestError::QueueFull(q) => RpcError::ResourceExhausted(q.to_string()),
             IngestError::Wal(w) => RpcError::Unavailable(w.to_string()),
-            IngestError::Relay(r) => RpcError::Unavailable(r),
+            IngestError::Relay(r) => RpcError::Unavailable(r.to_string()),
         }
     }
 }
@@ -253,12 +253,12 @@ impl VmEvent<'_> {
 }
 
 impl BillingService {
-    pub fn new(pipeline: Pipeline, gap_limit_secs: u64) -> Self {
+    pub fn new(pipeline: Pipeline) -> Self {
         Self {
             pipeline,
             fleet: Arc::new(Mutex::new(Fleet::default())),
             metrics: Arc::new(BillingMetrics::default()),
-            gap_limit_ns: gap_limit_secs as i64 * 1_000_000_000,
+            gap_limit_ns: tally_pipeline::rollup::VM_GAP_LIMIT_SECS as i64 * 1_000_000_000,
         }
     }
 

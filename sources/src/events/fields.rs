@@ -34,10 +34,6 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub fn object(&self) -> &'a Map<String, Json> {
-        self.obj
-    }
-
     pub fn error(&mut self, e: String) {
         self.errors.push(e);
     }

@@ -1,9 +1,9 @@
 //! The JSON events of specs 001 and 004, by subject, and their mapping onto
 //! datasets. Shared by every source that carries these events.
 
-pub mod agent_usage;
-pub mod chat_usage;
-pub mod fields;
+pub(crate) mod agent_usage;
+pub(crate) mod chat_usage;
+pub(crate) mod fields;
 
 use std::fmt;
 
@@ -61,9 +61,9 @@ impl Subject {
     /// or Kafka topic it came on.
     pub fn decode_message(self, channel: &str, payload: &[u8]) -> Result<Record, Rejection> {
         serde_json::from_slice::<Json>(payload)
-            .map_err(|e| format!("message is not valid JSON: {e}"))
+            .map_err(|e| InvalidEvent(format!("message is not valid JSON: {e}")))
             .and_then(|v| self.decode(&v))
-            .map_err(|reason| Rejection {
+            .map_err(|InvalidEvent(reason)| Rejection {
                 index: None,
                 subject: Some(channel.to_string()),
                 dataset: Some(self.dataset()),
@@ -73,9 +73,9 @@ impl Subject {
     }
 
     /// Turns one event into a record, or says what is wrong with it.
-    pub fn decode(self, event: &Json) -> Result<Record, String> {
+    pub fn decode(self, event: &Json) -> Result<Record, InvalidEvent> {
         let Some(obj) = event.as_object() else {
-            return Err(format!(
+            return Err(InvalidEvent(format!(
                 "a {} event must be a JSON object, got {}",
                 self.name(),
                 match event {
@@ -85,18 +85,25 @@ impl Subject {
                     Json::Bool(_) => "a boolean",
                     _ => "null",
                 }
-            ));
+            )));
         };
-        match self {
+        let decoded = match self {
             Subject::UsageLlm => agent_usage::llm(obj),
             Subject::UsageTool => agent_usage::tool(obj),
             Subject::UsageAgent => agent_usage::agent(obj),
             Subject::MessageCreated => agent_usage::message(obj),
             Subject::ChatUsageDelta => chat_usage::delta(obj),
             Subject::ChatUsageSummary => chat_usage::summary(obj),
-        }
+        };
+        decoded.map_err(InvalidEvent)
     }
 }
+
+/// An event that does not follow its spec: the reason names the field and
+/// the rule (it is what the sender is told).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidEvent(pub String);
 
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -76,23 +76,28 @@ impl GpuProbe for NvmlProbe {
     }
 }
 
+/// Why there is no GPU telemetry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GpuUnavailable(pub String);
+
 /// Loads NVML and lists the GPUs, or says why there is no GPU telemetry.
-pub fn open() -> Result<Box<dyn GpuProbe>, String> {
+pub fn open() -> Result<Box<dyn GpuProbe>, GpuUnavailable> {
     let nvml = nvml_wrapper::Nvml::builder()
         .lib_path(std::ffi::OsStr::new("libnvidia-ml.so.1"))
         .init()
-        .map_err(|e| format!("NVML unavailable (libnvidia-ml.so.1): {e}"))?;
+        .map_err(|e| GpuUnavailable(format!("NVML unavailable (libnvidia-ml.so.1): {e}")))?;
     let count = nvml
         .device_count()
-        .map_err(|e| format!("NVML device count: {e}"))?;
+        .map_err(|e| GpuUnavailable(format!("NVML device count: {e}")))?;
     if count == 0 {
-        return Err("NVML found no GPU".into());
+        return Err(GpuUnavailable("NVML found no GPU".into()));
     }
     let mut gpus = Vec::new();
     for index in 0..count {
         let d = nvml
             .device_by_index(index)
-            .map_err(|e| format!("NVML device {index}: {e}"))?;
+            .map_err(|e| GpuUnavailable(format!("NVML device {index}: {e}")))?;
         gpus.push(GpuInfo {
             index,
             name: d.name().unwrap_or_else(|_| "unknown".into()),
@@ -132,6 +137,6 @@ mod tests {
             return;
         }
         let err = open().err().expect("no driver here");
-        assert!(err.contains("NVML unavailable"), "{err}");
+        assert!(err.0.contains("NVML unavailable"), "{err}");
     }
 }

@@ -15,7 +15,7 @@ use tally_pipeline::metrics::Outcome;
 use tally_pipeline::{now_ns, Dataset, Pipeline, Record, RecordBuilder, SchemaError, Value};
 use tokio::sync::watch;
 
-use gpu::{GpuInfo, GpuProbe, GpuTotals};
+use gpu::{GpuInfo, GpuProbe, GpuTotals, GpuUnavailable};
 
 pub const SOURCE: &str = "sampler";
 /// CPU usage needs two refreshes at least this far apart.
@@ -102,6 +102,57 @@ impl HostSample {
     }
 }
 
+/// The host sampler cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    #[error("cannot read host statistics: {0}")]
+    HostStats(String),
+}
+
+/// The host sampler's settings (`[sampler]` in `tally.toml`).
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[command(next_help_heading = "Host sampler (/usage, host_metrics)")]
+pub struct SamplerArgs {
+    /// Sample CPU, RAM and GPU this often. [default: 1s]
+    #[arg(id = "sampler_interval",
+        value_name = "DURATION", long = "sampler-interval", env = "TALLY_SAMPLER_INTERVAL", value_parser = tally_pipeline::duration::parse_duration)]
+    #[serde(default, with = "tally_pipeline::duration::opt")]
+    pub interval: Option<std::time::Duration>,
+
+    /// Do not sample the host (`/usage` still answers system_info).
+    #[arg(
+        id = "no_sampler",
+        value_name = "BOOL",
+        long = "no-sampler",
+        env = "TALLY_NO_SAMPLER",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    #[serde(default)]
+    pub off: Option<bool>,
+}
+
+impl SamplerArgs {
+    /// The sampling interval, `None` when the sampler is off.
+    pub fn resolve(
+        &self,
+    ) -> Result<Option<std::time::Duration>, tally_pipeline::config::ConfigError> {
+        if self.off.unwrap_or(false) {
+            return Ok(None);
+        }
+        let interval = self.interval.unwrap_or(std::time::Duration::from_secs(1));
+        if interval < std::time::Duration::from_millis(200) {
+            return Err(tally_pipeline::config::ConfigError::new(
+                "sampler.interval",
+                "sampler_interval must be at least 200ms (CPU usage needs two readings that far apart)",
+            ));
+        }
+        Ok(Some(interval))
+    }
+}
+
 /// One long-lived `System`, refreshed narrowly (CPU usage and RAM only).
 pub struct HostSampler {
     system: System,
@@ -112,18 +163,18 @@ pub struct HostSampler {
 }
 
 impl HostSampler {
-    pub fn new(gpu: Result<Box<dyn GpuProbe>, String>) -> Result<Self, String> {
+    pub fn new(gpu: Result<Box<dyn GpuProbe>, GpuUnavailable>) -> Result<Self, SamplerError> {
         let kinds = RefreshKind::nothing()
             .with_cpu(CpuRefreshKind::nothing().with_usage())
             .with_memory(MemoryRefreshKind::nothing().with_ram());
         let mut system = System::new_with_specifics(kinds)
-            .map_err(|e| format!("cannot read host statistics: {e}"))?;
+            .map_err(|e| SamplerError::HostStats(e.to_string()))?;
         system.refresh_cpu_usage();
         system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
         let cpus = system.cpus();
         let (gpu, gpu_absent) = match gpu {
             Ok(g) => (Some(g), None),
-            Err(why) => (None, Some(why)),
+            Err(why) => (None, Some(why.0)),
         };
         let info = HostInfo {
             hostname: System::host_name().unwrap_or_else(|_| "unknown".into()),
@@ -255,7 +306,8 @@ mod tests {
 
     #[test]
     fn a_real_sample_has_plausible_values_and_no_gpu_fields() {
-        let mut s = HostSampler::new(Err("no GPU in this test".into())).unwrap();
+        let mut s =
+            HostSampler::new(Err(gpu::GpuUnavailable("no GPU in this test".into()))).unwrap();
         std::thread::sleep(MIN_INTERVAL);
         let sample = s.sample();
         assert!(s.info.cpu_count >= 1);

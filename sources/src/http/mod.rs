@@ -21,6 +21,24 @@ use body::Item;
 
 pub const SOURCE: &str = "http";
 
+/// Request limits of every HTTP route (`[http]` in `tally.toml`).
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpArgs {
+    /// Largest request body accepted, in bytes. [default: 33554432]
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES")]
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+}
+
+impl HttpArgs {
+    /// The largest request body, in bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes.unwrap_or(32 << 20)
+    }
+}
+
 #[derive(Clone)]
 struct HttpIngest {
     pipeline: Pipeline,
@@ -89,7 +107,7 @@ async fn ingest(
         let decoded = match item {
             Item::Event(v) => match subject.decode(&v) {
                 Ok(r) => Ok((r, v)),
-                Err(e) => Err((v.to_string(), e)),
+                Err(e) => Err((v.to_string(), e.0)),
             },
             Item::Unreadable { raw, error } => Err((raw, error)),
         };

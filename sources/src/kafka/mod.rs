@@ -21,9 +21,9 @@
 //! put their keys into dedup, and the records it reads again count as
 //! duplicates.
 
+pub mod config;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
+use tally_pipeline::sink::SinkControl;
 use tally_pipeline::wal::codec::decode_records;
 use tally_pipeline::{now_ns, IngestError, Pipeline, Record, Rejection};
 use tally_proto::billing::v1::SendMetricsBatchRequest;
@@ -54,8 +55,6 @@ const BATCH: usize = 4096;
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 
 /// A future the Kafka thread waits on.
-pub type Hook<T> = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = T> + Send>> + Send + Sync>;
-
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -79,7 +78,7 @@ impl KafkaConfig {
             node: node.to_string(),
             subjects: HashMap::new(),
             vm_metrics_topic: "vm.metrics".into(),
-            records_topic: "tally.records".into(),
+            records_topic: tally_pipeline::wal::codec::RECORDS_TOPIC.into(),
             partitions: 8,
             session_timeout: Duration::from_secs(10),
         }
@@ -108,16 +107,6 @@ enum Route {
     Subject(Subject),
     VmMetrics,
     Records,
-}
-
-/// What the source needs of the sink: when records are in Parquet, a way to
-/// flush now (before a revocation), and a listing of the shared prefix
-/// (before consuming new partitions).
-#[derive(Clone)]
-pub struct KafkaHooks {
-    pub flushed: watch::Receiver<u64>,
-    pub flush_now: Hook<Result<u64, String>>,
-    pub refresh: Hook<Result<(), String>>,
 }
 
 /// The source's state, for `/health` and `/metrics`.
@@ -178,7 +167,7 @@ impl PendingOffsets {
 
 struct Shared {
     rt: Handle,
-    hooks: KafkaHooks,
+    sink: Arc<dyn SinkControl>,
     node: String,
     pending: Mutex<PendingOffsets>,
     /// Bumped on every revocation: what a batch polled before one is
@@ -235,7 +224,7 @@ impl ConsumerContext for Context {
                 partitions = tpl.count(),
                 "Kafka partitions revoked: flushing and committing"
             );
-            match s.rt.block_on((s.hooks.flush_now)()) {
+            match s.rt.block_on(s.sink.flush_now()) {
                 Ok(flushed) => s.commit_flushed(consumer, flushed),
                 Err(e) => {
                     tracing::error!(error = %e, "flush before revocation failed; the next owner reads the uncommitted offsets again");
@@ -253,7 +242,7 @@ impl ConsumerContext for Context {
         let s = &self.shared;
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "Kafka partitions assigned");
-            if let Err(e) = s.rt.block_on((s.hooks.refresh)()) {
+            if let Err(e) = s.rt.block_on(s.sink.refresh()) {
                 tracing::warn!(error = %e, "listing the shared prefix before consuming failed");
             }
             s.status.lock().assigned_partitions = tpl.count();
@@ -349,7 +338,7 @@ fn decode(
 pub fn start(
     config: KafkaConfig,
     pipeline: Pipeline,
-    hooks: KafkaHooks,
+    sink: Arc<dyn SinkControl>,
     status: Arc<Mutex<KafkaStatus>>,
     stop: watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>, KafkaError> {
@@ -359,7 +348,7 @@ pub fn start(
     topics.sort();
     let shared = Arc::new(Shared {
         rt: rt.clone(),
-        hooks,
+        sink,
         node: config.node.clone(),
         pending: Mutex::new(PendingOffsets::default()),
         revocations: AtomicU64::new(0),
@@ -409,7 +398,7 @@ pub fn start(
             run(&consumer, &shared, &routes, &pipeline, stop);
             // A clean stop: flush what was consumed and commit it, so the
             // group's next owner starts exactly after it.
-            match rt.block_on((shared.hooks.flush_now)()) {
+            match rt.block_on(shared.sink.flush_now()) {
                 Ok(flushed) => shared.commit_flushed(&consumer, flushed),
                 Err(e) => tracing::warn!(error = %e, "final flush of the Kafka source failed; its offsets stay uncommitted"),
             }
@@ -426,7 +415,7 @@ fn run(
     pipeline: &Pipeline,
     stop: watch::Receiver<bool>,
 ) {
-    let mut flushed = shared.hooks.flushed.clone();
+    let mut flushed = shared.sink.flushed();
     while !*stop.borrow() {
         let mut generation = shared.revocations.load(Ordering::SeqCst);
         let started = Instant::now();

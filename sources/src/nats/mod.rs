@@ -8,6 +8,8 @@
 //!   acknowledged only after its record (or its rejection) is in the fsync'd
 //!   WAL; redeliveries are deduplicated by `event_id`.
 
+pub mod config;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 -- VM usage rollup by the billing rules of DESIGN.md (never inflate).
 -- `{window}` is hour, day or month; tally registers one view per window:
--- vm_usage_hourly, vm_usage_daily, vm_usage_monthly.
+-- vm_usage_hourly, vm_usage_daily, vm_usage_monthly. `{gap_limit_ns}` is
+-- the gap limit (VM_GAP_LIMIT_SECS) in nanoseconds.
 --
 -- Per VM, distinct samples are ordered by time and taken in consecutive
 -- pairs (a, b). A pair is a gap, and counts nothing, when b - a is over the
@@ -40,10 +41,10 @@ reported_gaps AS (
 classified AS (
     SELECT p.*,
            p.a_ns IS NOT NULL
-             AND p.ts_ns - p.a_ns <= 120000000000
+             AND p.ts_ns - p.a_ns <= {gap_limit_ns}
              AND r.vm_id IS NULL AS counted,
            p.a_ns IS NOT NULL
-             AND (p.ts_ns - p.a_ns > 120000000000 OR r.vm_id IS NOT NULL) AS gap
+             AND (p.ts_ns - p.a_ns > {gap_limit_ns} OR r.vm_id IS NOT NULL) AS gap
     FROM pairs p
     LEFT JOIN reported_gaps r ON r.vm_id = p.vm_id AND r.ts_ns = p.ts_ns
 )

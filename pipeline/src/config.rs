@@ -1,0 +1,148 @@
+//! What every component's settings share: the error a bad setting gives,
+//! and the layering of flags (and environment) over `tally.toml`.
+//!
+//! A component owns one settings struct, both `clap::Args` (its flags,
+//! environment variables and `--help` text) and serde (its `tally.toml`
+//! section), with every field optional; its `resolve` applies the defaults,
+//! written there only.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A setting that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    /// The setting's name, as in `tally.toml`.
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `flags` over `file`: each setting the flags (or environment) give wins;
+/// the others come from the file. A setting is given when it is not `None`
+/// and not an empty list; sections (nested structs) are layered the same way.
+pub fn layer<T: Serialize + DeserializeOwned>(flags: &T, file: T) -> Result<T, serde_json::Error> {
+    let mut merged = serde_json::to_value(file)?;
+    overlay(&mut merged, serde_json::to_value(flags)?);
+    serde_json::from_value(merged)
+}
+
+fn overlay(into: &mut serde_json::Value, from: serde_json::Value) {
+    use serde_json::Value;
+    match (into, from) {
+        (Value::Object(m), Value::Object(f)) => {
+            for (k, v) in f {
+                match m.get_mut(&k) {
+                    Some(slot @ Value::Object(_)) if v.is_object() => overlay(slot, v),
+                    _ => {
+                        let given = match &v {
+                            Value::Null => false,
+                            Value::Array(a) => !a.is_empty(),
+                            _ => true,
+                        };
+                        if given {
+                            m.insert(k, v);
+                        }
+                    }
+                }
+            }
+        }
+        (slot, v) => {
+            if !v.is_null() {
+                *slot = v;
+            }
+        }
+    }
+}
+
+/// Admission, dedup and the WAL (`[pipeline]` in `tally.toml`).
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[command(next_help_heading = "Pipeline: admission, dedup, WAL")]
+pub struct PipelineArgs {
+    /// Records admitted but not yet in Parquet, per dataset, before senders
+    /// are refused with a retry hint. [default: 1000000]
+    #[arg(long, env = "TALLY_MAX_QUEUED_ROWS")]
+    #[serde(default)]
+    pub max_queued_rows: Option<usize>,
+
+    /// How long a record's key is remembered to drop a resent copy. [default: 24h]
+    #[arg(long, env = "TALLY_DEDUP_WINDOW", value_parser = crate::duration::parse_duration)]
+    #[serde(default, with = "crate::duration::opt")]
+    pub dedup_window: Option<std::time::Duration>,
+
+    /// At most this many keys per dataset in the in-memory dedup index (the
+    /// oldest are evicted first; compaction drops copies it misses). [default: 10000000]
+    #[arg(long, env = "TALLY_DEDUP_MAX_KEYS")]
+    #[serde(default)]
+    pub dedup_max_keys: Option<usize>,
+
+    /// Size at which a WAL segment is closed and a new one started. [default: 67108864]
+    #[arg(long, env = "TALLY_WAL_SEGMENT_BYTES")]
+    #[serde(default)]
+    pub wal_segment_bytes: Option<u64>,
+}
+
+/// [`PipelineArgs`] with the defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineSettings {
+    pub max_queued_rows: usize,
+    pub dedup_window: std::time::Duration,
+    pub dedup_max_keys: usize,
+    pub wal_segment_bytes: u64,
+}
+
+impl PipelineArgs {
+    pub fn resolve(&self) -> Result<PipelineSettings, ConfigError> {
+        let s = PipelineSettings {
+            max_queued_rows: self.max_queued_rows.unwrap_or(1_000_000),
+            dedup_window: self
+                .dedup_window
+                .unwrap_or(std::time::Duration::from_secs(86_400)),
+            dedup_max_keys: self.dedup_max_keys.unwrap_or(10_000_000),
+            wal_segment_bytes: self.wal_segment_bytes.unwrap_or(64 << 20),
+        };
+        if s.max_queued_rows == 0 {
+            return Err(ConfigError::new("max_queued_rows", "must be at least 1"));
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_setting_by_setting() {
+        let file = PipelineArgs {
+            max_queued_rows: Some(5),
+            dedup_max_keys: Some(9),
+            ..Default::default()
+        };
+        let flags = PipelineArgs {
+            max_queued_rows: Some(7),
+            dedup_window: Some(std::time::Duration::from_millis(1500)),
+            ..Default::default()
+        };
+        let s = layer(&flags, file).unwrap().resolve().unwrap();
+        assert_eq!(
+            (
+                s.max_queued_rows,
+                s.dedup_max_keys,
+                s.dedup_window.as_millis()
+            ),
+            (7, 9, 1500)
+        );
+        assert_eq!(s.wal_segment_bytes, 64 << 20);
+    }
+}

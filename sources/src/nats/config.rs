@@ -1,0 +1,106 @@
+//! The NATS source's settings (`[nats]` in `tally.toml`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tally_pipeline::config::ConfigError;
+use tally_pipeline::duration::parse_duration;
+
+use super::NatsConfig;
+use crate::events::Subject;
+
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[command(next_help_heading = "NATS source")]
+pub struct NatsArgs {
+    /// Collect the event subjects (spec 001/004) from this NATS server.
+    #[arg(id = "nats", value_name = "URL", long = "nats", env = "NATS_URL")]
+    #[serde(default)]
+    pub url: Option<String>,
+
+    /// Consume through this JetStream stream (at-least-once) instead of core NATS.
+    #[arg(
+        id = "nats_stream",
+        value_name = "STREAM",
+        long = "nats-stream",
+        env = "TALLY_NATS_STREAM",
+        requires = "nats"
+    )]
+    #[serde(default)]
+    pub stream: Option<String>,
+
+    /// Create the stream when it does not exist.
+    #[arg(
+        id = "nats_create_stream",
+        value_name = "BOOL",
+        long = "nats-create-stream",
+        env = "TALLY_NATS_CREATE_STREAM",
+        requires = "nats_stream",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    #[serde(default)]
+    pub create_stream: Option<bool>,
+
+    /// Durable consumer name. [default: tally]
+    #[arg(
+        id = "nats_consumer",
+        value_name = "NAME",
+        long = "nats-consumer",
+        env = "TALLY_NATS_CONSUMER"
+    )]
+    #[serde(default)]
+    pub consumer: Option<String>,
+
+    /// Redelivery delay of unacknowledged JetStream messages. [default: 10s]
+    #[arg(id = "nats_ack_wait",
+        value_name = "DURATION", long = "nats-ack-wait", env = "TALLY_NATS_ACK_WAIT", value_parser = parse_duration)]
+    #[serde(default, with = "tally_pipeline::duration::opt")]
+    pub ack_wait: Option<Duration>,
+
+    /// Use another NATS subject for an event type, e.g. usage.llm=acme.usage.llm (repeatable).
+    #[arg(
+        id = "nats_subjects",
+        long = "nats-subject",
+        value_name = "EVENT=SUBJECT"
+    )]
+    #[serde(default)]
+    pub subjects: Vec<String>,
+}
+
+impl NatsArgs {
+    /// `None` when no NATS server is configured.
+    pub fn resolve(&self) -> Result<Option<NatsConfig>, ConfigError> {
+        let Some(url) = self.url.clone() else {
+            return Ok(None);
+        };
+        let mut subjects = HashMap::new();
+        for pair in &self.subjects {
+            let (event, subject) = pair.split_once('=').unwrap_or((pair, ""));
+            let Some(s) = Subject::from_name(event) else {
+                return Err(ConfigError::new(
+                    "nats.subjects",
+                    format!("nats subject override: unknown event type {event:?}"),
+                ));
+            };
+            if subject.is_empty() {
+                return Err(ConfigError::new(
+                    "nats.subjects",
+                    format!(
+                        "nats subject override for {event} must be EVENT=SUBJECT with a subject"
+                    ),
+                ));
+            }
+            subjects.insert(s, subject.to_string());
+        }
+        Ok(Some(NatsConfig {
+            url,
+            stream: self.stream.clone(),
+            create_stream: self.create_stream.unwrap_or(false),
+            consumer: self.consumer.clone().unwrap_or_else(|| "tally".into()),
+            ack_wait: self.ack_wait.unwrap_or(Duration::from_secs(10)),
+            subjects,
+        }))
+    }
+}
