@@ -8,15 +8,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use tally_pipeline::component::{Context, Handle};
 use tally_pipeline::dedup::Dedup;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::quarantine::Quarantine;
-use tally_pipeline::rollup::Rollups;
 use tally_pipeline::store::Store;
 use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::wal::{Wal, WalConfig};
@@ -27,13 +27,12 @@ use tally_queries::prices::PriceCatalogue;
 use tally_queries::SqlEngine;
 use tally_sinks::control_plane::{self, ControlPlaneForwarder};
 use tally_sinks::kafka_relay::KafkaRelay;
-use tally_sinks::parquet::control::ParquetControl;
 use tally_sinks::parquet::layout::wal_dir;
 use tally_sinks::parquet::verify::FileDoctor;
-use tally_sinks::{recover, Compactor, Destination, FlushTarget, Flusher, SharedListing};
+use tally_sinks::parquet::{ParquetSink, SinkParts};
+use tally_sinks::{recover, Compactor, Destination, FlushTarget};
 use tally_sources::billing::BillingService;
-use tally_sources::hardware::stream::UsageFeed;
-use tally_sources::hardware::{self, HostSampler};
+use tally_sources::hardware;
 use tally_sources::kafka::KafkaStatus;
 use tally_sources::nats::NatsStatus;
 use tokio::net::TcpListener;
@@ -50,21 +49,26 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     let (stop_tx, stop) = watch::channel(false);
     let core = Core::start(&config).await?;
-    let sink = ParquetSink::start(&config, &core, &stop).await?;
+    let ctx = Context {
+        pipeline: core.pipeline.clone(),
+        stop: stop.clone(),
+    };
+    let sink = tally_sinks::parquet::start(&config.parquet, core.sink_parts(&config), &ctx);
+    tokio::spawn(core.dedup.clone().expire_every_minute(stop.clone()));
     let read = ReadSide::start(&config, &core, &sink, &stop).await?;
-    let sources = Sources::start(&config, &core, &sink, &stop).await?;
+    let sources = Sources::start(&config, &ctx, &sink).await?;
     let status = StatusState {
         pipeline: core.pipeline.clone(),
         flusher: sink.flusher.clone(),
         billing: sources.billing.metrics.clone(),
         forwarder: sources.forwarder.as_ref().map(|f| f.metrics.clone()),
-        nats: config.nats.is_some().then(|| sources.nats_status.clone()),
-        kafka: config.kafka.is_some().then(|| sources.kafka_status.clone()),
+        nats: sources.nats.as_ref().map(|(_, s)| s.clone()),
+        kafka: sources.kafka.as_ref().map(|(_, s)| s.clone()),
         sampler: config
             .sampler_interval
-            .map(|_| sources.sampler_cost.clone()),
+            .map(|_| sources.sampler.tick_cost.clone()),
         quarantine: core.quarantine.clone(),
-        gpu: sources.gpu_status.clone(),
+        gpu: sources.sampler.gpu_status.clone(),
         started,
     };
     let app = routes(&config, &core, &read, &sources, status.clone())?;
@@ -86,7 +90,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     sources.stopped().await;
-    let _ = sink.flusher_task.await;
+    sink.handle.stopped().await;
     let flushed = sink.flusher.flush().await;
     core.wal.shutdown().await;
     match flushed {
@@ -119,6 +123,19 @@ struct Core {
 }
 
 impl Core {
+    /// What the Parquet sink is started with.
+    fn sink_parts(&self, config: &Config) -> SinkParts {
+        SinkParts {
+            target: self.target.clone(),
+            store: self.store.clone(),
+            wal: self.wal.clone(),
+            dedup: self.dedup.clone(),
+            metrics: self.metrics.clone(),
+            checkpoint: self.checkpoint.clone(),
+            shared: config.shares_data_location(),
+        }
+    }
+
     async fn start(config: &Config) -> anyhow::Result<Core> {
         let metrics = Arc::new(Metrics::default());
         let p = &config.pipeline;
@@ -215,57 +232,6 @@ impl Core {
     }
 }
 
-/// The Parquet sink: the flusher, the listing of a shared prefix, the
-/// compactor and its stored rollups.
-struct ParquetSink {
-    flusher: Arc<Flusher>,
-    flusher_task: JoinHandle<()>,
-    listing: Arc<SharedListing>,
-    rollups: Arc<Rollups>,
-}
-
-impl ParquetSink {
-    async fn start(
-        config: &Config,
-        core: &Core,
-        stop: &watch::Receiver<bool>,
-    ) -> anyhow::Result<ParquetSink> {
-        let settings = &config.parquet;
-        let flusher = Arc::new(Flusher::new(
-            core.target.clone(),
-            core.store.clone(),
-            core.wal.clone(),
-            core.metrics.clone(),
-            settings.flush.clone(),
-            core.checkpoint.clone(),
-        ));
-        let flusher_task = tokio::spawn(flusher.clone().run(stop.clone()));
-        tokio::spawn(expire_dedup(core.dedup.clone(), stop.clone()));
-        let listing = Arc::new(SharedListing::new(
-            core.target.clone(),
-            core.store.clone(),
-            core.dedup.clone(),
-        ));
-        if config.shares_data_location() {
-            tokio::spawn(listing.clone().run(settings.list_interval, stop.clone()));
-        }
-        Ok(ParquetSink {
-            flusher,
-            flusher_task,
-            listing,
-            rollups: Arc::new(Rollups::new()),
-        })
-    }
-
-    /// What a Kafka source may ask of this sink.
-    fn control(&self) -> Arc<ParquetControl> {
-        Arc::new(ParquetControl {
-            flusher: self.flusher.clone(),
-            listing: self.listing.clone(),
-        })
-    }
-}
-
 /// The read side: prices, history (stored rollups and raw records, and the
 /// compactor that writes the rollups), the SQL engine.
 struct ReadSide {
@@ -328,36 +294,17 @@ struct Sources {
     billing: BillingService,
     forwarder: Option<Arc<ControlPlaneForwarder>>,
     tap: Option<Arc<dyn PayloadTap>>,
-    nats_status: Shared<NatsStatus>,
-    nats_task: Option<JoinHandle<()>>,
-    kafka_status: Shared<KafkaStatus>,
-    kafka_thread: Option<std::thread::JoinHandle<()>>,
-    sampler_cost: Shared<Duration>,
-    gpu_status: Option<serde_json::Value>,
-    feed: UsageFeed,
-    /// Keeps `/usage` open when no sampler sends updates.
-    updates_keepalive: Option<watch::Sender<Option<hardware::Update>>>,
+    nats: Option<(Handle, Shared<NatsStatus>)>,
+    kafka: Option<(Handle, Shared<KafkaStatus>)>,
+    sampler: hardware::Sampler,
 }
 
 impl Sources {
-    async fn start(
-        config: &Config,
-        core: &Core,
-        sink: &ParquetSink,
-        stop: &watch::Receiver<bool>,
-    ) -> anyhow::Result<Sources> {
-        let pipeline = &core.pipeline;
-        let kafka_status = Shared::default();
-        let kafka_thread = match config.kafka.clone() {
-            Some(kafka) => Some(
-                tally_sources::kafka::start(
-                    kafka,
-                    pipeline.clone(),
-                    sink.control(),
-                    kafka_status.clone(),
-                    stop.clone(),
-                )
-                .context("starting the Kafka source")?,
+    async fn start(config: &Config, ctx: &Context, sink: &ParquetSink) -> anyhow::Result<Sources> {
+        let kafka = match config.kafka.clone() {
+            Some(k) => Some(
+                tally_sources::kafka::start(k, ctx, sink.control())
+                    .context("starting the Kafka source")?,
             ),
             None => None,
         };
@@ -365,120 +312,32 @@ impl Sources {
             tracing::info!(url = %c.url, "forwarding chat.usage_summary to the control plane");
             control_plane::start(c)
         });
-        let tap: Option<Arc<dyn PayloadTap>> = forwarder.clone().map(|f| f as Arc<dyn PayloadTap>);
-        let nats_status: Shared<NatsStatus> = Shared::default();
-        let nats_task = config.nats.clone().map(|nats| {
-            let (pipeline, tap, status, stop) = (
-                pipeline.clone(),
-                tap.clone(),
-                nats_status.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) =
-                    tally_sources::nats::run(nats, pipeline, tap, status.clone(), stop).await
-                {
-                    tracing::error!(error = %e, "NATS collector stopped");
-                    *status.lock() = NatsStatus {
-                        connected: false,
-                        detail: Some(e.to_string()),
-                    };
-                }
-            })
-        });
-        let (feed, updates_keepalive, sampler_cost, gpu_status) =
-            start_sampler(config, pipeline, stop).await?;
+        let tap = forwarder.clone().map(|f| f as Arc<dyn PayloadTap>);
+        let nats = config
+            .nats
+            .clone()
+            .map(|n| tally_sources::nats::start(n, ctx, tap.clone()));
         Ok(Sources {
-            billing: BillingService::new(pipeline.clone()),
+            billing: BillingService::new(ctx.pipeline.clone()),
             forwarder,
             tap,
-            nats_status,
-            nats_task,
-            kafka_status,
-            kafka_thread,
-            sampler_cost,
-            gpu_status,
-            feed,
-            updates_keepalive,
+            nats,
+            kafka,
+            sampler: hardware::start(config.sampler_interval, ctx).await,
         })
     }
 
     /// Waits for the sources to stop (after the stop signal).
     async fn stopped(self) {
-        drop(self.updates_keepalive);
-        if let Some(t) = self.nats_task {
-            let _ = t.await;
+        drop(self.sampler.keepalive);
+        for (handle, _) in self.nats.into_iter() {
+            handle.stopped().await;
         }
-        if let Some(t) = self.kafka_thread {
-            // It flushes and commits what it consumed before it returns.
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        for (handle, _) in self.kafka.into_iter() {
+            handle.stopped().await;
         }
+        self.sampler.handle.stopped().await;
     }
-}
-
-/// The host sampler (when on) and the `/usage` feed it drives: the feed,
-/// the sender kept while no sampler runs, the sampler's tick cost and the
-/// GPU status.
-async fn start_sampler(
-    config: &Config,
-    pipeline: &Pipeline,
-    stop: &watch::Receiver<bool>,
-) -> anyhow::Result<(
-    UsageFeed,
-    Option<watch::Sender<Option<hardware::Update>>>,
-    Shared<Duration>,
-    Option<serde_json::Value>,
-)> {
-    let (updates_tx, updates_rx) = watch::channel(None);
-    let tick_cost = Shared::default();
-    let sampler = match config.sampler_interval {
-        Some(_) => {
-            let gpu = tokio::task::spawn_blocking(hardware::gpu::open).await?;
-            match HostSampler::new(gpu) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(error = %e, "hardware sampler disabled");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-    let host = sampler.as_ref().map(|s| s.info.clone());
-    let gpu_absent = sampler.as_ref().and_then(|s| s.gpu_absent.clone());
-    if let Some(why) = &gpu_absent {
-        tracing::info!(reason = %why, "no GPU telemetry; GPU fields are left out");
-    }
-    let gpu_status = host.as_ref().map(|h| match &gpu_absent {
-        None => serde_json::json!({"status": "ok", "count": h.gpus.len()}),
-        Some(why) => serde_json::json!({"status": "absent", "detail": why}),
-    });
-    let keepalive = match (sampler, config.sampler_interval) {
-        (Some(sampler), Some(interval)) => {
-            tokio::spawn(hardware::run(
-                sampler,
-                interval,
-                pipeline.clone(),
-                updates_tx,
-                tick_cost.clone(),
-                stop.clone(),
-            ));
-            None
-        }
-        // No sampler: /usage still answers system_info; nothing follows.
-        _ => Some(updates_tx),
-    };
-    let feed = UsageFeed {
-        system_info: Arc::new(move || match &host {
-            Some(h) => h.system_info().to_string(),
-            None => {
-                serde_json::json!({"type": "system_info", "timestamp": now_ns() / 1_000_000_000})
-                    .to_string()
-            }
-        }),
-        updates: updates_rx,
-    };
-    Ok((feed, keepalive, tick_cost, gpu_status))
 }
 
 /// Every route of the main listeners.
@@ -509,7 +368,9 @@ fn routes(
             sources.billing.clone(),
             config.max_body_bytes,
         ))
-        .merge(hardware::stream::router(sources.feed.clone()))
+        .merge(tally_queries::host_usage::router(
+            sources.sampler.feed.clone(),
+        ))
         .merge(tally_queries::agent_usage::router(
             read.history.clone(),
             read.prices.clone(),
@@ -570,18 +431,6 @@ fn quarantine_unreadable_usage_config(path: &std::path::Path, quarantine: &Quara
         found_at: tally_pipeline::quarantine::now_secs(),
         acknowledged: false,
     });
-}
-
-async fn expire_dedup(dedup: Arc<Dedup>, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let dedup = dedup.clone();
-        let now = (now_ns() / 1_000_000_000) as u64;
-        let _ = tokio::task::spawn_blocking(move || dedup.expire(now)).await;
-    }
 }
 
 async fn shutdown_signal() {

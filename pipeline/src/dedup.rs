@@ -185,6 +185,22 @@ impl Dedup {
         self.sets[dataset.index()].lock().remove(key);
     }
 
+    /// Drops keys older than the window every minute, until `stop`.
+    pub async fn expire_every_minute(
+        self: Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let dedup = self.clone();
+            let now = (crate::pipeline::now_ns() / 1_000_000_000) as u64;
+            let _ = tokio::task::spawn_blocking(move || dedup.expire(now)).await;
+        }
+    }
+
     /// Drops keys older than the window.
     pub fn expire(&self, now_secs: u64) {
         let cutoff = now_secs.saturating_sub(self.window_secs) as u32;

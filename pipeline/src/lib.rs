@@ -5,12 +5,14 @@
 //! queries read it.
 
 pub mod batch;
+pub mod component;
 pub mod config;
 pub mod dataset;
 pub mod dedup;
 pub mod duration;
-pub mod ingest;
+pub mod host;
 pub mod metrics;
+pub mod pipeline;
 pub mod quarantine;
 pub mod record;
 pub mod rollup;
@@ -20,5 +22,5 @@ pub mod tap;
 pub mod wal;
 
 pub use dataset::{Column, ColumnType, Dataset};
-pub use ingest::{now_ns, IngestError, IngestReport, Pipeline, Rejection, Relay, RelayError};
+pub use pipeline::{now_ns, IngestError, IngestReport, Pipeline, Rejection, Relay, RelayError};
 pub use record::{Record, RecordBuilder, RowLayout, SchemaError, Value};

@@ -247,7 +247,7 @@ pub trait FileCheck: Send + Sync {
 
 /// Unix seconds now.
 pub fn now_secs() -> i64 {
-    crate::ingest::now_ns() / 1_000_000_000
+    crate::pipeline::now_ns() / 1_000_000_000
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 //! - `vm_billing/`: `/v1/billing/vm-usage` and the `vm_usage_*` tables;
 //! - `agent_usage/`: `/internal/usage/*` (spec 001);
 //! - `plan_usage/`: the Usage API (spec 002): routes, stats, snapshots,
-//!   stream, its config file.
+//!   stream, its config file;
+//! - `host_usage/`: the `/usage` WebSocket of spec 000 (host and ingest rates).
 
 pub mod agent_usage;
 pub mod history;
+pub mod host_usage;
 pub mod http;
 pub mod plan_usage;
 pub mod prices;

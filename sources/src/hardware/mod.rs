@@ -3,7 +3,6 @@
 //! stream (`stream.rs`).
 
 pub mod gpu;
-pub mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -209,13 +208,7 @@ impl HostSampler {
     }
 }
 
-/// A serialised `usage_update`, shared by every WebSocket client: one
-/// serialisation per tick, a reference count per client.
-#[derive(Debug, Clone)]
-pub struct Update {
-    pub seq: u64,
-    pub json: axum::extract::ws::Utf8Bytes,
-}
+pub use tally_pipeline::host::HostUpdate as Update;
 
 /// Ingest rates per dataset from the accepted-record counters.
 struct Rates {
@@ -259,6 +252,82 @@ impl Rates {
 
 /// Samples every `interval` until `stop`: stores each sample in
 /// `host_usage` and publishes it on `updates`.
+/// The host sampler (when on) and the `/usage` feed it drives.
+pub struct Sampler {
+    pub handle: tally_pipeline::component::Handle,
+    pub feed: tally_pipeline::host::UsageFeed,
+    /// CPU time of the sampler's last tick, for `/metrics`.
+    pub tick_cost: Arc<Mutex<Duration>>,
+    /// GPU telemetry status for `/health`, when the sampler runs.
+    pub gpu_status: Option<Json>,
+    /// Keeps `/usage` open when no sampler sends updates; dropped at shutdown.
+    pub keepalive: Option<watch::Sender<Option<Update>>>,
+}
+
+/// Starts the sampler every `interval` (`None`: off; `/usage` still answers
+/// `system_info`).
+pub async fn start(
+    interval: Option<Duration>,
+    ctx: &tally_pipeline::component::Context,
+) -> Sampler {
+    let (updates_tx, updates_rx) = watch::channel(None);
+    let tick_cost = Arc::new(Mutex::new(Duration::ZERO));
+    let sampler = match interval {
+        Some(_) => {
+            let gpu = tokio::task::spawn_blocking(gpu::open)
+                .await
+                .unwrap_or_else(|e| Err(GpuUnavailable(format!("probing NVML failed: {e}"))));
+            match HostSampler::new(gpu) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "hardware sampler disabled");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let host = sampler.as_ref().map(|s| s.info.clone());
+    let gpu_absent = sampler.as_ref().and_then(|s| s.gpu_absent.clone());
+    if let Some(why) = &gpu_absent {
+        tracing::info!(reason = %why, "no GPU telemetry; GPU fields are left out");
+    }
+    let gpu_status = host.as_ref().map(|h| match &gpu_absent {
+        None => json!({"status": "ok", "count": h.gpus.len()}),
+        Some(why) => json!({"status": "absent", "detail": why}),
+    });
+    let (handle, keepalive) = match (sampler, interval) {
+        (Some(sampler), Some(interval)) => {
+            let task = tokio::spawn(run(
+                sampler,
+                interval,
+                ctx.pipeline.clone(),
+                updates_tx,
+                tick_cost.clone(),
+                ctx.stop.clone(),
+            ));
+            (tally_pipeline::component::Handle::Task(task), None)
+        }
+        _ => (tally_pipeline::component::Handle::Idle, Some(updates_tx)),
+    };
+    let feed = tally_pipeline::host::UsageFeed {
+        system_info: Arc::new(move || match &host {
+            Some(h) => h.system_info().to_string(),
+            None => {
+                json!({"type": "system_info", "timestamp": now_ns() / 1_000_000_000}).to_string()
+            }
+        }),
+        updates: updates_rx,
+    };
+    Sampler {
+        handle,
+        feed,
+        tick_cost,
+        gpu_status,
+        keepalive,
+    }
+}
+
 pub async fn run(
     mut sampler: HostSampler,
     interval: Duration,

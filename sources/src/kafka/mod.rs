@@ -334,8 +334,25 @@ fn decode(
     }
 }
 
-/// Starts the consumer on its own thread; it runs until `stop`.
+/// Starts the consumer on its own thread; it runs until the context's stop
+/// and flushes and commits what it consumed before it returns.
 pub fn start(
+    config: KafkaConfig,
+    ctx: &tally_pipeline::component::Context,
+    sink: Arc<dyn SinkControl>,
+) -> Result<(tally_pipeline::component::Handle, Arc<Mutex<KafkaStatus>>), KafkaError> {
+    let status = Arc::new(Mutex::new(KafkaStatus::default()));
+    let thread = spawn(
+        config,
+        ctx.pipeline.clone(),
+        sink,
+        status.clone(),
+        ctx.stop.clone(),
+    )?;
+    Ok((tally_pipeline::component::Handle::Thread(thread), status))
+}
+
+fn spawn(
     config: KafkaConfig,
     pipeline: Pipeline,
     sink: Arc<dyn SinkControl>,

@@ -155,6 +155,27 @@ async fn ingest_until_durable(
     }
 }
 
+/// Starts the collector: it runs until the context's stop, and a failure
+/// stops it with the reason in its status (`/health`).
+pub fn start(
+    config: NatsConfig,
+    ctx: &tally_pipeline::component::Context,
+    tap: Option<Arc<dyn PayloadTap>>,
+) -> (tally_pipeline::component::Handle, Arc<Mutex<NatsStatus>>) {
+    let status = Arc::new(Mutex::new(NatsStatus::default()));
+    let (pipeline, stop, task_status) = (ctx.pipeline.clone(), ctx.stop.clone(), status.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = run(config, pipeline, tap, task_status.clone(), stop).await {
+            tracing::error!(error = %e, "NATS collector stopped");
+            *task_status.lock() = NatsStatus {
+                connected: false,
+                detail: Some(e.to_string()),
+            };
+        }
+    });
+    (tally_pipeline::component::Handle::Task(task), status)
+}
+
 /// Runs the collector until `stop`; reconnects are the NATS client's.
 pub async fn run(
     config: NatsConfig,

@@ -16,11 +16,15 @@ use std::time::Duration;
 use futures::future::try_join_all;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tally_pipeline::wal::codec::{encode_records, RECORDS_TOPIC};
+use tally_pipeline::wal::codec::encode_records;
 use tally_pipeline::{Record, Relay, RelayError, Value};
 
 /// Upper bound of one Kafka message; the broker default is 1 MiB.
 const MAX_MESSAGE_BYTES: usize = 512 << 10;
+
+pub mod config;
+
+pub use config::{RelayArgs, RelaySettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaRelayError {
@@ -29,54 +33,6 @@ pub enum KafkaRelayError {
         brokers: String,
         source: rdkafka::error::KafkaError,
     },
-}
-
-/// An edge node's relay (`[relay]` in `tally.toml`).
-#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-#[command(next_help_heading = "Kafka relay (edge node)")]
-pub struct RelayArgs {
-    /// Edge node: relay accepted records to these Kafka brokers instead of
-    /// writing Parquet (acknowledged once the brokers have them).
-    #[arg(
-        id = "relay_kafka",
-        value_name = "BROKERS",
-        long = "relay-kafka",
-        env = "TALLY_RELAY_KAFKA",
-        conflicts_with = "kafka"
-    )]
-    #[serde(default)]
-    pub brokers: Option<String>,
-
-    /// Topic of relayed records. [default: tally.records]
-    #[arg(
-        id = "relay_topic",
-        value_name = "TOPIC",
-        long = "relay-topic",
-        env = "TALLY_RELAY_TOPIC"
-    )]
-    #[serde(default)]
-    pub topic: Option<String>,
-}
-
-/// [`RelayArgs`] with the defaults applied: brokers and topic.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RelaySettings {
-    pub brokers: String,
-    pub topic: String,
-    /// How long a record may wait for the brokers.
-    pub timeout: Duration,
-}
-
-impl RelayArgs {
-    /// `None` when this node is not an edge node.
-    pub fn resolve(&self) -> Option<RelaySettings> {
-        self.brokers.clone().map(|brokers| RelaySettings {
-            brokers,
-            topic: self.topic.clone().unwrap_or_else(|| RECORDS_TOPIC.into()),
-            timeout: Duration::from_secs(30),
-        })
-    }
 }
 
 pub struct KafkaRelay {

@@ -9,28 +9,19 @@
 
 use std::time::{Duration, Instant};
 
-use super::Update;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures::{SinkExt, StreamExt};
-use tokio::sync::watch;
+use tally_pipeline::host::{HostUpdate, UsageFeed};
 
 /// Consecutive skipped or slow updates before a client is closed.
 pub const MAX_LAG_STRIKES: u32 = 3;
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// A send slower than this is a lag strike.
 const SLOW_SEND: Duration = Duration::from_secs(1);
-
-#[derive(Clone)]
-pub struct UsageFeed {
-    /// The `system_info` message without its timestamp's freshness: made per
-    /// connection by this function.
-    pub system_info: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
-    pub updates: watch::Receiver<Option<Update>>,
-}
 
 pub fn router(feed: UsageFeed) -> Router {
     Router::new().route("/usage", get(upgrade)).with_state(feed)
@@ -60,12 +51,14 @@ async fn serve(socket: WebSocket, feed: UsageFeed) {
     ping.tick().await;
     let mut last_heard = Instant::now();
     // The newest update right away, then each new one.
-    let mut pending: Option<Update> = updates.borrow_and_update().clone();
+    let mut pending: Option<HostUpdate> = updates.borrow_and_update().clone();
     loop {
         if let Some(update) = pending.take() {
             let skipped = last_seq.is_some_and(|s: u64| update.seq > s + 1);
-            let sent =
-                tokio::time::timeout(SLOW_SEND, tx.send(Message::Text(update.json.clone()))).await;
+            let Ok(text) = Utf8Bytes::try_from(update.json.clone()) else {
+                return;
+            };
+            let sent = tokio::time::timeout(SLOW_SEND, tx.send(Message::Text(text))).await;
             match sent {
                 Ok(Ok(())) if !skipped => strikes = 0,
                 Ok(Ok(())) => strikes += 1,

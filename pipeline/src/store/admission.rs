@@ -1,0 +1,36 @@
+//! Admission: the bound on records queued for the Parquet writer, per
+//! dataset. A sender past it is refused with a retry hint.
+
+use crate::dataset::Dataset;
+
+use super::Store;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{dataset} queue is full: {queued} rows waiting for the Parquet writer (limit {limit})")]
+pub struct QueueFull {
+    pub dataset: Dataset,
+    pub queued: usize,
+    pub limit: usize,
+}
+
+impl Store {
+    /// Admits `rows` more rows of `dataset`, or refuses when the bound is hit.
+    pub fn reserve(&self, dataset: Dataset, rows: usize) -> Result<(), QueueFull> {
+        let mut s = self.state(dataset).lock();
+        if s.queued_rows + rows > self.max_queued_rows && rows > 0 {
+            return Err(QueueFull {
+                dataset,
+                queued: s.queued_rows,
+                limit: self.max_queued_rows,
+            });
+        }
+        s.queued_rows += rows;
+        Ok(())
+    }
+
+    /// Gives back rows admitted by [`Store::reserve`] that will not be buffered.
+    pub fn release(&self, dataset: Dataset, rows: usize) {
+        let mut s = self.state(dataset).lock();
+        s.queued_rows = s.queued_rows.saturating_sub(rows);
+    }
+}
