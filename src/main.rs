@@ -87,6 +87,7 @@ async fn sql(args: SqlArgs) -> anyhow::Result<()> {
             SqlEngine::new(tally_sinks::open_files(&args.data)?).await?
         }
     };
+    tally_queries::vm_billing::register_raw_views(&engine).await?;
     let batches = engine.query(&args.query).await?;
     let format = match args.format {
         SqlFormat::Table => OutputFormat::Table,

@@ -28,8 +28,8 @@ use tally_queries::SqlEngine;
 use tally_sinks::control_plane::{self, ControlPlaneForwarder};
 use tally_sinks::kafka_relay::KafkaRelay;
 use tally_sinks::parquet::layout::wal_dir;
+use tally_sinks::parquet::sink::{ParquetSink, SinkParts};
 use tally_sinks::parquet::verify::FileDoctor;
-use tally_sinks::parquet::{ParquetSink, SinkParts};
 use tally_sinks::{recover, Compactor, Destination, FlushTarget};
 use tally_sources::billing::BillingService;
 use tally_sources::hardware;
@@ -53,7 +53,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         pipeline: core.pipeline.clone(),
         stop: stop.clone(),
     };
-    let sink = tally_sinks::parquet::start(&config.parquet, core.sink_parts(&config), &ctx);
+    let sink = tally_sinks::parquet::sink::start(&config.parquet, core.sink_parts(&config), &ctx);
     tokio::spawn(core.dedup.clone().expire_every_minute(stop.clone()));
     let read = ReadSide::start(&config, &core, &sink, &stop).await?;
     let sources = Sources::start(&config, &ctx, &sink).await?;
@@ -272,14 +272,15 @@ impl ReadSide {
         tokio::spawn(compactor.run(stop.clone()));
         let engine = SqlEngine::with_object_store(core.store.clone(), object)
             .await?
-            .with_history(&history, prices.clone())
-            .await?
             .with_file_check(Arc::new(FileDoctor::new(
                 core.target.destination.clone(),
                 core.target.data.clone(),
                 core.store.clone(),
                 core.quarantine.clone(),
             )));
+        history.register_rollup_tables(&engine).await?;
+        tally_queries::vm_billing::table::register(&engine, &history)?;
+        engine.register_udf(tally_queries::prices::cost_udf(prices.clone()));
         Ok(ReadSide {
             prices,
             history,

@@ -1,5 +1,6 @@
 //! tally-bench: load generator and benchmark runner for tally.
 
+mod args;
 mod history;
 mod nats;
 mod peer;
@@ -9,134 +10,9 @@ mod server;
 mod summary;
 mod ws;
 
-use std::path::PathBuf;
-use std::time::Duration;
+use clap::Parser;
 
-use clap::{Parser, ValueEnum};
-
-/// Load-tests a tally server and reports throughput, acknowledgement latency
-/// and what the server spent on it.
-#[derive(Debug, Parser)]
-#[command(name = "tally-bench", version, about)]
-pub struct Args {
-    /// What to send.
-    #[arg(long, value_enum, default_value = "http-llm")]
-    pub scenario: Scenario,
-
-    /// A running server to target, e.g. http://127.0.0.1:8081.
-    #[arg(long, conflicts_with = "server_bin")]
-    pub target: Option<String>,
-
-    /// Start this `tally` binary on a temporary data directory instead, and
-    /// measure its CPU time, peak memory and bytes on disk.
-    #[arg(long)]
-    pub server_bin: Option<PathBuf>,
-
-    /// Measured time after the warm-up, e.g. 20s.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-
-    /// Load before measuring starts; not counted.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub warmup: Duration,
-
-    /// Concurrent senders (closed loop) or in-flight cap (open loop).
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
-
-    /// Records per request (HTTP events, or VM samples per batch).
-    #[arg(long, default_value_t = 500)]
-    pub batch: usize,
-
-    /// VM scenarios: how many VMs the batches rotate over.
-    #[arg(long, default_value_t = 1000)]
-    pub vms: u64,
-
-    /// Open loop: offered records per second. Latency then counts from each
-    /// request's intended send time (no coordinated omission).
-    #[arg(long)]
-    pub rate: Option<u64>,
-
-    /// Write the results as JSON here.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-
-    /// `ws-clients`: WebSocket clients to open on `/usage`.
-    #[arg(long, default_value_t = 1000)]
-    pub clients: usize,
-
-    /// NATS scenarios: the nats-server URL (tally is started with it).
-    #[arg(long)]
-    pub nats: Option<String>,
-
-    /// `usage-summary`: events to load first.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub events: u64,
-
-    /// `usage-summary`: summary requests to time.
-    #[arg(long, default_value_t = 50)]
-    pub queries: usize,
-
-    /// `usage-summary`: the PostgreSQL peer to load the same events into
-    /// and ask the same summary (schema `tally_bench`, dropped and made
-    /// anew). Unset or unreachable: the peer part is skipped, and the
-    /// report says why.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
-
-    /// `history-*`: `load` sends the month, `read` waits for compaction and
-    /// times the reads.
-    #[arg(long, default_value = "read")]
-    pub phase: String,
-
-    /// No live progress line.
-    #[arg(long)]
-    pub quiet: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scenario {
-    /// `usage.llm` events as NDJSON over `POST /v1/events/usage.llm`.
-    HttpLlm,
-    /// VM metric batches over gRPC (HTTP/2, binary protobuf).
-    GrpcVm,
-    /// VM metric batches over Connect with binary protobuf.
-    ConnectProtoVm,
-    /// VM metric batches over Connect with JSON.
-    ConnectJsonVm,
-    /// `usage.llm` events over core NATS (needs --nats); the server is told
-    /// to consume them. Measures the stored rate.
-    NatsCoreLlm,
-    /// `usage.llm` events published to a JetStream stream (needs --nats).
-    NatsJetstreamLlm,
-    /// Load --events LLM events over HTTP, then time /internal/usage/summary.
-    UsageSummary,
-    /// All of gRPC, Connect binary, Connect JSON (VM batches) and HTTP
-    /// NDJSON (LLM events) at once, requests taking turns; errors are
-    /// counted per protocol.
-    Mixed,
-    /// A month of VM samples (--events of them, --vms VMs) in October 2026;
-    /// then the monthly bill of every customer and a customer's day.
-    HistoryVm,
-    /// A month of `usage.llm` events (--events) before now; then
-    /// `/internal/usage/summary` over 720 and 24 hours.
-    HistoryLlm,
-    /// Idle WebSocket clients on `/usage`: memory per client and the spread
-    /// of each update's arrival across clients.
-    WsClients,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("bad duration unit in {s:?}")),
-    }
-}
+use args::{Args, Scenario};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::args::{Args, Scenario};
 use crate::runner::RunResult;
 use crate::server::ServerStats;
-use crate::{Args, Scenario};
 
 #[derive(Debug, Serialize)]
 pub struct Report {

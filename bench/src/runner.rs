@@ -11,7 +11,7 @@ use tally_proto::billing::v1 as pb;
 use tally_proto::billing::v1::billing_service_client::BillingServiceClient;
 use tonic::transport::Channel;
 
-use crate::{Args, Scenario};
+use crate::args::{Args, Scenario};
 
 pub struct RunResult {
     pub elapsed: Duration,

@@ -196,7 +196,10 @@ impl Dedup {
                 _ = stop.wait_for(|s| *s) => return,
             }
             let dedup = self.clone();
-            let now = (crate::pipeline::now_ns() / 1_000_000_000) as u64;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             let _ = tokio::task::spawn_blocking(move || dedup.expire(now)).await;
         }
     }

@@ -3,15 +3,7 @@
 
 use crate::dataset::Dataset;
 
-use super::Store;
-
-#[derive(Debug, thiserror::Error)]
-#[error("{dataset} queue is full: {queued} rows waiting for the Parquet writer (limit {limit})")]
-pub struct QueueFull {
-    pub dataset: Dataset,
-    pub queued: usize,
-    pub limit: usize,
-}
+use super::{QueueFull, Store};
 
 impl Store {
     /// Admits `rows` more rows of `dataset`, or refuses when the bound is hit.

@@ -11,8 +11,6 @@ mod admission;
 mod buffer;
 mod manifest;
 
-pub use admission::QueueFull;
-
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -77,6 +75,14 @@ pub struct BufferStats {
     pub queued_rows: usize,
     pub oldest: Option<Instant>,
     pub files: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{dataset} queue is full: {queued} rows waiting for the Parquet writer (limit {limit})")]
+pub struct QueueFull {
+    pub dataset: Dataset,
+    pub queued: usize,
+    pub limit: usize,
 }
 
 #[derive(Debug)]

@@ -423,9 +423,29 @@ impl History {
         Ok(Arc::new(ctx.sql(sql).await?.schema().as_arrow().clone()))
     }
 
-    /// The stored rollups of every dataset.
-    pub fn rollups(&self) -> &Arc<Rollups> {
-        &self.rollups
+    /// Registers the stored rollup tables (`usage_llm_hourly`, …,
+    /// `vm_usage_hours`, `vm_gap_spans`) with `engine`: the rolled-up hours
+    /// only (the read APIs add the others from raw records).
+    pub async fn register_rollup_tables(
+        &self,
+        engine: &crate::sql::SqlEngine,
+    ) -> Result<(), QueryError> {
+        for d in Dataset::ALL {
+            let Some((table, _)) = rollup_of(d) else {
+                continue;
+            };
+            let schema = self.rollup_schema(d).await?;
+            engine.register_table(
+                table,
+                Arc::new(crate::sql::catalog::RollupTable::new(
+                    d,
+                    table,
+                    schema,
+                    self.rollups.clone(),
+                )),
+            )?;
+        }
+        Ok(())
     }
 
     /// A session for the rollup SQL files: strings are `Utf8`, as stored,

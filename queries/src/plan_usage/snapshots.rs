@@ -10,9 +10,9 @@ use datafusion::common::ScalarValue;
 use serde_json::{json, Map, Value};
 use tally_pipeline::{Dataset, RecordBuilder};
 
+use super::api::{now_ms, pairs, server_error, validation_failed, Scope, UsageApi, SOURCE};
 use super::config::UsageConfig;
 use super::model::{Block, HOUR_MS};
-use super::{now_ms, pairs, server_error, validation_failed, Scope, UsageApi, SOURCE};
 use crate::sql::format::OutputFormat;
 use crate::sql::QueryError;
 

@@ -14,9 +14,9 @@ use chrono::TimeZone;
 use serde_json::{json, Value};
 use tally_pipeline::Dataset;
 
+use super::api::{now_ms, pairs, server_error, too_many, validation_failed, Scope, UsageApi};
 use super::config::UsageConfig;
 use super::model::{self, Block, Call, HOUR_MS};
-use super::{now_ms, pairs, server_error, too_many, validation_failed, Scope, UsageApi};
 use crate::agent_usage::totals::get as str_at;
 use crate::prices::Tokens;
 use crate::sql::QueryError;

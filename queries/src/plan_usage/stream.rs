@@ -9,7 +9,7 @@ use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 
-use super::{now_ms, pairs, validation_failed, Scope, UsageApi};
+use super::api::{now_ms, pairs, validation_failed, Scope, UsageApi};
 
 /// `{"type":"usage_update","data":<stats>,"timestamp":ms}` every
 /// `refresh_rate` seconds (from the stored config).

@@ -67,62 +67,36 @@ impl SqlEngine {
         for d in Dataset::ALL {
             ctx.register_table(d.name(), Arc::new(DatasetTable::new(d, store.clone())))?;
         }
-        for (suffix, unit) in crate::vm_billing::RAW_VIEW_WINDOWS {
-            let body = crate::vm_billing::RAW_VIEW_SQL
-                .replace("{window}", unit)
-                .replace(
-                    "{gap_limit_ns}",
-                    &(tally_pipeline::rollup::VM_GAP_LIMIT_SECS * 1_000_000_000).to_string(),
-                );
-            ctx.sql(&format!("CREATE VIEW vm_usage_{suffix} AS {body}"))
-                .await?
-                .collect()
-                .await?;
-        }
         Ok(Self {
             ctx: Arc::new(ctx),
             file_check: None,
         })
     }
 
-    /// Adds the stored rollup tables (`usage_llm_hourly`, …,
-    /// `vm_usage_hours`, `vm_gap_spans`: the rolled-up hours only) and the
-    /// `llm_cost_usd` function, and makes `vm_usage_hourly`,
-    /// `vm_usage_daily` and `vm_usage_monthly` the server's bills (stored
-    /// hours plus raw samples) instead of the views over raw samples that
-    /// `tally sql` has.
-    pub async fn with_history(
-        self,
-        history: &crate::history::History,
-        prices: Arc<crate::prices::PriceCatalogue>,
-    ) -> Result<Self, QueryError> {
-        for d in Dataset::ALL {
-            let Some((table, _)) = crate::history::rollup_of(d) else {
-                continue;
-            };
-            let schema = history.rollup_schema(d).await?;
-            self.ctx.register_table(
-                table,
-                Arc::new(catalog::RollupTable::new(
-                    d,
-                    table,
-                    schema,
-                    history.rollups().clone(),
-                )),
-            )?;
-        }
-        for (table, window) in crate::vm_billing::table::TABLES {
-            self.ctx.deregister_table(table)?;
-            self.ctx.register_table(
-                table,
-                Arc::new(crate::vm_billing::table::BillTable::new(
-                    history.clone(),
-                    window,
-                )),
-            )?;
-        }
-        self.ctx.register_udf(crate::prices::cost_udf(prices));
-        Ok(self)
+    /// Adds (or replaces) a table under `name`.
+    pub fn register_table(
+        &self,
+        name: &str,
+        table: Arc<dyn datafusion::catalog::TableProvider>,
+    ) -> Result<(), QueryError> {
+        self.ctx.deregister_table(name)?;
+        self.ctx.register_table(name, table)?;
+        Ok(())
+    }
+
+    /// Adds a view: `name` is the query `sql`.
+    pub async fn create_view(&self, name: &str, sql: &str) -> Result<(), QueryError> {
+        self.ctx
+            .sql(&format!("CREATE OR REPLACE VIEW {name} AS {sql}"))
+            .await?
+            .collect()
+            .await?;
+        Ok(())
+    }
+
+    /// Adds a SQL function.
+    pub fn register_udf(&self, udf: datafusion::logical_expr::ScalarUDF) {
+        self.ctx.register_udf(udf);
     }
 
     /// A query that fails while running makes `check` read the registered

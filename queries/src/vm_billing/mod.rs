@@ -6,12 +6,27 @@ pub mod table;
 
 /// The billing rules over raw samples in SQL: `tally sql` registers it as
 /// the views `vm_usage_hourly`, `vm_usage_daily` and `vm_usage_monthly`
-/// (the server has [`table::BillTable`] under those names).
+/// (the server has the bill tables of `table.rs` under those names).
 pub const RAW_VIEW_SQL: &str = include_str!("sql/vm_usage.sql");
 
 /// View suffix and `date_trunc` unit of each window.
 pub const RAW_VIEW_WINDOWS: [(&str, &str); 3] =
     [("hourly", "hour"), ("daily", "day"), ("monthly", "month")];
+
+/// Registers `vm_usage_hourly`, `vm_usage_daily` and `vm_usage_monthly` as
+/// views over raw samples (`tally sql`, which has no stored rollups).
+pub async fn register_raw_views(engine: &SqlEngine) -> Result<(), QueryError> {
+    for (suffix, unit) in RAW_VIEW_WINDOWS {
+        let body = RAW_VIEW_SQL.replace("{window}", unit).replace(
+            "{gap_limit_ns}",
+            &(tally_pipeline::rollup::VM_GAP_LIMIT_SECS * 1_000_000_000).to_string(),
+        );
+        engine
+            .create_view(&format!("vm_usage_{suffix}"), &body)
+            .await?;
+    }
+    Ok(())
+}
 
 use std::collections::{HashMap, HashSet};
 
@@ -27,7 +42,7 @@ use tally_pipeline::Dataset;
 
 use crate::history::{gap_fingerprint, History, VM_SAMPLES};
 use crate::http::error_response;
-use crate::sql::QueryError;
+use crate::sql::{QueryError, SqlEngine};
 use hours::{Sample, VmHour};
 
 pub fn router(history: History) -> Router {

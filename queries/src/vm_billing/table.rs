@@ -83,6 +83,18 @@ pub fn to_batch(rows: &[WindowRow]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema(), columns)?)
 }
 
+/// Registers the server's `vm_usage_hourly`, `vm_usage_daily` and
+/// `vm_usage_monthly`: the bills, from stored hours and raw samples.
+pub fn register(
+    engine: &crate::sql::SqlEngine,
+    history: &History,
+) -> Result<(), crate::sql::QueryError> {
+    for (name, window) in TABLES {
+        engine.register_table(name, Arc::new(BillTable::new(history.clone(), window)))?;
+    }
+    Ok(())
+}
+
 /// One window's bill table.
 pub struct BillTable {
     history: History,

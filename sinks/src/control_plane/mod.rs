@@ -16,8 +16,6 @@ use tokio::sync::{mpsc, Semaphore};
 
 pub mod config;
 
-pub use config::ControlPlaneArgs;
-
 #[derive(Debug, Clone)]
 pub struct ForwarderConfig {
     pub url: String,

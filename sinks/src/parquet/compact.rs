@@ -145,7 +145,7 @@ impl Compactor {
         }
     }
 
-    /// Start-up, after [`super::recovery::recover`]: removes temporary
+    /// Start-up, after recovery (`recovery::recover`): removes temporary
     /// rollup files, registers the rollups whose source is the hour's only
     /// file (or whose hour has no raw file left), deletes stale ones, and
     /// marks compacted hours of datasets without rollups. `compacted` are the

@@ -1,0 +1,143 @@
+//! The Usage API's shared state (`UsageApi`), its error bodies and the
+//! `actor_id` / `microdao_id` scope every endpoint takes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use chrono::Utc;
+use parking_lot::Mutex;
+use tally_pipeline::Pipeline;
+
+use super::config::{ConfigFile, UsageConfig};
+use super::rate_limit::RateLimiter;
+use super::settings::UsageApiConfig;
+use crate::history::History;
+use crate::http::validation_response;
+use crate::prices::PriceCatalogue;
+use crate::sql::SqlEngine;
+
+pub const SOURCE: &str = "usage_api";
+
+pub(super) struct Inner {
+    pub(super) engine: SqlEngine,
+    pub(super) history: History,
+    pub(super) pipeline: Pipeline,
+    pub(super) prices: Arc<PriceCatalogue>,
+    pub(super) config: Mutex<UsageConfig>,
+    pub(super) file: ConfigFile,
+    pub(super) config_limit: RateLimiter,
+    pub(super) stats_limit: RateLimiter,
+    /// Last snapshot time (ms) per session and scope.
+    pub(super) snapshots: Mutex<HashMap<String, i64>>,
+}
+
+#[derive(Clone)]
+pub struct UsageApi(pub(super) Arc<Inner>);
+
+pub(super) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// The spec's error body: `{"error","detail","validation_errors"}`.
+pub(super) fn error(
+    status: StatusCode,
+    error: &str,
+    detail: Option<String>,
+    validation: Vec<String>,
+) -> Response {
+    validation_response(status, error, detail, validation)
+}
+
+pub(super) fn validation_failed(errors: Vec<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, "Validation failed", None, errors)
+}
+
+pub(super) fn too_many(wait: u64) -> Response {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests",
+        Some(format!(
+            "rate limit reached for this client; retry in {wait} s"
+        )),
+        Vec::new(),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    r
+}
+
+pub(super) fn server_error(e: impl std::fmt::Display) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal error",
+        Some(e.to_string()),
+        Vec::new(),
+    )
+}
+
+/// `actor_id` / `microdao_id` scope, taken out of the parameters.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Scope {
+    pub(super) actor_id: Option<String>,
+    pub(super) microdao_id: Option<String>,
+}
+
+impl Scope {
+    pub(super) fn take(params: &mut Vec<(String, String)>, errors: &mut Vec<String>) -> Scope {
+        let mut scope = Scope::default();
+        params.retain(|(k, v)| {
+            let slot = match k.as_str() {
+                "actor_id" => &mut scope.actor_id,
+                "microdao_id" => &mut scope.microdao_id,
+                _ => return true,
+            };
+            if v.is_empty() {
+                errors.push(format!("{k} must not be empty when given"));
+            } else {
+                *slot = Some(v.clone());
+            }
+            false
+        });
+        scope
+    }
+
+    pub(super) fn key(&self) -> String {
+        format!(
+            "{}|{}",
+            self.actor_id.as_deref().unwrap_or(""),
+            self.microdao_id.as_deref().unwrap_or("")
+        )
+    }
+}
+
+impl UsageApi {
+    pub fn new(
+        engine: SqlEngine,
+        history: History,
+        pipeline: Pipeline,
+        prices: Arc<PriceCatalogue>,
+        settings: UsageApiConfig,
+    ) -> std::io::Result<Self> {
+        let file = ConfigFile::new(settings.config_path);
+        let config = file.load_or_init(now_ms() / 1000)?;
+        Ok(Self(Arc::new(Inner {
+            engine,
+            history,
+            pipeline,
+            prices,
+            config: Mutex::new(config),
+            file,
+            config_limit: RateLimiter::new(settings.config_updates_per_minute),
+            stats_limit: RateLimiter::new(settings.stats_per_minute),
+            snapshots: Mutex::new(HashMap::new()),
+        })))
+    }
+}
+
+pub(super) fn pairs(params: HashMap<String, String>) -> Vec<(String, String)> {
+    let mut v: Vec<_> = params.into_iter().collect();
+    v.sort();
+    v
+}
