@@ -30,7 +30,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Data directory to check.
-    #[arg(long, env = "TALLY_DATA", default_value = "data")]
+    #[arg(long, env = "TALLY_DATA", default_value = crate::config::DEFAULT_DATA)]
     pub data: PathBuf,
 
     /// The node's state directory (WAL, checkpoint, quarantine). [default: the data directory]
@@ -68,7 +68,7 @@ pub enum SqlFormat {
 #[derive(Debug, Args)]
 pub struct SqlArgs {
     /// Data directory to read.
-    #[arg(long, env = "TALLY_DATA", default_value = "data")]
+    #[arg(long, env = "TALLY_DATA", default_value = crate::config::DEFAULT_DATA)]
     pub data: PathBuf,
 
     /// Output format.

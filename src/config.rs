@@ -27,14 +27,17 @@ use tally_sources::kafka::KafkaConfig;
 use tally_sources::nats::config::NatsArgs;
 use tally_sources::nats::NatsConfig;
 
+/// The data directory when none is given (also of `tally sql` and `tally check`).
+pub const DEFAULT_DATA: &str = "data";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
+
 /// This node: where its data and state live, its id, its listeners
 /// (`[node]` in `tally.toml`).
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "Node")]
 pub struct NodeArgs {
-    /// Data directory, or `s3://bucket/prefix` for object storage. [default: data]
-    #[arg(long, env = "TALLY_DATA")]
+    #[arg(help = tally_pipeline::config::help("Data directory, or `s3://bucket/prefix` for object storage.", DEFAULT_DATA), long, env = "TALLY_DATA")]
     #[serde(default)]
     pub data: Option<PathBuf>,
 
@@ -50,8 +53,7 @@ pub struct NodeArgs {
     #[serde(default)]
     pub node_id: Option<String>,
 
-    /// Address to serve every route on (repeatable, or comma-separated). [default: 127.0.0.1:8081]
-    #[arg(long, env = "TALLY_LISTEN", value_delimiter = ',')]
+    #[arg(help = tally_pipeline::config::help("Address to serve every route on (repeatable, or comma-separated).", DEFAULT_LISTEN), long, env = "TALLY_LISTEN", value_delimiter = ',')]
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
 
@@ -129,7 +131,7 @@ impl Config {
         let node_id = c.node.node_id.clone().unwrap_or_else(default_node_id);
         check_node_id(&node_id)?;
         let listen = if c.node.listen.is_empty() {
-            vec![SocketAddr::from(([127, 0, 0, 1], 8081))]
+            vec![DEFAULT_LISTEN.parse().expect("the default address parses")]
         } else {
             c.node.listen.clone()
         };
@@ -139,7 +141,11 @@ impl Config {
             anyhow::bail!("relay_kafka and kafka cannot be combined: an edge node relays to Kafka, a writer consumes from it");
         }
         Ok(Config {
-            data: c.node.data.clone().unwrap_or_else(|| PathBuf::from("data")),
+            data: c
+                .node
+                .data
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
             state_dir: c.node.state_dir.clone(),
             node_id,
             listen,

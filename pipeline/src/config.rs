@@ -9,6 +9,27 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// A setting's help text with its default, as `tally serve --help` shows
+/// it: the default is the constant `resolve` uses, written once.
+pub fn help(text: &str, default: impl std::fmt::Display) -> String {
+    format!("{text} [default: {default}]")
+}
+
+/// A duration as the flags write it: `500ms`, `10s`, `10m`, `24h`, `7d`.
+pub fn show_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    let s = d.as_secs();
+    if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if s > 0 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s > 0 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// A setting that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {reason}")]
@@ -64,30 +85,29 @@ fn overlay(into: &mut serde_json::Value, from: serde_json::Value) {
     }
 }
 
+const MAX_QUEUED_ROWS: usize = 1_000_000;
+const DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(86_400);
+const DEDUP_MAX_KEYS: usize = 10_000_000;
+const WAL_SEGMENT_BYTES: u64 = 64 << 20;
+
 /// Admission, dedup and the WAL (`[pipeline]` in `tally.toml`).
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "Pipeline: admission, dedup, WAL")]
 pub struct PipelineArgs {
-    /// Records admitted but not yet in Parquet, per dataset, before senders
-    /// are refused with a retry hint. [default: 1000000]
-    #[arg(long, env = "TALLY_MAX_QUEUED_ROWS")]
+    #[arg(help = help("Records admitted but not yet in Parquet, per dataset, before senders are refused with a retry hint.", MAX_QUEUED_ROWS), long, env = "TALLY_MAX_QUEUED_ROWS")]
     #[serde(default)]
     pub max_queued_rows: Option<usize>,
 
-    /// How long a record's key is remembered to drop a resent copy. [default: 24h]
-    #[arg(long, env = "TALLY_DEDUP_WINDOW", value_parser = crate::duration::parse_duration)]
+    #[arg(help = help("How long a record's key is remembered to drop a resent copy.", show_duration(DEDUP_WINDOW)), long, env = "TALLY_DEDUP_WINDOW", value_parser = crate::duration::parse_duration)]
     #[serde(default, with = "crate::duration::opt")]
     pub dedup_window: Option<std::time::Duration>,
 
-    /// At most this many keys per dataset in the in-memory dedup index (the
-    /// oldest are evicted first; compaction drops copies it misses). [default: 10000000]
-    #[arg(long, env = "TALLY_DEDUP_MAX_KEYS")]
+    #[arg(help = help("At most this many keys per dataset in the in-memory dedup index (the oldest are evicted first; compaction drops copies it misses).", DEDUP_MAX_KEYS), long, env = "TALLY_DEDUP_MAX_KEYS")]
     #[serde(default)]
     pub dedup_max_keys: Option<usize>,
 
-    /// Size at which a WAL segment is closed and a new one started. [default: 67108864]
-    #[arg(long, env = "TALLY_WAL_SEGMENT_BYTES")]
+    #[arg(help = help("Size at which a WAL segment is closed and a new one started.", WAL_SEGMENT_BYTES), long, env = "TALLY_WAL_SEGMENT_BYTES")]
     #[serde(default)]
     pub wal_segment_bytes: Option<u64>,
 }
@@ -104,12 +124,10 @@ pub struct PipelineSettings {
 impl PipelineArgs {
     pub fn resolve(&self) -> Result<PipelineSettings, ConfigError> {
         let s = PipelineSettings {
-            max_queued_rows: self.max_queued_rows.unwrap_or(1_000_000),
-            dedup_window: self
-                .dedup_window
-                .unwrap_or(std::time::Duration::from_secs(86_400)),
-            dedup_max_keys: self.dedup_max_keys.unwrap_or(10_000_000),
-            wal_segment_bytes: self.wal_segment_bytes.unwrap_or(64 << 20),
+            max_queued_rows: self.max_queued_rows.unwrap_or(MAX_QUEUED_ROWS),
+            dedup_window: self.dedup_window.unwrap_or(DEDUP_WINDOW),
+            dedup_max_keys: self.dedup_max_keys.unwrap_or(DEDUP_MAX_KEYS),
+            wal_segment_bytes: self.wal_segment_bytes.unwrap_or(WAL_SEGMENT_BYTES),
         };
         if s.max_queued_rows == 0 {
             return Err(ConfigError::new("max_queued_rows", "must be at least 1"));
@@ -135,6 +153,9 @@ mod tests {
             ..Default::default()
         };
         let s = layer(&flags, file).unwrap().resolve().unwrap();
+        assert_eq!(show_duration(s.dedup_window), "1500ms");
+        assert_eq!(show_duration(std::time::Duration::from_secs(86_400)), "24h");
+        assert_eq!(show_duration(std::time::Duration::from_secs(600)), "10m");
         assert_eq!(
             (
                 s.max_queued_rows,

@@ -21,8 +21,7 @@ pub struct RelayArgs {
     #[serde(default)]
     pub brokers: Option<String>,
 
-    /// Topic of relayed records. [default: tally.records]
-    #[arg(
+    #[arg(help = tally_pipeline::config::help("Topic of relayed records.", RECORDS_TOPIC), 
         id = "relay_topic",
         value_name = "TOPIC",
         long = "relay-topic",

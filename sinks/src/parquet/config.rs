@@ -9,37 +9,38 @@ use tally_pipeline::duration::parse_duration;
 use super::compact::CompactionPolicy;
 use super::flusher::FlushPolicy;
 
+const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+const FLUSH_ROWS: usize = 200_000;
+const FLUSH_BYTES: usize = 64 << 20;
+const LIST_INTERVAL: Duration = Duration::from_secs(10);
+const COMPACT_AFTER: Duration = Duration::from_secs(600);
+const COMPACT_INTERVAL: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "Parquet sink: flushing, compaction, retention")]
 pub struct ParquetArgs {
-    /// Flush buffered records to Parquet at least this often. [default: 10s]
-    #[arg(long, env = "TALLY_FLUSH_INTERVAL", value_parser = parse_duration)]
+    #[arg(help = tally_pipeline::config::help("Flush buffered records to Parquet at least this often.", tally_pipeline::config::show_duration(FLUSH_INTERVAL)), long, env = "TALLY_FLUSH_INTERVAL", value_parser = parse_duration)]
     #[serde(default, with = "tally_pipeline::duration::opt")]
     pub flush_interval: Option<Duration>,
 
-    /// Flush once this many records are buffered. [default: 200000]
-    #[arg(long, env = "TALLY_FLUSH_ROWS")]
+    #[arg(help = tally_pipeline::config::help("Flush once this many records are buffered.", FLUSH_ROWS), long, env = "TALLY_FLUSH_ROWS")]
     #[serde(default)]
     pub flush_rows: Option<usize>,
 
-    /// Flush once this many bytes are buffered. [default: 67108864]
-    #[arg(long, env = "TALLY_FLUSH_BYTES")]
+    #[arg(help = tally_pipeline::config::help("Flush once this many bytes are buffered.", FLUSH_BYTES), long, env = "TALLY_FLUSH_BYTES")]
     #[serde(default)]
     pub flush_bytes: Option<usize>,
 
-    /// How often the data prefix is listed for files other nodes wrote. [default: 10s]
-    #[arg(long, env = "TALLY_LIST_INTERVAL", value_parser = parse_duration)]
+    #[arg(help = tally_pipeline::config::help("How often the data prefix is listed for files other nodes wrote.", tally_pipeline::config::show_duration(LIST_INTERVAL)), long, env = "TALLY_LIST_INTERVAL", value_parser = parse_duration)]
     #[serde(default, with = "tally_pipeline::duration::opt")]
     pub list_interval: Option<Duration>,
 
-    /// Compact an hour partition this long after its end. [default: 10m]
-    #[arg(long, env = "TALLY_COMPACT_AFTER", value_parser = parse_duration)]
+    #[arg(help = tally_pipeline::config::help("Compact an hour partition this long after its end.", tally_pipeline::config::show_duration(COMPACT_AFTER)), long, env = "TALLY_COMPACT_AFTER", value_parser = parse_duration)]
     #[serde(default, with = "tally_pipeline::duration::opt")]
     pub compact_after: Option<Duration>,
 
-    /// How often the compactor looks for closed hours. [default: 30s]
-    #[arg(long, env = "TALLY_COMPACT_INTERVAL", value_parser = parse_duration)]
+    #[arg(help = tally_pipeline::config::help("How often the compactor looks for closed hours.", tally_pipeline::config::show_duration(COMPACT_INTERVAL)), long, env = "TALLY_COMPACT_INTERVAL", value_parser = parse_duration)]
     #[serde(default, with = "tally_pipeline::duration::opt")]
     pub compact_interval: Option<Duration>,
 
@@ -65,26 +66,26 @@ pub struct ParquetSettings {
 impl ParquetArgs {
     pub fn resolve(&self) -> Result<ParquetSettings, ConfigError> {
         let flush = FlushPolicy {
-            max_rows: self.flush_rows.unwrap_or(200_000),
-            max_bytes: self.flush_bytes.unwrap_or(64 << 20),
-            max_age: self.flush_interval.unwrap_or(Duration::from_secs(10)),
+            max_rows: self.flush_rows.unwrap_or(FLUSH_ROWS),
+            max_bytes: self.flush_bytes.unwrap_or(FLUSH_BYTES),
+            max_age: self.flush_interval.unwrap_or(FLUSH_INTERVAL),
             tick: Duration::from_millis(100),
         };
         if flush.max_rows == 0 {
             return Err(ConfigError::new("flush_rows", "must be at least 1"));
         }
-        let interval = self.compact_interval.unwrap_or(Duration::from_secs(30));
+        let interval = self.compact_interval.unwrap_or(COMPACT_INTERVAL);
         Ok(ParquetSettings {
             flush,
             compaction: CompactionPolicy {
-                compact_after: self.compact_after.unwrap_or(Duration::from_secs(600)),
+                compact_after: self.compact_after.unwrap_or(COMPACT_AFTER),
                 interval,
                 raw_retention: self.raw_retention,
                 rollup_retention: self.rollup_retention,
                 // Replaced files stay one interval for queries still reading them.
                 grace: interval,
             },
-            list_interval: self.list_interval.unwrap_or(Duration::from_secs(10)),
+            list_interval: self.list_interval.unwrap_or(LIST_INTERVAL),
         })
     }
 }

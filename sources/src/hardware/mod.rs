@@ -108,13 +108,14 @@ pub enum SamplerError {
     HostStats(String),
 }
 
+const SAMPLER_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The host sampler's settings (`[sampler]` in `tally.toml`).
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "Host sampler (/usage, host_metrics)")]
 pub struct SamplerArgs {
-    /// Sample CPU, RAM and GPU this often. [default: 1s]
-    #[arg(id = "sampler_interval",
+    #[arg(help = tally_pipeline::config::help("Sample CPU, RAM and GPU this often.", tally_pipeline::config::show_duration(SAMPLER_INTERVAL)), id = "sampler_interval",
         value_name = "DURATION", long = "sampler-interval", env = "TALLY_SAMPLER_INTERVAL", value_parser = tally_pipeline::duration::parse_duration)]
     #[serde(default, with = "tally_pipeline::duration::opt")]
     pub interval: Option<std::time::Duration>,
@@ -141,7 +142,7 @@ impl SamplerArgs {
         if self.off.unwrap_or(false) {
             return Ok(None);
         }
-        let interval = self.interval.unwrap_or(std::time::Duration::from_secs(1));
+        let interval = self.interval.unwrap_or(SAMPLER_INTERVAL);
         if interval < std::time::Duration::from_millis(200) {
             return Err(tally_pipeline::config::ConfigError::new(
                 "sampler.interval",

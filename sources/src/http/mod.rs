@@ -21,13 +21,14 @@ use body::Item;
 
 pub const SOURCE: &str = "http";
 
+const MAX_BODY_BYTES: usize = 32 << 20;
+
 /// Request limits of every HTTP route (`[http]` in `tally.toml`).
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "HTTP")]
 pub struct HttpArgs {
-    /// Largest request body accepted, in bytes. [default: 33554432]
-    #[arg(long, env = "TALLY_MAX_BODY_BYTES")]
+    #[arg(help = tally_pipeline::config::help("Largest request body accepted, in bytes.", MAX_BODY_BYTES), long, env = "TALLY_MAX_BODY_BYTES")]
     #[serde(default)]
     pub max_body_bytes: Option<usize>,
 }
@@ -35,7 +36,7 @@ pub struct HttpArgs {
 impl HttpArgs {
     /// The largest request body, in bytes.
     pub fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes.unwrap_or(32 << 20)
+        self.max_body_bytes.unwrap_or(MAX_BODY_BYTES)
     }
 }
 

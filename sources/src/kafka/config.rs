@@ -8,6 +8,8 @@ use tally_pipeline::duration::parse_duration;
 use super::KafkaConfig;
 use crate::events::Subject;
 
+const GROUP: &str = "tally";
+
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "Kafka source (writer node)")]
@@ -22,8 +24,7 @@ pub struct KafkaArgs {
     #[serde(default)]
     pub brokers: Option<String>,
 
-    /// Consumer group. [default: tally]
-    #[arg(
+    #[arg(help = tally_pipeline::config::help("Consumer group.", GROUP), 
         id = "kafka_group",
         value_name = "NAME",
         long = "kafka-group",
@@ -44,8 +45,7 @@ pub struct KafkaArgs {
     #[serde(default)]
     pub topics: Vec<String>,
 
-    /// Partitions of the topics created when missing. [default: 8]
-    #[arg(
+    #[arg(help = tally_pipeline::config::help("Partitions of the topics created when missing.", super::DEFAULT_PARTITIONS), 
         id = "kafka_partitions",
         value_name = "N",
         long = "kafka-partitions",
@@ -54,8 +54,7 @@ pub struct KafkaArgs {
     #[serde(default)]
     pub partitions: Option<i32>,
 
-    /// Consumer session timeout: how fast a dead writer's partitions move. [default: 10s]
-    #[arg(
+    #[arg(help = tally_pipeline::config::help("Consumer session timeout: how fast a dead writer's partitions move.", tally_pipeline::config::show_duration(super::DEFAULT_SESSION_TIMEOUT)), 
         id = "kafka_session_timeout",
         value_name = "DURATION",
         long = "kafka-session-timeout",
@@ -72,7 +71,7 @@ impl KafkaArgs {
         let Some(brokers) = &self.brokers else {
             return Ok(None);
         };
-        let group = self.group.as_deref().unwrap_or("tally");
+        let group = self.group.as_deref().unwrap_or(GROUP);
         let mut k = KafkaConfig::new(brokers, group, node);
         for pair in &self.topics {
             let (event, topic) = pair.split_once('=').unwrap_or((pair, ""));

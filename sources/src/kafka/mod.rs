@@ -49,6 +49,10 @@ use crate::billing::{batch_records, validate_batch};
 use crate::events::Subject;
 
 pub const SOURCE: &str = "kafka";
+/// Partitions of the topics this source creates when they are missing.
+pub const DEFAULT_PARTITIONS: i32 = 8;
+/// How fast a dead writer's partitions move to another.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages taken per ingest call.
 const BATCH: usize = 4096;
 /// How long a batch waits to fill.
@@ -79,8 +83,8 @@ impl KafkaConfig {
             subjects: HashMap::new(),
             vm_metrics_topic: "vm.metrics".into(),
             records_topic: tally_pipeline::wal::codec::RECORDS_TOPIC.into(),
-            partitions: 8,
-            session_timeout: Duration::from_secs(10),
+            partitions: DEFAULT_PARTITIONS,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
         }
     }
 

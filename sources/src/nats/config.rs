@@ -9,6 +9,9 @@ use tally_pipeline::duration::parse_duration;
 use super::NatsConfig;
 use crate::events::Subject;
 
+const CONSUMER: &str = "tally";
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "NATS source")]
@@ -43,8 +46,7 @@ pub struct NatsArgs {
     #[serde(default)]
     pub create_stream: Option<bool>,
 
-    /// Durable consumer name. [default: tally]
-    #[arg(
+    #[arg(help = tally_pipeline::config::help("Durable consumer name.", CONSUMER), 
         id = "nats_consumer",
         value_name = "NAME",
         long = "nats-consumer",
@@ -53,8 +55,7 @@ pub struct NatsArgs {
     #[serde(default)]
     pub consumer: Option<String>,
 
-    /// Redelivery delay of unacknowledged JetStream messages. [default: 10s]
-    #[arg(id = "nats_ack_wait",
+    #[arg(help = tally_pipeline::config::help("Redelivery delay of unacknowledged JetStream messages.", tally_pipeline::config::show_duration(ACK_WAIT)), id = "nats_ack_wait",
         value_name = "DURATION", long = "nats-ack-wait", env = "TALLY_NATS_ACK_WAIT", value_parser = parse_duration)]
     #[serde(default, with = "tally_pipeline::duration::opt")]
     pub ack_wait: Option<Duration>,
@@ -98,8 +99,8 @@ impl NatsArgs {
             url,
             stream: self.stream.clone(),
             create_stream: self.create_stream.unwrap_or(false),
-            consumer: self.consumer.clone().unwrap_or_else(|| "tally".into()),
-            ack_wait: self.ack_wait.unwrap_or(Duration::from_secs(10)),
+            consumer: self.consumer.clone().unwrap_or_else(|| CONSUMER.into()),
+            ack_wait: self.ack_wait.unwrap_or(ACK_WAIT),
             subjects,
         }))
     }
