@@ -537,22 +537,7 @@ async fn kill_9_during_compaction_loses_nothing_and_doubles_nothing() {
     let t = Tally::start_with_env(&data, &args, &[("RUST_LOG", "info,tally_sinks=debug")]).await;
     let hours = hour_count(&fleet);
     wait_compacted(&data, hours).await;
-    let rows: Vec<Value> = reqwest::get(
-        t.url("/v1/billing/vm-usage?window=hour&from=2024-01-15T00:00:00Z&to=2024-01-17T00:00:00Z"),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    check(&rows, &fleet, 3600 * NS, None);
-    let n = t.sql("SELECT count(*) AS n FROM vm_metrics").await;
-    let want: usize = fleet.iter().map(|v| v.2.len()).sum();
-    assert_eq!(
-        n[0]["n"].as_u64().unwrap() as usize,
-        want,
-        "every sample once"
-    );
+    assert_billed_once(&t, &fleet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -684,22 +669,7 @@ async fn kill_9_while_rollups_are_written_loses_nothing_and_doubles_nothing() {
     let hours = hour_count(&fleet);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     wait_compacted(&data, hours).await;
-    let rows: Vec<Value> = reqwest::get(
-        t.url("/v1/billing/vm-usage?window=hour&from=2024-01-15T00:00:00Z&to=2024-01-17T00:00:00Z"),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    check(&rows, &fleet, 3600 * NS, None);
-    let n = t.sql("SELECT count(*) AS n FROM vm_metrics").await;
-    let want: usize = fleet.iter().map(|v| v.2.len()).sum();
-    assert_eq!(
-        n[0]["n"].as_u64().unwrap() as usize,
-        want,
-        "every sample once"
-    );
+    assert_billed_once(&t, &fleet).await;
     // One stored rollup per hour, no temporary file left behind.
     let rolled = common::files_per_hour(&data.join("vm_usage_hours"));
     assert!(rolled.values().all(|n| *n == 1), "{rolled:?}");
@@ -708,6 +678,27 @@ async fn kill_9_while_rollups_are_written_loses_nothing_and_doubles_nothing() {
         .filter(|f| f.to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The hourly bill of the fleet equals the rules computed here, and raw SQL
+/// holds every sample once.
+async fn assert_billed_once(t: &Tally, fleet: &[Vm]) {
+    let rows: Vec<Value> = reqwest::get(
+        t.url("/v1/billing/vm-usage?window=hour&from=2024-01-15T00:00:00Z&to=2024-01-17T00:00:00Z"),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    check(&rows, fleet, 3600 * NS, None);
+    let n = t.sql("SELECT count(*) AS n FROM vm_metrics").await;
+    let want: usize = fleet.iter().map(|v| v.2.len()).sum();
+    assert_eq!(
+        n[0]["n"].as_u64().unwrap() as usize,
+        want,
+        "every sample once"
+    );
 }
 
 /// How many distinct hours the fleet's samples fall in.
