@@ -256,14 +256,25 @@ impl ReadSide {
             object.clone(),
             prices.clone(),
         );
-        let compactor = Arc::new(Compactor::new(
-            core.target.clone(),
+        // Queries and compaction that meet an unreadable file move it to
+        // the quarantine through one doctor (it remembers verified files).
+        let doctor = Arc::new(FileDoctor::new(
+            core.target.destination.clone(),
+            core.target.data.clone(),
             core.store.clone(),
-            sink.rollups.clone(),
-            Arc::new(history.clone()),
-            config.parquet.compaction.clone(),
-            core.metrics.clone(),
+            core.quarantine.clone(),
         ));
+        let compactor = Arc::new(
+            Compactor::new(
+                core.target.clone(),
+                core.store.clone(),
+                sink.rollups.clone(),
+                Arc::new(history.clone()),
+                config.parquet.compaction.clone(),
+                core.metrics.clone(),
+            )
+            .with_file_check(doctor.clone()),
+        );
         let (c, compacted) = (compactor.clone(), core.compacted.clone());
         let n = tokio::task::spawn_blocking(move || c.recover(&compacted))
             .await?
@@ -272,12 +283,7 @@ impl ReadSide {
         tokio::spawn(compactor.run(stop.clone()));
         let engine = SqlEngine::with_object_store(core.store.clone(), object)
             .await?
-            .with_file_check(Arc::new(FileDoctor::new(
-                core.target.destination.clone(),
-                core.target.data.clone(),
-                core.store.clone(),
-                core.quarantine.clone(),
-            )));
+            .with_file_check(doctor);
         history.register_rollup_tables(&engine).await?;
         tally_queries::vm_billing::table::register(&engine, &history)?;
         engine.register_udf(tally_queries::prices::cost_udf(prices.clone()));

@@ -385,3 +385,118 @@ async fn an_unreadable_checkpoint_and_usage_config_are_set_aside_and_rebuilt() {
     assert_eq!(stored.len(), 500);
     assert!(stored.values().all(|&n| n == 1), "every record stored once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_compaction_cannot_read_is_quarantined_and_its_hour_compacts_from_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let events = |h: u32, prefix: &str, n: usize| -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|i| {
+                llm_event(
+                    &format!("{prefix}-{i}"),
+                    &format!("2025-11-24T{h:02}:00:00Z"),
+                    1,
+                    1,
+                )
+            })
+            .collect()
+    };
+    // Two runs with compaction held back: two files in each of hours 10 and 11.
+    let hold = ["--no-sampler", "--compact-interval", "1h"];
+    for (prefix, n) in [("a", 30), ("b", 40)] {
+        let t = Tally::start(&data, &hold).await;
+        for h in [10, 11] {
+            let sent = t
+                .post_llm_events(&events(h, &format!("h{h}{prefix}"), n))
+                .await;
+            assert_eq!(sent["accepted"], n);
+        }
+        t.terminate();
+    }
+    let hour10 = |data: &Path| -> Vec<PathBuf> {
+        parquet_files(data, "usage_llm")
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("hour=10"))
+            .collect()
+    };
+    let files = hour10(&data);
+    assert_eq!(files.len(), 2, "{files:?}");
+    // Compaction's first pass comes 2 s after start-up. Before it, the file
+    // holding the first batch has its pages zeroed and its footer kept
+    // whole: only a full read (the merge) fails on it.
+    let t = Tally::start(
+        &data,
+        &[
+            "--no-sampler",
+            "--compact-after",
+            "0s",
+            "--compact-interval",
+            "2s",
+        ],
+    )
+    .await;
+    let damaged = files
+        .iter()
+        .find(|f| {
+            let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+            !text.contains("h10b-")
+        })
+        .unwrap()
+        .clone();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let end = bytes.len() * 3 / 5;
+    bytes[4..end].fill(0);
+    std::fs::write(&damaged, &bytes).unwrap();
+    let mut layout = BTreeSet::new();
+    for _ in 0..150 {
+        layout = common::files_per_hour(&data.join("usage_llm"))
+            .into_iter()
+            .collect();
+        if layout.len() == 2 && layout.iter().all(|(_, n)| *n == 1) && !damaged.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!damaged.exists(), "the damaged file left the data tree");
+    assert!(
+        layout.iter().all(|(_, n)| *n == 1) && layout.len() == 2,
+        "each hour compacted into one file: {layout:?}"
+    );
+    let kept = files_under(&data.join("_tally/quarantine/files"));
+    let moved = kept
+        .iter()
+        .find(|p| p.file_name() == damaged.file_name())
+        .unwrap_or_else(|| panic!("{kept:?}"));
+    assert_eq!(std::fs::read(moved).unwrap(), bytes, "kept as it was found");
+    // Hour 10 holds the second batch only; hour 11 both, each once.
+    let rows = t
+        .sql("SELECT count(*) AS n FROM usage_llm WHERE event_id LIKE 'h10%'")
+        .await;
+    assert_eq!(rows[0]["n"], 40);
+    let rows = t
+        .sql("SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM usage_llm WHERE event_id LIKE 'h11%'")
+        .await;
+    assert_eq!(
+        (rows[0]["n"].as_u64(), rows[0]["d"].as_u64()),
+        (Some(70), Some(70))
+    );
+    let (_, h) = t.health().await;
+    let reports = h["components"]["damage"]["reports"].as_array().unwrap();
+    assert!(
+        reports.iter().any(|r| r["kind"] == "parquet_file"
+            && r["path"]
+                .as_str()
+                .unwrap()
+                .ends_with(&damaged.file_name().unwrap().to_string_lossy().into_owned())),
+        "{h}"
+    );
+    let metrics = t.metrics_text().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tally_compaction_errors_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    t.terminate();
+}

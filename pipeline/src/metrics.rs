@@ -225,7 +225,7 @@ impl Metrics {
             ),
             (
                 "tally_compaction_errors_total",
-                "Compaction passes that failed (retried on the next pass).",
+                "Hour compactions (and passes) that failed; the hour is tried again on the next pass.",
                 &self.compaction_errors,
             ),
             (

@@ -40,6 +40,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use tally_pipeline::batch::schema;
 use tally_pipeline::metrics::Metrics;
+use tally_pipeline::quarantine::FileCheck;
 use tally_pipeline::rollup::{
     file_name, hour_of_path, RolledHour, RollupBuilder, RollupOutput, Rollups, HOUR_NS,
 };
@@ -122,6 +123,8 @@ pub struct Compactor {
     /// Replaced files waiting for their grace period to end.
     doomed: Mutex<Vec<(Instant, Vec<PathBuf>)>>,
     running: tokio::sync::Mutex<()>,
+    /// Takes unreadable files out when an hour's merge cannot read one.
+    file_check: Option<Arc<dyn FileCheck>>,
 }
 
 impl Compactor {
@@ -142,7 +145,16 @@ impl Compactor {
             metrics,
             doomed: Mutex::new(Vec::new()),
             running: tokio::sync::Mutex::new(()),
+            file_check: None,
         }
+    }
+
+    /// An hour whose files cannot all be read makes `check` read the
+    /// registered files; those it moves to the quarantine (reported) leave
+    /// the hour, which is compacted from the others on the next pass.
+    pub fn with_file_check(mut self, check: Arc<dyn FileCheck>) -> Self {
+        self.file_check = Some(check);
+        self
     }
 
     /// Start-up, after recovery (`recovery::recover`): removes temporary
@@ -292,7 +304,20 @@ impl Compactor {
                 if done {
                     continue;
                 }
-                self.compact_hour(d, hour, files, &mut report).await?;
+                if let Err(e) = self.compact_hour(d, hour, files, &mut report).await {
+                    // One hour's failure does not stop the others.
+                    self.metrics.compaction_errors.add(1);
+                    tracing::error!(%d, hour, error = %e, "compacting an hour failed; it stays as it was and is tried again");
+                    if reads_files(&e) {
+                        if let Some(check) = &self.file_check {
+                            let moved =
+                                tokio::task::block_in_place(|| check.quarantine_unreadable());
+                            if moved > 0 {
+                                tracing::error!(%d, hour, files = moved, "unreadable files met by compaction are in quarantine; the hour is compacted from the others on the next pass");
+                            }
+                        }
+                    }
+                }
             }
         }
         tokio::task::block_in_place(|| self.expire(now_ns, &mut report))?;
@@ -473,6 +498,14 @@ impl Compactor {
         }
         let _ = tokio::task::block_in_place(|| self.delete_doomed(true));
     }
+}
+
+/// Whether a compaction error can come from reading an input file.
+fn reads_files(e: &SinkError) -> bool {
+    matches!(
+        e,
+        SinkError::Io { .. } | SinkError::Parquet { .. } | SinkError::Arrow(_)
+    )
 }
 
 /// A merged hour waiting for its commit.
