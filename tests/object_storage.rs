@@ -92,8 +92,8 @@ fn events(range: std::ops::Range<usize>) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parquet_goes_to_s3_survives_kill_9_and_reads_back_with_sql() {
+/// A moto S3 server with the test bucket.
+async fn with_bucket() -> S3Server {
     let s3 = S3Server::start();
     let created = reqwest::Client::new()
         .put(format!("{}/{BUCKET}", s3.endpoint))
@@ -101,6 +101,12 @@ async fn parquet_goes_to_s3_survives_kill_9_and_reads_back_with_sql() {
         .await
         .unwrap();
     assert!(created.status().is_success());
+    s3
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_goes_to_s3_survives_kill_9_and_reads_back_with_sql() {
+    let s3 = with_bucket().await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
 
@@ -171,13 +177,7 @@ async fn parquet_goes_to_s3_survives_kill_9_and_reads_back_with_sql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_hours_on_s3_compact_into_one_object_with_their_rollup() {
-    let s3 = S3Server::start();
-    let created = reqwest::Client::new()
-        .put(format!("{}/{BUCKET}", s3.endpoint))
-        .send()
-        .await
-        .unwrap();
-    assert!(created.status().is_success());
+    let s3 = with_bucket().await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let fast = [

@@ -44,18 +44,31 @@ pub const USAGE_MESSAGE_HOURLY: &str = include_str!("sql/usage_message_hourly.sq
 pub const VM_GAP_SPANS: &str = include_str!("sql/vm_gap_spans.sql");
 pub const VM_SAMPLES: &str = include_str!("sql/vm_samples.sql");
 
-/// The rollup table of a dataset and the SQL that builds it (VM usage is
-/// folded in Rust over `vm_samples.sql`).
+/// Each rolled-up dataset: its rollup table (one) and the SQL that builds
+/// it (VM usage is folded in Rust over `vm_samples.sql`).
+const ROLLUPS: [(Dataset, [&str; 1], &str); 6] = [
+    (Dataset::UsageLlm, ["usage_llm_hourly"], USAGE_LLM_HOURLY),
+    (Dataset::UsageTool, ["usage_tool_hourly"], USAGE_TOOL_HOURLY),
+    (
+        Dataset::UsageAgent,
+        ["usage_agent_hourly"],
+        USAGE_AGENT_HOURLY,
+    ),
+    (
+        Dataset::UsageMessage,
+        ["usage_message_hourly"],
+        USAGE_MESSAGE_HOURLY,
+    ),
+    (Dataset::VmMetrics, ["vm_usage_hours"], VM_SAMPLES),
+    (Dataset::VmEvents, ["vm_gap_spans"], VM_GAP_SPANS),
+];
+
+/// The rollup table of a dataset and the SQL that builds it.
 pub fn rollup_of(d: Dataset) -> Option<(&'static str, &'static str)> {
-    Some(match d {
-        Dataset::UsageLlm => ("usage_llm_hourly", USAGE_LLM_HOURLY),
-        Dataset::UsageTool => ("usage_tool_hourly", USAGE_TOOL_HOURLY),
-        Dataset::UsageAgent => ("usage_agent_hourly", USAGE_AGENT_HOURLY),
-        Dataset::UsageMessage => ("usage_message_hourly", USAGE_MESSAGE_HOURLY),
-        Dataset::VmMetrics => ("vm_usage_hours", VM_SAMPLES),
-        Dataset::VmEvents => ("vm_gap_spans", VM_GAP_SPANS),
-        _ => return None,
-    })
+    ROLLUPS
+        .iter()
+        .find(|(rd, _, _)| *rd == d)
+        .map(|(_, [table], sql)| (*table, *sql))
 }
 
 /// Which hours of a range read stored rollups, and which read raw records.
@@ -511,15 +524,10 @@ fn read_parquet(bytes: Bytes, path: &Path) -> Result<RecordBatch, QueryError> {
 #[async_trait]
 impl RollupBuilder for History {
     fn tables(&self, d: Dataset) -> &'static [&'static str] {
-        match d {
-            Dataset::UsageLlm => &["usage_llm_hourly"],
-            Dataset::UsageTool => &["usage_tool_hourly"],
-            Dataset::UsageAgent => &["usage_agent_hourly"],
-            Dataset::UsageMessage => &["usage_message_hourly"],
-            Dataset::VmMetrics => &["vm_usage_hours"],
-            Dataset::VmEvents => &["vm_gap_spans"],
-            _ => &[],
-        }
+        ROLLUPS
+            .iter()
+            .find(|(rd, _, _)| *rd == d)
+            .map_or(&[], |(_, tables, _)| tables.as_slice())
     }
 
     async fn build(

@@ -14,7 +14,8 @@ use super::config::{ConfigFile, UsageConfig};
 use super::rate_limit::RateLimiter;
 use super::settings::UsageApiConfig;
 use crate::history::History;
-use crate::http::validation_response;
+/// The spec's error body: `{"error","detail","validation_errors"}`.
+pub(super) use crate::http::validation_response as error;
 use crate::prices::PriceCatalogue;
 use crate::sql::SqlEngine;
 
@@ -38,16 +39,6 @@ pub struct UsageApi(pub(super) Arc<Inner>);
 
 pub(super) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
-}
-
-/// The spec's error body: `{"error","detail","validation_errors"}`.
-pub(super) fn error(
-    status: StatusCode,
-    error: &str,
-    detail: Option<String>,
-    validation: Vec<String>,
-) -> Response {
-    validation_response(status, error, detail, validation)
 }
 
 pub(super) fn validation_failed(errors: Vec<String>) -> Response {
