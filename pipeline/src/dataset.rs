@@ -261,13 +261,45 @@ impl Dataset {
     }
 
     /// Columns of the dedup key, in order. Empty: append only.
+    ///
+    /// A usage dataset's key starts with its tenant (see
+    /// [`Dataset::tenant_column`]), so one tenant's ids never suppress
+    /// another's; files are sorted by the key, then time.
     pub fn key_columns(self) -> &'static [usize] {
         match self {
-            Dataset::VmMetrics => &[1, 2],
+            // (microdao_id, event_id)
+            Dataset::UsageLlm | Dataset::UsageTool => &[5, 0],
+            Dataset::UsageAgent => &[3, 0],
+            Dataset::UsageMessage => &[4, 0],
+            // (app_id, chat_id, event_id)
+            Dataset::UsageChatSummary => &[3, 2, 0],
+            // (customer_id, vm_id, timestamp)
+            Dataset::VmMetrics => &[0, 1, 2],
+            // (microdao_id, id)
+            Dataset::UsageSnapshots => &[4, 0],
             Dataset::HostUsage => &[0, 1],
             Dataset::Rejected => &[],
-            _ => &[0],
+            // event_id: VM events name their VM in it; only starts carry a
+            // customer.
+            Dataset::VmEvents => &[0],
         }
+    }
+
+    /// The column naming a record's tenant: `microdao_id` for the usage
+    /// datasets, `app_id` for chat events, `customer_id` for VM data.
+    /// Tokens limited to tenants are checked against it.
+    pub fn tenant_column(self) -> Option<usize> {
+        let name = match self {
+            Dataset::UsageLlm
+            | Dataset::UsageTool
+            | Dataset::UsageAgent
+            | Dataset::UsageMessage
+            | Dataset::UsageSnapshots => "microdao_id",
+            Dataset::UsageChatSummary => "app_id",
+            Dataset::VmMetrics | Dataset::VmEvents => "customer_id",
+            Dataset::HostUsage | Dataset::Rejected => return None,
+        };
+        self.column_index(name)
     }
 
     /// Whether the key is more than one column and its last is the record's
@@ -319,12 +351,50 @@ mod tests {
     }
 
     #[test]
-    fn key_and_time_columns_are_not_nullable() {
+    fn key_and_time_columns_are_not_nullable_but_the_tenant() {
         for d in Dataset::ALL {
             let cols = d.columns();
             assert_eq!(cols[d.time_column()].ty, ColumnType::TimestampNs, "{d}");
             for &k in d.key_columns() {
-                assert!(!cols[k].nullable, "{d}.{}", cols[k].name);
+                assert!(
+                    !cols[k].nullable || Some(k) == d.tenant_column(),
+                    "{d}.{}",
+                    cols[k].name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn usage_keys_start_with_the_tenant() {
+        let names = |d: Dataset| -> Vec<&str> {
+            d.key_columns()
+                .iter()
+                .map(|&c| d.columns()[c].name)
+                .collect()
+        };
+        for d in [
+            Dataset::UsageLlm,
+            Dataset::UsageTool,
+            Dataset::UsageAgent,
+            Dataset::UsageMessage,
+        ] {
+            assert_eq!(names(d), ["microdao_id", "event_id"], "{d}");
+        }
+        assert_eq!(
+            names(Dataset::UsageChatSummary),
+            ["app_id", "chat_id", "event_id"]
+        );
+        assert_eq!(
+            names(Dataset::VmMetrics),
+            ["customer_id", "vm_id", "timestamp"]
+        );
+        assert_eq!(names(Dataset::UsageSnapshots), ["microdao_id", "id"]);
+        for d in Dataset::ALL {
+            if let Some(t) = d.tenant_column() {
+                if d != Dataset::VmEvents {
+                    assert_eq!(d.key_columns()[0], t, "{d}");
+                }
             }
         }
     }

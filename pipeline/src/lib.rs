@@ -4,6 +4,7 @@
 //! It depends on nothing else of tally; sources feed it, sinks drain it and
 //! queries read it.
 
+pub mod access;
 pub mod batch;
 pub mod component;
 pub mod config;

@@ -519,9 +519,53 @@ struct Merged {
     bytes: u64,
 }
 
+/// The batches of one input, in key order.
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>> + Send>;
+
+/// The sort order files of `d` are written in (key columns, then time).
+pub(crate) fn sorting_columns(d: Dataset) -> Vec<parquet::file::metadata::SortingColumn> {
+    d.key_columns()
+        .iter()
+        .chain(std::iter::once(&d.time_column()))
+        .map(|&c| parquet::file::metadata::SortingColumn {
+            column_idx: c as i32,
+            descending: false,
+            nulls_first: false,
+        })
+        .collect()
+}
+
+/// A file written under another key order (the keys of usage datasets
+/// gained their tenant): its rows sorted in memory by `conv`'s columns.
+/// Such files predate the change, so this happens once per hour.
+fn sorted_in_memory(
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    d: Dataset,
+    sort_cols: &[usize],
+    conv: &RowConverter,
+) -> Result<Batches, SinkError> {
+    let batches: Vec<RecordBatch> = reader
+        .map(|b| b.map_err(SinkError::from).and_then(|b| conform(b, d)))
+        .collect::<Result<_, _>>()?;
+    let all = arrow::compute::concat_batches(&schema(d), &batches)?;
+    let cols: Vec<ArrayRef> = sort_cols.iter().map(|&c| all.column(c).clone()).collect();
+    let rows = conv.convert_columns(&cols)?;
+    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    // Stable: rows of one key keep their stored order.
+    order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    let sorted = arrow::compute::take_record_batch(&all, &arrow::array::UInt32Array::from(order))?;
+    let step = 8192;
+    let n = sorted.num_rows();
+    let parts: Vec<RecordBatch> = (0..n)
+        .step_by(step)
+        .map(|o| sorted.slice(o, step.min(n - o)))
+        .collect();
+    Ok(Box::new(parts.into_iter().map(Ok)))
+}
+
 /// One input of the merge: its batches and the current row.
 struct Cursor {
-    batches: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    batches: Batches,
     /// Slot of the current batch in the arena.
     slot: usize,
     row: usize,
@@ -566,11 +610,21 @@ fn merge_hour(
         .chain(std::iter::once(d.time_column()))
         .collect();
     let key_cols: Vec<usize> = d.key_columns().to_vec();
+    // Nulls last, as the writer sorts (a tenant may be null).
     let fields = |cols: &[usize]| -> Vec<SortField> {
         cols.iter()
-            .map(|&c| SortField::new(full.field(c).data_type().clone()))
+            .map(|&c| {
+                SortField::new_with_options(
+                    full.field(c).data_type().clone(),
+                    arrow::compute::SortOptions {
+                        descending: false,
+                        nulls_first: false,
+                    },
+                )
+            })
             .collect()
     };
+    let expected_order = sorting_columns(d);
     let sort_conv = RowConverter::new(fields(&sort_cols))?;
     let key_conv = RowConverter::new(fields(&key_cols))?;
 
@@ -579,8 +633,7 @@ fn merge_hour(
     let mut arena: Vec<RecordBatch> = Vec::new();
     let mut cursors: Vec<Option<Cursor>> = Vec::new();
     let mut rows_in = 0u64;
-    let next_batch = |reader: &mut parquet::arrow::arrow_reader::ParquetRecordBatchReader,
-                      path: &Path|
+    let next_batch = |reader: &mut Batches, path: &Path|
      -> Result<Option<RecordBatch>, SinkError> {
         loop {
             match reader.next() {
@@ -630,7 +683,12 @@ fn merge_hour(
             }
         }
         rows_in += builder.metadata().file_metadata().num_rows().max(0) as u64;
-        let mut reader =
+        let in_order = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .all(|g| g.sorting_columns() == Some(&expected_order));
+        let reader =
             builder
                 .with_batch_size(8192)
                 .build()
@@ -638,6 +696,12 @@ fn merge_hour(
                     path: f.path.clone(),
                     source,
                 })?;
+        let mut reader: Batches = if in_order {
+            Box::new(reader)
+        } else {
+            tracing::info!(path = %f.path.display(), dataset = %d, "file written under an older key order: sorted in memory for the merge");
+            sorted_in_memory(reader, d, &sort_cols, &sort_conv)?
+        };
         match next_batch(&mut reader, &f.path)? {
             None => cursors.push(None),
             Some(b) => {
@@ -989,5 +1053,135 @@ mod tests {
         }
         assert_eq!(merged.rows_out as usize, want.len());
         assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn files_of_the_older_key_order_merge_with_tenant_keyed_files() {
+        use crate::parquet::writer::write_partition;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use tally_pipeline::batch::records_to_batch;
+        use tally_pipeline::{Record, RecordBuilder, Value};
+
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let target = FlushTarget {
+            data: data.to_path_buf(),
+            state: data.to_path_buf(),
+            destination: Arc::new(Destination::Local),
+            node: "n".into(),
+            quarantine: None,
+        };
+        let d = Dataset::UsageLlm;
+        let hour = 1_705_363_200_000_000_000i64;
+        let mut seed = 11u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let tenants = [None, Some("m1"), Some("m2")];
+        // Expected: each (tenant, event_id) once, ordered with no tenant last.
+        let mut want = std::collections::BTreeSet::new();
+        let mut inputs = Vec::new();
+        for f in 0..6u64 {
+            let records: Vec<Record> = (0..500)
+                .map(|_| {
+                    let tenant = tenants[next(3) as usize];
+                    let id = format!("e{:03}", next(200));
+                    want.insert((tenant.is_none(), tenant.unwrap_or(""), id.clone()));
+                    let mut b = RecordBuilder::new(d);
+                    b.set("event_id", id.as_str())
+                        .set(
+                            "timestamp",
+                            Value::Ts(hour + next(3_600_000) as i64 * 1_000_000),
+                        )
+                        .set("microdao_id", tenant)
+                        .set("prompt_tokens", 1)
+                        .set("completion_tokens", 1)
+                        .set("total_tokens", 2)
+                        .set("success", true)
+                        .set("source", "test");
+                    b.build().unwrap()
+                })
+                .collect();
+            let path = if f % 2 == 0 {
+                let refs: Vec<&Record> = records.iter().collect();
+                let w = write_partition(data, "n", d, ("2024-01-16", 0), (f + 1, f + 1), &refs)
+                    .unwrap();
+                std::fs::rename(data.join(&w.tmp), data.join(&w.final_path)).unwrap();
+                data.join(&w.final_path)
+            } else {
+                // As files were written before keys had a tenant: sorted
+                // by (event_id, timestamp) and saying so.
+                let mut sorted: Vec<&Record> = records.iter().collect();
+                sorted.sort_by_key(|r| {
+                    let mut k = Vec::new();
+                    tally_pipeline::record::encode_key_part(&r.values[0], &mut k);
+                    tally_pipeline::record::encode_key_part(&r.values[1], &mut k);
+                    k
+                });
+                let batch = records_to_batch(d, sorted.into_iter()).unwrap();
+                let props = WriterProperties::builder()
+                    .set_sorting_columns(Some(
+                        [0, 1]
+                            .map(|c| parquet::file::metadata::SortingColumn {
+                                column_idx: c,
+                                descending: false,
+                                nulls_first: false,
+                            })
+                            .to_vec(),
+                    ))
+                    .build();
+                let dir = data.join("usage_llm/date=2024-01-16/hour=00");
+                std::fs::create_dir_all(&dir).unwrap();
+                let path = dir.join(format!("old-{f}.parquet"));
+                let mut w =
+                    ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props))
+                        .unwrap();
+                w.write(&batch).unwrap();
+                w.close().unwrap();
+                path
+            };
+            inputs.push(FileEntry {
+                rows: 500,
+                bytes: std::fs::metadata(&path).unwrap().len(),
+                path,
+            });
+        }
+        let merged = merge_hour(&target, d, hour, &inputs).unwrap();
+        let file = File::open(data.join(&merged.tmp)).unwrap();
+        let mut got = Vec::new();
+        for b in ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let b = b.unwrap();
+            let m = arrow::compute::cast(b.column(5), &arrow::datatypes::DataType::Utf8).unwrap();
+            let m = m
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            let id = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            for r in 0..b.num_rows() {
+                let tenant = (!m.is_null(r)).then(|| m.value(r).to_string());
+                got.push((
+                    tenant.is_none(),
+                    tenant.unwrap_or_default(),
+                    id.value(r).to_string(),
+                ));
+            }
+        }
+        let want: Vec<(bool, String, String)> = want
+            .into_iter()
+            .map(|(none, t, id)| (none, t.to_string(), id))
+            .collect();
+        assert_eq!(merged.rows_out as usize, want.len());
+        assert_eq!(got, want);
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use tally_pipeline::batch::records_to_batch;
@@ -38,16 +38,7 @@ pub fn writer_properties_with(
     last_seq: u64,
     extra: Vec<KeyValue>,
 ) -> WriterProperties {
-    let sorting = dataset
-        .key_columns()
-        .iter()
-        .chain(std::iter::once(&dataset.time_column()))
-        .map(|&c| SortingColumn {
-            column_idx: c as i32,
-            descending: false,
-            nulls_first: false,
-        })
-        .collect();
+    let sorting = super::compact::sorting_columns(dataset);
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),
