@@ -1,4 +1,4 @@
-//! Command line: `tally serve` and `tally sql`.
+//! Command line: `tally serve`, `tally sql`, `tally check` and `tally token`.
 
 use std::path::PathBuf;
 
@@ -25,6 +25,47 @@ pub enum Command {
     /// Verify a data directory offline: every WAL frame, the checkpoint and
     /// every Parquet file (footer, schema, rows). Exits 1 on damage.
     Check(CheckArgs),
+    /// Create, list and revoke API tokens (`_tally/tokens.json` in the state directory).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Data directory of the server the tokens are for.
+    #[arg(long, env = "TALLY_DATA", default_value = crate::config::DEFAULT_DATA, global = true)]
+    pub data: PathBuf,
+
+    /// The server's state directory. [default: the data directory]
+    #[arg(long, env = "TALLY_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (once: only its hash is kept).
+    Create {
+        /// A name to list and revoke it by.
+        #[arg(long)]
+        name: String,
+        /// ingest (writes usage, reads nothing), read (the read APIs and
+        /// WebSockets) or admin (everything, with /v1/sql).
+        #[arg(long)]
+        role: tally_pipeline::access::Role,
+        /// Limit the token to this tenant (repeatable): microdao_id, app_id
+        /// for chat events, customer_id for VMs. [default: every tenant]
+        #[arg(long)]
+        tenant: Vec<String>,
+    },
+    /// List tokens: names, roles, tenants, created, last used (never secrets).
+    List,
+    /// Revoke a token: a running server refuses it within two seconds.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use tally_pipeline::access::limits::LimitsArgs;
 use tally_pipeline::config::{layer, PipelineArgs, PipelineSettings};
 use tally_queries::plan_usage::UsageApiArgs;
 use tally_queries::prices::PricesArgs;
@@ -26,6 +27,9 @@ use tally_sources::kafka::config::KafkaArgs;
 use tally_sources::kafka::KafkaConfig;
 use tally_sources::nats::config::NatsArgs;
 use tally_sources::nats::NatsConfig;
+
+use crate::auth::AuthArgs;
+use crate::tls::TlsArgs;
 
 /// The data directory when none is given (also of `tally sql` and `tally check`).
 pub const DEFAULT_DATA: &str = "data";
@@ -90,6 +94,12 @@ pub struct Components {
     pub prices: PricesArgs,
     #[command(flatten)]
     pub control_plane: ControlPlaneArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
 }
 
 /// The resolved settings.
@@ -116,6 +126,9 @@ pub struct Config {
     pub prices: PricesArgs,
     /// The control-plane usage hook, when enabled.
     pub control_plane: Option<ForwarderConfig>,
+    pub auth: AuthArgs,
+    pub tls: TlsArgs,
+    pub limits: LimitsArgs,
 }
 
 impl Config {
@@ -160,6 +173,9 @@ impl Config {
             usage_api: c.usage_api.clone(),
             prices: c.prices.clone(),
             control_plane: c.control_plane.resolve()?,
+            auth: c.auth.clone(),
+            tls: c.tls.clone(),
+            limits: c.limits.clone(),
         })
     }
 

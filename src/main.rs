@@ -1,10 +1,12 @@
 //! The `tally` binary: command line, config and wiring.
 
+mod auth;
 mod check;
 mod cli;
 mod config;
 mod server;
 mod status;
+mod tls;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -14,7 +16,7 @@ use clap::Parser;
 use tally_queries::{OutputFormat, SqlEngine};
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, SqlArgs, SqlFormat};
+use cli::{Cli, Command, SqlArgs, SqlFormat, TokenArgs, TokenCommand};
 
 /// mimalloc instead of the system allocator: with glibc's malloc, allocation
 /// and free were about a fifth of the server's CPU on the gRPC ingest
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
             }
             Command::Sql(args) => sql(args).await.map(|()| ExitCode::SUCCESS),
             Command::Check(args) => tokio::task::spawn_blocking(move || check::run(args)).await?,
+            Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
@@ -99,5 +102,61 @@ async fn sql(args: SqlArgs) -> anyhow::Result<()> {
         out.push(b'\n');
     }
     std::io::stdout().write_all(&out)?;
+    Ok(())
+}
+
+/// `tally token create|list|revoke`.
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let state = args.state_dir.clone().unwrap_or_else(|| args.data.clone());
+    match args.command {
+        TokenCommand::Create {
+            name,
+            role,
+            tenant,
+        } => {
+            let secret = auth::tokens::create(&state, &name, role, &tenant)?;
+            println!("{secret}");
+            eprintln!(
+                "token {name:?} ({role}{}) created; the secret above is shown only now",
+                if tenant.is_empty() {
+                    ", every tenant".to_string()
+                } else {
+                    format!(", tenants {}", tenant.join(", "))
+                }
+            );
+        }
+        TokenCommand::List => {
+            let file = auth::tokens::TokenFile::load(&auth::tokens::tokens_path(&state))?;
+            let used = auth::tokens::last_used(&state);
+            println!(
+                "{:<24} {:<7} {:<24} {:<21} {:<21} STATUS",
+                "NAME", "ROLE", "TENANTS", "CREATED", "LAST USED"
+            );
+            for t in &file.tokens {
+                let last = used
+                    .get(&t.name)
+                    .and_then(|s| chrono::DateTime::from_timestamp(*s as i64, 0))
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_else(|| "never".into());
+                let tenants = if t.tenants.is_empty() {
+                    "*".to_string()
+                } else {
+                    t.tenants.join(",")
+                };
+                let status = match &t.revoked {
+                    Some(at) => format!("revoked {at}"),
+                    None => "active".into(),
+                };
+                println!(
+                    "{:<24} {:<7} {:<24} {:<21} {:<21} {status}",
+                    t.name, t.role, tenants, t.created, last
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            auth::tokens::revoke(&state, &name)?;
+            eprintln!("token {name:?} revoked; a running server refuses it within two seconds");
+        }
+    }
     Ok(())
 }

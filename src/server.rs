@@ -39,7 +39,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::{self, Auth, Need};
 use crate::config::Config;
+use crate::tls::Tls;
+use tally_pipeline::access::Role;
 use crate::status::{self, StatusState};
 
 type Shared<T> = Arc<parking_lot::Mutex<T>>;
@@ -48,6 +51,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_file_limit();
     let started = Instant::now();
     let (stop_tx, stop) = watch::channel(false);
+    let auth = Auth::start(&config.auth, &config.state_root(), &config.data, &config.listen)?;
+    let tls = Tls::start(&config.tls)?;
     let core = Core::start(&config).await?;
     let ctx = Context {
         pipeline: core.pipeline.clone(),
@@ -69,16 +74,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             .map(|_| sources.sampler.tick_cost.clone()),
         quarantine: core.quarantine.clone(),
         gpu: sources.sampler.gpu_status.clone(),
+        auth: auth.clone(),
         started,
     };
-    let app = routes(&config, &core, &read, &sources, status.clone())?;
+    tokio::spawn(auth.clone().run(stop.clone()));
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(stop.clone()));
+    }
+    let app = routes(&config, &core, &read, &sources, status.clone(), &auth)?;
     let metrics_only = config
         .metrics_listen
         .map(|a| (a, status::metrics_router(status.clone())));
     let listeners = config.listen.iter().map(|a| (*a, app.clone()));
     let mut servers = Vec::new();
     for (addr, app) in listeners.chain(metrics_only) {
-        servers.push(listen(addr, app, stop.clone()).await?);
+        servers.push(listen(addr, app, tls.clone(), stop.clone()).await?);
     }
 
     shutdown_signal().await;
@@ -325,7 +335,8 @@ impl Sources {
             .clone()
             .map(|n| tally_sources::nats::start(n, ctx, tap.clone()));
         Ok(Sources {
-            billing: BillingService::new(ctx.pipeline.clone()),
+            billing: BillingService::new(ctx.pipeline.clone())
+                .with_customer_limits(config.limits.customers()),
             forwarder,
             tap,
             nats,
@@ -347,13 +358,15 @@ impl Sources {
     }
 }
 
-/// Every route of the main listeners.
+/// Every route of the main listeners, each group behind the token check
+/// its role needs (`/health` alone is open).
 fn routes(
     config: &Config,
     core: &Core,
     read: &ReadSide,
     sources: &Sources,
     status: StatusState,
+    auth: &Arc<Auth>,
 ) -> anyhow::Result<Router> {
     let usage_config_path =
         tally_sinks::parquet::layout::state_dir(&core.target.state).join("usage_config.json");
@@ -366,39 +379,85 @@ fn routes(
         config.usage_api.resolve(usage_config_path),
     )
     .context("loading the usage API configuration")?;
+    let gate = |router: Router, need: Need, render: auth::Render| {
+        router.route_layer(axum::middleware::from_fn_with_state(
+            auth.gate(need, render),
+            auth::authenticate,
+        ))
+    };
+    let json = auth::json_refusal;
     Ok(Router::new()
-        .merge(tally_sources::http::router(
-            core.pipeline.clone(),
-            sources.tap.clone(),
+        .merge(gate(
+            tally_sources::http::router(
+                core.pipeline.clone(),
+                sources.tap.clone(),
+                config.limits.tenants().map(Arc::new),
+            ),
+            Need::role(Role::Ingest),
+            json,
         ))
-        .merge(tally_sources::billing::router(
-            sources.billing.clone(),
-            config.max_body_bytes,
+        .merge(gate(
+            tally_sources::billing::router(sources.billing.clone(), config.max_body_bytes),
+            Need::role(Role::Ingest),
+            billing_refusal,
         ))
-        .merge(tally_queries::host_usage::router(
-            sources.sampler.feed.clone(),
+        .merge(gate(
+            tally_queries::host_usage::router(sources.sampler.feed.clone()),
+            Need::role(Role::Read).all_tenants(),
+            json,
         ))
-        .merge(tally_queries::agent_usage::router(
-            read.history.clone(),
-            read.prices.clone(),
+        .merge(gate(
+            tally_queries::agent_usage::router(read.history.clone(), read.prices.clone()),
+            Need::role(Role::Read),
+            json,
         ))
-        .merge(usage_api.router())
-        .merge(tally_queries::sql::route::router(read.engine.clone()))
-        .merge(tally_queries::vm_billing::router(read.history.clone()))
-        .merge(status::router(status))
+        .merge(gate(
+            usage_api.router(),
+            Need::role(Role::Read).writes(Role::Admin),
+            json,
+        ))
+        .merge(gate(
+            tally_queries::sql::route::router(read.engine.clone()),
+            Need::role(Role::Admin),
+            json,
+        ))
+        .merge(gate(
+            tally_queries::vm_billing::router(read.history.clone()),
+            Need::role(Role::Read),
+            json,
+        ))
+        .merge(gate(
+            status::router(status.clone()),
+            Need::role(Role::Read).writes(Role::Admin).all_tenants(),
+            json,
+        ))
+        .merge(status::health_router(status))
         .layer(DefaultBodyLimit::max(config.max_body_bytes)))
+}
+
+/// billing.v1's refusals in its protocols' shapes.
+fn billing_refusal(headers: &axum::http::HeaderMap, d: &auth::Denial) -> axum::response::Response {
+    tally_sources::billing::refusal(
+        headers,
+        d.status == axum::http::StatusCode::UNAUTHORIZED,
+        &d.detail,
+    )
 }
 
 /// Serves `app` on `addr` until `stop`.
 async fn listen(
     addr: SocketAddr,
     app: Router,
+    tls: Option<Arc<Tls>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
     let listener = TcpListener::bind(&addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "listening");
+    if let Some(tls) = tls {
+        return Ok(tokio::spawn(crate::tls::serve(listener, app, tls, stop)));
+    }
     Ok(tokio::spawn(async move {
         axum::serve(
             listener,

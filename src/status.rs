@@ -33,6 +33,8 @@ pub struct StatusState {
     pub gpu: Option<serde_json::Value>,
     /// Damage found on disk, until an operator acknowledges it.
     pub quarantine: Arc<Quarantine>,
+    /// Refused requests, by route and reason.
+    pub auth: Arc<crate::auth::Auth>,
     pub started: Instant,
 }
 
@@ -43,9 +45,16 @@ pub fn metrics_router(state: StatusState) -> Router {
         .with_state(state)
 }
 
-pub fn router(state: StatusState) -> Router {
+/// `/health`: open to all (it reveals no tenant's data).
+pub fn health_router(state: StatusState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .with_state(state)
+}
+
+/// `/metrics` and the damage reports (behind a token when auth is on).
+pub fn router(state: StatusState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/damage", get(damage))
         .route("/v1/damage/acknowledge", post(acknowledge))
@@ -173,6 +182,7 @@ async fn metrics(State(s): State<StatusState>) -> Response {
         s.quarantine.unacknowledged().len()
     ));
     text.push_str(&s.billing.render());
+    s.auth.render_metrics(&mut text);
     if let Some(f) = &s.forwarder {
         text.push_str(&f.render());
     }

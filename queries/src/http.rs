@@ -23,3 +23,9 @@ pub fn validation_response(
     )
         .into_response()
 }
+
+/// 403 `{"error":"forbidden","detail":…}`: the token does not cover what was
+/// asked.
+pub fn forbidden(e: tally_pipeline::access::Forbidden) -> Response {
+    error_response(StatusCode::FORBIDDEN, "forbidden", e.0)
+}

@@ -9,20 +9,21 @@ pub mod totals;
 /// `usage_llm_hourly` regrouped without the actor (see the file).
 const USAGE_LLM_BY_AGENT: &str = include_str!("sql/usage_llm_hourly_by_agent.sql");
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
+use tally_pipeline::access::Access;
 use tally_pipeline::Dataset;
 
 use crate::history::History;
-use crate::http::error_response;
+use crate::http::{error_response, forbidden};
 use crate::prices::{PriceCatalogue, Tokens};
 use crate::sql::QueryError;
 use totals::Scope;
@@ -47,6 +48,8 @@ pub fn router(history: History, prices: Arc<PriceCatalogue>) -> Router {
 pub struct Filters {
     pub microdao_id: Option<String>,
     pub agent_id: Option<String>,
+    /// The tenants the token covers (`None`: all).
+    pub tenants: Option<Arc<BTreeSet<String>>>,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
 }
@@ -88,6 +91,7 @@ impl Filters {
         Ok(Filters {
             microdao_id,
             agent_id,
+            tenants: None,
             period_start: now - chrono::Duration::hours(hours),
             period_end: now,
         })
@@ -97,6 +101,7 @@ impl Filters {
         Scope {
             microdao_id: self.microdao_id.as_deref(),
             agent_id: self.agent_id.as_deref(),
+            tenants: self.tenants.as_deref(),
         }
     }
 
@@ -230,26 +235,39 @@ fn tool_rows(f: &Filters, tool: &[Batch]) -> Vec<Value> {
         .collect()
 }
 
-/// Parses the filters and answers with `rows`, or names what is wrong.
-async fn answer<F, Fut>(api: UsageApi, params: HashMap<String, String>, rows: F) -> Response
+/// Parses the filters and answers with `rows`, or names what is wrong. A
+/// token of some tenants asks for its own and sees only theirs.
+async fn answer<F, Fut>(
+    api: UsageApi,
+    access: Access,
+    params: HashMap<String, String>,
+    rows: F,
+) -> Response
 where
     F: FnOnce(UsageApi, Filters) -> Fut,
     Fut: std::future::Future<Output = Result<Value, QueryError>>,
 {
     match Filters::parse(&params, Utc::now()) {
-        Ok(f) => match rows(api, f).await {
-            Ok(v) => Json(v).into_response(),
-            Err(e) => failed(e),
-        },
+        Ok(mut f) => {
+            if let Err(e) = access.check_filter("microdao_id", f.microdao_id.as_deref()) {
+                return forbidden(e);
+            }
+            f.tenants = access.tenants.clone();
+            match rows(api, f).await {
+                Ok(v) => Json(v).into_response(),
+                Err(e) => failed(e),
+            }
+        }
         Err(detail) => bad_request(detail),
     }
 }
 
 async fn models(
     State(api): State<UsageApi>,
+    Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(api, params, |api, f| async move {
+    answer(api, access, params, |api, f| async move {
         let llm = hourly(&api, Dataset::UsageLlm, &f).await?;
         let (models, _, _) = model_rows(&api, &f, &llm);
         Ok(json!({ "models": models }))
@@ -259,9 +277,10 @@ async fn models(
 
 async fn agents(
     State(api): State<UsageApi>,
+    Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(api, params, |api, f| async move {
+    answer(api, access, params, |api, f| async move {
         let agent = hourly(&api, Dataset::UsageAgent, &f).await?;
         let llm = hourly(&api, Dataset::UsageLlm, &f).await?;
         let tool = hourly(&api, Dataset::UsageTool, &f).await?;
@@ -272,9 +291,10 @@ async fn agents(
 
 async fn tools(
     State(api): State<UsageApi>,
+    Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(api, params, |api, f| async move {
+    answer(api, access, params, |api, f| async move {
         let tool = hourly(&api, Dataset::UsageTool, &f).await?;
         Ok(json!({ "tools": tool_rows(&f, &tool) }))
     })
@@ -283,9 +303,10 @@ async fn tools(
 
 async fn summary(
     State(api): State<UsageApi>,
+    Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(api, params, |api, f| async move {
+    answer(api, access, params, |api, f| async move {
         let scope = f.scope();
         let llm = hourly(&api, Dataset::UsageLlm, &f).await?;
         let tool = hourly(&api, Dataset::UsageTool, &f).await?;

@@ -1,7 +1,7 @@
 //! Totals of the usage-engine API summed from hourly rollup rows (the
 //! columns of `sql/rollups/usage_*_hourly.sql`), stored or computed from raw.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
@@ -14,6 +14,8 @@ pub struct Scope<'a> {
     /// Compared with the table's agent column (`agent_id`, or `actor_id`
     /// for messages).
     pub agent_id: Option<&'a str>,
+    /// The tenants the request's token covers (`None`: all).
+    pub tenants: Option<&'a BTreeSet<String>>,
 }
 
 /// The string at row `r`, `None` when null.
@@ -45,6 +47,9 @@ fn kept<'s>(
             .microdao_id
             .is_none_or(|m| get(microdao, r) == Some(m))
             && scope.agent_id.is_none_or(|a| get(agent, r) == Some(a))
+            && scope
+                .tenants
+                .is_none_or(|t| get(microdao, r).is_some_and(|m| t.contains(m)))
     })
 }
 

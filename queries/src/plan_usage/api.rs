@@ -1,13 +1,14 @@
 //! The Usage API's shared state (`UsageApi`), its error bodies and the
 //! `actor_id` / `microdao_id` scope every endpoint takes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use chrono::Utc;
 use parking_lot::Mutex;
+use tally_pipeline::access::Access;
 use tally_pipeline::Pipeline;
 
 use super::config::{ConfigFile, UsageConfig};
@@ -73,6 +74,9 @@ pub(super) fn server_error(e: impl std::fmt::Display) -> Response {
 pub(super) struct Scope {
     pub(super) actor_id: Option<String>,
     pub(super) microdao_id: Option<String>,
+    /// The tenants of a token of several, asked for none in particular:
+    /// their union is read (and no snapshot kept, as it is no one's plan).
+    pub(super) tenants: Option<Arc<BTreeSet<String>>>,
 }
 
 impl Scope {
@@ -94,11 +98,44 @@ impl Scope {
         scope
     }
 
+    /// Narrows the scope to what `access` covers: another tenant's
+    /// `microdao_id` is refused; a token of one tenant reads that one, a
+    /// token of several their union.
+    pub(super) fn within(mut self, access: &Access) -> Result<Scope, Response> {
+        if let Err(e) = access.check_filter("microdao_id", self.microdao_id.as_deref()) {
+            return Err(crate::http::forbidden(e));
+        }
+        if self.microdao_id.is_none() {
+            match &access.tenants {
+                Some(t) if t.len() == 1 => self.microdao_id = t.iter().next().cloned(),
+                Some(t) => self.tenants = Some(t.clone()),
+                None => {}
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether a row of `microdao_id` is in the scope's tenants.
+    pub(super) fn covers_tenant(&self, microdao_id: Option<&str>) -> bool {
+        self.tenants
+            .as_ref()
+            .is_none_or(|t| microdao_id.is_some_and(|m| t.contains(m)))
+    }
+
+    /// The tenant list as one SQL parameter (comma-separated; tenant ids
+    /// hold no commas), or NULL.
+    pub(super) fn tenant_param(&self) -> Option<String> {
+        self.tenants
+            .as_ref()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>().join(","))
+    }
+
     pub(super) fn key(&self) -> String {
         format!(
-            "{}|{}",
+            "{}|{}|{}",
             self.actor_id.as_deref().unwrap_or(""),
-            self.microdao_id.as_deref().unwrap_or("")
+            self.microdao_id.as_deref().unwrap_or(""),
+            self.tenant_param().unwrap_or_default()
         )
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
+use axum::Extension;
+use tally_pipeline::access::Access;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use datafusion::common::ScalarValue;
@@ -38,6 +40,9 @@ impl UsageApi {
         stats: &Value,
         now: i64,
     ) {
+        if scope.tenants.is_some() {
+            return;
+        }
         let key = format!("{}|{}", block.id, scope.key());
         {
             let mut last = self.0.snapshots.lock();
@@ -110,6 +115,7 @@ fn int_param(
 
 pub(super) async fn sessions(
     State(api): State<UsageApi>,
+    Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let mut params = pairs(params);
@@ -129,6 +135,10 @@ pub(super) async fn sessions(
     if !errors.is_empty() {
         return validation_failed(errors);
     }
+    let scope = match scope.within(&access) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let text = |v: &Option<String>| ScalarValue::Utf8(v.clone());
     let params = vec![
         ScalarValue::Int64(Some((now_ms() - hours_back * HOUR_MS) * 1_000_000)),
@@ -136,6 +146,7 @@ pub(super) async fn sessions(
         text(&scope.microdao_id),
         text(&session_id),
         ScalarValue::Int64(Some(limit)),
+        text(&scope.tenant_param()),
     ];
     let rows = match api.0.engine.query_with_params(SESSIONS, params).await {
         Ok(batches) => match json_rows(&batches) {

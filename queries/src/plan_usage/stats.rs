@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use axum::extract::{ConnectInfo, Query, State};
+use axum::Extension;
+use tally_pipeline::access::Access;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::TimeZone;
@@ -54,6 +56,7 @@ impl UsageApi {
                         .microdao_id
                         .as_deref()
                         .is_some_and(|x| str_at(microdao, r) != Some(x))
+                    || !scope.covers_tenant(str_at(microdao, r))
                 {
                     continue;
                 }
@@ -175,6 +178,7 @@ fn next_reset(now_ms: i64, hour: u32, timezone: &str) -> i64 {
 
 pub(super) async fn stats(
     State(api): State<UsageApi>,
+    Extension(access): Extension<Access>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -192,6 +196,10 @@ pub(super) async fn stats(
     if !errors.is_empty() {
         return validation_failed(errors);
     }
+    let scope = match scope.within(&access) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     match api.compute(&cfg, &scope, now).await {
         Ok((stats, current)) => {
             if let Some(b) = &current {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
+use axum::Extension;
+use tally_pipeline::access::Access;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
@@ -15,6 +17,7 @@ use super::api::{now_ms, pairs, validation_failed, Scope, UsageApi};
 /// `refresh_rate` seconds (from the stored config).
 pub(super) async fn stream(
     State(api): State<UsageApi>,
+    Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -24,6 +27,10 @@ pub(super) async fn stream(
     if !errors.is_empty() {
         return validation_failed(errors);
     }
+    let scope = match scope.within(&access) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     ws.read_buffer_size(4 * 1024)
         .on_upgrade(move |socket| stream_updates(socket, api, scope))
 }

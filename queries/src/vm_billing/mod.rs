@@ -34,14 +34,15 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use tally_pipeline::access::Access;
 use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Utc};
 use serde_json::{json, Value};
 use tally_pipeline::rollup::HOUR_NS;
 use tally_pipeline::Dataset;
 
 use crate::history::{gap_fingerprint, History, VM_SAMPLES};
-use crate::http::error_response;
+use crate::http::{error_response, forbidden};
 use crate::sql::{QueryError, SqlEngine};
 use hours::{Sample, VmHour};
 
@@ -213,6 +214,7 @@ fn time(ns: i64) -> String {
 /// are RFC 3339; they default to the 24 hours before now.
 async fn vm_usage(
     State(history): State<History>,
+    Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let mut errors = Vec::new();
@@ -266,9 +268,15 @@ async fn vm_usage(
     }
     let (from, to) = (from.unwrap_or_default(), to.unwrap_or_default());
     let customer = params.get("customer_id").cloned();
+    if let Err(e) = access.check_filter("customer_id", customer.as_deref()) {
+        return forbidden(e);
+    }
     let vm = params.get("vm_id").cloned();
+    // A token of some customers sees theirs alone.
     let keep = move |c: &str, v: &str| {
-        customer.as_deref().is_none_or(|x| x == c) && vm.as_deref().is_none_or(|x| x == v)
+        customer.as_deref().is_none_or(|x| x == c)
+            && vm.as_deref().is_none_or(|x| x == v)
+            && access.covers(Some(c))
     };
     match bill(&history, window, from, to, &keep).await {
         Ok(rows) => {

@@ -522,19 +522,6 @@ struct Merged {
 /// The batches of one input, in key order.
 type Batches = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>> + Send>;
 
-/// The sort order files of `d` are written in (key columns, then time).
-pub(crate) fn sorting_columns(d: Dataset) -> Vec<parquet::file::metadata::SortingColumn> {
-    d.key_columns()
-        .iter()
-        .chain(std::iter::once(&d.time_column()))
-        .map(|&c| parquet::file::metadata::SortingColumn {
-            column_idx: c as i32,
-            descending: false,
-            nulls_first: false,
-        })
-        .collect()
-}
-
 /// A file written under another key order (the keys of usage datasets
 /// gained their tenant): its rows sorted in memory by `conv`'s columns.
 /// Such files predate the change, so this happens once per hour.
@@ -624,7 +611,7 @@ fn merge_hour(
             })
             .collect()
     };
-    let expected_order = sorting_columns(d);
+    let expected_order = super::writer::sorting_columns(d);
     let sort_conv = RowConverter::new(fields(&sort_cols))?;
     let key_conv = RowConverter::new(fields(&key_cols))?;
 

@@ -27,6 +27,19 @@ pub struct WrittenFile {
     pub bytes: u64,
 }
 
+/// The sort order files of `d` are written in (key columns, then time).
+pub fn sorting_columns(d: Dataset) -> Vec<parquet::file::metadata::SortingColumn> {
+    d.key_columns()
+        .iter()
+        .chain(std::iter::once(&d.time_column()))
+        .map(|&c| parquet::file::metadata::SortingColumn {
+            column_idx: c as i32,
+            descending: false,
+            nulls_first: false,
+        })
+        .collect()
+}
+
 pub fn writer_properties(dataset: Dataset, first_seq: u64, last_seq: u64) -> WriterProperties {
     writer_properties_with(dataset, first_seq, last_seq, Vec::new())
 }
@@ -38,7 +51,7 @@ pub fn writer_properties_with(
     last_seq: u64,
     extra: Vec<KeyValue>,
 ) -> WriterProperties {
-    let sorting = super::compact::sorting_columns(dataset);
+    let sorting = sorting_columns(dataset);
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),

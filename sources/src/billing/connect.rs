@@ -11,6 +11,8 @@ use flate2::write::GzEncoder;
 use prost::Message;
 use serde_json::json;
 
+use tally_pipeline::access::Access;
+
 use super::json;
 use super::service::{BillingService, RpcError};
 use tally_proto::billing::v1 as pb;
@@ -129,7 +131,13 @@ pub fn error(code: &str, message: &str) -> Response {
 }
 
 fn rpc_error(e: RpcError) -> Response {
-    error(e.code(), &e.to_string())
+    let mut r = error(e.code(), &e.to_string());
+    if let Some(secs) = e.retry_after_secs() {
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    r
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -139,6 +147,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 /// Serves one unary Connect call of `method`.
 pub async fn call(
     service: &BillingService,
+    access: &Access,
     method: &str,
     headers: &HeaderMap,
     body: Bytes,
@@ -169,7 +178,7 @@ pub async fn call(
         Ok(r) => r,
         Err(e) => return rpc_error(e),
     };
-    let result = dispatch(service, request).await;
+    let result = dispatch(service, access, request).await;
     let (message, json_body) = match result {
         Ok(ok) => ok,
         Err(e) => return rpc_error(e),
@@ -217,6 +226,7 @@ fn decode<T: Message + Default>(
 /// Runs the method; returns the response as protobuf bytes and as JSON.
 async fn dispatch(
     service: &BillingService,
+    access: &Access,
     request: BillingRequest,
 ) -> Result<(Vec<u8>, serde_json::Value), RpcError> {
     // The four acknowledgements are all `bool success = 1`: one encoding serves them.
@@ -228,7 +238,7 @@ async fn dispatch(
     };
     match request {
         BillingRequest::SendMetricsBatch(req) => {
-            let message = service.send_metrics_batch(SOURCE, req).await?;
+            let message = service.send_metrics_batch(SOURCE, access, req).await?;
             let bytes = pb::SendMetricsBatchResponse {
                 success: true,
                 message: message.clone(),
@@ -241,7 +251,7 @@ async fn dispatch(
             Ok(ok())
         }
         BillingRequest::NotifyVmStarted(req) => {
-            service.notify_vm_started(SOURCE, req).await?;
+            service.notify_vm_started(SOURCE, access, req).await?;
             Ok(ok())
         }
         BillingRequest::NotifyVmStopped(req) => {

@@ -3,6 +3,8 @@
 use tally_proto::billing::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use tally_pipeline::access::Access;
+
 use super::service::{BillingService, RpcError};
 
 impl From<RpcError> for Status {
@@ -13,8 +15,25 @@ impl From<RpcError> for Status {
             RpcError::Unavailable(m) => Status::unavailable(m),
             RpcError::Internal(m) => Status::internal(m),
             RpcError::Unimplemented(m) => Status::unimplemented(m),
+            RpcError::PermissionDenied(m) => Status::permission_denied(m),
+            RpcError::OverRate(e) => {
+                let mut s = Status::resource_exhausted(e.to_string());
+                if let Ok(v) = e.retry_after.as_secs().max(1).to_string().parse() {
+                    s.metadata_mut().insert("retry-after", v);
+                }
+                s
+            }
         }
     }
+}
+
+/// What the request's token allows (the server's auth layer sets it on
+/// the HTTP request; tonic keeps it). Without one, nothing.
+fn access<T>(req: &Request<T>) -> Result<Access, Status> {
+    req.extensions()
+        .get::<Access>()
+        .cloned()
+        .ok_or_else(|| Status::permission_denied("the request carries no access decision"))
 }
 
 /// The label of a request's source: gRPC-Web requests arrive through the
@@ -39,7 +58,9 @@ impl pb::billing_service_server::BillingService for BillingService {
         req: Request<pb::SendMetricsBatchRequest>,
     ) -> Result<Response<pb::SendMetricsBatchResponse>, Status> {
         let src = source(&req);
-        let message = BillingService::send_metrics_batch(self, src, req.into_inner()).await?;
+        let access = access(&req)?;
+        let message =
+            BillingService::send_metrics_batch(self, src, &access, req.into_inner()).await?;
         Ok(Response::new(pb::SendMetricsBatchResponse {
             success: true,
             message,
@@ -60,7 +81,8 @@ impl pb::billing_service_server::BillingService for BillingService {
         req: Request<pb::NotifyVmStartedRequest>,
     ) -> Result<Response<pb::NotifyVmStartedResponse>, Status> {
         let src = source(&req);
-        BillingService::notify_vm_started(self, src, req.into_inner()).await?;
+        let access = access(&req)?;
+        BillingService::notify_vm_started(self, src, &access, req.into_inner()).await?;
         Ok(Response::new(pb::NotifyVmStartedResponse { success: true }))
     }
 

@@ -15,7 +15,8 @@ pub mod service;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use tally_pipeline::access::Access;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -83,11 +84,60 @@ async fn serve(State(b): State<Billing>, Path(method): Path<String>, req: Reques
         );
     }
     let (parts, body) = req.into_parts();
+    let Some(access) = parts.extensions.get::<Access>().cloned() else {
+        return connect::error("permission_denied", "the request carries no access decision");
+    };
     let bytes = match axum::body::to_bytes(body, b.max_body).await {
         Ok(bytes) => bytes,
         Err(e) => return connect::error("resource_exhausted", &format!("request body: {e}")),
     };
-    connect::call(&b.service, &method, &parts.headers, bytes)
+    connect::call(&b.service, &access, &method, &parts.headers, bytes)
         .await
         .into_response()
+}
+
+/// A call refused before it ran (no valid token, or a token without the
+/// role): gRPC and gRPC-Web as a trailers-only response with `grpc-status`
+/// 16 (`unauthenticated`) or 7 (`permission_denied`), Connect as its JSON
+/// error with HTTP 401 or 403.
+pub fn refusal(headers: &HeaderMap, unauthenticated: bool, message: &str) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.to_ascii_lowercase().starts_with("application/grpc") {
+        let code = if unauthenticated {
+            "unauthenticated"
+        } else {
+            "permission_denied"
+        };
+        return connect::error(code, message);
+    }
+    let mut r = StatusCode::OK.into_response();
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        "grpc-status",
+        HeaderValue::from_static(if unauthenticated { "16" } else { "7" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
+        h.insert("grpc-message", v);
+    }
+    r
+}
+
+/// gRPC's `grpc-message` encoding: printable ASCII but `%` as is, the rest
+/// as `%XX`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -6,6 +6,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
+use tally_pipeline::access::limits::{OverRate, RateLimiter};
+use tally_pipeline::access::Access;
 use tally_pipeline::{
     now_ns, Dataset, IngestError, Pipeline, Record, RecordBuilder, Rejection, RowLayout,
     SchemaError, Value,
@@ -35,6 +37,12 @@ pub enum RpcError {
     Internal(String),
     #[error("{0}")]
     Unimplemented(String),
+    /// The token may not write for this customer.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The customer is over its rate (`--customer-rate`).
+    #[error("{0}")]
+    OverRate(OverRate),
 }
 
 impl From<SchemaError> for RpcError {
@@ -54,6 +62,17 @@ impl RpcError {
             RpcError::Unavailable(_) => "unavailable",
             RpcError::Internal(_) => "internal",
             RpcError::Unimplemented(_) => "unimplemented",
+            RpcError::PermissionDenied(_) => "permission_denied",
+            RpcError::OverRate(_) => "resource_exhausted",
+        }
+    }
+
+    /// When to try again, for `resource_exhausted`.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            RpcError::OverRate(e) => Some(e.retry_after.as_secs().max(1)),
+            RpcError::ResourceExhausted(_) => Some(1),
+            _ => None,
         }
     }
 }
@@ -91,6 +110,8 @@ impl Fleet {
 #[derive(Clone)]
 pub struct BillingService {
     pipeline: Pipeline,
+    /// `--customer-rate`: samples per second per customer.
+    customer_limits: Option<Arc<RateLimiter>>,
     fleet: Arc<Mutex<Fleet>>,
     pub metrics: Arc<BillingMetrics>,
     gap_limit_ns: i64,
@@ -256,9 +277,24 @@ impl BillingService {
     pub fn new(pipeline: Pipeline) -> Self {
         Self {
             pipeline,
+            customer_limits: None,
             fleet: Arc::new(Mutex::new(Fleet::default())),
             metrics: Arc::new(BillingMetrics::default()),
             gap_limit_ns: tally_pipeline::rollup::VM_GAP_LIMIT_SECS as i64 * 1_000_000_000,
+        }
+    }
+
+    /// Holds each customer to `limits` samples per second.
+    pub fn with_customer_limits(mut self, limits: Option<RateLimiter>) -> Self {
+        self.customer_limits = limits.map(Arc::new);
+        self
+    }
+
+    /// Whether `access` may write for `customer_id`.
+    fn check_customer(access: &Access, customer_id: &str) -> Result<(), RpcError> {
+        match access.refuse_write("customer_id", Some(customer_id)) {
+            None => Ok(()),
+            Some(reason) => Err(RpcError::PermissionDenied(reason)),
         }
     }
 
@@ -293,6 +329,7 @@ impl BillingService {
     pub async fn send_metrics_batch(
         &self,
         source: &str,
+        access: &Access,
         req: SendMetricsBatchRequest,
     ) -> Result<String, RpcError> {
         let started = Instant::now();
@@ -307,7 +344,13 @@ impl BillingService {
             self.reject(source, "SendMetricsBatch", payload, &e).await;
             return Err(e);
         }
+        Self::check_customer(access, &req.customer_id)?;
         let n = req.metrics.len();
+        if let Some(limits) = &self.customer_limits {
+            limits
+                .take(&req.customer_id, n as u64)
+                .map_err(RpcError::OverRate)?;
+        }
         let (records, newest) = batch_records(&req)?;
         let (accepted, duplicates) = self.store(source, records).await?;
         {
@@ -389,6 +432,7 @@ impl BillingService {
     pub async fn notify_vm_started(
         &self,
         source: &str,
+        access: &Access,
         req: NotifyVmStartedRequest,
     ) -> Result<(), RpcError> {
         let now = now_ns();
@@ -400,6 +444,7 @@ impl BillingService {
                 .await;
             return Err(e);
         }
+        Self::check_customer(access, &req.customer_id)?;
         let r = VmEvent {
             vm_id: Some(&req.vm_id),
             customer_id: Some(&req.customer_id),

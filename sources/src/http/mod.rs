@@ -9,9 +9,14 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use tally_pipeline::access::limits::{OverRate, RateLimiter};
+use tally_pipeline::access::{tenant_of, Access};
+use tally_pipeline::Record;
 
 use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::{IngestError, IngestReport, Pipeline, Rejection};
@@ -44,18 +49,30 @@ impl HttpArgs {
 struct HttpIngest {
     pipeline: Pipeline,
     tap: Option<Arc<dyn PayloadTap>>,
+    limits: Option<Arc<RateLimiter>>,
 }
 
-/// The ingest routes; `tap` sees every accepted, non-duplicate payload.
-pub fn router(pipeline: Pipeline, tap: Option<Arc<dyn PayloadTap>>) -> Router {
+/// The ingest routes; `tap` sees every accepted, non-duplicate payload;
+/// `limits` holds each tenant to its rate (`--tenant-rate`). Every request
+/// needs an [`Access`] (the server's auth layer sets it).
+pub fn router(
+    pipeline: Pipeline,
+    tap: Option<Arc<dyn PayloadTap>>,
+    limits: Option<Arc<RateLimiter>>,
+) -> Router {
     Router::new()
         .route("/v1/events/{subject}", post(ingest_subject))
         .route("/usage/ingest", post(ingest_usage_summary))
-        .with_state(HttpIngest { pipeline, tap })
+        .with_state(HttpIngest {
+            pipeline,
+            tap,
+            limits,
+        })
 }
 
 async fn ingest_subject(
     State(state): State<HttpIngest>,
+    Extension(access): Extension<Access>,
     Path(subject): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -71,15 +88,16 @@ async fn ingest_subject(
             ),
         );
     };
-    ingest(&state, subject, &headers, &body).await
+    ingest(&state, &access, subject, &headers, &body).await
 }
 
 async fn ingest_usage_summary(
     State(state): State<HttpIngest>,
+    Extension(access): Extension<Access>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    ingest(&state, Subject::ChatUsageSummary, &headers, &body).await
+    ingest(&state, &access, Subject::ChatUsageSummary, &headers, &body).await
 }
 
 fn is_ndjson(headers: &HeaderMap) -> bool {
@@ -91,6 +109,7 @@ fn is_ndjson(headers: &HeaderMap) -> bool {
 
 async fn ingest(
     state: &HttpIngest,
+    access: &Access,
     subject: Subject,
     headers: &HeaderMap,
     body: &[u8],
@@ -101,35 +120,72 @@ async fn ingest(
             return error_response(StatusCode::BAD_REQUEST, "Invalid request body", detail)
         }
     };
-    let mut records = Vec::with_capacity(items.len());
-    let mut payloads = Vec::new();
+    let dataset = subject.dataset();
+    let tenant_column = dataset
+        .tenant_column()
+        .map(|c| dataset.columns()[c].name)
+        .unwrap_or("tenant");
+    let mut decoded = Vec::with_capacity(items.len());
     let mut rejections = Vec::new();
+    // Records refused for their tenant, and the first reason.
+    let mut refused_tenant: (usize, Option<String>) = (0, None);
     for (index, item) in items.into_iter().enumerate() {
-        let decoded = match item {
+        let result = match item {
             Item::Event(v) => match subject.decode(&v) {
                 Ok(r) => Ok((r, v)),
                 Err(e) => Err((v.to_string(), e.0)),
             },
             Item::Unreadable { raw, error } => Err((raw, error)),
         };
-        match decoded {
-            Ok((r, payload)) => {
-                if state.tap.is_some() {
-                    payloads.push(payload);
+        let (payload, reason) = match result {
+            Ok((r, payload)) => match access.refuse_write(tenant_column, tenant_of(&r)) {
+                None => {
+                    decoded.push((index, r, payload));
+                    continue;
                 }
-                records.push(r);
-            }
-            Err((payload, reason)) => rejections.push(Rejection {
-                index: Some(index),
-                subject: Some(subject.name().to_string()),
-                dataset: Some(subject.dataset()),
-                reason,
-                payload,
-            }),
+                Some(reason) => {
+                    refused_tenant.0 += 1;
+                    refused_tenant.1.get_or_insert_with(|| reason.clone());
+                    (payload.to_string(), reason)
+                }
+            },
+            Err(e) => e,
+        };
+        rejections.push(Rejection {
+            index: Some(index),
+            subject: Some(subject.name().to_string()),
+            dataset: Some(dataset),
+            reason,
+            payload,
+        });
+    }
+    // Every record is another tenant's: the request as a whole may not.
+    if let (n, Some(reason)) = &refused_tenant {
+        if decoded.is_empty() && *n == rejections.len() {
+            return error_response(StatusCode::FORBIDDEN, "forbidden", reason.clone());
         }
     }
+    let (decoded, over_rate) = match &state.limits {
+        Some(limits) => within_rate(limits, decoded),
+        None => (decoded, Vec::new()),
+    };
+    if decoded.is_empty() && rejections.is_empty() {
+        if let Some((_, e)) = over_rate.first() {
+            let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, "Too many requests", e.to_string());
+            set_retry_after(&mut r, &over_rate);
+            return r;
+        }
+    }
+    let mut records = Vec::with_capacity(decoded.len());
+    let mut payloads = Vec::new();
+    for (_, r, payload) in decoded {
+        if state.tap.is_some() {
+            payloads.push(payload);
+        }
+        records.push(r);
+    }
     match state.pipeline.ingest(SOURCE, records, rejections).await {
-        Ok(report) => {
+        Ok(mut report) => {
             if let Some(tap) = &state.tap {
                 for (payload, stored) in payloads.iter().zip(&report.stored_flags) {
                     if *stored {
@@ -137,9 +193,55 @@ async fn ingest(
                     }
                 }
             }
-            (StatusCode::OK, Json(report_json(&report))).into_response()
+            // Over-rate records are not kept: the sender sends them again.
+            report
+                .rejected
+                .extend(over_rate.iter().map(|(i, e)| (Some(*i), e.to_string())));
+            report.rejected.sort_by_key(|(i, _)| *i);
+            let mut r = (StatusCode::OK, Json(report_json(&report))).into_response();
+            set_retry_after(&mut r, &over_rate);
+            r
         }
         Err(e) => ingest_error_response(&e),
+    }
+}
+
+type Decoded = (usize, Record, serde_json::Value);
+
+/// Splits records into those within their tenant's rate and those over it.
+fn within_rate(
+    limits: &RateLimiter,
+    decoded: Vec<Decoded>,
+) -> (Vec<Decoded>, Vec<(usize, OverRate)>) {
+    let mut per_tenant: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, r, _) in &decoded {
+        *per_tenant
+            .entry(tenant_of(r).unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    let refused: BTreeMap<String, OverRate> = per_tenant
+        .into_iter()
+        .filter_map(|(t, n)| limits.take(&t, n).err().map(|e| (t, e)))
+        .collect();
+    if refused.is_empty() {
+        return (decoded, Vec::new());
+    }
+    let mut kept = Vec::with_capacity(decoded.len());
+    let mut over = Vec::new();
+    for d in decoded {
+        match refused.get(tenant_of(&d.1).unwrap_or_default()) {
+            Some(e) => over.push((d.0, e.clone())),
+            None => kept.push(d),
+        }
+    }
+    (kept, over)
+}
+
+fn set_retry_after(r: &mut Response, over: &[(usize, OverRate)]) {
+    if let Some(secs) = over.iter().map(|(_, e)| e.retry_after.as_secs()).max() {
+        if let Ok(v) = header::HeaderValue::from_str(&secs.max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
     }
 }
 
