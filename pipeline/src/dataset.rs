@@ -267,8 +267,12 @@ impl Dataset {
     /// another's; files are sorted by the key, then time.
     pub fn key_columns(self) -> &'static [usize] {
         match self {
+            // (microdao_id, chat_id, event_id): chat.usage_delta events
+            // land here, keyed as chat events are (app_id is their
+            // microdao_id); other calls have no chat_id.
+            Dataset::UsageLlm => &[5, 17, 0],
             // (microdao_id, event_id)
-            Dataset::UsageLlm | Dataset::UsageTool => &[5, 0],
+            Dataset::UsageTool => &[5, 0],
             Dataset::UsageAgent => &[3, 0],
             Dataset::UsageMessage => &[4, 0],
             // (app_id, chat_id, event_id)
@@ -351,13 +355,15 @@ mod tests {
     }
 
     #[test]
-    fn key_and_time_columns_are_not_nullable_but_the_tenant() {
+    fn key_and_time_columns_are_not_nullable_but_the_tenant_and_chat() {
         for d in Dataset::ALL {
             let cols = d.columns();
             assert_eq!(cols[d.time_column()].ty, ColumnType::TimestampNs, "{d}");
             for &k in d.key_columns() {
                 assert!(
-                    !cols[k].nullable || Some(k) == d.tenant_column(),
+                    !cols[k].nullable
+                        || Some(k) == d.tenant_column()
+                        || (d, cols[k].name) == (Dataset::UsageLlm, "chat_id"),
                     "{d}.{}",
                     cols[k].name
                 );
@@ -373,8 +379,11 @@ mod tests {
                 .map(|&c| d.columns()[c].name)
                 .collect()
         };
+        assert_eq!(
+            names(Dataset::UsageLlm),
+            ["microdao_id", "chat_id", "event_id"]
+        );
         for d in [
-            Dataset::UsageLlm,
             Dataset::UsageTool,
             Dataset::UsageAgent,
             Dataset::UsageMessage,

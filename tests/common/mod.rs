@@ -16,6 +16,8 @@ pub struct Tally {
     pub child: Child,
     pub addr: String,
     pub data: PathBuf,
+    /// `http`, or `https` when started with TLS.
+    pub scheme: &'static str,
 }
 
 fn free_port() -> u16 {
@@ -44,6 +46,23 @@ impl Tally {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Tally {
+        Self::launch(data, log_path, args, env, &reqwest::Client::new(), "http").await
+    }
+
+    /// Starts over TLS; `client` (trusting the test CA, with a client
+    /// certificate when the server asks for one) waits for `/health`.
+    pub async fn start_tls(data: &Path, args: &[&str], client: &reqwest::Client) -> Tally {
+        Self::launch(data, &data.with_extension("log"), args, &[], client, "https").await
+    }
+
+    async fn launch(
+        data: &Path,
+        log_path: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        client: &reqwest::Client,
+        scheme: &'static str,
+    ) -> Tally {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -61,18 +80,24 @@ impl Tally {
             .stderr(log)
             .spawn()
             .expect("tally starts");
-        let t = Tally {
+        let mut t = Tally {
             child,
             addr,
             data: data.to_path_buf(),
+            scheme,
         };
-        let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = client.get(t.url("/health")).send().await {
                 if r.status().is_success() {
                     return t;
                 }
+            }
+            if let Ok(Some(status)) = t.child.try_wait() {
+                panic!(
+                    "tally exited with {status}: {}",
+                    std::fs::read_to_string(log_path).unwrap_or_default()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -84,7 +109,7 @@ impl Tally {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     pub fn pid(&self) -> u32 {
