@@ -149,7 +149,7 @@ impl Config {
             c.node.listen.clone()
         };
         let kafka = c.kafka.resolve(&node_id)?;
-        let relay = c.relay.resolve();
+        let relay = c.relay.resolve()?;
         if kafka.is_some() && relay.is_some() {
             anyhow::bail!("relay_kafka and kafka cannot be combined: an edge node relays to Kafka, a writer consumes from it");
         }

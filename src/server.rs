@@ -215,7 +215,7 @@ impl Core {
             Some(r) => {
                 tracing::info!(brokers = %r.brokers, topic = %r.topic, "edge node: relaying accepted records to Kafka");
                 Some(Arc::new(
-                    KafkaRelay::new(&r.brokers, &r.topic, r.timeout)
+                    KafkaRelay::new(&r.brokers, &r.topic, r.timeout, &r.options)
                         .context("starting the Kafka relay")?,
                 ))
             }

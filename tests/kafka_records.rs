@@ -109,3 +109,38 @@ async fn a_wrongly_typed_relayed_record_is_rejected_and_later_records_reach_parq
     assert_eq!(h["components"]["parquet_writer"]["status"], "ok", "{h}");
     t.terminate();
 }
+
+/// `--kafka-option` reaches librdkafka: a property it refuses stops the
+/// start with librdkafka's own reason (no broker needed to see it).
+#[tokio::test]
+async fn kafka_options_reach_librdkafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--data"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka",
+            "127.0.0.1:1",
+            "--kafka-option",
+            "security.protocol=carrier_pigeon",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("security.protocol") && err.contains("carrier_pigeon"),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--data"])
+        .arg(dir.path().join("data"))
+        .args(["--kafka", "127.0.0.1:1", "--kafka-option", "group.id=other"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("group.id is set by tally"), "{err}");
+}

@@ -339,3 +339,46 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let fresh_old = https_client(&old_ca, None);
     assert!(fresh_old.get(t.url("/health")).send().await.is_err());
 }
+
+#[tokio::test]
+async fn the_nats_source_connects_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path();
+    let ca_pem = ca(pki, "ca");
+    let (server_cert, server_key) = issue(pki, "ca", "nats", SERVER_EXT);
+    let (client_cert, client_key) = issue(pki, "ca", "tally-node", CLIENT_EXT);
+    // The broker requires TLS and a client certificate of the CA.
+    let nats = common::NatsServer::start_with(&[
+        "--tls", "--tlscert", path_str(&server_cert), "--tlskey", path_str(&server_key),
+        "--tlsverify", "--tlscacert", path_str(&ca_pem),
+    ])
+    .await;
+    let data = pki.join("data");
+    let t = Tally::start(
+        &data,
+        &[
+            "--nats", &nats.url, "--nats-tls-ca", path_str(&ca_pem), "--nats-tls-cert",
+            path_str(&client_cert), "--nats-tls-key", path_str(&client_key),
+        ],
+    )
+    .await;
+    common::wait_nats_connected(&t).await;
+    let publisher = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca_pem.clone())
+        .add_client_certificate(client_cert.clone(), client_key.clone())
+        .require_tls(true)
+        .connect(&nats.url)
+        .await
+        .unwrap();
+    let event = common::llm_event("nats-tls-1", "2026-01-12T03:12:34Z", 10, 5);
+    publisher
+        .publish("usage.llm", event.to_string().into())
+        .await
+        .unwrap();
+    publisher.flush().await.unwrap();
+    let n = common::wait_for_count(&t, "SELECT count(*) AS n FROM usage_llm", 1).await;
+    assert_eq!(n, 1);
+    // A plain client is refused by the broker: the TLS settings were what
+    // let tally in.
+    assert!(async_nats::connect(&nats.url).await.is_err());
+}

@@ -15,6 +15,34 @@ pub fn help(text: &str, default: impl std::fmt::Display) -> String {
     format!("{text} [default: {default}]")
 }
 
+/// librdkafka properties given as `KEY=VALUE` (`--kafka-option`), checked:
+/// each has a key and a value, and none is one tally sets itself (`fixed`:
+/// its delivery guarantees depend on them).
+pub fn client_options(
+    setting: &'static str,
+    pairs: &[String],
+    fixed: &[&str],
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let Some((k, v)) = pair.split_once('=').filter(|(k, v)| !k.trim().is_empty() && !v.is_empty()) else {
+            return Err(ConfigError::new(
+                setting,
+                format!("{setting} must be KEY=VALUE (a librdkafka property), got {pair:?}"),
+            ));
+        };
+        let k = k.trim();
+        if fixed.contains(&k) {
+            return Err(ConfigError::new(
+                setting,
+                format!("{setting}: {k} is set by tally (its delivery guarantees depend on it) and cannot be changed"),
+            ));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
 /// A duration as the flags write it: `500ms`, `10s`, `10m`, `24h`, `7d`.
 pub fn show_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
@@ -139,6 +167,27 @@ impl PipelineArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_options_are_key_value_pairs_that_leave_tallys_own_alone() {
+        let ok = client_options(
+            "kafka.options",
+            &["security.protocol=SASL_SSL".into(), "sasl.password=a=b".into()],
+            &["group.id"],
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            [
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+                ("sasl.password".to_string(), "a=b".to_string())
+            ]
+        );
+        let e = client_options("kafka.options", &["nokey".into()], &[]).unwrap_err();
+        assert!(e.to_string().contains("KEY=VALUE"), "{e}");
+        let e = client_options("kafka.options", &["group.id=x".into()], &["group.id"]).unwrap_err();
+        assert!(e.to_string().contains("group.id is set by tally"), "{e}");
+    }
 
     #[test]
     fn flags_win_over_the_file_setting_by_setting() {

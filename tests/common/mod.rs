@@ -353,11 +353,17 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
+        Self::start_with(&[]).await
+    }
+
+    /// With more `nats-server` flags (TLS).
+    pub async fn start_with(extra: &[&str]) -> NatsServer {
         let port = free_port();
         let store = tempfile::tempdir().unwrap();
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store.path())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

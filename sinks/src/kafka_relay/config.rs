@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use tally_pipeline::config::ConfigError;
 use tally_pipeline::wal::codec::RECORDS_TOPIC;
 
 /// An edge node's relay (`[relay]` in `tally.toml`).
@@ -29,7 +30,17 @@ pub struct RelayArgs {
     )]
     #[serde(default)]
     pub topic: Option<String>,
+
+    /// A librdkafka property for the brokers' TLS and credentials, e.g.
+    /// security.protocol=SSL (repeatable).
+    #[arg(id = "relay_options", long = "relay-kafka-option", value_name = "KEY=VALUE")]
+    #[serde(default)]
+    pub options: Vec<String>,
 }
+
+/// Properties the relay sets itself: acknowledging only what the brokers
+/// hold, once, depends on them.
+const FIXED: [&str; 4] = ["bootstrap.servers", "acks", "enable.idempotence", "message.timeout.ms"];
 
 /// [`RelayArgs`] with the defaults applied: brokers and topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,15 +49,25 @@ pub struct RelaySettings {
     pub topic: String,
     /// How long a record may wait for the brokers.
     pub timeout: Duration,
+    /// More librdkafka properties (`--relay-kafka-option`).
+    pub options: Vec<(String, String)>,
 }
 
 impl RelayArgs {
     /// `None` when this node is not an edge node.
-    pub fn resolve(&self) -> Option<RelaySettings> {
-        self.brokers.clone().map(|brokers| RelaySettings {
+    pub fn resolve(&self) -> Result<Option<RelaySettings>, ConfigError> {
+        let Some(brokers) = self.brokers.clone() else {
+            return Ok(None);
+        };
+        Ok(Some(RelaySettings {
             brokers,
             topic: self.topic.clone().unwrap_or_else(|| RECORDS_TOPIC.into()),
             timeout: Duration::from_secs(30),
-        })
+            options: tally_pipeline::config::client_options(
+                "relay.options",
+                &self.options,
+                &FIXED,
+            )?,
+        }))
     }
 }

@@ -42,8 +42,18 @@ pub struct KafkaRelay {
 }
 
 impl KafkaRelay {
-    pub fn new(brokers: &str, topic: &str, timeout: Duration) -> Result<Self, KafkaRelayError> {
-        let producer = ClientConfig::new()
+    /// A producer to `brokers`; `options` are more librdkafka properties.
+    pub fn new(
+        brokers: &str,
+        topic: &str,
+        timeout: Duration,
+        options: &[(String, String)],
+    ) -> Result<Self, KafkaRelayError> {
+        let mut config = ClientConfig::new();
+        for (k, v) in options {
+            config.set(k, v);
+        }
+        let producer = config
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
             // Retries never write a message twice.

@@ -63,7 +63,23 @@ pub struct KafkaArgs {
     )]
     #[serde(default, with = "tally_pipeline::duration::opt")]
     pub session_timeout: Option<Duration>,
+
+    /// A librdkafka property for the brokers' TLS and credentials, e.g.
+    /// security.protocol=SASL_SSL, sasl.mechanism=PLAIN,
+    /// ssl.ca.location=/etc/ca.pem (repeatable).
+    #[arg(id = "kafka_options", long = "kafka-option", value_name = "KEY=VALUE")]
+    #[serde(default)]
+    pub options: Vec<String>,
 }
+
+/// Properties the source sets itself: its exactly-once commits depend on them.
+const FIXED: [&str; 5] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+];
 
 impl KafkaArgs {
     /// `None` when no brokers are configured. `node` goes into commit metadata.
@@ -109,6 +125,7 @@ impl KafkaArgs {
         if let Some(t) = self.session_timeout {
             k.session_timeout = t;
         }
+        k.options = tally_pipeline::config::client_options("kafka.options", &self.options, &FIXED)?;
         Ok(Some(k))
     }
 }

@@ -72,9 +72,21 @@ pub struct KafkaConfig {
     /// Partitions of the topics this source creates when they are missing.
     pub partitions: i32,
     pub session_timeout: Duration,
+    /// More librdkafka properties (`--kafka-option`): TLS, SASL.
+    pub options: Vec<(String, String)>,
 }
 
 impl KafkaConfig {
+    /// A client of the brokers, with the options given.
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+
     pub fn new(brokers: &str, group: &str, node: &str) -> Self {
         Self {
             brokers: brokers.to_string(),
@@ -85,6 +97,7 @@ impl KafkaConfig {
             records_topic: tally_pipeline::wal::codec::RECORDS_TOPIC.into(),
             partitions: DEFAULT_PARTITIONS,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
+            options: Vec::new(),
         }
     }
 
@@ -257,8 +270,8 @@ impl ConsumerContext for Context {
 /// Creates the missing topics (`partitions` each, replication 1; a real
 /// cluster's operators usually create them with their own settings).
 fn ensure_topics(rt: &Handle, config: &KafkaConfig, topics: &[String]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+    let admin: AdminClient<DefaultClientContext> = config
+        .client()
         .create()
         .map_err(|source| KafkaError::Create {
             brokers: config.brokers.clone(),
@@ -375,8 +388,8 @@ fn spawn(
         revocations: AtomicU64::new(0),
         status,
     });
-    let consumer: BaseConsumer<Context> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+    let consumer: BaseConsumer<Context> = config
+        .client()
         .set("group.id", &config.group)
         .set("client.id", format!("tally-{}", config.node))
         .set("enable.auto.commit", "false")

@@ -1,6 +1,7 @@
 //! The NATS source's settings (`[nats]` in `tally.toml`).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tally_pipeline::config::ConfigError;
@@ -68,6 +69,26 @@ pub struct NatsArgs {
     )]
     #[serde(default)]
     pub subjects: Vec<String>,
+
+    /// NATS credentials file (a user JWT and its NKey seed).
+    #[arg(id = "nats_credentials", long = "nats-credentials", value_name = "FILE", env = "TALLY_NATS_CREDENTIALS")]
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+
+    /// CA (PEM) of the NATS server's certificate: connect over TLS only.
+    #[arg(id = "nats_tls_ca", long = "nats-tls-ca", value_name = "PEM", env = "TALLY_NATS_TLS_CA")]
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a NATS server that asks for one.
+    #[arg(id = "nats_tls_cert", long = "nats-tls-cert", value_name = "PEM", requires = "nats_tls_key")]
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Key (PEM) of --nats-tls-cert.
+    #[arg(id = "nats_tls_key", long = "nats-tls-key", value_name = "PEM", requires = "nats_tls_cert")]
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl NatsArgs {
@@ -102,6 +123,18 @@ impl NatsArgs {
             consumer: self.consumer.clone().unwrap_or_else(|| CONSUMER.into()),
             ack_wait: self.ack_wait.unwrap_or(ACK_WAIT),
             subjects,
+            credentials: self.credentials.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_client: match (&self.tls_cert, &self.tls_key) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::new(
+                        "nats.tls_cert",
+                        "nats tls_cert and tls_key go together",
+                    ))
+                }
+            },
         }))
     }
 }

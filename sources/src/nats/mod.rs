@@ -11,6 +11,7 @@
 pub mod config;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,12 @@ pub struct NatsConfig {
     pub ack_wait: Duration,
     /// NATS subject for each event subject (defaults to the same name).
     pub subjects: HashMap<Subject, String>,
+    /// Credentials file (JWT and NKey seed).
+    pub credentials: Option<PathBuf>,
+    /// CA of the server's certificate: TLS required.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
 }
 
 impl NatsConfig {
@@ -73,6 +80,11 @@ pub enum NatsError {
     Connect {
         url: String,
         source: async_nats::ConnectError,
+    },
+    #[error("reading the NATS credentials file {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("JetStream: {0}")]
     JetStream(String),
@@ -185,7 +197,23 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> Result<(), NatsError> {
     let status_events = status.clone();
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(path) = &config.credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|source| NatsError::Credentials {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &config.tls_client {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let client = options
         .name("tally")
         .retry_on_initial_connect()
         .event_callback(move |event| {
