@@ -109,11 +109,7 @@ async fn sql(args: SqlArgs) -> anyhow::Result<()> {
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let state = args.state_dir.clone().unwrap_or_else(|| args.data.clone());
     match args.command {
-        TokenCommand::Create {
-            name,
-            role,
-            tenant,
-        } => {
+        TokenCommand::Create { name, role, tenant } => {
             let secret = auth::tokens::create(&state, &name, role, &tenant)?;
             println!("{secret}");
             eprintln!(

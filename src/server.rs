@@ -41,9 +41,9 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{self, Auth, Need};
 use crate::config::Config;
+use crate::status::{self, StatusState};
 use crate::tls::Tls;
 use tally_pipeline::access::Role;
-use crate::status::{self, StatusState};
 
 type Shared<T> = Arc<parking_lot::Mutex<T>>;
 
@@ -51,7 +51,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_file_limit();
     let started = Instant::now();
     let (stop_tx, stop) = watch::channel(false);
-    let auth = Auth::start(&config.auth, &config.state_root(), &config.data, &config.listen)?;
+    let auth = Auth::start(
+        &config.auth,
+        &config.state_root(),
+        &config.data,
+        &config.listen,
+    )?;
     let tls = Tls::start(&config.tls)?;
     let core = Core::start(&config).await?;
     let ctx = Context {

@@ -35,7 +35,10 @@ fn token(data: &Path, name: &str, role: &str, tenants: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(secret.starts_with("tally_") && secret.len() >= 6 + 32, "{secret}");
+    assert!(
+        secret.starts_with("tally_") && secret.len() >= 6 + 32,
+        "{secret}"
+    );
     secret
 }
 
@@ -83,7 +86,14 @@ async fn get(t: &Tally, token: Option<&str>, path: &str) -> (u16, Value) {
 }
 
 async fn post(t: &Tally, token: Option<&str>, path: &str, body: &Value) -> (u16, Value) {
-    let (s, v, _) = call(t, token, reqwest::Method::POST, path, Some(body.to_string())).await;
+    let (s, v, _) = call(
+        t,
+        token,
+        reqwest::Method::POST,
+        path,
+        Some(body.to_string()),
+    )
+    .await;
     (s, v)
 }
 
@@ -152,9 +162,21 @@ async fn roles_and_tenants_decide_every_route() {
     let events = "/v1/events/usage.llm";
     let (s, v) = post(&t, None, events, &json!([llm("x", "m_a", "a", 1)])).await;
     assert_eq!((s, v["error"].as_str()), (401, Some("unauthorized")), "{v}");
-    let (s, v) = post(&t, Some("tally_0000"), events, &json!([llm("x", "m_a", "a", 1)])).await;
+    let (s, v) = post(
+        &t,
+        Some("tally_0000"),
+        events,
+        &json!([llm("x", "m_a", "a", 1)]),
+    )
+    .await;
     assert_eq!((s, v["error"].as_str()), (401, Some("unauthorized")), "{v}");
-    let (s, v) = post(&t, Some(&read_all), events, &json!([llm("x", "m_a", "a", 1)])).await;
+    let (s, v) = post(
+        &t,
+        Some(&read_all),
+        events,
+        &json!([llm("x", "m_a", "a", 1)]),
+    )
+    .await;
     assert_eq!((s, v["error"].as_str()), (403, Some("forbidden")), "{v}");
     assert!(v["detail"].as_str().unwrap().contains("read role"), "{v}");
 
@@ -163,14 +185,30 @@ async fn roles_and_tenants_decide_every_route() {
         &t,
         Some(&ingest_a),
         events,
-        &json!([llm("a-0", "m_a", "agent:a1", 10), llm("b-x", "m_b", "agent:b1", 99), llm("a-1", "m_a", "agent:a2", 20)]),
+        &json!([
+            llm("a-0", "m_a", "agent:a1", 10),
+            llm("b-x", "m_b", "agent:b1", 99),
+            llm("a-1", "m_a", "agent:a2", 20)
+        ]),
     )
     .await;
     assert_eq!((s, v["accepted"].as_u64()), (200, Some(2)), "{v}");
     assert_eq!(v["rejected"][0]["index"], 1, "{v}");
-    assert!(v["rejected"][0]["error"].as_str().unwrap().contains("\"m_b\""), "{v}");
+    assert!(
+        v["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"m_b\""),
+        "{v}"
+    );
     // A request of another tenant's records alone: refused whole.
-    let (s, v) = post(&t, Some(&ingest_a), events, &json!([llm("b-y", "m_b", "b", 1)])).await;
+    let (s, v) = post(
+        &t,
+        Some(&ingest_a),
+        events,
+        &json!([llm("b-y", "m_b", "b", 1)]),
+    )
+    .await;
     assert_eq!((s, v["error"].as_str()), (403, Some("forbidden")), "{v}");
 
     // Everything else through the fleet token of every tenant.
@@ -179,7 +217,14 @@ async fn roles_and_tenants_decide_every_route() {
     let mut want_calls: BTreeMap<&str, i64> = BTreeMap::from([("m_a", 2), ("m_b", 0)]);
     let mut want_agents: BTreeMap<&str, BTreeSet<String>> = BTreeMap::from([
         // agent:x made m_a's tool call.
-        ("m_a", BTreeSet::from(["agent:a1".to_string(), "agent:a2".to_string(), "agent:x".to_string()])),
+        (
+            "m_a",
+            BTreeSet::from([
+                "agent:a1".to_string(),
+                "agent:a2".to_string(),
+                "agent:x".to_string(),
+            ]),
+        ),
         ("m_b", BTreeSet::new()),
     ]);
     let mut batch = Vec::new();
@@ -194,7 +239,11 @@ async fn roles_and_tenants_decide_every_route() {
     }
     let (s, v) = post(&t, Some(&ingest_all), events, &json!(batch)).await;
     assert_eq!((s, v["accepted"].as_u64()), (200, Some(40)), "{v}");
-    let tools = json!([tool("t1", "m_a", "search"), tool("t2", "m_b", "deploy"), tool("t3", "m_b", "bill")]);
+    let tools = json!([
+        tool("t1", "m_a", "search"),
+        tool("t2", "m_b", "deploy"),
+        tool("t3", "m_b", "bill")
+    ]);
     let (s, v) = post(&t, Some(&ingest_all), "/v1/events/usage.tool", &tools).await;
     assert_eq!((s, v["accepted"].as_u64()), (200, Some(3)), "{v}");
 
@@ -208,13 +257,21 @@ async fn roles_and_tenants_decide_every_route() {
     let (s, v) = get(&t, Some(&read_a), "/internal/usage/summary").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(summary(&v), (want_calls["m_a"], want_tokens["m_a"]), "{v}");
-    let (s, v) = get(&t, Some(&read_all), "/internal/usage/summary?microdao_id=m_b").await;
+    let (s, v) = get(
+        &t,
+        Some(&read_all),
+        "/internal/usage/summary?microdao_id=m_b",
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(summary(&v), (want_calls["m_b"], want_tokens["m_b"]), "{v}");
     let (s, v) = get(&t, Some(&read_all), "/internal/usage/summary").await;
     assert_eq!(
         summary(&v),
-        (want_calls["m_a"] + want_calls["m_b"], want_tokens["m_a"] + want_tokens["m_b"]),
+        (
+            want_calls["m_a"] + want_calls["m_b"],
+            want_tokens["m_a"] + want_tokens["m_b"]
+        ),
         "{s} {v}"
     );
     for path in [
@@ -227,7 +284,11 @@ async fn roles_and_tenants_decide_every_route() {
         "/v1/billing/vm-usage?customer_id=cust_b",
     ] {
         let (s, v) = get(&t, Some(&read_a), path).await;
-        assert_eq!((s, v["error"].as_str()), (403, Some("forbidden")), "{path}: {v}");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (403, Some("forbidden")),
+            "{path}: {v}"
+        );
         // An ingest token reads nothing.
         let (s, _) = get(&t, Some(&ingest_all), path).await;
         assert_eq!(s, 403, "{path}");
@@ -276,19 +337,51 @@ async fn roles_and_tenants_decide_every_route() {
     assert_eq!((s, sessions(&v)), (200, Some(2)), "{v}");
     // Changing the plan settings is an admin's.
     let cfg = json!({"plan": "max5"});
-    assert_eq!(post(&t, Some(&read_all), "/api/usage/config", &cfg).await.0, 403);
-    assert_eq!(post(&t, Some(&admin), "/api/usage/config", &cfg).await.0, 200);
+    assert_eq!(
+        post(&t, Some(&read_all), "/api/usage/config", &cfg).await.0,
+        403
+    );
+    assert_eq!(
+        post(&t, Some(&admin), "/api/usage/config", &cfg).await.0,
+        200
+    );
 
     // billing.v1 over Connect: the customer is the tenant.
     let now = Utc::now().timestamp() - 600;
-    let (s, v) = post(&t, Some(&ingest_a), SEND_BATCH, &vm_batch("cust_b", "vm-b", now, 3)).await;
-    assert_eq!((s, v["code"].as_str()), (403, Some("permission_denied")), "{v}");
+    let (s, v) = post(
+        &t,
+        Some(&ingest_a),
+        SEND_BATCH,
+        &vm_batch("cust_b", "vm-b", now, 3),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("permission_denied")),
+        "{v}"
+    );
     assert!(v["message"].as_str().unwrap().contains("\"cust_b\""), "{v}");
     let (s, v) = post(&t, None, SEND_BATCH, &vm_batch("cust_a", "vm-a", now, 3)).await;
-    assert_eq!((s, v["code"].as_str()), (401, Some("unauthenticated")), "{v}");
-    let (s, v) = post(&t, Some(&ingest_a), SEND_BATCH, &vm_batch("cust_a", "vm-a", now, 3)).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{v}"
+    );
+    let (s, v) = post(
+        &t,
+        Some(&ingest_a),
+        SEND_BATCH,
+        &vm_batch("cust_a", "vm-a", now, 3),
+    )
+    .await;
     assert_eq!((s, v["success"].as_bool()), (200, Some(true)), "{v}");
-    let (s, v) = post(&t, Some(&ingest_all), SEND_BATCH, &vm_batch("cust_b", "vm-b", now, 3)).await;
+    let (s, v) = post(
+        &t,
+        Some(&ingest_all),
+        SEND_BATCH,
+        &vm_batch("cust_b", "vm-b", now, 3),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let heartbeat = json!({"instanceId": "metald-1", "activeVms": ["vm-a"]});
     let hb = "/billing.v1.BillingService/SendHeartbeat";
@@ -306,7 +399,11 @@ async fn roles_and_tenants_decide_every_route() {
             .collect()
     };
     let (s, v) = get(&t, Some(&read_a), &bill).await;
-    assert_eq!((s, customers(&v)), (200, BTreeSet::from(["cust_a".to_string()])), "{v}");
+    assert_eq!(
+        (s, customers(&v)),
+        (200, BTreeSet::from(["cust_a".to_string()])),
+        "{v}"
+    );
     let (_, all) = get(&t, Some(&read_all), &bill).await;
     assert_eq!(
         customers(&all),
@@ -332,9 +429,23 @@ async fn roles_and_tenants_decide_every_route() {
     assert_eq!(ws(&t, "/usage", None).await, Err(401));
     assert_eq!(ws(&t, "/usage", Some(&read_a)).await, Err(403));
     assert_eq!(ws(&t, "/usage", Some(&read_all)).await, Ok(()));
-    assert_eq!(ws(&t, &format!("/usage?access_token={read_all}"), None).await, Ok(()));
-    assert_eq!(ws(&t, "/api/usage/stream?microdao_id=m_b", Some(&read_a)).await, Err(403));
-    assert_eq!(ws(&t, &format!("/api/usage/stream?access_token={read_a}"), None).await, Ok(()));
+    assert_eq!(
+        ws(&t, &format!("/usage?access_token={read_all}"), None).await,
+        Ok(())
+    );
+    assert_eq!(
+        ws(&t, "/api/usage/stream?microdao_id=m_b", Some(&read_a)).await,
+        Err(403)
+    );
+    assert_eq!(
+        ws(
+            &t,
+            &format!("/api/usage/stream?access_token={read_a}"),
+            None
+        )
+        .await,
+        Ok(())
+    );
 
     // /metrics needs a token of every tenant, and counts the refusals by
     // route and reason (never the token).
@@ -362,7 +473,10 @@ async fn roles_and_tenants_decide_every_route() {
         assert!(!list.contains(&secret[6..]), "{list}");
     }
     let team_a = list.lines().find(|l| l.starts_with("team-a ")).unwrap();
-    assert!(team_a.contains("read") && team_a.contains("cust_a,m_a"), "{team_a}");
+    assert!(
+        team_a.contains("read") && team_a.contains("cust_a,m_a"),
+        "{team_a}"
+    );
     assert!(!team_a.contains("never"), "team-a was used: {team_a}");
 }
 
@@ -372,24 +486,49 @@ async fn dedup_keys_are_scoped_by_tenant_and_survive_a_restart() {
     let data = dir.path().join("data");
     let t = Tally::start(&data, &NO_FLUSH).await;
     // The same 12-hex id from two tenants: two events.
-    let llm_pair = json!([llm("a1b2c3d4e5f6", "m_a", "x", 5), llm("a1b2c3d4e5f6", "m_b", "x", 7)]);
+    let llm_pair = json!([
+        llm("a1b2c3d4e5f6", "m_a", "x", 5),
+        llm("a1b2c3d4e5f6", "m_b", "x", 7)
+    ]);
     let chat = |app: &str, chat: &str| {
         json!({"event_id": "a1b2c3d4e5f6", "event_ts": "2026-01-12T03:12:34.567890+00:00",
             "chat_id": chat, "app_id": app, "user_id": "u", "workflow_name": "W",
             "model_name": "gpt-4o-mini", "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
     };
-    let chats = json!([chat("app_a", "chat_1"), chat("app_b", "chat_1"), chat("app_a", "chat_2")]);
+    let chats = json!([
+        chat("app_a", "chat_1"),
+        chat("app_b", "chat_1"),
+        chat("app_a", "chat_2")
+    ]);
     let (_, v) = post(&t, None, "/v1/events/usage.llm", &llm_pair).await;
-    assert_eq!((v["accepted"].as_u64(), v["duplicates"].as_u64()), (Some(2), Some(0)), "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(2), Some(0)),
+        "{v}"
+    );
     let (_, v) = post(&t, None, "/v1/events/chat.usage_delta", &chats).await;
-    assert_eq!((v["accepted"].as_u64(), v["duplicates"].as_u64()), (Some(3), Some(0)), "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(3), Some(0)),
+        "{v}"
+    );
     let summaries = json!([chat("app_a", "chat_1"), chat("app_b", "chat_1")]);
     let (_, v) = post(&t, None, "/usage/ingest", &summaries).await;
-    assert_eq!((v["accepted"].as_u64(), v["duplicates"].as_u64()), (Some(2), Some(0)), "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(2), Some(0)),
+        "{v}"
+    );
     // A copy is still a copy.
     let (_, v) = post(&t, None, "/v1/events/usage.llm", &llm_pair).await;
     assert_eq!(v["duplicates"].as_u64(), Some(2), "{v}");
-    let (_, v) = post(&t, None, "/v1/events/chat.usage_delta", &json!([chat("app_c", "chat_1")])).await;
+    let (_, v) = post(
+        &t,
+        None,
+        "/v1/events/chat.usage_delta",
+        &json!([chat("app_c", "chat_1")]),
+    )
+    .await;
     assert_eq!(v["accepted"].as_u64(), Some(1), "{v}");
     // Across a restart (the first ones in Parquet after the clean stop).
     t.terminate();
@@ -401,8 +540,10 @@ async fn dedup_keys_are_scoped_by_tenant_and_survive_a_restart() {
     let (_, v) = post(&t, None, "/usage/ingest", &summaries).await;
     assert_eq!(v["duplicates"].as_u64(), Some(2), "{v}");
     let rows = t
-        .sql("SELECT CAST(microdao_id AS VARCHAR) AS app, chat_id FROM usage_llm \
-              WHERE source = 'chat.usage_delta' ORDER BY app, chat_id")
+        .sql(
+            "SELECT CAST(microdao_id AS VARCHAR) AS app, chat_id FROM usage_llm \
+              WHERE source = 'chat.usage_delta' ORDER BY app, chat_id",
+        )
         .await;
     assert_eq!(
         rows,
@@ -434,8 +575,14 @@ async fn tokens_take_effect_and_are_revoked_without_a_restart() {
         assert!(created.elapsed() < Duration::from_secs(5), "still open");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(refused_after <= Duration::from_millis(2_000), "{refused_after:?}");
-    assert_eq!(get(&t, Some(&secret), "/internal/usage/summary").await.0, 200);
+    assert!(
+        refused_after <= Duration::from_millis(2_000),
+        "{refused_after:?}"
+    );
+    assert_eq!(
+        get(&t, Some(&secret), "/internal/usage/summary").await.0,
+        200
+    );
     tally_cli(&data, &["token", "revoke", "ops"]);
     let revoked = Instant::now();
     let refused_after = loop {
@@ -445,11 +592,18 @@ async fn tokens_take_effect_and_are_revoked_without_a_restart() {
         assert!(revoked.elapsed() < Duration::from_secs(5), "still accepted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(refused_after <= Duration::from_millis(2_000), "{refused_after:?}");
+    assert!(
+        refused_after <= Duration::from_millis(2_000),
+        "{refused_after:?}"
+    );
     // With every token revoked, authentication stays required.
     assert_eq!(get(&t, None, "/internal/usage/summary").await.0, 401);
     let list = tally_cli(&data, &["token", "list"]);
-    assert!(list.lines().any(|l| l.starts_with("ops ") && l.contains("revoked")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("ops ") && l.contains("revoked")),
+        "{list}"
+    );
 }
 
 #[tokio::test]
@@ -481,7 +635,14 @@ async fn one_tenant_over_its_rate_does_not_slow_another() {
     let data = dir.path().join("data");
     let t = Tally::start(
         &data,
-        &["--flush-interval", "1h", "--customer-rate", "100", "--tenant-rate", "50"],
+        &[
+            "--flush-interval",
+            "1h",
+            "--customer-rate",
+            "100",
+            "--tenant-rate",
+            "50",
+        ],
     )
     .await;
     let now = Utc::now().timestamp() - 3600;
@@ -511,7 +672,13 @@ async fn one_tenant_over_its_rate_does_not_slow_another() {
     assert!((1..=3).contains(&retry), "{retry}");
     // Customer b at once: not slowed.
     for i in 0..2 {
-        let (s, v) = post(&t, None, SEND_BATCH, &vm_batch("cust_b", "vm-b", now + i * 80, 80)).await;
+        let (s, v) = post(
+            &t,
+            None,
+            SEND_BATCH,
+            &vm_batch("cust_b", "vm-b", now + i * 80, 80),
+        )
+        .await;
         assert_eq!(s, 200, "{v}");
     }
     // Events: tenant m_a over 50/s (burst 100) while m_b is not.
@@ -539,9 +706,15 @@ async fn one_tenant_over_its_rate_does_not_slow_another() {
     assert_eq!((s, v["accepted"].as_u64()), (200, Some(5)), "{v}");
     let rejected = v["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 2, "{v}");
-    assert!(rejected[0]["error"].as_str().unwrap().contains("rate"), "{v}");
+    assert!(
+        rejected[0]["error"].as_str().unwrap().contains("rate"),
+        "{v}"
+    );
     let rows = t
         .sql("SELECT CAST(microdao_id AS VARCHAR) AS m, count(*) AS n FROM usage_llm GROUP BY 1 ORDER BY 1")
         .await;
-    assert_eq!(rows, vec![json!({"m": "m_a", "n": 120}), json!({"m": "m_b", "n": 5})]);
+    assert_eq!(
+        rows,
+        vec![json!({"m": "m_a", "n": 120}), json!({"m": "m_b", "n": 5})]
+    );
 }

@@ -68,8 +68,21 @@ fn issue(dir: &Path, ca_name: &str, name: &str, ext: &str) -> (PathBuf, PathBuf)
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial",
-            "-out", &pem, "-days", "2", "-extfile", &extfile,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
         ],
     );
     (dir.join(pem), dir.join(key))
@@ -87,7 +100,11 @@ fn token(data: &Path, name: &str, role: &str, tenants: &[&str]) -> String {
         cmd.args(["--tenant", t]);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -134,7 +151,14 @@ async fn curl_and_buf_curl_reach_every_protocol_over_tls() {
     let client = https_client(&ca_pem, None);
     let t = Tally::start_tls(
         &data,
-        &["--flush-interval", "1h", "--tls-cert", path_str(&cert), "--tls-key", path_str(&key)],
+        &[
+            "--flush-interval",
+            "1h",
+            "--tls-cert",
+            path_str(&cert),
+            "--tls-key",
+            path_str(&key),
+        ],
         &client,
     )
     .await;
@@ -146,23 +170,42 @@ async fn curl_and_buf_curl_reach_every_protocol_over_tls() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
     };
     let (ok, body) = curl(&[&t.url("/health")]);
     assert!(ok, "{body}");
     let event = common::llm_event("tls-1", "2026-01-12T03:12:34Z", 10, 5);
     let auth = format!("Authorization: Bearer {ingest}");
     let (ok, body) = curl(&[
-        "-H", &auth, "-H", "content-type: application/json", "--data", &event.to_string(),
+        "-H",
+        &auth,
+        "-H",
+        "content-type: application/json",
+        "--data",
+        &event.to_string(),
         &t.url("/v1/events/usage.llm"),
     ]);
     assert!(ok);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["accepted"], 1, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["accepted"],
+        1,
+        "{body}"
+    );
     let (_, body) = curl(&[
-        "-H", "content-type: application/json", "--data", &event.to_string(),
+        "-H",
+        "content-type: application/json",
+        "--data",
+        &event.to_string(),
         &t.url("/v1/events/usage.llm"),
     ]);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "unauthorized", "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "unauthorized",
+        "{body}"
+    );
     // Plain HTTP to the TLS port gets nothing.
     let plain = reqwest::Client::new()
         .get(format!("http://{}/health", t.addr))
@@ -182,7 +225,12 @@ async fn curl_and_buf_curl_reach_every_protocol_over_tls() {
         let run = |with_token: bool| {
             let mut cmd = Command::new(buf());
             cmd.args(["curl", "--schema"]).arg(&schema).args([
-                "--protocol", protocol, "--cacert", path_str(&ca_pem), "--data", &data.to_string(),
+                "--protocol",
+                protocol,
+                "--cacert",
+                path_str(&ca_pem),
+                "--data",
+                &data.to_string(),
             ]);
             if with_token {
                 cmd.args(["-H", &auth]);
@@ -190,12 +238,21 @@ async fn curl_and_buf_curl_reach_every_protocol_over_tls() {
             cmd.arg(&url).output().unwrap()
         };
         let out = run(true);
-        assert!(out.status.success(), "{protocol}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{protocol}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v, json!({"success": true, "message": "processed 1 metrics"}), "{protocol}");
+        assert_eq!(
+            v,
+            json!({"success": true, "message": "processed 1 metrics"}),
+            "{protocol}"
+        );
         let out = run(false);
         assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let err = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("unauthenticated"), "{protocol}: {err}");
     }
     let r = client
@@ -224,8 +281,14 @@ async fn mutual_tls_lets_in_clients_with_a_certificate_of_the_ca_alone() {
     let t = Tally::start_tls(
         &data,
         &[
-            "--flush-interval", "1h", "--tls-cert", path_str(&cert), "--tls-key", path_str(&key),
-            "--tls-client-ca", path_str(&ca_pem),
+            "--flush-interval",
+            "1h",
+            "--tls-cert",
+            path_str(&cert),
+            "--tls-key",
+            path_str(&key),
+            "--tls-client-ca",
+            path_str(&ca_pem),
         ],
         &https_client(&ca_pem, Some((&client_cert, &client_key))),
     )
@@ -254,7 +317,10 @@ async fn mutual_tls_lets_in_clients_with_a_certificate_of_the_ca_alone() {
         r
     };
     let mut grpc = BillingServiceClient::new(
-        channel(Some((&client_cert, &client_key))).connect().await.unwrap(),
+        channel(Some((&client_cert, &client_key)))
+            .connect()
+            .await
+            .unwrap(),
     );
     let ok = grpc
         .send_metrics_batch(with_token(batch("vm-1", "c1"), Some(&fleet)))
@@ -285,19 +351,32 @@ async fn mutual_tls_lets_in_clients_with_a_certificate_of_the_ca_alone() {
         assert!(refused, "a client without a certificate of the CA got in");
         let out = Command::new("curl")
             .args(["-sS", "--cacert", path_str(&ca_pem)])
-            .args(identity.map_or(vec![], |(c, k)| vec!["--cert", path_str(c), "--key", path_str(k)]))
+            .args(identity.map_or(vec![], |(c, k)| {
+                vec!["--cert", path_str(c), "--key", path_str(k)]
+            }))
             .arg(t.url("/health"))
             .output()
             .unwrap();
         assert!(!out.status.success(), "curl got in");
     }
     let out = Command::new("curl")
-        .args(["-sS", "--cacert", path_str(&ca_pem), "--cert", path_str(&client_cert), "--key"])
+        .args([
+            "-sS",
+            "--cacert",
+            path_str(&ca_pem),
+            "--cert",
+            path_str(&client_cert),
+            "--key",
+        ])
         .arg(path_str(&client_key))
         .arg(t.url("/health"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -316,7 +395,12 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let new_client = https_client(&new_ca, None);
     let t = Tally::start_tls(
         &data,
-        &["--tls-cert", path_str(&live_cert), "--tls-key", path_str(&live_key)],
+        &[
+            "--tls-cert",
+            path_str(&live_cert),
+            "--tls-key",
+            path_str(&live_key),
+        ],
         &old_client,
     )
     .await;
@@ -333,7 +417,10 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         if fresh.get(t.url("/health")).send().await.is_ok() {
             break;
         }
-        assert!(renewed.elapsed() < Duration::from_secs(10), "the new certificate was never served");
+        assert!(
+            renewed.elapsed() < Duration::from_secs(10),
+            "the new certificate was never served"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let fresh_old = https_client(&old_ca, None);
@@ -349,16 +436,28 @@ async fn the_nats_source_connects_over_tls_with_a_client_certificate() {
     let (client_cert, client_key) = issue(pki, "ca", "tally-node", CLIENT_EXT);
     // The broker requires TLS and a client certificate of the CA.
     let nats = common::NatsServer::start_with(&[
-        "--tls", "--tlscert", path_str(&server_cert), "--tlskey", path_str(&server_key),
-        "--tlsverify", "--tlscacert", path_str(&ca_pem),
+        "--tls",
+        "--tlscert",
+        path_str(&server_cert),
+        "--tlskey",
+        path_str(&server_key),
+        "--tlsverify",
+        "--tlscacert",
+        path_str(&ca_pem),
     ])
     .await;
     let data = pki.join("data");
     let t = Tally::start(
         &data,
         &[
-            "--nats", &nats.url, "--nats-tls-ca", path_str(&ca_pem), "--nats-tls-cert",
-            path_str(&client_cert), "--nats-tls-key", path_str(&client_key),
+            "--nats",
+            &nats.url,
+            "--nats-tls-ca",
+            path_str(&ca_pem),
+            "--nats-tls-cert",
+            path_str(&client_cert),
+            "--nats-tls-key",
+            path_str(&client_key),
         ],
     )
     .await;

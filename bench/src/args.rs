@@ -83,6 +83,12 @@ pub struct Args {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+
+    /// Run the scenario twice on fresh servers of --server-bin: plain, then
+    /// over TLS with a bearer token on every request; report both and the
+    /// ratio (http-llm, connect-proto-vm and connect-json-vm).
+    #[arg(long, requires = "server_bin")]
+    pub secure_ab: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, serde::Serialize)]

@@ -6,6 +6,7 @@ mod nats;
 mod peer;
 mod report;
 mod runner;
+mod secure;
 mod server;
 mod summary;
 mod ws;
@@ -17,6 +18,9 @@ use args::{Args, Scenario};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.secure_ab {
+        return secure_ab(&args).await;
+    }
     let server = match (&args.target, &args.server_bin) {
         (Some(t), _) => server::Target::Running(t.trim_end_matches('/').to_string()),
         (None, Some(bin)) => {
@@ -117,4 +121,46 @@ fn finish(args: &Args, report: &impl serde::Serialize) -> anyhow::Result<()> {
         std::fs::write(out, serde_json::to_vec_pretty(report)?)?;
     }
     Ok(())
+}
+
+/// The scenario on a plain server, then on one with TLS and a token.
+async fn secure_ab(args: &Args) -> anyhow::Result<()> {
+    let bin = args
+        .server_bin
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--secure-ab needs --server-bin"))?;
+    let plain_server = server::Spawned::start(bin, &[]).await?;
+    let plain = runner::run(args, &plain_server.url).await?;
+    let plain_stats = plain_server.stop(plain.records_stored).await?;
+    let plain = report::Report::new(args, plain, Some(plain_stats));
+
+    let pki = tempfile::tempdir()?;
+    let (ca, cert, key) = secure::certificates(pki.path())?;
+    let data = tempfile::tempdir()?;
+    let credentials = secure::Credentials {
+        ca_pem: std::fs::read(&ca)?,
+        token: secure::ingest_token(bin, &data.path().join("data"))?,
+    };
+    let extra: Vec<String> = vec![
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ];
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&credentials.ca_pem)?)
+        .build()?;
+    let secured_server = server::Spawned::start_in(bin, &extra, data, "https", &client).await?;
+    let secured = runner::run_with(args, &secured_server.url, Some(&credentials)).await?;
+    let secured_stats = secured_server.stop(secured.records_stored).await?;
+    let secured = report::Report::new(args, secured, Some(secured_stats));
+    let ratio = secured.records_per_second / plain.records_per_second.max(1e-9);
+    eprintln!(
+        "plain {:.0} records/s, TLS + token {:.0} records/s: {:.3}x",
+        plain.records_per_second, secured.records_per_second, ratio
+    );
+    finish(
+        args,
+        &serde_json::json!({"plain": plain, "tls_and_token": secured, "throughput_ratio": ratio}),
+    )
 }

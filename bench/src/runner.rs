@@ -295,10 +295,34 @@ async fn client_for(
 }
 
 pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
-    let http = reqwest::Client::builder()
+    run_with(args, base, None).await
+}
+
+/// [`run`], trusting the server's CA and sending a bearer token when
+/// `secure` is given.
+pub async fn run_with(
+    args: &Args,
+    base: &str,
+    secure: Option<&crate::secure::Credentials>,
+) -> anyhow::Result<RunResult> {
+    let mut http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
-        .timeout(Duration::from_secs(30))
-        .build()?;
+        .timeout(Duration::from_secs(30));
+    if let Some(s) = secure {
+        anyhow::ensure!(
+            !matches!(args.scenario, Scenario::GrpcVm | Scenario::Mixed),
+            "--secure-ab runs http-llm, connect-proto-vm and connect-json-vm"
+        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", s.token).parse()?,
+        );
+        http = http
+            .add_root_certificate(reqwest::Certificate::from_pem(&s.ca_pem)?)
+            .default_headers(headers);
+    }
+    let http = http.build()?;
     let client = match args.scenario {
         Scenario::Mixed => {
             let mut clients = Vec::new();

@@ -37,11 +37,29 @@ pub struct ServerStats {
 
 impl Spawned {
     pub async fn start(bin: &Path, extra: &[String]) -> anyhow::Result<Spawned> {
-        let data = tempfile::tempdir()?;
+        Self::start_in(
+            bin,
+            extra,
+            tempfile::tempdir()?,
+            "http",
+            &reqwest::Client::new(),
+        )
+        .await
+    }
+
+    /// Starts on `data` (its `data` folder), served as `scheme`; `client`
+    /// waits for `/health`.
+    pub async fn start_in(
+        bin: &Path,
+        extra: &[String],
+        data: tempfile::TempDir,
+        scheme: &str,
+        client: &reqwest::Client,
+    ) -> anyhow::Result<Spawned> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let child = Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data.path().join("data"))
@@ -52,7 +70,6 @@ impl Spawned {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while client.get(format!("{url}/health")).send().await.is_err() {
             anyhow::ensure!(Instant::now() < deadline, "server did not start");

@@ -25,7 +25,10 @@ pub fn client_options(
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let mut out = Vec::with_capacity(pairs.len());
     for pair in pairs {
-        let Some((k, v)) = pair.split_once('=').filter(|(k, v)| !k.trim().is_empty() && !v.is_empty()) else {
+        let Some((k, v)) = pair
+            .split_once('=')
+            .filter(|(k, v)| !k.trim().is_empty() && !v.is_empty())
+        else {
             return Err(ConfigError::new(
                 setting,
                 format!("{setting} must be KEY=VALUE (a librdkafka property), got {pair:?}"),
@@ -172,7 +175,10 @@ mod tests {
     fn client_options_are_key_value_pairs_that_leave_tallys_own_alone() {
         let ok = client_options(
             "kafka.options",
-            &["security.protocol=SASL_SSL".into(), "sasl.password=a=b".into()],
+            &[
+                "security.protocol=SASL_SSL".into(),
+                "sasl.password=a=b".into(),
+            ],
             &["group.id"],
         )
         .unwrap();

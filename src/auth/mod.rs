@@ -39,7 +39,9 @@ const RELOAD_EVERY: Duration = Duration::from_millis(500);
 /// How often last-use times are written.
 const USED_EVERY: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Every route but /health needs a token.
@@ -243,7 +245,13 @@ impl Auth {
     }
 
     /// The access a request's credentials give for `need`.
-    pub fn check(&self, method: &Method, headers: &HeaderMap, query: Option<&str>, need: Need) -> Result<Access, Denial> {
+    pub fn check(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        need: Need,
+    ) -> Result<Access, Denial> {
         let snapshot = self.tokens.read().clone();
         if !self.required(&snapshot) {
             return Ok(Access::unrestricted());
@@ -404,7 +412,10 @@ impl Auth {
 /// The secret of a request: the bearer token, or `access_token` in the
 /// query of a WebSocket upgrade (browsers cannot set headers there).
 fn presented<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
         let (scheme, rest) = v.split_once(' ')?;
         return scheme
@@ -484,13 +495,22 @@ mod tests {
     #[test]
     fn the_secret_comes_from_the_bearer_header_or_a_websocket_query() {
         assert_eq!(presented(&headers("Bearer tally_x"), None), Some("tally_x"));
-        assert_eq!(presented(&headers("bearer  tally_x "), None), Some("tally_x"));
+        assert_eq!(
+            presented(&headers("bearer  tally_x "), None),
+            Some("tally_x")
+        );
         assert_eq!(presented(&headers("Basic abc"), None), None);
         let mut ws = HeaderMap::new();
         ws.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert_eq!(presented(&ws, Some("a=1&access_token=tally_y")), Some("tally_y"));
+        assert_eq!(
+            presented(&ws, Some("a=1&access_token=tally_y")),
+            Some("tally_y")
+        );
         // Not for plain requests: query strings end up in logs.
-        assert_eq!(presented(&HeaderMap::new(), Some("access_token=tally_y")), None);
+        assert_eq!(
+            presented(&HeaderMap::new(), Some("access_token=tally_y")),
+            None
+        );
     }
 
     #[test]
@@ -500,49 +520,85 @@ mod tests {
         let listen: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap()];
         let auth = Auth::start(&AuthArgs::default(), s, s, &listen).unwrap();
         // No token yet, loopback only: open.
-        let open = auth.check(&Method::GET, &HeaderMap::new(), None, Need::role(Role::Admin));
+        let open = auth.check(
+            &Method::GET,
+            &HeaderMap::new(),
+            None,
+            Need::role(Role::Admin),
+        );
         assert!(open.unwrap().token.is_none());
         let ingest = tokens::create(s, "fleet", Role::Ingest, &["c1".into()]).unwrap();
         let read = tokens::create(s, "ops", Role::Read, &[]).unwrap();
         auth.reload();
         let bearer = |t: &str| headers(&format!("Bearer {t}"));
         let e = auth
-            .check(&Method::GET, &HeaderMap::new(), None, Need::role(Role::Read))
+            .check(
+                &Method::GET,
+                &HeaderMap::new(),
+                None,
+                Need::role(Role::Read),
+            )
             .unwrap_err();
         assert_eq!((e.status, e.reason), (StatusCode::UNAUTHORIZED, "missing"));
         let e = auth
-            .check(&Method::GET, &bearer("tally_nope"), None, Need::role(Role::Read))
+            .check(
+                &Method::GET,
+                &bearer("tally_nope"),
+                None,
+                Need::role(Role::Read),
+            )
             .unwrap_err();
         assert_eq!(e.reason, "unknown");
         let e = auth
-            .check(&Method::POST, &bearer(&ingest), None, Need::role(Role::Read))
+            .check(
+                &Method::POST,
+                &bearer(&ingest),
+                None,
+                Need::role(Role::Read),
+            )
             .unwrap_err();
         assert_eq!((e.status, e.reason), (StatusCode::FORBIDDEN, "role"));
         let a = auth
-            .check(&Method::POST, &bearer(&ingest), None, Need::role(Role::Ingest))
+            .check(
+                &Method::POST,
+                &bearer(&ingest),
+                None,
+                Need::role(Role::Ingest),
+            )
             .unwrap();
         assert!(a.covers(Some("c1")) && !a.covers(Some("c2")));
         let e = auth
-            .check(&Method::GET, &bearer(&ingest), None, Need::role(Role::Ingest).all_tenants())
+            .check(
+                &Method::GET,
+                &bearer(&ingest),
+                None,
+                Need::role(Role::Ingest).all_tenants(),
+            )
             .unwrap_err();
         assert_eq!(e.reason, "tenant");
         // GET reads, POST needs the write role.
         let plan = Need::role(Role::Read).writes(Role::Admin);
         assert!(auth.check(&Method::GET, &bearer(&read), None, plan).is_ok());
         assert_eq!(
-            auth.check(&Method::POST, &bearer(&read), None, plan).unwrap_err().reason,
+            auth.check(&Method::POST, &bearer(&read), None, plan)
+                .unwrap_err()
+                .reason,
             "role"
         );
         tokens::revoke(s, "ops").unwrap();
         auth.reload();
         assert_eq!(
-            auth.check(&Method::GET, &bearer(&read), None, plan).unwrap_err().reason,
+            auth.check(&Method::GET, &bearer(&read), None, plan)
+                .unwrap_err()
+                .reason,
             "unknown"
         );
         // Removing the file does not turn authentication off.
         std::fs::remove_file(tokens::tokens_path(s)).unwrap();
         auth.reload();
-        assert!(auth.check(&Method::GET, &HeaderMap::new(), None, plan).is_err());
+        assert!(auth
+            .check(&Method::GET, &HeaderMap::new(), None, plan)
+            .is_err());
     }
 
     #[test]
@@ -552,7 +608,10 @@ mod tests {
         let any: Vec<SocketAddr> = vec!["0.0.0.0:8081".parse().unwrap()];
         let e = Auth::start(&AuthArgs::default(), s, s, &any).err().unwrap();
         let text = e.to_string();
-        assert!(text.contains("tally token create") && text.contains("--auth off"), "{text}");
+        assert!(
+            text.contains("tally token create") && text.contains("--auth off"),
+            "{text}"
+        );
         let off = AuthArgs {
             mode: Some(AuthMode::Off),
         };

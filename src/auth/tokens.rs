@@ -174,7 +174,9 @@ fn check_name(name: &str) -> Result<(), TokenError> {
 fn check_tenant(t: &str) -> Result<(), TokenError> {
     let ok = !t.is_empty()
         && t.len() <= 128
-        && !t.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',');
+        && !t
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',');
     if ok {
         Ok(())
     } else {

@@ -52,7 +52,15 @@ impl Tally {
     /// Starts over TLS; `client` (trusting the test CA, with a client
     /// certificate when the server asks for one) waits for `/health`.
     pub async fn start_tls(data: &Path, args: &[&str], client: &reqwest::Client) -> Tally {
-        Self::launch(data, &data.with_extension("log"), args, &[], client, "https").await
+        Self::launch(
+            data,
+            &data.with_extension("log"),
+            args,
+            &[],
+            client,
+            "https",
+        )
+        .await
     }
 
     async fn launch(

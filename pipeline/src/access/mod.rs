@@ -222,7 +222,10 @@ mod tests {
             assert!(Role::Admin.allows(need));
         }
         assert_eq!("read".parse::<Role>(), Ok(Role::Read));
-        assert!("owner".parse::<Role>().unwrap_err().contains("ingest, read or admin"));
+        assert!("owner"
+            .parse::<Role>()
+            .unwrap_err()
+            .contains("ingest, read or admin"));
     }
 
     #[test]
@@ -244,7 +247,10 @@ mod tests {
         assert!(a.check_filter("microdao_id", Some("m2")).is_ok());
         assert!(a.check_filter("microdao_id", None).is_ok());
         let e = a.check_filter("microdao_id", Some("m3")).unwrap_err();
-        assert!(e.0.contains("\"m3\"") && e.0.contains("\"m1\", \"m2\""), "{e}");
+        assert!(
+            e.0.contains("\"m3\"") && e.0.contains("\"m1\", \"m2\""),
+            "{e}"
+        );
         assert!(!a.covers(None));
         assert!(Access::unrestricted().covers(None));
     }

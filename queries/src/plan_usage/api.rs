@@ -8,7 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use chrono::Utc;
 use parking_lot::Mutex;
-use tally_pipeline::access::Access;
+use tally_pipeline::access::{Access, Forbidden};
 use tally_pipeline::Pipeline;
 
 use super::config::{ConfigFile, UsageConfig};
@@ -101,10 +101,8 @@ impl Scope {
     /// Narrows the scope to what `access` covers: another tenant's
     /// `microdao_id` is refused; a token of one tenant reads that one, a
     /// token of several their union.
-    pub(super) fn within(mut self, access: &Access) -> Result<Scope, Response> {
-        if let Err(e) = access.check_filter("microdao_id", self.microdao_id.as_deref()) {
-            return Err(crate::http::forbidden(e));
-        }
+    pub(super) fn within(mut self, access: &Access) -> Result<Scope, Forbidden> {
+        access.check_filter("microdao_id", self.microdao_id.as_deref())?;
         if self.microdao_id.is_none() {
             match &access.tenants {
                 Some(t) if t.len() == 1 => self.microdao_id = t.iter().next().cloned(),

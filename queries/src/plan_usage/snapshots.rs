@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::Extension;
-use tally_pipeline::access::Access;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use datafusion::common::ScalarValue;
 use serde_json::{json, Map, Value};
+use tally_pipeline::access::Access;
 use tally_pipeline::{Dataset, RecordBuilder};
 
 use super::api::{now_ms, pairs, server_error, validation_failed, Scope, UsageApi, SOURCE};
@@ -137,7 +137,7 @@ pub(super) async fn sessions(
     }
     let scope = match scope.within(&access) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return crate::http::forbidden(e),
     };
     let text = |v: &Option<String>| ScalarValue::Utf8(v.clone());
     let params = vec![

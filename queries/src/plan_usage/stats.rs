@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::Extension;
-use tally_pipeline::access::Access;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::TimeZone;
 use serde_json::{json, Value};
+use tally_pipeline::access::Access;
 use tally_pipeline::Dataset;
 
 use super::api::{now_ms, pairs, server_error, too_many, validation_failed, Scope, UsageApi};
@@ -198,7 +198,7 @@ pub(super) async fn stats(
     }
     let scope = match scope.within(&access) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return crate::http::forbidden(e),
     };
     match api.compute(&cfg, &scope, now).await {
         Ok((stats, current)) => {

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::Extension;
-use tally_pipeline::access::Access;
 use axum::response::Response;
+use axum::Extension;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
+use tally_pipeline::access::Access;
 
 use super::api::{now_ms, pairs, validation_failed, Scope, UsageApi};
 
@@ -29,7 +29,7 @@ pub(super) async fn stream(
     }
     let scope = match scope.within(&access) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return crate::http::forbidden(e),
     };
     ws.read_buffer_size(4 * 1024)
         .on_upgrade(move |socket| stream_updates(socket, api, scope))

@@ -35,9 +35,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use tally_pipeline::access::Access;
 use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Utc};
 use serde_json::{json, Value};
+use tally_pipeline::access::Access;
 use tally_pipeline::rollup::HOUR_NS;
 use tally_pipeline::Dataset;
 

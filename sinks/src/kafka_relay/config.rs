@@ -33,14 +33,23 @@ pub struct RelayArgs {
 
     /// A librdkafka property for the brokers' TLS and credentials, e.g.
     /// security.protocol=SSL (repeatable).
-    #[arg(id = "relay_options", long = "relay-kafka-option", value_name = "KEY=VALUE")]
+    #[arg(
+        id = "relay_options",
+        long = "relay-kafka-option",
+        value_name = "KEY=VALUE"
+    )]
     #[serde(default)]
     pub options: Vec<String>,
 }
 
 /// Properties the relay sets itself: acknowledging only what the brokers
 /// hold, once, depends on them.
-const FIXED: [&str; 4] = ["bootstrap.servers", "acks", "enable.idempotence", "message.timeout.ms"];
+const FIXED: [&str; 4] = [
+    "bootstrap.servers",
+    "acks",
+    "enable.idempotence",
+    "message.timeout.ms",
+];
 
 /// [`RelayArgs`] with the defaults applied: brokers and topic.
 #[derive(Debug, Clone, PartialEq)]

@@ -620,22 +620,22 @@ fn merge_hour(
     let mut arena: Vec<RecordBatch> = Vec::new();
     let mut cursors: Vec<Option<Cursor>> = Vec::new();
     let mut rows_in = 0u64;
-    let next_batch = |reader: &mut Batches, path: &Path|
-     -> Result<Option<RecordBatch>, SinkError> {
-        loop {
-            match reader.next() {
-                None => return Ok(None),
-                Some(Err(e)) => {
-                    return Err(SinkError::Object(format!(
-                        "reading {} for compaction: {e}",
-                        path.display()
-                    )))
+    let next_batch =
+        |reader: &mut Batches, path: &Path| -> Result<Option<RecordBatch>, SinkError> {
+            loop {
+                match reader.next() {
+                    None => return Ok(None),
+                    Some(Err(e)) => {
+                        return Err(SinkError::Object(format!(
+                            "reading {} for compaction: {e}",
+                            path.display()
+                        )))
+                    }
+                    Some(Ok(b)) if b.num_rows() == 0 => continue,
+                    Some(Ok(b)) => return Ok(Some(conform(b, d)?)),
                 }
-                Some(Ok(b)) if b.num_rows() == 0 => continue,
-                Some(Ok(b)) => return Ok(Some(conform(b, d)?)),
             }
-        }
-    };
+        };
     let encode =
         |b: &RecordBatch| -> Result<(arrow::row::Rows, Option<arrow::row::Rows>), SinkError> {
             let s: Vec<ArrayRef> = sort_cols.iter().map(|&c| b.column(c).clone()).collect();

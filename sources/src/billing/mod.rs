@@ -16,10 +16,10 @@ pub mod service;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use tally_pipeline::access::Access;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use tally_pipeline::access::Access;
 use tally_proto::billing::v1::billing_service_server::BillingServiceServer;
 use tower::ServiceExt;
 
@@ -85,7 +85,10 @@ async fn serve(State(b): State<Billing>, Path(method): Path<String>, req: Reques
     }
     let (parts, body) = req.into_parts();
     let Some(access) = parts.extensions.get::<Access>().cloned() else {
-        return connect::error("permission_denied", "the request carries no access decision");
+        return connect::error(
+            "permission_denied",
+            "the request carries no access decision",
+        );
     };
     let bytes = match axum::body::to_bytes(body, b.max_body).await {
         Ok(bytes) => bytes,
@@ -105,7 +108,10 @@ pub fn refusal(headers: &HeaderMap, unauthenticated: bool, message: &str) -> Res
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !content_type.to_ascii_lowercase().starts_with("application/grpc") {
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("application/grpc")
+    {
         let code = if unauthenticated {
             "unauthenticated"
         } else {

@@ -171,7 +171,11 @@ async fn ingest(
     };
     if decoded.is_empty() && rejections.is_empty() {
         if let Some((_, e)) = over_rate.first() {
-            let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, "Too many requests", e.to_string());
+            let mut r = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests",
+                e.to_string(),
+            );
             set_retry_after(&mut r, &over_rate);
             return r;
         }

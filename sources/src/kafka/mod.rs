@@ -270,13 +270,14 @@ impl ConsumerContext for Context {
 /// Creates the missing topics (`partitions` each, replication 1; a real
 /// cluster's operators usually create them with their own settings).
 fn ensure_topics(rt: &Handle, config: &KafkaConfig, topics: &[String]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = config
-        .client()
-        .create()
-        .map_err(|source| KafkaError::Create {
-            brokers: config.brokers.clone(),
-            source,
-        })?;
+    let admin: AdminClient<DefaultClientContext> =
+        config
+            .client()
+            .create()
+            .map_err(|source| KafkaError::Create {
+                brokers: config.brokers.clone(),
+                source,
+            })?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, config.partitions, TopicReplication::Fixed(1)))

@@ -71,22 +71,42 @@ pub struct NatsArgs {
     pub subjects: Vec<String>,
 
     /// NATS credentials file (a user JWT and its NKey seed).
-    #[arg(id = "nats_credentials", long = "nats-credentials", value_name = "FILE", env = "TALLY_NATS_CREDENTIALS")]
+    #[arg(
+        id = "nats_credentials",
+        long = "nats-credentials",
+        value_name = "FILE",
+        env = "TALLY_NATS_CREDENTIALS"
+    )]
     #[serde(default)]
     pub credentials: Option<PathBuf>,
 
     /// CA (PEM) of the NATS server's certificate: connect over TLS only.
-    #[arg(id = "nats_tls_ca", long = "nats-tls-ca", value_name = "PEM", env = "TALLY_NATS_TLS_CA")]
+    #[arg(
+        id = "nats_tls_ca",
+        long = "nats-tls-ca",
+        value_name = "PEM",
+        env = "TALLY_NATS_TLS_CA"
+    )]
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
 
     /// Client certificate (PEM) for a NATS server that asks for one.
-    #[arg(id = "nats_tls_cert", long = "nats-tls-cert", value_name = "PEM", requires = "nats_tls_key")]
+    #[arg(
+        id = "nats_tls_cert",
+        long = "nats-tls-cert",
+        value_name = "PEM",
+        requires = "nats_tls_key"
+    )]
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
 
     /// Key (PEM) of --nats-tls-cert.
-    #[arg(id = "nats_tls_key", long = "nats-tls-key", value_name = "PEM", requires = "nats_tls_cert")]
+    #[arg(
+        id = "nats_tls_key",
+        long = "nats-tls-key",
+        value_name = "PEM",
+        requires = "nats_tls_cert"
+    )]
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
 }

@@ -199,13 +199,14 @@ pub async fn run(
     let status_events = status.clone();
     let mut options = async_nats::ConnectOptions::new();
     if let Some(path) = &config.credentials {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|source| NatsError::Credentials {
-                path: path.clone(),
-                source,
-            })?;
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| NatsError::Credentials {
+                    path: path.clone(),
+                    source,
+                })?;
     }
     if let Some(ca) = &config.tls_ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
