@@ -2,15 +2,16 @@
 # the command line. Build: docker build -t tally .
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# librdkafka is built from source by rdkafka-sys (needs make and a C compiler,
-# both in this image); protobuf code is generated in Rust (no protoc).
+# librdkafka is built from source by rdkafka-sys (needs make, a C compiler
+# and OpenSSL's headers, all in this image); protobuf code is generated in
+# Rust (no protoc).
 COPY . .
 RUN cargo build --release --bin tally \
     && install -D target/release/tally /out/tally
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home /var/lib/tally --create-home tally \
     && install -d -o tally -g tally /var/lib/tally/data /var/lib/tally/state

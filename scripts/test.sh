@@ -7,10 +7,13 @@ cd "$(dirname "$0")/.."
 need_apt=()
 # Services the end-to-end tests talk to, from Debian's packages
 # ("package:command" pairs).
-for pkg_bin in nats-server:nats-server; do
+# openssl makes the TLS tests' certificates; curl is their HTTPS client.
+for pkg_bin in nats-server:nats-server openssl:openssl curl:curl pkg-config:pkg-config; do
   pkg=${pkg_bin%%:*}; bin=${pkg_bin##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# librdkafka is built with TLS for Kafka brokers (--kafka-option security.protocol=ssl).
+pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

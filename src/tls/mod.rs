@@ -233,6 +233,9 @@ pub async fn serve(
             },
             _ = &mut stopped => break,
         };
+        // As axum::serve does: no Nagle delay on small answers (it cost
+        // 40 ms a request before acknowledgements came back).
+        let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
         let app = app.clone();
         let watcher = graceful.watcher();
