@@ -33,6 +33,8 @@ use crate::tls::TlsArgs;
 
 /// The data directory when none is given (also of `tally sql` and `tally check`).
 pub const DEFAULT_DATA: &str = "data";
+/// The state directory of a node whose data is in object storage.
+pub const DEFAULT_OBJECT_STATE: &str = "tally-state";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 
 /// This node: where its data and state live, its id, its listeners
@@ -201,7 +203,7 @@ impl Config {
     pub fn state_root(&self) -> PathBuf {
         match (&self.state_dir, self.data_is_object_store()) {
             (Some(s), _) => s.clone(),
-            (None, true) => PathBuf::from("tally-state"),
+            (None, true) => PathBuf::from(DEFAULT_OBJECT_STATE),
             (None, false) => self.data.clone(),
         }
     }

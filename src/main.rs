@@ -107,7 +107,14 @@ async fn sql(args: SqlArgs) -> anyhow::Result<()> {
 
 /// `tally token create|list|revoke`.
 fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let state = args.state_dir.clone().unwrap_or_else(|| args.data.clone());
+    // Where `tally serve` keeps its state for the same flags.
+    let state = match &args.state_dir {
+        Some(s) => s.clone(),
+        None if args.data.to_string_lossy().starts_with("s3://") => {
+            std::path::PathBuf::from(config::DEFAULT_OBJECT_STATE)
+        }
+        None => args.data.clone(),
+    };
     match args.command {
         TokenCommand::Create { name, role, tenant } => {
             let secret = auth::tokens::create(&state, &name, role, &tenant)?;

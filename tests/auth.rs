@@ -383,6 +383,19 @@ async fn roles_and_tenants_decide_every_route() {
     )
     .await;
     assert_eq!(s, 200, "{v}");
+    let started = |customer: &str| {
+        json!({"vmId": format!("vm-{customer}"), "customerId": customer,
+            "startTime": (now * 1_000_000_000).to_string()})
+    };
+    let start = "/billing.v1.BillingService/NotifyVmStarted";
+    let (s, v) = post(&t, Some(&ingest_a), start, &started("cust_b")).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("permission_denied")),
+        "{v}"
+    );
+    let (s, v) = post(&t, Some(&ingest_a), start, &started("cust_a")).await;
+    assert_eq!(s, 200, "{v}");
     let heartbeat = json!({"instanceId": "metald-1", "activeVms": ["vm-a"]});
     let hb = "/billing.v1.BillingService/SendHeartbeat";
     assert_eq!(post(&t, Some(&read_all), hb, &heartbeat).await.0, 403);
