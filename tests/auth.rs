@@ -19,29 +19,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const NO_FLUSH: [&str; 2] = ["--flush-interval", "1h"];
 
-/// `tally token create`; returns the secret it prints.
-fn token(data: &Path, name: &str, role: &str, tenants: &[&str]) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
-    cmd.args(["token", "create", "--data"])
-        .arg(data)
-        .args(["--name", name, "--role", role]);
-    for t in tenants {
-        cmd.args(["--tenant", t]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(
-        secret.starts_with("tally_") && secret.len() >= 6 + 32,
-        "{secret}"
-    );
-    secret
-}
-
+/// Runs a `tally` command on `data`; its standard output.
 fn tally_cli(data: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(args)
@@ -149,12 +127,13 @@ async fn ws(t: &Tally, path: &str, bearer: Option<&str>) -> Result<(), u16> {
 async fn roles_and_tenants_decide_every_route() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let admin = token(&data, "ops", "admin", &[]);
-    let ingest_all = token(&data, "fleet", "ingest", &[]);
-    let ingest_a = token(&data, "fleet-a", "ingest", &["m_a", "cust_a"]);
-    let read_all = token(&data, "finance", "read", &[]);
-    let read_a = token(&data, "team-a", "read", &["m_a", "cust_a"]);
-    let read_ma = token(&data, "team-a-llm", "read", &["m_a"]);
+    let admin = common::create_token(&data, "ops", "admin", &[]);
+    let ingest_all = common::create_token(&data, "fleet", "ingest", &[]);
+    let ingest_a = common::create_token(&data, "fleet-a", "ingest", &["m_a", "cust_a"]);
+    let read_all = common::create_token(&data, "finance", "read", &[]);
+    let read_a = common::create_token(&data, "team-a", "read", &["m_a", "cust_a"]);
+    let read_ma = common::create_token(&data, "team-a-llm", "read", &["m_a"]);
+    let chat_a = common::create_token(&data, "app-a", "ingest", &["app_a"]);
     let t = Tally::start(&data, &NO_FLUSH).await;
 
     // /health is open; everything else needs a token.
@@ -210,6 +189,17 @@ async fn roles_and_tenants_decide_every_route() {
     )
     .await;
     assert_eq!((s, v["error"].as_str()), (403, Some("forbidden")), "{v}");
+    // Chat summaries: the tenant is the app_id.
+    let summary_of = |app: &str| {
+        json!({"event_id": "f1e2d3c4b5a6", "event_ts": "2026-01-12T03:12:35.000000+00:00",
+            "chat_id": "chat_1", "app_id": app, "user_id": "u", "workflow_name": "W",
+            "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
+    };
+    let (s, v) = post(&t, Some(&chat_a), "/usage/ingest", &summary_of("app_b")).await;
+    assert_eq!((s, v["error"].as_str()), (403, Some("forbidden")), "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("app_id"), "{v}");
+    let (s, v) = post(&t, Some(&chat_a), "/usage/ingest", &summary_of("app_a")).await;
+    assert_eq!((s, v["accepted"].as_u64()), (200, Some(1)), "{v}");
 
     // Everything else through the fleet token of every tenant.
     let mut rng = Rng::from_time();
@@ -475,14 +465,30 @@ async fn roles_and_tenants_decide_every_route() {
     ] {
         assert!(m.contains(line), "{line} not in\n{m}");
     }
-    for secret in [&admin, &ingest_all, &ingest_a, &read_all, &read_a, &read_ma] {
+    for secret in [
+        &admin,
+        &ingest_all,
+        &ingest_a,
+        &read_all,
+        &read_a,
+        &read_ma,
+        &chat_a,
+    ] {
         assert!(!m.contains(&secret[6..]));
     }
 
     // `tally token list`: names, roles, tenants, last use; never secrets.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let list = tally_cli(&data, &["token", "list"]);
-    for secret in [&admin, &ingest_all, &ingest_a, &read_all, &read_a, &read_ma] {
+    for secret in [
+        &admin,
+        &ingest_all,
+        &ingest_a,
+        &read_all,
+        &read_a,
+        &read_ma,
+        &chat_a,
+    ] {
         assert!(!list.contains(&secret[6..]), "{list}");
     }
     let team_a = list.lines().find(|l| l.starts_with("team-a ")).unwrap();
@@ -578,7 +584,7 @@ async fn tokens_take_effect_and_are_revoked_without_a_restart() {
     // No token and loopback only: open, as the quick start is.
     let t = Tally::start(&data, &NO_FLUSH).await;
     assert_eq!(get(&t, None, "/internal/usage/summary").await.0, 200);
-    let secret = token(&data, "ops", "read", &[]);
+    let secret = common::create_token(&data, "ops", "read", &[]);
     let created = Instant::now();
     // Within two seconds a token is required, and this one works.
     let refused_after = loop {

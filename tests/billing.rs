@@ -377,23 +377,6 @@ async fn grpc_web_frames_round_trip() {
     );
 }
 
-fn buf() -> std::path::PathBuf {
-    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("node_modules/.bin/buf");
-    if local.exists() {
-        return local;
-    }
-    which("buf")
-        .expect("`buf` is not installed: ./scripts/test.sh installs it (npm package @bufbuild/buf)")
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|p| p.exists())
-    })
-}
-
 #[tokio::test]
 async fn buf_curl_speaks_connect_grpc_and_grpc_web() {
     let dir = tempfile::tempdir().unwrap();
@@ -402,7 +385,7 @@ async fn buf_curl_speaks_connect_grpc_and_grpc_web() {
     for (i, protocol) in ["connect", "grpc", "grpcweb"].iter().enumerate() {
         let data = json!({"vmId": format!("vm-{protocol}"), "customerId": "c",
             "metrics": [{"timestamp": "2024-01-15T10:30:00Z", "cpuTimeNanos": "5"}]});
-        let mut cmd = std::process::Command::new(buf());
+        let mut cmd = std::process::Command::new(common::buf());
         cmd.args(["curl", "--schema"]).arg(&schema).args([
             "--protocol",
             protocol,
@@ -429,7 +412,7 @@ async fn buf_curl_speaks_connect_grpc_and_grpc_web() {
         );
 
         // And an error, with its code.
-        let out = std::process::Command::new(buf())
+        let out = std::process::Command::new(common::buf())
             .args(["curl", "--schema"])
             .arg(&schema)
             .args(["--protocol", protocol, "--data", r#"{"customerId":"c"}"#])

@@ -91,23 +91,6 @@ fn issue(dir: &Path, ca_name: &str, name: &str, ext: &str) -> (PathBuf, PathBuf)
 const SERVER_EXT: &str = "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n";
 const CLIENT_EXT: &str = "subjectAltName=URI:spiffe://tally.test/metald/host-1\nextendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n";
 
-fn token(data: &Path, name: &str, role: &str, tenants: &[&str]) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
-    cmd.args(["token", "create", "--data"])
-        .arg(data)
-        .args(["--name", name, "--role", role]);
-    for t in tenants {
-        cmd.args(["--tenant", t]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 fn https_client(ca: &Path, identity: Option<(&Path, &Path)>) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap());
@@ -121,14 +104,6 @@ fn https_client(ca: &Path, identity: Option<(&Path, &Path)>) -> reqwest::Client 
 
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn buf() -> PathBuf {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("node_modules/.bin/buf");
-    if local.exists() {
-        return local;
-    }
-    PathBuf::from("buf")
 }
 
 fn batch(vm: &str, customer: &str) -> SendMetricsBatchRequest {
@@ -146,8 +121,8 @@ async fn curl_and_buf_curl_reach_every_protocol_over_tls() {
     let ca_pem = ca(pki, "ca");
     let (cert, key) = issue(pki, "ca", "server", SERVER_EXT);
     let data = pki.join("data");
-    let ingest = token(&data, "fleet", "ingest", &[]);
-    let admin = token(&data, "ops", "admin", &[]);
+    let ingest = common::create_token(&data, "fleet", "ingest", &[]);
+    let admin = common::create_token(&data, "ops", "admin", &[]);
     let client = https_client(&ca_pem, None);
     let t = Tally::start_tls(
         &data,
@@ -223,7 +198,7 @@ async fn curl_and_buf_curl_reach_every_protocol_over_tls() {
         let data = json!({"vmId": format!("vm-{protocol}"), "customerId": "c",
             "metrics": [{"timestamp": at, "cpuTimeNanos": "5"}]});
         let run = |with_token: bool| {
-            let mut cmd = Command::new(buf());
+            let mut cmd = Command::new(common::buf());
             cmd.args(["curl", "--schema"]).arg(&schema).args([
                 "--protocol",
                 protocol,
@@ -277,7 +252,7 @@ async fn mutual_tls_lets_in_clients_with_a_certificate_of_the_ca_alone() {
     ca(pki, "rogue");
     let (rogue_cert, rogue_key) = issue(pki, "rogue", "intruder", CLIENT_EXT);
     let data = pki.join("data");
-    let fleet = token(&data, "fleet-c1", "ingest", &["c1"]);
+    let fleet = common::create_token(&data, "fleet-c1", "ingest", &["c1"]);
     let t = Tally::start_tls(
         &data,
         &[

@@ -530,3 +530,41 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// `tally token create`; returns the secret it prints.
+pub fn create_token(data: &Path, name: &str, role: &str, tenants: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+    cmd.args(["token", "create", "--data"])
+        .arg(data)
+        .args(["--name", name, "--role", role]);
+    for t in tenants {
+        cmd.args(["--tenant", t]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        secret.starts_with("tally_") && secret.len() >= 6 + 32,
+        "{secret}"
+    );
+    secret
+}
+
+/// `buf` (npm package @bufbuild/buf): the local install, else the PATH's.
+pub fn buf() -> PathBuf {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("node_modules/.bin/buf");
+    if local.exists() {
+        return local;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("buf"))
+                .find(|p| p.exists())
+        })
+        .expect("`buf` is not installed: ./scripts/test.sh installs it (npm package @bufbuild/buf)")
+}

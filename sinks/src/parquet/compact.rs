@@ -923,6 +923,27 @@ fn commit_hour(
 mod tests {
     use super::*;
 
+    /// A node "n" writing to a local directory.
+    fn local_target(data: &Path) -> FlushTarget {
+        FlushTarget {
+            data: data.to_path_buf(),
+            state: data.to_path_buf(),
+            destination: Arc::new(Destination::Local),
+            node: "n".into(),
+            quarantine: None,
+        }
+    }
+
+    /// A seeded generator: each call gives a number below `n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     #[test]
     fn rollup_names_carry_their_source_and_fingerprint() {
         let n = rollup_name("w-1-00000000000000000007-abc.parquet", 0xfeed);
@@ -970,21 +991,9 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
-        let target = FlushTarget {
-            data: data.to_path_buf(),
-            state: data.to_path_buf(),
-            destination: Arc::new(Destination::Local),
-            node: "n".into(),
-            quarantine: None,
-        };
+        let target = local_target(data);
         let hour = 1_705_363_200_000_000_000i64;
-        let mut seed = 7u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(7);
         let mut want = std::collections::BTreeSet::new();
         let mut inputs = Vec::new();
         for f in 0..9u64 {
@@ -1051,22 +1060,10 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
-        let target = FlushTarget {
-            data: data.to_path_buf(),
-            state: data.to_path_buf(),
-            destination: Arc::new(Destination::Local),
-            node: "n".into(),
-            quarantine: None,
-        };
+        let target = local_target(data);
         let d = Dataset::UsageLlm;
         let hour = 1_705_363_200_000_000_000i64;
-        let mut seed = 11u64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(11);
         let tenants = [None, Some("m1"), Some("m2")];
         // Expected: each (tenant, event_id) once, ordered with no tenant last.
         let mut want = std::collections::BTreeSet::new();
