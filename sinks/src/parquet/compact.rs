@@ -934,6 +934,31 @@ mod tests {
         }
     }
 
+    /// The rows of a merge's file, as one batch.
+    fn read_merged(data: &Path, merged: &Merged) -> RecordBatch {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let file = File::open(data.join(&merged.tmp)).unwrap();
+        let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+        arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+    }
+
+    /// Column `c` as strings (dictionaries decoded), null as `None`.
+    fn strings(b: &RecordBatch, c: usize) -> Vec<Option<String>> {
+        let a = arrow::compute::cast(b.column(c), &arrow::datatypes::DataType::Utf8).unwrap();
+        let a = a
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        (0..a.len())
+            .map(|r| (!a.is_null(r)).then(|| a.value(r).to_string()))
+            .collect()
+    }
+
     /// A seeded generator: each call gives a number below `n`.
     fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
         move |n| {
@@ -986,7 +1011,6 @@ mod tests {
     fn a_merge_keeps_every_distinct_key_once_in_key_order() {
         use crate::parquet::listing::tests::vm_sample;
         use crate::parquet::writer::write_partition;
-        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         use tally_pipeline::Record;
 
         let dir = tempfile::tempdir().unwrap();
@@ -1025,28 +1049,17 @@ mod tests {
             });
         }
         let merged = merge_hour(&target, Dataset::VmMetrics, hour, &inputs).unwrap();
-        let file = std::fs::File::open(data.join(&merged.tmp)).unwrap();
-        let mut got = Vec::new();
-        for b in ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            let b = b.unwrap();
-            let vm = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
-            let vm = vm
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap();
-            let ts = b
-                .column(2)
-                .as_any()
-                .downcast_ref::<arrow::array::TimestampNanosecondArray>()
-                .unwrap();
-            for r in 0..b.num_rows() {
-                got.push((vm.value(r).to_string(), ts.value(r)));
-            }
-        }
+        let b = read_merged(data, &merged);
+        let ts = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampNanosecondArray>()
+            .unwrap();
+        let got: Vec<(String, i64)> = strings(&b, 1)
+            .into_iter()
+            .enumerate()
+            .map(|(r, vm)| (vm.unwrap(), ts.value(r)))
+            .collect();
         assert_eq!(merged.rows_out as usize, want.len());
         assert_eq!(got, want.into_iter().collect::<Vec<_>>());
     }
@@ -1054,7 +1067,6 @@ mod tests {
     #[test]
     fn files_of_the_older_key_order_merge_with_tenant_keyed_files() {
         use crate::parquet::writer::write_partition;
-        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         use tally_pipeline::batch::records_to_batch;
         use tally_pipeline::{Record, RecordBuilder, Value};
 
@@ -1134,33 +1146,12 @@ mod tests {
             });
         }
         let merged = merge_hour(&target, d, hour, &inputs).unwrap();
-        let file = File::open(data.join(&merged.tmp)).unwrap();
-        let mut got = Vec::new();
-        for b in ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            let b = b.unwrap();
-            let m = arrow::compute::cast(b.column(5), &arrow::datatypes::DataType::Utf8).unwrap();
-            let m = m
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap();
-            let id = b
-                .column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap();
-            for r in 0..b.num_rows() {
-                let tenant = (!m.is_null(r)).then(|| m.value(r).to_string());
-                got.push((
-                    tenant.is_none(),
-                    tenant.unwrap_or_default(),
-                    id.value(r).to_string(),
-                ));
-            }
-        }
+        let b = read_merged(data, &merged);
+        let got: Vec<(bool, String, String)> = strings(&b, 5)
+            .into_iter()
+            .zip(strings(&b, 0))
+            .map(|(tenant, id)| (tenant.is_none(), tenant.unwrap_or_default(), id.unwrap()))
+            .collect();
         let want: Vec<(bool, String, String)> = want
             .into_iter()
             .map(|(none, t, id)| (none, t.to_string(), id))
