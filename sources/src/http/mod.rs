@@ -16,10 +16,8 @@ use std::sync::Arc;
 
 use tally_pipeline::access::limits::{OverRate, RateLimiter};
 use tally_pipeline::access::{tenant_of, Access};
-use tally_pipeline::Record;
-
 use tally_pipeline::tap::PayloadTap;
-use tally_pipeline::{IngestError, IngestReport, Pipeline, Rejection};
+use tally_pipeline::{IngestError, IngestReport, Pipeline, Record, Rejection};
 
 use crate::events::Subject;
 use body::Item;
@@ -140,7 +138,8 @@ async fn ingest(
         let (payload, reason) = match result {
             Ok((r, payload)) => match access.refuse_write(tenant_column, tenant_of(&r)) {
                 None => {
-                    decoded.push((index, r, payload));
+                    // The payload is kept for the tap alone.
+                    decoded.push((index, r, state.tap.is_some().then_some(payload)));
                     continue;
                 }
                 Some(reason) => {
@@ -183,9 +182,7 @@ async fn ingest(
     let mut records = Vec::with_capacity(decoded.len());
     let mut payloads = Vec::new();
     for (_, r, payload) in decoded {
-        if state.tap.is_some() {
-            payloads.push(payload);
-        }
+        payloads.extend(payload);
         records.push(r);
     }
     match state.pipeline.ingest(SOURCE, records, rejections).await {
@@ -210,7 +207,8 @@ async fn ingest(
     }
 }
 
-type Decoded = (usize, Record, serde_json::Value);
+/// A record with its index in the request, and its payload for the tap.
+type Decoded = (usize, Record, Option<serde_json::Value>);
 
 /// Splits records into those within their tenant's rate and those over it.
 fn within_rate(
