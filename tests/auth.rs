@@ -386,6 +386,18 @@ async fn roles_and_tenants_decide_every_route() {
     );
     let (s, v) = post(&t, Some(&ingest_a), start, &started("cust_a")).await;
     assert_eq!(s, 200, "{v}");
+    // A stop names only the VM: its customer is the one seen in its batches.
+    let stopped = |vm: &str| json!({"vmId": vm, "stopTime": (now * 1_000_000_000).to_string()});
+    let stop = "/billing.v1.BillingService/NotifyVmStopped";
+    let (s, v) = post(&t, Some(&ingest_a), stop, &stopped("vm-b")).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("permission_denied")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("\"cust_b\""), "{v}");
+    let (s, v) = post(&t, Some(&ingest_a), stop, &stopped("vm-a")).await;
+    assert_eq!(s, 200, "{v}");
     let heartbeat = json!({"instanceId": "metald-1", "activeVms": ["vm-a"]});
     let hb = "/billing.v1.BillingService/SendHeartbeat";
     assert_eq!(post(&t, Some(&read_all), hb, &heartbeat).await.0, 403);

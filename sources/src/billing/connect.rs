@@ -255,11 +255,11 @@ async fn dispatch(
             Ok(ok())
         }
         BillingRequest::NotifyVmStopped(req) => {
-            service.notify_vm_stopped(SOURCE, req).await?;
+            service.notify_vm_stopped(SOURCE, access, req).await?;
             Ok(ok())
         }
         BillingRequest::NotifyPossibleGap(req) => {
-            service.notify_possible_gap(SOURCE, req).await?;
+            service.notify_possible_gap(SOURCE, access, req).await?;
             Ok(ok())
         }
     }

@@ -91,7 +91,8 @@ impl pb::billing_service_server::BillingService for BillingService {
         req: Request<pb::NotifyVmStoppedRequest>,
     ) -> Result<Response<pb::NotifyVmStoppedResponse>, Status> {
         let src = source(&req);
-        BillingService::notify_vm_stopped(self, src, req.into_inner()).await?;
+        let access = access(&req)?;
+        BillingService::notify_vm_stopped(self, src, &access, req.into_inner()).await?;
         Ok(Response::new(pb::NotifyVmStoppedResponse { success: true }))
     }
 
@@ -100,7 +101,8 @@ impl pb::billing_service_server::BillingService for BillingService {
         req: Request<pb::NotifyPossibleGapRequest>,
     ) -> Result<Response<pb::NotifyPossibleGapResponse>, Status> {
         let src = source(&req);
-        BillingService::notify_possible_gap(self, src, req.into_inner()).await?;
+        let access = access(&req)?;
+        BillingService::notify_possible_gap(self, src, &access, req.into_inner()).await?;
         Ok(Response::new(pb::NotifyPossibleGapResponse {
             success: true,
         }))

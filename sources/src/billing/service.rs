@@ -97,6 +97,9 @@ struct Fleet {
     running: HashSet<String>,
     /// Latest heartbeat list per metald instance.
     heartbeats: HashMap<String, Vec<String>>,
+    /// The customer of each VM seen in a batch or a start: stops and gap
+    /// notices name only the VM.
+    owner: HashMap<String, String>,
 }
 
 impl Fleet {
@@ -298,6 +301,20 @@ impl BillingService {
         }
     }
 
+    /// Whether `access` may write for the VM's customer, when this server
+    /// has seen it (a VM never seen in a batch or a start is let through:
+    /// its customer is unknown here).
+    fn check_vm(&self, access: &Access, vm_id: &str) -> Result<(), RpcError> {
+        if access.all_tenants() {
+            return Ok(());
+        }
+        let owner = self.fleet.lock().owner.get(vm_id).cloned();
+        match owner {
+            Some(customer) => Self::check_customer(access, &customer),
+            None => Ok(()),
+        }
+    }
+
     async fn store(&self, source: &str, records: Vec<Record>) -> Result<(usize, usize), RpcError> {
         let report = self.pipeline.ingest(source, records, Vec::new()).await?;
         Ok((report.accepted, report.duplicates))
@@ -355,8 +372,9 @@ impl BillingService {
         let (accepted, duplicates) = self.store(source, records).await?;
         {
             let mut fleet = self.fleet.lock();
-            let last = fleet.last_sample.entry(req.vm_id).or_insert(newest);
+            let last = fleet.last_sample.entry(req.vm_id.clone()).or_insert(newest);
             *last = (*last).max(newest);
+            fleet.owner.insert(req.vm_id, req.customer_id);
         }
         self.metrics.processed.add(accepted as u64);
         self.metrics.batch_size.observe(n as f64);
@@ -458,6 +476,7 @@ impl BillingService {
         )?;
         self.store(source, vec![r]).await?;
         let mut fleet = self.fleet.lock();
+        fleet.owner.insert(req.vm_id.clone(), req.customer_id);
         fleet.running.insert(req.vm_id);
         self.metrics.active_vms.set(fleet.active() as u64);
         Ok(())
@@ -466,6 +485,7 @@ impl BillingService {
     pub async fn notify_vm_stopped(
         &self,
         source: &str,
+        access: &Access,
         req: NotifyVmStoppedRequest,
     ) -> Result<(), RpcError> {
         let now = now_ns();
@@ -476,6 +496,7 @@ impl BillingService {
                 .await;
             return Err(e);
         }
+        self.check_vm(access, &req.vm_id)?;
         let r = VmEvent {
             vm_id: Some(&req.vm_id),
             event_time: Some(req.stop_time),
@@ -496,6 +517,7 @@ impl BillingService {
     pub async fn notify_possible_gap(
         &self,
         source: &str,
+        access: &Access,
         req: NotifyPossibleGapRequest,
     ) -> Result<(), RpcError> {
         let now = now_ns();
@@ -517,6 +539,7 @@ impl BillingService {
                 .await;
             return Err(e);
         }
+        self.check_vm(access, &req.vm_id)?;
         let r = VmEvent {
             vm_id: Some(&req.vm_id),
             last_sent: Some(req.last_sent),
