@@ -253,6 +253,7 @@ async fn mutual_tls_lets_in_clients_with_a_certificate_of_the_ca_alone() {
     let (rogue_cert, rogue_key) = issue(pki, "rogue", "intruder", CLIENT_EXT);
     let data = pki.join("data");
     let fleet = common::create_token(&data, "fleet-c1", "ingest", &["c1"]);
+    let ops = common::create_token(&data, "ops", "read", &[]);
     let t = Tally::start_tls(
         &data,
         &[
@@ -313,6 +314,22 @@ async fn mutual_tls_lets_in_clients_with_a_certificate_of_the_ca_alone() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     assert!(e.message().contains("\"c2\""), "{e}");
+    // Counted by route and reason, as HTTP refusals are.
+    let metrics = https_client(&ca_pem, Some((&client_cert, &client_key)))
+        .get(t.url("/metrics"))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "tally_auth_failures_total{route=\"/billing.v1.BillingService/{method}\",reason=\"missing\"} 1",
+        "tally_auth_failures_total{route=\"/billing.v1.BillingService/{method}\",reason=\"tenant\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 
     // Without a client certificate, or with one of another CA: refused.
     for identity in [None, Some((rogue_cert.as_path(), rogue_key.as_path()))] {

@@ -455,7 +455,8 @@ impl Auth {
 }
 
 /// Lets a request through with its [`Access`], or answers the refusal. A
-/// 403 the route itself answers (another tenant's data) is counted too.
+/// 403 or gRPC `permission_denied` the route itself answers (another
+/// tenant's data) is counted too.
 pub async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -469,7 +470,13 @@ pub async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next
         Ok(access) => {
             req.extensions_mut().insert(access);
             let r = next.run(req).await;
-            if r.status() == StatusCode::FORBIDDEN {
+            // gRPC answers a refusal before any message as trailers-only:
+            // its status is in the headers.
+            let grpc_denied = r
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|v| v.as_bytes() == b"7");
+            if r.status() == StatusCode::FORBIDDEN || grpc_denied {
                 gate.auth.count_failure(&route, "tenant");
             }
             r
