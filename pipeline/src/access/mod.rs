@@ -144,6 +144,19 @@ impl Access {
         })
     }
 
+    /// Why this token may not write `r` (its tenant is another's), or
+    /// `None` when it may.
+    pub fn refuse_record(&self, r: &Record) -> Option<String> {
+        if self.all_tenants() {
+            return None;
+        }
+        let column = r
+            .dataset
+            .tenant_column()
+            .map_or("tenant", |c| r.dataset.columns()[c].name);
+        self.refuse_write(column, tenant_of(r))
+    }
+
     fn tenant_list(&self) -> String {
         match &self.tenants {
             None => "every tenant".to_string(),
@@ -162,27 +175,6 @@ pub fn tenant_of(r: &Record) -> Option<&str> {
         Value::Str(s) => Some(s.as_str()),
         _ => None,
     }
-}
-
-/// Records a token may write, and why the others may not: `(index, reason)`.
-pub fn admit(access: &Access, records: Vec<Record>) -> (Vec<Record>, Vec<(usize, String)>) {
-    if access.all_tenants() {
-        return (records, Vec::new());
-    }
-    let mut kept = Vec::with_capacity(records.len());
-    let mut refused = Vec::new();
-    for (i, r) in records.into_iter().enumerate() {
-        let column = r
-            .dataset
-            .tenant_column()
-            .map(|c| r.dataset.columns()[c].name)
-            .unwrap_or("tenant");
-        match access.refuse_write(column, tenant_of(&r)) {
-            None => kept.push(r),
-            Some(reason) => refused.push((i, reason)),
-        }
-    }
-    (kept, refused)
 }
 
 #[cfg(test)]
@@ -231,14 +223,11 @@ mod tests {
     #[test]
     fn a_scoped_token_writes_its_tenants_only_and_names_the_other() {
         let a = scoped(&["app_a"]);
-        let (kept, refused) = admit(&a, vec![chat("app_a"), chat("app_b"), chat("app_a")]);
-        assert_eq!(kept.len(), 2);
-        assert_eq!(refused.len(), 1);
-        assert_eq!(refused[0].0, 1);
-        assert!(refused[0].1.contains("\"app_b\""), "{}", refused[0].1);
-        assert!(refused[0].1.contains("app_id"), "{}", refused[0].1);
-        let (kept, refused) = admit(&Access::unrestricted(), vec![chat("x")]);
-        assert_eq!((kept.len(), refused.len()), (1, 0));
+        assert_eq!(a.refuse_record(&chat("app_a")), None);
+        let refused = a.refuse_record(&chat("app_b")).unwrap();
+        assert!(refused.contains("\"app_b\""), "{refused}");
+        assert!(refused.contains("app_id"), "{refused}");
+        assert_eq!(Access::unrestricted().refuse_record(&chat("x")), None);
     }
 
     #[test]

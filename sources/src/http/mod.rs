@@ -119,10 +119,6 @@ async fn ingest(
         }
     };
     let dataset = subject.dataset();
-    let tenant_column = dataset
-        .tenant_column()
-        .map(|c| dataset.columns()[c].name)
-        .unwrap_or("tenant");
     let mut decoded = Vec::with_capacity(items.len());
     let mut rejections = Vec::new();
     // Records refused for their tenant, and the first reason.
@@ -136,7 +132,7 @@ async fn ingest(
             Item::Unreadable { raw, error } => Err((raw, error)),
         };
         let (payload, reason) = match result {
-            Ok((r, payload)) => match access.refuse_write(tenant_column, tenant_of(&r)) {
+            Ok((r, payload)) => match access.refuse_record(&r) {
                 None => {
                     // The payload is kept for the tap alone.
                     decoded.push((index, r, state.tap.is_some().then_some(payload)));
