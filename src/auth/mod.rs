@@ -36,6 +36,9 @@ use tokens::{TokenError, TokenFile};
 
 /// How often the token file is re-read.
 const RELOAD_EVERY: Duration = Duration::from_millis(500);
+/// A refused request's body is read up to this much, for this long.
+const DRAIN_LIMIT: usize = 1 << 20;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often last-use times are written.
 const USED_EVERY: Duration = Duration::from_secs(5);
 
@@ -484,7 +487,13 @@ pub async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next
         Err(denial) => {
             gate.auth.count_failure(&route, denial.reason);
             tracing::debug!(route = %route, reason = denial.reason, "request refused");
-            (gate.render)(req.headers(), &denial)
+            let (parts, body) = req.into_parts();
+            // Read what the client is sending (up to a bound) before
+            // answering: closing on an unread body can reset the connection
+            // and lose the answer.
+            let _ =
+                tokio::time::timeout(DRAIN_TIMEOUT, axum::body::to_bytes(body, DRAIN_LIMIT)).await;
+            (gate.render)(&parts.headers, &denial)
         }
     }
 }
