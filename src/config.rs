@@ -14,6 +14,9 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tally_pipeline::access::limits::LimitsArgs;
 use tally_pipeline::config::{layer, PipelineArgs, PipelineSettings};
+use tally_queries::alerts::AlertArgs;
+use tally_queries::anomalies::AnomalyArgs;
+use tally_queries::budgets::BudgetArgs;
 use tally_queries::plan_usage::UsageApiArgs;
 use tally_queries::prices::PricesArgs;
 use tally_sinks::control_plane::config::ControlPlaneArgs;
@@ -102,6 +105,12 @@ pub struct Components {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub limits: LimitsArgs,
+    #[command(flatten)]
+    pub budgets: BudgetArgs,
+    #[command(flatten)]
+    pub anomalies: AnomalyArgs,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
 }
 
 /// The resolved settings.
@@ -131,6 +140,9 @@ pub struct Config {
     pub auth: AuthArgs,
     pub tls: TlsArgs,
     pub limits: LimitsArgs,
+    pub budgets: BudgetArgs,
+    pub anomalies: AnomalyArgs,
+    pub alerts: AlertArgs,
 }
 
 impl Config {
@@ -150,6 +162,8 @@ impl Config {
         } else {
             c.node.listen.clone()
         };
+        c.alerts.target().map_err(anyhow::Error::msg)?;
+        c.anomalies.threshold().map_err(anyhow::Error::msg)?;
         let kafka = c.kafka.resolve(&node_id)?;
         let relay = c.relay.resolve()?;
         if kafka.is_some() && relay.is_some() {
@@ -178,6 +192,9 @@ impl Config {
             auth: c.auth.clone(),
             tls: c.tls.clone(),
             limits: c.limits.clone(),
+            budgets: c.budgets.clone(),
+            anomalies: c.anomalies.clone(),
+            alerts: c.alerts.clone(),
         })
     }
 

@@ -21,6 +21,9 @@ use tally_pipeline::store::Store;
 use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::{now_ns, Pipeline, Relay};
+use tally_queries::alerts::Alerts;
+use tally_queries::anomalies::Anomalies;
+use tally_queries::budgets::Budgets;
 use tally_queries::history::History;
 use tally_queries::plan_usage::UsageApi;
 use tally_queries::prices::PriceCatalogue;
@@ -253,6 +256,9 @@ struct ReadSide {
     prices: Arc<PriceCatalogue>,
     history: History,
     engine: SqlEngine,
+    alerts: Alerts,
+    budgets: Budgets,
+    anomalies: Anomalies,
 }
 
 impl ReadSide {
@@ -302,10 +308,42 @@ impl ReadSide {
         history.register_rollup_tables(&engine).await?;
         tally_queries::vm_billing::table::register(&engine, &history)?;
         engine.register_udf(tally_queries::prices::cost_udf(prices.clone()));
+        let state = tally_sinks::parquet::layout::state_dir(&core.target.state);
+        let target = config.alerts.target().map_err(anyhow::Error::msg)?;
+        let alerts = Alerts::open(
+            state.join("alerts"),
+            core.pipeline.clone(),
+            target,
+            &core.quarantine,
+        )
+        .context("loading the alert delivery states")?;
+        let budgets = Budgets::open(
+            state.join("budgets"),
+            history.clone(),
+            prices.clone(),
+            alerts.clone(),
+            &config.budgets,
+            &core.quarantine,
+        )
+        .context("loading the budgets")?;
+        let anomalies = Anomalies::new(
+            history.clone(),
+            prices.clone(),
+            core.pipeline.clone(),
+            alerts.clone(),
+            &config.anomalies,
+        )
+        .map_err(anyhow::Error::msg)?;
+        tokio::spawn(alerts.clone().deliver(stop.clone()));
+        tokio::spawn(budgets.clone().run(stop.clone()));
+        tokio::spawn(anomalies.clone().run(stop.clone()));
         Ok(ReadSide {
             prices,
             history,
             engine,
+            alerts,
+            budgets,
+            anomalies,
         })
     }
 }
@@ -432,6 +470,17 @@ fn routes(
             json,
         ))
         .merge(gate(
+            tally_queries::budgets::api::router(read.budgets.clone()),
+            Need::role(Role::Read).writes(Role::Admin),
+            json,
+        ))
+        .merge(gate(
+            tally_queries::alerts::api::router(read.alerts.clone())
+                .merge(tally_queries::anomalies::router(read.anomalies.clone())),
+            Need::role(Role::Read),
+            json,
+        ))
+        .merge(gate(
             status::router(status.clone()),
             Need::role(Role::Read).writes(Role::Admin).all_tenants(),
             json,
@@ -485,23 +534,12 @@ fn quarantine_unreadable_usage_config(path: &std::path::Path, quarantine: &Quara
     else {
         return;
     };
-    let kept = quarantine
-        .move_in(path, std::path::Path::new("state/usage_config.json"))
-        .map(|p| p.display().to_string());
-    if let Err(err) = &kept {
-        tracing::error!(path = %path.display(), error = %err, "cannot move the unreadable Usage API configuration aside");
-    }
-    quarantine.report(tally_pipeline::quarantine::Damage {
-        kind: tally_pipeline::quarantine::DamageKind::StateFile,
-        path: path.display().to_string(),
-        quarantined: kept.ok(),
-        offset: None,
-        unread_entries: 0,
-        unread_bytes: bytes.len() as u64,
-        detail: format!("the Usage API configuration cannot be read ({e}); the defaults are used until it is set again"),
-        found_at: tally_pipeline::quarantine::now_secs(),
-        acknowledged: false,
-    });
+    tally_pipeline::state_file::set_aside(
+        quarantine,
+        path,
+        "state/usage_config.json",
+        format!("the Usage API configuration cannot be read ({e}); the defaults are used until it is set again"),
+    );
 }
 
 async fn shutdown_signal() {

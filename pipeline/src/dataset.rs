@@ -184,6 +184,38 @@ const REJECTED: &[Column] = &[
     col("payload", Utf8),
 ];
 
+const ALERTS: &[Column] = &[
+    col("id", Utf8),
+    col("timestamp", TimestampNs),
+    col("type", Dict),
+    opt("microdao_id", Dict),
+    opt("customer_id", Dict),
+    opt("budget_id", Utf8),
+    opt("budget_name", Utf8),
+    col("metric", Dict),
+    opt("threshold", Float64),
+    opt("used", Float64),
+    opt("limit", Float64),
+    opt("period_start", TimestampNs),
+    opt("period_end", TimestampNs),
+    opt("webhook_url", Utf8),
+    col("payload", Utf8),
+];
+
+const ANOMALIES: &[Column] = &[
+    col("id", Utf8),
+    col("timestamp", TimestampNs),
+    col("scope", Dict),
+    col("scope_id", Dict),
+    col("metric", Dict),
+    col("hour", TimestampNs),
+    col("value", Float64),
+    col("baseline", Float64),
+    col("spread", Float64),
+    col("score", Float64),
+    col("baseline_days", Int32),
+];
+
 /// Every dataset tally stores. Each is one directory of Parquet files and one
 /// SQL table of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -199,11 +231,13 @@ pub enum Dataset {
     HostUsage = 7,
     UsageSnapshots = 8,
     Rejected = 9,
+    Alerts = 10,
+    Anomalies = 11,
 }
 
 impl Dataset {
     /// How many datasets there are.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
 
     pub const ALL: [Dataset; Dataset::COUNT] = [
         Dataset::UsageLlm,
@@ -216,6 +250,8 @@ impl Dataset {
         Dataset::HostUsage,
         Dataset::UsageSnapshots,
         Dataset::Rejected,
+        Dataset::Alerts,
+        Dataset::Anomalies,
     ];
 
     pub fn name(self) -> &'static str {
@@ -230,6 +266,8 @@ impl Dataset {
             Dataset::HostUsage => "host_usage",
             Dataset::UsageSnapshots => "usage_snapshots",
             Dataset::Rejected => "rejected",
+            Dataset::Alerts => "alerts",
+            Dataset::Anomalies => "anomalies",
         }
     }
 
@@ -253,6 +291,8 @@ impl Dataset {
             Dataset::HostUsage => HOST_USAGE,
             Dataset::UsageSnapshots => USAGE_SNAPSHOTS,
             Dataset::Rejected => REJECTED,
+            Dataset::Alerts => ALERTS,
+            Dataset::Anomalies => ANOMALIES,
         }
     }
 
@@ -283,6 +323,9 @@ impl Dataset {
             Dataset::UsageSnapshots => &[4, 0],
             Dataset::HostUsage => &[0, 1],
             Dataset::Rejected => &[],
+            // id: an alert's id names its crossing (budget, threshold,
+            // period) or its anomaly, so a crossing found again is a copy.
+            Dataset::Alerts | Dataset::Anomalies => &[0],
             // event_id: VM events name their VM in it; only starts carry a
             // customer.
             Dataset::VmEvents => &[0],
@@ -301,7 +344,9 @@ impl Dataset {
             | Dataset::UsageSnapshots => "microdao_id",
             Dataset::UsageChatSummary => "app_id",
             Dataset::VmMetrics | Dataset::VmEvents => "customer_id",
-            Dataset::HostUsage | Dataset::Rejected => return None,
+            Dataset::HostUsage | Dataset::Rejected | Dataset::Alerts | Dataset::Anomalies => {
+                return None
+            }
         };
         self.column_index(name)
     }

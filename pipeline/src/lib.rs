@@ -18,6 +18,7 @@ pub mod quarantine;
 pub mod record;
 pub mod rollup;
 pub mod sink;
+pub mod state_file;
 pub mod store;
 pub mod tap;
 pub mod wal;

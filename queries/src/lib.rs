@@ -8,9 +8,17 @@
 //! - `agent_usage/`: `/internal/usage/*` (spec 001);
 //! - `plan_usage/`: the Usage API (spec 002): routes, stats, snapshots,
 //!   stream, its config file;
-//! - `host_usage/`: the `/usage` WebSocket of spec 000 (host and ingest rates).
+//! - `host_usage/`: the `/usage` WebSocket of spec 000 (host and ingest rates);
+//! - `budgets/`: `/v1/budgets`: limits per period and scope, evaluated from
+//!   the hourly rows, with threshold alerts;
+//! - `anomalies/`: hours far above their 7-day baseline, `/v1/anomalies`;
+//! - `alerts/`: firing each alert once (the `alerts` dataset, webhooks with
+//!   signatures and retries, `/v1/alerts`, the alert stream).
 
 pub mod agent_usage;
+pub mod alerts;
+pub mod anomalies;
+pub mod budgets;
 pub mod history;
 pub mod host_usage;
 pub mod http;

@@ -1,0 +1,210 @@
+//! `POST /v1/budgets`, `GET /v1/budgets`, `GET|DELETE /v1/budgets/{id}`,
+//! `GET /v1/budgets/check`. Errors are in the Usage API's shape
+//! (`{"error","detail","validation_errors"}`).
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde_json::{json, Value};
+use tally_pipeline::access::Access;
+
+use super::evaluate::BudgetState;
+use super::model::{rfc3339, Budget, SCOPE_KEYS};
+use super::{BudgetError, Budgets};
+use crate::alerts::api::unknown_params;
+use crate::http::validation_response;
+
+pub fn router(budgets: Budgets) -> Router {
+    Router::new()
+        .route("/v1/budgets", get(list).post(create))
+        .route("/v1/budgets/check", get(check))
+        .route("/v1/budgets/{id}", get(one).delete(remove))
+        .with_state(budgets)
+}
+
+fn invalid(errors: Vec<String>) -> Response {
+    validation_response(StatusCode::BAD_REQUEST, "Validation failed", None, errors)
+}
+
+fn failed(e: BudgetError) -> Response {
+    tracing::error!(error = %e, "budget request failed");
+    validation_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal error",
+        Some(e.to_string()),
+        Vec::new(),
+    )
+}
+
+fn not_found(id: &str) -> Response {
+    validation_response(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        Some(format!("no budget {id:?}")),
+        Vec::new(),
+    )
+}
+
+/// A budget as the API shows it (the secret is never shown), with its
+/// state when evaluated.
+fn view(b: &Budget, state: Option<&BudgetState>, at: Option<i64>) -> Value {
+    let mut v = json!({
+        "id": b.id,
+        "name": b.name,
+        "scope": b.scope,
+        "metric": b.metric.name(),
+        "period": b.period.name(),
+        "timezone": b.timezone,
+        "limit": b.limit,
+        "thresholds": b.thresholds,
+        "webhook_url": b.webhook_url,
+        "webhook_secret_set": b.webhook_secret.is_some(),
+        "created_at": b.created_at,
+    });
+    if let Some(s) = state {
+        let o = v.as_object_mut().expect("an object");
+        o.insert("period_start".into(), json!(rfc3339(s.period_start)));
+        o.insert("period_end".into(), json!(rfc3339(s.period_end)));
+        o.insert("used".into(), json!(s.used));
+        o.insert("remaining".into(), json!(s.remaining()));
+        o.insert("percent".into(), json!(s.percent()));
+        o.insert("state".into(), json!(s.state()));
+        o.insert("unpriced_calls".into(), json!(s.unpriced_calls));
+        o.insert("evaluated_at".into(), json!(at.map(rfc3339)));
+    }
+    v
+}
+
+fn visible(access: &Access, b: &Budget) -> bool {
+    match b.tenant() {
+        Some(t) => access.covers(Some(t)),
+        None => access.tenants.is_none(),
+    }
+}
+
+async fn create(
+    State(budgets): State<Budgets>,
+    body: Bytes,
+) -> Response {
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return invalid(vec![format!("the body must be JSON: {e}")]),
+    };
+    let now = tally_pipeline::now_ns();
+    let id = format!("bdg_{}", uuid::Uuid::new_v4().simple());
+    let budget = match Budget::from_request(&value, id, now) {
+        Ok(b) => b,
+        Err(errors) => return invalid(errors),
+    };
+    match budgets.create(budget.clone()).await {
+        Ok(state) => (
+            StatusCode::CREATED,
+            Json(view(&budget, Some(&state), Some(now))),
+        )
+            .into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn list(State(budgets): State<Budgets>, Extension(access): Extension<Access>) -> Response {
+    let evaluated = match budgets.fresh().await {
+        Ok(e) => e,
+        Err(e) => return failed(e),
+    };
+    let rows: Vec<Value> = evaluated
+        .states
+        .iter()
+        .filter(|s| visible(&access, &s.budget))
+        .map(|s| view(&s.budget, Some(s), Some(evaluated.at)))
+        .collect();
+    Json(json!({"budgets": rows})).into_response()
+}
+
+async fn one(
+    State(budgets): State<Budgets>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> Response {
+    match budgets.get(&id) {
+        Some(b) if visible(&access, &b) => {}
+        _ => return not_found(&id),
+    }
+    let evaluated = match budgets.fresh().await {
+        Ok(e) => e,
+        Err(e) => return failed(e),
+    };
+    match evaluated.states.iter().find(|s| s.budget.id == id) {
+        Some(s) => Json(view(&s.budget, Some(s), Some(evaluated.at))).into_response(),
+        None => not_found(&id),
+    }
+}
+
+async fn remove(
+    State(budgets): State<Budgets>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> Response {
+    match budgets.get(&id) {
+        Some(b) if visible(&access, &b) => {}
+        _ => return not_found(&id),
+    }
+    match budgets.delete(&id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => not_found(&id),
+        Err(e) => failed(e),
+    }
+}
+
+/// `{"allowed": false, "budgets": [...]}`: `allowed` is false when a
+/// budget whose scope the parameters match is exceeded. From the last
+/// evaluation (at most `--budget-interval` old), in memory.
+async fn check(
+    State(budgets): State<Budgets>,
+    Extension(access): Extension<Access>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut errors = Vec::new();
+    unknown_params(&params, &SCOPE_KEYS, &mut errors);
+    for (k, v) in &params {
+        if v.is_empty() {
+            errors.push(format!("{k} must not be empty when given"));
+        }
+    }
+    if !errors.is_empty() {
+        return invalid(errors);
+    }
+    for column in ["microdao_id", "customer_id"] {
+        if let Err(e) = access.check_filter(column, params.get(column).map(String::as_str)) {
+            return crate::http::forbidden(e);
+        }
+    }
+    let values = SCOPE_KEYS.map(|k| params.get(k).map(String::as_str));
+    let evaluated = budgets.last();
+    let mut allowed = true;
+    let mut out = Vec::new();
+    evaluated.index.matching(&values, |i| {
+        let s = &evaluated.states[i];
+        let state = s.state();
+        allowed &= state != "exceeded";
+        out.push(json!({
+            "id": s.budget.id,
+            "name": s.budget.name,
+            "metric": s.budget.metric.name(),
+            "state": state,
+            "used": s.used,
+            "limit": s.budget.limit,
+            "remaining": s.remaining(),
+        }));
+    });
+    Json(json!({
+        "allowed": allowed,
+        "budgets": out,
+        "evaluated_at": rfc3339(evaluated.at),
+    }))
+    .into_response()
+}
