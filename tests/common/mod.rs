@@ -568,3 +568,116 @@ pub fn buf() -> PathBuf {
         })
         .expect("`buf` is not installed: ./scripts/test.sh installs it (npm package @bufbuild/buf)")
 }
+
+/// One POST a [`WebhookReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub path: String,
+    pub id: String,
+    pub signature: Option<String>,
+    pub body: String,
+    /// What the receiver answered.
+    pub status: u16,
+}
+
+/// An HTTP server that records the webhooks POSTed to it. Each alert id is
+/// answered 503 the first time it comes (the sender must retry), 200 after;
+/// while `refuse` is set, 503 always.
+pub struct WebhookReceiver {
+    pub addr: String,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>,
+    pub refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WebhookReceiver {
+    pub async fn start() -> WebhookReceiver {
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let (g, r) = (got.clone(), refuse.clone());
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: String| {
+            let (got, refuse) = (g.clone(), r.clone());
+            async move {
+                let id = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let mut got = got.lock().unwrap();
+                let seen = got.iter().any(|d| d.id == id);
+                let status = if refuse.load(Ordering::SeqCst) || !seen {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                got.push(Delivery {
+                    path: uri.path().to_string(),
+                    id,
+                    signature: headers
+                        .get("x-tally-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string),
+                    body,
+                    status: status.as_u16(),
+                });
+                status
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        WebhookReceiver { addr, got, refuse }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// The deliveries answered 200.
+    pub fn accepted(&self) -> Vec<Delivery> {
+        self.deliveries()
+            .into_iter()
+            .filter(|d| d.status == 200)
+            .collect()
+    }
+
+    /// Waits until `n` deliveries were answered 200.
+    pub async fn wait_accepted(&self, n: usize) -> Vec<Delivery> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = self.accepted();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} webhooks accepted: {:#?}",
+                got.len(),
+                self.deliveries()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256(key, message)>`, written out from RFC 2104 over
+/// SHA-256 (independent of the server's HMAC).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let pad = |x: u8| k.iter().map(|b| b ^ x).collect::<Vec<u8>>();
+    let inner = Sha256::digest([pad(0x36).as_slice(), message].concat());
+    let outer = Sha256::digest([pad(0x5c).as_slice(), inner.as_slice()].concat());
+    let hex: String = outer.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
