@@ -143,7 +143,13 @@ async fn ingest(t: &Tally, route: &str, events: &[Value]) {
 
 /// VM samples every 10 s over `[from, to)` with CPU counters rising by
 /// random steps (times `scale`); returns the CPU nanoseconds the billing rules count.
-async fn send_vm(t: &Tally, rng: &mut Rng, (from, to): (i64, i64), scale: i64, cpu: &mut i64) -> i64 {
+async fn send_vm(
+    t: &Tally,
+    rng: &mut Rng,
+    (from, to): (i64, i64),
+    scale: i64,
+    cpu: &mut i64,
+) -> i64 {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
         .unwrap()
         .connect()
@@ -225,7 +231,14 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     // Usage of this month, and of the month before (not counted).
     let mut events = llm_events(&mut rng, "p1", 300, recent, &mut sums, true);
     let before = (start - 3_600_000_000_000, start - 1);
-    events.extend(llm_events(&mut rng, "old", 50, before, &mut Sums::default(), false));
+    events.extend(llm_events(
+        &mut rng,
+        "old",
+        50,
+        before,
+        &mut Sums::default(),
+        false,
+    ));
     ingest(&t, "/v1/events/usage.llm", &events).await;
     let tools: Vec<Value> = (0..40)
         .map(|i| {
@@ -242,7 +255,8 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     ingest(&t, "/v1/events/usage.tool", &tools).await;
     let mut cpu = 0i64;
     let vm_from = (now - 600_000_000_000).max(start);
-    sums.cpu_nanos_cust1 += send_vm(&t, &mut rng, (vm_from, now - 100_000_000_000), 1, &mut cpu).await;
+    sums.cpu_nanos_cust1 +=
+        send_vm(&t, &mut rng, (vm_from, now - 100_000_000_000), 1, &mut cpu).await;
     assert!(sums.cost_m7 > 0.0);
 
     // Validation lists every error at once, in the Usage API's shape.
@@ -259,11 +273,15 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
 
     // The cost budget is set so that this month's cost so far is 90 % of it.
     let limit = sums.cost_m7 / 0.9;
-    let (s, cost) = post(&t, "/v1/budgets", &json!({
-        "name": "microdao 7 monthly", "scope": {"microdao_id": "microdao:7"},
-        "metric": "cost_usd", "period": "month", "limit": limit, "thresholds": [0.5, 0.8, 1.0],
-        "webhook_url": receiver.url("/llm"), "webhook_secret": SECRET
-    }))
+    let (s, cost) = post(
+        &t,
+        "/v1/budgets",
+        &json!({
+            "name": "microdao 7 monthly", "scope": {"microdao_id": "microdao:7"},
+            "metric": "cost_usd", "period": "month", "limit": limit, "thresholds": [0.5, 0.8, 1.0],
+            "webhook_url": receiver.url("/llm"), "webhook_secret": SECRET
+        }),
+    )
     .await;
     assert_eq!(s, 201, "{cost}");
     assert!(cost.get("webhook_secret").is_none(), "{cost}");
@@ -271,12 +289,24 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     let mut ids = BTreeMap::new();
     ids.insert("cost", cost["id"].as_str().unwrap().to_string());
     for (name, body) in [
-        ("tokens", json!({"name": "tokens", "scope": {"microdao_id": "microdao:7", "agent_id": "agent:a"}, "metric": "total_tokens", "period": "month", "limit": big})),
-        ("calls", json!({"name": "calls", "metric": "llm_calls", "period": "month", "limit": big})),
-        ("tools", json!({"name": "tools", "scope": {"microdao_id": "microdao:7"}, "metric": "tool_calls", "period": "month", "limit": big})),
-        ("cpu", json!({"name": "cpu", "scope": {"customer_id": "cust-1"}, "metric": "vm_cpu_seconds", "period": "month",
+        (
+            "tokens",
+            json!({"name": "tokens", "scope": {"microdao_id": "microdao:7", "agent_id": "agent:a"}, "metric": "total_tokens", "period": "month", "limit": big}),
+        ),
+        (
+            "calls",
+            json!({"name": "calls", "metric": "llm_calls", "period": "month", "limit": big}),
+        ),
+        (
+            "tools",
+            json!({"name": "tools", "scope": {"microdao_id": "microdao:7"}, "metric": "tool_calls", "period": "month", "limit": big}),
+        ),
+        (
+            "cpu",
+            json!({"name": "cpu", "scope": {"customer_id": "cust-1"}, "metric": "vm_cpu_seconds", "period": "month",
             "limit": sums.cpu_nanos_cust1 as f64 / 1e9 * 4.0, "thresholds": [0.5],
-            "webhook_url": receiver.url("/vm"), "webhook_secret": VM_SECRET})),
+            "webhook_url": receiver.url("/vm"), "webhook_secret": VM_SECRET}),
+        ),
     ] {
         let (s, v) = post(&t, "/v1/budgets", &body).await;
         assert_eq!(s, 201, "{v}");
@@ -284,12 +314,27 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     }
 
     let check_used = |sums: &Sums, got: &BTreeMap<&str, Value>| {
-        assert!(close(got["cost"]["used"].as_f64().unwrap(), sums.cost_m7), "{} vs {}", got["cost"], sums.cost_m7);
-        assert_eq!(got["tokens"]["used"].as_f64().unwrap(), sums.tokens_m7_agent_a as f64);
-        assert_eq!(got["calls"]["used"].as_f64().unwrap(), sums.calls_all as f64);
+        assert!(
+            close(got["cost"]["used"].as_f64().unwrap(), sums.cost_m7),
+            "{} vs {}",
+            got["cost"],
+            sums.cost_m7
+        );
+        assert_eq!(
+            got["tokens"]["used"].as_f64().unwrap(),
+            sums.tokens_m7_agent_a as f64
+        );
+        assert_eq!(
+            got["calls"]["used"].as_f64().unwrap(),
+            sums.calls_all as f64
+        );
         assert_eq!(got["tools"]["used"].as_f64().unwrap(), sums.tools_m7 as f64);
         let cpu = sums.cpu_nanos_cust1 as f64 / 1e9;
-        assert!(close(got["cpu"]["used"].as_f64().unwrap(), cpu), "{} vs {cpu}", got["cpu"]);
+        assert!(
+            close(got["cpu"]["used"].as_f64().unwrap(), cpu),
+            "{} vs {cpu}",
+            got["cpu"]
+        );
     };
     let mut got = BTreeMap::new();
     for (name, id) in &ids {
@@ -299,7 +344,10 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     let c = &got["cost"];
     assert_eq!(c["state"], "warning", "{c}");
     assert_eq!(c["period_start"], ts(start).replace(".000000000", ""));
-    assert!(close(c["remaining"].as_f64().unwrap(), limit - sums.cost_m7));
+    assert!(close(
+        c["remaining"].as_f64().unwrap(),
+        limit - sums.cost_m7
+    ));
     assert!(close(c["percent"].as_f64().unwrap(), 90.0), "{c}");
 
     // 0.5 and 0.8 are crossed: two alerts, each refused once (503), then
@@ -308,7 +356,10 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     wait_delivered(&t, 2).await;
     for d in &accepted {
         assert_eq!(d.path, "/llm");
-        assert_eq!(d.signature.as_deref(), Some(hmac_sha256(SECRET.as_bytes(), d.body.as_bytes()).as_str()));
+        assert_eq!(
+            d.signature.as_deref(),
+            Some(hmac_sha256(SECRET.as_bytes(), d.body.as_bytes()).as_str())
+        );
         let body: Value = serde_json::from_str(&d.body).unwrap();
         assert_eq!(body["type"], "budget.threshold");
         assert_eq!(body["budget_id"], ids["cost"].as_str());
@@ -317,15 +368,35 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     }
     let mut crossed: Vec<f64> = accepted
         .iter()
-        .map(|d| serde_json::from_str::<Value>(&d.body).unwrap()["threshold"].as_f64().unwrap())
+        .map(|d| {
+            serde_json::from_str::<Value>(&d.body).unwrap()["threshold"]
+                .as_f64()
+                .unwrap()
+        })
         .collect();
     crossed.sort_by(f64::total_cmp);
     assert_eq!(crossed, [0.5, 0.8]);
-    assert!(receiver.deliveries().iter().filter(|d| d.status == 503).count() >= 2);
+    assert!(
+        receiver
+            .deliveries()
+            .iter()
+            .filter(|d| d.status == 503)
+            .count()
+            >= 2
+    );
 
-    let check = get(&t, "/v1/budgets/check?microdao_id=microdao:7&agent_id=agent:a").await;
+    let check = get(
+        &t,
+        "/v1/budgets/check?microdao_id=microdao:7&agent_id=agent:a",
+    )
+    .await;
     assert_eq!(check["allowed"], true, "{check}");
-    let matched: Vec<&str> = check["budgets"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    let matched: Vec<&str> = check["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
     for want in ["microdao 7 monthly", "tokens", "calls", "tools"] {
         assert!(matched.contains(&want), "{want} not in {check}");
     }
@@ -349,19 +420,36 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
         .unwrap();
     let mut more = Sums::default();
     let mut events = llm_events(&mut rng, "p2", 600, recent, &mut more, true);
-    events.extend(llm_events(&mut rng, "late", 5, (start, start + 60_000_000_000), &mut more, true));
+    events.extend(llm_events(
+        &mut rng,
+        "late",
+        5,
+        (start, start + 60_000_000_000),
+        &mut more,
+        true,
+    ));
     ingest(&t, "/v1/events/usage.llm", &events).await;
     sums.cost_m7 += more.cost_m7;
     sums.tokens_m7_agent_a += more.tokens_m7_agent_a;
     sums.calls_all += more.calls_all;
-    assert!(sums.cost_m7 > limit, "the second batch should pass the limit");
+    assert!(
+        sums.cost_m7 > limit,
+        "the second batch should pass the limit"
+    );
     let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
         .await
         .expect("an alert on the stream")
         .unwrap()
         .unwrap();
     let streamed: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
-    assert_eq!((streamed["budget_id"].as_str(), streamed["threshold"].as_f64()), (Some(ids["cost"].as_str()), Some(1.0)), "{streamed}");
+    assert_eq!(
+        (
+            streamed["budget_id"].as_str(),
+            streamed["threshold"].as_f64()
+        ),
+        (Some(ids["cost"].as_str()), Some(1.0)),
+        "{streamed}"
+    );
     receiver.wait_accepted(3).await;
     let mut got = BTreeMap::new();
     for (name, id) in &ids {
@@ -369,7 +457,11 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     }
     check_used(&sums, &got);
     assert_eq!(got["cost"]["state"], "exceeded");
-    let check = get(&t, "/v1/budgets/check?microdao_id=microdao:7&agent_id=agent:a&actor_id=user:1").await;
+    let check = get(
+        &t,
+        "/v1/budgets/check?microdao_id=microdao:7&agent_id=agent:a&actor_id=user:1",
+    )
+    .await;
     assert_eq!(check["allowed"], false, "{check}");
     let check = get(&t, "/v1/budgets/check?microdao_id=microdao:8").await;
     assert_eq!(check["allowed"], true, "{check}");
@@ -377,7 +469,9 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     // The VM budget crosses 0.5 while its receiver refuses; killed while
     // the alert is pending, it is delivered after the restart, once.
     wait_delivered(&t, 3).await;
-    receiver.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    receiver
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let vm_from = now - 100_000_000_000 + 10_000_000_000;
     // The pair joining the two sends counts nothing: the counter did not
     // move between them.
@@ -389,15 +483,27 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
             .into_iter()
             .filter(|a| a["alert"]["budget_id"] == ids["cpu"].as_str())
             .collect();
-        if vm_alerts.first().is_some_and(|a| a["webhook"]["attempts"].as_u64() >= Some(1)) {
-            assert_eq!(vm_alerts[0]["webhook"]["delivery"], "pending", "{vm_alerts:?}");
+        if vm_alerts
+            .first()
+            .is_some_and(|a| a["webhook"]["attempts"].as_u64() >= Some(1))
+        {
+            assert_eq!(
+                vm_alerts[0]["webhook"]["delivery"], "pending",
+                "{vm_alerts:?}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "no VM alert: {vm_alerts:?} used {}", used(&t, &ids["cpu"]).await);
+        assert!(
+            Instant::now() < deadline,
+            "no VM alert: {vm_alerts:?} used {}",
+            used(&t, &ids["cpu"]).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     t.kill9();
-    receiver.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    receiver
+        .refuse
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let t = Tally::start(&data, &args).await;
     let all = receiver.wait_accepted(4).await;
     wait_delivered(&t, 4).await;
@@ -408,17 +514,32 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     for d in &all_accepted {
         *per_id.entry(d.id.clone()).or_default() += 1;
         let secret = if d.path == "/vm" { VM_SECRET } else { SECRET };
-        assert_eq!(d.signature.as_deref(), Some(hmac_sha256(secret.as_bytes(), d.body.as_bytes()).as_str()));
+        assert_eq!(
+            d.signature.as_deref(),
+            Some(hmac_sha256(secret.as_bytes(), d.body.as_bytes()).as_str())
+        );
     }
     assert!(per_id.values().all(|n| *n == 1), "{per_id:?}");
     let vm = all_accepted.iter().find(|d| d.path == "/vm").unwrap();
     let body: Value = serde_json::from_str(&vm.body).unwrap();
-    assert_eq!((body["metric"].as_str(), body["threshold"].as_f64()), (Some("vm_cpu_seconds"), Some(0.5)));
+    assert_eq!(
+        (body["metric"].as_str(), body["threshold"].as_f64()),
+        (Some("vm_cpu_seconds"), Some(0.5))
+    );
     let cpu = used(&t, &ids["cpu"]).await;
-    assert!(close(cpu["used"].as_f64().unwrap(), sums.cpu_nanos_cust1 as f64 / 1e9), "{cpu} vs {}", sums.cpu_nanos_cust1);
+    assert!(
+        close(
+            cpu["used"].as_f64().unwrap(),
+            sums.cpu_nanos_cust1 as f64 / 1e9
+        ),
+        "{cpu} vs {}",
+        sums.cpu_nanos_cust1
+    );
 
     // Every alert is a row of the alerts dataset, once.
-    let rows = t.sql("SELECT id, type, budget_id FROM alerts ORDER BY id").await;
+    let rows = t
+        .sql("SELECT id, type, budget_id FROM alerts ORDER BY id")
+        .await;
     let stored: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     let sent: Vec<&str> = per_id.keys().map(String::as_str).collect();
     assert_eq!(stored, sent);
@@ -430,7 +551,9 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let r = reqwest::get(t.url(&format!("/v1/budgets/{}", ids["cost"]))).await.unwrap();
+    let r = reqwest::get(t.url(&format!("/v1/budgets/{}", ids["cost"])))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let check = get(&t, "/v1/budgets/check?microdao_id=microdao:7").await;
     assert_eq!(check["allowed"], true, "{check}");

@@ -597,33 +597,34 @@ impl WebhookReceiver {
         let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
         let refuse = Arc::new(AtomicBool::new(false));
         let (g, r) = (got.clone(), refuse.clone());
-        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: String| {
-            let (got, refuse) = (g.clone(), r.clone());
-            async move {
-                let id = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["id"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let mut got = got.lock().unwrap();
-                let seen = got.iter().any(|d| d.id == id);
-                let status = if refuse.load(Ordering::SeqCst) || !seen {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::OK
-                };
-                got.push(Delivery {
-                    path: uri.path().to_string(),
-                    id,
-                    signature: headers
-                        .get("x-tally-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string),
-                    body,
-                    status: status.as_u16(),
-                });
-                status
-            }
-        });
+        let app =
+            axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: String| {
+                let (got, refuse) = (g.clone(), r.clone());
+                async move {
+                    let id = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["id"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let mut got = got.lock().unwrap();
+                    let seen = got.iter().any(|d| d.id == id);
+                    let status = if refuse.load(Ordering::SeqCst) || !seen {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    };
+                    got.push(Delivery {
+                        path: uri.path().to_string(),
+                        id,
+                        signature: headers
+                            .get("x-tally-signature")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string),
+                        body,
+                        status: status.as_u16(),
+                    });
+                    status
+                }
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -104,12 +104,7 @@ async fn list(
         }
     }
     if !errors.is_empty() {
-        return validation_response(
-            StatusCode::BAD_REQUEST,
-            "Validation failed",
-            None,
-            errors,
-        );
+        return validation_response(StatusCode::BAD_REQUEST, "Validation failed", None, errors);
     }
     let rows: Vec<Value> = alerts
         .since(since)

@@ -254,7 +254,10 @@ impl Alerts {
             return Ok(false);
         }
         let body = alert.body.to_string();
-        let target = alert.target.clone().or_else(|| self.0.default_target.clone());
+        let target = alert
+            .target
+            .clone()
+            .or_else(|| self.0.default_target.clone());
         let record = row(&alert, &body, target.as_ref())?;
         self.0
             .pipeline
@@ -341,7 +344,10 @@ fn row(
         .set("microdao_id", alert.microdao_id.clone())
         .set("customer_id", alert.customer_id.clone())
         .set("budget_id", budget.as_ref().map(|b| b.budget_id.clone()))
-        .set("budget_name", budget.as_ref().map(|b| b.budget_name.clone()))
+        .set(
+            "budget_name",
+            budget.as_ref().map(|b| b.budget_name.clone()),
+        )
         .set("metric", alert.metric.as_str())
         .set("threshold", budget.as_ref().map(|b| b.threshold))
         .set("used", budget.as_ref().map(|b| b.used))

@@ -69,7 +69,9 @@ impl AnomalyArgs {
     pub fn threshold(&self) -> Result<f64, String> {
         match self.anomaly_threshold.unwrap_or(ANOMALY_THRESHOLD) {
             t if t.is_finite() && t > 0.0 => Ok(t),
-            t => Err(format!("anomaly_threshold must be a number above 0, got {t}")),
+            t => Err(format!(
+                "anomaly_threshold must be a number above 0, got {t}"
+            )),
         }
     }
 }
@@ -329,28 +331,22 @@ async fn list(
         &mut errors,
     );
     if !errors.is_empty() {
-        return validation_response(
-            StatusCode::BAD_REQUEST,
-            "Validation failed",
-            None,
-            errors,
-        );
+        return validation_response(StatusCode::BAD_REQUEST, "Validation failed", None, errors);
     }
-    let found: Vec<Value> = a
-        .0
-        .alerts
-        .since(i64::MIN)
-        .into_iter()
-        .filter(|f| f.kind == "anomaly" && f.visible_to(&access))
-        .filter_map(|f| serde_json::from_str::<Value>(&f.body).ok())
-        .filter(|v| {
-            v["hour"]
-                .as_str()
-                .and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok())
-                .and_then(|h| h.timestamp_nanos_opt())
-                .is_some_and(|h| h + HOUR_NS > since)
-        })
-        .collect();
+    let found: Vec<Value> =
+        a.0.alerts
+            .since(i64::MIN)
+            .into_iter()
+            .filter(|f| f.kind == "anomaly" && f.visible_to(&access))
+            .filter_map(|f| serde_json::from_str::<Value>(&f.body).ok())
+            .filter(|v| {
+                v["hour"]
+                    .as_str()
+                    .and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok())
+                    .and_then(|h| h.timestamp_nanos_opt())
+                    .is_some_and(|h| h + HOUR_NS > since)
+            })
+            .collect();
     let report = a.0.last.read();
     let checked: Vec<&Checked> = report
         .checked

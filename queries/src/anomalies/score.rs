@@ -85,8 +85,12 @@ mod tests {
     #[test]
     fn scores_against_the_median_and_mad() {
         // m = 10, deviations 0,1,1,2,2 → MAD 1 → spread 1.4826.
-        let Judgement::Scored { median, spread, score, days } =
-            judge(20.0, &[10.0, 9.0, 11.0, 8.0, 12.0], 10.0)
+        let Judgement::Scored {
+            median,
+            spread,
+            score,
+            days,
+        } = judge(20.0, &[10.0, 9.0, 11.0, 8.0, 12.0], 10.0)
         else {
             panic!("scored")
         };

@@ -87,10 +87,7 @@ fn visible(access: &Access, b: &Budget) -> bool {
     }
 }
 
-async fn create(
-    State(budgets): State<Budgets>,
-    body: Bytes,
-) -> Response {
+async fn create(State(budgets): State<Budgets>, body: Bytes) -> Response {
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return invalid(vec![format!("the body must be JSON: {e}")]),

@@ -170,8 +170,15 @@ pub fn llm_rows(
         "total_tokens",
     ]
     .map(|c| ints(b, c));
-    let (hour, calls, prompt, completion, creation, read, total) =
-        (hour?, calls?, prompt?, completion?, creation?, read?, total?);
+    let (hour, calls, prompt, completion, creation, read, total) = (
+        hour?,
+        calls?,
+        prompt?,
+        completion?,
+        creation?,
+        read?,
+        total?,
+    );
     for r in 0..b.num_rows() {
         let m = opt(&model, r).unwrap_or_default().to_string();
         let p = opt(&provider, r).unwrap_or_default().to_string();
@@ -326,7 +333,10 @@ mod tests {
             out.sort();
             out
         };
-        assert_eq!(got([Some("m1"), Some("a1"), None, None, None]), [0, 1, 2, 4]);
+        assert_eq!(
+            got([Some("m1"), Some("a1"), None, None, None]),
+            [0, 1, 2, 4]
+        );
         assert_eq!(got([Some("m1"), None, None, None, None]), [0, 1]);
         assert_eq!(got([Some("m2"), Some("a2"), None, None, None]), [0, 3]);
         assert_eq!(got([None, None, None, None, None]), [0]);

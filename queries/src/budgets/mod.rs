@@ -121,7 +121,9 @@ impl Budgets {
                     quarantine,
                     &path,
                     &format!("state/budgets/{}", tally_pipeline::rollup::file_name(&path)),
-                    format!("a budget cannot be read ({e}); it is not evaluated until posted again"),
+                    format!(
+                        "a budget cannot be read ({e}); it is not evaluated until posted again"
+                    ),
                 ),
             }
         }
@@ -158,10 +160,7 @@ impl Budgets {
             .map_err(|e| BudgetError::State(path.clone(), std::io::Error::other(e)))?
             .map_err(|e| BudgetError::State(path, e))?;
         let budget = Arc::new(budget);
-        self.0
-            .defs
-            .lock()
-            .insert(budget.id.clone(), budget.clone());
+        self.0.defs.lock().insert(budget.id.clone(), budget.clone());
         self.0.changed.notify_one();
         let now = tally_pipeline::now_ns();
         let mut states = evaluate::evaluate(

@@ -8,7 +8,13 @@ use serde_json::{Map, Value};
 use crate::alerts::check_url;
 
 /// The scope keys, in the order the check index uses.
-pub const SCOPE_KEYS: [&str; 5] = ["microdao_id", "agent_id", "actor_id", "customer_id", "vm_id"];
+pub const SCOPE_KEYS: [&str; 5] = [
+    "microdao_id",
+    "agent_id",
+    "actor_id",
+    "customer_id",
+    "vm_id",
+];
 
 /// What a budget counts, and where it comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -105,9 +111,7 @@ impl Period {
             .date_naive();
         let first = match self {
             Period::Day => local,
-            Period::Week => {
-                local - Duration::days(local.weekday().num_days_from_monday() as i64)
-            }
+            Period::Week => local - Duration::days(local.weekday().num_days_from_monday() as i64),
             Period::Month => local.with_day(1).expect("day 1 exists"),
         };
         let next = match self {
@@ -195,9 +199,7 @@ impl Budget {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 500 => Some(s.clone()),
                 Some(Value::String(_)) => {
-                    errors.push(format!(
-                        "{name} must not be empty and at most 500 bytes"
-                    ));
+                    errors.push(format!("{name} must not be empty and at most 500 bytes"));
                     None
                 }
                 Some(v) => {
