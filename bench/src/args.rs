@@ -80,6 +80,10 @@ pub struct Args {
     #[arg(long, default_value = "read")]
     pub phase: String,
 
+    /// `budget-check`: budgets to create.
+    #[arg(long, default_value_t = 10_000)]
+    pub budgets: usize,
+
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -122,4 +126,8 @@ pub enum Scenario {
     /// Idle WebSocket clients on `/usage`: memory per client and the spread
     /// of each update's arrival across clients.
     WsClients,
+    /// --budgets budgets and --events LLM events of this month, then
+    /// --queries calls of /v1/budgets/check one at a time (latency), and the
+    /// same checks on PostgreSQL with DATABASE_URL.
+    BudgetCheck,
 }

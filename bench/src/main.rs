@@ -1,6 +1,7 @@
 //! tally-bench: load generator and benchmark runner for tally.
 
 mod args;
+mod budgets;
 mod history;
 mod nats;
 mod peer;
@@ -87,6 +88,18 @@ async fn main() -> anyhow::Result<()> {
             args.vms,
             args.concurrency,
             args.queries,
+        )
+        .await?;
+        return finish(&args, &report);
+    }
+    if let Scenario::BudgetCheck = args.scenario {
+        let report = budgets::run(
+            server.url(),
+            args.budgets,
+            args.events,
+            args.queries,
+            args.concurrency,
+            args.database_url.as_deref(),
         )
         .await?;
         return finish(&args, &report);
