@@ -558,3 +558,35 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
     let check = get(&t, "/v1/budgets/check?microdao_id=microdao:7").await;
     assert_eq!(check["allowed"], true, "{check}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_budget_file_is_quarantined_and_the_others_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let t = Tally::start(&data, &["--no-sampler"]).await;
+    let mut ids = Vec::new();
+    for name in ["kept", "damaged"] {
+        let (s, v) = post(&t, "/v1/budgets", &json!({"name": name, "metric": "llm_calls", "period": "day", "limit": 10})).await;
+        assert_eq!(s, 201, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    t.terminate();
+    let file = data.join(format!("_tally/budgets/{}.json", ids[1]));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&file, bytes).unwrap();
+
+    let t = Tally::start(&data, &["--no-sampler"]).await;
+    let listed = get(&t, "/v1/budgets").await;
+    let names: Vec<&str> = listed["budgets"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["kept"]);
+    assert!(!file.exists());
+    let damage = get(&t, "/v1/damage").await;
+    let reports = damage["damage"].as_array().unwrap();
+    assert!(
+        reports.iter().any(|r| r["path"].as_str().unwrap().ends_with(&format!("{}.json", ids[1])) && r["quarantined"].is_string()),
+        "{damage:#}"
+    );
+    let (_, health) = t.health().await;
+    assert_eq!(health["status"], "degraded", "{health}");
+}

@@ -98,10 +98,10 @@ async fn create(State(budgets): State<Budgets>, body: Bytes) -> Response {
         Ok(b) => b,
         Err(errors) => return invalid(errors),
     };
-    match budgets.create(budget.clone()).await {
-        Ok(state) => (
+    match budgets.create(budget).await {
+        Ok((state, at)) => (
             StatusCode::CREATED,
-            Json(view(&budget, Some(&state), Some(now))),
+            Json(view(&state.budget, Some(&state), Some(at))),
         )
             .into_response(),
         Err(e) => failed(e),
@@ -157,6 +157,25 @@ async fn remove(
     }
 }
 
+/// A budget a check matched.
+#[derive(serde::Serialize)]
+struct Matched<'a> {
+    id: &'a str,
+    name: &'a str,
+    metric: &'static str,
+    state: &'static str,
+    used: f64,
+    limit: f64,
+    remaining: f64,
+}
+
+#[derive(serde::Serialize)]
+struct CheckAnswer<'a> {
+    allowed: bool,
+    budgets: Vec<Matched<'a>>,
+    evaluated_at: String,
+}
+
 /// `{"allowed": false, "budgets": [...]}`: `allowed` is false when a
 /// budget whose scope the parameters match is exceeded. From the last
 /// evaluation (at most `--budget-interval` old), in memory.
@@ -188,20 +207,20 @@ async fn check(
         let s = &evaluated.states[i];
         let state = s.state();
         allowed &= state != "exceeded";
-        out.push(json!({
-            "id": s.budget.id,
-            "name": s.budget.name,
-            "metric": s.budget.metric.name(),
-            "state": state,
-            "used": s.used,
-            "limit": s.budget.limit,
-            "remaining": s.remaining(),
-        }));
+        out.push(Matched {
+            id: &s.budget.id,
+            name: &s.budget.name,
+            metric: s.budget.metric.name(),
+            state,
+            used: s.used,
+            limit: s.budget.limit,
+            remaining: s.remaining(),
+        });
     });
-    Json(json!({
-        "allowed": allowed,
-        "budgets": out,
-        "evaluated_at": rfc3339(evaluated.at),
-    }))
+    Json(CheckAnswer {
+        allowed,
+        budgets: out,
+        evaluated_at: rfc3339(evaluated.at),
+    })
     .into_response()
 }

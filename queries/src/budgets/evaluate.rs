@@ -205,13 +205,112 @@ pub fn llm_rows(
     Ok(())
 }
 
-/// The states of `budgets` at `now`, in their order.
+/// A period's hourly rows of one source, as read for an evaluation.
+#[derive(Debug)]
+pub enum GroupRows {
+    Llm(Vec<Arc<RecordBatch>>),
+    Tool(Vec<Arc<RecordBatch>>),
+    Vm(Vec<vm_billing::WindowRow>),
+}
+
+/// Where budgets' rows come from and over which period.
+pub type GroupKey = (Source, i64, i64);
+
+/// The rows each group was evaluated from, kept with the evaluation: a
+/// budget created afterwards is evaluated from them without a query.
+pub type GroupCache = HashMap<GroupKey, Arc<GroupRows>>;
+
+/// Reads the hourly rows of `source` over `[start, end)`.
+async fn fetch(
+    history: &History,
+    (source, start, end): GroupKey,
+) -> Result<GroupRows, QueryError> {
+    Ok(match source {
+        Source::Llm => GroupRows::Llm(history.hourly(Dataset::UsageLlm, start, end).await?),
+        Source::Tool => GroupRows::Tool(history.hourly(Dataset::UsageTool, start, end).await?),
+        Source::Vm => {
+            // VM usage is counted in whole hours (the billing rules'
+            // windows): a period starting inside an hour counts it.
+            let from = start.div_euclid(HOUR_NS) * HOUR_NS;
+            GroupRows::Vm(vm_billing::bill(history, Window::Hour, from, end, &|_, _| true).await?)
+        }
+    })
+}
+
+/// Adds `rows` to the states of `members` (budgets of the rows' group).
+fn apply(
+    rows: &GroupRows,
+    prices: &PriceCatalogue,
+    priced: &mut Priced,
+    states: &mut [BudgetState],
+    members: &[usize],
+) -> Result<(), QueryError> {
+    let index = ScopeIndex::new(members.iter().map(|&i| states[i].budget.as_ref()));
+    let mut add = |values: &[Option<&str>; 5], amount: &dyn Fn(Metric) -> (f64, u64)| {
+        index.matching(values, |j| {
+            let s = &mut states[members[j]];
+            let (v, unpriced) = amount(s.budget.metric);
+            s.used += v;
+            s.unpriced_calls += unpriced;
+        });
+    };
+    match rows {
+        GroupRows::Llm(batches) => {
+            for b in batches {
+                llm_rows(b, prices, priced, |row| {
+                    let values = [row.microdao_id, row.agent_id, row.actor_id, None, None];
+                    add(&values, &|metric| match metric {
+                        Metric::CostUsd => (
+                            row.cost.unwrap_or(0.0),
+                            row.cost.map_or(row.calls as u64, |_| 0),
+                        ),
+                        Metric::TotalTokens => (row.total_tokens as f64, 0),
+                        _ => (row.calls as f64, 0),
+                    });
+                })?;
+            }
+        }
+        GroupRows::Tool(batches) => {
+            for b in batches {
+                let (tenant, agent) = (strings(b, "microdao_id")?, strings(b, "agent_id")?);
+                let calls = ints(b, "calls")?;
+                for r in 0..b.num_rows() {
+                    let values = [opt(&tenant, r), opt(&agent, r), None, None, None];
+                    let n = calls.value(r) as f64;
+                    add(&values, &|_| (n, 0));
+                }
+            }
+        }
+        GroupRows::Vm(windows) => {
+            for w in windows {
+                let values = [
+                    None,
+                    None,
+                    None,
+                    Some(w.customer_id.as_str()),
+                    Some(w.vm_id.as_str()),
+                ];
+                let u = w.usage;
+                add(&values, &|metric| match metric {
+                    Metric::VmCpuSeconds => (u.cpu_seconds(), 0),
+                    Metric::VmMemoryGibHours => (u.memory_gib_hours(), 0),
+                    _ => ((u.rx + u.tx) as f64, 0),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The states of `budgets` at `now`, in their order, and the rows they
+/// were computed from. A group found in `cached` is not read again.
 pub async fn evaluate(
     history: &History,
     prices: &PriceCatalogue,
     budgets: &[Arc<Budget>],
     now: i64,
-) -> Result<Vec<BudgetState>, QueryError> {
+    cached: Option<&GroupCache>,
+) -> Result<(Vec<BudgetState>, GroupCache), QueryError> {
     let mut states: Vec<BudgetState> = budgets
         .iter()
         .map(|b| {
@@ -225,73 +324,22 @@ pub async fn evaluate(
             }
         })
         .collect();
-    let mut groups: BTreeMap<(Source, i64, i64), Vec<usize>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
     for (i, s) in states.iter().enumerate() {
         let key = (s.budget.metric.source(), s.period_start, s.period_end);
         groups.entry(key).or_default().push(i);
     }
     let mut priced = Priced::new();
-    for ((source, start, end), members) in groups {
-        let index = ScopeIndex::new(members.iter().map(|&i| states[i].budget.as_ref()));
-        let mut add = |values: &[Option<&str>; 5], amount: &dyn Fn(Metric) -> (f64, u64)| {
-            index.matching(values, |j| {
-                let s = &mut states[members[j]];
-                let (v, unpriced) = amount(s.budget.metric);
-                s.used += v;
-                s.unpriced_calls += unpriced;
-            });
+    let mut read = GroupCache::new();
+    for (key, members) in groups {
+        let rows = match cached.and_then(|c| c.get(&key)) {
+            Some(rows) => rows.clone(),
+            None => Arc::new(fetch(history, key).await?),
         };
-        match source {
-            Source::Llm => {
-                for b in history.hourly(Dataset::UsageLlm, start, end).await? {
-                    llm_rows(&b, prices, &mut priced, |row| {
-                        let values = [row.microdao_id, row.agent_id, row.actor_id, None, None];
-                        add(&values, &|metric| match metric {
-                            Metric::CostUsd => (
-                                row.cost.unwrap_or(0.0),
-                                row.cost.map_or(row.calls as u64, |_| 0),
-                            ),
-                            Metric::TotalTokens => (row.total_tokens as f64, 0),
-                            _ => (row.calls as f64, 0),
-                        });
-                    })?;
-                }
-            }
-            Source::Tool => {
-                for b in history.hourly(Dataset::UsageTool, start, end).await? {
-                    let (tenant, agent) = (strings(&b, "microdao_id")?, strings(&b, "agent_id")?);
-                    let calls = ints(&b, "calls")?;
-                    for r in 0..b.num_rows() {
-                        let values = [opt(&tenant, r), opt(&agent, r), None, None, None];
-                        let n = calls.value(r) as f64;
-                        add(&values, &|_| (n, 0));
-                    }
-                }
-            }
-            Source::Vm => {
-                // VM usage is counted in whole hours (the billing rules'
-                // windows): a period starting inside an hour counts it.
-                let from = start.div_euclid(HOUR_NS) * HOUR_NS;
-                let rows = vm_billing::bill(history, Window::Hour, from, end, &|_, _| true).await?;
-                for w in rows {
-                    let values = [
-                        None,
-                        None,
-                        None,
-                        Some(w.customer_id.as_str()),
-                        Some(w.vm_id.as_str()),
-                    ];
-                    let u = w.usage;
-                    add(&values, &|metric| match metric {
-                        Metric::VmCpuSeconds => (u.cpu_seconds(), 0),
-                        Metric::VmMemoryGibHours => (u.memory_gib_hours(), 0),
-                        _ => ((u.rx + u.tx) as f64, 0),
-                    });
-                }
-            }
-        }
+        apply(&rows, prices, &mut priced, &mut states, &members)?;
+        read.insert(key, rows);
     }
-    Ok(states)
+    Ok((states, read))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::alerts::{Alert, Alerts, BudgetFields, Target};
 use crate::history::History;
 use crate::prices::PriceCatalogue;
 use crate::sql::QueryError;
-use evaluate::{BudgetState, ScopeIndex};
+use evaluate::{BudgetState, GroupCache, ScopeIndex};
 use model::{rfc3339, Budget};
 
 /// How often budgets are evaluated when nothing asks.
@@ -61,16 +61,19 @@ impl BudgetArgs {
 pub struct Evaluated {
     pub states: Vec<BudgetState>,
     pub index: ScopeIndex,
+    /// The rows it was computed from.
+    pub rows: GroupCache,
     /// When it started (nanoseconds): it holds every record acknowledged
     /// before then.
     pub at: i64,
 }
 
 impl Evaluated {
-    fn new(states: Vec<BudgetState>, at: i64) -> Evaluated {
+    fn new(states: Vec<BudgetState>, rows: GroupCache, at: i64) -> Evaluated {
         Evaluated {
             index: ScopeIndex::new(states.iter().map(|s| s.budget.as_ref())),
             states,
+            rows,
             at,
         }
     }
@@ -150,8 +153,10 @@ impl Budgets {
         self.0.defs.lock().get(id).cloned()
     }
 
-    /// Stores a new budget (durably) and evaluates it.
-    pub async fn create(&self, budget: Budget) -> Result<BudgetState, BudgetError> {
+    /// Stores a new budget (durably) and evaluates it from the rows of the
+    /// last evaluation (read anew when it had no budget of this source and
+    /// period); returns its state and when its rows were read.
+    pub async fn create(&self, budget: Budget) -> Result<(BudgetState, i64), BudgetError> {
         let path = self.0.dir.join(format!("{}.json", budget.id));
         let bytes = serde_json::to_vec_pretty(&budget).expect("a budget serialises");
         let p = path.clone();
@@ -162,15 +167,18 @@ impl Budgets {
         let budget = Arc::new(budget);
         self.0.defs.lock().insert(budget.id.clone(), budget.clone());
         self.0.changed.notify_one();
+        let last = self.last();
         let now = tally_pipeline::now_ns();
-        let mut states = evaluate::evaluate(
+        let (mut states, rows) = evaluate::evaluate(
             &self.0.history,
             &self.0.prices,
             std::slice::from_ref(&budget),
             now,
+            Some(&last.rows),
         )
         .await?;
-        Ok(states.remove(0))
+        let cached = rows.keys().all(|k| last.rows.contains_key(k));
+        Ok((states.remove(0), if cached { last.at } else { now }))
     }
 
     /// Deletes a budget; `false` when there is none of that id.
@@ -191,7 +199,7 @@ impl Budgets {
             .filter(|s| s.budget.id != id)
             .cloned()
             .collect();
-        *self.0.last.write() = Arc::new(Evaluated::new(kept, last.at));
+        *self.0.last.write() = Arc::new(Evaluated::new(kept, last.rows.clone(), last.at));
         Ok(true)
     }
 
@@ -205,8 +213,9 @@ impl Budgets {
         }
         let at = tally_pipeline::now_ns();
         let budgets: Vec<Arc<Budget>> = self.0.defs.lock().values().cloned().collect();
-        let states = evaluate::evaluate(&self.0.history, &self.0.prices, &budgets, at).await?;
-        let evaluated = Arc::new(Evaluated::new(states, at));
+        let (states, rows) =
+            evaluate::evaluate(&self.0.history, &self.0.prices, &budgets, at, None).await?;
+        let evaluated = Arc::new(Evaluated::new(states, rows, at));
         *self.0.last.write() = evaluated.clone();
         *started = at;
         drop(started);
