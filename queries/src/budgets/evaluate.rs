@@ -69,13 +69,23 @@ fn shape(b: &Budget) -> u8 {
 /// missing.
 fn key_of(shape: u8, values: &[Option<&str>; 5]) -> Option<String> {
     let mut key = String::new();
+    write_key(shape, values, &mut key).then_some(key)
+}
+
+/// Writes the lookup key into `key` (cleared first); `false` when a key
+/// the shape needs is missing.
+fn write_key(shape: u8, values: &[Option<&str>; 5], key: &mut String) -> bool {
+    key.clear();
     for (i, v) in values.iter().enumerate() {
         if shape & (1 << i) != 0 {
-            key.push_str(v.filter(|s| !s.is_empty())?);
+            match v.filter(|s| !s.is_empty()) {
+                Some(v) => key.push_str(v),
+                None => return false,
+            }
             key.push('\u{1f}');
         }
     }
-    Some(key)
+    true
 }
 
 /// Budgets by scope shape and scope values.
@@ -99,10 +109,23 @@ impl ScopeIndex {
     }
 
     /// Every budget whose scope `values` match (each key it names equal).
-    pub fn matching(&self, values: &[Option<&str>; 5], mut f: impl FnMut(usize)) {
+    pub fn matching(&self, values: &[Option<&str>; 5], f: impl FnMut(usize)) {
+        self.matching_with(values, &mut String::new(), f)
+    }
+
+    /// [`ScopeIndex::matching`] with a buffer for the keys (no allocation
+    /// per call once it has grown).
+    pub fn matching_with(
+        &self,
+        values: &[Option<&str>; 5],
+        key: &mut String,
+        mut f: impl FnMut(usize),
+    ) {
         for (shape, map) in &self.shapes {
-            if let Some(ids) = key_of(*shape, values).and_then(|k| map.get(&k)) {
-                ids.iter().for_each(|i| f(*i));
+            if write_key(*shape, values, key) {
+                if let Some(ids) = map.get(key.as_str()) {
+                    ids.iter().for_each(|i| f(*i));
+                }
             }
         }
     }
@@ -179,12 +202,23 @@ pub fn llm_rows(
         read?,
         total?,
     );
+    let mut last: Option<(&str, &str, Option<crate::prices::ModelPrice>)> = None;
     for r in 0..b.num_rows() {
-        let m = opt(&model, r).unwrap_or_default().to_string();
-        let p = opt(&provider, r).unwrap_or_default().to_string();
-        let price = *priced
-            .entry((m, p))
-            .or_insert_with_key(|(m, p)| prices.price(m, (!p.is_empty()).then_some(p)).copied());
+        let (m, p) = (
+            opt(&model, r).unwrap_or_default(),
+            opt(&provider, r).unwrap_or_default(),
+        );
+        // Rows of a batch mostly repeat their neighbour's model.
+        let price = match &last {
+            Some((lm, lp, price)) if *lm == m && *lp == p => *price,
+            _ => {
+                let price = *priced
+                    .entry((m.to_string(), p.to_string()))
+                    .or_insert_with(|| prices.price(m, (!p.is_empty()).then_some(p)).copied());
+                last = Some((m, p, price));
+                price
+            }
+        };
         f(LlmRow {
             hour: hour.value(r),
             microdao_id: opt(&tenant, r),
@@ -246,8 +280,9 @@ fn apply(
     members: &[usize],
 ) -> Result<(), QueryError> {
     let index = ScopeIndex::new(members.iter().map(|&i| states[i].budget.as_ref()));
+    let mut key = String::new();
     let mut add = |values: &[Option<&str>; 5], amount: &dyn Fn(Metric) -> (f64, u64)| {
-        index.matching(values, |j| {
+        index.matching_with(values, &mut key, |j| {
             let s = &mut states[members[j]];
             let (v, unpriced) = amount(s.budget.metric);
             s.used += v;
