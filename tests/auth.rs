@@ -749,3 +749,84 @@ async fn one_tenant_over_its_rate_does_not_slow_another() {
         vec![json!({"m": "m_a", "n": 120}), json!({"m": "m_b", "n": 5})]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_and_alerts_follow_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let admin = common::create_token(&data, "admin", "admin", &[]);
+    let read_a = common::create_token(&data, "read-a", "read", &["m_a"]);
+    let t = Tally::start(&data, &["--no-sampler", "--budget-interval", "200ms"]).await;
+    let budget = |tenant: &str| {
+        json!({"name": format!("{tenant} daily"), "scope": {"microdao_id": tenant},
+               "metric": "llm_calls", "period": "day", "limit": 1, "thresholds": [1.0]})
+    };
+
+    // Only admin creates and deletes; no token is 401.
+    let (s, v) = post(&t, Some(&read_a), "/v1/budgets", &budget("m_a")).await;
+    assert_eq!((s, v["error"].as_str()), (403, Some("forbidden")), "{v}");
+    let (s, _) = post(&t, None, "/v1/budgets", &budget("m_a")).await;
+    assert_eq!(s, 401);
+    let mut ids = Vec::new();
+    for tenant in ["m_a", "m_b"] {
+        let (s, v) = post(&t, Some(&admin), "/v1/budgets", &budget(tenant)).await;
+        assert_eq!(s, 201, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let (s, _, _) = call(
+        &t,
+        Some(&read_a),
+        reqwest::Method::DELETE,
+        &format!("/v1/budgets/{}", ids[0]),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+
+    // A tenant's read token sees its tenant's budgets, checks and alerts.
+    let (s, v) = get(&t, Some(&read_a), "/v1/budgets").await;
+    assert_eq!(s, 200, "{v}");
+    let names: Vec<&str> = v["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["m_a daily"]);
+    let (s, _) = get(&t, Some(&read_a), &format!("/v1/budgets/{}", ids[1])).await;
+    assert_eq!(s, 404);
+    let (s, v) = get(&t, Some(&read_a), "/v1/budgets/check?microdao_id=m_b").await;
+    assert_eq!((s, v["error"].as_str()), (403, Some("forbidden")), "{v}");
+
+    let ingest = common::create_token(&data, "ingest", "ingest", &[]);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let now = chrono::Utc::now().to_rfc3339();
+    let events: Vec<Value> = ["m_a", "m_b"]
+        .iter()
+        .map(|tenant| json!({"event_id": format!("e-{tenant}"), "timestamp": now, "actor_id": "u", "actor_type": "human",
+            "microdao_id": tenant, "model": "gpt-4o", "provider": "openai", "prompt_tokens": 1,
+            "completion_tokens": 1, "latency_ms": 1}))
+        .collect();
+    let (s, v) = post(&t, Some(&ingest), "/v1/events/usage.llm", &json!(events)).await;
+    assert_eq!((s, v["accepted"].as_u64()), (200, Some(2)), "{v}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, all) = get(&t, Some(&admin), "/v1/alerts").await;
+        if all["alerts"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{all}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (s, mine) = get(&t, Some(&read_a), "/v1/alerts").await;
+    assert_eq!(s, 200);
+    let budgets: Vec<&str> = mine["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert"]["budget_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(budgets, [ids[0].as_str()]);
+    let (s, v) = get(&t, Some(&read_a), "/v1/budgets/check?microdao_id=m_a").await;
+    assert_eq!((s, v["allowed"].as_bool()), (200, Some(false)), "{v}");
+}

@@ -566,7 +566,12 @@ async fn an_unreadable_budget_file_is_quarantined_and_the_others_load() {
     let t = Tally::start(&data, &["--no-sampler"]).await;
     let mut ids = Vec::new();
     for name in ["kept", "damaged"] {
-        let (s, v) = post(&t, "/v1/budgets", &json!({"name": name, "metric": "llm_calls", "period": "day", "limit": 10})).await;
+        let (s, v) = post(
+            &t,
+            "/v1/budgets",
+            &json!({"name": name, "metric": "llm_calls", "period": "day", "limit": 10}),
+        )
+        .await;
         assert_eq!(s, 201, "{v}");
         ids.push(v["id"].as_str().unwrap().to_string());
     }
@@ -578,13 +583,22 @@ async fn an_unreadable_budget_file_is_quarantined_and_the_others_load() {
 
     let t = Tally::start(&data, &["--no-sampler"]).await;
     let listed = get(&t, "/v1/budgets").await;
-    let names: Vec<&str> = listed["budgets"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = listed["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["kept"]);
     assert!(!file.exists());
     let damage = get(&t, "/v1/damage").await;
     let reports = damage["damage"].as_array().unwrap();
     assert!(
-        reports.iter().any(|r| r["path"].as_str().unwrap().ends_with(&format!("{}.json", ids[1])) && r["quarantined"].is_string()),
+        reports.iter().any(|r| r["path"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{}.json", ids[1]))
+            && r["quarantined"].is_string()),
         "{damage:#}"
     );
     let (_, health) = t.health().await;

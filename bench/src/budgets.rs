@@ -173,7 +173,10 @@ pub async fn run(
         if v["budgets"].as_array().is_some_and(|b| b.len() >= 2) {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "check never saw the budgets: {v}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "check never saw the budgets: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -196,7 +199,10 @@ pub async fn run(
         None => (None, Some("DATABASE_URL is not set".to_string())),
         Some(url) => match peer(url, &states, checks, tenants).await {
             Ok(l) => (Some(l), None),
-            Err(e) => (None, Some(format!("PostgreSQL at DATABASE_URL failed: {e:#}"))),
+            Err(e) => (
+                None,
+                Some(format!("PostgreSQL at DATABASE_URL failed: {e:#}")),
+            ),
         },
     };
     Ok(BudgetReport {
@@ -237,7 +243,12 @@ WHERE (microdao_id = $1 OR microdao_id IS NULL)
   AND customer_id IS NULL AND vm_id IS NULL";
 
 /// The same budgets' states in PostgreSQL, the same checks.
-async fn peer(url: &str, states: &[Value], checks: usize, tenants: usize) -> anyhow::Result<Latency> {
+async fn peer(
+    url: &str,
+    states: &[Value],
+    checks: usize,
+    tenants: usize,
+) -> anyhow::Result<Latency> {
     let (pg, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

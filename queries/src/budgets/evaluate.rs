@@ -255,10 +255,7 @@ pub type GroupKey = (Source, i64, i64);
 pub type GroupCache = HashMap<GroupKey, Arc<GroupRows>>;
 
 /// Reads the hourly rows of `source` over `[start, end)`.
-async fn fetch(
-    history: &History,
-    (source, start, end): GroupKey,
-) -> Result<GroupRows, QueryError> {
+async fn fetch(history: &History, (source, start, end): GroupKey) -> Result<GroupRows, QueryError> {
     Ok(match source {
         Source::Llm => GroupRows::Llm(history.hourly(Dataset::UsageLlm, start, end).await?),
         Source::Tool => GroupRows::Tool(history.hourly(Dataset::UsageTool, start, end).await?),
