@@ -13,7 +13,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use common::{hmac_sha256, Rng, Tally, WebhookReceiver};
 use serde_json::{json, Value};
 use tally_proto::billing::v1 as pb;
-use tally_proto::billing::v1::billing_service_client::BillingServiceClient;
 
 const HOUR: i64 = 3_600_000_000_000;
 const DAY: i64 = 24 * HOUR;
@@ -99,12 +98,7 @@ async fn a_tenfold_hour_is_an_anomaly_and_a_steady_week_is_not() {
     }
 
     // A VM per customer, a sample a minute, about 30 CPU-seconds a minute.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = BillingServiceClient::new(channel);
+    let mut client = common::billing_client(&t).await;
     for customer in ["cust-steady", "cust-spike"] {
         let mut cpu = 0i64;
         let mut samples = Vec::new();

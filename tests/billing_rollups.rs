@@ -231,12 +231,7 @@ async fn rollups_follow_the_billing_rules() {
     let t10 = fleet[0].2[10].ts;
     fleet[0].3.push((t10 - 5 * NS, t10));
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = BillingServiceClient::new(channel);
+    let mut client = billing_client(&t).await;
     // Batches of 1..600 samples, sent out of order, some twice.
     let mut batches = Vec::new();
     for (cust, vm, samples, _) in &fleet {
@@ -712,14 +707,7 @@ fn hour_count(fleet: &[Vm]) -> usize {
     h.len()
 }
 
-async fn billing_client(t: &Tally) -> BillingServiceClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    BillingServiceClient::new(channel)
-}
+use common::billing_client;
 
 /// Sends one VM's samples in batches of `size`.
 async fn send_samples(

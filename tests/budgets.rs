@@ -14,7 +14,6 @@ use common::{hmac_sha256, Rng, Tally, WebhookReceiver};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tally_proto::billing::v1 as pb;
-use tally_proto::billing::v1::billing_service_client::BillingServiceClient;
 
 const SECRET: &str = "s3cret-for-budgets";
 const VM_SECRET: &str = "another secret";
@@ -150,12 +149,7 @@ async fn send_vm(
     scale: i64,
     cpu: &mut i64,
 ) -> i64 {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = BillingServiceClient::new(channel);
+    let mut client = common::billing_client(t).await;
     let mut metrics = Vec::new();
     let mut counted = 0;
     let step = 10_000_000_000i64;

@@ -32,6 +32,26 @@ pub fn remove(path: &Path) -> io::Result<()> {
     File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
+/// Every `*.json` file of `dir` (made when missing), each read as a `T`
+/// or the reason it cannot be.
+pub fn load_all<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> io::Result<Vec<(std::path::PathBuf, Result<T, String>)>> {
+    fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let read = fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()));
+        out.push((path, read));
+    }
+    Ok(out)
+}
+
 /// Moves a state file that cannot be read to the quarantine (as `rel`
 /// there) and reports it: the component starts without it, loudly.
 pub fn set_aside(quarantine: &Quarantine, path: &Path, rel: &str, detail: String) {

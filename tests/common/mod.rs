@@ -682,3 +682,16 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> String {
     let hex: String = outer.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256={hex}")
 }
+
+/// A billing.v1 gRPC client of `t`.
+pub async fn billing_client(
+    t: &Tally,
+) -> tally_proto::billing::v1::billing_service_client::BillingServiceClient<tonic::transport::Channel>
+{
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tally_proto::billing::v1::billing_service_client::BillingServiceClient::new(channel)
+}

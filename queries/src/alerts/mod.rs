@@ -198,17 +198,9 @@ impl Alerts {
         default_target: Option<Target>,
         quarantine: &Quarantine,
     ) -> std::io::Result<Alerts> {
-        std::fs::create_dir_all(&dir)?;
         let mut fired = BTreeMap::new();
         let now = tally_pipeline::now_ns();
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let read = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Fired>(&b).map_err(|e| e.to_string()));
+        for (path, read) in tally_pipeline::state_file::load_all::<Fired>(&dir)? {
             match read {
                 Ok(f) if now - f.at > KEEP_NS && f.delivery() != "pending" => {
                     tally_pipeline::state_file::remove(&path)?;

@@ -106,16 +106,8 @@ impl Budgets {
         args: &BudgetArgs,
         quarantine: &Quarantine,
     ) -> std::io::Result<Budgets> {
-        std::fs::create_dir_all(&dir)?;
         let mut defs = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let read = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Budget>(&b).map_err(|e| e.to_string()));
+        for (path, read) in tally_pipeline::state_file::load_all::<Budget>(&dir)? {
             match read {
                 Ok(b) => {
                     defs.insert(b.id.clone(), Arc::new(b));
