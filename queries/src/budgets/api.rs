@@ -80,6 +80,15 @@ fn view(b: &Budget, state: Option<&BudgetState>, at: Option<i64>) -> Value {
     v
 }
 
+/// The budget `id` when the token may see it, else a 404 (a budget of
+/// another tenant is not said to exist).
+fn visible_budget(budgets: &Budgets, access: &Access, id: &str) -> Result<(), Response> {
+    match budgets.get(id) {
+        Some(b) if visible(access, &b) => Ok(()),
+        _ => Err(not_found(id)),
+    }
+}
+
 fn visible(access: &Access, b: &Budget) -> bool {
     match b.tenant() {
         Some(t) => access.covers(Some(t)),
@@ -127,9 +136,8 @@ async fn one(
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Response {
-    match budgets.get(&id) {
-        Some(b) if visible(&access, &b) => {}
-        _ => return not_found(&id),
+    if let Err(r) = visible_budget(&budgets, &access, &id) {
+        return r;
     }
     let evaluated = match budgets.fresh().await {
         Ok(e) => e,
@@ -146,9 +154,8 @@ async fn remove(
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Response {
-    match budgets.get(&id) {
-        Some(b) if visible(&access, &b) => {}
-        _ => return not_found(&id),
+    if let Err(r) = visible_budget(&budgets, &access, &id) {
+        return r;
     }
     match budgets.delete(&id).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
