@@ -80,12 +80,12 @@ fn view(b: &Budget, state: Option<&BudgetState>, at: Option<i64>) -> Value {
     v
 }
 
-/// The budget `id` when the token may see it, else a 404 (a budget of
+/// `None` when the token may see budget `id`, else a 404 (a budget of
 /// another tenant is not said to exist).
-fn visible_budget(budgets: &Budgets, access: &Access, id: &str) -> Result<(), Response> {
+fn refused(budgets: &Budgets, access: &Access, id: &str) -> Option<Response> {
     match budgets.get(id) {
-        Some(b) if visible(access, &b) => Ok(()),
-        _ => Err(not_found(id)),
+        Some(b) if visible(access, &b) => None,
+        _ => Some(not_found(id)),
     }
 }
 
@@ -136,7 +136,7 @@ async fn one(
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = visible_budget(&budgets, &access, &id) {
+    if let Some(r) = refused(&budgets, &access, &id) {
         return r;
     }
     let evaluated = match budgets.fresh().await {
@@ -154,7 +154,7 @@ async fn remove(
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = visible_budget(&budgets, &access, &id) {
+    if let Some(r) = refused(&budgets, &access, &id) {
         return r;
     }
     match budgets.delete(&id).await {
