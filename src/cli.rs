@@ -27,6 +27,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Create, list and revoke API tokens (`_tally/tokens.json` in the state directory).
     Token(TokenArgs),
+    /// Send a coding agent's usage from its local logs to a tally server
+    /// (`claude-code`, `codex`); remembers how far each file was read.
+    Collect(crate::collect::CollectArgs),
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 mod auth;
 mod check;
 mod cli;
+mod collect;
 mod config;
 mod server;
 mod status;
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
             Command::Sql(args) => sql(args).await.map(|()| ExitCode::SUCCESS),
             Command::Check(args) => tokio::task::spawn_blocking(move || check::run(args)).await?,
             Command::Token(args) => token(args).map(|()| ExitCode::SUCCESS),
+            Command::Collect(args) => collect::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
