@@ -156,7 +156,7 @@ async fn stats_follow_the_block_model_with_limits_and_predictions() {
     assert_eq!(s["limits"]["tokens"].as_f64(), Some(48_000.0));
     assert!(close(
         s["totals"]["token_percentage"].as_f64().unwrap(),
-        2400.0 * 100.0 / 48_000.0,
+        2200.0 * 100.0 / 48_000.0,
         1e-9
     ));
     assert!(close(
@@ -164,8 +164,11 @@ async fn stats_follow_the_block_model_with_limits_and_predictions() {
         2.0 * 100.0 / 250.0,
         1e-9
     ));
+    // Input and output count toward the limit (1350 + 850), at their rate.
+    assert_eq!(s["totals"]["tokens_toward_limit"], 2200);
     let run_out = now as f64
-        + ((48_000.0 - 2400.0) / tpm).min((18.0 - cost) / (cost / (elapsed_min / 60.0) / 60.0))
+        + ((48_000.0 - 2200.0) / (2200.0 / elapsed_min))
+            .min((18.0 - cost) / (cost / (elapsed_min / 60.0) / 60.0))
             * 60_000.0;
     let got = s["predictions"]["tokens_run_out"].as_f64().unwrap();
     assert!((got - run_out).abs() < 60_000.0 * 5.0, "{got} vs {run_out}");
@@ -183,7 +186,7 @@ async fn stats_follow_the_block_model_with_limits_and_predictions() {
     let (_, s) = get(&t, "/api/usage/stats?actor_id=user:1&plan=pro&reset_hour=0").await;
     assert!(close(
         s["totals"]["token_percentage"].as_f64().unwrap(),
-        2400.0 * 100.0 / 19_000.0,
+        2200.0 * 100.0 / 19_000.0,
         1e-9
     ));
     let midnight = (now / (24 * HOUR) + 1) * 24 * HOUR;
@@ -199,7 +202,7 @@ async fn stats_follow_the_block_model_with_limits_and_predictions() {
     assert_eq!(e["validation_errors"].as_array().unwrap().len(), 3, "{e}");
     let (_, s) = get(
         &t,
-        "/api/usage/stats?actor_id=user:1&plan=custom&custom_limit_tokens=4800",
+        "/api/usage/stats?actor_id=user:1&plan=custom&custom_limit_tokens=4400",
     )
     .await;
     assert!(close(
@@ -398,7 +401,8 @@ async fn stats_over_compacted_and_rolled_up_hours_equal_the_block_model() {
         let mut total = 0;
         for offset in [0, 90, 150] {
             let t4 = tokens(&mut rng);
-            total += t4.iter().sum::<i64>();
+            // Toward the limit: input and output.
+            total += t4[0] + t4[1];
             events.push((base + offset * 60_000, t4));
         }
         past_totals.push(total as f64);

@@ -33,6 +33,15 @@ pub struct TokenCounts {
     pub total_tokens: i64,
 }
 
+impl TokenCounts {
+    /// What counts toward a plan's token limit: input and output, as
+    /// Claude Code Usage Monitor counts it (cache tokens are in
+    /// `total_tokens`, not here).
+    pub fn toward_limit(&self) -> i64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ModelStats {
     pub tokens: i64,
@@ -176,7 +185,7 @@ pub fn limits(
                 .collect();
             let mut tokens: Vec<f64> = finished
                 .iter()
-                .map(|b| b.token_counts.total_tokens as f64)
+                .map(|b| b.token_counts.toward_limit() as f64)
                 .collect();
             let mut cost: Vec<f64> = finished.iter().map(|b| b.cost_usd).collect();
             let mut msgs: Vec<f64> = finished
@@ -196,12 +205,16 @@ pub fn limits(
 }
 
 /// When the token or cost limit, whichever first, is reached at the current
-/// burn rate (ms); `None` when nothing burns. Already over: now.
+/// burn rate (ms); `None` when nothing burns. Already over: now. Tokens
+/// toward the limit (input and output) burn at their own rate.
 pub fn runs_out_at(block: &Block, limits: &Limits, now_ms: i64) -> Option<i64> {
-    let tpm = block.burn_rate.tokens_per_minute;
+    let t = &block.token_counts;
+    let tpm = match t.total_tokens {
+        0 => 0.0,
+        total => block.burn_rate.tokens_per_minute * t.toward_limit() as f64 / total as f64,
+    };
     let cpm = block.burn_rate.cost_per_hour / 60.0;
-    let by_tokens = (tpm > 0.0)
-        .then(|| (limits.tokens - block.token_counts.total_tokens as f64).max(0.0) / tpm);
+    let by_tokens = (tpm > 0.0).then(|| (limits.tokens - t.toward_limit() as f64).max(0.0) / tpm);
     let by_cost = (cpm > 0.0).then(|| (limits.cost - block.cost_usd).max(0.0) / cpm);
     let minutes = match (by_tokens, by_cost) {
         (Some(a), Some(b)) => a.min(b),

@@ -124,12 +124,13 @@ impl UsageApi {
         let totals = match &current {
             Some(b) => json!({
                 "cost_percentage": pct(b.cost_usd, limits.cost),
-                "token_percentage": pct(b.token_counts.total_tokens as f64, limits.tokens),
+                "token_percentage": pct(b.token_counts.toward_limit() as f64, limits.tokens),
+                "tokens_toward_limit": b.token_counts.toward_limit(),
                 "message_percentage": pct(b.sent_messages_count as f64, limits.messages),
                 "time_to_reset_percentage": pct((now - b.start_time) as f64, (b.end_time - b.start_time) as f64),
             }),
             None => {
-                json!({"cost_percentage": 0.0, "token_percentage": 0.0, "message_percentage": 0.0, "time_to_reset_percentage": 0.0})
+                json!({"cost_percentage": 0.0, "token_percentage": 0.0, "tokens_toward_limit": 0, "message_percentage": 0.0, "time_to_reset_percentage": 0.0})
             }
         };
         let mut applied = serde_json::to_value(cfg).unwrap_or_default();
