@@ -16,18 +16,25 @@ KEEP = (
     "cache_read_input_token_cost",
 )
 
-src = json.load(open(sys.argv[1]))
-out = {}
-for name, entry in sorted(src.items()):
-    if not isinstance(entry, dict) or name == "sample_spec":
-        continue
-    if entry.get("mode") not in ("chat", "completion", "responses"):
-        continue
-    prices = {k: entry[k] for k in KEEP if isinstance(entry.get(k), (int, float))}
-    if "input_cost_per_token" not in prices or "output_cost_per_token" not in prices:
-        continue
-    if entry.get("litellm_provider"):
-        prices["litellm_provider"] = entry["litellm_provider"]
-    out[name] = prices
-json.dump(out, sys.stdout, indent=0, sort_keys=True)
-sys.stdout.write("\n")
+
+
+def keep(src):
+    """The per-token models of a LiteLLM map, with their four prices."""
+    out = {}
+    for name, entry in sorted(src.items()):
+        if not isinstance(entry, dict) or name == "sample_spec":
+            continue
+        if entry.get("mode") not in ("chat", "completion", "responses"):
+            continue
+        prices = {k: entry[k] for k in KEEP if isinstance(entry.get(k), (int, float))}
+        if "input_cost_per_token" not in prices or "output_cost_per_token" not in prices:
+            continue
+        if entry.get("litellm_provider"):
+            prices["litellm_provider"] = entry["litellm_provider"]
+        out[name] = prices
+    return out
+
+
+if __name__ == "__main__":
+    json.dump(keep(json.load(open(sys.argv[1]))), sys.stdout, indent=0, sort_keys=True)
+    sys.stdout.write("\n")

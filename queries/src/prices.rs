@@ -233,4 +233,31 @@ mod tests {
         assert!(c.len() > 1000);
         assert!(c.price("gpt-4o-mini", Some("openai")).is_some());
     }
+
+    #[test]
+    fn models_retired_from_litellm_keep_their_last_price() {
+        let c = PriceCatalogue::embedded();
+        // (model, input, output, cache read) per million tokens, as Anthropic
+        // lists them.
+        for (model, input, output, read) in [
+            ("claude-sonnet-4-20250514", 3.0, 15.0, 0.3),
+            ("claude-opus-4-20250514", 15.0, 75.0, 1.5),
+            ("claude-3-5-sonnet-20241022", 3.0, 15.0, 0.3),
+            ("claude-3-5-haiku-20241022", 0.8, 4.0, 0.08),
+        ] {
+            let p = c
+                .price(model, Some("anthropic"))
+                .unwrap_or_else(|| panic!("{model}"));
+            let per_million = |x: f64| (x * 1e6 * 1e6).round() / 1e6;
+            assert_eq!(
+                (
+                    per_million(p.input_cost_per_token),
+                    per_million(p.output_cost_per_token),
+                    per_million(p.cache_read_input_token_cost.unwrap())
+                ),
+                (input, output, read),
+                "{model}"
+            );
+        }
+    }
 }
