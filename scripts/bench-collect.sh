@@ -33,8 +33,9 @@ for run in $(seq "$runs"); do
   kill $server; wait $server 2>/dev/null || true
   mkdir -p "$work/home"
   /usr/bin/time -f "%e %M" -o "$work/monitor.time" env HOME="$work/home" \
-    claude-monitor --once --output json --plan max20 --timezone UTC --data-paths "$tree" >/dev/null
-  read -r msecs mrss <"$work/monitor.time"
+    claude-monitor --once --output json --plan max20 --timezone UTC --data-paths "$tree" >/dev/null \
+    || true # it exits 2 when the plan's limit is passed, as here
+  read -r msecs mrss < <(tail -n 1 "$work/monitor.time")
   python3 - "$lines" "$secs" "$rss" "$events" "$follow_rss" "$msecs" "$mrss" <<'PY'
 import sys
 lines, secs, rss, events, follow, msecs, mrss = sys.argv[1:]
