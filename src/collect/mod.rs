@@ -297,6 +297,7 @@ async fn read_file(
     let mut pos = fs.offset;
     let mut ctx = fs.context.clone();
     let mut batch: Vec<Value> = Vec::new();
+    let mut inflight: Option<Inflight> = None;
     // The newest message: its later copies replace it; sent once another
     // message follows (or the file is done).
     let mut pending: Option<(String, Value, u64)> = None;
@@ -329,12 +330,16 @@ async fn read_file(
             },
         }
         if batch.len() >= batch_size {
+            // One batch in flight while the next is read.
             let upto = pending.as_ref().map_or(pos, |p| p.2);
-            flush(sender, &mut batch, report).await?;
-            fs.offset = upto;
-            fs.context = ctx.clone();
-            commit(fs)?;
+            if let Some(prev) = inflight.take() {
+                settle(prev, report, fs, commit).await?;
+            }
+            inflight = Some(Inflight::send(sender, &mut batch, upto, ctx.clone()));
         }
+    }
+    if let Some(prev) = inflight.take() {
+        settle(prev, report, fs, commit).await?;
     }
     let upto = match pending.take() {
         Some((_, e, _)) if settled => {
@@ -344,8 +349,15 @@ async fn read_file(
         Some((_, _, first)) => first,
         None => pos,
     };
-    flush(sender, &mut batch, report).await?;
-    if upto != fs.offset {
+    if !batch.is_empty() {
+        settle(
+            Inflight::send(sender, &mut batch, upto, ctx),
+            report,
+            fs,
+            commit,
+        )
+        .await?;
+    } else if upto != fs.offset {
         fs.offset = upto;
         fs.context = ctx;
         commit(fs)?;
@@ -353,12 +365,39 @@ async fn read_file(
     Ok(())
 }
 
-async fn flush(sender: &Sender, batch: &mut Vec<Value>, report: &mut Report) -> anyhow::Result<()> {
-    if batch.is_empty() {
-        return Ok(());
+/// A batch sent and not acknowledged yet, and where the file stands once
+/// it is.
+struct Inflight {
+    answer: tokio::task::JoinHandle<anyhow::Result<Value>>,
+    events: u64,
+    upto: u64,
+    context: Value,
+}
+
+impl Inflight {
+    fn send(sender: &Sender, batch: &mut Vec<Value>, upto: u64, context: Value) -> Inflight {
+        let body: String = batch.iter().map(|e| format!("{e}\n")).collect();
+        let events = batch.len() as u64;
+        batch.clear();
+        let sender = sender.clone();
+        Inflight {
+            answer: tokio::spawn(async move { sender.send(body).await }),
+            events,
+            upto,
+            context,
+        }
     }
-    report.events += batch.len() as u64;
-    let answer = sender.send(batch).await?;
+}
+
+/// Waits for a batch's answer, counts it, and moves the file's offset.
+async fn settle(
+    sent: Inflight,
+    report: &mut Report,
+    fs: &mut FileState,
+    commit: &mut dyn FnMut(&FileState) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let answer = sent.answer.await??;
+    report.events += sent.events;
     report.accepted += answer["accepted"].as_u64().unwrap_or(0);
     report.duplicates += answer["duplicates"].as_u64().unwrap_or(0);
     let rejected = answer["rejected"].as_array().map_or(0, Vec::len) as u64;
@@ -366,11 +405,13 @@ async fn flush(sender: &Sender, batch: &mut Vec<Value>, report: &mut Report) -> 
         tracing::warn!(rejected, answer = %answer["rejected"], "the server rejected events");
     }
     report.rejected += rejected;
-    batch.clear();
-    Ok(())
+    fs.offset = sent.upto;
+    fs.context = sent.context;
+    commit(fs)
 }
 
 /// POSTs batches to `/v1/events/usage.llm`, retrying what may pass later.
+#[derive(Clone)]
 struct Sender {
     client: reqwest::Client,
     url: String,
@@ -390,8 +431,7 @@ impl Sender {
 
     /// Retries 429, 5xx and connection errors with backoff (0.5 s doubling
     /// to 30 s) until the server answers; another answer is an error.
-    async fn send(&self, events: &[Value]) -> anyhow::Result<Value> {
-        let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+    async fn send(&self, body: String) -> anyhow::Result<Value> {
         let mut wait = Duration::from_millis(500);
         loop {
             let mut req = self.client.post(&self.url).body(body.clone());
