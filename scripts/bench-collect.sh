@@ -43,7 +43,7 @@ lines, secs, msecs = int(lines), float(secs), float(msecs)
 print(f"tally collect: {secs:.1f} s, {lines / secs:,.0f} lines/s, {events} events stored, "
       f"peak RSS {int(rss) // 1024} MiB; --follow idle RSS {int(follow) // 1024} MiB | "
       f"claude-monitor --once: {msecs:.1f} s, {lines / msecs:,.0f} lines/s, peak RSS {int(mrss) // 1024} MiB | "
-      f"tally {msecs / secs:.1f}x faster")
+      f"claude-monitor time / tally time {msecs / secs:.2f}")
 PY
   rm -rf "$work"
 done
