@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Format, Line, Origin};
+use super::format::{home, Format, Line, Origin};
 
 pub struct ClaudeCode;
 
@@ -18,7 +18,7 @@ impl Format for ClaudeCode {
     }
 
     fn default_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs = vec![super::home().join(".claude/projects")];
+        let mut dirs = vec![home().join(".claude/projects")];
         if let Ok(v) = std::env::var("CLAUDE_CONFIG_DIR") {
             dirs.extend(
                 v.split(',')

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::{Format, Line, Origin};
+use super::format::{home, Format, Line, Origin};
 
 pub struct Codex;
 
@@ -18,7 +18,7 @@ impl Format for Codex {
     fn default_dirs(&self) -> Vec<PathBuf> {
         let home = std::env::var_os("CODEX_HOME")
             .map(PathBuf::from)
-            .unwrap_or_else(|| super::home().join(".codex"));
+            .unwrap_or_else(|| home().join(".codex"));
         vec![home.join("sessions")]
     }
 

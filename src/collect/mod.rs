@@ -16,6 +16,7 @@
 
 pub mod claude_code;
 pub mod codex;
+pub mod format;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
+use format::{home, Format, Line, Origin};
 use state::{FileState, State};
 
 #[derive(Debug, Args)]
@@ -88,33 +90,6 @@ pub struct Report {
     pub skipped: BTreeMap<String, u64>,
     /// Bytes at the ends of files not read yet (an unfinished last line).
     pub held_bytes: u64,
-}
-
-/// One log line's outcome.
-pub enum Line {
-    /// A model call. `id` groups the copies of a streamed message.
-    Usage {
-        id: String,
-        event: Value,
-    },
-    Skip(&'static str),
-}
-
-/// Who and where, put into every event.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub user: String,
-    pub machine: String,
-    pub tenant: String,
-}
-
-/// A log format.
-pub trait Format {
-    fn name(&self) -> &'static str;
-    fn default_dirs(&self) -> Vec<PathBuf>;
-    /// Parses one line of `file`; `ctx` carries what earlier lines of the
-    /// file said (Codex's session and model), kept in the state.
-    fn parse(&self, line: &str, origin: &Origin, file: &Path, ctx: &mut Value) -> Line;
 }
 
 const SETTLE: Duration = Duration::from_secs(3);
@@ -182,12 +157,6 @@ impl Report {
         }
         self.held_bytes = o.held_bytes;
     }
-}
-
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Every `*.jsonl` under `dirs`, sorted.
