@@ -79,20 +79,14 @@ fn claude_tree(
                 rng.below(40000) as i64,
             ];
             let msg = format!("msg_{tag}_{s}_{m}");
-            if m == 7 {
-                // Streamed: three copies, output growing; the last counts.
-                for out in [3, u[1] / 2, u[1]] {
-                    lines.push(assistant(
-                        &session,
-                        &cwd,
-                        &ts,
-                        &msg,
-                        &format!("req_{msg}"),
-                        model,
-                        [u[0], out, u[2], u[3]],
-                    ));
-                }
+            // The streamed message: three copies, output growing; the last
+            // counts.
+            let outputs = if m == 7 {
+                vec![3, u[1] / 2, u[1]]
             } else {
+                vec![u[1]]
+            };
+            for out in outputs {
                 lines.push(assistant(
                     &session,
                     &cwd,
@@ -100,7 +94,7 @@ fn claude_tree(
                     &msg,
                     &format!("req_{msg}"),
                     model,
-                    u,
+                    [u[0], out, u[2], u[3]],
                 ));
             }
             add(totals, &ts, model, u);

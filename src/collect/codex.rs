@@ -93,7 +93,7 @@ impl Format for Codex {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let event = json!({
-            "event_id": id,
+            "event_id": id.as_str(),
             "timestamp": timestamp,
             "actor_id": format!("{}@{}", origin.user, origin.machine),
             "actor_type": "human",
@@ -113,9 +113,6 @@ impl Format for Codex {
             "metadata": {"machine": origin.machine, "cwd": cwd, "file": file.to_string_lossy(),
                          "reasoning_output_tokens": n("reasoning_output_tokens")},
         });
-        Line::Usage {
-            id: event["event_id"].as_str().unwrap_or_default().to_string(),
-            event,
-        }
+        Line::Usage { id, event }
     }
 }

@@ -50,10 +50,11 @@ fn not_found(id: &str) -> Response {
     )
 }
 
-/// A budget as the API shows it (the secret is never shown), with its
-/// state when evaluated.
-fn view(b: &Budget, state: Option<&BudgetState>, at: Option<i64>) -> Value {
-    let mut v = json!({
+/// A budget and its state as the API shows them (the secret is never
+/// shown); `at`: when the state was evaluated.
+fn view(s: &BudgetState, at: i64) -> Value {
+    let b = &s.budget;
+    json!({
         "id": b.id,
         "name": b.name,
         "scope": b.scope,
@@ -65,19 +66,15 @@ fn view(b: &Budget, state: Option<&BudgetState>, at: Option<i64>) -> Value {
         "webhook_url": b.webhook_url,
         "webhook_secret_set": b.webhook_secret.is_some(),
         "created_at": b.created_at,
-    });
-    if let Some(s) = state {
-        let o = v.as_object_mut().expect("an object");
-        o.insert("period_start".into(), json!(rfc3339(s.period_start)));
-        o.insert("period_end".into(), json!(rfc3339(s.period_end)));
-        o.insert("used".into(), json!(s.used));
-        o.insert("remaining".into(), json!(s.remaining()));
-        o.insert("percent".into(), json!(s.percent()));
-        o.insert("state".into(), json!(s.state()));
-        o.insert("unpriced_calls".into(), json!(s.unpriced_calls));
-        o.insert("evaluated_at".into(), json!(at.map(rfc3339)));
-    }
-    v
+        "period_start": rfc3339(s.period_start),
+        "period_end": rfc3339(s.period_end),
+        "used": s.used,
+        "remaining": s.remaining(),
+        "percent": s.percent(),
+        "state": s.state(),
+        "unpriced_calls": s.unpriced_calls,
+        "evaluated_at": rfc3339(at),
+    })
 }
 
 /// `None` when the token may see budget `id`, else a 404 (a budget of
@@ -108,11 +105,7 @@ async fn create(State(budgets): State<Budgets>, body: Bytes) -> Response {
         Err(errors) => return invalid(errors),
     };
     match budgets.create(budget).await {
-        Ok((state, at)) => (
-            StatusCode::CREATED,
-            Json(view(&state.budget, Some(&state), Some(at))),
-        )
-            .into_response(),
+        Ok((state, at)) => (StatusCode::CREATED, Json(view(&state, at))).into_response(),
         Err(e) => failed(e),
     }
 }
@@ -126,7 +119,7 @@ async fn list(State(budgets): State<Budgets>, Extension(access): Extension<Acces
         .states
         .iter()
         .filter(|s| visible(&access, &s.budget))
-        .map(|s| view(&s.budget, Some(s), Some(evaluated.at)))
+        .map(|s| view(s, evaluated.at))
         .collect();
     Json(json!({"budgets": rows})).into_response()
 }
@@ -144,7 +137,7 @@ async fn one(
         Err(e) => return failed(e),
     };
     match evaluated.states.iter().find(|s| s.budget.id == id) {
-        Some(s) => Json(view(&s.budget, Some(s), Some(evaluated.at))).into_response(),
+        Some(s) => Json(view(s, evaluated.at)).into_response(),
         None => not_found(&id),
     }
 }

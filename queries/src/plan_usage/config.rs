@@ -1,8 +1,7 @@
 //! The Usage API configuration: a singleton that survives restarts (atomic
 //! file replace), validated by the rules of spec 002.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -149,14 +148,8 @@ impl ConfigFile {
 
     /// Temp file, fsync, rename, fsync of the directory.
     pub fn store(&self, c: &UsageConfig) -> std::io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(".usage_config.json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(c).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        std::fs::File::open(dir)?.sync_all()
+        let bytes = serde_json::to_vec_pretty(c).map_err(std::io::Error::other)?;
+        tally_pipeline::state_file::replace(&self.path, &bytes)
     }
 }
 
