@@ -307,7 +307,9 @@ impl ReadSide {
             .with_file_check(doctor);
         history.register_rollup_tables(&engine).await?;
         tally_queries::vm_billing::table::register(&engine, &history)?;
-        engine.register_udf(tally_queries::prices::cost_udf(prices.clone()));
+        for udf in tally_queries::prices::cost_udfs(prices.clone()) {
+            engine.register_udf(udf);
+        }
         let state = tally_sinks::parquet::layout::state_dir(&core.target.state);
         let target = config.alerts.target().map_err(anyhow::Error::msg)?;
         let alerts = Alerts::open(

@@ -508,3 +508,116 @@ async fn summaries_from_stored_rollups_equal_the_events_sent() {
     let n = t.sql("SELECT count(*) AS n FROM usage_llm").await;
     assert_eq!(n[0]["n"].as_u64().unwrap() as usize, llms.len());
 }
+
+/// A catalogue whose model changed price 15 and 3 days ago: each call is
+/// priced at the price of its own hour, in `/internal/usage/models`, in the
+/// stored hourly rollups (`cost_usd`) and by `llm_cost_usd_at` in SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_calls_are_priced_at_the_price_of_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let now = chrono::Utc::now();
+    let until = |days: i64| (now - chrono::Duration::days(days)).to_rfc3339();
+    // (until, input, output) oldest first; the current price last.
+    let prices = [
+        (Some(until(15)), 9e-6, 9e-6),
+        (Some(until(3)), 4e-6, 8e-6),
+        (None, 1e-6, 2e-6),
+    ];
+    let catalogue = json!({"dated-model": {
+    "input_cost_per_token": prices[2].1, "output_cost_per_token": prices[2].2,
+    "tally_earlier_prices": [
+        // Listed newest first: the order in the file does not matter.
+        {"until": prices[1].0, "input_cost_per_token": prices[1].1,
+         "output_cost_per_token": prices[1].2},
+        {"until": prices[0].0, "input_cost_per_token": prices[0].1,
+         "output_cost_per_token": prices[0].2},
+    ]}});
+    let file = dir.path().join("prices.json");
+    std::fs::write(&file, catalogue.to_string()).unwrap();
+    let args = [
+        "--prices",
+        file.to_str().unwrap(),
+        "--flush-interval",
+        "200ms",
+        "--compact-after",
+        "0s",
+        "--compact-interval",
+        "300ms",
+    ];
+    let t = Tally::start(&data, &args).await;
+    // (hours ago, prompt, completion)
+    let calls = [(20 * 24, 1000, 100), (5 * 24, 2000, 200), (1, 4000, 400)];
+    let events: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, &(h, p, c))| {
+            let mut e = llm(
+                &format!("d{i}"),
+                h,
+                "dao:1",
+                "agent:a",
+                "dated-model",
+                [p, c, 0],
+                10,
+            );
+            e["provider"] = json!("acme");
+            e
+        })
+        .collect();
+    send(&t, "usage.llm", events).await;
+    // Expected: each call at the first price whose `until` is after it.
+    let expected: f64 = calls
+        .iter()
+        .map(|&(h, p, c)| {
+            let at = now - chrono::Duration::hours(h);
+            let (_, input, output) = prices
+                .iter()
+                .find(|(until, _, _)| {
+                    until
+                        .as_ref()
+                        .is_none_or(|u| at < chrono::DateTime::parse_from_rfc3339(u).unwrap())
+                })
+                .unwrap();
+            p as f64 * input + c as f64 * output
+        })
+        .sum();
+    let today_only: f64 = calls
+        .iter()
+        .map(|&(_, p, c)| p as f64 * prices[2].1 + c as f64 * prices[2].2)
+        .sum();
+    assert!(
+        (expected - today_only).abs() > 1e-3,
+        "the test needs dated prices to matter"
+    );
+    let close = |got: f64, what: &str| {
+        assert!((got - expected).abs() < 1e-9, "{what}: {got} vs {expected}")
+    };
+
+    let (status, m) = get(&t, "/internal/usage/models?period_hours=720").await;
+    assert_eq!(status, 200, "{m}");
+    close(m["models"][0]["cost_usd"].as_f64().unwrap(), "models");
+    let sql = "SELECT SUM(llm_cost_usd_at(model, provider, prompt_tokens, completion_tokens, \
+               cache_creation_tokens, cache_read_tokens, CAST(timestamp AS BIGINT))) AS dated, \
+               SUM(llm_cost_usd(model, provider, prompt_tokens, completion_tokens, \
+               cache_creation_tokens, cache_read_tokens)) AS today FROM usage_llm";
+    let r = t.sql(sql).await;
+    close(r[0]["dated"].as_f64().unwrap(), "llm_cost_usd_at");
+    let today = r[0]["today"].as_f64().unwrap();
+    assert!((today - today_only).abs() < 1e-9, "{today} vs {today_only}");
+
+    // The stored rollups (the three hours are closed) price each hour at
+    // its time.
+    let mut rolled = 0.0;
+    for _ in 0..300 {
+        let r = t
+            .sql("SELECT COUNT(*) AS n, SUM(cost_usd) AS cost FROM usage_llm_hourly")
+            .await;
+        if r[0]["n"].as_u64() == Some(3) {
+            rolled = r[0]["cost"].as_f64().unwrap();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    close(rolled, "rollups");
+}

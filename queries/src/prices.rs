@@ -4,6 +4,11 @@
 //! The default is a filtered copy of LiteLLM's MIT-licensed price map
 //! (`queries/prices/`, licence beside it); `--prices FILE` replaces it with a
 //! file of the same shape (LiteLLM's full map works as it is).
+//!
+//! A model may carry `tally_earlier_prices`: the prices it had before a
+//! change, each with the instant (`until`, RFC 3339) the next one took over
+//! (`scripts/build_prices.py` writes them from LiteLLM's releases). A call is
+//! priced at the price of its own time.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -52,6 +57,70 @@ impl ModelPrice {
     }
 }
 
+/// A model's price now and the prices it had before, each with the instant
+/// it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelPrices {
+    current: ModelPrice,
+    /// `(until, price)`, `until` in ns since the epoch, ascending.
+    earlier: Vec<(i64, ModelPrice)>,
+}
+
+impl ModelPrices {
+    pub fn current(&self) -> &ModelPrice {
+        &self.current
+    }
+
+    /// The price in force at `at` (ns since the epoch): the first earlier
+    /// price that ended after it, else the current one.
+    pub fn at(&self, at: i64) -> &ModelPrice {
+        self.earlier
+            .iter()
+            .find(|(until, _)| at < *until)
+            .map_or(&self.current, |(_, p)| p)
+    }
+
+    /// Whether the price never changed (one price serves every instant).
+    pub fn is_fixed(&self) -> bool {
+        self.earlier.is_empty()
+    }
+}
+
+/// One catalogue entry as the file has it.
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(flatten)]
+    current: ModelPrice,
+    #[serde(default)]
+    tally_earlier_prices: Vec<Earlier>,
+}
+
+#[derive(Deserialize)]
+struct Earlier {
+    until: String,
+    #[serde(flatten)]
+    price: ModelPrice,
+}
+
+impl Entry {
+    /// `None` when an earlier price's `until` is not an RFC 3339 instant.
+    fn prices(self) -> Option<ModelPrices> {
+        let mut earlier = self
+            .tally_earlier_prices
+            .into_iter()
+            .map(|e| {
+                let until = chrono::DateTime::parse_from_rfc3339(&e.until).ok()?;
+                Some((until.timestamp_nanos_opt()?, e.price))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        earlier.sort_by_key(|(until, _)| *until);
+        Some(ModelPrices {
+            current: self.current,
+            earlier,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PriceError {
     #[error("reading price file {path}: {source}")]
@@ -93,7 +162,7 @@ impl PricesArgs {
 
 #[derive(Debug, Clone, Default)]
 pub struct PriceCatalogue {
-    models: HashMap<String, ModelPrice>,
+    models: HashMap<String, ModelPrices>,
 }
 
 impl PriceCatalogue {
@@ -113,14 +182,16 @@ impl PriceCatalogue {
     }
 
     /// Entries without both per-token prices (images, embeddings, the
-    /// `sample_spec` of LiteLLM's file) are skipped.
+    /// `sample_spec` of LiteLLM's file) are skipped, and so is an entry
+    /// whose earlier prices do not parse.
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
         let raw: HashMap<String, serde_json::Value> = serde_json::from_str(text)?;
         let models = raw
             .into_iter()
             .filter_map(|(name, v)| {
-                serde_json::from_value::<ModelPrice>(v)
+                serde_json::from_value::<Entry>(v)
                     .ok()
+                    .and_then(Entry::prices)
                     .map(|p| (name, p))
             })
             .collect();
@@ -137,7 +208,7 @@ impl PriceCatalogue {
 
     /// The model as named, then `provider/model`, then the name after its
     /// last `/`.
-    pub fn price(&self, model: &str, provider: Option<&str>) -> Option<&ModelPrice> {
+    pub fn price(&self, model: &str, provider: Option<&str>) -> Option<&ModelPrices> {
         self.models
             .get(model)
             .or_else(|| provider.and_then(|p| self.models.get(&format!("{p}/{model}"))))
@@ -145,15 +216,26 @@ impl PriceCatalogue {
     }
 }
 
-/// The SQL function `llm_cost_usd(model, provider, prompt_tokens,
-/// completion_tokens, cache_creation_tokens, cache_read_tokens)`: the cost
-/// in USD by this catalogue, NULL for a model it has no price for. Prices
-/// are linear in tokens, so pricing the sums of a group equals summing the
-/// prices of its calls.
-pub fn cost_udf(prices: Arc<PriceCatalogue>) -> ScalarUDF {
+/// The SQL functions of this catalogue:
+/// - `llm_cost_usd(model, provider, prompt_tokens, completion_tokens,
+///   cache_creation_tokens, cache_read_tokens)`: the cost in USD at today's
+///   price;
+/// - `llm_cost_usd_at(…the same six…, at)`: the cost at the price in force
+///   at `at`, ns since the epoch (the rollups' `hour`, or
+///   `CAST(timestamp AS BIGINT)`).
+///
+/// Both are NULL for a model the catalogue has no price for. Prices are
+/// linear in tokens, so pricing the sums of a group of one hour equals
+/// summing the prices of its calls.
+pub fn cost_udfs(prices: Arc<PriceCatalogue>) -> [ScalarUDF; 2] {
+    [cost_udf(prices.clone(), false), cost_udf(prices, true)]
+}
+
+fn cost_udf(prices: Arc<PriceCatalogue>, dated: bool) -> ScalarUDF {
     use arrow::datatypes::DataType;
     let fun = move |args: &[ColumnarValue]| -> datafusion::common::Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(args)?;
+        let at = dated.then(|| arrays[6].as_primitive::<Int64Type>());
         let (model, provider) = (arrays[0].as_string::<i32>(), arrays[1].as_string::<i32>());
         let n = |i: usize| arrays[i].as_primitive::<Int64Type>();
         let (p, c, cc, cr) = (n(2), n(3), n(4), n(5));
@@ -171,6 +253,10 @@ pub fn cost_udf(prices: Arc<PriceCatalogue>) -> ScalarUDF {
                 }
                 let provider = (!provider.is_null(r)).then(|| provider.value(r));
                 prices.price(model.value(r), provider).map(|price| {
+                    let price = match at {
+                        Some(at) if !at.is_null(r) => price.at(at.value(r)),
+                        _ => price.current(),
+                    };
                     price.cost(Tokens {
                         prompt: tokens(p, r),
                         completion: tokens(c, r),
@@ -182,16 +268,24 @@ pub fn cost_udf(prices: Arc<PriceCatalogue>) -> ScalarUDF {
             .collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
     };
+    let mut args = vec![
+        DataType::Utf8,
+        DataType::Utf8,
+        DataType::Int64,
+        DataType::Int64,
+        DataType::Int64,
+        DataType::Int64,
+    ];
+    if dated {
+        args.push(DataType::Int64);
+    }
     create_udf(
-        "llm_cost_usd",
-        vec![
-            DataType::Utf8,
-            DataType::Utf8,
-            DataType::Int64,
-            DataType::Int64,
-            DataType::Int64,
-            DataType::Int64,
-        ],
+        if dated {
+            "llm_cost_usd_at"
+        } else {
+            "llm_cost_usd"
+        },
+        args,
         DataType::Float64,
         Volatility::Immutable,
         Arc::new(fun),
@@ -213,7 +307,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.len(), 2);
-        let p = c.price("m1", None).unwrap();
+        let p = c.price("m1", None).unwrap().current();
         let t = Tokens {
             prompt: 10.0,
             completion: 1.0,
@@ -225,6 +319,55 @@ mod tests {
         assert!(c.price("m2", Some("acme")).is_some());
         assert!(c.price("openai/m1", None).is_some());
         assert!(c.price("m3", Some("acme")).is_none());
+    }
+
+    #[test]
+    fn a_call_is_priced_at_the_price_of_its_time() {
+        let c = PriceCatalogue::parse(
+            r#"{"m": {"input_cost_per_token": 1.0, "output_cost_per_token": 2.0,
+                      "tally_earlier_prices": [
+                        {"until": "2025-06-01T00:00:00Z",
+                         "input_cost_per_token": 5.0, "output_cost_per_token": 6.0},
+                        {"until": "2025-01-01T00:00:00+01:00",
+                         "input_cost_per_token": 9.0, "output_cost_per_token": 9.0}]},
+                "bad": {"input_cost_per_token": 1.0, "output_cost_per_token": 2.0,
+                        "tally_earlier_prices": [{"until": "June",
+                         "input_cost_per_token": 5.0, "output_cost_per_token": 6.0}]}}"#,
+        )
+        .unwrap();
+        assert!(c.price("bad", None).is_none());
+        let m = c.price("m", None).unwrap();
+        let ns = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_nanos_opt()
+                .unwrap()
+        };
+        let input = |at: &str| m.at(ns(at)).input_cost_per_token;
+        assert_eq!(input("2024-12-31T22:59:59Z"), 9.0);
+        assert_eq!(input("2024-12-31T23:00:00Z"), 5.0);
+        assert_eq!(input("2025-05-31T23:59:59Z"), 5.0);
+        assert_eq!(input("2025-06-01T00:00:00Z"), 1.0);
+        assert_eq!(m.current().input_cost_per_token, 1.0);
+        assert!(!m.is_fixed());
+    }
+
+    #[test]
+    fn embedded_catalogue_dates_the_haiku_price_cut() {
+        // LiteLLM 1.55.0 listed claude-3-5-haiku-20241022 at $1/$5 per
+        // million tokens; 1.72.0 (uploaded 2025-06-01) at $0.80/$4.
+        let c = PriceCatalogue::embedded();
+        let m = c
+            .price("claude-3-5-haiku-20241022", Some("anthropic"))
+            .unwrap();
+        let jan = chrono::DateTime::parse_from_rfc3339("2025-01-15T00:00:00Z")
+            .unwrap()
+            .timestamp_nanos_opt()
+            .unwrap();
+        let per_million = |x: f64| (x * 1e6 * 1e6).round() / 1e6;
+        assert_eq!(per_million(m.at(jan).input_cost_per_token), 1.0);
+        assert_eq!(per_million(m.at(jan).output_cost_per_token), 5.0);
+        assert_eq!(per_million(m.current().input_cost_per_token), 0.8);
     }
 
     #[test]
@@ -247,7 +390,8 @@ mod tests {
         ] {
             let p = c
                 .price(model, Some("anthropic"))
-                .unwrap_or_else(|| panic!("{model}"));
+                .unwrap_or_else(|| panic!("{model}"))
+                .current();
             let per_million = |x: f64| (x * 1e6 * 1e6).round() / 1e6;
             assert_eq!(
                 (

@@ -1,8 +1,14 @@
 //! The usage-engine read API of spec 001: `GET /internal/usage/summary`,
 //! `/models`, `/agents`, `/tools`, with costs from the price catalogue.
 //!
-//! Filters: `microdao_id`, `agent_id`, `period_hours` (1..720, default 24).
-//! `agent_id` applies to messages as their sender (`actor_id`).
+//! Filters: `microdao_id`, `agent_id`, `period_hours` (1..720, default 24),
+//! or `from` and `to` (RFC 3339) instead of `period_hours`. `agent_id`
+//! applies to messages as their sender (`actor_id`).
+//!
+//! Beyond the spec, for the dashboard and other clients:
+//! `/internal/usage/breakdown?by=microdao_id|agent_id|actor_id|model` (LLM
+//! calls, tokens and cost per group) and `/internal/usage/hourly` (the same
+//! per hour), with the same filters.
 
 pub mod totals;
 
@@ -24,7 +30,7 @@ use tally_pipeline::Dataset;
 
 use crate::history::History;
 use crate::http::{error_response, forbidden};
-use crate::prices::{PriceCatalogue, Tokens};
+use crate::prices::PriceCatalogue;
 use crate::sql::QueryError;
 use totals::Scope;
 
@@ -40,6 +46,8 @@ pub fn router(history: History, prices: Arc<PriceCatalogue>) -> Router {
         .route("/internal/usage/models", get(models))
         .route("/internal/usage/agents", get(agents))
         .route("/internal/usage/tools", get(tools))
+        .route("/internal/usage/breakdown", get(breakdown))
+        .route("/internal/usage/hourly", get(hourly_totals))
         .with_state(UsageApi { history, prices })
 }
 
@@ -60,22 +68,7 @@ impl Filters {
         now: DateTime<Utc>,
     ) -> Result<Filters, String> {
         let mut errors = Vec::new();
-        let hours = match params.get("period_hours") {
-            None => 24,
-            Some(s) => match s.trim().parse::<i64>() {
-                Ok(h) if (1..=720).contains(&h) => h,
-                Ok(h) => {
-                    errors.push(format!("period_hours must be between 1 and 720, got {h}"));
-                    24
-                }
-                Err(_) => {
-                    errors.push(format!(
-                        "period_hours must be an integer between 1 and 720, got {s:?}"
-                    ));
-                    24
-                }
-            },
-        };
+        let (period_start, period_end) = period(params, now, &mut errors);
         let text = |name: &str, errors: &mut Vec<String>| match params.get(name) {
             Some(v) if v.is_empty() => {
                 errors.push(format!("{name} must not be empty when given"));
@@ -92,8 +85,8 @@ impl Filters {
             microdao_id,
             agent_id,
             tenants: None,
-            period_start: now - chrono::Duration::hours(hours),
-            period_end: now,
+            period_start,
+            period_end,
         })
     }
 
@@ -110,6 +103,73 @@ impl Filters {
         let ns = |t: DateTime<Utc>| t.timestamp_nanos_opt().unwrap_or_default();
         (ns(self.period_start), ns(self.period_end))
     }
+}
+
+/// The longest `from`..`to` span, in hours (a year and a day).
+const MAX_SPAN_HOURS: i64 = 366 * 24;
+
+/// `[start, end)` from `period_hours` (the hours before `now`) or from
+/// `from` and `to`; a problem is pushed to `errors`.
+fn period(
+    params: &HashMap<String, String>,
+    now: DateTime<Utc>,
+    errors: &mut Vec<String>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let last_day = (now - chrono::Duration::hours(24), now);
+    if params.contains_key("from") || params.contains_key("to") {
+        if params.contains_key("period_hours") {
+            errors.push("period_hours cannot be combined with from and to".into());
+            return last_day;
+        }
+        let mut time = |name: &str| match params.get(name) {
+            None => {
+                errors.push(format!("{name} is required when from or to is given"));
+                None
+            }
+            Some(s) => match DateTime::parse_from_rfc3339(s.trim()) {
+                Ok(t) => Some(t.with_timezone(&Utc)),
+                Err(_) => {
+                    errors.push(format!(
+                        "{name} must be an RFC 3339 time such as 2025-11-24T12:00:00Z, got {s:?}"
+                    ));
+                    None
+                }
+            },
+        };
+        let (from, to) = (time("from"), time("to"));
+        return match (from, to) {
+            (Some(f), Some(t)) if f >= t => {
+                errors.push("from must be before to".into());
+                last_day
+            }
+            (Some(f), Some(t)) if (t - f).num_hours() > MAX_SPAN_HOURS => {
+                errors.push(format!(
+                    "from and to may be at most {MAX_SPAN_HOURS} hours apart, got {}",
+                    (t - f).num_hours()
+                ));
+                last_day
+            }
+            (Some(f), Some(t)) => (f, t),
+            _ => last_day,
+        };
+    }
+    let hours = match params.get("period_hours") {
+        None => 24,
+        Some(s) => match s.trim().parse::<i64>() {
+            Ok(h) if (1..=720).contains(&h) => h,
+            Ok(h) => {
+                errors.push(format!("period_hours must be between 1 and 720, got {h}"));
+                24
+            }
+            Err(_) => {
+                errors.push(format!(
+                    "period_hours must be an integer between 1 and 720, got {s:?}"
+                ));
+                24
+            }
+        },
+    };
+    (now - chrono::Duration::hours(hours), now)
 }
 
 fn bad_request(detail: String) -> Response {
@@ -152,7 +212,9 @@ fn nulls_last(a: &Option<String>, b: &Option<String>) -> std::cmp::Ordering {
 /// Model rows with `cost_usd` (null when unpriced), the priced total, and
 /// the number of calls that could not be priced.
 fn model_rows(api: &UsageApi, f: &Filters, llm: &[Batch]) -> (Vec<Value>, f64, u64) {
-    let mut rows: Vec<_> = totals::models(llm, &f.scope()).into_iter().collect();
+    let mut rows: Vec<_> = totals::models(llm, &f.scope(), &api.prices)
+        .into_iter()
+        .collect();
     rows.sort_by(|((ma, pa), a), ((mb, pb), b)| {
         b.calls
             .cmp(&a.calls)
@@ -163,16 +225,7 @@ fn model_rows(api: &UsageApi, f: &Filters, llm: &[Batch]) -> (Vec<Value>, f64, u
     let mut unpriced = 0;
     let mut out = Vec::with_capacity(rows.len());
     for ((model, provider), t) in rows {
-        let tokens = Tokens {
-            prompt: t.prompt as f64,
-            completion: t.completion as f64,
-            cache_creation: t.cache_creation as f64,
-            cache_read: t.cache_read as f64,
-        };
-        let cost = api
-            .prices
-            .price(model.as_deref().unwrap_or(""), provider.as_deref())
-            .map(|p| p.cost(tokens));
+        let cost = t.cost;
         match cost {
             Some(c) => total += c,
             None => unpriced += t.calls as u64,
@@ -301,6 +354,85 @@ async fn tools(
     .await
 }
 
+/// The columns `/internal/usage/breakdown` groups by.
+const BREAKDOWN_BY: [&str; 4] = ["microdao_id", "agent_id", "actor_id", "model"];
+
+fn group_json(calls: i64, tokens: i64, t: &totals::GroupTotals) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("calls".into(), json!(calls));
+    m.insert("tokens".into(), json!(tokens));
+    m.insert("cost_usd".into(), json!(t.cost));
+    m.insert("unpriced_calls".into(), json!(t.unpriced_calls));
+    m
+}
+
+/// `{"by": …, "rows": [{"key", "calls", "tokens", "cost_usd",
+/// "unpriced_calls"}]}`, most calls first.
+async fn breakdown(
+    State(api): State<UsageApi>,
+    Extension(access): Extension<Access>,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Response {
+    let by = params.remove("by").unwrap_or_else(|| "microdao_id".into());
+    let Some(by) = BREAKDOWN_BY.into_iter().find(|b| *b == by) else {
+        return bad_request(format!(
+            "by must be one of {}, got {by:?}",
+            BREAKDOWN_BY.join(", ")
+        ));
+    };
+    answer(api, access, params, move |api, f| async move {
+        let (from, to) = f.range();
+        // The actor is only in the full rows; the others group the smaller ones.
+        let llm = if by == "actor_id" {
+            api.history.hourly(Dataset::UsageLlm, from, to).await?
+        } else {
+            hourly(&api, Dataset::UsageLlm, &f).await?
+        };
+        let groups = totals::grouped(&llm, &f.scope(), &api.prices, |b, r| {
+            totals::text_at(b, by, r)
+        });
+        let mut rows: Vec<_> = groups.into_iter().collect();
+        rows.sort_by(|(ka, a), (kb, b)| b.calls.cmp(&a.calls).then_with(|| nulls_last(ka, kb)));
+        let rows: Vec<Value> = rows
+            .into_iter()
+            .map(|(key, t)| {
+                let mut m = group_json(t.calls, t.tokens, &t);
+                m.insert("key".into(), json!(key));
+                Value::Object(m)
+            })
+            .collect();
+        Ok(json!({"by": by, "rows": rows}))
+    })
+    .await
+}
+
+/// `{"hours": [{"hour", "calls", "tokens", "cost_usd", "unpriced_calls"}]}`:
+/// the hours of the period with LLM calls, oldest first.
+async fn hourly_totals(
+    State(api): State<UsageApi>,
+    Extension(access): Extension<Access>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    answer(api, access, params, |api, f| async move {
+        let llm = hourly(&api, Dataset::UsageLlm, &f).await?;
+        let groups = totals::grouped(&llm, &f.scope(), &api.prices, totals::hour_at);
+        let hours: Vec<Value> = groups
+            .into_iter()
+            .map(|(hour, t)| {
+                let mut m = group_json(t.calls, t.tokens, &t);
+                let at = DateTime::from_timestamp_nanos(hour);
+                m.insert(
+                    "hour".into(),
+                    json!(at.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                );
+                Value::Object(m)
+            })
+            .collect();
+        Ok(json!({ "hours": hours }))
+    })
+    .await
+}
+
 async fn summary(
     State(api): State<UsageApi>,
     Extension(access): Extension<Access>,
@@ -379,6 +511,29 @@ mod tests {
         assert_eq!(
             parse(&[("period_hours", "1.5"), ("microdao_id", "")]),
             Err("period_hours must be an integer between 1 and 720, got \"1.5\"; microdao_id must not be empty when given".into())
+        );
+    }
+
+    #[test]
+    fn from_and_to_replace_period_hours() {
+        let f = parse(&[("from", "2025-01-01T00:00:00Z"), ("to", "2025-01-03T12:00:00+02:00")]).unwrap();
+        assert_eq!(f.period_start.to_rfc3339(), "2025-01-01T00:00:00+00:00");
+        assert_eq!(f.period_end.to_rfc3339(), "2025-01-03T10:00:00+00:00");
+        assert_eq!(
+            parse(&[("from", "2025-01-01T00:00:00Z")]),
+            Err("to is required when from or to is given".into())
+        );
+        assert_eq!(
+            parse(&[("from", "2025-01-02T00:00:00Z"), ("to", "2025-01-01T00:00:00Z")]),
+            Err("from must be before to".into())
+        );
+        assert_eq!(
+            parse(&[("from", "yesterday"), ("to", "2025-01-01T00:00:00Z"), ("period_hours", "5")]),
+            Err("period_hours cannot be combined with from and to".into())
+        );
+        assert_eq!(
+            parse(&[("from", "yesterday"), ("to", "2025-01-01T00:00:00Z")]),
+            Err("from must be an RFC 3339 time such as 2025-11-24T12:00:00Z, got \"yesterday\"".into())
         );
     }
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::Int64Type;
 
+use crate::prices::{ModelPrices, PriceCatalogue, Tokens};
+
 /// Which rows count: the filters of the API.
 #[derive(Debug, Clone, Default)]
 pub struct Scope<'a> {
@@ -64,6 +66,9 @@ pub struct ModelTotals {
     pub cache_read: i64,
     pub latency_sum: i64,
     pub latency_count: i64,
+    /// USD, each hour's tokens at that hour's price; `None`: the model has
+    /// no price.
+    pub cost: Option<f64>,
 }
 
 impl ModelTotals {
@@ -73,6 +78,7 @@ impl ModelTotals {
 }
 
 type Key = (Option<String>, Option<String>);
+type BorrowedKey<'b> = (Option<&'b str>, Option<&'b str>);
 
 fn owned<T>(m: HashMap<(Option<&str>, Option<&str>), T>) -> BTreeMap<Key, T> {
     m.into_iter()
@@ -80,11 +86,18 @@ fn owned<T>(m: HashMap<(Option<&str>, Option<&str>), T>) -> BTreeMap<Key, T> {
         .collect()
 }
 
-/// Per (model, provider), from `usage_llm_hourly` rows.
-pub fn models(llm: &[Arc<RecordBatch>], scope: &Scope) -> BTreeMap<Key, ModelTotals> {
-    let mut out: HashMap<(Option<&str>, Option<&str>), ModelTotals> = HashMap::new();
+/// Per (model, provider), from `usage_llm_hourly` rows, priced by
+/// `prices` at each row's hour.
+pub fn models(
+    llm: &[Arc<RecordBatch>],
+    scope: &Scope,
+    prices: &PriceCatalogue,
+) -> BTreeMap<Key, ModelTotals> {
+    // Each model's totals and its prices, looked up once.
+    let mut out: HashMap<BorrowedKey, (ModelTotals, Option<&ModelPrices>)> = HashMap::new();
     for b in llm {
         let (model, provider) = (text(b, "model"), text(b, "provider"));
+        let hour = int(b, "hour");
         let c = [
             "calls",
             "total_tokens",
@@ -97,7 +110,26 @@ pub fn models(llm: &[Arc<RecordBatch>], scope: &Scope) -> BTreeMap<Key, ModelTot
         ]
         .map(|n| int(b, n));
         for r in kept(b, scope, "agent_id") {
-            let t = out.entry((get(model, r), get(provider, r))).or_default();
+            let key = (get(model, r), get(provider, r));
+            let (t, price) = out.entry(key).or_insert_with(|| {
+                let price = prices.price(key.0.unwrap_or(""), key.1);
+                let cost = price.map(|_| 0.0);
+                (
+                    ModelTotals {
+                        cost,
+                        ..ModelTotals::default()
+                    },
+                    price,
+                )
+            });
+            if let (Some(cost), Some(price)) = (&mut t.cost, price) {
+                *cost += price.at(hour.value(r)).cost(Tokens {
+                    prompt: c[2].value(r) as f64,
+                    completion: c[3].value(r) as f64,
+                    cache_creation: c[4].value(r) as f64,
+                    cache_read: c[5].value(r) as f64,
+                });
+            }
             t.calls += c[0].value(r);
             t.tokens += c[1].value(r);
             t.prompt += c[2].value(r);
@@ -108,7 +140,7 @@ pub fn models(llm: &[Arc<RecordBatch>], scope: &Scope) -> BTreeMap<Key, ModelTot
             t.latency_count += c[7].value(r);
         }
     }
-    owned(out)
+    owned(out.into_iter().map(|(k, (t, _))| (k, t)).collect())
 }
 
 /// Per agent: invocations, LLM calls, tool calls and the LLM calls' tokens.
@@ -184,4 +216,71 @@ pub fn sum(batches: &[Arc<RecordBatch>], scope: &Scope, agent_column: &str, colu
                 .sum::<i64>()
         })
         .sum()
+}
+
+/// LLM calls of one group (a tenant, agent, actor, model or hour).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupTotals {
+    pub calls: i64,
+    pub tokens: i64,
+    /// USD of the priced calls, each hour's tokens at that hour's price.
+    pub cost: f64,
+    /// Calls of models without a price (not in `cost`).
+    pub unpriced_calls: i64,
+}
+
+/// Sums `usage_llm_hourly` rows that `scope` keeps into the group `key`
+/// gives each row, priced by `prices` at the row's hour.
+pub fn grouped<K: Ord>(
+    llm: &[Arc<RecordBatch>],
+    scope: &Scope,
+    prices: &PriceCatalogue,
+    mut key: impl FnMut(&RecordBatch, usize) -> K,
+) -> BTreeMap<K, GroupTotals> {
+    let mut out: BTreeMap<K, GroupTotals> = BTreeMap::new();
+    let mut priced: HashMap<BorrowedKey, Option<&ModelPrices>> = HashMap::new();
+    for b in llm {
+        let (model, provider, hour) = (text(b, "model"), text(b, "provider"), int(b, "hour"));
+        let c = [
+            "calls",
+            "total_tokens",
+            "prompt_tokens",
+            "completion_tokens",
+            "cache_creation_tokens",
+            "cache_read_tokens",
+        ]
+        .map(|n| int(b, n));
+        for r in kept(b, scope, "agent_id") {
+            let m = (get(model, r), get(provider, r));
+            let price = *priced
+                .entry(m)
+                .or_insert_with(|| prices.price(m.0.unwrap_or(""), m.1));
+            let t = out.entry(key(b, r)).or_default();
+            t.calls += c[0].value(r);
+            t.tokens += c[1].value(r);
+            match price {
+                Some(p) => {
+                    t.cost += p.at(hour.value(r)).cost(Tokens {
+                        prompt: c[2].value(r) as f64,
+                        completion: c[3].value(r) as f64,
+                        cache_creation: c[4].value(r) as f64,
+                        cache_read: c[5].value(r) as f64,
+                    })
+                }
+                None => t.unpriced_calls += c[0].value(r),
+            }
+        }
+    }
+    out
+}
+
+/// The string of column `name` at row `r` (`None` when null): a key for
+/// [`grouped`].
+pub fn text_at(b: &RecordBatch, name: &str, r: usize) -> Option<String> {
+    get(text(b, name), r).map(str::to_string)
+}
+
+/// The hour (ns) of row `r`: a key for [`grouped`].
+pub fn hour_at(b: &RecordBatch, r: usize) -> i64 {
+    int(b, "hour").value(r)
 }

@@ -155,7 +155,7 @@ pub fn opt(a: &arrow::array::StringArray, r: usize) -> Option<&str> {
 }
 
 /// Prices by (model, provider), looked up once per evaluation.
-pub type Priced = HashMap<(String, String), Option<crate::prices::ModelPrice>>;
+pub type Priced<'p> = HashMap<(String, String), Option<&'p crate::prices::ModelPrices>>;
 
 /// One hourly row of `usage_llm`, priced.
 pub struct LlmRow<'a> {
@@ -170,11 +170,11 @@ pub struct LlmRow<'a> {
 }
 
 /// Calls `f` with each row of a batch of `usage_llm` hourly rows, priced
-/// by the running server's catalogue.
-pub fn llm_rows(
+/// by the running server's catalogue at the row's hour.
+pub fn llm_rows<'p>(
     b: &RecordBatch,
-    prices: &PriceCatalogue,
-    priced: &mut Priced,
+    prices: &'p PriceCatalogue,
+    priced: &mut Priced<'p>,
     mut f: impl FnMut(LlmRow<'_>),
 ) -> Result<(), QueryError> {
     let (tenant, agent, actor) = (
@@ -202,7 +202,7 @@ pub fn llm_rows(
         read?,
         total?,
     );
-    let mut last: Option<(&str, &str, Option<crate::prices::ModelPrice>)> = None;
+    let mut last: Option<(&str, &str, Option<&crate::prices::ModelPrices>)> = None;
     for r in 0..b.num_rows() {
         let (m, p) = (
             opt(&model, r).unwrap_or_default(),
@@ -214,7 +214,7 @@ pub fn llm_rows(
             _ => {
                 let price = *priced
                     .entry((m.to_string(), p.to_string()))
-                    .or_insert_with(|| prices.price(m, (!p.is_empty()).then_some(p)).copied());
+                    .or_insert_with(|| prices.price(m, (!p.is_empty()).then_some(p)));
                 last = Some((m, p, price));
                 price
             }
@@ -227,7 +227,7 @@ pub fn llm_rows(
             calls: calls.value(r),
             total_tokens: total.value(r),
             cost: price.map(|price| {
-                price.cost(Tokens {
+                price.at(hour.value(r)).cost(Tokens {
                     prompt: prompt.value(r) as f64,
                     completion: completion.value(r) as f64,
                     cache_creation: creation.value(r) as f64,
@@ -269,10 +269,10 @@ async fn fetch(history: &History, (source, start, end): GroupKey) -> Result<Grou
 }
 
 /// Adds `rows` to the states of `members` (budgets of the rows' group).
-fn apply(
+fn apply<'p>(
     rows: &GroupRows,
-    prices: &PriceCatalogue,
-    priced: &mut Priced,
+    prices: &'p PriceCatalogue,
+    priced: &mut Priced<'p>,
     states: &mut [BudgetState],
     members: &[usize],
 ) -> Result<(), QueryError> {

@@ -32,7 +32,7 @@ use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
 use url::Url;
 
-use crate::prices::{cost_udf, PriceCatalogue};
+use crate::prices::{cost_udfs, PriceCatalogue};
 use crate::sql::catalog::DatasetTable;
 use crate::sql::QueryError;
 use crate::vm_billing::hours::{self, GapSpans};
@@ -462,12 +462,14 @@ impl History {
     }
 
     /// A session for the rollup SQL files: strings are `Utf8`, as stored,
-    /// and `llm_cost_usd` prices tokens.
+    /// and `llm_cost_usd_at` prices tokens.
     fn session(&self) -> SessionContext {
         let mut config = datafusion::prelude::SessionConfig::new();
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_udf(cost_udf(self.prices.clone()));
+        for udf in cost_udfs(self.prices.clone()) {
+            ctx.register_udf(udf);
+        }
         ctx
     }
 

@@ -67,8 +67,9 @@ impl UsageApi {
                     n("cache_creation_tokens").value(r),
                     n("cache_read_tokens").value(r),
                 );
+                let hour = n("hour").value(r);
                 let cost = self.0.prices.price(&model, str_at(provider, r)).map(|p| {
-                    p.cost(Tokens {
+                    p.at(hour).cost(Tokens {
                         prompt: input as f64,
                         completion: output as f64,
                         cache_creation: cache_creation as f64,
@@ -76,7 +77,7 @@ impl UsageApi {
                     })
                 });
                 calls.push(Call {
-                    timestamp_ms: n("hour").value(r) / 1_000_000,
+                    timestamp_ms: hour / 1_000_000,
                     model,
                     input,
                     output,

@@ -1,11 +1,12 @@
 -- Hourly rollup of usage_llm: one row per hour and (microdao_id, agent_id,
 -- actor_id, model, provider). `source` holds each record of the hours once.
--- cost_usd prices the four token sums of the row by the price catalogue in
--- force when the hour was rolled up (NULL for a model without a price); the
--- read APIs price the same sums with the catalogue of the running server.
+-- cost_usd prices the four token sums of the row at the price the catalogue
+-- of the rollup's day gives for the row's hour (NULL for a model without a
+-- price); the read APIs price the same sums with the catalogue of the
+-- running server, also at the row's hour.
 SELECT *,
-       llm_cost_usd(model, provider, prompt_tokens, completion_tokens,
-                    cache_creation_tokens, cache_read_tokens) AS cost_usd
+       llm_cost_usd_at(model, provider, prompt_tokens, completion_tokens,
+                       cache_creation_tokens, cache_read_tokens, hour) AS cost_usd
 FROM (
 SELECT CAST(date_trunc('hour', timestamp) AS BIGINT) AS hour,
        CAST(microdao_id AS VARCHAR) AS microdao_id,
