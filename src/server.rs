@@ -404,7 +404,7 @@ impl Sources {
 }
 
 /// Every route of the main listeners, each group behind the token check
-/// its role needs (`/health` alone is open).
+/// its role needs (`/health` and the dashboard's files alone are open).
 fn routes(
     config: &Config,
     core: &Core,
@@ -488,6 +488,8 @@ fn routes(
             json,
         ))
         .merge(status::health_router(status))
+        // The page holds no data: it asks for a token when an API needs one.
+        .merge(tally_queries::dashboard::router())
         .layer(DefaultBodyLimit::max(config.max_body_bytes)))
 }
 

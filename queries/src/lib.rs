@@ -12,6 +12,8 @@
 //! - `budgets/`: `/v1/budgets`: limits per period and scope, evaluated from
 //!   the hourly rows, with threshold alerts;
 //! - `anomalies/`: hours far above their 7-day baseline, `/v1/anomalies`;
+//! - `dashboard/`: the browser dashboard at `/` and `/ui/…` (embedded,
+//!   compressed assets that read the APIs above);
 //! - `alerts/`: firing each alert once (the `alerts` dataset, webhooks with
 //!   signatures and retries, `/v1/alerts`, the alert stream).
 
@@ -19,6 +21,7 @@ pub mod agent_usage;
 pub mod alerts;
 pub mod anomalies;
 pub mod budgets;
+pub mod dashboard;
 pub mod history;
 pub mod host_usage;
 pub mod http;

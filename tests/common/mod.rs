@@ -2,6 +2,8 @@
 //! loopback, a client, and an independent Parquet reader.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

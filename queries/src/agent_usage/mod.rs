@@ -516,7 +516,11 @@ mod tests {
 
     #[test]
     fn from_and_to_replace_period_hours() {
-        let f = parse(&[("from", "2025-01-01T00:00:00Z"), ("to", "2025-01-03T12:00:00+02:00")]).unwrap();
+        let f = parse(&[
+            ("from", "2025-01-01T00:00:00Z"),
+            ("to", "2025-01-03T12:00:00+02:00"),
+        ])
+        .unwrap();
         assert_eq!(f.period_start.to_rfc3339(), "2025-01-01T00:00:00+00:00");
         assert_eq!(f.period_end.to_rfc3339(), "2025-01-03T10:00:00+00:00");
         assert_eq!(
@@ -524,16 +528,26 @@ mod tests {
             Err("to is required when from or to is given".into())
         );
         assert_eq!(
-            parse(&[("from", "2025-01-02T00:00:00Z"), ("to", "2025-01-01T00:00:00Z")]),
+            parse(&[
+                ("from", "2025-01-02T00:00:00Z"),
+                ("to", "2025-01-01T00:00:00Z")
+            ]),
             Err("from must be before to".into())
         );
         assert_eq!(
-            parse(&[("from", "yesterday"), ("to", "2025-01-01T00:00:00Z"), ("period_hours", "5")]),
+            parse(&[
+                ("from", "yesterday"),
+                ("to", "2025-01-01T00:00:00Z"),
+                ("period_hours", "5")
+            ]),
             Err("period_hours cannot be combined with from and to".into())
         );
         assert_eq!(
             parse(&[("from", "yesterday"), ("to", "2025-01-01T00:00:00Z")]),
-            Err("from must be an RFC 3339 time such as 2025-11-24T12:00:00Z, got \"yesterday\"".into())
+            Err(
+                "from must be an RFC 3339 time such as 2025-11-24T12:00:00Z, got \"yesterday\""
+                    .into()
+            )
         );
     }
 }

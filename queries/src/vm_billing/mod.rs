@@ -253,12 +253,20 @@ async fn vm_usage(
         }
     }
     for (name, v) in &params {
-        if !["customer_id", "vm_id", "from", "to", "window"].contains(&name.as_str()) {
+        if !["customer_id", "vm_id", "from", "to", "window", "format"].contains(&name.as_str()) {
             errors.push(format!("unknown parameter {name:?}"));
         } else if (name == "customer_id" || name == "vm_id") && v.is_empty() {
             errors.push(format!("{name} must not be empty when given"));
         }
     }
+    let csv = match params.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            errors.push(format!("format must be json or csv, got {other:?}"));
+            false
+        }
+    };
     if !errors.is_empty() {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -301,6 +309,13 @@ async fn vm_usage(
                     })
                 })
                 .collect();
+            if csv {
+                return (
+                    [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                    to_csv(&out),
+                )
+                    .into_response();
+            }
             Json(out).into_response()
         }
         Err(e) => error_response(
@@ -311,9 +326,60 @@ async fn vm_usage(
     }
 }
 
+/// The columns of a bill row, in the order of the CSV.
+const CSV_COLUMNS: [&str; 13] = [
+    "customer_id",
+    "vm_id",
+    "window_start",
+    "window_end",
+    "cpu_seconds",
+    "memory_gib_hours",
+    "disk_read_bytes",
+    "disk_write_bytes",
+    "network_rx_bytes",
+    "network_tx_bytes",
+    "observed_seconds",
+    "samples",
+    "gaps",
+];
+
+/// The JSON rows of a bill as CSV (RFC 4180), the same numbers as written
+/// in the JSON answer.
+fn to_csv(rows: &[Value]) -> String {
+    let mut out = CSV_COLUMNS.join(",");
+    out.push_str("\r\n");
+    for r in rows {
+        let cells: Vec<String> = CSV_COLUMNS
+            .iter()
+            .map(|c| match &r[*c] {
+                Value::String(s) if s.contains([',', '"', '\n', '\r']) => {
+                    format!("\"{}\"", s.replace('"', "\"\""))
+                }
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                v => v.to_string(),
+            })
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let rows = vec![
+            serde_json::json!({"customer_id": "a,b", "vm_id": "v\"1", "cpu_seconds": 1.5, "gaps": 0}),
+        ];
+        let csv = to_csv(&rows);
+        let mut lines = csv.split("\r\n");
+        assert_eq!(lines.next().unwrap().split(',').count(), CSV_COLUMNS.len());
+        assert_eq!(lines.next().unwrap(), "\"a,b\",\"v\"\"1\",,,1.5,,,,,,,,0");
+    }
 
     #[test]
     fn windows_start_at_or_after_from() {
