@@ -8,9 +8,9 @@ need_apt=()
 # Services the end-to-end tests talk to, from Debian's packages
 # ("package:command" pairs).
 # openssl makes the TLS tests' certificates; curl is their HTTPS client;
-# chromium is the browser of the dashboard tests (driven over its DevTools
-# protocol).
-for pkg_bin in nats-server:nats-server openssl:openssl curl:curl pkg-config:pkg-config chromium:chromium; do
+# chromium and firefox-esr are the browsers of the dashboard tests (driven
+# over the DevTools protocol and WebDriver BiDi).
+for pkg_bin in nats-server:nats-server openssl:openssl curl:curl pkg-config:pkg-config chromium:chromium firefox-esr:firefox-esr; do
   pkg=${pkg_bin%%:*}; bin=${pkg_bin##*:}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
