@@ -530,9 +530,12 @@ async fn budgets_count_exactly_and_alert_once_across_kill_9() {
         sums.cpu_nanos_cust1
     );
 
-    // Every alert is a row of the alerts dataset, once.
+    // Every budget alert is a row of the alerts dataset, once. (The
+    // anomaly detector may judge this data too: from the 4th of a month the
+    // tenants' first usage, in the last hour of the month before, is 3 days
+    // of history, and this hour's usage is far above their zero baseline.)
     let rows = t
-        .sql("SELECT id, type, budget_id FROM alerts ORDER BY id")
+        .sql("SELECT id, type, budget_id FROM alerts WHERE type <> 'anomaly' ORDER BY id")
         .await;
     let stored: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     let sent: Vec<&str> = per_id.keys().map(String::as_str).collect();
