@@ -178,6 +178,25 @@ async fn table(page: &impl Tab, id: &str) -> Vec<Vec<String>> {
     serde_json::from_value(v).unwrap()
 }
 
+/// A server on `dir/data` with the test's prices, a fast flush and sampler.
+async fn start(dir: &Path) -> Tally {
+    let prices = price_file(dir);
+    Tally::start(
+        &dir.join("data"),
+        &[
+            "--prices",
+            prices.to_str().unwrap(),
+            "--flush-interval",
+            "300ms",
+            "--sampler-interval",
+            "500ms",
+            "--budget-interval",
+            "1s",
+        ],
+    )
+    .await
+}
+
 /// A monthly token budget of the first tenant.
 async fn budget(t: &Tally, want: &Expected) {
     let (s, b) = post(
@@ -417,21 +436,7 @@ async fn check_pages(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_shows_the_apis_numbers() {
     let dir = tempfile::tempdir().unwrap();
-    let prices = price_file(dir.path());
-    let t = Tally::start(
-        &dir.path().join("data"),
-        &[
-            "--prices",
-            prices.to_str().unwrap(),
-            "--flush-interval",
-            "300ms",
-            "--sampler-interval",
-            "500ms",
-            "--budget-interval",
-            "1s",
-        ],
-    )
-    .await;
+    let t = start(dir.path()).await;
 
     // The files: gzip when asked, an ETag that revalidates, cache headers.
     let client = reqwest::Client::new();
@@ -527,19 +532,7 @@ async fn every_page_shows_the_apis_numbers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn firefox_shows_the_same_numbers() {
     let dir = tempfile::tempdir().unwrap();
-    let prices = price_file(dir.path());
-    let t = Tally::start(
-        &dir.path().join("data"),
-        &[
-            "--prices",
-            prices.to_str().unwrap(),
-            "--flush-interval",
-            "300ms",
-            "--sampler-interval",
-            "500ms",
-        ],
-    )
-    .await;
+    let t = start(dir.path()).await;
     let mut rng = Rng::from_time();
     let mut want = Expected::default();
     t.post_llm_events(&llm_events(&mut rng, "e", 120, &mut want))

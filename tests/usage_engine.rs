@@ -608,16 +608,10 @@ async fn old_calls_are_priced_at_the_price_of_their_time() {
 
     // The stored rollups (the three hours are closed) price each hour at
     // its time.
-    let mut rolled = 0.0;
-    for _ in 0..300 {
-        let r = t
-            .sql("SELECT COUNT(*) AS n, SUM(cost_usd) AS cost FROM usage_llm_hourly")
-            .await;
-        if r[0]["n"].as_u64() == Some(3) {
-            rolled = r[0]["cost"].as_f64().unwrap();
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    close(rolled, "rollups");
+    let n = common::wait_for_count(&t, "SELECT COUNT(*) AS n FROM usage_llm_hourly", 3).await;
+    assert_eq!(n, 3, "the three hours are rolled up");
+    let r = t
+        .sql("SELECT SUM(cost_usd) AS cost FROM usage_llm_hourly")
+        .await;
+    close(r[0]["cost"].as_f64().unwrap(), "rollups");
 }

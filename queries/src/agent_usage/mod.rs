@@ -357,10 +357,10 @@ async fn tools(
 /// The columns `/internal/usage/breakdown` groups by.
 const BREAKDOWN_BY: [&str; 4] = ["microdao_id", "agent_id", "actor_id", "model"];
 
-fn group_json(calls: i64, tokens: i64, t: &totals::GroupTotals) -> Map<String, Value> {
+fn group_json(t: &totals::GroupTotals) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("calls".into(), json!(calls));
-    m.insert("tokens".into(), json!(tokens));
+    m.insert("calls".into(), json!(t.calls));
+    m.insert("tokens".into(), json!(t.tokens));
     m.insert("cost_usd".into(), json!(t.cost));
     m.insert("unpriced_calls".into(), json!(t.unpriced_calls));
     m
@@ -396,7 +396,7 @@ async fn breakdown(
         let rows: Vec<Value> = rows
             .into_iter()
             .map(|(key, t)| {
-                let mut m = group_json(t.calls, t.tokens, &t);
+                let mut m = group_json(&t);
                 m.insert("key".into(), json!(key));
                 Value::Object(m)
             })
@@ -419,7 +419,7 @@ async fn hourly_totals(
         let hours: Vec<Value> = groups
             .into_iter()
             .map(|(hour, t)| {
-                let mut m = group_json(t.calls, t.tokens, &t);
+                let mut m = group_json(&t);
                 let at = DateTime::from_timestamp_nanos(hour);
                 m.insert(
                     "hour".into(),

@@ -86,6 +86,52 @@ fn owned<T>(m: HashMap<(Option<&str>, Option<&str>), T>) -> BTreeMap<Key, T> {
         .collect()
 }
 
+/// The summed columns of a `usage_llm_hourly` row, in the order
+/// [`each_priced`] hands them over.
+const LLM_SUMS: [&str; 8] = [
+    "calls",
+    "total_tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "latency_ms_sum",
+    "latency_count",
+];
+
+/// Calls `f` with each `usage_llm_hourly` row that `scope` keeps: its
+/// batch and index, its (model, provider), its [`LLM_SUMS`], and its cost at
+/// the row's hour (`None` for a model without a price). Each model's price
+/// is looked up once.
+fn each_priced<'b>(
+    llm: &'b [Arc<RecordBatch>],
+    scope: &Scope,
+    prices: &'b PriceCatalogue,
+    mut f: impl FnMut(&'b RecordBatch, usize, BorrowedKey<'b>, [i64; 8], Option<f64>),
+) {
+    let mut priced: HashMap<BorrowedKey<'b>, Option<&'b ModelPrices>> = HashMap::new();
+    for b in llm {
+        let (model, provider, hour) = (text(b, "model"), text(b, "provider"), int(b, "hour"));
+        let c = LLM_SUMS.map(|n| int(b, n));
+        for r in kept(b, scope, "agent_id") {
+            let key = (get(model, r), get(provider, r));
+            let price = *priced
+                .entry(key)
+                .or_insert_with(|| prices.price(key.0.unwrap_or(""), key.1));
+            let v = c.map(|a| a.value(r));
+            let cost = price.map(|p| {
+                p.at(hour.value(r)).cost(Tokens {
+                    prompt: v[2] as f64,
+                    completion: v[3] as f64,
+                    cache_creation: v[4] as f64,
+                    cache_read: v[5] as f64,
+                })
+            });
+            f(b, r, key, v, cost);
+        }
+    }
+}
+
 /// Per (model, provider), from `usage_llm_hourly` rows, priced by
 /// `prices` at each row's hour.
 pub fn models(
@@ -93,54 +139,25 @@ pub fn models(
     scope: &Scope,
     prices: &PriceCatalogue,
 ) -> BTreeMap<Key, ModelTotals> {
-    // Each model's totals and its prices, looked up once.
-    let mut out: HashMap<BorrowedKey, (ModelTotals, Option<&ModelPrices>)> = HashMap::new();
-    for b in llm {
-        let (model, provider) = (text(b, "model"), text(b, "provider"));
-        let hour = int(b, "hour");
-        let c = [
-            "calls",
-            "total_tokens",
-            "prompt_tokens",
-            "completion_tokens",
-            "cache_creation_tokens",
-            "cache_read_tokens",
-            "latency_ms_sum",
-            "latency_count",
-        ]
-        .map(|n| int(b, n));
-        for r in kept(b, scope, "agent_id") {
-            let key = (get(model, r), get(provider, r));
-            let (t, price) = out.entry(key).or_insert_with(|| {
-                let price = prices.price(key.0.unwrap_or(""), key.1);
-                let cost = price.map(|_| 0.0);
-                (
-                    ModelTotals {
-                        cost,
-                        ..ModelTotals::default()
-                    },
-                    price,
-                )
-            });
-            if let (Some(cost), Some(price)) = (&mut t.cost, price) {
-                *cost += price.at(hour.value(r)).cost(Tokens {
-                    prompt: c[2].value(r) as f64,
-                    completion: c[3].value(r) as f64,
-                    cache_creation: c[4].value(r) as f64,
-                    cache_read: c[5].value(r) as f64,
-                });
-            }
-            t.calls += c[0].value(r);
-            t.tokens += c[1].value(r);
-            t.prompt += c[2].value(r);
-            t.completion += c[3].value(r);
-            t.cache_creation += c[4].value(r);
-            t.cache_read += c[5].value(r);
-            t.latency_sum += c[6].value(r);
-            t.latency_count += c[7].value(r);
+    let mut out: HashMap<BorrowedKey, ModelTotals> = HashMap::new();
+    each_priced(llm, scope, prices, |_, _, key, v, cost| {
+        let t = out.entry(key).or_insert_with(|| ModelTotals {
+            cost: cost.map(|_| 0.0),
+            ..ModelTotals::default()
+        });
+        if let (Some(sum), Some(c)) = (&mut t.cost, cost) {
+            *sum += c;
         }
-    }
-    owned(out.into_iter().map(|(k, (t, _))| (k, t)).collect())
+        t.calls += v[0];
+        t.tokens += v[1];
+        t.prompt += v[2];
+        t.completion += v[3];
+        t.cache_creation += v[4];
+        t.cache_read += v[5];
+        t.latency_sum += v[6];
+        t.latency_count += v[7];
+    });
+    owned(out)
 }
 
 /// Per agent: invocations, LLM calls, tool calls and the LLM calls' tokens.
@@ -238,39 +255,15 @@ pub fn grouped<K: Ord>(
     mut key: impl FnMut(&RecordBatch, usize) -> K,
 ) -> BTreeMap<K, GroupTotals> {
     let mut out: BTreeMap<K, GroupTotals> = BTreeMap::new();
-    let mut priced: HashMap<BorrowedKey, Option<&ModelPrices>> = HashMap::new();
-    for b in llm {
-        let (model, provider, hour) = (text(b, "model"), text(b, "provider"), int(b, "hour"));
-        let c = [
-            "calls",
-            "total_tokens",
-            "prompt_tokens",
-            "completion_tokens",
-            "cache_creation_tokens",
-            "cache_read_tokens",
-        ]
-        .map(|n| int(b, n));
-        for r in kept(b, scope, "agent_id") {
-            let m = (get(model, r), get(provider, r));
-            let price = *priced
-                .entry(m)
-                .or_insert_with(|| prices.price(m.0.unwrap_or(""), m.1));
-            let t = out.entry(key(b, r)).or_default();
-            t.calls += c[0].value(r);
-            t.tokens += c[1].value(r);
-            match price {
-                Some(p) => {
-                    t.cost += p.at(hour.value(r)).cost(Tokens {
-                        prompt: c[2].value(r) as f64,
-                        completion: c[3].value(r) as f64,
-                        cache_creation: c[4].value(r) as f64,
-                        cache_read: c[5].value(r) as f64,
-                    })
-                }
-                None => t.unpriced_calls += c[0].value(r),
-            }
+    each_priced(llm, scope, prices, |b, r, _, v, cost| {
+        let t = out.entry(key(b, r)).or_default();
+        t.calls += v[0];
+        t.tokens += v[1];
+        match cost {
+            Some(c) => t.cost += c,
+            None => t.unpriced_calls += v[0],
         }
-    }
+    });
     out
 }
 

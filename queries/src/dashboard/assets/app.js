@@ -140,14 +140,11 @@ function niceMax(v) {
   for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
   return 10 * p;
 }
-// series: [{name, points: [[x, y], ...]}]; x in ms.
-function lineChart(series, opts = {}) {
+// An SVG of x0..x1 (ms) by 0..ymax with its grid, y labels and end labels
+// of x (fmtX); sx and sy map values to its coordinates.
+function frame(x0, x1, ymax, fmtX, opts) {
   const W = opts.wide ? 1200 : 600, H = opts.wide ? 200 : 160, L = 44, R = 8, T = 8, B = 20;
   const el = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": opts.label || "chart" });
-  const xs = series.flatMap((s) => s.points.map((p) => p[0]));
-  const x0 = opts.x0 != null ? opts.x0 : Math.min(...xs);
-  const x1 = opts.x1 != null ? opts.x1 : Math.max(...xs);
-  const ymax = opts.ymax != null ? opts.ymax : niceMax(Math.max(0, ...series.flatMap((s) => s.points.map((p) => p[1]))));
   const sx = (x) => L + ((x - x0) / Math.max(1, x1 - x0)) * (W - L - R);
   const sy = (y) => T + (1 - y / ymax) * (H - T - B);
   for (let i = 0; i <= 4; i++) {
@@ -160,10 +157,19 @@ function lineChart(series, opts = {}) {
   if (isFinite(x0) && isFinite(x1)) {
     for (const [x, anchor] of [[x0, "start"], [x1, "end"]]) {
       const t = svg("text", { x: sx(x), y: H - 5, "text-anchor": anchor });
-      t.textContent = opts.fmtX ? opts.fmtX(x) : new Date(x).toISOString().slice(11, 16);
+      t.textContent = fmtX(x);
       el.append(t);
     }
   }
+  return { el, sx, sy };
+}
+// series: [{name, points: [[x, y], ...]}]; x in ms.
+function lineChart(series, opts = {}) {
+  const xs = series.flatMap((s) => s.points.map((p) => p[0]));
+  const x0 = opts.x0 != null ? opts.x0 : Math.min(...xs);
+  const x1 = opts.x1 != null ? opts.x1 : Math.max(...xs);
+  const ymax = opts.ymax != null ? opts.ymax : niceMax(Math.max(0, ...series.flatMap((s) => s.points.map((p) => p[1]))));
+  const { el, sx, sy } = frame(x0, x1, ymax, (x) => new Date(x).toISOString().slice(11, 16), opts);
   series.forEach((s, i) => {
     if (!s.points.length) return;
     const d = s.points.map((p, j) => (j ? "L" : "M") + sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join("");
@@ -174,26 +180,11 @@ function lineChart(series, opts = {}) {
   wrap.append(el);
   return wrap;
 }
-// bars: [[x ms, y]], one bar per step (ms).
+// bars: [[x ms, y]], one bar per step (ms), over opts.x0..opts.x1.
 function barChart(bars, step, opts = {}) {
-  const W = opts.wide ? 1200 : 600, H = opts.wide ? 200 : 160, L = 44, R = 8, T = 8, B = 20;
-  const el = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": opts.label || "chart" });
-  const x0 = opts.x0, x1 = opts.x1;
+  const x0 = opts.x0;
   const ymax = niceMax(Math.max(0, ...bars.map((b) => b[1])));
-  const sx = (x) => L + ((x - x0) / Math.max(1, x1 - x0)) * (W - L - R);
-  const sy = (y) => T + (1 - y / ymax) * (H - T - B);
-  for (let i = 0; i <= 4; i++) {
-    const y = (ymax * i) / 4;
-    el.append(svg("line", { x1: L, x2: W - R, y1: sy(y), y2: sy(y), class: "grid-line" }));
-    const t = svg("text", { x: L - 4, y: sy(y) + 3, "text-anchor": "end" });
-    t.textContent = opts.fmtY ? opts.fmtY(y) : fmtAxis(y);
-    el.append(t);
-  }
-  for (const [x, anchor] of [[x0, "start"], [x1, "end"]]) {
-    const t = svg("text", { x: sx(x), y: H - 5, "text-anchor": anchor });
-    t.textContent = new Date(x).toISOString().slice(5, 16).replace("T", " ");
-    el.append(t);
-  }
+  const { el, sx, sy } = frame(x0, opts.x1, ymax, (x) => new Date(x).toISOString().slice(5, 16).replace("T", " "), opts);
   const bw = Math.max(1, sx(x0 + step) - sx(x0) - 1);
   for (const [x, y] of bars) {
     const r = svg("rect", { x: sx(x), y: sy(y), width: bw, height: Math.max(0, sy(0) - sy(y)), class: "bar" });
