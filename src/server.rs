@@ -516,6 +516,14 @@ async fn listen(
     if let Some(tls) = tls {
         return Ok(tokio::spawn(crate::tls::serve(listener, app, tls, stop)));
     }
+    // No Nagle delay: without it an answer written in parts (gRPC's
+    // headers, message and trailers) waited for the client's delayed ACK,
+    // up to 40 ms, or for the next request on the connection.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     Ok(tokio::spawn(async move {
         axum::serve(
             listener,

@@ -3,6 +3,7 @@
 mod args;
 mod budgets;
 mod history;
+mod llm_events;
 mod nats;
 mod peer;
 mod report;

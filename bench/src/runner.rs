@@ -38,33 +38,7 @@ struct Shared {
     acked_by: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
-/// One NDJSON body of `n` LLM events with fresh ids.
-pub fn body(first_id: u64, n: usize) -> String {
-    let mut s = String::with_capacity(n * 330);
-    for id in first_id..first_id + n as u64 {
-        let secs = 1_763_985_600 + id / 1000;
-        let ts = chrono::DateTime::from_timestamp(secs as i64, 0).unwrap_or_default();
-        s.push_str(&format!(
-            concat!(
-                "{{\"event_id\":\"bench-{:012}\",\"timestamp\":\"{}\",\"actor_id\":\"user:{}\",",
-                "\"actor_type\":\"human\",\"agent_id\":\"agent:{}\",\"microdao_id\":\"microdao:{}\",",
-                "\"model\":\"{}\",\"provider\":\"openai\",\"prompt_tokens\":{},\"completion_tokens\":{},",
-                "\"total_tokens\":{},\"latency_ms\":{},\"success\":true}}\n"
-            ),
-            id,
-            ts.format("%Y-%m-%dT%H:%M:%SZ"),
-            id % 97,
-            id % 13,
-            id % 7,
-            ["gpt-4.1-mini", "gpt-4o", "claude-3-5-sonnet-20241022"][(id % 3) as usize],
-            100 + id % 900,
-            20 + id % 300,
-            120 + id % 900 + id % 300,
-            200 + id % 2000,
-        ));
-    }
-    s
-}
+pub use crate::llm_events::body;
 
 /// How requests go out, per scenario.
 #[derive(Clone)]

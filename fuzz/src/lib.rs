@@ -19,6 +19,7 @@ use tally_pipeline::Pipeline;
 use tally_queries::plan_usage::config::UsageConfig;
 use tally_sources::billing::connect::{decode_request, decompress, BillingRequest, Codec};
 use tally_sources::billing::{batch_records, validate_batch, BillingService, METHODS};
+use tally_sources::events::object::{Event, Object};
 use tally_sources::events::Subject;
 use tally_sources::http::body::{split, Item};
 use tally_sources::kafka::decode_vm_metrics;
@@ -152,16 +153,27 @@ pub fn event_json(data: &[u8]) {
     let subject = Subject::ALL[(sel % 6) as usize];
     if let Ok(items) = split(body, sel & 0x80 != 0) {
         for item in items {
-            if let Item::Event(v) = item {
-                if let Ok(r) = subject.decode(&v) {
+            if let Item::Event { event, .. } = item {
+                if let Ok(r) = subject.decode(&event) {
                     assert_eq!(r.dataset, subject.dataset());
                     r.check().expect("a decoded event fits its dataset");
                 }
             }
         }
     }
-    if let Ok(r) = subject.decode_message("fuzz", body) {
+    let one_pass = subject.decode_message("fuzz", body);
+    if let Ok(r) = &one_pass {
         r.check().expect("a decoded message fits its dataset");
+    }
+    // Read in one pass or through a `serde_json` tree, an event decodes
+    // to the same record or the same reason.
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) {
+        let tree = subject.decode(&Event::Object(Object::from_map(&map)));
+        match (&one_pass, &tree) {
+            (Ok(a), Ok(b)) => assert_eq!(a.values, b.values),
+            (Err(a), Err(b)) => assert_eq!(a.reason, b.0),
+            _ => panic!("one pass {one_pass:?} and tree {tree:?} disagree"),
+        }
     }
 }
 

@@ -24,5 +24,7 @@ pub mod tap;
 pub mod wal;
 
 pub use dataset::{Column, ColumnType, Dataset};
-pub use pipeline::{now_ns, IngestError, IngestReport, Pipeline, Rejection, Relay, RelayError};
+pub use pipeline::{
+    now_ns, IngestError, IngestReport, Pipeline, Refused, Rejection, Relay, RelayError,
+};
 pub use record::{Record, RecordBuilder, RowLayout, SchemaError, Value};

@@ -117,6 +117,15 @@ pub struct IngestReport {
     pub seq: Option<u64>,
 }
 
+/// What [`Pipeline::try_ingest`] gives back when it stores nothing.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: IngestError,
+    /// The records and rejections, when the queue was full (nothing of
+    /// them was kept): send them again later.
+    pub batch: Option<(Vec<Record>, Vec<Rejection>)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
@@ -209,11 +218,77 @@ impl Pipeline {
         self.ingest_entry(source, records, rejections, true).await
     }
 
+    /// Like [`Pipeline::ingest`], but a full queue hands the batch back
+    /// untouched, so a source that can wait (NATS, Kafka) retries it without
+    /// keeping a copy.
+    pub async fn try_ingest(
+        &self,
+        source: &str,
+        records: Vec<Record>,
+        rejections: Vec<Rejection>,
+    ) -> Result<IngestReport, Refused> {
+        let reserved = match self.reserve(&records, &rejections) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Refused {
+                    error: e.into(),
+                    batch: Some((records, rejections)),
+                })
+            }
+        };
+        self.ingest_reserved(source, records, rejections, reserved, false)
+            .await
+            .map_err(|error| Refused { error, batch: None })
+    }
+
     async fn ingest_entry(
         &self,
         source: &str,
         records: Vec<Record>,
         rejections: Vec<Rejection>,
+        from_log: bool,
+    ) -> Result<IngestReport, IngestError> {
+        let reserved = self.reserve(&records, &rejections)?;
+        self.ingest_reserved(source, records, rejections, reserved, from_log)
+            .await
+    }
+
+    /// Admission: room for every row of the request under the queue bound,
+    /// or none (a full queue refuses before dedup remembers keys). Each
+    /// record counts for its dataset, each rejection for `rejected`.
+    fn reserve(
+        &self,
+        records: &[Record],
+        rejections: &[Rejection],
+    ) -> Result<[usize; Dataset::COUNT], IngestError> {
+        let store = &self.inner.store;
+        let mut rows = [0usize; Dataset::COUNT];
+        for r in records {
+            rows[r.dataset.index()] += 1;
+        }
+        rows[Dataset::Rejected.index()] += rejections.len();
+        for d in Dataset::ALL {
+            let n = rows[d.index()];
+            if n == 0 {
+                continue;
+            }
+            if let Err(e) = store.reserve(d, n) {
+                for earlier in Dataset::ALL.iter().take_while(|e| **e != d) {
+                    store.release(*earlier, rows[earlier.index()]);
+                }
+                self.inner.metrics.queue_full.add(1);
+                return Err(e.into());
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn ingest_reserved(
+        &self,
+        source: &str,
+        records: Vec<Record>,
+        rejections: Vec<Rejection>,
+        reserved: [usize; Dataset::COUNT],
         from_log: bool,
     ) -> Result<IngestReport, IngestError> {
         let inner = &self.inner;
@@ -222,29 +297,21 @@ impl Pipeline {
 
         // The schema is checked here, for every source: a record that does
         // not fit its dataset is rejected with the reason and never reaches
-        // the WAL or the Parquet writer.
+        // the WAL or the Parquet writer. Its row moves from its dataset's
+        // reservation to `rejected`'s.
         let (records, rejections, fits) = admit(records, rejections, &inner.metrics);
-
-        // Admission first, so a full queue refuses before dedup remembers keys.
-        let mut rows = [0usize; Dataset::COUNT];
-        for r in &records {
-            rows[r.dataset.index()] += 1;
-        }
-        rows[Dataset::Rejected.index()] += rejections.len();
-        let mut reserved: Vec<(Dataset, usize)> = Vec::new();
-        for d in Dataset::ALL {
-            let n = rows[d.index()];
-            if n == 0 {
-                continue;
+        if fits.is_some() {
+            let mut kept = [0usize; Dataset::COUNT];
+            for r in &records {
+                kept[r.dataset.index()] += 1;
             }
-            if let Err(e) = inner.store.reserve(d, n) {
-                for (d, n) in reserved {
-                    inner.store.release(d, n);
+            for d in Dataset::ALL {
+                if d != Dataset::Rejected && reserved[d.index()] > kept[d.index()] {
+                    let moved = reserved[d.index()] - kept[d.index()];
+                    inner.store.release(d, moved);
+                    inner.store.reserve_unbounded(Dataset::Rejected, moved);
                 }
-                inner.metrics.queue_full.add(1);
-                return Err(e.into());
             }
-            reserved.push((d, n));
         }
 
         let mut report = IngestReport {
@@ -420,6 +487,52 @@ mod tests {
         assert_eq!(store.stats(Dataset::UsageMessage).buffered_rows, 1);
         assert_eq!(store.stats(Dataset::Rejected).buffered_rows, 2);
         assert_eq!(store.stats(Dataset::UsageMessage).queued_rows, 1);
+        // The two that do not fit moved to `rejected`'s reservation.
+        assert_eq!(store.stats(Dataset::Rejected).queued_rows, 2);
+        wal.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_hands_the_batch_back_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(Store::new(3));
+        let (wal, _) = Wal::open(
+            WalConfig {
+                dir: dir.path().to_path_buf(),
+                segment_bytes: 1 << 20,
+                max_group_bytes: 1 << 20,
+                quarantine: None,
+            },
+            store.clone(),
+            metrics.clone(),
+            0,
+            |_| {},
+        )
+        .unwrap();
+        let dedup = Arc::new(Dedup::new(3600, 1000, metrics.clone()));
+        let pipeline = Pipeline::new(wal.clone(), store.clone(), dedup, metrics.clone());
+        let batch: Vec<Record> = ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|id| message(id, Value::I32(1)))
+            .collect();
+        let refused = pipeline
+            .try_ingest("test", batch.clone(), Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(refused.error, IngestError::QueueFull(_)));
+        let (back, rejections) = refused.batch.expect("the batch comes back");
+        assert_eq!(back, batch);
+        assert!(rejections.is_empty());
+        // Nothing was kept or remembered: the same ids are stored once
+        // there is room.
+        assert_eq!(store.stats(Dataset::UsageMessage).queued_rows, 0);
+        let report = pipeline
+            .try_ingest("test", back[..3].to_vec(), Vec::new())
+            .await
+            .unwrap();
+        assert_eq!((report.accepted, report.duplicates), (3, 0));
+        assert_eq!(metrics.queue_full.get(), 1);
         wal.shutdown().await;
     }
 }

@@ -233,8 +233,8 @@ pub async fn serve(
             },
             _ = &mut stopped => break,
         };
-        // As axum::serve does: no Nagle delay on small answers (it cost
-        // 40 ms a request before acknowledgements came back).
+        // No Nagle delay on small answers (it cost 40 ms a request before
+        // acknowledgements came back), as the plain listener has too.
         let _ = tcp.set_nodelay(true);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
         let app = app.clone();

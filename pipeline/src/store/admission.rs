@@ -20,6 +20,12 @@ impl Store {
         Ok(())
     }
 
+    /// Admits rows past the bound: a row that moves from one dataset's
+    /// reservation to another's (a record rejected for its schema).
+    pub fn reserve_unbounded(&self, dataset: Dataset, rows: usize) {
+        self.state(dataset).lock().queued_rows += rows;
+    }
+
     /// Gives back rows admitted by [`Store::reserve`] that will not be buffered.
     pub fn release(&self, dataset: Dataset, rows: usize) {
         let mut s = self.state(dataset).lock();

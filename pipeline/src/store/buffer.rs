@@ -10,39 +10,90 @@ use crate::rollup::HOUR_NS;
 
 use super::{BufferStats, Chunk, Store};
 
+/// One entry's records split by dataset and measured: what
+/// [`Store::apply_prepared`] buffers.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug)]
+struct Part {
+    dataset: Dataset,
+    records: Vec<Record>,
+    bytes: usize,
+    min_ts: i64,
+    max_ts: i64,
+}
+
+impl Prepared {
+    pub fn new(records: Vec<Record>) -> Self {
+        // Nearly every entry holds one dataset: keep its vector as it is.
+        let first = records.first().map(|r| r.dataset);
+        let by_dataset: Vec<(Dataset, Vec<Record>)> =
+            if records.iter().all(|r| Some(r.dataset) == first) {
+                first.map(|d| vec![(d, records)]).unwrap_or_default()
+            } else {
+                let mut split: Vec<Vec<Record>> = Dataset::ALL.iter().map(|_| Vec::new()).collect();
+                for r in records {
+                    split[r.dataset.index()].push(r);
+                }
+                Dataset::ALL
+                    .iter()
+                    .zip(split)
+                    .filter(|(_, rs)| !rs.is_empty())
+                    .map(|(d, rs)| (*d, rs))
+                    .collect()
+            };
+        let parts = by_dataset
+            .into_iter()
+            .map(|(dataset, records)| {
+                let bytes = records.iter().map(Record::approx_size).sum();
+                let (min_ts, max_ts) = records.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
+                    let t = r.timestamp_ns();
+                    (lo.min(t), hi.max(t))
+                });
+                Part {
+                    dataset,
+                    records,
+                    bytes,
+                    min_ts,
+                    max_ts,
+                }
+            })
+            .collect();
+        Prepared { parts }
+    }
+}
+
 impl Store {
     /// Adds the records of WAL entry `seq` to the buffer. Called in sequence
-    /// order by the WAL writer after the fsync, and by replay at start-up.
-    /// `reserved` says whether the rows were admitted through [`Store::reserve`].
+    /// order by replay at start-up. `reserved` says whether the rows were
+    /// admitted through [`Store::reserve`].
     pub fn apply(&self, seq: u64, records: Vec<Record>, reserved: bool) {
-        let mut by_dataset: Vec<Vec<Record>> = Dataset::ALL.iter().map(|_| Vec::new()).collect();
-        for r in records {
-            by_dataset[r.dataset.index()].push(r);
-        }
+        self.apply_prepared(seq, Prepared::new(records), reserved);
+    }
+
+    /// Adds an entry's chunks, split and measured beforehand (by the
+    /// appender), so that the WAL writer, which calls this after each fsync
+    /// in sequence order, only takes each lock to push.
+    pub fn apply_prepared(&self, seq: u64, prepared: Prepared, reserved: bool) {
         let now = Instant::now();
-        for (i, records) in by_dataset.into_iter().enumerate() {
-            if records.is_empty() {
-                continue;
-            }
-            let bytes = records.iter().map(Record::approx_size).sum();
-            let rows = records.len();
-            let mut s = self.datasets[i].lock();
+        for part in prepared.parts {
+            let rows = part.records.len();
+            let mut s = self.datasets[part.dataset.index()].lock();
             s.buffered_rows += rows;
-            s.buffered_bytes += bytes;
+            s.buffered_bytes += part.bytes;
             if !reserved {
                 s.queued_rows += rows;
             }
             s.oldest.get_or_insert(now);
-            let (min_ts, max_ts) = records.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
-                let t = r.timestamp_ns();
-                (lo.min(t), hi.max(t))
-            });
             s.chunks.push_back(Arc::new(Chunk {
                 seq,
-                records,
-                bytes,
-                min_ts,
-                max_ts,
+                records: part.records,
+                bytes: part.bytes,
+                min_ts: part.min_ts,
+                max_ts: part.max_ts,
             }));
         }
         self.applied_seq.fetch_max(seq, Ordering::Release);

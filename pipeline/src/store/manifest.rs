@@ -3,15 +3,27 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dataset::Dataset;
 
-use super::{FileEntry, Store};
+use super::{Chunk, FileEntry, Store};
 
 impl Store {
-    /// Makes files visible and drops the chunks they hold, in one step.
-    pub fn commit_files(&self, dataset: Dataset, through_seq: u64, files: Vec<FileEntry>) {
+    /// Makes files visible and takes out the chunks they hold, in one step.
+    ///
+    /// The chunks are returned rather than dropped here: freeing a round's
+    /// records takes milliseconds, and under this lock the WAL writer (which
+    /// buffers every acknowledged entry) would wait for it.
+    #[must_use = "drop the chunks off the acknowledgement path"]
+    pub fn commit_files(
+        &self,
+        dataset: Dataset,
+        through_seq: u64,
+        files: Vec<FileEntry>,
+    ) -> Vec<Arc<Chunk>> {
+        let mut taken = Vec::new();
         let mut s = self.state(dataset).lock();
         for f in files {
             if s.paths.insert(f.path.clone()) {
@@ -23,12 +35,14 @@ impl Store {
             s.buffered_rows -= c.records.len();
             s.buffered_bytes -= c.bytes;
             s.queued_rows = s.queued_rows.saturating_sub(c.records.len());
+            taken.push(c);
         }
         s.oldest = if s.chunks.is_empty() {
             None
         } else {
             Some(Instant::now())
         };
+        taken
     }
 
     /// Registers files found on disk at start-up.

@@ -11,6 +11,8 @@ mod admission;
 mod buffer;
 mod manifest;
 
+pub use buffer::Prepared;
+
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -146,7 +148,7 @@ mod tests {
         assert_eq!((err.queued, err.limit), (2, 3));
         store.apply(1, vec![rejected(1), rejected(2)], true);
         assert_eq!(store.stats(Dataset::Rejected).buffered_rows, 2);
-        store.commit_files(Dataset::Rejected, 1, vec![]);
+        let _ = store.commit_files(Dataset::Rejected, 1, vec![]);
         assert_eq!(store.stats(Dataset::Rejected).queued_rows, 0);
         store.reserve(Dataset::Rejected, 3).unwrap();
     }
@@ -159,7 +161,7 @@ mod tests {
             rows: 1,
             bytes: 1,
         };
-        store.commit_files(Dataset::Rejected, 0, vec![file("a")]);
+        let _ = store.commit_files(Dataset::Rejected, 0, vec![file("a")]);
         let added = store.add_unknown_files(Dataset::Rejected, vec![file("a"), file("b")]);
         assert_eq!(added.len(), 1);
         assert_eq!(added[0].path, PathBuf::from("b"));
@@ -176,7 +178,7 @@ mod tests {
         store.apply(2, vec![rejected(2)], false);
         assert_eq!(store.applied_seq(), 2);
         assert_eq!(store.chunks_through(Dataset::Rejected, 1).len(), 1);
-        store.commit_files(
+        let taken = store.commit_files(
             Dataset::Rejected,
             1,
             vec![FileEntry {
@@ -185,6 +187,8 @@ mod tests {
                 bytes: 1,
             }],
         );
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].seq, 1);
         let snap = store.snapshot(Dataset::Rejected);
         assert_eq!(snap.files.len(), 1);
         assert_eq!(snap.chunks.len(), 1);

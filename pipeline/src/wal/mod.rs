@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Metrics;
 use crate::quarantine::{Damage, DamageKind, Quarantine};
 use crate::record::Record;
-use crate::store::Store;
+use crate::store::{Prepared, Store};
 use segment::{
-    classify_tail, encode_frame, list_segments, lost_entries, read_segment, segment_path, sync_dir,
-    Tail,
+    classify_tail, encode_frame_with_crc, list_segments, lost_entries, read_segment, segment_path,
+    sync_dir, Tail,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +85,12 @@ pub struct ReplayReport {
 }
 
 enum Command {
+    /// An entry encoded by the appender: the writer thread only copies,
+    /// writes and fsyncs it.
     Append {
-        records: Vec<Record>,
-        from_log: bool,
+        payload: Vec<u8>,
+        crc: crc32fast::Hasher,
+        chunks: Prepared,
         reply: oneshot::Sender<Result<u64, WalError>>,
     },
     /// Delete what is stored in Parquet up to and including this sequence.
@@ -144,6 +147,7 @@ impl Wal {
             next_seq,
             failure: failure.clone(),
             pinned,
+            remover: None,
         };
         std::thread::Builder::new()
             .name("tally-wal".into())
@@ -169,11 +173,20 @@ impl Wal {
         if let Some(f) = self.failure.lock().clone() {
             return Err(WalError::Failed(f));
         }
+        // Encoding, checksumming and splitting by dataset happen here, on
+        // the appender's core; the one writer thread is left the copy, the
+        // write and the fsync, which every appender waits for.
+        let mut payload = Vec::with_capacity(64 + records.len() * 64);
+        codec::encode_entry(&records, from_log, &mut payload);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&payload);
+        let chunks = Prepared::new(records);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Append {
-                records,
-                from_log,
+                payload,
+                crc,
+                chunks,
                 reply,
             })
             .await
@@ -385,11 +398,55 @@ struct Writer {
     failure: Arc<Mutex<Option<String>>>,
     /// Damaged segments that are not in quarantine: never deleted.
     pinned: std::collections::HashSet<u64>,
+    /// Deletes truncated segments on its own thread: an unlink and a
+    /// directory fsync must not hold up the fsyncs appenders wait for.
+    remover: Option<Remover>,
+}
+
+struct Remover {
+    tx: std::sync::mpsc::Sender<Vec<PathBuf>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Remover {
+    fn start(dir: PathBuf) -> io::Result<Remover> {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<PathBuf>>();
+        let thread = std::thread::Builder::new()
+            .name("tally-wal-remove".into())
+            .spawn(move || {
+                for paths in rx {
+                    let mut removed = false;
+                    for path in paths {
+                        match fs::remove_file(&path) {
+                            Ok(()) => removed = true,
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            // Its entries are in Parquet: a restart lists it
+                            // again, skips them and deletes it then.
+                            Err(e) => {
+                                tracing::warn!(path = %path.display(), error = %e, "cannot delete a truncated WAL segment; kept until the next start")
+                            }
+                        }
+                    }
+                    if removed {
+                        if let Err(e) = sync_dir(&dir) {
+                            tracing::warn!(dir = %dir.display(), error = %e, "fsync of the WAL directory after deleting segments failed");
+                        }
+                    }
+                }
+            })?;
+        Ok(Remover { tx, thread })
+    }
+
+    /// Deletes what was sent so far, then stops.
+    fn finish(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
 }
 
 struct Pending {
     seq: u64,
-    records: Vec<Record>,
+    chunks: Prepared,
     reply: oneshot::Sender<Result<u64, WalError>>,
 }
 
@@ -397,6 +454,9 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut buf = Vec::with_capacity(1 << 20);
         let mut pending: Vec<Pending> = Vec::new();
+        // Payloads copied into `buf`, freed after the fsync (not before it,
+        // where the appenders wait).
+        let mut spent: Vec<Vec<u8>> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut truncate = None;
             let mut shutdown = None;
@@ -404,8 +464,9 @@ impl Writer {
             while let Some(cmd) = next.take() {
                 match cmd {
                     Command::Append {
-                        records,
-                        from_log,
+                        payload,
+                        crc,
+                        chunks,
                         reply,
                     } => {
                         if let Some(f) = self.failure.lock().clone() {
@@ -413,17 +474,9 @@ impl Writer {
                         } else {
                             let seq = self.next_seq;
                             self.next_seq += 1;
-                            let start = buf.len();
-                            buf.extend_from_slice(&[0; segment::HEADER_LEN]);
-                            codec::encode_entry(&records, from_log, &mut buf);
-                            let payload = buf.split_off(start + segment::HEADER_LEN);
-                            buf.truncate(start);
-                            encode_frame(seq, &payload, &mut buf);
-                            pending.push(Pending {
-                                seq,
-                                records,
-                                reply,
-                            });
+                            encode_frame_with_crc(seq, &payload, &crc, &mut buf);
+                            spent.push(payload);
+                            pending.push(Pending { seq, chunks, reply });
                         }
                     }
                     Command::Truncate(seq) => truncate = Some(seq),
@@ -439,6 +492,7 @@ impl Writer {
             if !pending.is_empty() {
                 self.commit(&mut buf, &mut pending);
             }
+            spent.clear();
             if let Some(seq) = truncate {
                 if let Err(e) = self.truncate(seq) {
                     tracing::warn!(error = %e, "WAL truncation failed; segments kept");
@@ -450,9 +504,15 @@ impl Writer {
                 }
             }
             if let Some(tx) = shutdown {
+                if let Some(remover) = self.remover.take() {
+                    remover.finish();
+                }
                 let _ = tx.send(());
                 break;
             }
+        }
+        if let Some(remover) = self.remover.take() {
+            remover.finish();
         }
         tracing::debug!("WAL writer stopped");
     }
@@ -478,7 +538,7 @@ impl Writer {
                 self.active.len += buf.len() as u64;
                 for p in pending.drain(..) {
                     self.active.last_seq = Some(p.seq);
-                    self.store.apply(p.seq, p.records, true);
+                    self.store.apply_prepared(p.seq, p.chunks, true);
                     let _ = p.reply.send(Ok(p.seq));
                 }
             }
@@ -510,27 +570,27 @@ impl Writer {
             self.rotate()?;
         }
         // A closed segment ends where the next one starts.
-        let mut removed = false;
+        let mut doomed = Vec::new();
         while !self.closed.is_empty() {
             let first = self.closed[0];
             let end = self.closed.get(1).copied().unwrap_or(self.active.first_seq);
             if end == 0 || end - 1 > through {
                 break;
             }
-            let path = segment_path(&self.config.dir, first);
-            if self.pinned.contains(&first) {
-                self.closed.pop_front();
-                continue;
-            }
-            match fs::remove_file(&path) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path)(e)),
-            }
             self.closed.pop_front();
+            if !self.pinned.contains(&first) {
+                doomed.push(segment_path(&self.config.dir, first));
+            }
         }
-        if removed {
-            sync_dir(&self.config.dir).map_err(io_err(&self.config.dir))?;
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        if self.remover.is_none() {
+            let dir = self.config.dir.clone();
+            self.remover = Some(Remover::start(dir.clone()).map_err(io_err(&dir))?);
+        }
+        if let Some(remover) = &self.remover {
+            let _ = remover.tx.send(doomed);
         }
         Ok(())
     }

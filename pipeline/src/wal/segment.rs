@@ -36,8 +36,21 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 pub fn encode_frame(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&seq.to_le_bytes());
     crc.update(payload);
+    encode_frame_with_crc(seq, payload, &crc, out);
+}
+
+/// Like [`encode_frame`], with the checksum of `payload` already computed
+/// (by the appender, off the writer thread).
+pub fn encode_frame_with_crc(
+    seq: u64,
+    payload: &[u8],
+    payload_crc: &crc32fast::Hasher,
+    out: &mut Vec<u8>,
+) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    crc.combine(payload_crc);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc.finalize().to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());

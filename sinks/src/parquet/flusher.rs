@@ -205,10 +205,14 @@ impl Flusher {
                 tracing::debug!(%d, path = %f.path.display(), rows = f.rows, through, "file committed");
             }
         }
+        let mut done = Vec::new();
         for d in Dataset::ALL {
             let files = by_dataset.remove(&d).unwrap_or_default();
-            self.store.commit_files(d, through, files);
+            done.extend(self.store.commit_files(d, through, files));
         }
+        // Freeing a round's records holds a core for milliseconds: not on a
+        // runtime worker, where requests wait to be acknowledged.
+        tokio::task::spawn_blocking(move || drop(done));
         self.wal.truncate_through(through).await;
         self.flushed.send_replace(through);
         tracing::debug!(

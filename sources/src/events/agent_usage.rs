@@ -7,8 +7,9 @@ use serde_json::{Map, Value as Json};
 use tally_pipeline::{Dataset, Record, RecordBuilder, Value};
 
 use super::fields::Fields;
+use super::object::{Field, Object};
 
-type Obj = Map<String, Json>;
+type Obj<'a> = Object<'a>;
 
 pub fn llm(obj: &Obj) -> Result<Record, String> {
     let mut f = Fields::new(obj);
@@ -114,10 +115,10 @@ pub fn message(obj: &Obj) -> Result<Record, String> {
     };
     let mut extra: Map<String, Json> = obj
         .iter()
-        .filter(|(k, _)| !MESSAGE_FIELDS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter(|(k, _)| !MESSAGE_FIELDS.contains(k))
+        .map(|(k, v)| (k.to_string(), v.to_json()))
         .collect();
-    if let Some(Json::Object(m)) = obj.get("metadata") {
+    if let Some(Field::Nested(Json::Object(m))) = obj.get("metadata") {
         for (k, v) in m {
             extra.entry(k.clone()).or_insert_with(|| v.clone());
         }
@@ -144,19 +145,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn obj(v: Json) -> Obj {
+    fn obj(v: Json) -> Map<String, Json> {
         v.as_object().unwrap().clone()
     }
 
     #[test]
     fn spec_llm_example_decodes() {
-        let v = llm(&obj(json!({
+        let v = llm(&Object::from_map(&obj(json!({
             "event_id": "evt-123", "timestamp": "2025-11-24T12:00:00Z",
             "actor_id": "user:93", "actor_type": "human", "agent_id": "agent:sofia",
             "microdao_id": "microdao:7", "model": "gpt-4.1-mini", "provider": "openai",
             "prompt_tokens": 450, "completion_tokens": 120, "total_tokens": 570,
             "latency_ms": 1250, "success": true
-        })))
+        }))))
         .unwrap();
         assert_eq!(v.get("event_id"), Some(&Value::Str("evt-123".into())));
         assert_eq!(
@@ -169,22 +170,22 @@ mod tests {
 
     #[test]
     fn missing_total_is_prompt_plus_completion() {
-        let v = llm(&obj(json!({
+        let v = llm(&Object::from_map(&obj(json!({
             "event_id": "e", "timestamp": "2025-11-24T12:00:00Z", "actor_id": "a",
             "actor_type": "human", "model": "m", "provider": "p",
             "prompt_tokens": 2, "completion_tokens": 3, "latency_ms": 1
-        })))
+        }))))
         .unwrap();
         assert_eq!(v.get("total_tokens"), Some(&Value::I32(5)));
     }
 
     #[test]
     fn message_maps_fields_and_keeps_extras_in_metadata() {
-        let v = message(&obj(json!({
+        let v = message(&Object::from_map(&obj(json!({
             "channel_id": "c", "message_id": "m", "sender_id": "user:1",
             "microdao_id": "d", "created_at": "2025-11-24T12:03:00Z",
             "content": "héllo", "thread_id": "t1"
-        })))
+        }))))
         .unwrap();
         assert_eq!(v.get("event_id"), Some(&Value::Str("m".into())));
         assert_eq!(v.get("actor_type"), Some(&Value::Str("human".into())));

@@ -1,12 +1,12 @@
 //! Spec 004 events: `chat.usage_delta` (mapped onto `usage_llm` as DESIGN.md
 //! says) and `chat.usage_summary`.
 
-use serde_json::{Map, Value as Json};
 use tally_pipeline::{Dataset, Record, RecordBuilder};
 
 use super::fields::Fields;
+use super::object::Object;
 
-type Obj = Map<String, Json>;
+type Obj<'a> = Object<'a>;
 
 pub fn delta(obj: &Obj) -> Result<Record, String> {
     let mut f = Fields::new(obj);
@@ -60,13 +60,13 @@ mod tests {
 
     #[test]
     fn spec_delta_example_maps_onto_usage_llm() {
-        let v = delta(json!({
+        let v = delta(&Object::from_map(json!({
             "event_id": "a1b2c3d4e5f6", "event_ts": "2026-01-12T03:12:34.567890+00:00",
             "chat_id": "chat_123", "app_id": "app_abc", "user_id": "user_456",
             "workflow_name": "AgentGenerator", "agent_name": "PlannerAgent",
             "model_name": "gpt-4o-mini", "prompt_tokens": 120, "completion_tokens": 48,
             "total_tokens": 168, "cached": false, "duration_sec": 0.82, "invocation_id": "inv_789"
-        }).as_object().unwrap())
+        }).as_object().unwrap()))
         .unwrap();
         assert_eq!(v.get("actor_id"), Some(&Value::Str("user_456".into())));
         assert_eq!(v.get("agent_id"), Some(&Value::Str("PlannerAgent".into())));
@@ -81,12 +81,12 @@ mod tests {
 
     #[test]
     fn summary_requires_its_dimensions() {
-        let err = summary(
+        let err = summary(&Object::from_map(
             json!({"event_id": "x", "event_ts": "2026-01-12T03:12:35Z",
             "prompt_tokens": 1, "completion_tokens": -1})
             .as_object()
             .unwrap(),
-        )
+        ))
         .unwrap_err();
         assert_eq!(
             err,

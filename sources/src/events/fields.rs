@@ -2,32 +2,22 @@
 //! with the field's name and the rule it broke.
 
 use chrono::{DateTime, NaiveDateTime};
-use serde_json::{Map, Value as Json};
 use tally_pipeline::{Record, RecordBuilder, Value};
+
+use super::object::{Field, Object};
 
 /// A JSON object being decoded. Getters return a placeholder on error and
 /// remember the error; [`Fields::finish`] reports them all.
 pub struct Fields<'a> {
-    obj: &'a Map<String, Json>,
+    obj: &'a Object<'a>,
     errors: Vec<String>,
-}
-
-fn kind(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
-    }
 }
 
 /// Longest string tally stores in an identifier column.
 const MAX_ID_LEN: usize = 1024;
 
 impl<'a> Fields<'a> {
-    pub fn new(obj: &'a Map<String, Json>) -> Self {
+    pub fn new(obj: &'a Object<'a>) -> Self {
         Self {
             obj,
             errors: Vec::new(),
@@ -38,8 +28,8 @@ impl<'a> Fields<'a> {
         self.errors.push(e);
     }
 
-    fn get(&self, name: &str) -> Option<&'a Json> {
-        self.obj.get(name).filter(|v| !v.is_null())
+    fn get(&self, name: &str) -> Option<&'a Field<'a>> {
+        self.obj.get(name).filter(|v| !matches!(v, Field::Null))
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -48,7 +38,7 @@ impl<'a> Fields<'a> {
 
     pub fn opt_str(&mut self, name: &str) -> Option<String> {
         match self.get(name)? {
-            Json::String(s) => {
+            Field::Str(s) => {
                 if s.len() > MAX_ID_LEN && name != "error" {
                     self.errors.push(format!(
                         "{name} must be at most {MAX_ID_LEN} bytes, got {}",
@@ -60,12 +50,12 @@ impl<'a> Fields<'a> {
                         .push(format!("{name} must not contain NUL characters"));
                     None
                 } else {
-                    Some(s.clone())
+                    Some(s.to_string())
                 }
             }
             other => {
                 self.errors
-                    .push(format!("{name} must be a string, got {}", kind(other)));
+                    .push(format!("{name} must be a string, got {}", other.kind()));
                 None
             }
         }
@@ -107,7 +97,7 @@ impl<'a> Fields<'a> {
                 self.errors.push(format!("{name} is required"));
                 Value::Null
             }
-            Some(Json::String(s)) => match parse_time(s) {
+            Some(Field::Str(s)) => match parse_time(s) {
                 Some(ns) => Value::Ts(ns),
                 None => {
                     self.errors.push(format!(
@@ -119,20 +109,21 @@ impl<'a> Fields<'a> {
             Some(other) => {
                 self.errors.push(format!(
                     "{name} must be an RFC 3339 time string, got {}",
-                    kind(other)
+                    other.kind()
                 ));
                 Value::Null
             }
         }
     }
 
-    fn integer(&mut self, name: &str, v: &Json) -> Option<i64> {
+    fn integer(&mut self, name: &str, v: &Field) -> Option<i64> {
         match v.as_i64() {
             Some(n) => Some(n),
             None => {
-                let what = match v {
-                    Json::Number(_) => "a fraction or out of range".to_string(),
-                    other => kind(other).to_string(),
+                let what = if v.is_number() {
+                    "a fraction or out of range"
+                } else {
+                    v.kind()
                 };
                 self.errors
                     .push(format!("{name} must be an integer, got {what}"));
@@ -190,10 +181,10 @@ impl<'a> Fields<'a> {
 
     pub fn opt_bool(&mut self, name: &str) -> Option<bool> {
         match self.get(name)? {
-            Json::Bool(b) => Some(*b),
+            Field::Bool(b) => Some(*b),
             other => {
                 self.errors
-                    .push(format!("{name} must be a boolean, got {}", kind(other)));
+                    .push(format!("{name} must be a boolean, got {}", other.kind()));
                 None
             }
         }
@@ -226,7 +217,7 @@ impl<'a> Fields<'a> {
             }
             None => {
                 self.errors
-                    .push(format!("{name} must be a number, got {}", kind(v)));
+                    .push(format!("{name} must be a number, got {}", v.kind()));
                 None
             }
         }
@@ -259,7 +250,10 @@ impl<'a> Fields<'a> {
     /// `metadata` as JSON text; any JSON value is kept as it is.
     pub fn metadata(&self) -> Value {
         self.get("metadata")
-            .map(|m| Value::Str(m.to_string()))
+            .map(|m| match m {
+                Field::Nested(v) => Value::Str(v.to_string()),
+                scalar => Value::Str(scalar.to_json().to_string()),
+            })
             .unwrap_or(Value::Null)
     }
 
@@ -302,7 +296,8 @@ mod tests {
     #[test]
     fn errors_name_the_field_and_the_rule() {
         let obj = json!({"a": -5, "b": "x", "c": 1.5, "e": "", "t": "noon"});
-        let mut f = Fields::new(obj.as_object().unwrap());
+        let obj = Object::from_map(obj.as_object().unwrap());
+        let mut f = Fields::new(&obj);
         f.count32("a");
         f.count32("b");
         f.count32("c");

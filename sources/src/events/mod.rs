@@ -4,11 +4,13 @@
 pub(crate) mod agent_usage;
 pub(crate) mod chat_usage;
 pub(crate) mod fields;
+pub mod object;
 
 use std::fmt;
 
-use serde_json::Value as Json;
 use tally_pipeline::{Dataset, Record, Rejection};
+
+use object::{Event, NotAnObject, Object};
 
 /// A subject (NATS subject, HTTP path segment, Kafka topic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,9 +62,9 @@ impl Subject {
     /// rejection that keeps it with its reason. `channel` is the NATS subject
     /// or Kafka topic it came on.
     pub fn decode_message(self, channel: &str, payload: &[u8]) -> Result<Record, Rejection> {
-        serde_json::from_slice::<Json>(payload)
+        Object::parse(payload)
             .map_err(|e| InvalidEvent(format!("message is not valid JSON: {e}")))
-            .and_then(|v| self.decode(&v))
+            .and_then(|event| self.decode(&event))
             .map_err(|InvalidEvent(reason)| Rejection {
                 index: None,
                 subject: Some(channel.to_string()),
@@ -73,19 +75,15 @@ impl Subject {
     }
 
     /// Turns one event into a record, or says what is wrong with it.
-    pub fn decode(self, event: &Json) -> Result<Record, InvalidEvent> {
-        let Some(obj) = event.as_object() else {
-            return Err(InvalidEvent(format!(
-                "a {} event must be a JSON object, got {}",
-                self.name(),
-                match event {
-                    Json::Array(_) => "an array",
-                    Json::String(_) => "a string",
-                    Json::Number(_) => "a number",
-                    Json::Bool(_) => "a boolean",
-                    _ => "null",
-                }
-            )));
+    pub fn decode(self, event: &Event) -> Result<Record, InvalidEvent> {
+        let obj = match event {
+            Event::Object(obj) => obj,
+            Event::Other(NotAnObject(what), _) => {
+                return Err(InvalidEvent(format!(
+                    "a {} event must be a JSON object, got {what}",
+                    self.name(),
+                )))
+            }
         };
         let decoded = match self {
             Subject::UsageLlm => agent_usage::llm(obj),

@@ -123,25 +123,22 @@ async fn ingest(
     let mut rejections = Vec::new();
     // Records refused for their tenant, and the first reason.
     let mut refused_tenant: (usize, Option<String>) = (0, None);
-    for (index, item) in items.into_iter().enumerate() {
+    for (index, item) in items.iter().enumerate() {
         let result = match item {
-            Item::Event(v) => match subject.decode(&v) {
-                Ok(r) => Ok((r, v)),
-                Err(e) => Err((v.to_string(), e.0)),
-            },
-            Item::Unreadable { raw, error } => Err((raw, error)),
+            Item::Event { event, .. } => subject.decode(event).map_err(|e| (item.payload(), e.0)),
+            Item::Unreadable { raw, error } => Err((raw.clone(), error.clone())),
         };
         let (payload, reason) = match result {
-            Ok((r, payload)) => match access.refuse_record(&r) {
+            Ok(r) => match access.refuse_record(&r) {
                 None => {
                     // The payload is kept for the tap alone.
-                    decoded.push((index, r, state.tap.is_some().then_some(payload)));
+                    decoded.push((index, r, state.tap.is_some().then(|| item.payload())));
                     continue;
                 }
                 Some(reason) => {
                     refused_tenant.0 += 1;
                     refused_tenant.1.get_or_insert_with(|| reason.clone());
-                    (payload.to_string(), reason)
+                    (item.payload(), reason)
                 }
             },
             Err(e) => e,
@@ -154,6 +151,7 @@ async fn ingest(
             payload,
         });
     }
+    drop(items);
     // Every record is another tenant's: the request as a whole may not.
     if let (n, Some(reason)) = &refused_tenant {
         if decoded.is_empty() && *n == rejections.len() {
@@ -186,7 +184,7 @@ async fn ingest(
             if let Some(tap) = &state.tap {
                 for (payload, stored) in payloads.iter().zip(&report.stored_flags) {
                     if *stored {
-                        tap.offer(subject.name(), payload.to_string().as_bytes());
+                        tap.offer(subject.name(), payload.as_bytes());
                     }
                 }
             }
@@ -204,7 +202,7 @@ async fn ingest(
 }
 
 /// A record with its index in the request, and its payload for the tap.
-type Decoded = (usize, Record, Option<serde_json::Value>);
+type Decoded = (usize, Record, Option<String>);
 
 /// Splits records into those within their tenant's rate and those over it.
 fn within_rate(

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use tally_pipeline::{IngestError, Pipeline, Record, Rejection};
+use tally_pipeline::{IngestError, Pipeline, Record, Refused, Rejection};
 use tokio::sync::watch;
 
 use crate::events::Subject;
@@ -129,14 +129,20 @@ fn decode(
 /// record its subject, index and payload (for the tap).
 type Decoded = (Vec<Record>, Vec<Rejection>, Vec<(Subject, usize, Vec<u8>)>);
 
+/// `keep_payloads`: whether a tap wants the payloads of stored records
+/// (copied only then).
 fn decode_batch<'a>(
     routes: &HashMap<String, Subject>,
-    messages: impl Iterator<Item = (&'a str, &'a [u8])>,
+    messages: impl ExactSizeIterator<Item = (&'a str, &'a [u8])>,
+    keep_payloads: bool,
 ) -> Decoded {
-    let (mut records, mut rejections, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
+    let mut records = Vec::with_capacity(messages.len());
+    let (mut rejections, mut accepted) = (Vec::new(), Vec::new());
     for (subject, payload) in messages {
         if let Some((s, i)) = decode(routes, subject, payload, &mut records, &mut rejections) {
-            accepted.push((s, i, payload.to_vec()));
+            if keep_payloads {
+                accepted.push((s, i, payload.to_vec()));
+            }
         }
     }
     (records, rejections, accepted)
@@ -150,19 +156,21 @@ async fn ingest_until_durable(
     rejections: Vec<Rejection>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<bool>, IngestError> {
+    let (mut records, mut rejections) = (records, rejections);
     let mut delay = Duration::from_millis(20);
     loop {
-        match pipeline
-            .ingest(SOURCE, records.clone(), rejections.clone())
-            .await
-        {
+        match pipeline.try_ingest(SOURCE, records, rejections).await {
             Ok(report) => return Ok(report.stored_flags),
-            Err(IngestError::QueueFull(q)) if !*stop.borrow() => {
+            Err(Refused {
+                error: IngestError::QueueFull(q),
+                batch: Some(batch),
+            }) if !*stop.borrow() => {
                 tracing::debug!(error = %q, "pipeline full; NATS collector waits");
+                (records, rejections) = batch;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
-            Err(e) => return Err(e),
+            Err(refused) => return Err(refused.error),
         }
     }
 }
@@ -275,7 +283,7 @@ async fn run_core(
     tap: Option<Arc<dyn PayloadTap>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), NatsError> {
-    let routes = config.routes();
+    let routes = Arc::new(config.routes());
     let mut subs = Vec::new();
     for name in routes.keys() {
         subs.push(
@@ -296,18 +304,22 @@ async fn run_core(
             _ = stop.wait_for(|s| *s) => None,
         };
         let Some(batch) = batch else { break };
-        let (records, rejections, accepted) = decode_batch(
-            &routes,
-            batch.iter().map(|m| (m.subject.as_str(), &m.payload[..])),
-        );
-        // Several batches in flight share WAL fsyncs (group commit); core
-        // NATS has no order to keep and nothing to acknowledge.
+        // Several batches in flight share WAL fsyncs (group commit) and are
+        // decoded on every core; core NATS has no order to keep and nothing
+        // to acknowledge.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
-        let (pipeline, tap, stop) = (pipeline.clone(), tap.clone(), stop.clone());
+        let (pipeline, tap, stop, routes) =
+            (pipeline.clone(), tap.clone(), stop.clone(), routes.clone());
         let n = batch.len();
         tokio::spawn(async move {
+            let (records, rejections, accepted) = decode_batch(
+                &routes,
+                batch.iter().map(|m| (m.subject.as_str(), &m.payload[..])),
+                tap.is_some(),
+            );
+            drop(batch);
             match ingest_until_durable(&pipeline, records, rejections, &stop).await {
                 Ok(stored) => offer(&tap, &accepted, &stored),
                 // Core NATS cannot redeliver: say loudly what was lost.
@@ -353,27 +365,34 @@ async fn run_jetstream(
             &config.consumer,
             jetstream::consumer::pull::Config {
                 durable_name: Some(config.consumer.clone()),
+                // Each message is acknowledged once stored. `All` would save
+                // acks, but one ack would then also cover the redeliveries
+                // of an earlier run that are still waiting their turn (not
+                // stored yet): after a crash, those would be lost.
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: config.ack_wait,
-                // Above one fetch, so a fetch is never cut short by
-                // messages still waiting for their ack.
-                max_ack_pending: (4 * BATCH) as i64,
+                // Room for every batch in flight and the next pull, so the
+                // server never waits for an ack to deliver more.
+                max_ack_pending: ((JS_IN_FLIGHT + 2) * BATCH) as i64,
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| NatsError::JetStream(format!("consumer {}: {e}", config.consumer)))?;
+    let routes = Arc::new(routes);
     while !*stop.borrow() {
-        let fetched = consumer
-            .fetch()
-            .max_messages(BATCH)
-            .expires(Duration::from_millis(500))
+        // A continuous pull: the client asks for the next batch while the
+        // current ones are still being stored.
+        let pulled = consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .expires(Duration::from_secs(5))
             .messages()
             .await;
-        let mut batch_stream = match fetched {
+        let messages = match pulled {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "JetStream fetch failed; retrying");
+                tracing::warn!(error = %e, "JetStream pull failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.wait_for(|s| *s) => {}
@@ -381,39 +400,115 @@ async fn run_jetstream(
                 continue;
             }
         };
-        let mut batch = Vec::new();
-        while let Some(m) = batch_stream.next().await {
-            match m {
-                Ok(m) => batch.push(m),
-                Err(e) => tracing::debug!(error = %e, "JetStream batch ended"),
+        consume_jetstream(messages, &routes, &pipeline, &tap, &stop).await;
+    }
+    Ok(())
+}
+
+/// JetStream batches stored at once: their WAL writes share fsyncs.
+const JS_IN_FLIGHT: usize = 4;
+
+/// Stores batches of a pull, up to [`JS_IN_FLIGHT`] at a time, and
+/// acknowledges them in the order they were delivered, each once it is
+/// durable. Returns when the pull ends or on `stop` (after acknowledging
+/// what was stored meanwhile).
+async fn consume_jetstream(
+    messages: jetstream::consumer::pull::Stream,
+    routes: &Arc<HashMap<String, Subject>>,
+    pipeline: &Pipeline,
+    tap: &Option<Arc<dyn PayloadTap>>,
+    stop: &watch::Receiver<bool>,
+) {
+    let mut messages = messages.ready_chunks(BATCH);
+    let mut storing = futures::stream::FuturesOrdered::new();
+    let mut pull_ended = false;
+    let mut stop_changed = stop.clone();
+    loop {
+        let stopping = *stop_changed.borrow();
+        tokio::select! {
+            biased;
+            Some(done) = storing.next(), if !storing.is_empty() => {
+                let done: Result<(Vec<jetstream::Message>, bool), tokio::task::JoinError> = done;
+                let (batch, stored) = done.expect("a JetStream batch task does not panic");
+                if !stored {
+                    // Stopped before it was durable: it and every batch
+                    // after it stay unacknowledged and are redelivered.
+                    break;
+                }
+                acknowledge(&batch).await;
             }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let (records, rejections, accepted) = decode_batch(
-            &routes,
-            batch.iter().map(|m| (m.subject.as_str(), &m.payload[..])),
-        );
-        match ingest_until_durable(&pipeline, records, rejections, &stop).await {
-            Ok(stored) => {
-                offer(&tap, &accepted, &stored);
-                // Durable: now JetStream may forget them.
-                for m in &batch {
-                    if let Err(e) = m.ack().await {
-                        tracing::warn!(error = %e, "JetStream ack failed; the message will be redelivered and deduplicated");
+            chunk = messages.next(), if !stopping && !pull_ended && storing.len() < JS_IN_FLIGHT => {
+                let Some(chunk) = chunk else {
+                    pull_ended = true;
+                    continue;
+                };
+                let mut batch = Vec::with_capacity(chunk.len());
+                for m in chunk {
+                    match m {
+                        Ok(m) => batch.push(m),
+                        Err(e) => tracing::debug!(error = %e, "JetStream pull ended"),
                     }
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, messages = batch.len(), "could not store JetStream messages; they will be redelivered");
-                for m in &batch {
-                    let _ = m
-                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+                if batch.is_empty() {
+                    continue;
                 }
+                let (routes, pipeline, tap, stop) =
+                    (routes.clone(), pipeline.clone(), tap.clone(), stop.clone());
+                storing.push_back(tokio::spawn(async move {
+                    let stored = store_jetstream_batch(&batch, &routes, &pipeline, &tap, &stop).await;
+                    (batch, stored)
+                }));
+            }
+            changed = stop_changed.changed(), if !stopping => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            else => break,
+        }
+        if (pull_ended || *stop_changed.borrow()) && storing.is_empty() {
+            break;
+        }
+    }
+}
+
+/// Stores one batch, retrying until it is durable (JetStream keeps the
+/// messages meanwhile) or `stop`. `false`: not stored.
+async fn store_jetstream_batch(
+    batch: &[jetstream::Message],
+    routes: &HashMap<String, Subject>,
+    pipeline: &Pipeline,
+    tap: &Option<Arc<dyn PayloadTap>>,
+    stop: &watch::Receiver<bool>,
+) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let (records, rejections, accepted) = decode_batch(
+            routes,
+            batch.iter().map(|m| (m.subject.as_str(), &m.payload[..])),
+            tap.is_some(),
+        );
+        match ingest_until_durable(pipeline, records, rejections, stop).await {
+            Ok(stored) => {
+                offer(tap, &accepted, &stored);
+                return true;
+            }
+            Err(_) if *stop.borrow() => return false,
+            Err(e) => {
+                tracing::error!(error = %e, messages = batch.len(), "could not store JetStream messages; retrying (they stay unacknowledged)");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
-    Ok(())
+}
+
+/// Durable: now JetStream may forget them. An ack is a publish without a
+/// reply: the client writes a batch's acks to the socket together.
+async fn acknowledge(batch: &[jetstream::Message]) {
+    for m in batch {
+        if let Err(e) = m.ack().await {
+            tracing::warn!(error = %e, "JetStream ack failed; the messages will be redelivered and deduplicated");
+        }
+    }
 }

@@ -1,0 +1,340 @@
+//! One JSON event read in one pass, without building a tree: its top-level
+//! fields as typed scalars (strings borrowed from the payload where they
+//! hold no escapes). Only nested values (`metadata`, arrays) become
+//! `serde_json::Value`s.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value as Json};
+
+/// A top-level field's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field<'a> {
+    Null,
+    Bool(bool),
+    /// A non-negative integer (how JSON parsers read `0`, `12`, ...).
+    PosInt(u64),
+    /// A negative integer.
+    NegInt(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    /// An array or an object.
+    Nested(Json),
+}
+
+impl Field<'_> {
+    /// How an error names what was sent.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Field::Null => "null",
+            Field::Bool(_) => "a boolean",
+            Field::PosInt(_) | Field::NegInt(_) | Field::Float(_) => "a number",
+            Field::Str(_) => "a string",
+            Field::Nested(Json::Array(_)) => "an array",
+            Field::Nested(_) => "an object",
+        }
+    }
+
+    /// The integer, if the number is one that fits 64 signed bits.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Field::PosInt(n) => i64::try_from(*n).ok(),
+            Field::NegInt(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Field::PosInt(n) => Some(*n as f64),
+            Field::NegInt(n) => Some(*n as f64),
+            Field::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    pub fn is_number(&self) -> bool {
+        matches!(self, Field::PosInt(_) | Field::NegInt(_) | Field::Float(_))
+    }
+
+    /// The value as a `serde_json::Value` (to keep it as JSON text).
+    pub fn to_json(&self) -> Json {
+        match self {
+            Field::Null => Json::Null,
+            Field::Bool(b) => Json::Bool(*b),
+            Field::PosInt(n) => Json::from(*n),
+            Field::NegInt(n) => Json::from(*n),
+            Field::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+            Field::Str(s) => Json::String(s.to_string()),
+            Field::Nested(v) => v.clone(),
+        }
+    }
+
+    fn from_json(v: &Json) -> Field<'_> {
+        match v {
+            Json::Null => Field::Null,
+            Json::Bool(b) => Field::Bool(*b),
+            Json::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => Field::PosInt(u),
+                (None, Some(i)) => Field::NegInt(i),
+                _ => Field::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Json::String(s) => Field::Str(Cow::Borrowed(s)),
+            nested => Field::Nested(nested.clone()),
+        }
+    }
+}
+
+/// The top-level fields of one event, in the order sent.
+#[derive(Debug, Clone, Default)]
+pub struct Object<'a> {
+    fields: Vec<(Cow<'a, str>, Field<'a>)>,
+}
+
+/// A payload that is JSON but not an object; what it is instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAnObject(pub &'static str);
+
+/// What a payload holds at its top level.
+#[derive(Debug)]
+pub enum Event<'a> {
+    Object(Object<'a>),
+    /// What it is, and the value itself.
+    Other(NotAnObject, Json),
+}
+
+impl<'a> Object<'a> {
+    /// The event in `payload`; `Err` when it is not JSON (the parser's
+    /// message).
+    pub fn parse(payload: &'a [u8]) -> Result<Event<'a>, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+
+    /// An object already parsed into a tree (a JSON array body).
+    pub fn from_map(map: &'a Map<String, Json>) -> Object<'a> {
+        Object {
+            fields: map
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Field::from_json(v)))
+                .collect(),
+        }
+    }
+
+    /// The field's value; the last one when a name is sent twice (as
+    /// JSON parsers that build maps keep it).
+    pub fn get(&self, name: &str) -> Option<&Field<'a>> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Fields by name, each once (the last value of a repeated name).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Field<'a>)> {
+        self.fields
+            .iter()
+            .enumerate()
+            .filter(|(i, (k, _))| !self.fields[i + 1..].iter().any(|(later, _)| later == k))
+            .map(|(_, (k, v))| (k.as_ref(), v))
+    }
+
+    /// The object as a `serde_json` map.
+    pub fn to_map(&self) -> Map<String, Json> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_json()))
+            .collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Field<'de>, E> {
+        Ok(Field::Null)
+    }
+    fn visit_none<E>(self) -> Result<Field<'de>, E> {
+        Ok(Field::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Field<'de>, E> {
+        Ok(Field::Bool(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Field<'de>, E> {
+        Ok(Field::PosInt(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Field<'de>, E> {
+        Ok(if v < 0 {
+            Field::NegInt(v)
+        } else {
+            Field::PosInt(v as u64)
+        })
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Field<'de>, E> {
+        Ok(Field::Float(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Field<'de>, E> {
+        Ok(Field::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Field<'de>, E> {
+        Ok(Field::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Field<'de>, E> {
+        Ok(Field::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'de>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element::<Json>()? {
+            items.push(v);
+        }
+        Ok(Field::Nested(Json::Array(items)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'de>, A::Error> {
+        let mut m = Map::new();
+        while let Some((k, v)) = map.next_entry::<String, Json>()? {
+            m.insert(k, v);
+        }
+        Ok(Field::Nested(Json::Object(m)))
+    }
+}
+
+/// A field name, borrowed from the payload when it holds no escapes
+/// (serde's own `Cow<str>` always copies).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(EventVisitor)
+    }
+}
+
+struct EventVisitor;
+
+impl<'de> Visitor<'de> for EventVisitor {
+    type Value = Event<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event<'de>, A::Error> {
+        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(24));
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            fields.push((key, map.next_value::<Field<'de>>()?));
+        }
+        Ok(Event::Object(Object { fields }))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Event<'de>, A::Error> {
+        let v = FieldVisitor.visit_seq(seq)?.to_json();
+        Ok(Event::Other(NotAnObject("an array"), v))
+    }
+    fn visit_unit<E>(self) -> Result<Event<'de>, E> {
+        Ok(Event::Other(NotAnObject("null"), Json::Null))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Event<'de>, E> {
+        Ok(Event::Other(NotAnObject("a boolean"), Json::Bool(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Event<'de>, E> {
+        Ok(Event::Other(NotAnObject("a number"), Json::from(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Event<'de>, E> {
+        Ok(Event::Other(NotAnObject("a number"), Json::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Event<'de>, E> {
+        Ok(Event::Other(
+            NotAnObject("a number"),
+            Field::Float(v).to_json(),
+        ))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Event<'de>, E> {
+        Ok(Event::Other(NotAnObject("a string"), Json::from(v)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The same event read in one pass and through a `serde_json` tree
+    /// gives the same fields.
+    #[test]
+    fn one_pass_agrees_with_the_tree() {
+        let text = r#"{"s":"plain","e":"tab\there","n":-3,"p":7,"big":18446744073709551615,
+            "f":1.5,"b":false,"z":null,"m":{"k":[1,2]},"a":[{"x":1}],"s":"again"}"#;
+        let Event::Object(one_pass) = Object::parse(text.as_bytes()).unwrap() else {
+            panic!("an object")
+        };
+        let tree: Json = serde_json::from_str(text).unwrap();
+        let from_tree = Object::from_map(tree.as_object().unwrap());
+        assert_eq!(one_pass.to_map(), from_tree.to_map());
+        assert_eq!(Json::Object(one_pass.to_map()), tree);
+        assert_eq!(one_pass.get("s"), Some(&Field::Str("again".into())));
+        assert!(matches!(
+            one_pass.get("s"),
+            Some(Field::Str(Cow::Borrowed(_)))
+        ));
+        assert!(matches!(one_pass.get("e"), Some(Field::Str(Cow::Owned(_)))));
+        assert_eq!(one_pass.get("big").unwrap().as_i64(), None);
+        assert_eq!(one_pass.get("n").unwrap().as_i64(), Some(-3));
+        assert_eq!(one_pass.get("m").unwrap().kind(), "an object");
+        assert_eq!(one_pass.iter().count(), 10);
+    }
+
+    #[test]
+    fn other_top_levels_say_what_they_are() {
+        for (text, kind) in [
+            ("[1,{}]", "an array"),
+            ("\"x\"", "a string"),
+            ("4", "a number"),
+            ("-4.5", "a number"),
+            ("true", "a boolean"),
+            ("null", "null"),
+        ] {
+            match Object::parse(text.as_bytes()).unwrap() {
+                Event::Other(NotAnObject(k), v) => {
+                    assert_eq!(k, kind, "{text}");
+                    assert_eq!(v, serde_json::from_str::<Json>(text).unwrap());
+                }
+                Event::Object(_) => panic!("{text} is not an object"),
+            }
+        }
+        let err = Object::parse(b"{\"a\":").unwrap_err();
+        let tree_err = serde_json::from_slice::<Json>(b"{\"a\":").unwrap_err();
+        assert_eq!(err.to_string(), tree_err.to_string());
+        assert_eq!(json!(null), Field::Null.to_json());
+    }
+}
