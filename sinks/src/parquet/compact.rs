@@ -48,6 +48,7 @@ use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
 use tokio::sync::watch;
 
+use super::background;
 use super::destination::{list_local_table, Destination, ListedFile};
 use super::flusher::FlushTarget;
 use super::layout::{file_name as data_file_name, node_of, partition_dir, partition_of, tmp_name};
@@ -347,9 +348,8 @@ impl Compactor {
     ) -> Result<(), SinkError> {
         let target = self.target.clone();
         let ins = inputs.clone();
-        let merged = tokio::task::spawn_blocking(move || merge_hour(&target, d, hour, &ins))
-            .await
-            .expect("merge does not panic")?;
+        let merged =
+            background::run("tally-compact", move || merge_hour(&target, d, hour, &ins)).await?;
         let data = self.target.data.clone();
         let abs_tmp = data.join(&merged.tmp);
         let built = self.builder.build(d, hour, &abs_tmp).await;

@@ -14,6 +14,7 @@ use tally_pipeline::wal::Wal;
 use tally_pipeline::{Dataset, Record};
 use tokio::sync::watch;
 
+use super::background;
 use super::checkpoint::{Checkpoint, PendingRename};
 use super::destination::Destination;
 use super::layout::partition_of;
@@ -156,10 +157,10 @@ impl Flusher {
         let target = self.target.clone();
         let store = self.store.clone();
         let previous = checkpoint.clone();
-        let result =
-            tokio::task::spawn_blocking(move || write_round(&target, &store, through, previous))
-                .await
-                .expect("flush task does not panic");
+        let result = background::run("tally-flush", move || {
+            write_round(&target, &store, through, previous)
+        })
+        .await;
         let (files, new_checkpoint) = match result {
             Ok(ok) => ok,
             Err(RoundError::BeforeCommit(e)) => {
@@ -212,7 +213,7 @@ impl Flusher {
         }
         // Freeing a round's records holds a core for milliseconds: not on a
         // runtime worker, where requests wait to be acknowledged.
-        tokio::task::spawn_blocking(move || drop(done));
+        tokio::spawn(background::run("tally-free", move || drop(done)));
         self.wal.truncate_through(through).await;
         self.flushed.send_replace(through);
         tracing::debug!(

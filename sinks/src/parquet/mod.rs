@@ -6,6 +6,7 @@
 //! WAL delete what it holds up to `S`. A crash at any point either replays
 //! from the WAL (before the checkpoint) or completes the renames (after it).
 
+pub mod background;
 pub mod checkpoint;
 pub mod compact;
 pub mod config;
