@@ -231,7 +231,7 @@ impl Pipeline {
             Ok(r) => r,
             Err(e) => {
                 return Err(Refused {
-                    error: e.into(),
+                    error: e,
                     batch: Some((records, rejections)),
                 })
             }

@@ -8,63 +8,8 @@ use crate::dataset::Dataset;
 use crate::record::Record;
 use crate::rollup::HOUR_NS;
 
+use super::prepared::Prepared;
 use super::{BufferStats, Chunk, Store};
-
-/// One entry's records split by dataset and measured: what
-/// [`Store::apply_prepared`] buffers.
-#[derive(Debug, Default)]
-pub struct Prepared {
-    parts: Vec<Part>,
-}
-
-#[derive(Debug)]
-struct Part {
-    dataset: Dataset,
-    records: Vec<Record>,
-    bytes: usize,
-    min_ts: i64,
-    max_ts: i64,
-}
-
-impl Prepared {
-    pub fn new(records: Vec<Record>) -> Self {
-        // Nearly every entry holds one dataset: keep its vector as it is.
-        let first = records.first().map(|r| r.dataset);
-        let by_dataset: Vec<(Dataset, Vec<Record>)> =
-            if records.iter().all(|r| Some(r.dataset) == first) {
-                first.map(|d| vec![(d, records)]).unwrap_or_default()
-            } else {
-                let mut split: Vec<Vec<Record>> = Dataset::ALL.iter().map(|_| Vec::new()).collect();
-                for r in records {
-                    split[r.dataset.index()].push(r);
-                }
-                Dataset::ALL
-                    .iter()
-                    .zip(split)
-                    .filter(|(_, rs)| !rs.is_empty())
-                    .map(|(d, rs)| (*d, rs))
-                    .collect()
-            };
-        let parts = by_dataset
-            .into_iter()
-            .map(|(dataset, records)| {
-                let bytes = records.iter().map(Record::approx_size).sum();
-                let (min_ts, max_ts) = records.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
-                    let t = r.timestamp_ns();
-                    (lo.min(t), hi.max(t))
-                });
-                Part {
-                    dataset,
-                    records,
-                    bytes,
-                    min_ts,
-                    max_ts,
-                }
-            })
-            .collect();
-        Prepared { parts }
-    }
-}
 
 impl Store {
     /// Adds the records of WAL entry `seq` to the buffer. Called in sequence

@@ -5,13 +5,14 @@
 //! All three change under one lock per dataset, so a query's snapshot holds
 //! every acknowledged record exactly once, flushed or not. The operations
 //! are split by what they touch: `admission.rs`, `buffer.rs`,
-//! `manifest.rs`.
+//! `manifest.rs`, `prepared.rs`.
 
 mod admission;
 mod buffer;
 mod manifest;
+mod prepared;
 
-pub use buffer::Prepared;
+pub use prepared::Prepared;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
