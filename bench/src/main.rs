@@ -113,7 +113,11 @@ async fn main() -> anyhow::Result<()> {
         let report = ws::run(server.url(), pid, args.clients, args.duration).await?;
         return finish(&args, &report);
     }
-    let result = runner::run(&args, server.url()).await?;
+    let pid = match &server {
+        server::Target::Spawned(s) => s.pid(),
+        server::Target::Running(_) => None,
+    };
+    let result = runner::run(&args, server.url(), pid).await?;
     let server_stats = match server {
         server::Target::Spawned(s) => Some(s.stop(result.records_stored).await?),
         server::Target::Running(_) => None,
@@ -144,7 +148,7 @@ async fn secure_ab(args: &Args) -> anyhow::Result<()> {
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("--secure-ab needs --server-bin"))?;
     let plain_server = server::Spawned::start(bin, &[]).await?;
-    let plain = runner::run(args, &plain_server.url).await?;
+    let plain = runner::run(args, &plain_server.url, None).await?;
     let plain_stats = plain_server.stop(plain.records_stored).await?;
     let plain = report::Report::new(args, plain, Some(plain_stats));
 
@@ -165,7 +169,7 @@ async fn secure_ab(args: &Args) -> anyhow::Result<()> {
         .add_root_certificate(reqwest::Certificate::from_pem(&credentials.ca_pem)?)
         .build()?;
     let secured_server = server::Spawned::start_in(bin, &extra, data, "https", &client).await?;
-    let secured = runner::run_with(args, &secured_server.url, Some(&credentials)).await?;
+    let secured = runner::run_with(args, &secured_server.url, Some(&credentials), None).await?;
     let secured_stats = secured_server.stop(secured.records_stored).await?;
     let secured = report::Report::new(args, secured, Some(secured_stats));
     let ratio = secured.records_per_second / plain.records_per_second.max(1e-9);

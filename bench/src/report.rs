@@ -23,6 +23,9 @@ pub struct Report {
     pub latency_ms: BTreeMap<String, f64>,
     pub errors: BTreeMap<String, u64>,
     pub server: Option<ServerStats>,
+    /// Server CPU time over the measured time per record acknowledged in
+    /// it, in nanoseconds (warm-up and shutdown left out).
+    pub server_cpu_ns_per_record: Option<f64>,
 }
 
 impl Report {
@@ -59,6 +62,9 @@ impl Report {
             latency_ms,
             errors: r.errors,
             server,
+            server_cpu_ns_per_record: r
+                .measured_cpu_seconds
+                .map(|cpu| cpu * 1e9 / r.records_acked.max(1) as f64),
         }
     }
 
@@ -95,6 +101,9 @@ impl Report {
                 "  server: {:.1} CPU s, peak RSS {:.0} MiB, {} Parquet bytes = {:.1} bytes/record",
                 srv.cpu_seconds, srv.peak_rss_mib, srv.parquet_bytes, srv.bytes_per_record
             );
+        }
+        if let Some(ns) = self.server_cpu_ns_per_record {
+            s += &format!("\n  server CPU over the measured time: {ns:.0} ns per record");
         }
         s
     }

@@ -24,6 +24,9 @@ pub struct RunResult {
     pub errors: std::collections::BTreeMap<String, u64>,
     /// Records acknowledged per protocol (one entry unless mixed).
     pub acked_by: std::collections::BTreeMap<String, u64>,
+    /// The server's CPU seconds (user + system) over the measured time,
+    /// when its process is known.
+    pub measured_cpu_seconds: Option<f64>,
 }
 
 struct Shared {
@@ -268,8 +271,10 @@ async fn client_for(
     })
 }
 
-pub async fn run(args: &Args, base: &str) -> anyhow::Result<RunResult> {
-    run_with(args, base, None).await
+/// `server_pid`, when the server runs here, is sampled for its CPU time at
+/// the start and the end of the measured time.
+pub async fn run(args: &Args, base: &str, server_pid: Option<u32>) -> anyhow::Result<RunResult> {
+    run_with(args, base, None, server_pid).await
 }
 
 /// [`run`], trusting the server's CA and sending a bearer token when
@@ -278,6 +283,7 @@ pub async fn run_with(
     args: &Args,
     base: &str,
     secure: Option<&crate::secure::Credentials>,
+    server_pid: Option<u32>,
 ) -> anyhow::Result<RunResult> {
     let mut http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -364,6 +370,7 @@ pub async fn run_with(
     tokio::time::sleep(args.warmup).await;
     shared.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu_at_start = server_pid.and_then(|pid| crate::server::cpu_seconds(pid).ok());
     let mut last = 0;
     while started.elapsed() < args.duration {
         tokio::time::sleep(Duration::from_secs(1).min(args.duration)).await;
@@ -380,6 +387,10 @@ pub async fn run_with(
     }
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let measured_cpu_seconds = match (server_pid, cpu_at_start) {
+        (Some(pid), Some(start)) => crate::server::cpu_seconds(pid).ok().map(|end| end - start),
+        _ => None,
+    };
     shared.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -398,5 +409,6 @@ pub async fn run_with(
         latency_us: hist,
         errors,
         acked_by,
+        measured_cpu_seconds,
     })
 }

@@ -103,6 +103,11 @@ impl Spawned {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far, from /proc.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    Ok(proc_usage(pid)?.0)
+}
+
 /// CPU seconds (user + system) and peak RSS of a process, from /proc.
 fn proc_usage(pid: u32) -> anyhow::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -26,6 +26,20 @@ impl Store {
         self.state(dataset).lock().queued_rows += rows;
     }
 
+    /// How full the fullest dataset's queue is: queued rows over the bound
+    /// (0 with no bound).
+    pub fn queue_fill(&self) -> f64 {
+        if self.max_queued_rows == 0 {
+            return 0.0;
+        }
+        Dataset::ALL
+            .iter()
+            .map(|d| self.state(*d).lock().queued_rows)
+            .max()
+            .unwrap_or(0) as f64
+            / self.max_queued_rows as f64
+    }
+
     /// Gives back rows admitted by [`Store::reserve`] that will not be buffered.
     pub fn release(&self, dataset: Dataset, rows: usize) {
         let mut s = self.state(dataset).lock();

@@ -155,6 +155,23 @@ mod tests {
     }
 
     #[test]
+    fn queue_fill_is_the_fullest_dataset_over_the_bound() {
+        let store = Store::new(4);
+        assert_eq!(store.queue_fill(), 0.0);
+        store.reserve(Dataset::Rejected, 1).unwrap();
+        store.reserve(Dataset::ALL[0], 3).unwrap();
+        let fullest = if Dataset::ALL[0] == Dataset::Rejected {
+            4
+        } else {
+            3
+        };
+        assert_eq!(store.queue_fill(), fullest as f64 / 4.0);
+        store.release(Dataset::ALL[0], 3);
+        store.release(Dataset::Rejected, 1);
+        assert_eq!(store.queue_fill(), 0.0);
+    }
+
+    #[test]
     fn a_file_is_registered_once_however_often_it_is_listed() {
         let store = Store::new(100);
         let file = |p: &str| FileEntry {

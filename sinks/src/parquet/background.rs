@@ -25,6 +25,16 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    run_at(name, true, f).await
+}
+
+/// [`run`], at [`NICE`] when `lower` and at the default priority otherwise:
+/// a flush the admission bound waits for is not background work.
+pub async fn run_at<T, F>(name: &str, lower: bool, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
     // The closure waits in a slot the thread takes it from, so that it is
     // still here to run elsewhere if no thread can be started.
     let slot = Arc::new(Mutex::new(Some(f)));
@@ -33,7 +43,9 @@ where
     let spawned = std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            lower_priority();
+            if lower {
+                lower_priority();
+            }
             if let Some(f) = theirs.lock().take() {
                 let _ = tx.send(panic::catch_unwind(AssertUnwindSafe(f)));
             }

@@ -157,7 +157,12 @@ impl Flusher {
         let target = self.target.clone();
         let store = self.store.clone();
         let previous = checkpoint.clone();
-        let result = background::run("tally-flush", move || {
+        // Under a saturating load the round at a low priority would get too
+        // little of a core and senders would be refused for a full queue:
+        // once half the bound is queued the round runs at the default
+        // priority.
+        let lower = self.store.queue_fill() < 0.5;
+        let result = background::run_at("tally-flush", lower, move || {
             write_round(&target, &store, through, previous)
         })
         .await;
