@@ -439,14 +439,13 @@ mod tests {
         r
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_record_that_does_not_fit_its_schema_is_rejected_and_the_rest_stored() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A pipeline over a WAL in `dir` and a store that admits `queue` rows.
+    fn open(dir: &std::path::Path, queue: usize) -> (Pipeline, Wal, Arc<Store>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
-        let store = Arc::new(Store::new(1000));
+        let store = Arc::new(Store::new(queue));
         let (wal, _) = Wal::open(
             WalConfig {
-                dir: dir.path().to_path_buf(),
+                dir: dir.to_path_buf(),
                 segment_bytes: 1 << 20,
                 max_group_bytes: 1 << 20,
                 quarantine: None,
@@ -459,6 +458,13 @@ mod tests {
         .unwrap();
         let dedup = Arc::new(Dedup::new(3600, 1000, metrics.clone()));
         let pipeline = Pipeline::new(wal.clone(), store.clone(), dedup, metrics.clone());
+        (pipeline, wal, store, metrics)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_that_does_not_fit_its_schema_is_rejected_and_the_rest_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, wal, store, metrics) = open(dir.path(), 1000);
         let report = pipeline
             .ingest(
                 "test",
@@ -495,23 +501,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_hands_the_batch_back_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let store = Arc::new(Store::new(3));
-        let (wal, _) = Wal::open(
-            WalConfig {
-                dir: dir.path().to_path_buf(),
-                segment_bytes: 1 << 20,
-                max_group_bytes: 1 << 20,
-                quarantine: None,
-            },
-            store.clone(),
-            metrics.clone(),
-            0,
-            |_| {},
-        )
-        .unwrap();
-        let dedup = Arc::new(Dedup::new(3600, 1000, metrics.clone()));
-        let pipeline = Pipeline::new(wal.clone(), store.clone(), dedup, metrics.clone());
+        let (pipeline, wal, store, metrics) = open(dir.path(), 3);
         let batch: Vec<Record> = ["a", "b", "c", "d"]
             .into_iter()
             .map(|id| message(id, Value::I32(1)))
