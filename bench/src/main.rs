@@ -106,18 +106,10 @@ async fn main() -> anyhow::Result<()> {
         return finish(&args, &report);
     }
     if let Scenario::WsClients = args.scenario {
-        let pid = match &server {
-            server::Target::Spawned(s) => s.pid(),
-            server::Target::Running(_) => None,
-        };
-        let report = ws::run(server.url(), pid, args.clients, args.duration).await?;
+        let report = ws::run(server.url(), server.pid(), args.clients, args.duration).await?;
         return finish(&args, &report);
     }
-    let pid = match &server {
-        server::Target::Spawned(s) => s.pid(),
-        server::Target::Running(_) => None,
-    };
-    let result = runner::run(&args, server.url(), pid).await?;
+    let result = runner::run(&args, server.url(), server.pid()).await?;
     let server_stats = match server {
         server::Target::Spawned(s) => Some(s.stop(result.records_stored).await?),
         server::Target::Running(_) => None,

@@ -19,6 +19,14 @@ impl Target {
             Target::Spawned(s) => &s.url,
         }
     }
+
+    /// The server's process, when it runs here.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Target::Running(_) => None,
+            Target::Spawned(s) => s.pid(),
+        }
+    }
 }
 
 pub struct Spawned {
