@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .build_transport(false)
+        .codec_path("crate::codec::SliceCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -111,6 +111,10 @@ pub enum Scenario {
     NatsCoreLlm,
     /// `usage.llm` events published to a JetStream stream (needs --nats).
     NatsJetstreamLlm,
+    /// The publisher of nats-core-llm with a subscriber that only counts in
+    /// tally's place (needs --nats, no server): the most core NATS carries
+    /// on this machine, for comparison with nats-core-llm.
+    NatsCoreCeiling,
     /// Load --events LLM events over HTTP, then time /internal/usage/summary.
     UsageSummary,
     /// All of gRPC, Connect binary, Connect JSON (VM batches) and HTTP

@@ -23,6 +23,14 @@ async fn main() -> anyhow::Result<()> {
     if args.secure_ab {
         return secure_ab(&args).await;
     }
+    if let Scenario::NatsCoreCeiling = args.scenario {
+        let url = args
+            .nats
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("NATS scenarios need --nats URL"))?;
+        let report = nats::ceiling(&url, args.concurrency, args.warmup, args.duration).await?;
+        return finish(&args, &report);
+    }
     let server = match (&args.target, &args.server_bin) {
         (Some(t), _) => server::Target::Running(t.trim_end_matches('/').to_string()),
         (None, Some(bin)) => {

@@ -38,6 +38,22 @@ pub async fn stored(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
         .sum())
 }
 
+/// Where the stored count is read: tally's metrics, or a subscriber of the
+/// bench's own that only counts.
+enum Counter {
+    Tally { http: reqwest::Client, base: String },
+    Local(Arc<AtomicU64>),
+}
+
+impl Counter {
+    async fn get(&self) -> anyhow::Result<u64> {
+        match self {
+            Counter::Tally { http, base } => stored(http, base).await,
+            Counter::Local(n) => Ok(n.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 pub async fn run(
     base: &str,
     nats_url: &str,
@@ -46,7 +62,56 @@ pub async fn run(
     warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<NatsReport> {
-    let http = reqwest::Client::new();
+    let counter = Counter::Tally {
+        http: reqwest::Client::new(),
+        base: base.to_string(),
+    };
+    publish(counter, nats_url, jetstream, publishers, warmup, duration).await
+}
+
+/// Core NATS with a subscriber (its own connection, as tally's would be)
+/// that counts messages and drops them.
+pub async fn ceiling(
+    nats_url: &str,
+    publishers: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<NatsReport> {
+    use futures::StreamExt;
+    let received = Arc::new(AtomicU64::new(0));
+    // Default options, as tally's collector has.
+    let subscriber = async_nats::connect(nats_url).await?;
+    let mut messages = subscriber.subscribe("usage.llm").await?;
+    subscriber.flush().await?;
+    let count = received.clone();
+    let task = tokio::spawn(async move {
+        while let Some(m) = messages.next().await {
+            std::hint::black_box(&m.payload);
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let mut report = publish(
+        Counter::Local(received),
+        nats_url,
+        false,
+        publishers,
+        warmup,
+        duration,
+    )
+    .await?;
+    report.mode = "core, counting subscriber";
+    task.abort();
+    Ok(report)
+}
+
+async fn publish(
+    counter: Counter,
+    nats_url: &str,
+    jetstream: bool,
+    publishers: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<NatsReport> {
     let client = async_nats::connect(nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     if jetstream {
@@ -93,13 +158,13 @@ pub async fn run(
     }
     tokio::time::sleep(warmup).await;
     let (s0, p0, t0) = (
-        stored(&http, base).await?,
+        counter.get().await?,
         next.load(Ordering::Relaxed),
         Instant::now(),
     );
     tokio::time::sleep(duration).await;
     let (s1, p1, elapsed) = (
-        stored(&http, base).await?,
+        counter.get().await?,
         next.load(Ordering::Relaxed),
         t0.elapsed(),
     );
@@ -110,14 +175,14 @@ pub async fn run(
     let published = next.load(Ordering::Relaxed);
     // Let tally drain what is on its way.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut total = stored(&http, base).await?;
+    let mut total = counter.get().await?;
     let mut last_change = Instant::now();
     while total < published
         && Instant::now() < deadline
         && last_change.elapsed() < Duration::from_secs(5)
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = stored(&http, base).await?;
+        let now = counter.get().await?;
         if now != total {
             last_change = Instant::now();
         }

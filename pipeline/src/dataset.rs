@@ -300,6 +300,11 @@ impl Dataset {
         self.columns().iter().position(|c| c.name == name)
     }
 
+    /// Whether records of this dataset have a dedup key.
+    pub fn has_key(self) -> bool {
+        !self.key_columns().is_empty()
+    }
+
     /// Columns of the dedup key, in order. Empty: append only.
     ///
     /// A usage dataset's key starts with its tenant (see

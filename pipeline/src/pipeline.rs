@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::dataset::Dataset;
-use crate::dedup::Dedup;
+use crate::dedup::{Dedup, Keys};
 use crate::metrics::{Metrics, Outcome};
 use crate::record::{Record, RecordBuilder, SchemaError, Value};
 use crate::store::{QueueFull, Store};
@@ -318,20 +318,23 @@ impl Pipeline {
             stored_flags: Vec::with_capacity(records.len()),
             ..Default::default()
         };
-        let mut keys: Vec<(Dataset, Vec<u8>)> = Vec::new();
+        // Every record's key in one buffer, then into the index under one
+        // lock per run of a dataset.
+        let keys = Keys::of(&records);
+        let mut fresh = Vec::with_capacity(keys.len());
+        inner.dedup.insert_all(keys.iter(), now_secs, &mut fresh);
         let mut kept = Vec::with_capacity(records.len() + rejections.len());
+        let mut fresh_keys = fresh.iter();
         for r in records {
-            if let Some(key) = r.key() {
-                if !inner.dedup.insert(r.dataset, &key, now_secs) {
-                    inner.store.release(r.dataset, 1);
-                    inner
-                        .metrics
-                        .count(Outcome::Duplicate, r.dataset, source, 1);
-                    report.duplicates += 1;
-                    report.stored_flags.push(false);
-                    continue;
-                }
-                keys.push((r.dataset, key));
+            let keyed = r.dataset.has_key();
+            if keyed && !fresh_keys.next().copied().unwrap_or(true) {
+                inner.store.release(r.dataset, 1);
+                inner
+                    .metrics
+                    .count(Outcome::Duplicate, r.dataset, source, 1);
+                report.duplicates += 1;
+                report.stored_flags.push(false);
+                continue;
             }
             report.stored_flags.push(true);
             kept.push(r);
@@ -395,8 +398,10 @@ impl Pipeline {
         report.seq = match written {
             Ok(seq) => seq,
             Err(e) => {
-                for (d, key) in keys {
-                    inner.dedup.remove(d, &key);
+                for ((d, key), fresh) in keys.iter().zip(&fresh) {
+                    if *fresh {
+                        inner.dedup.remove(d, key);
+                    }
                 }
                 if inner.relay.is_none() {
                     release(&held);

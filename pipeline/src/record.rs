@@ -344,22 +344,44 @@ impl Record {
 
     /// The dedup key, or `None` for datasets without one (`rejected`).
     pub fn key(&self) -> Option<Vec<u8>> {
-        let cols = self.dataset.key_columns();
-        if cols.is_empty() {
-            return None;
-        }
         let mut key = Vec::with_capacity(40);
+        self.key_into(&mut key).then_some(key)
+    }
+
+    /// Appends the dedup key to `out`; `false` (nothing appended) for
+    /// datasets without one.
+    pub fn key_into(&self, out: &mut Vec<u8>) -> bool {
+        let cols = self.dataset.key_columns();
         for &c in cols {
-            encode_key_part(&self.values[c], &mut key);
+            encode_key_part(&self.values[c], out);
         }
-        Some(key)
+        !cols.is_empty()
     }
 
     /// The order of rows inside a Parquet file: key columns, then time.
     pub fn sort_key(&self) -> Vec<u8> {
-        let mut key = self.key().unwrap_or_default();
-        encode_key_part(&self.values[self.dataset.time_column()], &mut key);
+        let mut key = Vec::with_capacity(48);
+        self.sort_key_into(&mut key);
         key
+    }
+
+    /// Appends [`Record::sort_key`] to `out`, and returns the length of its
+    /// series part: the key parts before the record's time (all of the key
+    /// when the time is not part of it). Rows of one series (one VM's
+    /// samples) share it and differ in what follows.
+    pub fn sort_key_into(&self, out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        let time = self.dataset.time_column();
+        let mut series = None;
+        for &c in self.dataset.key_columns() {
+            if c == time && series.is_none() {
+                series = Some(out.len() - start);
+            }
+            encode_key_part(&self.values[c], out);
+        }
+        let series = series.unwrap_or(out.len() - start);
+        encode_key_part(&self.values[time], out);
+        series
     }
 
     pub fn approx_size(&self) -> usize {

@@ -1,6 +1,9 @@
 //! billing.v1 protobuf messages and the gRPC service/client code, generated
 //! at build time from `proto/billing/v1/billing.proto`.
 
+pub mod codec;
+pub mod fast;
+
 pub mod billing {
     pub mod v1 {
         tonic::include_proto!("billing.v1");

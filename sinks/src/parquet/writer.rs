@@ -84,6 +84,89 @@ pub fn writer_properties_with(
     builder.build()
 }
 
+/// `records` in the order of the file ([`Record::sort_key`]). The keys are
+/// encoded into one buffer. A flush round's rows come as runs of one series
+/// in time order (a request of one VM's samples is one): the runs are found
+/// and put in order by their first keys, which is enough when the runs of a
+/// series do not overlap in time. Otherwise the row numbers are sorted by
+/// key.
+pub fn in_file_order<'r>(records: &[&'r Record]) -> Vec<&'r Record> {
+    let keys = SortKeys::of(records);
+    if let Some(runs) = keys.ordered_runs() {
+        return runs
+            .into_iter()
+            .flat_map(|(start, end)| records[start..end].iter().copied())
+            .collect();
+    }
+    let mut order: Vec<u32> = (0..records.len() as u32).collect();
+    order.sort_by(|&a, &b| keys.get(a as usize).cmp(keys.get(b as usize)));
+    order.into_iter().map(|i| records[i as usize]).collect()
+}
+
+/// Every row's sort key in one buffer.
+struct SortKeys {
+    bytes: Vec<u8>,
+    /// Row `i`'s key is `bytes[bounds[i].0..bounds[i + 1].0]`, its series
+    /// part `bytes[bounds[i].0..bounds[i].1]`.
+    bounds: Vec<(usize, usize)>,
+}
+
+impl SortKeys {
+    fn of(records: &[&Record]) -> Self {
+        let mut bytes = Vec::with_capacity(records.len() * 48);
+        let mut bounds = Vec::with_capacity(records.len() + 1);
+        for r in records {
+            let start = bytes.len();
+            let series = r.sort_key_into(&mut bytes);
+            bounds.push((start, start + series));
+        }
+        bounds.push((bytes.len(), bytes.len()));
+        SortKeys { bytes, bounds }
+    }
+
+    fn len(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        &self.bytes[self.bounds[i].0..self.bounds[i + 1].0]
+    }
+
+    fn series(&self, i: usize) -> &[u8] {
+        &self.bytes[self.bounds[i].0..self.bounds[i].1]
+    }
+
+    /// What follows the series part (the time).
+    fn rest(&self, i: usize) -> &[u8] {
+        &self.bytes[self.bounds[i].1..self.bounds[i + 1].0]
+    }
+
+    /// The rows as runs `(start, end)` in key order, each of one series in
+    /// order, when they are few (at most one per 32 rows) and the runs of
+    /// a series do not overlap; `None` otherwise.
+    fn ordered_runs(&self) -> Option<Vec<(usize, usize)>> {
+        let n = self.len();
+        let most = n / 32 + 1;
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for i in 1..=n {
+            let same_run =
+                i < n && self.series(i) == self.series(i - 1) && self.rest(i) >= self.rest(i - 1);
+            if !same_run {
+                if runs.len() == most {
+                    return None;
+                }
+                runs.push((start, i));
+                start = i;
+            }
+        }
+        runs.sort_by(|a, b| self.get(a.0).cmp(self.get(b.0)));
+        runs.windows(2)
+            .all(|w| self.get(w[0].1 - 1) <= self.get(w[1].0))
+            .then_some(runs)
+    }
+}
+
 /// Writes `records` (one dataset, one partition) to a temporary file.
 /// `partition` is `(date, hour)`; `seqs` the first and last WAL sequence of
 /// the records.
@@ -102,16 +185,7 @@ pub fn write_partition(
     let tmp = dir.join(tmp_name(&name));
     let final_path = dir.join(&name);
 
-    let mut sorted: Vec<(Vec<u8>, &Record)> = records.iter().map(|r| (r.sort_key(), *r)).collect();
-    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let batch = records_to_batch(
-        dataset,
-        sorted
-            .iter()
-            .map(|(_, r)| *r)
-            .collect::<Vec<_>>()
-            .into_iter(),
-    )?;
+    let batch = records_to_batch(dataset, in_file_order(records).into_iter())?;
 
     let abs_tmp = data.join(&tmp);
     let parquet_err = |source| SinkError::Parquet {
@@ -133,4 +207,98 @@ pub fn write_partition(
         rows: records.len() as u64,
         bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_pipeline::Value;
+
+    /// The file order against a sort of the values themselves (customer,
+    /// VM, time as a tuple), on runs of one VM's samples in time order
+    /// interleaved with other VMs, late samples and negative times.
+    fn vm_record(customer: u64, vm: u64, ts: i64, id: usize) -> Record {
+        let mut values = vec![Value::I64(0); Dataset::VmMetrics.columns().len()];
+        values[0] = Value::Str(format!("c{customer}"));
+        values[1] = Value::Str(format!("vm-{vm}"));
+        values[2] = Value::Ts(ts);
+        values[3] = Value::I64(id as i64);
+        Record::from_columns(Dataset::VmMetrics, values)
+    }
+
+    fn tuple(r: &Record) -> (String, String, i64) {
+        (
+            r.values[0].as_str().unwrap().to_string(),
+            r.values[1].as_str().unwrap().to_string(),
+            r.values[2].as_i64().unwrap(),
+        )
+    }
+
+    /// Requests of one VM's samples in time order, VMs interleaved, each
+    /// VM's requests in turn: the runs are put in order without a sort of
+    /// the rows, and the order is the tuples' order.
+    #[test]
+    fn runs_in_order_are_ordered_by_their_first_keys() {
+        let mut records = Vec::new();
+        for round in 0..4i64 {
+            for vm in [3, 1, 2, 0] {
+                for i in 0..50 {
+                    let id = records.len();
+                    records.push(vm_record(vm % 2, vm, round * 50 + i, id));
+                }
+            }
+        }
+        let refs: Vec<&Record> = records.iter().collect();
+        assert_eq!(
+            SortKeys::of(&refs).ordered_runs().map(|r| r.len()),
+            Some(16)
+        );
+        let got: Vec<_> = in_file_order(&refs).into_iter().map(tuple).collect();
+        let mut want: Vec<_> = records.iter().map(tuple).collect();
+        want.sort();
+        assert_eq!(got, want);
+        // One late sample makes two runs overlap: the rows are sorted.
+        let late = records.len();
+        records.push(vm_record(1, 1, 3, late));
+        let refs: Vec<&Record> = records.iter().collect();
+        assert!(SortKeys::of(&refs).ordered_runs().is_none());
+        let got: Vec<_> = in_file_order(&refs).into_iter().map(tuple).collect();
+        let mut want: Vec<_> = records.iter().map(tuple).collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn file_order_is_customer_vm_time() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut records = Vec::new();
+        for _batch in 0..40 {
+            let (customer, vm) = (rand(3), rand(7));
+            let start = rand(1_000) as i64 - 500;
+            for i in 0..(1 + rand(30) as i64) {
+                let ts = if rand(8) == 0 { start - i } else { start + i };
+                let id = records.len();
+                records.push(vm_record(customer, vm, ts, id));
+            }
+        }
+        let refs: Vec<&Record> = records.iter().collect();
+        let got: Vec<&Record> = in_file_order(&refs);
+        let mut want = refs.clone();
+        want.sort_by_key(|r| tuple(r));
+        assert_eq!(got.len(), want.len());
+        // Rows with the same customer, VM and time may come in either
+        // order; their tuples may not.
+        let got_tuples: Vec<_> = got.iter().map(|r| tuple(r)).collect();
+        let want_tuples: Vec<_> = want.iter().map(|r| tuple(r)).collect();
+        assert_eq!(got_tuples, want_tuples);
+        let mut ids: Vec<i64> = got.iter().map(|r| r.values[3].as_i64().unwrap()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..records.len() as i64).collect::<Vec<_>>());
+    }
 }

@@ -210,13 +210,13 @@ pub async fn call(
     (StatusCode::OK, response_headers, bytes).into_response()
 }
 
-fn decode<T: Message + Default>(
+fn decode<T: Message + Default + 'static>(
     codec: Codec,
     body: &[u8],
     from_json: fn(&[u8]) -> Result<T, String>,
 ) -> Result<T, RpcError> {
     match codec {
-        Codec::Proto => T::decode(body).map_err(|e| {
+        Codec::Proto => tally_proto::codec::decode_message::<T>(body).map_err(|e| {
             RpcError::InvalidArgument(format!("request is not a valid protobuf message: {e}"))
         }),
         Codec::Json => from_json(body).map_err(RpcError::InvalidArgument),
