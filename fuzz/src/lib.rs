@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::Request;
+use prost::Message;
 use tally_pipeline::batch::records_to_batch;
 use tally_pipeline::dedup::Dedup;
 use tally_pipeline::metrics::Metrics;
@@ -16,6 +17,7 @@ use tally_pipeline::wal::codec::{decode_entry, decode_records, encode_entry};
 use tally_pipeline::wal::segment::{encode_frame, parse_segment, HEADER_LEN};
 use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::Pipeline;
+use tally_proto::billing::v1::SendMetricsBatchRequest;
 use tally_queries::plan_usage::config::UsageConfig;
 use tally_sources::billing::connect::{decode_request, decompress, BillingRequest, Codec};
 use tally_sources::billing::{batch_records, validate_batch, BillingService, METHODS};
@@ -30,7 +32,8 @@ const NOW_NS: i64 = 1_767_225_600_000_000_000;
 
 /// Connect unary bodies: JSON or binary protobuf, identity or gzip, for
 /// each method. The first byte picks method, codec and encoding. A batch
-/// that validates always becomes rows that fit `vm_metrics`.
+/// that validates always becomes rows that fit `vm_metrics`; a protobuf
+/// body the direct batch decoder takes decodes to what prost gives.
 pub fn connect_body(data: &[u8]) {
     let Some((&sel, body)) = data.split_first() else {
         return;
@@ -42,6 +45,13 @@ pub fn connect_body(data: &[u8]) {
         Codec::Json
     };
     let encoding = if sel & 0x80 != 0 { "gzip" } else { "identity" };
+    if let (Codec::Proto, Ok(bytes)) = (&codec, decompress(encoding, body)) {
+        // The direct decoder of batches gives prost's result whenever it
+        // does not leave the input to prost.
+        if let Some(direct) = tally_proto::fast::send_metrics_batch(&bytes) {
+            assert_eq!(Ok(direct), SendMetricsBatchRequest::decode(&bytes[..]));
+        }
+    }
     let decoded = decompress(encoding, body).and_then(|b| decode_request(method, codec, &b));
     if let Ok(BillingRequest::SendMetricsBatch(req)) = decoded {
         if validate_batch(&req, NOW_NS).is_ok() {
