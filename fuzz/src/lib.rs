@@ -45,14 +45,15 @@ pub fn connect_body(data: &[u8]) {
         Codec::Json
     };
     let encoding = if sel & 0x80 != 0 { "gzip" } else { "identity" };
-    if let (Codec::Proto, Ok(bytes)) = (&codec, decompress(encoding, body)) {
+    let bytes = decompress(encoding, body);
+    if let (Codec::Proto, Ok(bytes)) = (&codec, &bytes) {
         // The direct decoder of batches gives prost's result whenever it
         // does not leave the input to prost.
-        if let Some(direct) = tally_proto::fast::send_metrics_batch(&bytes) {
+        if let Some(direct) = tally_proto::fast::send_metrics_batch(bytes) {
             assert_eq!(Ok(direct), SendMetricsBatchRequest::decode(&bytes[..]));
         }
     }
-    let decoded = decompress(encoding, body).and_then(|b| decode_request(method, codec, &b));
+    let decoded = bytes.and_then(|b| decode_request(method, codec, &b));
     if let Ok(BillingRequest::SendMetricsBatch(req)) = decoded {
         if validate_batch(&req, NOW_NS).is_ok() {
             let (records, _) = batch_records(&req).expect("a valid batch fits vm_metrics");

@@ -358,15 +358,9 @@ impl Record {
         !cols.is_empty()
     }
 
-    /// The order of rows inside a Parquet file: key columns, then time.
-    pub fn sort_key(&self) -> Vec<u8> {
-        let mut key = Vec::with_capacity(48);
-        self.sort_key_into(&mut key);
-        key
-    }
-
-    /// Appends [`Record::sort_key`] to `out`, and returns the length of its
-    /// series part: the key parts before the record's time (all of the key
+    /// Appends the key of the order of rows inside a Parquet file (key
+    /// columns, then time) to `out`, and returns the length of its series
+    /// part: the key parts before the record's time (all of the key
     /// when the time is not part of it). Rows of one series (one VM's
     /// samples) share it and differ in what follows.
     pub fn sort_key_into(&self, out: &mut Vec<u8>) -> usize {

@@ -84,7 +84,7 @@ pub fn writer_properties_with(
     builder.build()
 }
 
-/// `records` in the order of the file ([`Record::sort_key`]). The keys are
+/// `records` in the order of the file ([`Record::sort_key_into`]). The keys are
 /// encoded into one buffer. A flush round's rows come as runs of one series
 /// in time order (a request of one VM's samples is one): the runs are found
 /// and put in order by their first keys, which is enough when the runs of a
