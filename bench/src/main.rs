@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
             .nats
             .clone()
             .ok_or_else(|| anyhow::anyhow!("NATS scenarios need --nats URL"))?;
-        let report = nats::ceiling(&url, args.concurrency, args.warmup, args.duration).await?;
+        let report = nats::ceiling(&url, &nats_load(&args, false)).await?;
         return finish(&args, &report);
     }
     let server = match (&args.target, &args.server_bin) {
@@ -55,15 +55,7 @@ async fn main() -> anyhow::Result<()> {
             .clone()
             .ok_or_else(|| anyhow::anyhow!("NATS scenarios need --nats URL"))?;
         let js = matches!(args.scenario, Scenario::NatsJetstreamLlm);
-        let report = nats::run(
-            server.url(),
-            &url,
-            js,
-            args.concurrency,
-            args.warmup,
-            args.duration,
-        )
-        .await?;
+        let report = nats::run(server.url(), server.pid(), &url, &nats_load(&args, js)).await?;
         return finish(&args, &report);
     }
     if let Scenario::UsageSummary = args.scenario {
@@ -131,6 +123,16 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("no request succeeded");
     }
     Ok(())
+}
+
+fn nats_load(args: &Args, jetstream: bool) -> nats::Load {
+    nats::Load {
+        jetstream,
+        publishers: args.concurrency,
+        rate: args.rate,
+        warmup: args.warmup,
+        duration: args.duration,
+    }
 }
 
 fn finish(args: &Args, report: &impl serde::Serialize) -> anyhow::Result<()> {

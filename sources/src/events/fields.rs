@@ -37,7 +37,13 @@ impl<'a> Fields<'a> {
     }
 
     pub fn opt_str(&mut self, name: &str) -> Option<String> {
-        match self.get(name)? {
+        let v = self.get(name)?;
+        self.string(name, v)
+    }
+
+    /// The string `v` of field `name`, checked.
+    fn string(&mut self, name: &str, v: &Field) -> Option<String> {
+        match v {
             Field::Str(s) => {
                 if s.len() > MAX_ID_LEN && name != "error" {
                     self.errors.push(format!(
@@ -63,11 +69,11 @@ impl<'a> Fields<'a> {
 
     /// A required, non-empty string.
     pub fn str(&mut self, name: &str) -> Value {
-        if !self.has(name) {
+        let Some(v) = self.get(name) else {
             self.errors.push(format!("{name} is required"));
             return Value::Null;
-        }
-        match self.opt_str(name) {
+        };
+        match self.string(name, v) {
             Some(s) if s.is_empty() => {
                 self.errors.push(format!("{name} must not be empty"));
                 Value::Null
@@ -135,6 +141,11 @@ impl<'a> Fields<'a> {
     /// A non-negative count that fits the column's 32 bits; `None` if absent.
     pub fn opt_count32(&mut self, name: &str) -> Option<i32> {
         let v = self.get(name)?;
+        self.count32_of(name, v)
+    }
+
+    /// The count `v` of field `name`, checked.
+    fn count32_of(&mut self, name: &str, v: &Field) -> Option<i32> {
         let n = self.integer(name, v)?;
         if n < 0 {
             self.errors.push(format!("{name} must be >= 0, got {n}"));
@@ -149,11 +160,11 @@ impl<'a> Fields<'a> {
     }
 
     pub fn count32(&mut self, name: &str) -> Value {
-        if !self.has(name) {
+        let Some(v) = self.get(name) else {
             self.errors.push(format!("{name} is required"));
             return Value::Null;
-        }
-        self.opt_count32(name)
+        };
+        self.count32_of(name, v)
             .map(Value::I32)
             .unwrap_or(Value::Null)
     }

@@ -87,10 +87,26 @@ impl Field<'_> {
     }
 }
 
-/// The top-level fields of one event, in the order sent.
+/// The top-level fields of one event, in the order sent, each with its
+/// name's [`tag`].
 #[derive(Debug, Clone, Default)]
 pub struct Object<'a> {
-    fields: Vec<(Cow<'a, str>, Field<'a>)>,
+    fields: Vec<(u64, Cow<'a, str>, Field<'a>)>,
+}
+
+/// A name's first and last eight bytes and its length folded into one
+/// word. Two names with different tags differ, so a lookup compares tags
+/// and compares the names only where the tags are equal: a decoder asks
+/// for ~25 names among ~15 fields per event.
+fn tag(name: &str) -> u64 {
+    let b = name.as_bytes();
+    let n = b.len().min(8);
+    let (mut head, mut tail) = ([0u8; 8], [0u8; 8]);
+    head[..n].copy_from_slice(&b[..n]);
+    tail[..n].copy_from_slice(&b[b.len() - n..]);
+    u64::from_le_bytes(head)
+        ^ u64::from_le_bytes(tail).rotate_left(23)
+        ^ (b.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// A payload that is JSON but not an object; what it is instead.
@@ -117,7 +133,7 @@ impl<'a> Object<'a> {
         Object {
             fields: map
                 .iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Field::from_json(v)))
+                .map(|(k, v)| (tag(k), Cow::Borrowed(k.as_str()), Field::from_json(v)))
                 .collect(),
         }
     }
@@ -125,11 +141,12 @@ impl<'a> Object<'a> {
     /// The field's value; the last one when a name is sent twice (as
     /// JSON parsers that build maps keep it).
     pub fn get(&self, name: &str) -> Option<&Field<'a>> {
+        let t = tag(name);
         self.fields
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
+            .find(|(kt, k, _)| *kt == t && k == name)
+            .map(|(_, _, v)| v)
     }
 
     /// Fields by name, each once (the last value of a repeated name).
@@ -137,8 +154,8 @@ impl<'a> Object<'a> {
         self.fields
             .iter()
             .enumerate()
-            .filter(|(i, (k, _))| !self.fields[i + 1..].iter().any(|(later, _)| later == k))
-            .map(|(_, (k, v))| (k.as_ref(), v))
+            .filter(|(i, (_, k, _))| !self.fields[i + 1..].iter().any(|(_, later, _)| later == k))
+            .map(|(_, (_, k, v))| (k.as_ref(), v))
     }
 
     /// The object as a `serde_json` map.
@@ -253,7 +270,7 @@ impl<'de> Visitor<'de> for EventVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Event<'de>, A::Error> {
         let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(24));
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            fields.push((key, map.next_value::<Field<'de>>()?));
+            fields.push((tag(&key), key, map.next_value::<Field<'de>>()?));
         }
         Ok(Event::Object(Object { fields }))
     }
@@ -312,6 +329,62 @@ mod tests {
         assert_eq!(one_pass.get("n").unwrap().as_i64(), Some(-3));
         assert_eq!(one_pass.get("m").unwrap().kind(), "an object");
         assert_eq!(one_pass.iter().count(), 10);
+    }
+
+    /// Names that share a length, a head or a tail are still told apart,
+    /// and a lookup finds exactly the field a plain name comparison finds.
+    #[test]
+    fn lookups_by_tag_find_what_names_find() {
+        let names = [
+            "a",
+            "b",
+            "ab",
+            "ba",
+            "event_id",
+            "agent_id",
+            "actor_id",
+            "event_ie",
+            "prompt_tokens",
+            "prompt_tokenz",
+            "xprompt_tokens",
+            "completion_tokens",
+            "completion_tokenz",
+            "total_tokens",
+            "cache_read_tokens",
+            "cache_creation_tokens",
+            "",
+            "é",
+            "timestamp",
+            "timestamq",
+            "a_very_long_field_name_that_ends_in_x",
+            "a_very_long_field_name_that_ends_in_y",
+            "b_very_long_field_name_that_ends_in_x",
+        ];
+        let text = format!(
+            "{{{}}}",
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("{n:?}:{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let Event::Object(obj) = Object::parse(text.as_bytes()).unwrap() else {
+            panic!("an object")
+        };
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(obj.get(n), Some(&Field::PosInt(i as u64)), "{n}");
+        }
+        for absent in [
+            "c",
+            "event_i",
+            "event_idd",
+            "Event_id",
+            "total_token",
+            "ab ",
+        ] {
+            assert_eq!(obj.get(absent), None, "{absent}");
+        }
     }
 
     #[test]
