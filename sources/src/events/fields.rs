@@ -51,7 +51,7 @@ impl<'a> Fields<'a> {
                         s.len()
                     ));
                     None
-                } else if s.contains('\0') {
+                } else if s.as_bytes().contains(&0) {
                     self.errors
                         .push(format!("{name} must not contain NUL characters"));
                     None
