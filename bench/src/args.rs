@@ -56,6 +56,12 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub clients: usize,
 
+    /// nats-jetstream-llm: publish with plain `PUB`s over the protocol (as
+    /// nats-core-llm does), not with publish acks; the stream stores them
+    /// all the same, and `lost` says whether it did.
+    #[arg(long)]
+    pub js_unacked: bool,
+
     /// NATS scenarios: the nats-server URL (tally is started with it).
     #[arg(long)]
     pub nats: Option<String>,

@@ -130,6 +130,7 @@ fn nats_load(args: &Args, jetstream: bool) -> nats::Load {
         jetstream,
         publishers: args.concurrency,
         rate: args.rate,
+        unacked: args.js_unacked,
         warmup: args.warmup,
         duration: args.duration,
     }

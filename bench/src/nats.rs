@@ -46,6 +46,10 @@ pub struct Load {
     pub publishers: usize,
     /// Events per second over all publishers; as fast as they can if `None`.
     pub rate: Option<u64>,
+    /// JetStream: publish plain `PUB`s on the stream's subject, as core
+    /// runs do, without waiting for the stream's publish acks. The stream
+    /// stores them all the same; whether it did shows as `lost`.
+    pub unacked: bool,
     pub warmup: Duration,
     pub duration: Duration,
 }
@@ -171,6 +175,10 @@ async fn publish(
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+    if jetstream && !load.unacked {
+        let client = async_nats::connect(nats_url).await?;
+        let js = async_nats::jetstream::new(client.clone());
         for _ in 0..load.publishers.max(1) {
             let (client, js, next, stop) = (client.clone(), js.clone(), next.clone(), stop.clone());
             let (rate, publishers) = (load.rate, load.publishers);

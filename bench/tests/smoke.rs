@@ -100,3 +100,74 @@ fn summary_run_says_why_the_postgres_peer_was_skipped() {
         "{skipped}"
     );
 }
+
+/// A real `nats-server` on a free loopback port, stopped on drop.
+struct NatsServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl NatsServer {
+    fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (./scripts/test.sh installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The core NATS publisher writes the protocol itself: every event it
+/// publishes at the offered rate reaches tally as a valid `usage.llm`
+/// event and is stored (tally's own accepted count says so).
+#[test]
+fn core_nats_run_at_a_rate_stores_every_published_event() {
+    let nats = NatsServer::start();
+    let report = bench_report(&[
+        "--scenario",
+        "nats-core-llm",
+        "--nats",
+        &nats.url,
+        "--rate",
+        "2000",
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+    ]);
+    let published = report["published"].as_u64().unwrap();
+    // 2.5 s at 2,000/s, give or take a scheduling tick.
+    assert!((4_000..=5_600).contains(&published), "{report}");
+    assert_eq!(report["stored_total"].as_u64(), Some(published), "{report}");
+    assert_eq!(report["lost"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["offered_per_second"].as_u64(), Some(2000));
+    assert!(
+        report["cpu_seconds"]["tally"].as_f64().is_some(),
+        "{report}"
+    );
+}
