@@ -33,10 +33,10 @@ const IN_FLIGHT: usize = 4;
 /// stored. Core NATS acknowledges nothing, so this delays only when an
 /// event becomes queryable.
 const LINGER: Duration = Duration::from_millis(2);
-/// Core NATS: messages the client holds for tally before it drops them as
-/// a slow consumer (the client's default is 65,536). At 300,000 events/s
-/// this rides out about 0.9 s of a full pipeline; at ~0.5 KiB a message,
-/// ~128 MiB at most.
+/// Messages the client holds for each subscribed subject before it drops
+/// them as a slow consumer (the client's default is 65,536). At 300,000
+/// events/s this rides out about 0.9 s of a full pipeline; at ~0.5 KiB a
+/// message, ~128 MiB at most per flooded subject.
 const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
