@@ -33,11 +33,6 @@ const IN_FLIGHT: usize = 4;
 /// stored. Core NATS acknowledges nothing, so this delays only when an
 /// event becomes queryable.
 const LINGER: Duration = Duration::from_millis(2);
-/// Messages the client holds for each subscribed subject before it drops
-/// them as a slow consumer (the client's default is 65,536). At 300,000
-/// events/s this rides out about 0.9 s of a full pipeline; at ~0.5 KiB a
-/// message, ~128 MiB at most per flooded subject.
-const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
@@ -50,6 +45,9 @@ pub struct NatsConfig {
     pub consumer: String,
     /// Redelivery delay of unacknowledged messages.
     pub ack_wait: Duration,
+    /// Messages the client holds per subject before core NATS drops them
+    /// as a slow consumer.
+    pub buffer: usize,
     /// NATS subject for each event subject (defaults to the same name).
     pub subjects: HashMap<Subject, String>,
     /// Credentials file (JWT and NKey seed).
@@ -258,7 +256,7 @@ pub async fn run(
     }
     let client = options
         .name("tally")
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .subscription_capacity(config.buffer)
         .retry_on_initial_connect()
         .event_callback(move |event| {
             let status = status_events.clone();
@@ -574,6 +572,7 @@ mod tests {
             create_stream: false,
             consumer: "tally".into(),
             ack_wait: Duration::from_secs(1),
+            buffer: 1,
             subjects: HashMap::new(),
             credentials: None,
             tls_ca: None,
