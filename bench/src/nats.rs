@@ -163,7 +163,7 @@ async fn publish(
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    if jetstream {
+    let stream_client = if jetstream {
         let client = async_nats::connect(nats_url).await?;
         let js = async_nats::jetstream::new(client.clone());
         // tally creates the stream; wait for it.
@@ -175,10 +175,11 @@ async fn publish(
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-    if jetstream && !load.unacked {
-        let client = async_nats::connect(nats_url).await?;
-        let js = async_nats::jetstream::new(client.clone());
+        Some((client, js))
+    } else {
+        None
+    };
+    if let Some((client, js)) = stream_client.filter(|_| !load.unacked) {
         for _ in 0..load.publishers.max(1) {
             let (client, js, next, stop) = (client.clone(), js.clone(), next.clone(), stop.clone());
             let (rate, publishers) = (load.rate, load.publishers);
