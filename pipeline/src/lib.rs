@@ -5,6 +5,7 @@
 //! queries read it.
 
 pub mod access;
+pub mod background;
 pub mod batch;
 pub mod component;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod quarantine;
 pub mod record;
+pub mod size;
 pub mod rollup;
 pub mod sink;
 pub mod state_file;

@@ -38,6 +38,39 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes a job holds now, and the most it held since start-up.
+#[derive(Debug, Default)]
+pub struct MemoryUse {
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemoryUse {
+    pub fn set(&self, bytes: u64) {
+        self.current.store(bytes, Ordering::Relaxed);
+        self.peak.fetch_max(bytes, Ordering::Relaxed);
+    }
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::Relaxed)
+    }
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 /// A fixed-bucket histogram of seconds.
 #[derive(Debug)]
 pub struct Histogram {
@@ -108,6 +141,17 @@ pub struct Metrics {
     pub compactions: [Counter; Dataset::COUNT],
     pub compaction_duplicates: [Counter; Dataset::COUNT],
     pub compaction_errors: Counter,
+    /// What the compactor holds: merge batches, the writer's open row
+    /// group, the rollups being built.
+    pub compaction_memory: MemoryUse,
+    /// Rows compactions read (every round of a merge counts its rows).
+    pub compaction_rows: Counter,
+    /// Rows per second of the running pass (of the last one when idle).
+    pub compaction_rows_per_second: Gauge,
+    /// Closed hours that wait for their compaction, and the end of the
+    /// oldest (nanoseconds since the epoch, 0 when none waits).
+    pub compaction_backlog_hours: Gauge,
+    pub compaction_backlog_oldest_ns: Gauge,
     pub flush_errors: Counter,
     pub dedup_evictions: Counter,
     pub queue_full: Counter,
@@ -255,6 +299,47 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 c.get()
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tally_compaction_rows_total Rows compactions read (each merge round counts its rows).\n# TYPE tally_compaction_rows_total counter\ntally_compaction_rows_total {}",
+            self.compaction_rows.get()
+        );
+        let oldest = self.compaction_backlog_oldest_ns.get();
+        let age = if oldest == 0 {
+            0.0
+        } else {
+            (crate::now_ns() as f64 - oldest as f64).max(0.0) / 1e9
+        };
+        let gauges: [(&str, &str, String); 5] = [
+            (
+                "tally_compaction_memory_bytes",
+                "Bytes the compactor holds now (merge batches, the open row group, rollups being built).",
+                self.compaction_memory.current().to_string(),
+            ),
+            (
+                "tally_compaction_memory_peak_bytes",
+                "The most bytes the compactor held since start-up.",
+                self.compaction_memory.peak().to_string(),
+            ),
+            (
+                "tally_compaction_rows_per_second",
+                "Rows per second of the running compaction pass (the last one when idle).",
+                self.compaction_rows_per_second.get().to_string(),
+            ),
+            (
+                "tally_compaction_backlog_hours",
+                "Closed hour partitions waiting for their compaction.",
+                self.compaction_backlog_hours.get().to_string(),
+            ),
+            (
+                "tally_compaction_backlog_oldest_seconds",
+                "Seconds since the end of the oldest hour waiting for its compaction (0 when none waits).",
+                format!("{age:.0}"),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         out
     }

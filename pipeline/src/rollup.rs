@@ -68,6 +68,33 @@ pub struct RolledHour {
     pub tables: BTreeMap<&'static str, FileEntry>,
 }
 
+/// What a rollup build may hold, and where it says how much it holds now.
+#[derive(Clone)]
+pub struct RollupMemory {
+    /// Bytes the build may hold at once (its aggregation state and the
+    /// batch it is reading); past it the build fails, it does not grow.
+    pub limit: usize,
+    pub report: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+impl RollupMemory {
+    /// A limit with nobody listening (tests, tools).
+    pub fn unreported(limit: usize) -> Self {
+        Self {
+            limit,
+            report: Arc::new(|_| {}),
+        }
+    }
+}
+
+impl std::fmt::Debug for RollupMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RollupMemory")
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RollupError {
     #[error("rollup query failed: {0}")]
@@ -84,7 +111,9 @@ pub trait RollupBuilder: Send + Sync {
     fn tables(&self, dataset: Dataset) -> &'static [&'static str];
 
     /// The rollups of `hour` computed from `file`, a local Parquet file that
-    /// holds every record of the hour once.
+    /// holds every record of the hour once, sorted by the dataset's key and
+    /// time. The file is read as a stream, off the runtime's workers, within
+    /// `memory`: an hour of any size is rolled up in the same memory.
     /// Also returns the fingerprint of what they depended on besides the
     /// file (see [`RollupBuilder::fingerprints`]).
     async fn build(
@@ -92,6 +121,7 @@ pub trait RollupBuilder: Send + Sync {
         dataset: Dataset,
         hour: i64,
         file: &Path,
+        memory: RollupMemory,
     ) -> Result<(Vec<RollupOutput>, u64), RollupError>;
 
     /// What the rollups of each hour depend on besides its raw records (0

@@ -25,8 +25,10 @@ use datafusion::execution::context::SessionContext;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
+use tally_pipeline::background;
 use tally_pipeline::rollup::{
-    hour_of_path, RolledHour, RollupBuilder, RollupError, RollupOutput, Rollups, HOUR_NS,
+    hour_of_path, RolledHour, RollupBuilder, RollupError, RollupMemory, RollupOutput, Rollups,
+    HOUR_NS,
 };
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
@@ -36,6 +38,8 @@ use crate::prices::{cost_udfs, PriceCatalogue};
 use crate::sql::catalog::DatasetTable;
 use crate::sql::QueryError;
 use crate::vm_billing::hours::{self, GapSpans};
+
+mod build;
 
 pub const USAGE_LLM_HOURLY: &str = include_str!("sql/usage_llm_hourly.sql");
 pub const USAGE_TOOL_HOURLY: &str = include_str!("sql/usage_tool_hourly.sql");
@@ -373,18 +377,6 @@ impl History {
         Ok(out)
     }
 
-    /// Runs a rollup SQL file over one local Parquet file.
-    async fn file_rows(&self, file: &Path, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
-        let bytes = std::fs::read(file)
-            .map(Bytes::from)
-            .map_err(|e| QueryError::Execution(format!("reading {}: {e}", file.display())))?;
-        let batch = read_parquet(bytes, file)?;
-        let ctx = self.session();
-        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-        ctx.register_table("source", Arc::new(table))?;
-        Ok(ctx.sql(sql).await?.collect().await?)
-    }
-
     /// Every reported gap span: the stored spans of rolled `vm_events`
     /// hours and those in its raw records.
     pub async fn gap_spans(&self) -> Result<GapSpans, QueryError> {
@@ -537,29 +529,34 @@ impl RollupBuilder for History {
         d: Dataset,
         hour: i64,
         file: &Path,
+        memory: RollupMemory,
     ) -> Result<(Vec<RollupOutput>, u64), RollupError> {
         let q = |e: QueryError| RollupError::Query(e.to_string());
         let Some((table, sql)) = rollup_of(d) else {
             return Ok((Vec::new(), 0));
         };
-        let batches = self.file_rows(file, sql).await.map_err(q)?;
+        let path = file.to_path_buf();
         if d == Dataset::VmMetrics {
             let spans = self.gap_spans().await.map_err(q)?;
-            let rows = hours::fold(&batches, &spans, self.gap_limit_ns);
+            let fingerprint = gap_fingerprint(&spans, hour);
+            let limit = self.gap_limit_ns;
+            let rows = background::run("tally-rollup", move || {
+                build::fold_vm_file(&path, &spans, limit, &memory)
+            })
+            .await?;
             return Ok((
                 vec![RollupOutput {
                     table,
                     batch: hours::to_batch(&rows),
                 }],
-                gap_fingerprint(&spans, hour),
+                fingerprint,
             ));
         }
-        let schema = match batches.first() {
-            Some(b) => b.schema(),
-            None => self.rollup_schema(d).await.map_err(q)?,
-        };
-        let batch =
-            concat_batches(&schema, &batches).map_err(|e| RollupError::Query(e.to_string()))?;
+        let prices = self.prices.clone();
+        let batch = background::run("tally-rollup", move || {
+            build::sql_over_file(prices, &path, sql, memory)
+        })
+        .await?;
         Ok((vec![RollupOutput { table, batch }], 0))
     }
 

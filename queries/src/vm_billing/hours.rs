@@ -105,9 +105,43 @@ const HOUR_NS: i64 = tally_pipeline::rollup::HOUR_NS;
 /// Folds samples (the columns of `vm_samples.sql`, ordered by VM and time)
 /// into hours. A repeated (vm_id, timestamp) counts once.
 pub fn fold(batches: &[RecordBatch], spans: &GapSpans, limit_ns: i64) -> Vec<VmHour> {
-    let mut out: Vec<VmHour> = Vec::new();
-    let none: Vec<(i64, i64)> = Vec::new();
+    let mut f = HourFold::new(spans, limit_ns);
     for b in batches {
+        f.push(b);
+    }
+    f.finish()
+}
+
+/// [`fold`] one batch at a time: what it holds is one row per VM and hour
+/// seen, whatever the number of samples, so an hour of any size is folded
+/// as a stream.
+pub struct HourFold<'s> {
+    out: Vec<VmHour>,
+    /// Bytes of the VM and customer ids held.
+    id_bytes: usize,
+    spans: &'s GapSpans,
+    limit_ns: i64,
+}
+
+impl<'s> HourFold<'s> {
+    pub fn new(spans: &'s GapSpans, limit_ns: i64) -> Self {
+        Self {
+            out: Vec::new(),
+            id_bytes: 0,
+            spans,
+            limit_ns,
+        }
+    }
+
+    /// Bytes held (rows and their ids).
+    pub fn memory(&self) -> usize {
+        self.out.capacity() * std::mem::size_of::<VmHour>() + self.id_bytes
+    }
+
+    /// Samples in the columns of `vm_samples.sql`, after those pushed before
+    /// in VM and time order.
+    pub fn push(&mut self, b: &RecordBatch) {
+        let none: Vec<(i64, i64)> = Vec::new();
         let s = |i: usize| b.column(i).as_string::<i32>();
         let n = |i: usize| b.column(i).as_primitive::<Int64Type>();
         let (customers, vms, ts) = (s(0), s(1), n(2));
@@ -124,30 +158,91 @@ pub fn fold(batches: &[RecordBatch], spans: &GapSpans, limit_ns: i64) -> Vec<VmH
             };
             let vm = vms.value(r);
             let hour = sample.ts.div_euclid(HOUR_NS) * HOUR_NS;
-            match out.last_mut() {
+            match self.out.last_mut() {
                 Some(h) if h.vm_id == vm && h.last.ts == sample.ts => continue,
                 Some(h) if h.vm_id == vm && h.hour == hour => {
-                    let vm_spans = spans.get(vm).unwrap_or(&none);
+                    let vm_spans = self.spans.get(vm).unwrap_or(&none);
                     let prev = h.last;
-                    add_pair(&mut h.usage, &prev, &sample, vm_spans, limit_ns);
+                    add_pair(&mut h.usage, &prev, &sample, vm_spans, self.limit_ns);
                     h.usage.samples += 1;
                     h.last = sample;
                 }
-                _ => out.push(VmHour {
-                    customer_id: customers.value(r).to_string(),
-                    vm_id: vm.to_string(),
-                    hour,
-                    usage: Usage {
-                        samples: 1,
-                        ..Usage::default()
-                    },
-                    first: sample,
-                    last: sample,
-                }),
+                _ => {
+                    let customer_id = customers.value(r).to_string();
+                    self.id_bytes += customer_id.len() + vm.len();
+                    self.out.push(VmHour {
+                        customer_id,
+                        vm_id: vm.to_string(),
+                        hour,
+                        usage: Usage {
+                            samples: 1,
+                            ..Usage::default()
+                        },
+                        first: sample,
+                        last: sample,
+                    })
+                }
             }
         }
     }
-    out
+
+    pub fn finish(self) -> Vec<VmHour> {
+        self.out
+    }
+}
+
+/// A batch of `vm_metrics` rows (its stored columns, by name) in the
+/// columns of `vm_samples.sql`, for [`HourFold::push`].
+pub fn samples_of(b: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::compute::cast;
+    let col = |name: &str, ty: &DataType| -> Result<Arc<dyn Array>, arrow::error::ArrowError> {
+        let c = b.column_by_name(name).ok_or_else(|| {
+            arrow::error::ArrowError::SchemaError(format!("vm_metrics has no column {name}"))
+        })?;
+        // Timestamps become their nanoseconds.
+        let c = if matches!(c.data_type(), DataType::Timestamp(..)) {
+            cast(c, &DataType::Int64)?
+        } else {
+            c.clone()
+        };
+        cast(&c, ty)
+    };
+    let mut columns = vec![
+        col("customer_id", &DataType::Utf8)?,
+        col("vm_id", &DataType::Utf8)?,
+        col("timestamp", &DataType::Int64)?,
+    ];
+    for c in [
+        "cpu_time_nanos",
+        "memory_usage_bytes",
+        "disk_read_bytes",
+        "disk_write_bytes",
+        "network_rx_bytes",
+        "network_tx_bytes",
+    ] {
+        columns.push(col(c, &DataType::Int64)?);
+    }
+    RecordBatch::try_new(samples_schema(), columns)
+}
+
+/// The columns of `vm_samples.sql`.
+pub fn samples_schema() -> SchemaRef {
+    let mut fields = vec![
+        Field::new("customer_id", DataType::Utf8, true),
+        Field::new("vm_id", DataType::Utf8, true),
+        Field::new("ts", DataType::Int64, true),
+    ];
+    for c in [
+        "cpu_time_nanos",
+        "memory_usage_bytes",
+        "disk_read_bytes",
+        "disk_write_bytes",
+        "network_rx_bytes",
+        "network_tx_bytes",
+    ] {
+        fields.push(Field::new(c, DataType::Int64, true));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// Puts a VM's hours (any order, rolled up or computed from raw) together:

@@ -22,16 +22,13 @@
 //! On a shared prefix, the node with the smallest id among the writers of an
 //! hour's files compacts it; the others leave it alone.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch};
-use arrow::compute::interleave;
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::array::{ArrayRef, RecordBatch};
 use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -42,7 +39,8 @@ use tally_pipeline::batch::schema;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::quarantine::FileCheck;
 use tally_pipeline::rollup::{
-    file_name, hour_of_path, RolledHour, RollupBuilder, RollupOutput, Rollups, HOUR_NS,
+    file_name, hour_of_path, RolledHour, RollupBuilder, RollupMemory, RollupOutput, Rollups,
+    HOUR_NS,
 };
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
@@ -52,6 +50,7 @@ use super::background;
 use super::destination::{list_local_table, Destination, ListedFile};
 use super::flusher::FlushTarget;
 use super::layout::{file_name as data_file_name, node_of, partition_dir, partition_of, tmp_name};
+use super::merge::{self, conform, Input, KeyOrder, MergePlan};
 use super::verify::COMPACTED_FROM;
 use super::writer::writer_properties_with;
 use super::{io_err, SinkError};
@@ -69,6 +68,18 @@ pub struct CompactionPolicy {
     pub rollup_retention: Option<Duration>,
     /// How long replaced files stay on disk for queries still reading them.
     pub grace: Duration,
+    /// Bytes one hour's compaction may hold: its merge, then its rollups.
+    pub memory: usize,
+}
+
+/// Waits while ingest's queues are more than half full: a compaction is
+/// behind in a minute, a request refused is lost to its sender.
+fn yield_to_ingest(store: &Store) {
+    let mut waited = Duration::ZERO;
+    while store.queue_fill() > 0.5 && waited < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        waited += Duration::from_millis(20);
+    }
 }
 
 /// What one pass did.
@@ -277,6 +288,8 @@ impl Compactor {
             .unwrap_or_default()
             .as_nanos() as i64;
         let closed_before = now_ns - self.policy.compact_after.as_nanos() as i64;
+        // Every hour that waits, first: the backlog /metrics shows.
+        let mut work: Vec<(Dataset, i64, Vec<FileEntry>)> = Vec::new();
         for d in Dataset::ALL {
             let busy = self.store.buffered_hours(d);
             let raw = self.raw_by_hour(d);
@@ -302,20 +315,42 @@ impl Compactor {
                 let done = self.rollups.get(d, hour).is_some_and(|r| {
                     files.len() == 1 && r.source == file_name(&files[0].path) && r.fingerprint == fp
                 });
-                if done {
-                    continue;
+                if !done {
+                    work.push((d, hour, files));
                 }
-                if let Err(e) = self.compact_hour(d, hour, files, &mut report).await {
-                    // One hour's failure does not stop the others.
-                    self.metrics.compaction_errors.add(1);
-                    tracing::error!(%d, hour, error = %e, "compacting an hour failed; it stays as it was and is tried again");
-                    if reads_files(&e) {
-                        if let Some(check) = &self.file_check {
-                            let moved =
-                                tokio::task::block_in_place(|| check.quarantine_unreadable());
-                            if moved > 0 {
-                                tracing::error!(%d, hour, files = moved, "unreadable files met by compaction are in quarantine; the hour is compacted from the others on the next pass");
-                            }
+            }
+        }
+        // Oldest first, one hour at a time: a day of backlog is a day of
+        // passes in the same memory.
+        work.sort_by_key(|(d, hour, _)| (*hour, d.index()));
+        let started = Instant::now();
+        let rows_before = self.metrics.compaction_rows.get();
+        let backlog = |left: &[(Dataset, i64, Vec<FileEntry>)]| {
+            self.metrics.compaction_backlog_hours.set(left.len() as u64);
+            let oldest = left.iter().map(|(_, h, _)| h + HOUR_NS).min().unwrap_or(0);
+            self.metrics.compaction_backlog_oldest_ns.set(oldest.max(0) as u64);
+        };
+        backlog(&work);
+        for i in 0..work.len() {
+            let (d, hour, files) = work[i].clone();
+            let result = self.compact_hour(d, hour, files, &mut report).await;
+            backlog(&work[i + 1..]);
+            let secs = started.elapsed().as_secs_f64();
+            if secs > 0.0 {
+                let rows = self.metrics.compaction_rows.get() - rows_before;
+                self.metrics
+                    .compaction_rows_per_second
+                    .set((rows as f64 / secs) as u64);
+            }
+            if let Err(e) = result {
+                // One hour's failure does not stop the others.
+                self.metrics.compaction_errors.add(1);
+                tracing::error!(%d, hour, error = %e, "compacting an hour failed; it stays as it was and is tried again");
+                if reads_files(&e) {
+                    if let Some(check) = &self.file_check {
+                        let moved = tokio::task::block_in_place(|| check.quarantine_unreadable());
+                        if moved > 0 {
+                            tracing::error!(%d, hour, files = moved, "unreadable files met by compaction are in quarantine; the hour is compacted from the others on the next pass");
                         }
                     }
                 }
@@ -348,11 +383,29 @@ impl Compactor {
     ) -> Result<(), SinkError> {
         let target = self.target.clone();
         let ins = inputs.clone();
-        let merged =
-            background::run("tally-compact", move || merge_hour(&target, d, hour, &ins)).await?;
+        let (metrics, store) = (self.metrics.clone(), self.store.clone());
+        let budget = self.policy.memory;
+        let merged = background::run("tally-compact", move || {
+            let pause = move || yield_to_ingest(&store);
+            let cx = MergeContext {
+                budget,
+                metrics: &metrics,
+                pause: &pause,
+            };
+            merge_hour(&target, d, hour, &ins, &cx)
+        })
+        .await;
+        self.metrics.compaction_memory.set(0);
+        let merged = merged?;
         let data = self.target.data.clone();
         let abs_tmp = data.join(&merged.tmp);
-        let built = self.builder.build(d, hour, &abs_tmp).await;
+        let metrics = self.metrics.clone();
+        let memory = RollupMemory {
+            limit: budget,
+            report: Arc::new(move |bytes| metrics.compaction_memory.set(bytes)),
+        };
+        let built = self.builder.build(d, hour, &abs_tmp, memory).await;
+        self.metrics.compaction_memory.set(0);
         let (outputs, fingerprint) = match built {
             Ok(b) => b,
             Err(e) => {
@@ -519,199 +572,195 @@ struct Merged {
     bytes: u64,
 }
 
-/// The batches of one input, in key order.
-type Batches = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>> + Send>;
-
 /// A file written under another key order (the keys of usage datasets
-/// gained their tenant): its rows sorted in memory by `conv`'s columns.
-/// Such files predate the change, so this happens once per hour.
-fn sorted_in_memory(
-    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
-    d: Dataset,
-    sort_cols: &[usize],
-    conv: &RowConverter,
-) -> Result<Batches, SinkError> {
+/// gained their tenant): its rows sorted in memory by the dataset's order.
+/// Such files predate the change and are as small as a flush round makes
+/// them, so this happens once per hour and within a round's memory.
+fn sorted_in_memory(path: &Path, d: Dataset) -> Result<Input, SinkError> {
+    let order = KeyOrder::of(d)?;
+    let file = File::open(path).map_err(io_err(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|source| SinkError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let batches: Vec<RecordBatch> = reader
         .map(|b| b.map_err(SinkError::from).and_then(|b| conform(b, d)))
         .collect::<Result<_, _>>()?;
     let all = arrow::compute::concat_batches(&schema(d), &batches)?;
-    let cols: Vec<ArrayRef> = sort_cols.iter().map(|&c| all.column(c).clone()).collect();
-    let rows = conv.convert_columns(&cols)?;
-    let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+    let cols: Vec<ArrayRef> = order
+        .sort_cols
+        .iter()
+        .map(|&c| all.column(c).clone())
+        .collect();
+    let rows = order.sort_conv.convert_columns(&cols)?;
+    let mut idx: Vec<u32> = (0..all.num_rows() as u32).collect();
     // Stable: rows of one key keep their stored order.
-    order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
-    let sorted = arrow::compute::take_record_batch(&all, &arrow::array::UInt32Array::from(order))?;
+    idx.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    let sorted = arrow::compute::take_record_batch(&all, &arrow::array::UInt32Array::from(idx))?;
     let step = 8192;
     let n = sorted.num_rows();
     let parts: Vec<RecordBatch> = (0..n)
         .step_by(step)
         .map(|o| sorted.slice(o, step.min(n - o)))
         .collect();
-    Ok(Box::new(parts.into_iter().map(Ok)))
+    Ok(Input {
+        path: path.to_path_buf(),
+        batches: Box::new(parts.into_iter().map(Ok)),
+    })
 }
 
-/// One input of the merge: its batches and the current row.
-struct Cursor {
-    batches: Batches,
-    /// Slot of the current batch in the arena.
-    slot: usize,
-    row: usize,
-    len: usize,
-    sort: arrow::row::Rows,
-    key: Option<arrow::row::Rows>,
+/// What a merge needs to know of an input before reading it: from its
+/// footer.
+struct InputFooter {
+    /// The local file read (a download when the input is in object storage).
+    local: PathBuf,
+    rows: u64,
+    in_order: bool,
+    row_bytes: usize,
+    /// WAL sequences of its rows, when this node wrote it.
+    seqs: Option<(u64, u64)>,
 }
 
-/// Reads a batch as the dataset's full schema (columns by name).
-fn conform(batch: RecordBatch, d: Dataset) -> Result<RecordBatch, SinkError> {
-    let full = schema(d);
-    if batch.schema() == full {
-        return Ok(batch);
+/// Temporary files of one hour's merge, removed when it ends whichever way.
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = fs::remove_file(p);
+        }
     }
-    let columns: Vec<ArrayRef> = full
-        .fields()
-        .iter()
-        .map(|f| {
-            batch
-                .column_by_name(f.name())
-                .cloned()
-                .unwrap_or_else(|| new_null_array(f.data_type(), batch.num_rows()))
-        })
-        .collect();
-    Ok(RecordBatch::try_new(full, columns)?)
 }
 
-/// Merges the hour's files into one sorted temporary file without copies.
+/// How one hour's merge reports and yields.
+struct MergeContext<'a> {
+    budget: usize,
+    metrics: &'a Metrics,
+    pause: &'a (dyn Fn() + Sync),
+}
+
+/// Merges the hour's files into one sorted temporary file within the
+/// budget: in rounds of sorted runs when the hour has more files than one
+/// merge may read at once.
 fn merge_hour(
     target: &FlushTarget,
     d: Dataset,
     hour: i64,
     inputs: &[FileEntry],
+    cx: &MergeContext<'_>,
 ) -> Result<Merged, SinkError> {
     let data = target.data.as_path();
     let dest = &*target.destination;
-    let full = schema(d);
-    let sort_cols: Vec<usize> = d
-        .key_columns()
-        .iter()
-        .copied()
-        .chain(std::iter::once(d.time_column()))
-        .collect();
-    let key_cols: Vec<usize> = d.key_columns().to_vec();
-    // Nulls last, as the writer sorts (a tenant may be null).
-    let fields = |cols: &[usize]| -> Vec<SortField> {
-        cols.iter()
-            .map(|&c| {
-                SortField::new_with_options(
-                    full.field(c).data_type().clone(),
-                    arrow::compute::SortOptions {
-                        descending: false,
-                        nulls_first: false,
-                    },
-                )
-            })
-            .collect()
-    };
-    let expected_order = super::writer::sorting_columns(d);
-    let sort_conv = RowConverter::new(fields(&sort_cols))?;
-    let key_conv = RowConverter::new(fields(&key_cols))?;
-
-    let mut own_first = u64::MAX;
-    let mut own_last = 0u64;
-    let mut arena: Vec<RecordBatch> = Vec::new();
-    let mut cursors: Vec<Option<Cursor>> = Vec::new();
-    let mut rows_in = 0u64;
-    let next_batch =
-        |reader: &mut Batches, path: &Path| -> Result<Option<RecordBatch>, SinkError> {
-            loop {
-                match reader.next() {
-                    None => return Ok(None),
-                    Some(Err(e)) => {
-                        return Err(SinkError::Object(format!(
-                            "reading {} for compaction: {e}",
-                            path.display()
-                        )))
-                    }
-                    Some(Ok(b)) if b.num_rows() == 0 => continue,
-                    Some(Ok(b)) => return Ok(Some(conform(b, d)?)),
-                }
-            }
-        };
-    let encode =
-        |b: &RecordBatch| -> Result<(arrow::row::Rows, Option<arrow::row::Rows>), SinkError> {
-            let s: Vec<ArrayRef> = sort_cols.iter().map(|&c| b.column(c).clone()).collect();
-            let sort = sort_conv.convert_columns(&s)?;
-            let key = if key_cols.is_empty() {
-                None
-            } else {
-                let k: Vec<ArrayRef> = key_cols.iter().map(|&c| b.column(c).clone()).collect();
-                Some(key_conv.convert_columns(&k)?)
-            };
-            Ok((sort, key))
-        };
-    for f in inputs {
-        let bytes = dest.read(f)?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|source| {
-            SinkError::Parquet {
-                path: f.path.clone(),
-                source,
-            }
-        })?;
-        let own = node_of(&file_name(&f.path)).is_none_or(|n| n == target.node);
-        if own {
-            let kv = builder.metadata().file_metadata().key_value_metadata();
-            let get = |k: &str| {
-                kv.and_then(|kvs| kvs.iter().find(|kv| kv.key == k))
-                    .and_then(|kv| kv.value.as_deref())
-                    .and_then(|v| v.parse::<u64>().ok())
-            };
-            if let (Some(a), Some(b)) = (get("tally.first_wal_seq"), get("tally.last_wal_seq")) {
-                own_first = own_first.min(a);
-                own_last = own_last.max(b);
-            }
-        }
-        rows_in += builder.metadata().file_metadata().num_rows().max(0) as u64;
-        let in_order = builder
-            .metadata()
-            .row_groups()
-            .iter()
-            .all(|g| g.sorting_columns() == Some(&expected_order));
-        let reader =
-            builder
-                .with_batch_size(8192)
-                .build()
-                .map_err(|source| SinkError::Parquet {
-                    path: f.path.clone(),
-                    source,
-                })?;
-        let mut reader: Batches = if in_order {
-            Box::new(reader)
-        } else {
-            tracing::info!(path = %f.path.display(), dataset = %d, "file written under an older key order: sorted in memory for the merge");
-            sorted_in_memory(reader, d, &sort_cols, &sort_conv)?
-        };
-        match next_batch(&mut reader, &f.path)? {
-            None => cursors.push(None),
-            Some(b) => {
-                let (sort, key) = encode(&b)?;
-                arena.push(b);
-                cursors.push(Some(Cursor {
-                    len: arena[arena.len() - 1].num_rows(),
-                    batches: reader,
-                    slot: arena.len() - 1,
-                    row: 0,
-                    sort,
-                    key,
-                }));
-            }
-        }
-    }
-    if own_first == u64::MAX {
-        own_first = 0;
-    }
-
     let (date, hh) = partition_of(hour);
     let dir = partition_dir(d, &date, hh);
     fs::create_dir_all(data.join(&dir)).map_err(io_err(&data.join(&dir)))?;
+    // Names this node removes at start-up if it dies mid-merge.
+    let scratch_name = || tmp_name(&data_file_name(&target.node, 0, &uuid::Uuid::new_v4()));
+    let mut scratch = Scratch(Vec::new());
+    let expected_order = super::writer::sorting_columns(d);
+
+    let mut footers = Vec::with_capacity(inputs.len());
+    for f in inputs {
+        let local = match dest {
+            Destination::Local => f.path.clone(),
+            Destination::Object { .. } => {
+                // One object in memory at a time, then on local disk.
+                let bytes = dest.read(f)?;
+                let local = data.join(&dir).join(scratch_name());
+                scratch.0.push(local.clone());
+                fs::write(&local, &bytes).map_err(io_err(&local))?;
+                local
+            }
+        };
+        let file = File::open(&local).map_err(io_err(&local))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| SinkError::Parquet {
+                path: f.path.clone(),
+                source,
+            })?;
+        let meta = builder.metadata();
+        let own = node_of(&file_name(&f.path)).is_none_or(|n| n == target.node);
+        let kv = meta.file_metadata().key_value_metadata();
+        let get = |k: &str| {
+            kv.and_then(|kvs| kvs.iter().find(|kv| kv.key == k))
+                .and_then(|kv| kv.value.as_deref())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let seqs = match (get("tally.first_wal_seq"), get("tally.last_wal_seq")) {
+            (Some(a), Some(b)) if own => Some((a, b)),
+            _ => None,
+        };
+        footers.push(InputFooter {
+            local,
+            rows: meta.file_metadata().num_rows().max(0) as u64,
+            in_order: meta
+                .row_groups()
+                .iter()
+                .all(|g| g.sorting_columns() == Some(&expected_order)),
+            row_bytes: merge::row_bytes(meta),
+            seqs,
+        });
+    }
+    let rows_in: u64 = footers.iter().map(|f| f.rows).sum();
+    let own_first = footers.iter().filter_map(|f| f.seqs).map(|s| s.0).min();
+    let own_last = footers.iter().filter_map(|f| f.seqs).map(|s| s.1).max();
+    let (own_first, own_last) = (own_first.unwrap_or(0), own_last.unwrap_or(0));
+    let row_bytes = footers.iter().map(|f| f.row_bytes).max().unwrap_or(0);
+    let plan = MergePlan::new(cx.budget, row_bytes, schema(d).fields().len());
+
+    let progress = merge::Progress {
+        memory: &cx.metrics.compaction_memory,
+        rows: &cx.metrics.compaction_rows,
+        pause: cx.pause,
+        base: 0,
+    };
+    let open = |local: &Path, in_order: bool| -> Result<Input, SinkError> {
+        if in_order {
+            Input::sorted_file(local, plan.batch_rows)
+        } else {
+            tracing::info!(path = %local.display(), dataset = %d, "file written under an older key order: sorted in memory for the merge");
+            sorted_in_memory(local, d)
+        }
+    };
+    // Rounds: groups of `fan_in` inputs into runs, until one merge is enough.
+    let mut level: Vec<(PathBuf, bool)> = footers.iter().map(|f| (f.local.clone(), f.in_order)).collect();
+    let mut runs_made = 0usize;
+    while level.len() > plan.fan_in {
+        let mut next = Vec::with_capacity(level.len().div_ceil(plan.fan_in));
+        for group in level.chunks(plan.fan_in) {
+            let run = data.join(&dir).join(scratch_name());
+            scratch.0.push(run.clone());
+            let sources = group
+                .iter()
+                .map(|(p, ordered)| open(p, *ordered))
+                .collect::<Result<Vec<_>, _>>()?;
+            merge::merge_into(
+                d,
+                sources,
+                &run,
+                super::writer::run_properties(d),
+                &plan,
+                &progress,
+                &mut |_| Ok(()),
+            )?;
+            next.push((run, true));
+            runs_made += 1;
+        }
+        // The runs this round read are done with (never an input file).
+        let done: Vec<PathBuf> = level
+            .iter()
+            .map(|(p, _)| p.clone())
+            .filter(|p| scratch.0.contains(p) && !footers.iter().any(|f| &f.local == p))
+            .collect();
+        for p in &done {
+            let _ = fs::remove_file(p);
+        }
+        scratch.0.retain(|p| !done.contains(p));
+        level = next;
+    }
+
     let name = data_file_name(&target.node, own_first, &uuid::Uuid::new_v4());
     let tmp = dir.join(tmp_name(&name));
     let final_path = dir.join(&name);
@@ -726,99 +775,26 @@ fn merge_hour(
             serde_json::to_string(&replaced).expect("names serialise"),
         )],
     );
-    let parquet_err = |source| SinkError::Parquet {
-        path: abs_tmp.clone(),
-        source,
-    };
-    let result = (|| {
-        let mut file = File::create(&abs_tmp).map_err(io_err(&abs_tmp))?;
-        let mut writer =
-            ArrowWriter::try_new(&mut file, full.clone(), Some(props)).map_err(parquet_err)?;
-        let mut heap: BinaryHeap<Reverse<(OwnedRow, usize)>> = BinaryHeap::new();
-        for (i, c) in cursors.iter().enumerate() {
-            if let Some(c) = c {
-                heap.push(Reverse((c.sort.row(c.row).owned(), i)));
-            }
-        }
-        let mut picked: Vec<(usize, usize)> = Vec::with_capacity(65_536);
-        let mut last_key: Option<OwnedRow> = None;
-        let mut rows_out = 0u64;
-        let flush = |picked: &mut Vec<(usize, usize)>,
-                     arena: &[RecordBatch],
-                     writer: &mut ArrowWriter<&mut File>|
-         -> Result<(), SinkError> {
-            if picked.is_empty() {
-                return Ok(());
-            }
-            let mut columns = Vec::with_capacity(full.fields().len());
-            for c in 0..full.fields().len() {
-                let arrays: Vec<&dyn Array> = arena.iter().map(|b| b.column(c).as_ref()).collect();
-                columns.push(interleave(&arrays, picked)?);
-            }
-            let batch = RecordBatch::try_new(full.clone(), columns)?;
-            writer.write(&batch).map_err(parquet_err)?;
-            picked.clear();
-            Ok(())
-        };
-        while let Some(Reverse((_, i))) = heap.pop() {
-            let c = cursors[i].as_mut().expect("a cursor in the heap is live");
-            let duplicate = match (&c.key, &last_key) {
-                (Some(keys), Some(last)) => keys.row(c.row) == last.row(),
-                _ => false,
-            };
-            if !duplicate {
-                if let Some(keys) = &c.key {
-                    last_key = Some(keys.row(c.row).owned());
-                }
-                picked.push((c.slot, c.row));
-                rows_out += 1;
-            }
-            c.row += 1;
-            if c.row == c.len {
-                // The batch is done: write what points into the arena first,
-                // then keep only the live batches in it.
-                flush(&mut picked, &arena, &mut writer)?;
-                let next = next_batch(&mut c.batches, Path::new(&replaced[i]))?;
-                match next {
-                    None => cursors[i] = None,
-                    Some(b) => {
-                        let (sort, key) = encode(&b)?;
-                        let c = cursors[i].as_mut().expect("live");
-                        c.len = b.num_rows();
-                        c.row = 0;
-                        c.sort = sort;
-                        c.key = key;
-                        arena.push(b);
-                        c.slot = arena.len() - 1;
-                    }
-                }
-                let mut fresh = Vec::new();
-                for c in cursors.iter_mut().flatten() {
-                    fresh.push(arena[c.slot].clone());
-                    c.slot = fresh.len() - 1;
-                }
-                arena = fresh;
-            } else if picked.len() >= 65_536 {
-                flush(&mut picked, &arena, &mut writer)?;
-            }
-            if let Some(c) = cursors[i].as_ref() {
-                heap.push(Reverse((c.sort.row(c.row).owned(), i)));
-            }
-        }
-        flush(&mut picked, &arena, &mut writer)?;
-        writer.close().map_err(parquet_err)?;
-        file.sync_all().map_err(io_err(&abs_tmp))?;
-        let bytes = file.metadata().map_err(io_err(&abs_tmp))?.len();
-        Ok((rows_out, bytes))
-    })();
+    let result = level
+        .iter()
+        .map(|(p, ordered)| open(p, *ordered))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|sources| {
+            merge::merge_into(d, sources, &abs_tmp, props, &plan, &progress, &mut |_| Ok(()))
+        });
     match result {
-        Ok((rows_out, bytes)) => Ok(Merged {
-            tmp,
-            final_path,
-            rows_in,
-            rows_out,
-            bytes,
-        }),
+        Ok((rows_out, bytes)) => {
+            if runs_made > 0 {
+                tracing::info!(%d, hour, inputs = inputs.len(), runs = runs_made, fan_in = plan.fan_in, batch_rows = plan.batch_rows, "hour merged in rounds");
+            }
+            Ok(Merged {
+                tmp,
+                final_path,
+                rows_in,
+                rows_out,
+                bytes,
+            })
+        }
         Err(e) => {
             let _ = fs::remove_file(&abs_tmp);
             Err(e)
@@ -922,6 +898,7 @@ fn commit_hour(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::Array;
 
     /// A node "n" writing to a local directory.
     fn local_target(data: &Path) -> FlushTarget {
@@ -1007,6 +984,23 @@ mod tests {
         );
     }
 
+    /// Merges `inputs` within `budget` bytes, recording its memory.
+    fn merge_within(
+        target: &FlushTarget,
+        d: Dataset,
+        hour: i64,
+        inputs: &[FileEntry],
+        budget: usize,
+        metrics: &Metrics,
+    ) -> Merged {
+        let cx = MergeContext {
+            budget,
+            metrics,
+            pause: &|| {},
+        };
+        merge_hour(target, d, hour, inputs, &cx).unwrap()
+    }
+
     #[test]
     fn a_merge_keeps_every_distinct_key_once_in_key_order() {
         use crate::parquet::listing::tests::vm_sample;
@@ -1020,7 +1014,9 @@ mod tests {
         let mut next = xorshift(7);
         let mut want = std::collections::BTreeSet::new();
         let mut inputs = Vec::new();
-        for f in 0..9u64 {
+        // More files than one merge of the smallest budget reads at once:
+        // merged in rounds.
+        for f in 0..40u64 {
             // Files of 1 to 20,000 rows: some span several read batches.
             let rows = 1 + next(20_000);
             let records: Vec<Record> = (0..rows)
@@ -1048,7 +1044,32 @@ mod tests {
                 bytes: w.bytes,
             });
         }
-        let merged = merge_hour(&target, Dataset::VmMetrics, hour, &inputs).unwrap();
+        let metrics = Metrics::default();
+        let budget = 16 << 20;
+        let row_bytes = inputs
+            .iter()
+            .map(|f| {
+                let file = File::open(&f.path).unwrap();
+                let b = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+                merge::row_bytes(b.metadata())
+            })
+            .max()
+            .unwrap();
+        let plan = MergePlan::new(budget, row_bytes, schema(Dataset::VmMetrics).fields().len());
+        assert!(plan.fan_in < inputs.len(), "{plan:?}: no rounds");
+        let merged = merge_within(&target, Dataset::VmMetrics, hour, &inputs, budget, &metrics);
+        // Every round counted its rows; what the merge held stayed within
+        // its budget; no run is left behind.
+        assert!(metrics.compaction_rows.get() > merged.rows_in);
+        assert!(
+            metrics.compaction_memory.peak() <= budget as u64,
+            "{} > {budget}",
+            metrics.compaction_memory.peak()
+        );
+        let tmps = crate::parquet::destination::list_local(data, Dataset::VmMetrics)
+            .unwrap()
+            .1;
+        assert_eq!(tmps, vec![data.join(&merged.tmp)]);
         let b = read_merged(data, &merged);
         let ts = b
             .column(2)
@@ -1145,7 +1166,7 @@ mod tests {
                 path,
             });
         }
-        let merged = merge_hour(&target, d, hour, &inputs).unwrap();
+        let merged = merge_within(&target, d, hour, &inputs, 512 << 20, &Metrics::default());
         let b = read_merged(data, &merged);
         let got: Vec<(bool, String, String)> = strings(&b, 5)
             .into_iter()

@@ -15,6 +15,9 @@ const FLUSH_BYTES: usize = 64 << 20;
 const LIST_INTERVAL: Duration = Duration::from_secs(10);
 const COMPACT_AFTER: Duration = Duration::from_secs(600);
 const COMPACT_INTERVAL: Duration = Duration::from_secs(30);
+const COMPACT_MEMORY: usize = 512 << 20;
+/// Below this a merge cannot hold a batch of two inputs and a row group.
+const COMPACT_MEMORY_MIN: usize = 16 << 20;
 
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +46,10 @@ pub struct ParquetArgs {
     #[arg(help = tally_pipeline::config::help("How often the compactor looks for closed hours.", tally_pipeline::config::show_duration(COMPACT_INTERVAL)), long, env = "TALLY_COMPACT_INTERVAL", value_parser = parse_duration)]
     #[serde(default, with = "tally_pipeline::duration::opt")]
     pub compact_interval: Option<Duration>,
+
+    #[arg(help = tally_pipeline::config::help("Memory one hour's compaction may hold (merge, then rollups), e.g. 512MiB; a larger hour is merged in rounds.", tally_pipeline::size::show_size(COMPACT_MEMORY)), long, env = "TALLY_COMPACT_MEMORY", value_parser = tally_pipeline::size::parse_size)]
+    #[serde(default, with = "tally_pipeline::size::opt")]
+    pub compact_memory: Option<usize>,
 
     /// Delete raw hours older than this once they are rolled up. [default: keep forever]
     #[arg(long, env = "TALLY_RAW_RETENTION", value_parser = parse_duration)]
@@ -75,6 +82,17 @@ impl ParquetArgs {
             return Err(ConfigError::new("flush_rows", "must be at least 1"));
         }
         let interval = self.compact_interval.unwrap_or(COMPACT_INTERVAL);
+        let memory = self.compact_memory.unwrap_or(COMPACT_MEMORY);
+        if memory < COMPACT_MEMORY_MIN {
+            return Err(ConfigError::new(
+                "compact_memory",
+                format!(
+                    "must be at least {}, got {}",
+                    tally_pipeline::size::show_size(COMPACT_MEMORY_MIN),
+                    tally_pipeline::size::show_size(memory)
+                ),
+            ));
+        }
         Ok(ParquetSettings {
             flush,
             compaction: CompactionPolicy {
@@ -84,6 +102,7 @@ impl ParquetArgs {
                 rollup_retention: self.rollup_retention,
                 // Replaced files stay one interval for queries still reading them.
                 grace: interval,
+                memory,
             },
             list_interval: self.list_interval.unwrap_or(LIST_INTERVAL),
         })

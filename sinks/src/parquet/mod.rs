@@ -6,7 +6,7 @@
 //! WAL delete what it holds up to `S`. A crash at any point either replays
 //! from the WAL (before the checkpoint) or completes the renames (after it).
 
-pub mod background;
+pub use tally_pipeline::background;
 pub mod checkpoint;
 pub mod compact;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod destination;
 pub mod flusher;
 pub mod layout;
 pub mod listing;
+pub mod merge;
 pub mod recovery;
 pub mod sink;
 pub mod verify;

@@ -84,6 +84,16 @@ pub fn writer_properties_with(
     builder.build()
 }
 
+/// A sorted run of a merge in rounds (a temporary file read once more):
+/// the encodings of a data file, and the cheapest ZSTD level, since it is
+/// written and read on the compactor's one core.
+pub fn run_properties(dataset: Dataset) -> WriterProperties {
+    writer_properties(dataset, 0, 0)
+        .into_builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .build()
+}
+
 /// `records` in the order of the file ([`Record::sort_key_into`]). The keys are
 /// encoded into one buffer. A flush round's rows come as runs of one series
 /// in time order (a request of one VM's samples is one): the runs are found
