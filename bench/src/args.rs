@@ -48,6 +48,29 @@ pub struct Args {
     #[arg(long)]
     pub rate: Option<u64>,
 
+    /// VM scenarios: samples in one synthetic hour over all VMs (each VM's
+    /// samples are 3600 s × vms / hour-rows apart). Unset: 100 ms apart.
+    #[arg(long)]
+    pub hour_rows: Option<u64>,
+
+    /// VM scenarios: the first record's number, to go on where a run
+    /// before stopped (its `next_record`).
+    #[arg(long, default_value_t = 0)]
+    pub first_record: u64,
+
+    /// Stop once this many records were sent (the warm-up's included).
+    #[arg(long)]
+    pub records: Option<u64>,
+
+    /// A running --target's process id: its resident memory is sampled.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// Every second: the server's RSS and the compactor's memory, backlog
+    /// and passes from /metrics, into the report's timeline.
+    #[arg(long)]
+    pub timeline: bool,
+
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,

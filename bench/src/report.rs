@@ -26,6 +26,12 @@ pub struct Report {
     /// Server CPU time over the measured time per record acknowledged in
     /// it, in nanoseconds (warm-up and shutdown left out).
     pub server_cpu_ns_per_record: Option<f64>,
+    /// `--first-record` of a run that goes on from this one.
+    pub next_record: u64,
+    /// The server's resident memory over the run (MiB), the peak sampled.
+    pub rss_peak_mib: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<crate::server::Moment>,
 }
 
 impl Report {
@@ -65,6 +71,13 @@ impl Report {
             server_cpu_ns_per_record: r
                 .measured_cpu_seconds
                 .map(|cpu| cpu * 1e9 / r.records_acked.max(1) as f64),
+            next_record: r.next_record,
+            rss_peak_mib: r
+                .timeline
+                .iter()
+                .filter_map(|m| m.rss_mib)
+                .reduce(f64::max),
+            timeline: r.timeline,
         }
     }
 

@@ -27,10 +27,16 @@ pub struct RunResult {
     /// The server's CPU seconds (user + system) over the measured time,
     /// when its process is known.
     pub measured_cpu_seconds: Option<f64>,
+    /// The number of the next record a run going on from here sends.
+    pub next_record: u64,
+    /// `--timeline`: the server each second.
+    pub timeline: Vec<crate::server::Moment>,
 }
 
 struct Shared {
     next_id: AtomicU64,
+    /// No record numbered from here on is sent (`--records`).
+    last_id: u64,
     measuring: AtomicBool,
     stop: AtomicBool,
     acked: AtomicU64,
@@ -39,6 +45,12 @@ struct Shared {
     hist: Mutex<Histogram<u64>>,
     errors: Mutex<std::collections::BTreeMap<String, u64>>,
     acked_by: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Shared {
+    fn sent_all(&self) -> bool {
+        self.next_id.load(Ordering::Relaxed) >= self.last_id
+    }
 }
 
 pub use crate::llm_events::body;
@@ -53,6 +65,7 @@ pub enum Client {
     /// One HTTP/2 connection per sender: a single tonic channel, not the
     /// server, was the limit in earlier runs.
     GrpcVm {
+        step_ns: i64,
         grpc: Arc<Vec<BillingServiceClient<Channel>>>,
         turn: Arc<AtomicU64>,
         vms: u64,
@@ -83,16 +96,26 @@ impl Client {
     }
 }
 
+/// Nanoseconds between one VM's samples: 100 ms, or what puts
+/// `hour_rows` samples of `vms` VMs in an hour.
+pub fn vm_step_ns(vms: u64, hour_rows: Option<u64>) -> i64 {
+    match hour_rows {
+        Some(rows) if rows > 0 => (3_600_000_000_000u128 * vms.max(1) as u128 / rows as u128) as i64,
+        _ => 100_000_000,
+    }
+}
+
 /// A batch of one VM's samples: request `r` covers VM `r % vms`, the
-/// `r / vms`-th stretch of `n` samples 100 ms apart, so no two requests
+/// `r / vms`-th stretch of `n` samples `step_ns` apart, so no two requests
 /// overlap. Counters grow with jitter and restart now and then.
-fn vm_batch(first_id: u64, n: usize, vms: u64) -> pb::SendMetricsBatchRequest {
+fn vm_batch(first_id: u64, n: usize, vms: u64, step_ns: i64) -> pb::SendMetricsBatchRequest {
     let r = first_id / n as u64;
     let (vm, round) = (r % vms.max(1), r / vms.max(1));
-    let base_ns = 1_705_314_600_000_000_000i64 + (round as i64 * n as i64) * 100_000_000;
+    // 2024-01-15T10:00:00Z: the first synthetic hour starts on the hour.
+    let base_ns = 1_705_312_800_000_000_000i64 + (round as i64 * n as i64) * step_ns;
     let metrics = (0..n as i64)
         .map(|i| {
-            let ts = base_ns + i * 100_000_000;
+            let ts = base_ns + i * step_ns;
             let step = round as i64 * n as i64 + i;
             let jitter = (step * 7919 + vm as i64 * 104_729) % 1000;
             // Every 50,000 samples the VM "reboots": counters restart.
@@ -170,10 +193,15 @@ async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant)
                 .body(body(first, batch));
             http_outcome(req.send().await).await
         }
-        Client::GrpcVm { grpc, turn, vms } => {
+        Client::GrpcVm {
+            grpc,
+            turn,
+            vms,
+            step_ns,
+        } => {
             let i = turn.fetch_add(1, Ordering::Relaxed) as usize;
             let mut grpc = grpc[i % grpc.len()].clone();
-            grpc.send_metrics_batch(vm_batch(first, batch, *vms))
+            grpc.send_metrics_batch(vm_batch(first, batch, *vms, *step_ns))
                 .await
                 .map(|_| ())
                 .map_err(|s| format!("{:?}", s.code()))
@@ -184,7 +212,7 @@ async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant)
             vms,
             json,
         } => {
-            let req = vm_batch(first, batch, *vms);
+            let req = vm_batch(first, batch, *vms, 100_000_000);
             let (ct, body) = if *json {
                 ("application/json", vm_batch_json(&req).into_bytes())
             } else {
@@ -250,6 +278,7 @@ async fn client_for(
                 grpc.push(BillingServiceClient::new(channel));
             }
             Client::GrpcVm {
+                step_ns: vm_step_ns(args.vms, args.hour_rows),
                 grpc: Arc::new(grpc),
                 turn: Arc::new(AtomicU64::new(0)),
                 vms: args.vms,
@@ -322,7 +351,10 @@ pub async fn run_with(
         s => client_for(s, args, base, &http).await?,
     };
     let shared = Arc::new(Shared {
-        next_id: AtomicU64::new(0),
+        next_id: AtomicU64::new(args.first_record),
+        last_id: args
+            .records
+            .map_or(u64::MAX, |n| args.first_record.saturating_add(n)),
         measuring: AtomicBool::new(args.warmup.is_zero()),
         stop: AtomicBool::new(false),
         acked: AtomicU64::new(0),
@@ -338,7 +370,7 @@ pub async fn run_with(
             for _ in 0..args.concurrency {
                 let (client, shared, batch) = (client.clone(), shared.clone(), args.batch);
                 tasks.push(tokio::spawn(async move {
-                    while !shared.stop.load(Ordering::Relaxed) {
+                    while !shared.stop.load(Ordering::Relaxed) && !shared.sent_all() {
                         send(&client, &shared, batch, Instant::now()).await;
                     }
                 }));
@@ -351,7 +383,7 @@ pub async fn run_with(
             tasks.push(tokio::spawn(async move {
                 let start = Instant::now();
                 let mut i: u32 = 0;
-                while !shared.stop.load(Ordering::Relaxed) {
+                while !shared.stop.load(Ordering::Relaxed) && !shared.sent_all() {
                     let intended = start + interval * i;
                     tokio::time::sleep_until(intended.into()).await;
                     let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -372,8 +404,13 @@ pub async fn run_with(
     let started = Instant::now();
     let cpu_at_start = server_pid.and_then(|pid| crate::server::cpu_seconds(pid).ok());
     let mut last = 0;
-    while started.elapsed() < args.duration {
+    let mut timeline = Vec::new();
+    let pid = server_pid.or(args.server_pid);
+    while started.elapsed() < args.duration && !shared.sent_all() {
         tokio::time::sleep(Duration::from_secs(1).min(args.duration)).await;
+        if args.timeline {
+            timeline.push(crate::server::sample(&http, base, pid, started.elapsed()).await);
+        }
         if !args.quiet {
             let now = shared.acked.load(Ordering::Relaxed);
             eprint!(
@@ -410,5 +447,7 @@ pub async fn run_with(
         errors,
         acked_by,
         measured_cpu_seconds,
+        next_record: shared.next_id.load(Ordering::Relaxed),
+        timeline,
     })
 }

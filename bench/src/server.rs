@@ -151,3 +151,50 @@ fn dir_size(dir: &Path) -> u64 {
     }
     total
 }
+
+/// The server at one moment of a run (`--timeline`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Moment {
+    pub seconds: f64,
+    /// Resident memory (VmRSS), when the process is known.
+    pub rss_mib: Option<f64>,
+    pub compaction_memory_mib: Option<f64>,
+    pub compaction_backlog_hours: Option<f64>,
+    pub compaction_rows_per_second: Option<f64>,
+    /// Hours of `vm_metrics` compacted since the server started.
+    pub vm_compactions: Option<f64>,
+}
+
+/// Samples the server's RSS and its compactor's metrics.
+pub async fn sample(
+    http: &reqwest::Client,
+    base: &str,
+    pid: Option<u32>,
+    at: Duration,
+) -> Moment {
+    let rss_mib = pid.and_then(|pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+        Some(kib / 1024.0)
+    });
+    let text = match http.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let metric = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Moment {
+        seconds: at.as_secs_f64(),
+        rss_mib,
+        compaction_memory_mib: metric("tally_compaction_memory_bytes").map(|b| b / 1048576.0),
+        compaction_backlog_hours: metric("tally_compaction_backlog_hours"),
+        compaction_rows_per_second: metric("tally_compaction_rows_per_second"),
+        vm_compactions: metric("tally_compactions_total{dataset=\"vm_metrics\"}"),
+    }
+}
