@@ -99,16 +99,23 @@ fn write_raw_files(data: &Path, fleet: &[Vm], files: usize) {
                 .filter(|s| s.ts >= from && s.ts < to)
                 .collect();
             if i % 10 == 0 {
-                if let Some(again) = vm.samples.iter().find(|s| s.ts < from && s.ts >= from - slice_ns) {
+                if let Some(again) = vm
+                    .samples
+                    .iter()
+                    .find(|s| s.ts < from && s.ts >= from - slice_ns)
+                {
                     taken.insert(0, again);
                 }
             }
-            rows.extend(taken.into_iter().map(|s| (vm.customer.as_str(), vm.vm.as_str(), s)));
+            rows.extend(
+                taken
+                    .into_iter()
+                    .map(|s| (vm.customer.as_str(), vm.vm.as_str(), s)),
+            );
         }
         let strings = |second: bool, ty: &DataType| -> ArrayRef {
-            let a = StringArray::from_iter_values(
-                rows.iter().map(|r| if second { r.1 } else { r.0 }),
-            );
+            let a =
+                StringArray::from_iter_values(rows.iter().map(|r| if second { r.1 } else { r.0 }));
             arrow::compute::cast(&a, ty).unwrap()
         };
         let ints = |f: &dyn Fn(&Sample) -> i64| -> ArrayRef {
@@ -220,7 +227,10 @@ fn check_hour(data: &Path, fleet: &[Vm]) {
     assert_eq!(raw.len(), 1, "{raw:?}");
     let mut got: Vec<(String, String, i64, i64)> = Vec::new();
     for b in common::read_parquet(&raw[0]) {
-        let (c, v) = (common::strings(&b, "customer_id"), common::strings(&b, "vm_id"));
+        let (c, v) = (
+            common::strings(&b, "customer_id"),
+            common::strings(&b, "vm_id"),
+        );
         let ts = b.column_by_name("timestamp").unwrap();
         let ts = arrow::compute::cast(ts, &DataType::Int64).unwrap();
         let ts = ts.as_primitive::<Int64Type>();
@@ -239,7 +249,10 @@ fn check_hour(data: &Path, fleet: &[Vm]) {
         })
         .collect();
     assert_eq!(got.len(), want.len(), "rows of the compacted hour");
-    assert!(got == want, "the compacted rows differ from the samples written");
+    assert!(
+        got == want,
+        "the compacted rows differ from the samples written"
+    );
 
     let rolled = committed(data, "vm_usage_hours");
     assert_eq!(rolled.len(), 1, "{rolled:?}");
@@ -247,7 +260,12 @@ fn check_hour(data: &Path, fleet: &[Vm]) {
     let mut seen = 0;
     for b in common::read_parquet(&rolled[0]) {
         let vm = b.column_by_name("vm_id").unwrap().as_string::<i32>();
-        let n = |c: &str| b.column_by_name(c).unwrap().as_primitive::<Int64Type>().clone();
+        let n = |c: &str| {
+            b.column_by_name(c)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .clone()
+        };
         let mem = b
             .column_by_name("memory_byte_ns")
             .unwrap()
@@ -403,9 +421,7 @@ async fn kill_9_during_passes_of_a_large_hour_loses_nothing_and_doubles_nothing(
     assert!(left.is_empty(), "{left:?}");
     check_hour(&data, &fleet);
     // Bills read the stored rollup: equal to the rules over raw samples.
-    let rows = t
-        .sql("SELECT count(*) AS n FROM vm_metrics")
-        .await;
+    let rows = t.sql("SELECT count(*) AS n FROM vm_metrics").await;
     let want: usize = fleet.iter().map(|v| v.samples.len()).sum();
     assert_eq!(rows[0]["n"], want as u64);
 }

@@ -62,6 +62,12 @@ pub struct Args {
     #[arg(long)]
     pub records: Option<u64>,
 
+    /// Send a request the server refused for load (429, resource_exhausted,
+    /// unavailable) again after 20 ms, until it is taken: every record
+    /// numbered is stored.
+    #[arg(long)]
+    pub retry_refused: bool,
+
     /// A running --target's process id: its resident memory is sampled.
     #[arg(long)]
     pub server_pid: Option<u32>,

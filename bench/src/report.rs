@@ -28,6 +28,8 @@ pub struct Report {
     pub server_cpu_ns_per_record: Option<f64>,
     /// `--first-record` of a run that goes on from this one.
     pub next_record: u64,
+    /// Refused requests sent again (`--retry-refused`).
+    pub retried: u64,
     /// The server's resident memory over the run (MiB), the peak sampled.
     pub rss_peak_mib: Option<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -72,11 +74,8 @@ impl Report {
                 .measured_cpu_seconds
                 .map(|cpu| cpu * 1e9 / r.records_acked.max(1) as f64),
             next_record: r.next_record,
-            rss_peak_mib: r
-                .timeline
-                .iter()
-                .filter_map(|m| m.rss_mib)
-                .reduce(f64::max),
+            retried: r.retried,
+            rss_peak_mib: r.timeline.iter().filter_map(|m| m.rss_mib).reduce(f64::max),
             timeline: r.timeline,
         }
     }

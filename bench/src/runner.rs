@@ -29,6 +29,8 @@ pub struct RunResult {
     pub measured_cpu_seconds: Option<f64>,
     /// The number of the next record a run going on from here sends.
     pub next_record: u64,
+    /// Refused requests sent again (`--retry-refused`).
+    pub retried: u64,
     /// `--timeline`: the server each second.
     pub timeline: Vec<crate::server::Moment>,
 }
@@ -37,6 +39,8 @@ struct Shared {
     next_id: AtomicU64,
     /// No record numbered from here on is sent (`--records`).
     last_id: u64,
+    retry_refused: bool,
+    retried: AtomicU64,
     measuring: AtomicBool,
     stop: AtomicBool,
     acked: AtomicU64,
@@ -45,6 +49,11 @@ struct Shared {
     hist: Mutex<Histogram<u64>>,
     errors: Mutex<std::collections::BTreeMap<String, u64>>,
     acked_by: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Whether an error code says the server refused for load (it took nothing).
+fn refused(code: &str) -> bool {
+    code.contains("ResourceExhausted") || code.contains("429") || code.contains("Unavailable")
 }
 
 impl Shared {
@@ -100,7 +109,9 @@ impl Client {
 /// `hour_rows` samples of `vms` VMs in an hour.
 pub fn vm_step_ns(vms: u64, hour_rows: Option<u64>) -> i64 {
     match hour_rows {
-        Some(rows) if rows > 0 => (3_600_000_000_000u128 * vms.max(1) as u128 / rows as u128) as i64,
+        Some(rows) if rows > 0 => {
+            (3_600_000_000_000u128 * vms.max(1) as u128 / rows as u128) as i64
+        }
         _ => 100_000_000,
     }
 }
@@ -185,43 +196,54 @@ async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant)
         other => (other, false),
     };
     let first = shared.next_id.fetch_add(batch as u64, Ordering::Relaxed);
-    let outcome = match client {
-        Client::HttpLlm { http, url } => {
-            let req = http
-                .post(url)
-                .header("content-type", "application/x-ndjson")
-                .body(body(first, batch));
-            http_outcome(req.send().await).await
+    let outcome = loop {
+        let outcome = match client {
+            Client::HttpLlm { http, url } => {
+                let req = http
+                    .post(url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body(first, batch));
+                http_outcome(req.send().await).await
+            }
+            Client::GrpcVm {
+                grpc,
+                turn,
+                vms,
+                step_ns,
+            } => {
+                let i = turn.fetch_add(1, Ordering::Relaxed) as usize;
+                let mut grpc = grpc[i % grpc.len()].clone();
+                grpc.send_metrics_batch(vm_batch(first, batch, *vms, *step_ns))
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("{:?}", s.code()))
+            }
+            Client::ConnectVm {
+                http,
+                url,
+                vms,
+                json,
+            } => {
+                let req = vm_batch(first, batch, *vms, 100_000_000);
+                let (ct, body) = if *json {
+                    ("application/json", vm_batch_json(&req).into_bytes())
+                } else {
+                    ("application/proto", req.encode_to_vec())
+                };
+                let req = http.post(url).header("content-type", ct).body(body);
+                http_outcome(req.send().await).await
+            }
+            Client::Mixed { .. } => Err("nested mixed client".into()),
+        };
+        // `--retry-refused`: a refused request is sent again, as a client
+        // with retries would; only the final outcome counts.
+        match outcome {
+            Err(code) if shared.retry_refused && refused(&code) => {
+                shared.retried.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other,
         }
-        Client::GrpcVm {
-            grpc,
-            turn,
-            vms,
-            step_ns,
-        } => {
-            let i = turn.fetch_add(1, Ordering::Relaxed) as usize;
-            let mut grpc = grpc[i % grpc.len()].clone();
-            grpc.send_metrics_batch(vm_batch(first, batch, *vms, *step_ns))
-                .await
-                .map(|_| ())
-                .map_err(|s| format!("{:?}", s.code()))
-        }
-        Client::ConnectVm {
-            http,
-            url,
-            vms,
-            json,
-        } => {
-            let req = vm_batch(first, batch, *vms, 100_000_000);
-            let (ct, body) = if *json {
-                ("application/json", vm_batch_json(&req).into_bytes())
-            } else {
-                ("application/proto", req.encode_to_vec())
-            };
-            let req = http.post(url).header("content-type", ct).body(body);
-            http_outcome(req.send().await).await
-        }
-        Client::Mixed { .. } => Err("nested mixed client".into()),
     };
     let outcome = match outcome {
         Err(code) if mixed => Err(format!("{}:{code}", client.name())),
@@ -352,6 +374,8 @@ pub async fn run_with(
     };
     let shared = Arc::new(Shared {
         next_id: AtomicU64::new(args.first_record),
+        retry_refused: args.retry_refused,
+        retried: AtomicU64::new(0),
         last_id: args
             .records
             .map_or(u64::MAX, |n| args.first_record.saturating_add(n)),
@@ -448,6 +472,7 @@ pub async fn run_with(
         acked_by,
         measured_cpu_seconds,
         next_record: shared.next_id.load(Ordering::Relaxed),
+        retried: shared.retried.load(Ordering::Relaxed),
         timeline,
     })
 }

@@ -166,12 +166,7 @@ pub struct Moment {
 }
 
 /// Samples the server's RSS and its compactor's metrics.
-pub async fn sample(
-    http: &reqwest::Client,
-    base: &str,
-    pid: Option<u32>,
-    at: Duration,
-) -> Moment {
+pub async fn sample(http: &reqwest::Client, base: &str, pid: Option<u32>, at: Duration) -> Moment {
     let rss_mib = pid.and_then(|pid| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let kib: f64 = status

@@ -328,12 +328,16 @@ impl Compactor {
         let backlog = |left: &[(Dataset, i64, Vec<FileEntry>)]| {
             self.metrics.compaction_backlog_hours.set(left.len() as u64);
             let oldest = left.iter().map(|(_, h, _)| h + HOUR_NS).min().unwrap_or(0);
-            self.metrics.compaction_backlog_oldest_ns.set(oldest.max(0) as u64);
+            self.metrics
+                .compaction_backlog_oldest_ns
+                .set(oldest.max(0) as u64);
         };
         backlog(&work);
         for i in 0..work.len() {
             let (d, hour, files) = work[i].clone();
-            let result = self.compact_hour(d, hour, files, &mut report).await;
+            let result = self
+                .compact_hour(d, hour, files, (started, rows_before), &mut report)
+                .await;
             backlog(&work[i + 1..]);
             let secs = started.elapsed().as_secs_f64();
             if secs > 0.0 {
@@ -367,6 +371,8 @@ impl Compactor {
                 rollup_files = report.rollup_files,
                 raw_files_expired = report.raw_files_expired,
                 rollup_files_expired = report.rollup_files_expired,
+                seconds = started.elapsed().as_secs_f64(),
+                peak_memory = self.metrics.compaction_memory.peak(),
                 "compaction pass"
             );
         }
@@ -379,14 +385,26 @@ impl Compactor {
         d: Dataset,
         hour: i64,
         inputs: Vec<FileEntry>,
+        pass: (Instant, u64),
         report: &mut CompactionReport,
     ) -> Result<(), SinkError> {
         let target = self.target.clone();
         let ins = inputs.clone();
         let (metrics, store) = (self.metrics.clone(), self.store.clone());
         let budget = self.policy.memory;
+        let merge_started = Instant::now();
         let merged = background::run("tally-compact", move || {
-            let pause = move || yield_to_ingest(&store);
+            let pause = || {
+                yield_to_ingest(&store);
+                // The pass's rate so far, for /metrics.
+                let secs = pass.0.elapsed().as_secs_f64();
+                if secs > 0.0 {
+                    let rows = metrics.compaction_rows.get() - pass.1;
+                    metrics
+                        .compaction_rows_per_second
+                        .set((rows as f64 / secs) as u64);
+                }
+            };
             let cx = MergeContext {
                 budget,
                 metrics: &metrics,
@@ -397,6 +415,8 @@ impl Compactor {
         .await;
         self.metrics.compaction_memory.set(0);
         let merged = merged?;
+        let merge_secs = merge_started.elapsed().as_secs_f64();
+        let rollup_started = Instant::now();
         let data = self.target.data.clone();
         let abs_tmp = data.join(&merged.tmp);
         let metrics = self.metrics.clone();
@@ -406,6 +426,7 @@ impl Compactor {
         };
         let built = self.builder.build(d, hour, &abs_tmp, memory).await;
         self.metrics.compaction_memory.set(0);
+        let rollup_secs = rollup_started.elapsed().as_secs_f64();
         let (outputs, fingerprint) = match built {
             Ok(b) => b,
             Err(e) => {
@@ -451,7 +472,8 @@ impl Compactor {
             tokio::task::block_in_place(|| paths.iter().try_for_each(|p| dest.delete(p)))?;
             self.builder.forget(&paths);
         }
-        tracing::debug!(%d, hour, inputs = ?inputs.iter().map(|f| file_name(&f.path)).collect::<Vec<_>>(), output = %file_name(&merged.final_path), rows_in = merged.rows_in, rows_out = merged.rows_out, "hour compacted");
+        tracing::debug!(%d, hour, inputs = ?inputs.iter().map(|f| file_name(&f.path)).collect::<Vec<_>>(), output = %file_name(&merged.final_path), "hour compacted");
+        tracing::info!(%d, hour, files_in = inputs.len(), rows_in = merged.rows_in, rows_out = merged.rows_out, merge_seconds = merge_secs, rollup_seconds = rollup_secs, "hour compacted");
         self.doomed.lock().push((Instant::now(), replaced));
         let i = d.index();
         self.metrics.compactions[i].add(1);
@@ -675,11 +697,12 @@ fn merge_hour(
             }
         };
         let file = File::open(&local).map_err(io_err(&local))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| SinkError::Parquet {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
+            SinkError::Parquet {
                 path: f.path.clone(),
                 source,
-            })?;
+            }
+        })?;
         let meta = builder.metadata();
         let own = node_of(&file_name(&f.path)).is_none_or(|n| n == target.node);
         let kv = meta.file_metadata().key_value_metadata();
@@ -725,7 +748,10 @@ fn merge_hour(
         }
     };
     // Rounds: groups of `fan_in` inputs into runs, until one merge is enough.
-    let mut level: Vec<(PathBuf, bool)> = footers.iter().map(|f| (f.local.clone(), f.in_order)).collect();
+    let mut level: Vec<(PathBuf, bool)> = footers
+        .iter()
+        .map(|f| (f.local.clone(), f.in_order))
+        .collect();
     let mut runs_made = 0usize;
     while level.len() > plan.fan_in {
         let mut next = Vec::with_capacity(level.len().div_ceil(plan.fan_in));
@@ -780,7 +806,9 @@ fn merge_hour(
         .map(|(p, ordered)| open(p, *ordered))
         .collect::<Result<Vec<_>, _>>()
         .and_then(|sources| {
-            merge::merge_into(d, sources, &abs_tmp, props, &plan, &progress, &mut |_| Ok(()))
+            merge::merge_into(d, sources, &abs_tmp, props, &plan, &progress, &mut |_| {
+                Ok(())
+            })
         });
     match result {
         Ok((rows_out, bytes)) => {

@@ -38,7 +38,8 @@ const PAGE_BYTES: usize = 64 << 10;
 const MAX_FAN_IN: usize = 512;
 
 /// The batches of one input, in key order.
-pub(super) type Batches = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>> + Send>;
+pub(super) type Batches =
+    Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>> + Send>;
 
 /// How a merge spends its budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -192,7 +193,11 @@ impl KeyOrder {
         &self,
         b: &RecordBatch,
     ) -> Result<(arrow::row::Rows, Option<arrow::row::Rows>), SinkError> {
-        let s: Vec<ArrayRef> = self.sort_cols.iter().map(|&c| b.column(c).clone()).collect();
+        let s: Vec<ArrayRef> = self
+            .sort_cols
+            .iter()
+            .map(|&c| b.column(c).clone())
+            .collect();
         let sort = self.sort_conv.convert_columns(&s)?;
         let key = if self.key_cols.is_empty() {
             None

@@ -90,7 +90,9 @@ pub fn writer_properties_with(
 pub fn run_properties(dataset: Dataset) -> WriterProperties {
     writer_properties(dataset, 0, 0)
         .into_builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
         .build()
 }
 
