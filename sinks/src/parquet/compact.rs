@@ -72,13 +72,30 @@ pub struct CompactionPolicy {
     pub memory: usize,
 }
 
-/// Waits while ingest's queues are more than half full: a compaction is
-/// behind in a minute, a request refused is lost to its sender.
-fn yield_to_ingest(store: &Store) {
-    let mut waited = Duration::ZERO;
-    while store.queue_fill() > 0.5 && waited < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
-        waited += Duration::from_millis(20);
+/// A merge's way of giving ingest the core: it waits while ingest's queues
+/// are more than half full (a compaction behind by a minute costs nothing;
+/// a refused request costs its sender), but never for longer in all than it
+/// has worked, so under a saturating load a backlog is still caught up, at
+/// half speed.
+struct IngestYield {
+    started: Instant,
+    waited: Mutex<Duration>,
+}
+
+impl IngestYield {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            waited: Mutex::new(Duration::ZERO),
+        }
+    }
+
+    fn pause(&self, store: &Store) {
+        let mut waited = self.waited.lock();
+        while store.queue_fill() > 0.5 && *waited * 2 < self.started.elapsed() {
+            std::thread::sleep(Duration::from_millis(20));
+            *waited += Duration::from_millis(20);
+        }
     }
 }
 
@@ -394,8 +411,9 @@ impl Compactor {
         let budget = self.policy.memory;
         let merge_started = Instant::now();
         let merged = background::run("tally-compact", move || {
+            let ingest = IngestYield::new();
             let pause = || {
-                yield_to_ingest(&store);
+                ingest.pause(&store);
                 // The pass's rate so far, for /metrics.
                 let secs = pass.0.elapsed().as_secs_f64();
                 if secs > 0.0 {
@@ -972,6 +990,26 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         }
+    }
+
+    #[test]
+    fn a_merge_yields_to_full_queues_for_no_longer_than_it_worked() {
+        let store = Store::new(10);
+        let y = IngestYield::new();
+        y.pause(&store);
+        assert_eq!(*y.waited.lock(), Duration::ZERO, "queues empty: no wait");
+        store.reserve(Dataset::VmMetrics, 8).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // Queues stay full: it waits about as long as it had worked, then
+        // goes on.
+        y.pause(&store);
+        let waited = *y.waited.lock();
+        assert!(
+            waited >= Duration::from_millis(100)
+                && waited * 2 <= y.started.elapsed() + Duration::from_millis(40),
+            "waited {waited:?} of {:?}",
+            y.started.elapsed()
+        );
     }
 
     #[test]
