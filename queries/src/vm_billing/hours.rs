@@ -191,6 +191,16 @@ impl<'s> HourFold<'s> {
     }
 }
 
+/// The value columns of a `vm_metrics` row, in `vm_samples.sql`'s order.
+const SAMPLE_VALUES: [&str; 6] = [
+    "cpu_time_nanos",
+    "memory_usage_bytes",
+    "disk_read_bytes",
+    "disk_write_bytes",
+    "network_rx_bytes",
+    "network_tx_bytes",
+];
+
 /// A batch of `vm_metrics` rows (its stored columns, by name) in the
 /// columns of `vm_samples.sql`, for [`HourFold::push`].
 pub fn samples_of(b: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
@@ -212,14 +222,7 @@ pub fn samples_of(b: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowErr
         col("vm_id", &DataType::Utf8)?,
         col("timestamp", &DataType::Int64)?,
     ];
-    for c in [
-        "cpu_time_nanos",
-        "memory_usage_bytes",
-        "disk_read_bytes",
-        "disk_write_bytes",
-        "network_rx_bytes",
-        "network_tx_bytes",
-    ] {
+    for c in SAMPLE_VALUES {
         columns.push(col(c, &DataType::Int64)?);
     }
     RecordBatch::try_new(samples_schema(), columns)
@@ -232,14 +235,7 @@ pub fn samples_schema() -> SchemaRef {
         Field::new("vm_id", DataType::Utf8, true),
         Field::new("ts", DataType::Int64, true),
     ];
-    for c in [
-        "cpu_time_nanos",
-        "memory_usage_bytes",
-        "disk_read_bytes",
-        "disk_write_bytes",
-        "network_rx_bytes",
-        "network_tx_bytes",
-    ] {
+    for c in SAMPLE_VALUES {
         fields.push(Field::new(c, DataType::Int64, true));
     }
     Arc::new(Schema::new(fields))

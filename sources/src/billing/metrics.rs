@@ -1,21 +1,8 @@
 //! The billing service's Prometheus metrics, under the names of spec 003.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use tally_pipeline::metrics::{Counter, Histogram};
-
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicU64);
-
-impl Gauge {
-    pub fn set(&self, v: u64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+use tally_pipeline::metrics::{Counter, Gauge, Histogram};
 
 const BATCH_BOUNDS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 600.0, 750.0, 1000.0];
 
