@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::RecordBatch;
 use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -70,6 +70,18 @@ pub struct CompactionPolicy {
     pub grace: Duration,
     /// Bytes one hour's compaction may hold: its merge, then its rollups.
     pub memory: usize,
+}
+
+/// Sets the rows per second of the pass that started at `pass.0` with
+/// `pass.1` rows counted.
+fn pass_rate(metrics: &Metrics, pass: (Instant, u64)) {
+    let secs = pass.0.elapsed().as_secs_f64();
+    if secs > 0.0 {
+        let rows = metrics.compaction_rows.get() - pass.1;
+        metrics
+            .compaction_rows_per_second
+            .set((rows as f64 / secs) as u64);
+    }
 }
 
 /// A merge's way of giving ingest the core: it waits while ingest's queues
@@ -356,13 +368,7 @@ impl Compactor {
                 .compact_hour(d, hour, files, (started, rows_before), &mut report)
                 .await;
             backlog(&work[i + 1..]);
-            let secs = started.elapsed().as_secs_f64();
-            if secs > 0.0 {
-                let rows = self.metrics.compaction_rows.get() - rows_before;
-                self.metrics
-                    .compaction_rows_per_second
-                    .set((rows as f64 / secs) as u64);
-            }
+            pass_rate(&self.metrics, (started, rows_before));
             if let Err(e) = result {
                 // One hour's failure does not stop the others.
                 self.metrics.compaction_errors.add(1);
@@ -414,14 +420,7 @@ impl Compactor {
             let ingest = IngestYield::new();
             let pause = || {
                 ingest.pause(&store);
-                // The pass's rate so far, for /metrics.
-                let secs = pass.0.elapsed().as_secs_f64();
-                if secs > 0.0 {
-                    let rows = metrics.compaction_rows.get() - pass.1;
-                    metrics
-                        .compaction_rows_per_second
-                        .set((rows as f64 / secs) as u64);
-                }
+                pass_rate(&metrics, pass);
             };
             let cx = MergeContext {
                 budget,
@@ -629,12 +628,7 @@ fn sorted_in_memory(path: &Path, d: Dataset) -> Result<Input, SinkError> {
         .map(|b| b.map_err(SinkError::from).and_then(|b| conform(b, d)))
         .collect::<Result<_, _>>()?;
     let all = arrow::compute::concat_batches(&schema(d), &batches)?;
-    let cols: Vec<ArrayRef> = order
-        .sort_cols
-        .iter()
-        .map(|&c| all.column(c).clone())
-        .collect();
-    let rows = order.sort_conv.convert_columns(&cols)?;
+    let rows = order.sort_rows(&all)?;
     let mut idx: Vec<u32> = (0..all.num_rows() as u32).collect();
     // Stable: rows of one key keep their stored order.
     idx.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));

@@ -189,16 +189,21 @@ impl KeyOrder {
         })
     }
 
-    fn encode(
-        &self,
-        b: &RecordBatch,
-    ) -> Result<(arrow::row::Rows, Option<arrow::row::Rows>), SinkError> {
+    /// The rows of `b`'s sort columns, comparable as the files are sorted.
+    pub fn sort_rows(&self, b: &RecordBatch) -> Result<arrow::row::Rows, SinkError> {
         let s: Vec<ArrayRef> = self
             .sort_cols
             .iter()
             .map(|&c| b.column(c).clone())
             .collect();
-        let sort = self.sort_conv.convert_columns(&s)?;
+        Ok(self.sort_conv.convert_columns(&s)?)
+    }
+
+    fn encode(
+        &self,
+        b: &RecordBatch,
+    ) -> Result<(arrow::row::Rows, Option<arrow::row::Rows>), SinkError> {
+        let sort = self.sort_rows(b)?;
         let key = if self.key_cols.is_empty() {
             None
         } else {
