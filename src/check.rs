@@ -1,6 +1,9 @@
-//! `tally check [--data DIR] [--state-dir DIR] [--repair]`: verifies every WAL
-//! frame, the checkpoint and every Parquet file of a data directory offline;
-//! `--repair` salvages and quarantines as start-up does, without serving.
+//! `tally check [--data DIR] [--state-dir DIR] [--repair [--from COPY]]`:
+//! verifies offline every WAL frame, every state file (its checksum line)
+//! and every Parquet file, raw and rollup (its checksum, footer, schema and
+//! rows). `--repair` salvages and quarantines as start-up does, without
+//! serving; with `--from`, a damaged file is first replaced by an intact
+//! copy (a backup of the data directory, or a cluster's bucket).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,9 +13,17 @@ use tally_pipeline::metrics::Metrics;
 use tally_pipeline::quarantine::Quarantine;
 use tally_pipeline::wal::{self, SegmentDamage};
 use tally_pipeline::Dataset;
-use tally_sinks::parquet::destination::list_local;
+use std::path::PathBuf;
+
+use tally_pipeline::checksum::{self, Verdict};
+use tally_pipeline::quarantine::FileHeld;
+use tally_pipeline::state_file::{self, StateFileError};
+use tally_pipeline::store::FileEntry;
+use tally_sinks::parquet::destination::list_local_table;
 use tally_sinks::parquet::layout::{quarantine_dir, wal_dir};
-use tally_sinks::parquet::verify::{quarantine_file, verify_file, FileProblem};
+use tally_sinks::parquet::verify::{
+    held, quarantine_held, verify_file, verify_rollup, FileProblem,
+};
 use tally_sinks::{Checkpoint, Destination};
 
 use crate::cli::CheckArgs;
@@ -20,8 +31,12 @@ use crate::cli::CheckArgs;
 /// What the check found, by severity.
 #[derive(Default)]
 struct Findings {
-    /// Damage: data that cannot be read.
+    /// Damage: data that cannot be read, or whose checksum does not match.
     damage: Vec<String>,
+    /// Files written before checksums: read, but not verifiable.
+    unverified: Vec<String>,
+    /// What `--repair` put right (copies restored, checksums given).
+    repaired: Vec<String>,
     /// Worth knowing, not damage.
     notes: Vec<String>,
 }
@@ -32,6 +47,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("data directory {} does not exist", data.display());
     }
     let state = args.state_dir.unwrap_or_else(|| data.clone());
+    let mut found = Findings::default();
+    // State files first: opening the quarantine (--repair) reads its reports.
+    let states = check_state_files(&state)?;
     let quarantine = if args.repair {
         let dir = quarantine_dir(&state);
         Some(Arc::new(Quarantine::open(
@@ -41,7 +59,55 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let mut found = Findings::default();
+    let copies_for_state = match &args.from {
+        Some(from) => Some(Copies::parse(from)?),
+        None => None,
+    };
+    for (path, what, verdict) in states {
+        let rel = path.strip_prefix(&state).unwrap_or(&path).to_path_buf();
+        match verdict {
+            Err(e) => {
+                if let Some(copies) = copies_for_state.as_ref().filter(|_| args.repair) {
+                    if copies.restore_state_file(&path, &rel)? {
+                        found.repaired.push(format!(
+                            "{}: {what}: {e}; restored from {} (its checksum matches)",
+                            path.display(),
+                            copies.describe(&rel)
+                        ));
+                        continue;
+                    }
+                }
+                found.damage.push(format!("{}: {what}: {e}", path.display()));
+                // The damage reports are set aside by opening the quarantine.
+                if let Some(q) = quarantine.as_ref().filter(|_| !path.ends_with("quarantine/damage.json")) {
+                    state_file::set_aside(
+                        q,
+                        &path,
+                        &format!("state/{}", rel.display()),
+                        format!("{what}: {e}; moved aside by `tally check --repair`"),
+                    );
+                }
+            }
+            Ok(Verdict::Unverified) => {
+                if args.repair {
+                    let body = std::fs::read(&path)?;
+                    if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+                        state_file::replace(&path, &body)?;
+                        found.repaired.push(format!(
+                            "{}: {what} written before checksums; its checksum line was added",
+                            path.display()
+                        ));
+                        continue;
+                    }
+                }
+                found.unverified.push(format!(
+                    "{}: {what} written before checksums",
+                    path.display()
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
 
     let checkpoint = match Checkpoint::load(&state) {
         Ok(c) => {
@@ -124,8 +190,46 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 
     let mut files = 0usize;
     let mut rows = 0u64;
+    let copies = match &args.from {
+        Some(from) => Some(Copies::parse(from)?),
+        None => None,
+    };
+    // Files the server (or an earlier check) quarantined: back from a copy.
+    if let (Some(q), Some(copies)) = (&quarantine, &copies) {
+        for r in q.all() {
+            let path = PathBuf::from(&r.path);
+            if r.held.is_none() || path.exists() {
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(&data) else {
+                continue;
+            };
+            match copies.restore_data_file(&data, rel)? {
+                true => {
+                    q.resolved(&r.path)?;
+                    found.repaired.push(format!(
+                        "{}: restored from {} (checksum matches)",
+                        path.display(),
+                        copies.describe(rel)
+                    ));
+                }
+                false => found.notes.push(format!(
+                    "{}: in quarantine, and {} has no copy whose checksum matches",
+                    path.display(),
+                    copies.describe(rel)
+                )),
+            }
+        }
+    }
+    let mut tables: Vec<(Dataset, &'static str, bool)> = Vec::new();
     for d in Dataset::ALL {
-        let (listed, tmps) = list_local(&data, d)?;
+        tables.push((d, d.name(), false));
+        if let Some((table, _)) = tally_queries::history::rollup_of(d) {
+            tables.push((d, table, true));
+        }
+    }
+    for (d, table, rollup) in tables {
+        let (listed, tmps) = list_local_table(&data, table)?;
         for t in tmps {
             found.notes.push(format!(
                 "{}: a temporary file of an unfinished flush; the next start removes it",
@@ -133,19 +237,56 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             ));
         }
         for f in listed {
-            match verify_file(&Destination::Local, &f.entry, d, true) {
+            let checked = if rollup {
+                verify_rollup(&Destination::Local, &f.entry, true)
+            } else {
+                verify_file(&Destination::Local, &f.entry, d, true)
+            };
+            match checked {
                 Ok(facts) => {
                     files += 1;
-                    rows += facts.rows;
+                    if !rollup {
+                        rows += facts.rows;
+                    }
+                    if facts.unverified {
+                        if args.repair {
+                            let sealed = seal_data_file(&f.entry.path)?;
+                            found.repaired.push(format!(
+                                "{}: written before checksums; read whole and renamed {} with its checksum",
+                                f.entry.path.display(),
+                                sealed.display()
+                            ));
+                        } else {
+                            found.unverified.push(format!(
+                                "{}: {} file written before checksums (read whole: readable)",
+                                f.entry.path.display(),
+                                if rollup { table.to_string() } else { format!("raw {table}") }
+                            ));
+                        }
+                    }
                 }
                 Err(problem) => {
-                    found.damage.push(describe(&f.entry.path, d, &problem));
-                    quarantine_file(
+                    let held = held(&Destination::Local, &f.entry, table, rollup);
+                    let rel = f.entry.path.strip_prefix(&data).unwrap_or(&f.entry.path);
+                    if let Some(copies) = copies.as_ref().filter(|_| args.repair) {
+                        if copies.restore_data_file(&data, rel)? {
+                            found.repaired.push(format!(
+                                "{}: {}; restored from {} (checksum matches)",
+                                f.entry.path.display(),
+                                problem.detail,
+                                copies.describe(rel)
+                            ));
+                            continue;
+                        }
+                    }
+                    found.damage.push(describe(&f.entry.path, &held, &problem));
+                    quarantine_held(
                         &Destination::Local,
                         &data,
                         quarantine.as_deref(),
                         &f.entry,
                         problem,
+                        Some(held),
                     );
                 }
             }
@@ -154,9 +295,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 
     // Read, not opened: without --repair the check changes nothing.
     let open: Vec<tally_pipeline::quarantine::Damage> =
-        std::fs::read(quarantine_dir(&state).join("damage.json"))
+        state_file::read(&quarantine_dir(&state).join("damage.json"))
             .ok()
-            .and_then(|b| {
+            .flatten()
+            .and_then(|(b, _)| {
                 serde_json::from_slice::<Vec<tally_pipeline::quarantine::Damage>>(&b).ok()
             })
             .unwrap_or_default()
@@ -174,17 +316,24 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     for n in &found.notes {
         println!("note: {n}");
     }
+    for u in &found.unverified {
+        println!("unverified: {u}");
+    }
+    for r in &found.repaired {
+        println!("repaired: {r}");
+    }
     for d in &found.damage {
         println!("DAMAGE: {d}");
     }
     println!(
-        "checked {} WAL segment(s) ({} entries readable, {} torn tail(s)), checkpoint at entry {}, {} Parquet file(s) with {} rows",
+        "checked {} WAL segment(s) ({} entries readable, {} torn tail(s)), checkpoint at entry {}, {} Parquet file(s) with {} raw rows, {} unverified file(s)",
         wal_report.segments,
         wal_report.entries_replayed + wal_report.entries_left_to_log,
         wal_report.torn_frames,
         checkpoint.flushed_seq,
         files,
-        rows
+        rows,
+        found.unverified.len()
     );
     if found.damage.is_empty() {
         println!("ok: no damage");
@@ -205,16 +354,181 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn describe(path: &Path, d: Dataset, p: &FileProblem) -> String {
+fn describe(path: &Path, held: &FileHeld, p: &FileProblem) -> String {
     let what = match p.kind {
         tally_pipeline::quarantine::DamageKind::ForeignFile => {
-            format!("not a {d} file of tally's")
+            format!("not a {} file of tally's", held.table)
         }
-        _ => format!("an unreadable {d} file"),
+        _ => format!(
+            "{} {} file of hour {}, {}",
+            held.role,
+            held.table,
+            held.hour.as_deref().unwrap_or("(unknown)"),
+            match held.rows {
+                Some(n) => format!("{n} rows"),
+                None => "rows unknown (footer unreadable)".to_string(),
+            }
+        ),
     };
-    format!(
-        "{}: {what}: {}. Do: `tally check --repair` (or start tally) moves it to quarantine; restore it from a backup if you have one",
-        path.display(),
-        p.detail
-    )
+    let todo = if held.role == "rollup" {
+        "`tally check --repair` (or start tally) moves it to quarantine and the rollup is built again from raw rows"
+    } else {
+        "`tally check --repair --from BACKUP` restores an intact copy; `tally check --repair` (or start tally) moves it to quarantine"
+    };
+    format!("{}: {what}: {}. Do: {todo}", path.display(), p.detail)
+}
+
+/// What each state file under `_tally/` holds.
+fn state_kind(rel: &Path) -> Option<&'static str> {
+    let name = rel.file_name()?.to_str()?;
+    let parent = rel
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|p| p.to_str())
+        .unwrap_or("");
+    Some(match (parent, name) {
+        ("_tally", "tokens.json") => "API tokens",
+        ("_tally", "tokens_used.json") => "token last-use times",
+        ("_tally", "usage_config.json") => "Usage API configuration",
+        ("quarantine", "damage.json") => "damage reports",
+        ("budgets", _) => "a budget",
+        ("alerts", _) => "an alert's delivery state",
+        _ => "a state file",
+    })
+}
+
+/// Every state file under `<state>/_tally` (not the WAL, which has a CRC
+/// per frame, nor quarantined copies, nor the checkpoint, checked above),
+/// with what it holds and its checksum.
+type StateFinding = (PathBuf, &'static str, Result<Verdict, String>);
+
+fn check_state_files(state: &Path) -> anyhow::Result<Vec<StateFinding>> {
+    let root = tally_sinks::parquet::layout::state_dir(state);
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let rel = path.strip_prefix(state).unwrap_or(&path).to_path_buf();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if path.is_dir() {
+                let skip = path == wal_dir(state) || path.parent() == Some(&quarantine_dir(state));
+                if !skip {
+                    stack.push(path);
+                }
+                continue;
+            }
+            if name.ends_with(".tmp")
+                || name.ends_with(".lock")
+                || name.ends_with(".unreadable")
+                || path == Checkpoint::path(state)
+            {
+                continue;
+            }
+            let Some(what) = state_kind(&rel) else {
+                continue;
+            };
+            let verdict = match state_file::read(&path) {
+                Ok(Some((_, v))) => Ok(v),
+                Ok(None) => continue,
+                Err(e @ StateFileError::Damaged { .. }) => Err(e.to_string()),
+                Err(e) => return Err(e.into()),
+            };
+            out.push((path, what, verdict));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// A file written before checksums, renamed to carry the checksum of its
+/// bytes (it was read whole first).
+fn seal_data_file(path: &Path) -> anyhow::Result<PathBuf> {
+    let (crc, _) = checksum::file_crc(path, &mut |_| {})?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let to = path.with_file_name(checksum::sealed_name(name, crc));
+    std::fs::rename(path, &to)?;
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(to)
+}
+
+/// Where intact copies of files are.
+enum Copies {
+    /// A backup of the data directory (same layout).
+    Dir(PathBuf),
+    /// A bucket (`s3://bucket/prefix`), laid out as the data directory.
+    Object(Destination),
+}
+
+impl Copies {
+    fn parse(from: &str) -> anyhow::Result<Self> {
+        Ok(match Destination::parse(from)? {
+            Some(d) => Copies::Object(d),
+            None => {
+                let dir = PathBuf::from(from);
+                if !dir.is_dir() {
+                    anyhow::bail!("--from {from}: no such directory");
+                }
+                Copies::Dir(dir)
+            }
+        })
+    }
+
+    fn describe(&self, rel: &Path) -> String {
+        match self {
+            Copies::Dir(d) => d.join(rel).display().to_string(),
+            Copies::Object(d) => d.location(Path::new(""), rel).display().to_string(),
+        }
+    }
+
+    fn get(&self, rel: &Path) -> Option<Vec<u8>> {
+        match self {
+            Copies::Dir(d) => std::fs::read(d.join(rel)).ok(),
+            Copies::Object(d) => {
+                let entry = FileEntry {
+                    path: d.location(Path::new(""), rel),
+                    rows: 0,
+                    bytes: 0,
+                };
+                d.read(&entry).ok().map(|b| b.to_vec())
+            }
+        }
+    }
+
+    /// Puts the copy of the data file `rel` in place when its bytes match
+    /// the checksum its name records.
+    fn restore_data_file(&self, data: &Path, rel: &Path) -> anyhow::Result<bool> {
+        let Some(bytes) = self.get(rel) else {
+            return Ok(false);
+        };
+        if checksum::check_bytes(rel, &bytes) != Verdict::Verified {
+            return Ok(false);
+        }
+        write_in_place(&data.join(rel), &bytes)?;
+        Ok(true)
+    }
+
+    /// Puts the copy of a state file in place when its own checksum line
+    /// matches its bytes.
+    fn restore_state_file(&self, path: &Path, rel: &Path) -> anyhow::Result<bool> {
+        let Some(bytes) = self.get(rel) else {
+            return Ok(false);
+        };
+        if !matches!(checksum::open(&bytes), Ok((_, Verdict::Verified))) {
+            return Ok(false);
+        }
+        write_in_place(path, &bytes)?;
+        Ok(true)
+    }
+}
+
+/// Temporary file beside `path`, fsync, rename, fsync of the directory.
+fn write_in_place(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    state_file::replace_raw(path, bytes)?;
+    Ok(())
 }

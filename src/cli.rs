@@ -22,8 +22,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run one read-only SQL query over a data directory, offline.
     Sql(SqlArgs),
-    /// Verify a data directory offline: every WAL frame, the checkpoint and
-    /// every Parquet file (footer, schema, rows). Exits 1 on damage.
+    /// Verify a data directory offline: every WAL frame, every state file and
+    /// every Parquet file (checksum, footer, schema, rows), raw and rollup.
+    /// Exits 1 on damage.
     Check(CheckArgs),
     /// Create, list and revoke API tokens (`_tally/tokens.json` in the state directory).
     Token(TokenArgs),
@@ -88,8 +89,17 @@ pub struct CheckArgs {
     /// Do what start-up does with damage, without serving: copy damaged WAL
     /// segments into the quarantine, move unreadable and foreign files there,
     /// and record the reports.
+    /// With --from, a damaged file (or one the server quarantined) is first
+    /// replaced by its copy there, when the copy's checksum matches the
+    /// recorded one; files written before checksums are given one.
     #[arg(long)]
     pub repair: bool,
+
+    /// Where --repair finds intact copies: a backup of the data directory,
+    /// or the bucket of a cluster (`s3://bucket/prefix`, with the usual
+    /// AWS_* variables).
+    #[arg(long, requires = "repair", value_name = "DIR|s3://…")]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]

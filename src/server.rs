@@ -32,6 +32,7 @@ use tally_sinks::control_plane::{self, ControlPlaneForwarder};
 use tally_sinks::kafka_relay::KafkaRelay;
 use tally_sinks::parquet::layout::wal_dir;
 use tally_sinks::parquet::sink::{ParquetSink, SinkParts};
+use tally_sinks::parquet::scrub::Scrub;
 use tally_sinks::parquet::verify::FileDoctor;
 use tally_sinks::{recover, Compactor, Destination, FlushTarget};
 use tally_sources::billing::BillingService;
@@ -283,8 +284,19 @@ impl ReadSide {
             core.target.destination.clone(),
             core.target.data.clone(),
             core.store.clone(),
+            sink.rollups.clone(),
             core.quarantine.clone(),
+            core.metrics.clone(),
         ));
+        // Reads check each file's checksum the first time they use it; the
+        // scrub reads every file again each interval.
+        core.store.set_file_check(doctor.clone());
+        let scrub = Arc::new(Scrub::new(
+            doctor.clone(),
+            core.metrics.clone(),
+            config.parquet.scrub,
+        ));
+        tokio::spawn(scrub.run(stop.clone()));
         let compactor = Arc::new(
             Compactor::new(
                 core.target.clone(),
@@ -415,7 +427,7 @@ fn routes(
 ) -> anyhow::Result<Router> {
     let usage_config_path =
         tally_sinks::parquet::layout::state_dir(&core.target.state).join("usage_config.json");
-    quarantine_unreadable_usage_config(&usage_config_path, &core.quarantine);
+    quarantine_unreadable_usage_config(&usage_config_path, &core.quarantine)?;
     let usage_api = UsageApi::new(
         read.engine.clone(),
         read.history.clone(),
@@ -538,13 +550,18 @@ async fn listen(
 
 /// A Usage API configuration file that cannot be read goes to the
 /// quarantine (reported); the API then starts from the defaults.
-fn quarantine_unreadable_usage_config(path: &std::path::Path, quarantine: &Quarantine) {
-    let Ok(bytes) = std::fs::read(path) else {
-        return;
+fn quarantine_unreadable_usage_config(
+    path: &std::path::Path,
+    quarantine: &Quarantine,
+) -> anyhow::Result<()> {
+    // A damaged file (its checksum does not match) is refused, not
+    // replaced by the defaults: the operator restores it.
+    let Some((bytes, _)) = tally_pipeline::state_file::read(path)? else {
+        return Ok(());
     };
     let Err(e) = serde_json::from_slice::<tally_queries::plan_usage::config::UsageConfig>(&bytes)
     else {
-        return;
+        return Ok(());
     };
     tally_pipeline::state_file::set_aside(
         quarantine,
@@ -552,6 +569,7 @@ fn quarantine_unreadable_usage_config(path: &std::path::Path, quarantine: &Quara
         "state/usage_config.json",
         format!("the Usage API configuration cannot be read ({e}); the defaults are used until it is set again"),
     );
+    Ok(())
 }
 
 async fn shutdown_signal() {

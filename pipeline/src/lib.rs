@@ -7,6 +7,7 @@
 pub mod access;
 pub mod background;
 pub mod batch;
+pub mod checksum;
 pub mod component;
 pub mod config;
 pub mod dataset;

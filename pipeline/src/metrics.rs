@@ -158,6 +158,19 @@ pub struct Metrics {
     pub damage_reports: Counter,
     pub damage_unread_entries: Counter,
     pub records_failing_schema: Counter,
+    /// The background scrub: files and bytes it read, damaged files it
+    /// found, passes it finished, and when the last one ended (Unix
+    /// seconds, 0 before the first).
+    pub scrub_files: Counter,
+    pub scrub_bytes: Counter,
+    pub scrub_damaged: Counter,
+    pub scrub_passes: Counter,
+    pub scrub_last_pass_end: Gauge,
+    pub scrub_last_pass_ms: Gauge,
+    /// Files read on first use whose checksum was checked, and damaged
+    /// files found that way.
+    pub checksum_files: Counter,
+    pub checksum_damaged: Counter,
 }
 
 impl Metrics {
@@ -293,7 +306,39 @@ impl Metrics {
                 &self.records_failing_schema,
             ),
         ];
-        for (name, help, c) in scalars {
+        let scrub: [(&str, &str, &Counter); 6] = [
+            (
+                "tally_scrub_files_total",
+                "Stored Parquet files (raw and rollup) the background scrub read and checked against their checksums.",
+                &self.scrub_files,
+            ),
+            (
+                "tally_scrub_bytes_total",
+                "Bytes the background scrub read.",
+                &self.scrub_bytes,
+            ),
+            (
+                "tally_scrub_damaged_files_total",
+                "Damaged files the background scrub found (each is quarantined and reported).",
+                &self.scrub_damaged,
+            ),
+            (
+                "tally_scrub_passes_total",
+                "Scrub passes over every stored file that finished.",
+                &self.scrub_passes,
+            ),
+            (
+                "tally_checksum_checked_files_total",
+                "Files whose checksum a read checked the first time it used them since start-up.",
+                &self.checksum_files,
+            ),
+            (
+                "tally_checksum_damaged_files_total",
+                "Damaged files reads found by their checksum (each is quarantined and reported).",
+                &self.checksum_damaged,
+            ),
+        ];
+        for (name, help, c) in scalars.into_iter().chain(scrub) {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
@@ -311,7 +356,17 @@ impl Metrics {
         } else {
             (crate::now_ns() as f64 - oldest as f64).max(0.0) / 1e9
         };
-        let gauges: [(&str, &str, String); 5] = [
+        let gauges: [(&str, &str, String); 7] = [
+            (
+                "tally_scrub_last_pass_end_seconds",
+                "When the last scrub pass ended (Unix seconds; 0 before the first).",
+                self.scrub_last_pass_end.get().to_string(),
+            ),
+            (
+                "tally_scrub_last_pass_seconds",
+                "How long the last scrub pass took.",
+                format!("{:.3}", self.scrub_last_pass_ms.get() as f64 / 1000.0),
+            ),
             (
                 "tally_compaction_memory_bytes",
                 "Bytes the compactor holds now (merge batches, the open row group, rollups being built).",

@@ -9,7 +9,7 @@
 //! `degraded` until it is acknowledged.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,6 +54,23 @@ pub struct Damage {
     pub found_at: i64,
     #[serde(default)]
     pub acknowledged: bool,
+    /// What a damaged data file held, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<FileHeld>,
+}
+
+/// What a data file held: which dataset or rollup table, which hour, how
+/// many rows (the rows lost, unless a copy restores it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileHeld {
+    /// `raw` (a flushed or compacted file of a dataset) or `rollup`.
+    pub role: String,
+    /// The dataset, or the rollup table.
+    pub table: String,
+    /// RFC 3339 start of the hour.
+    pub hour: Option<String>,
+    /// Rows, from the footer when it could be read.
+    pub rows: Option<u64>,
 }
 
 impl Damage {
@@ -80,8 +97,8 @@ impl Quarantine {
         fs::create_dir_all(dir)?;
         let path = dir.join(REPORTS);
         let mut unreadable = None;
-        let reports = match fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
+        let reports = match crate::state_file::read(&path) {
+            Ok(Some((bytes, _))) => match serde_json::from_slice(&bytes) {
                 Ok(r) => r,
                 Err(e) => {
                     let aside = dir.join(format!("{REPORTS}.unreadable"));
@@ -90,8 +107,14 @@ impl Quarantine {
                     Vec::new()
                 }
             },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
+            Ok(None) => Vec::new(),
+            Err(crate::state_file::StateFileError::Damaged { verdict, .. }) => {
+                let aside = dir.join(format!("{REPORTS}.unreadable"));
+                fs::rename(&path, &aside)?;
+                unreadable = Some((aside, verdict.to_string()));
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
         };
         let q = Self {
             dir: dir.to_path_buf(),
@@ -109,6 +132,7 @@ impl Quarantine {
                 detail: format!("the damage reports cannot be read ({error}); earlier reports are in the file kept aside"),
                 found_at: now_secs(),
                 acknowledged: false,
+                held: None,
             });
         }
         Ok(q)
@@ -228,12 +252,22 @@ impl Quarantine {
     }
 
     fn persist(&self, reports: &[Damage]) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".{REPORTS}.tmp"));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(reports).expect("reports serialise"))?;
-        f.sync_all()?;
-        fs::rename(&tmp, self.dir.join(REPORTS))?;
-        File::open(&self.dir)?.sync_all()
+        crate::state_file::replace(
+            &self.dir.join(REPORTS),
+            &serde_json::to_vec_pretty(reports).expect("reports serialise"),
+        )
+    }
+
+    /// Drops the reports of `path` (a file restored from a copy).
+    pub fn resolved(&self, path: &str) -> io::Result<usize> {
+        let mut reports = self.reports.lock();
+        let before = reports.len();
+        reports.retain(|r| r.path != path);
+        let n = before - reports.len();
+        if n > 0 {
+            self.persist(&reports)?;
+        }
+        Ok(n)
     }
 }
 
@@ -243,6 +277,39 @@ impl Quarantine {
 pub trait FileCheck: Send + Sync {
     /// Returns how many files it took out.
     fn quarantine_unreadable(&self) -> usize;
+
+    /// Checks, the first time each is used since start-up, the checksums
+    /// of the files of `dataset` a read is about to use (blocking I/O).
+    /// The damaged ones go to the quarantine and out of the store; the
+    /// others come back.
+    fn ensure(
+        &self,
+        dataset: crate::Dataset,
+        files: Vec<crate::store::FileEntry>,
+    ) -> Vec<crate::store::FileEntry> {
+        let _ = dataset;
+        files
+    }
+
+    /// Checks a rollup file of `hour` of `dataset` the first time it is
+    /// used: `false` when it is damaged (then it went to the quarantine and
+    /// the hour's rollups were dropped: readers use raw rows, and the
+    /// compactor builds the rollups again).
+    fn ensure_rollup(
+        &self,
+        dataset: crate::Dataset,
+        hour: i64,
+        file: &crate::store::FileEntry,
+    ) -> bool {
+        let _ = (dataset, hour, file);
+        true
+    }
+}
+
+impl std::fmt::Debug for dyn FileCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileCheck")
+    }
 }
 
 /// Unix seconds now.
@@ -265,6 +332,7 @@ mod tests {
             detail: "bad".into(),
             found_at: 1,
             acknowledged: false,
+            held: None,
         }
     }
 

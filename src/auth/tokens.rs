@@ -106,8 +106,15 @@ impl TokenFile {
     }
 
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<TokenFile, TokenError> {
+        // A damaged file is never half-trusted: start-up refuses it.
+        let (bytes, _) = tally_pipeline::state_file::open_bytes(path, bytes.to_vec()).map_err(
+            |e| TokenError::Unreadable {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            },
+        )?;
         let file: TokenFile =
-            serde_json::from_slice(bytes).map_err(|e| TokenError::Unreadable {
+            serde_json::from_slice(&bytes).map_err(|e| TokenError::Unreadable {
                 path: path.to_path_buf(),
                 detail: e.to_string(),
             })?;
@@ -260,9 +267,10 @@ pub fn last_used(state: &Path) -> BTreeMap<String, u64> {
 
 /// The last-use times in `path` (none when it cannot be read).
 pub fn read_used(path: &Path) -> BTreeMap<String, u64> {
-    fs::read(path)
+    tally_pipeline::state_file::read(path)
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .flatten()
+        .and_then(|(b, _)| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
 }
 

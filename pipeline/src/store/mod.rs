@@ -9,6 +9,7 @@
 
 mod admission;
 mod buffer;
+mod damage;
 mod manifest;
 mod prepared;
 
@@ -94,7 +95,13 @@ pub struct Store {
     /// Highest WAL sequence whose records are all in the buffer.
     applied_seq: AtomicU64,
     max_queued_rows: usize,
+    /// What reads call to check a file's checksum the first time they use
+    /// it (see `damage.rs`).
+    file_check: std::sync::OnceLock<Arc<dyn crate::quarantine::FileCheck>>,
+    /// Hours whose raw rows were lost to damage, by dataset.
+    lost: parking_lot::RwLock<std::collections::BTreeSet<(Dataset, i64)>>,
 }
+
 
 impl Store {
     pub fn new(max_queued_rows: usize) -> Self {
@@ -105,6 +112,8 @@ impl Store {
                 .collect(),
             applied_seq: AtomicU64::new(0),
             max_queued_rows,
+            file_check: std::sync::OnceLock::new(),
+            lost: Default::default(),
         }
     }
 

@@ -353,6 +353,7 @@ pub fn quarantine_damage(
                 detail: d.detail.clone(),
                 found_at: crate::quarantine::now_secs(),
                 acknowledged: false,
+                held: None,
             });
         }
     }

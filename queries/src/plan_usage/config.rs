@@ -135,14 +135,13 @@ impl ConfigFile {
 
     /// The stored config, or the defaults (stored) on first use.
     pub fn load_or_init(&self, now_secs: i64) -> std::io::Result<UsageConfig> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match tally_pipeline::state_file::read(&self.path)? {
+            Some((bytes, _)) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
+            None => {
                 let c = UsageConfig::defaults(now_secs);
                 self.store(&c)?;
                 Ok(c)
             }
-            Err(e) => Err(e),
         }
     }
 

@@ -20,7 +20,7 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use tally_pipeline::batch::{records_to_batch, schema};
 use tally_pipeline::rollup::hour_of_path;
-use tally_pipeline::store::Store;
+use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
 
 /// A dataset as a table. Each scan takes one snapshot of the store, so a
@@ -88,6 +88,11 @@ impl TableProvider for DatasetTable {
                 .files
                 .retain(|f| hour_of_path(&f.path).is_some_and(|h| hours.contains(&h)));
         }
+        // Each file's checksum, the first time it is read since start-up.
+        snapshot.files = self
+            .store
+            .checked_files(self.dataset, std::mem::take(&mut snapshot.files))
+            .await;
         let table_schema = schema(self.dataset);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 
@@ -128,6 +133,7 @@ impl TableProvider for DatasetTable {
 /// A stored rollup table: the files of every rolled-up hour, as the
 /// manifest has them now (hours not rolled up yet are not in it).
 pub struct RollupTable {
+    store: Arc<Store>,
     dataset: Dataset,
     table: &'static str,
     schema: SchemaRef,
@@ -136,12 +142,14 @@ pub struct RollupTable {
 
 impl RollupTable {
     pub fn new(
+        store: Arc<Store>,
         dataset: Dataset,
         table: &'static str,
         schema: SchemaRef,
         rollups: Arc<tally_pipeline::rollup::Rollups>,
     ) -> Self {
         Self {
+            store,
             dataset,
             table,
             schema,
@@ -175,12 +183,29 @@ impl TableProvider for RollupTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let paths: Vec<PathBuf> = self
+        let files: Vec<(i64, FileEntry)> = self
             .rollups
             .range(self.dataset, i64::MIN, i64::MAX)
             .into_iter()
-            .filter_map(|(_, r)| r.tables.get(self.table).map(|f| f.path.clone()))
+            .filter_map(|(h, r)| r.tables.get(self.table).map(|f| (h, f.clone())))
             .collect();
+        // A damaged rollup file is not read: its hour's rollups are dropped
+        // and built again (the table lacks the hour until then).
+        let paths: Vec<PathBuf> = match self.store.file_check() {
+            Some(check) => {
+                let d = self.dataset;
+                tokio::task::spawn_blocking(move || {
+                    files
+                        .into_iter()
+                        .filter(|(h, f)| check.ensure_rollup(d, *h, f))
+                        .map(|(_, f)| f.path)
+                        .collect()
+                })
+                .await
+                .expect("a file check does not panic")
+            }
+            None => files.into_iter().map(|(_, f)| f.path).collect(),
+        };
         if paths.is_empty() {
             return empty_scan(&self.schema, projection);
         }

@@ -1,11 +1,10 @@
 //! The checkpoint: the WAL sequence that Parquet files hold, and the renames
 //! of a flush round that must complete after a crash.
 
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tally_pipeline::state_file::{self, StateFileError};
 
 use super::{io_err, SinkError};
 
@@ -32,28 +31,28 @@ impl Checkpoint {
 
     pub fn load(data: &Path) -> Result<Checkpoint, SinkError> {
         let path = Self::path(data);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| SinkError::Checkpoint { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
-            Err(e) => Err(io_err(&path)(e)),
+        match state_file::read(&path) {
+            Ok(Some((bytes, _))) => {
+                serde_json::from_slice(&bytes).map_err(|e| SinkError::Checkpoint {
+                    path,
+                    detail: e.to_string(),
+                })
+            }
+            Ok(None) => Ok(Checkpoint::default()),
+            Err(StateFileError::Damaged { verdict, .. }) => Err(SinkError::Checkpoint {
+                path,
+                detail: verdict.to_string(),
+            }),
+            Err(StateFileError::Io { source, .. }) => Err(io_err(&path)(source)),
         }
     }
 
-    /// Atomic replace: temp file, fsync, rename, fsync of the directory.
+    /// Atomic replace, with its checksum: temp file, fsync, rename, fsync
+    /// of the directory.
     pub fn store(&self, data: &Path) -> Result<(), SinkError> {
         let path = Self::path(data);
-        let dir = path.parent().expect("checkpoint has a parent");
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let tmp = dir.join(".checkpoint.json.tmp");
         let bytes = serde_json::to_vec_pretty(self).expect("checkpoint serialises");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
+        state_file::replace(&path, &bytes).map_err(io_err(&path))
     }
 }
 

@@ -37,6 +37,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use tally_pipeline::batch::schema;
 use tally_pipeline::metrics::Metrics;
+use tally_pipeline::checksum;
 use tally_pipeline::quarantine::FileCheck;
 use tally_pipeline::rollup::{
     file_name, hour_of_path, RolledHour, RollupBuilder, RollupMemory, RollupOutput, Rollups,
@@ -141,8 +142,10 @@ pub fn superseded(files: &[ListedFile]) -> HashSet<PathBuf> {
     out
 }
 
-/// `<stem>.<fingerprint>.parquet` → (source file name, fingerprint).
+/// `<stem>.<fingerprint>[.crc32-XXXXXXXX].parquet` → (source file name,
+/// fingerprint).
 fn parse_rollup_name(name: &str) -> Option<(String, u64)> {
+    let (name, _) = checksum::split_name(name);
     let stem = name.strip_suffix(".parquet")?;
     let (source, fp) = stem.rsplit_once('.')?;
     let fp = u64::from_str_radix(fp, 16).ok()?;
@@ -341,8 +344,13 @@ impl Compactor {
                     .map_err(|e| SinkError::Rollup(e.to_string()))?
             };
             for ((hour, files), fp) in candidates.into_iter().zip(fingerprints) {
+                // A file of a release before checksums is compacted again:
+                // the new file carries one.
                 let done = self.rollups.get(d, hour).is_some_and(|r| {
-                    files.len() == 1 && r.source == file_name(&files[0].path) && r.fingerprint == fp
+                    files.len() == 1
+                        && r.source == file_name(&files[0].path)
+                        && r.fingerprint == fp
+                        && checksum::recorded(&files[0].path).is_some()
                 });
                 if !done {
                     work.push((d, hour, files));
@@ -373,7 +381,12 @@ impl Compactor {
                 // One hour's failure does not stop the others.
                 self.metrics.compaction_errors.add(1);
                 tracing::error!(%d, hour, error = %e, "compacting an hour failed; it stays as it was and is tried again");
-                if reads_files(&e) {
+                if let (SinkError::Damaged { .. }, Some(check)) = (&e, &self.file_check) {
+                    // The inputs' checksums: the damaged one goes to the
+                    // quarantine, the hour is compacted from the others.
+                    let inputs = work[i].2.clone();
+                    tokio::task::block_in_place(|| check.ensure(d, inputs));
+                } else if reads_files(&e) {
                     if let Some(check) = &self.file_check {
                         let moved = tokio::task::block_in_place(|| check.quarantine_unreadable());
                         if moved > 0 {
@@ -708,6 +721,22 @@ fn merge_hour(
                 local
             }
         };
+        // Damage must not pass into the compacted file under a new checksum.
+        // (A download is checked against the name it has in the store.)
+        let recorded = checksum::recorded(&f.path);
+        let verdict = match recorded {
+            None => checksum::Verdict::Unverified,
+            Some(_) => {
+                let (crc, _) = checksum::file_crc(&local, &mut |_| {}).map_err(io_err(&local))?;
+                checksum::Verdict::of(recorded, crc)
+            }
+        };
+        if verdict.is_damage() {
+            return Err(SinkError::Damaged {
+                path: f.path.clone(),
+                detail: verdict.to_string(),
+            });
+        }
         let file = File::open(&local).map_err(io_err(&local))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
             SinkError::Parquet {
@@ -801,7 +830,6 @@ fn merge_hour(
 
     let name = data_file_name(&target.node, own_first, &uuid::Uuid::new_v4());
     let tmp = dir.join(tmp_name(&name));
-    let final_path = dir.join(&name);
     let abs_tmp = data.join(&tmp);
     let replaced: Vec<String> = inputs.iter().map(|f| file_name(&f.path)).collect();
     let props = writer_properties_with(
@@ -823,7 +851,12 @@ fn merge_hour(
             })
         });
     match result {
-        Ok((rows_out, bytes)) => {
+        Ok((rows_out, _)) => {
+            // Read back once: the name records the checksum of the bytes on
+            // disk.
+            let (crc, bytes) =
+                checksum::file_crc(&abs_tmp, &mut |_| {}).map_err(io_err(&abs_tmp))?;
+            let final_path = dir.join(checksum::sealed_name(&name, crc));
             if runs_made > 0 {
                 tracing::info!(%d, hour, inputs = inputs.len(), runs = runs_made, fan_in = plan.fan_in, batch_rows = plan.batch_rows, "hour merged in rounds");
             }
@@ -864,8 +897,8 @@ fn commit_hour(
                 .join(format!("hour={hh:02}"));
             let abs_dir = data.join(&dir);
             fs::create_dir_all(&abs_dir).map_err(io_err(&abs_dir))?;
-            let name = rollup_name(&source, fingerprint);
-            let tmp = dir.join(tmp_name(&name));
+            let base = rollup_name(&source, fingerprint);
+            let tmp = dir.join(tmp_name(&base));
             let abs = data.join(&tmp);
             let parquet_err = |source| SinkError::Parquet {
                 path: abs.clone(),
@@ -878,13 +911,17 @@ fn commit_hour(
                     KeyValue::new("tally.dataset".into(), d.name().to_string()),
                 ]))
                 .build();
-            let mut file = File::create(&abs).map_err(io_err(&abs))?;
-            let mut w = ArrowWriter::try_new(&mut file, out.batch.schema(), Some(props))
-                .map_err(parquet_err)?;
+            let file = File::create(&abs).map_err(io_err(&abs))?;
+            let mut w = ArrowWriter::try_new(
+                checksum::Crc32Writer::new(file),
+                out.batch.schema(),
+                Some(props),
+            )
+            .map_err(parquet_err)?;
             w.write(&out.batch).map_err(parquet_err)?;
-            w.close().map_err(parquet_err)?;
+            let (file, crc, bytes) = w.into_inner().map_err(parquet_err)?.finish();
             file.sync_all().map_err(io_err(&abs))?;
-            let bytes = file.metadata().map_err(io_err(&abs))?.len();
+            let name = checksum::sealed_name(&base, crc);
             written.push((out.table, tmp, dir.join(&name), bytes));
         }
         Ok::<_, SinkError>(())
@@ -1009,6 +1046,10 @@ mod tests {
     #[test]
     fn rollup_names_carry_their_source_and_fingerprint() {
         let n = rollup_name("w-1-00000000000000000007-abc.parquet", 0xfeed);
+        assert_eq!(
+            parse_rollup_name(&checksum::sealed_name(&n, 7)),
+            parse_rollup_name(&n)
+        );
         assert_eq!(n, "w-1-00000000000000000007-abc.000000000000feed.parquet");
         assert_eq!(
             parse_rollup_name(&n),

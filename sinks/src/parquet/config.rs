@@ -16,6 +16,8 @@ const LIST_INTERVAL: Duration = Duration::from_secs(10);
 const COMPACT_AFTER: Duration = Duration::from_secs(600);
 const COMPACT_INTERVAL: Duration = Duration::from_secs(30);
 const COMPACT_MEMORY: usize = 512 << 20;
+const SCRUB_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+const SCRUB_RATE_MB: f64 = 50.0;
 /// Below this a merge cannot hold a batch of two inputs and a row group.
 const COMPACT_MEMORY_MIN: usize = 16 << 20;
 
@@ -51,6 +53,14 @@ pub struct ParquetArgs {
     #[serde(default, with = "tally_pipeline::size::opt")]
     pub compact_memory: Option<usize>,
 
+    #[arg(help = tally_pipeline::config::help("The background scrub reads every stored file once this often and checks it against its checksum; 0s turns it off.", tally_pipeline::config::show_duration(SCRUB_INTERVAL)), long, env = "TALLY_SCRUB_INTERVAL", value_parser = parse_duration)]
+    #[serde(default, with = "tally_pipeline::duration::opt")]
+    pub scrub_interval: Option<Duration>,
+
+    #[arg(help = tally_pipeline::config::help("The most the scrub reads, in MB (10^6 bytes) per second.", SCRUB_RATE_MB), long, env = "TALLY_SCRUB_RATE")]
+    #[serde(default)]
+    pub scrub_rate: Option<f64>,
+
     /// Delete raw hours older than this once they are rolled up. [default: keep forever]
     #[arg(long, env = "TALLY_RAW_RETENTION", value_parser = parse_duration)]
     #[serde(default, with = "tally_pipeline::duration::opt")]
@@ -68,6 +78,7 @@ pub struct ParquetSettings {
     pub flush: FlushPolicy,
     pub compaction: CompactionPolicy,
     pub list_interval: Duration,
+    pub scrub: super::scrub::ScrubPolicy,
 }
 
 impl ParquetArgs {
@@ -93,7 +104,18 @@ impl ParquetArgs {
                 ),
             ));
         }
+        let rate = self.scrub_rate.unwrap_or(SCRUB_RATE_MB);
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(ConfigError::new(
+                "scrub_rate",
+                format!("must be a number of MB/s above 0, got {rate}"),
+            ));
+        }
         Ok(ParquetSettings {
+            scrub: super::scrub::ScrubPolicy {
+                interval: self.scrub_interval.unwrap_or(SCRUB_INTERVAL),
+                bytes_per_second: rate * 1e6,
+            },
             flush,
             compaction: CompactionPolicy {
                 compact_after: self.compact_after.unwrap_or(COMPACT_AFTER),

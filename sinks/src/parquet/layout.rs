@@ -46,7 +46,12 @@ pub fn file_name(node: &str, first_seq: u64, id: &uuid::Uuid) -> String {
 /// The node id of a file name written by [`file_name`]; `None` for names
 /// of other shapes (files of older versions, or of other tools).
 pub fn node_of(name: &str) -> Option<&str> {
+    // Without the checksum a sealed name carries (`.crc32-XXXXXXXX`).
     let stem = name.strip_suffix(".parquet")?;
+    let stem = match stem.rsplit_once(".crc32-") {
+        Some((base, crc)) if crc.len() == 8 => base,
+        _ => stem,
+    };
     let (rest, id) = stem.rsplit_once('-')?;
     let (node, seq) = rest.rsplit_once('-')?;
     let ok = id.len() == 32
@@ -109,6 +114,8 @@ mod tests {
         assert!(file_name("w-1", 9, &id) < file_name("w-1", 10, &id));
         assert!(tmp_name("a.parquet").starts_with('.'));
         assert_eq!(node_of(&file_name("writer-1", 7, &id)), Some("writer-1"));
+        let sealed = tally_pipeline::checksum::sealed_name(&file_name("writer-1", 7, &id), 9);
+        assert_eq!(node_of(&sealed), Some("writer-1"));
         assert_eq!(
             node_of(&file_name("a", 7, &uuid::Uuid::new_v4())),
             Some("a")

@@ -17,6 +17,7 @@ pub mod layout;
 pub mod listing;
 pub mod merge;
 pub mod recovery;
+pub mod scrub;
 pub mod sink;
 pub mod verify;
 pub mod writer;
@@ -34,11 +35,8 @@ pub enum SinkError {
     },
     #[error("Arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
-    #[error("checkpoint {path} is unreadable: {source}")]
-    Checkpoint {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error("checkpoint {path} is unreadable: {detail}")]
+    Checkpoint { path: PathBuf, detail: String },
     #[error("WAL: {0}")]
     Wal(#[from] tally_pipeline::wal::WalError),
     #[error("the Parquet writer stopped after a failed round: {0}")]
@@ -49,6 +47,8 @@ pub enum SinkError {
     Object(String),
     #[error("rollup: {0}")]
     Rollup(String),
+    #[error("{path} is damaged: {detail}")]
+    Damaged { path: PathBuf, detail: String },
     #[error("checkpoint lists {tmp} → {final_path}, but neither file exists")]
     MissingPending { tmp: PathBuf, final_path: PathBuf },
 }

@@ -53,13 +53,13 @@ pub fn recover(target: &FlushTarget, store: &Store, dedup: &Dedup) -> Result<Rec
     fs::create_dir_all(data).map_err(io_err(data))?;
     let (checkpoint, rebuild) = match Checkpoint::load(&target.state) {
         Ok(c) => (c, false),
-        Err(SinkError::Checkpoint { path, source }) => {
+        Err(SinkError::Checkpoint { path, detail }) => {
             // Bit rot in the checkpoint: keep it aside and rebuild what it
             // said from the files (see below).
             quarantine_state_file(
                 target,
                 &path,
-                format!("the checkpoint cannot be read ({source}); the flushed WAL sequence is rebuilt from the Parquet files' metadata"),
+                format!("the checkpoint cannot be read ({detail}); the flushed WAL sequence is rebuilt from the Parquet files' metadata"),
             );
             (Checkpoint::default(), true)
         }
@@ -176,6 +176,7 @@ fn quarantine_state_file(target: &FlushTarget, path: &Path, detail: String) {
         detail,
         found_at: now_secs(),
         acknowledged: false,
+        held: None,
     });
 }
 

@@ -15,7 +15,10 @@ use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::ChunkReader;
 use tally_pipeline::batch::schema;
-use tally_pipeline::quarantine::{now_secs, Damage, DamageKind, FileCheck, Quarantine};
+use tally_pipeline::checksum::{self, Verdict};
+use tally_pipeline::metrics::Metrics;
+use tally_pipeline::quarantine::{now_secs, Damage, DamageKind, FileCheck, FileHeld, Quarantine};
+use tally_pipeline::rollup::{hour_of_path, Rollups};
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
 
@@ -90,6 +93,9 @@ fn check_schema(found: &Schema, dataset: Dataset) -> Result<(), FileProblem> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FileFacts {
     pub rows: u64,
+    /// Whether the bytes were checked against a recorded checksum (only
+    /// by a deep check).
+    pub unverified: bool,
     /// A compacted file names the files it replaces (`tally.compacted_from`).
     pub compacted_from: Vec<String>,
 }
@@ -119,6 +125,7 @@ pub fn verify_reader<R: ChunkReader + 'static>(
         .unwrap_or_default();
     let facts = FileFacts {
         rows,
+        unverified: false,
         compacted_from,
     };
     if !deep {
@@ -142,28 +149,143 @@ pub fn verify_reader<R: ChunkReader + 'static>(
     Ok(facts)
 }
 
-/// [`verify_reader`] on a listed file, wherever it lives.
+/// [`verify_reader`] on a listed file, wherever it lives. A deep check
+/// also checks every byte against the checksum the file's name records.
 pub fn verify_file(
     dest: &Destination,
     entry: &FileEntry,
     dataset: Dataset,
     deep: bool,
 ) -> Result<FileFacts, FileProblem> {
-    match dest {
+    let mut facts = match dest {
         Destination::Local => {
+            if deep {
+                check_checksum(dest, entry)?;
+            }
             let file = File::open(&entry.path).map_err(|e| FileProblem {
                 kind: DamageKind::ParquetFile,
                 detail: format!("open: {e}"),
             })?;
-            verify_reader(&entry.path, file, dataset, deep)
+            verify_reader(&entry.path, file, dataset, deep)?
         }
         Destination::Object { .. } => {
             let bytes = dest.read(entry).map_err(|e| FileProblem {
                 kind: DamageKind::ParquetFile,
                 detail: e.to_string(),
             })?;
-            verify_reader(&entry.path, bytes, dataset, deep)
+            if deep {
+                bytes_checksum(&entry.path, &bytes)?;
+            }
+            verify_reader(&entry.path, bytes, dataset, deep)?
         }
+    };
+    facts.unverified = checksum::recorded(&entry.path).is_none();
+    Ok(facts)
+}
+
+/// A rollup file: its checksum, its footer, and with `deep` every row.
+pub fn verify_rollup(
+    dest: &Destination,
+    entry: &FileEntry,
+    deep: bool,
+) -> Result<FileFacts, FileProblem> {
+    let bytes = dest.read(entry).map_err(|e| FileProblem {
+        kind: DamageKind::ParquetFile,
+        detail: e.to_string(),
+    })?;
+    bytes_checksum(&entry.path, &bytes)?;
+    let damaged = |detail: String| FileProblem {
+        kind: DamageKind::ParquetFile,
+        detail,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| damaged(format!("footer: {e}")))?;
+    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    if deep {
+        let mut read = 0u64;
+        for b in builder
+            .build()
+            .map_err(|e| damaged(format!("opening row groups: {e}")))?
+        {
+            read += b
+                .map_err(|e| damaged(format!("decoding after {read} rows: {e}")))?
+                .num_rows() as u64;
+        }
+        if read != rows {
+            return Err(damaged(format!(
+                "the footer says {rows} rows, {read} could be read"
+            )));
+        }
+    }
+    Ok(FileFacts {
+        rows,
+        unverified: checksum::recorded(&entry.path).is_none(),
+        compacted_from: Vec::new(),
+    })
+}
+
+fn mismatch(verdict: Verdict) -> Result<Verdict, FileProblem> {
+    if verdict.is_damage() {
+        Err(FileProblem {
+            kind: DamageKind::ParquetFile,
+            detail: verdict.to_string(),
+        })
+    } else {
+        Ok(verdict)
+    }
+}
+
+fn bytes_checksum(path: &Path, bytes: &[u8]) -> Result<Verdict, FileProblem> {
+    mismatch(checksum::check_bytes(path, bytes))
+}
+
+/// Every byte of a listed file against the checksum its name records (a
+/// file of an older release has none: `Unverified`).
+pub fn check_checksum(dest: &Destination, entry: &FileEntry) -> Result<Verdict, FileProblem> {
+    if checksum::recorded(&entry.path).is_none() {
+        return Ok(Verdict::Unverified);
+    }
+    match dest {
+        Destination::Local => {
+            let verdict = checksum::check_file(&entry.path).map_err(|e| FileProblem {
+                kind: DamageKind::ParquetFile,
+                detail: format!("reading: {e}"),
+            })?;
+            mismatch(verdict)
+        }
+        Destination::Object { .. } => {
+            let bytes = dest.read(entry).map_err(|e| FileProblem {
+                kind: DamageKind::ParquetFile,
+                detail: e.to_string(),
+            })?;
+            bytes_checksum(&entry.path, &bytes)
+        }
+    }
+}
+
+/// What a file under `table` (a dataset or a rollup table) held, from its
+/// path and, when it can be read, its footer.
+pub fn held(dest: &Destination, entry: &FileEntry, table: &str, rollup: bool) -> FileHeld {
+    let rows = match dest {
+        Destination::Local => File::open(&entry.path)
+            .ok()
+            .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).ok())
+            .map(|b| b.metadata().file_metadata().num_rows().max(0) as u64),
+        Destination::Object { .. } => dest
+            .read(entry)
+            .ok()
+            .and_then(|b| ParquetRecordBatchReaderBuilder::try_new(b).ok())
+            .map(|b| b.metadata().file_metadata().num_rows().max(0) as u64),
+    };
+    FileHeld {
+        role: if rollup { "rollup" } else { "raw" }.to_string(),
+        table: table.to_string(),
+        hour: hour_of_path(&entry.path).map(|h| {
+            chrono::DateTime::from_timestamp_nanos(h)
+                .format("%Y-%m-%dT%H:00:00Z")
+                .to_string()
+        }),
+        rows,
     }
 }
 
@@ -195,13 +317,26 @@ pub fn last_wal_seq(dest: &Destination, entry: &FileEntry) -> Option<u64> {
         .ok()
 }
 
-/// Moves a bad file to the quarantine (when there is one) and reports it.
+/// Moves a bad file to the quarantine (when there is one) and reports it,
+/// with what it held.
 pub fn quarantine_file(
     dest: &Destination,
     data: &Path,
     quarantine: Option<&Quarantine>,
     entry: &FileEntry,
     problem: FileProblem,
+) {
+    quarantine_held(dest, data, quarantine, entry, problem, None)
+}
+
+/// [`quarantine_file`] with what the file held (read before it moves).
+pub fn quarantine_held(
+    dest: &Destination,
+    data: &Path,
+    quarantine: Option<&Quarantine>,
+    entry: &FileEntry,
+    problem: FileProblem,
+    held: Option<FileHeld>,
 ) {
     let Some(q) = quarantine else {
         return;
@@ -223,6 +358,7 @@ pub fn quarantine_file(
         detail: problem.detail,
         found_at: now_secs(),
         acknowledged: false,
+        held,
     });
 }
 
@@ -233,9 +369,14 @@ pub struct FileDoctor {
     pub destination: Arc<Destination>,
     pub data: PathBuf,
     pub store: Arc<Store>,
+    pub rollups: Arc<Rollups>,
     pub quarantine: Arc<Quarantine>,
-    /// Files read whole without a problem (files never change).
+    metrics: Arc<Metrics>,
+    /// Files whose checksum matched since start-up (files never change;
+    /// the scrub reads them again).
     verified: Mutex<HashSet<PathBuf>>,
+    /// Files read whole without a problem.
+    decoded: Mutex<HashSet<PathBuf>>,
 }
 
 impl FileDoctor {
@@ -243,15 +384,87 @@ impl FileDoctor {
         destination: Arc<Destination>,
         data: PathBuf,
         store: Arc<Store>,
+        rollups: Arc<Rollups>,
         quarantine: Arc<Quarantine>,
+        metrics: Arc<Metrics>,
     ) -> Self {
+        // Hours whose raw rows damage took stay marked across restarts
+        // (until a copy restores the file: `tally check --repair --from`).
+        for r in quarantine.all() {
+            let Some(held) = r.held.as_ref().filter(|h| h.role == "raw") else {
+                continue;
+            };
+            let d = Dataset::ALL.iter().find(|d| d.name() == held.table);
+            let h = held
+                .hour
+                .as_deref()
+                .and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok())
+                .and_then(|t| t.timestamp_nanos_opt());
+            if let (Some(d), Some(h)) = (d, h) {
+                store.mark_lost(*d, h);
+            }
+        }
         Self {
             destination,
             data,
             store,
+            rollups,
             quarantine,
+            metrics,
             verified: Mutex::new(HashSet::new()),
+            decoded: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Files this process wrote (their checksum was computed from the
+    /// bytes it wrote) need no check on first use.
+    pub fn trust(&self, path: &Path) {
+        self.verified.lock().insert(path.to_path_buf());
+    }
+
+    /// A damaged raw file of `d`: quarantined, reported with what it held,
+    /// out of the store, its hour marked as having lost rows.
+    pub fn raw_damaged(&self, d: Dataset, entry: &FileEntry, problem: FileProblem) {
+        let held = held(&self.destination, entry, d.name(), false);
+        quarantine_held(
+            &self.destination,
+            &self.data,
+            Some(&self.quarantine),
+            entry,
+            problem,
+            Some(held),
+        );
+        self.store.remove_files(d, std::slice::from_ref(&entry.path));
+        if let Some(h) = hour_of_path(&entry.path) {
+            self.store.mark_lost(d, h);
+        }
+        self.verified.lock().remove(&entry.path);
+    }
+
+    /// A damaged rollup file of `hour`: quarantined and reported; the
+    /// hour's rollups are dropped (readers use its raw rows) and the
+    /// compactor's next pass builds them again from the raw file.
+    pub fn rollup_damaged(&self, d: Dataset, hour: i64, entry: &FileEntry, problem: FileProblem) {
+        let table = entry
+            .path
+            .iter()
+            .rev()
+            .nth(3)
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let held = held(&self.destination, entry, &table, true);
+        quarantine_held(
+            &self.destination,
+            &self.data,
+            Some(&self.quarantine),
+            entry,
+            problem,
+            Some(held),
+        );
+        if let Some(old) = self.rollups.remove(d, hour) {
+            tracing::error!(dataset = %d, hour, source = %old.source, "a rollup of the hour is damaged: its answers come from raw rows until the compactor builds it again");
+        }
+        self.verified.lock().remove(&entry.path);
     }
 }
 
@@ -262,28 +475,62 @@ impl FileCheck for FileDoctor {
             let files = self.store.snapshot(d).files;
             let mut bad = Vec::new();
             for f in files {
-                if self.verified.lock().contains(&f.path) {
+                if self.decoded.lock().contains(&f.path) {
                     continue;
                 }
                 match verify_file(&self.destination, &f, d, true) {
                     Ok(_) => {
+                        self.decoded.lock().insert(f.path.clone());
                         self.verified.lock().insert(f.path.clone());
                     }
                     Err(problem) => {
-                        quarantine_file(
-                            &self.destination,
-                            &self.data,
-                            Some(&self.quarantine),
-                            &f,
-                            problem,
-                        );
+                        self.raw_damaged(d, &f, problem);
                         bad.push(f.path.clone());
                     }
                 }
             }
             moved += bad.len();
-            self.store.remove_files(d, &bad);
         }
         moved
+    }
+
+    fn ensure(&self, d: Dataset, files: Vec<FileEntry>) -> Vec<FileEntry> {
+        let mut good = Vec::with_capacity(files.len());
+        for f in files {
+            if self.verified.lock().contains(&f.path) {
+                good.push(f);
+                continue;
+            }
+            self.metrics.checksum_files.add(1);
+            match check_checksum(&self.destination, &f) {
+                Ok(_) => {
+                    self.verified.lock().insert(f.path.clone());
+                    good.push(f);
+                }
+                Err(problem) => {
+                    self.metrics.checksum_damaged.add(1);
+                    self.raw_damaged(d, &f, problem)
+                }
+            }
+        }
+        good
+    }
+
+    fn ensure_rollup(&self, d: Dataset, hour: i64, file: &FileEntry) -> bool {
+        if self.verified.lock().contains(&file.path) {
+            return true;
+        }
+        self.metrics.checksum_files.add(1);
+        match check_checksum(&self.destination, file) {
+            Ok(_) => {
+                self.verified.lock().insert(file.path.clone());
+                true
+            }
+            Err(problem) => {
+                self.metrics.checksum_damaged.add(1);
+                self.rollup_damaged(d, hour, file, problem);
+                false
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use tally_pipeline::batch::records_to_batch;
+use tally_pipeline::checksum::{sealed_name, Crc32Writer};
 use tally_pipeline::{ColumnType, Dataset, Record};
 
 use super::layout::{file_name, partition_dir, tmp_name};
@@ -195,7 +196,6 @@ pub fn write_partition(
     fs::create_dir_all(&abs_dir).map_err(io_err(&abs_dir))?;
     let name = file_name(node, first_seq, &uuid::Uuid::new_v4());
     let tmp = dir.join(tmp_name(&name));
-    let final_path = dir.join(&name);
 
     let batch = records_to_batch(dataset, in_file_order(records).into_iter())?;
 
@@ -204,14 +204,22 @@ pub fn write_partition(
         path: abs_tmp.clone(),
         source,
     };
-    let mut file = File::create(&abs_tmp).map_err(io_err(&abs_tmp))?;
+    let file = File::create(&abs_tmp).map_err(io_err(&abs_tmp))?;
     let props = writer_properties(dataset, first_seq, last_seq);
-    let mut writer =
-        ArrowWriter::try_new(&mut file, batch.schema(), Some(props)).map_err(parquet_err)?;
+    let mut writer = ArrowWriter::try_new(
+        Crc32Writer::new(std::io::BufWriter::with_capacity(1 << 16, file)),
+        batch.schema(),
+        Some(props),
+    )
+    .map_err(parquet_err)?;
     writer.write(&batch).map_err(parquet_err)?;
-    writer.close().map_err(parquet_err)?;
+    let (out, crc, bytes) = writer.into_inner().map_err(parquet_err)?.finish();
+    let file = out
+        .into_inner()
+        .map_err(|e| io_err(&abs_tmp)(e.into_error()))?;
     file.sync_all().map_err(io_err(&abs_tmp))?;
-    let bytes = file.metadata().map_err(io_err(&abs_tmp))?.len();
+    // The name records the checksum of every byte (see `checksum`).
+    let final_path = dir.join(sealed_name(&name, crc));
     Ok(WrittenFile {
         dataset,
         tmp,
