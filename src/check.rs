@@ -9,11 +9,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::path::PathBuf;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::quarantine::Quarantine;
 use tally_pipeline::wal::{self, SegmentDamage};
 use tally_pipeline::Dataset;
-use std::path::PathBuf;
 
 use tally_pipeline::checksum::{self, Verdict};
 use tally_pipeline::quarantine::FileHeld;
@@ -77,13 +77,22 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                 }
-                found.damage.push(format!("{}: {what}: {e}", path.display()));
+                found
+                    .damage
+                    .push(format!("{}: {what}: {e}", path.display()));
                 // The damage reports are set aside by opening the quarantine.
-                if let Some(q) = quarantine.as_ref().filter(|_| !path.ends_with("quarantine/damage.json")) {
-                    state_file::set_aside(
-                        q,
+                if let Some(q) = quarantine
+                    .as_ref()
+                    .filter(|_| !path.ends_with("quarantine/damage.json"))
+                {
+                    q.set_aside(
                         &path,
-                        &format!("state/{}", rel.display()),
+                        &format!(
+                            "state/{}",
+                            path.strip_prefix(tally_sinks::parquet::layout::state_dir(&state))
+                                .unwrap_or(&rel)
+                                .display()
+                        ),
                         format!("{what}: {e}; moved aside by `tally check --repair`"),
                     );
                 }
@@ -260,7 +269,11 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                             found.unverified.push(format!(
                                 "{}: {} file written before checksums (read whole: readable)",
                                 f.entry.path.display(),
-                                if rollup { table.to_string() } else { format!("raw {table}") }
+                                if rollup {
+                                    table.to_string()
+                                } else {
+                                    format!("raw {table}")
+                                }
                             ));
                         }
                     }
@@ -448,7 +461,10 @@ fn check_state_files(state: &Path) -> anyhow::Result<Vec<StateFinding>> {
 /// bytes (it was read whole first).
 fn seal_data_file(path: &Path) -> anyhow::Result<PathBuf> {
     let (crc, _) = checksum::file_crc(path, &mut |_| {})?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let to = path.with_file_name(checksum::sealed_name(name, crc));
     std::fs::rename(path, &to)?;
     if let Some(dir) = to.parent() {

@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod collect;
 mod config;
+mod incomplete;
 mod server;
 mod status;
 mod tls;

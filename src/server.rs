@@ -31,8 +31,8 @@ use tally_queries::SqlEngine;
 use tally_sinks::control_plane::{self, ControlPlaneForwarder};
 use tally_sinks::kafka_relay::KafkaRelay;
 use tally_sinks::parquet::layout::wal_dir;
-use tally_sinks::parquet::sink::{ParquetSink, SinkParts};
 use tally_sinks::parquet::scrub::Scrub;
+use tally_sinks::parquet::sink::{ParquetSink, SinkParts};
 use tally_sinks::parquet::verify::FileDoctor;
 use tally_sinks::{recover, Compactor, Destination, FlushTarget};
 use tally_sources::billing::BillingService;
@@ -84,6 +84,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         quarantine: core.quarantine.clone(),
         gpu: sources.sampler.gpu_status.clone(),
         auth: auth.clone(),
+        lost: read.lost.clone(),
         started,
     };
     tokio::spawn(auth.clone().run(stop.clone()));
@@ -255,6 +256,8 @@ impl Core {
 /// compactor that writes the rollups), the SQL engine.
 struct ReadSide {
     prices: Arc<PriceCatalogue>,
+    /// Hours whose raw rows damage took: the read APIs mark their answers.
+    lost: crate::incomplete::Lost,
     history: History,
     engine: SqlEngine,
     alerts: Alerts,
@@ -352,6 +355,10 @@ impl ReadSide {
         tokio::spawn(budgets.clone().run(stop.clone()));
         tokio::spawn(anomalies.clone().run(stop.clone()));
         Ok(ReadSide {
+            lost: crate::incomplete::Lost {
+                store: core.store.clone(),
+                rollups: sink.rollups.clone(),
+            },
             prices,
             history,
             engine,
@@ -443,6 +450,13 @@ fn routes(
         ))
     };
     let json = auth::json_refusal;
+    // Answers built from stored rows carry the marker while rows are lost.
+    let marked = |router: Router| {
+        router.layer(axum::middleware::from_fn_with_state(
+            read.lost.clone(),
+            crate::incomplete::mark,
+        ))
+    };
     Ok(Router::new()
         .merge(gate(
             tally_sources::http::router(
@@ -464,27 +478,30 @@ fn routes(
             json,
         ))
         .merge(gate(
-            tally_queries::agent_usage::router(read.history.clone(), read.prices.clone()),
+            marked(tally_queries::agent_usage::router(
+                read.history.clone(),
+                read.prices.clone(),
+            )),
             Need::role(Role::Read),
             json,
         ))
         .merge(gate(
-            usage_api.router(),
+            marked(usage_api.router()),
             Need::role(Role::Read).writes(Role::Admin),
             json,
         ))
         .merge(gate(
-            tally_queries::sql::route::router(read.engine.clone()),
+            marked(tally_queries::sql::route::router(read.engine.clone())),
             Need::role(Role::Admin),
             json,
         ))
         .merge(gate(
-            tally_queries::vm_billing::router(read.history.clone()),
+            marked(tally_queries::vm_billing::router(read.history.clone())),
             Need::role(Role::Read),
             json,
         ))
         .merge(gate(
-            tally_queries::budgets::api::router(read.budgets.clone()),
+            marked(tally_queries::budgets::api::router(read.budgets.clone())),
             Need::role(Role::Read).writes(Role::Admin),
             json,
         ))
@@ -563,8 +580,7 @@ fn quarantine_unreadable_usage_config(
     else {
         return Ok(());
     };
-    tally_pipeline::state_file::set_aside(
-        quarantine,
+    quarantine.set_aside(
         path,
         "state/usage_config.json",
         format!("the Usage API configuration cannot be read ({e}); the defaults are used until it is set again"),

@@ -35,6 +35,8 @@ pub struct StatusState {
     pub quarantine: Arc<Quarantine>,
     /// Refused requests, by route and reason.
     pub auth: Arc<crate::auth::Auth>,
+    /// Hours whose raw rows were lost and that no rollup holds.
+    pub lost: crate::incomplete::Lost,
     pub started: Instant,
 }
 
@@ -129,7 +131,20 @@ async fn health(State(s): State<StatusState>) -> Response {
         }
     });
     let damage = damage_status(&s.quarantine);
-    let degraded = damage["status"] == "degraded";
+    let lost = s.lost.hours();
+    let lost_rows = if lost.is_empty() {
+        json!({"status": "ok"})
+    } else {
+        json!({
+            "status": "degraded",
+            "detail": format!(
+                "{} hour(s) lost rows to damage and no rollup holds them: answers over them carry \"incomplete\": true. Do: `tally check --repair --from BACKUP` restores the files from a copy",
+                lost.len()
+            ),
+            "hours": lost,
+        })
+    };
+    let degraded = damage["status"] == "degraded" || !lost.is_empty();
     let down = wal["status"] == "down"
         || writer["status"] == "down"
         || nats.as_ref().is_some_and(|n| n["status"] == "down");
@@ -142,6 +157,7 @@ async fn health(State(s): State<StatusState>) -> Response {
             "parquet_writer": writer,
             "queues": {"status": "ok", "datasets": queues},
             "damage": damage,
+            "lost_rows": lost_rows,
         },
     });
     let mut body = body;

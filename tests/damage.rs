@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{files_under, llm_event, parquet_files, stored_event_ids, Tally};
+use common::{
+    files_under, llm_event, parquet_files, serve_refused, state_json, stored_event_ids, Tally,
+};
 
 /// Frames of a WAL segment as `(offset, payload length, seq)`, read with
 /// the layout DESIGN.md gives (u32 length, u32 crc, u64 seq, payload),
@@ -296,7 +298,7 @@ async fn check_repair_quarantines_without_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_checkpoint_and_usage_config_are_set_aside_and_rebuilt() {
+async fn an_unreadable_checkpoint_is_rebuilt_and_a_damaged_usage_config_refused_until_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Batch a in Parquet; batch b only in the WAL (kill -9).
@@ -320,6 +322,20 @@ async fn an_unreadable_checkpoint_and_usage_config_are_set_aside_and_rebuilt() {
     let (code, out) = tally_check(&data, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("checkpoint.json"), "{out}");
+    assert!(
+        out.contains("usage_config.json: Usage API configuration"),
+        "{out}"
+    );
+
+    // The configuration an operator set is never half-trusted: start-up
+    // refuses, names the file and says what to do.
+    let (code, err) = serve_refused(&data, &["--no-sampler"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("usage_config.json is damaged"), "{err}");
+    assert!(err.contains("tally check --repair"), "{err}");
+    // The operator has no backup: --repair moves it aside.
+    let (code, out) = tally_check(&data, &["--repair"]);
+    assert_eq!(code, 1, "{out}");
 
     let t = Tally::start(&data, &["--no-sampler", "--flush-interval", "1h"]).await;
     // The checkpoint now says what a's files hold, read from their metadata
@@ -345,9 +361,7 @@ async fn an_unreadable_checkpoint_and_usage_config_are_set_aside_and_rebuilt() {
         })
         .max()
         .unwrap();
-    let checkpoint: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("_tally/checkpoint.json")).unwrap())
-            .unwrap();
+    let checkpoint = state_json(&data.join("_tally/checkpoint.json"));
     assert!(last_in_files > 0);
     assert_eq!(checkpoint["flushed_seq"], last_in_files);
     let rows = t

@@ -61,11 +61,18 @@ async fn files_hold_exactly_the_rows_sent_in_hive_partitions() {
         assert_eq!(parts.len(), 4, "{rel}");
         assert_eq!(parts[0], "usage_llm");
         let partition = format!("{}/{}", parts[1], parts[2]);
-        // <node>-<first WAL seq>-<uuid>.parquet; the node id may hold '-'.
-        let (rest, uuid) = parts[3]
+        // <node>-<first WAL seq>-<uuid>.crc32-<CRC-32 of the bytes>.parquet;
+        // the node id may hold '-'.
+        let (stem, crc) = parts[3]
             .trim_end_matches(".parquet")
-            .rsplit_once('-')
+            .rsplit_once(".crc32-")
             .unwrap();
+        assert_eq!(
+            u32::from_str_radix(crc, 16).unwrap(),
+            crc32_bitwise(&std::fs::read(f).unwrap()),
+            "{rel}"
+        );
+        let (rest, uuid) = stem.rsplit_once('-').unwrap();
         let (node, seq) = rest.rsplit_once('-').unwrap();
         assert!(!node.is_empty(), "{rel}");
         assert!(
@@ -119,4 +126,21 @@ async fn files_hold_exactly_the_rows_sent_in_hive_partitions() {
         }
     }
     assert_eq!(seen, expected);
+}
+
+/// CRC-32 (IEEE, reflected, polynomial 0xEDB88320) bit by bit: a second
+/// implementation of the checksum the file names record.
+fn crc32_bitwise(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
 }

@@ -199,10 +199,7 @@ pub fn open(bytes: &[u8]) -> Result<(&[u8], Verdict), Damaged> {
                 }),
                 // The checksum line itself is damaged.
                 None => Err(Damaged {
-                    verdict: Verdict::Mismatch {
-                        recorded: 0,
-                        found,
-                    },
+                    verdict: Verdict::Mismatch { recorded: 0, found },
                 }),
             };
         }
@@ -284,7 +281,11 @@ mod tests {
         for &b in b"hello world" {
             c ^= b as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
             }
         }
         assert_eq!(crc, !c);

@@ -258,6 +258,30 @@ impl Quarantine {
         )
     }
 
+    /// Moves a state file that cannot be read to the quarantine (as `rel`
+    /// there) and reports it: the component starts without it, loudly.
+    pub fn set_aside(&self, path: &Path, rel: &str, detail: String) {
+        let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let kept = self
+            .move_in(path, Path::new(rel))
+            .map(|p| p.display().to_string());
+        if let Err(err) = &kept {
+            tracing::error!(path = %path.display(), error = %err, "cannot move an unreadable state file aside");
+        }
+        self.report(Damage {
+            kind: DamageKind::StateFile,
+            path: path.display().to_string(),
+            quarantined: kept.ok(),
+            offset: None,
+            unread_entries: 0,
+            unread_bytes: size,
+            detail,
+            found_at: now_secs(),
+            acknowledged: false,
+            held: None,
+        });
+    }
+
     /// Drops the reports of `path` (a file restored from a copy).
     pub fn resolved(&self, path: &str) -> io::Result<usize> {
         let mut reports = self.reports.lock();
@@ -268,47 +292,6 @@ impl Quarantine {
             self.persist(&reports)?;
         }
         Ok(n)
-    }
-}
-
-/// A check of the registered data files that the SQL engine runs when a
-/// query fails: it moves unreadable files to the quarantine and out of the
-/// store, so that the query can run again over the others.
-pub trait FileCheck: Send + Sync {
-    /// Returns how many files it took out.
-    fn quarantine_unreadable(&self) -> usize;
-
-    /// Checks, the first time each is used since start-up, the checksums
-    /// of the files of `dataset` a read is about to use (blocking I/O).
-    /// The damaged ones go to the quarantine and out of the store; the
-    /// others come back.
-    fn ensure(
-        &self,
-        dataset: crate::Dataset,
-        files: Vec<crate::store::FileEntry>,
-    ) -> Vec<crate::store::FileEntry> {
-        let _ = dataset;
-        files
-    }
-
-    /// Checks a rollup file of `hour` of `dataset` the first time it is
-    /// used: `false` when it is damaged (then it went to the quarantine and
-    /// the hour's rollups were dropped: readers use raw rows, and the
-    /// compactor builds the rollups again).
-    fn ensure_rollup(
-        &self,
-        dataset: crate::Dataset,
-        hour: i64,
-        file: &crate::store::FileEntry,
-    ) -> bool {
-        let _ = (dataset, hour, file);
-        true
-    }
-}
-
-impl std::fmt::Debug for dyn FileCheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FileCheck")
     }
 }
 

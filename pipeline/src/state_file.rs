@@ -8,7 +8,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::checksum::{self, Verdict};
-use crate::quarantine::{Damage, DamageKind, Quarantine};
 
 /// A state file that cannot be trusted, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -109,30 +108,6 @@ pub fn load_all<T: serde::de::DeserializeOwned>(
     Ok(out)
 }
 
-/// Moves a state file that cannot be read to the quarantine (as `rel`
-/// there) and reports it: the component starts without it, loudly.
-pub fn set_aside(quarantine: &Quarantine, path: &Path, rel: &str, detail: String) {
-    let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let kept = quarantine
-        .move_in(path, Path::new(rel))
-        .map(|p| p.display().to_string());
-    if let Err(err) = &kept {
-        tracing::error!(path = %path.display(), error = %err, "cannot move an unreadable state file aside");
-    }
-    quarantine.report(Damage {
-        kind: DamageKind::StateFile,
-        path: path.display().to_string(),
-        quarantined: kept.ok(),
-        offset: None,
-        unread_entries: 0,
-        unread_bytes: size,
-        detail,
-        found_at: crate::quarantine::now_secs(),
-        acknowledged: false,
-        held: None,
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,12 +118,18 @@ mod tests {
         let p = dir.path().join("a/b.json");
         replace(&p, b"one").unwrap();
         replace(&p, b"two").unwrap();
-        assert_eq!(read(&p).unwrap(), Some((b"two".to_vec(), Verdict::Verified)));
+        assert_eq!(
+            read(&p).unwrap(),
+            Some((b"two".to_vec(), Verdict::Verified))
+        );
         let mut bytes = fs::read(&p).unwrap();
         bytes[1] ^= 1;
         fs::write(&p, &bytes).unwrap();
         let err = read(&p).unwrap_err().to_string();
-        assert!(err.contains("b.json is damaged") && err.contains("tally check --repair"), "{err}");
+        assert!(
+            err.contains("b.json is damaged") && err.contains("tally check --repair"),
+            "{err}"
+        );
         replace(&p, b"two").unwrap();
         assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
         remove(&p).unwrap();

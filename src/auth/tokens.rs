@@ -107,12 +107,13 @@ impl TokenFile {
 
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<TokenFile, TokenError> {
         // A damaged file is never half-trusted: start-up refuses it.
-        let (bytes, _) = tally_pipeline::state_file::open_bytes(path, bytes.to_vec()).map_err(
-            |e| TokenError::Unreadable {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            },
-        )?;
+        let (bytes, _) =
+            tally_pipeline::state_file::open_bytes(path, bytes.to_vec()).map_err(|e| {
+                TokenError::Unreadable {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                }
+            })?;
         let file: TokenFile =
             serde_json::from_slice(&bytes).map_err(|e| TokenError::Unreadable {
                 path: path.to_path_buf(),

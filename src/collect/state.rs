@@ -27,14 +27,18 @@ pub struct FileState {
 impl State {
     /// The state at `path`; none yet is an empty one.
     pub fn load(path: &Path) -> anyhow::Result<State> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "{} cannot be read; move it away to read every log again (the server drops repeats)",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        let unreadable = || {
+            format!(
+                "{} cannot be read; move it away to read every log again (the server drops repeats)",
+                path.display()
+            )
+        };
+        match tally_pipeline::state_file::read(path) {
+            Ok(Some((bytes, _))) => serde_json::from_slice(&bytes).with_context(unreadable),
+            Ok(None) => Ok(State::default()),
+            Err(e @ tally_pipeline::state_file::StateFileError::Damaged { .. }) => {
+                Err(e).with_context(unreadable)
+            }
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }

@@ -201,6 +201,56 @@ impl Drop for Tally {
 }
 
 /// An LLM event as the usage engine spec has it.
+/// `tally serve` on `data` that must refuse to start: its exit code and
+/// what it wrote to stderr.
+#[allow(dead_code)]
+pub fn serve_refused(data: &Path, args: &[&str]) -> (i32, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["serve", "--data"])
+        .arg(data)
+        .args(["--listen", &addr])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tally starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code().unwrap_or(-1), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "tally started on {}; it should have refused",
+                data.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A state file's JSON without its checksum line (`#tally-crc32 …`).
+#[allow(dead_code)]
+pub fn state_json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap();
+    let text = String::from_utf8(bytes).unwrap();
+    let body = match text.rfind("\n#tally-crc32 ") {
+        Some(i) => &text[..i],
+        None => &text[..],
+    };
+    serde_json::from_str(body).unwrap()
+}
+
 pub fn llm_event(id: &str, timestamp: &str, prompt: i64, completion: i64) -> serde_json::Value {
     serde_json::json!({
         "event_id": id,

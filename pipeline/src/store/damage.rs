@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use super::file::FileCheck;
 use super::{FileEntry, Store};
 use crate::dataset::Dataset;
-use crate::quarantine::FileCheck;
 use crate::rollup::Rollups;
 
 impl Store {

@@ -10,9 +10,11 @@
 mod admission;
 mod buffer;
 mod damage;
+mod file;
 mod manifest;
 mod prepared;
 
+pub use file::{FileCheck, FileEntry};
 pub use prepared::Prepared;
 
 use std::collections::{HashSet, VecDeque};
@@ -35,16 +37,6 @@ pub struct Chunk {
     /// Earliest and latest record time (ns): the hours a chunk touches.
     pub min_ts: i64,
     pub max_ts: i64,
-}
-
-/// A committed Parquet file.
-#[derive(Debug, Clone)]
-pub struct FileEntry {
-    /// A local path, or an object URL (`s3://bucket/key`) when the data
-    /// lives on object storage.
-    pub path: PathBuf,
-    pub rows: u64,
-    pub bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -97,11 +89,10 @@ pub struct Store {
     max_queued_rows: usize,
     /// What reads call to check a file's checksum the first time they use
     /// it (see `damage.rs`).
-    file_check: std::sync::OnceLock<Arc<dyn crate::quarantine::FileCheck>>,
+    file_check: std::sync::OnceLock<Arc<dyn FileCheck>>,
     /// Hours whose raw rows were lost to damage, by dataset.
     lost: parking_lot::RwLock<std::collections::BTreeSet<(Dataset, i64)>>,
 }
-
 
 impl Store {
     pub fn new(max_queued_rows: usize) -> Self {

@@ -208,8 +208,7 @@ impl Alerts {
                 Ok(f) => {
                     fired.insert(f.id.clone(), f);
                 }
-                Err(e) => tally_pipeline::state_file::set_aside(
-                    quarantine,
+                Err(e) => quarantine.set_aside(
                     &path,
                     &format!("state/alerts/{}", tally_pipeline::rollup::file_name(&path)),
                     format!("an alert's delivery state cannot be read ({e}); if it was not delivered yet, it will not be"),

@@ -112,8 +112,7 @@ impl Budgets {
                 Ok(b) => {
                     defs.insert(b.id.clone(), Arc::new(b));
                 }
-                Err(e) => tally_pipeline::state_file::set_aside(
-                    quarantine,
+                Err(e) => quarantine.set_aside(
                     &path,
                     &format!("state/budgets/{}", tally_pipeline::rollup::file_name(&path)),
                     format!(

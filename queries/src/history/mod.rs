@@ -157,9 +157,9 @@ impl History {
             .range(d, first, to)
             .into_iter()
             .filter(|(h, r)| {
-                check.as_ref().is_none_or(|c| {
-                    r.tables.values().all(|f| c.ensure_rollup(d, *h, f))
-                })
+                check
+                    .as_ref()
+                    .is_none_or(|c| r.tables.values().all(|f| c.ensure_rollup(d, *h, f)))
             })
             .collect();
         let mut hours: BTreeSet<i64> = raw_files.keys().copied().collect();

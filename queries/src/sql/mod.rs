@@ -7,7 +7,7 @@ use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use object_store::ObjectStore;
-use tally_pipeline::quarantine::FileCheck;
+use tally_pipeline::store::FileCheck;
 use tally_pipeline::store::Store;
 use tally_pipeline::Dataset;
 use url::Url;

@@ -36,13 +36,13 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use tally_pipeline::batch::schema;
-use tally_pipeline::metrics::Metrics;
 use tally_pipeline::checksum;
-use tally_pipeline::quarantine::FileCheck;
+use tally_pipeline::metrics::Metrics;
 use tally_pipeline::rollup::{
     file_name, hour_of_path, RolledHour, RollupBuilder, RollupMemory, RollupOutput, Rollups,
     HOUR_NS,
 };
+use tally_pipeline::store::FileCheck;
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
 use tokio::sync::watch;

@@ -17,9 +17,9 @@ use parquet::file::reader::ChunkReader;
 use tally_pipeline::batch::schema;
 use tally_pipeline::checksum::{self, Verdict};
 use tally_pipeline::metrics::Metrics;
-use tally_pipeline::quarantine::{now_secs, Damage, DamageKind, FileCheck, FileHeld, Quarantine};
+use tally_pipeline::quarantine::{now_secs, Damage, DamageKind, FileHeld, Quarantine};
 use tally_pipeline::rollup::{hour_of_path, Rollups};
-use tally_pipeline::store::{FileEntry, Store};
+use tally_pipeline::store::{FileCheck, FileEntry, Store};
 use tally_pipeline::Dataset;
 
 use super::destination::Destination;
@@ -111,8 +111,7 @@ pub fn verify_reader<R: ChunkReader + 'static>(
     dataset: Dataset,
     deep: bool,
 ) -> Result<FileFacts, FileProblem> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(reader)
-        .map_err(|e| FileProblem::damaged(path, format!("footer: {e}")))?;
+    let builder = open_footer(reader).map_err(|e| FileProblem::damaged(path, e))?;
     check_schema(builder.schema(), dataset)?;
     let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
     let compacted_from = builder
@@ -147,6 +146,21 @@ pub fn verify_reader<R: ChunkReader + 'static>(
         ));
     }
     Ok(facts)
+}
+
+/// The footer of a file, as an Arrow reader. A damaged footer is an error,
+/// never a panic (the Arrow schema in it is decoded by code that panics on
+/// some bad input).
+fn open_footer<R: ChunkReader + 'static>(
+    reader: R,
+) -> Result<ParquetRecordBatchReaderBuilder<R>, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ParquetRecordBatchReaderBuilder::try_new(reader)
+    })) {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(format!("footer: {e}")),
+        Err(_) => Err("footer: its Arrow schema cannot be decoded".into()),
+    }
 }
 
 /// [`verify_reader`] on a listed file, wherever it lives. A deep check
@@ -198,8 +212,7 @@ pub fn verify_rollup(
         kind: DamageKind::ParquetFile,
         detail,
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| damaged(format!("footer: {e}")))?;
+    let builder = open_footer(bytes).map_err(damaged)?;
     let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
     if deep {
         let mut read = 0u64;
@@ -269,12 +282,12 @@ pub fn held(dest: &Destination, entry: &FileEntry, table: &str, rollup: bool) ->
     let rows = match dest {
         Destination::Local => File::open(&entry.path)
             .ok()
-            .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).ok())
+            .and_then(|f| open_footer(f).ok())
             .map(|b| b.metadata().file_metadata().num_rows().max(0) as u64),
         Destination::Object { .. } => dest
             .read(entry)
             .ok()
-            .and_then(|b| ParquetRecordBatchReaderBuilder::try_new(b).ok())
+            .and_then(|b| open_footer(b).ok())
             .map(|b| b.metadata().file_metadata().num_rows().max(0) as u64),
     };
     FileHeld {
@@ -293,18 +306,11 @@ pub fn held(dest: &Destination, entry: &FileEntry, table: &str, rollup: bool) ->
 /// its key-value metadata).
 pub fn last_wal_seq(dest: &Destination, entry: &FileEntry) -> Option<u64> {
     let metadata = match dest {
-        Destination::Local => {
-            ParquetRecordBatchReaderBuilder::try_new(File::open(&entry.path).ok()?)
-                .ok()?
-                .metadata()
-                .clone()
-        }
-        Destination::Object { .. } => {
-            ParquetRecordBatchReaderBuilder::try_new(dest.read(entry).ok()?)
-                .ok()?
-                .metadata()
-                .clone()
-        }
+        Destination::Local => open_footer(File::open(&entry.path).ok()?)
+            .ok()?
+            .metadata()
+            .clone(),
+        Destination::Object { .. } => open_footer(dest.read(entry).ok()?).ok()?.metadata().clone(),
     };
     metadata
         .file_metadata()
@@ -434,7 +440,8 @@ impl FileDoctor {
             problem,
             Some(held),
         );
-        self.store.remove_files(d, std::slice::from_ref(&entry.path));
+        self.store
+            .remove_files(d, std::slice::from_ref(&entry.path));
         if let Some(h) = hour_of_path(&entry.path) {
             self.store.mark_lost(d, h);
         }
