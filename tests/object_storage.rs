@@ -232,6 +232,189 @@ async fn closed_hours_on_s3_compact_into_one_object_with_their_rollup() {
     t.terminate();
 }
 
+/// One PUT seen by [`RecordingProxy`]: its path, its
+/// `x-amz-checksum-sha256` header, and the SHA-256 of its body.
+type Put = (String, Option<String>, Vec<u8>);
+
+/// An HTTP proxy in front of moto that keeps what each PUT carried (moto
+/// stores a checksum only when an AWS SDK names its algorithm, so the
+/// request itself is looked at).
+struct RecordingProxy {
+    endpoint: String,
+    puts: std::sync::Arc<std::sync::Mutex<Vec<Put>>>,
+}
+
+impl RecordingProxy {
+    async fn start(upstream: String) -> RecordingProxy {
+        use axum::extract::{Request, State};
+        use sha2::Digest;
+        type Shared = (String, std::sync::Arc<std::sync::Mutex<Vec<Put>>>);
+        async fn forward(
+            State((upstream, puts)): State<Shared>,
+            req: Request,
+        ) -> axum::response::Response {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            if parts.method == axum::http::Method::PUT {
+                puts.lock().unwrap().push((
+                    parts.uri.path().to_string(),
+                    parts
+                        .headers
+                        .get("x-amz-checksum-sha256")
+                        .map(|v| v.to_str().unwrap().to_string()),
+                    sha2::Sha256::digest(&body).to_vec(),
+                ));
+            }
+            let url = format!(
+                "{upstream}{}",
+                parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+            );
+            let mut headers = parts.headers.clone();
+            headers.remove(axum::http::header::HOST);
+            let got = reqwest::Client::new()
+                .request(parts.method, url)
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let mut out = axum::response::Response::builder().status(got.status());
+            for (k, v) in got.headers() {
+                if k != axum::http::header::TRANSFER_ENCODING {
+                    out = out.header(k, v);
+                }
+            }
+            out.body(axum::body::Body::from(got.bytes().await.unwrap()))
+                .unwrap()
+        }
+        let puts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state((upstream, puts.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        RecordingProxy { endpoint, puts }
+    }
+}
+
+/// Standard base64 with padding (RFC 4648), for the checksum headers.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_carry_a_checksum_and_a_damaged_download_is_quarantined() {
+    let s3 = with_bucket().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let proxy = RecordingProxy::start(s3.endpoint.clone()).await;
+    let mut env = s3.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT");
+    env.push(("AWS_ENDPOINT", proxy.endpoint.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--node-id",
+        "object-node",
+        "--no-sampler",
+        "--flush-interval",
+        "100ms",
+    ];
+    let t = Tally::start_logged(Path::new(DATA), &state.with_extension("log"), &args, &env).await;
+    assert_eq!(t.post_llm_events(&events(0..300)).await["accepted"], 300);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let key = loop {
+        if let Some(k) = list_keys(&s3, "tally/prod/usage_llm/").await.pop() {
+            break k;
+        }
+        assert!(Instant::now() < deadline, "nothing uploaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    t.terminate();
+    // Every upload carried the SHA-256 of its bytes, for S3 to verify.
+    let puts = proxy.puts.lock().unwrap().clone();
+    assert!(
+        puts.iter()
+            .any(|(p, _, _)| p.replace("%3D", "=").ends_with(&key)),
+        "{puts:?}"
+    );
+    for (path, header, sha) in &puts {
+        assert_eq!(header.as_deref(), Some(base64(sha).as_str()), "{path}");
+    }
+    // The object's name records the CRC-32 of its bytes.
+    let mut builder = AmazonS3Builder::new().with_bucket_name(BUCKET);
+    for (k, v) in s3.env() {
+        builder = builder.with_config(k.to_ascii_lowercase().parse().unwrap(), v);
+    }
+    let client = builder.build().unwrap();
+    let path = object_store::path::Path::from(key.as_str());
+    let bytes = client.get(&path).await.unwrap().bytes().await.unwrap();
+    let crc = key
+        .rsplit_once(".crc32-")
+        .unwrap()
+        .1
+        .trim_end_matches(".parquet");
+    assert_eq!(
+        u32::from_str_radix(crc, 16).unwrap(),
+        common::crc32_bitwise(&bytes)
+    );
+
+    // Bit rot in the bucket: the next read checks the download.
+    assert_eq!(base64(b"tally"), "dGFsbHk=");
+    let mut bad = bytes.to_vec();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x01;
+    client.put(&path, bad.into()).await.unwrap();
+    let t = start(&s3, &state, "100ms").await;
+    let n = t.sql("SELECT count(*) AS n FROM usage_llm").await;
+    assert_eq!(n[0]["n"], 0, "the damaged object is not read");
+    let damage: Value = reqwest::get(t.url("/v1/damage"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let report = &damage["damage"][0];
+    assert_eq!(report["path"], format!("s3://{BUCKET}/{key}"), "{damage}");
+    assert!(
+        report["detail"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch"),
+        "{damage}"
+    );
+    assert_eq!(report["held"]["rows"], 300, "{damage}");
+    assert!(list_keys(&s3, "tally/prod/usage_llm/").await.is_empty());
+    assert_eq!(
+        list_keys(&s3, "tally/prod/_tally/quarantine/usage_llm/")
+            .await
+            .len(),
+        1
+    );
+    t.terminate();
+}
+
 #[tokio::test]
 async fn a_data_location_without_a_bucket_is_refused_with_the_rule() {
     let out = Command::new(env!("CARGO_BIN_EXE_tally"))

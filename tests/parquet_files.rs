@@ -69,7 +69,7 @@ async fn files_hold_exactly_the_rows_sent_in_hive_partitions() {
             .unwrap();
         assert_eq!(
             u32::from_str_radix(crc, 16).unwrap(),
-            crc32_bitwise(&std::fs::read(f).unwrap()),
+            common::crc32_bitwise(&std::fs::read(f).unwrap()),
             "{rel}"
         );
         let (rest, uuid) = stem.rsplit_once('-').unwrap();
@@ -126,21 +126,4 @@ async fn files_hold_exactly_the_rows_sent_in_hive_partitions() {
         }
     }
     assert_eq!(seen, expected);
-}
-
-/// CRC-32 (IEEE, reflected, polynomial 0xEDB88320) bit by bit: a second
-/// implementation of the checksum the file names record.
-fn crc32_bitwise(bytes: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in bytes {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xEDB8_8320
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
 }

@@ -747,3 +747,21 @@ pub async fn billing_client(
         .unwrap();
     tally_proto::billing::v1::billing_service_client::BillingServiceClient::new(channel)
 }
+
+#[allow(dead_code)]
+/// CRC-32 (IEEE, reflected, polynomial 0xEDB88320) bit by bit: a second
+/// implementation of the checksum the file names record.
+pub fn crc32_bitwise(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}

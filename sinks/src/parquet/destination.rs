@@ -76,8 +76,11 @@ impl Destination {
                 "{location:?} names no bucket: expected s3://bucket/prefix"
             )));
         }
+        // Each upload carries the SHA-256 of its bytes (`x-amz-checksum-sha256`),
+        // which S3 verifies before it stores the object and keeps with it.
         let store = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
+            .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
             .build()
             .map_err(|e| SinkError::Location(format!("{location}: {e}")))?;
         Ok(Some(Self::object(
