@@ -20,13 +20,28 @@ use tally_pipeline::store::Store;
 pub struct Lost {
     pub store: Arc<Store>,
     pub rollups: Arc<Rollups>,
+    /// Answers read raw rows only (SQL): an hour whose raw rows were lost
+    /// counts even when a rollup holds it.
+    pub raw_reads: bool,
 }
 
 impl Lost {
+    /// The same, for answers that read raw rows only.
+    pub fn for_raw_reads(&self) -> Lost {
+        Lost {
+            raw_reads: true,
+            ..self.clone()
+        }
+    }
+
     /// `<dataset> <hour>` of every hour whose answers are incomplete.
     pub fn hours(&self) -> Vec<String> {
-        self.store
-            .all_incomplete(&self.rollups)
+        let hours = if self.raw_reads {
+            self.store.all_lost()
+        } else {
+            self.store.all_incomplete(&self.rollups)
+        };
+        hours
             .into_iter()
             .map(|(d, h)| {
                 format!(

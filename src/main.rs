@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tally_queries::{OutputFormat, SqlEngine};
+use tally_sinks::parquet::verify::ReadOnlyCheck;
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, SqlArgs, SqlFormat, TokenArgs, TokenCommand};
@@ -91,11 +92,17 @@ fn main() -> ExitCode {
 
 async fn sql(args: SqlArgs) -> anyhow::Result<()> {
     let location = args.data.to_string_lossy().into_owned();
+    // Each file's checksum is checked as the query reads it; a damaged one
+    // is left out, named, and the command fails.
+    let check;
     let engine = match tally_sinks::Destination::parse(&location)? {
         // Object storage: the committed files under the prefix.
         Some(dest) => {
             let store = Arc::new(tally_pipeline::store::Store::new(usize::MAX));
             let dest = Arc::new(dest);
+            let c = Arc::new(ReadOnlyCheck::new(dest.clone()));
+            store.set_file_check(c.clone());
+            check = c;
             let listed = {
                 let (dest, store) = (dest.clone(), store.clone());
                 tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -113,7 +120,13 @@ async fn sql(args: SqlArgs) -> anyhow::Result<()> {
             if !args.data.exists() {
                 anyhow::bail!("data directory {} does not exist", args.data.display());
             }
-            SqlEngine::new(tally_sinks::open_files(&args.data)?).await?
+            let store = tally_sinks::open_files(&args.data)?;
+            let c = Arc::new(ReadOnlyCheck::new(Arc::new(
+                tally_sinks::Destination::Local,
+            )));
+            store.set_file_check(c.clone());
+            check = c;
+            SqlEngine::new(store).await?
         }
     };
     tally_queries::vm_billing::register_raw_views(&engine).await?;
@@ -128,6 +141,19 @@ async fn sql(args: SqlArgs) -> anyhow::Result<()> {
         out.push(b'\n');
     }
     std::io::stdout().write_all(&out)?;
+    let damaged = check.damaged();
+    if !damaged.is_empty() {
+        for (path, detail) in &damaged {
+            eprintln!(
+                "DAMAGE: {}: {detail}; its rows are not in the answer above",
+                path.display()
+            );
+        }
+        anyhow::bail!(
+            "{} damaged file(s) left out of the answer: `tally check` says what they held; `tally check --repair --from BACKUP` restores them",
+            damaged.len()
+        );
+    }
     Ok(())
 }
 

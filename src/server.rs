@@ -358,6 +358,7 @@ impl ReadSide {
             lost: crate::incomplete::Lost {
                 store: core.store.clone(),
                 rollups: sink.rollups.clone(),
+                raw_reads: false,
             },
             prices,
             history,
@@ -451,12 +452,13 @@ fn routes(
     };
     let json = auth::json_refusal;
     // Answers built from stored rows carry the marker while rows are lost.
-    let marked = |router: Router| {
+    let marked_by = |router: Router, lost: crate::incomplete::Lost| {
         router.layer(axum::middleware::from_fn_with_state(
-            read.lost.clone(),
+            lost,
             crate::incomplete::mark,
         ))
     };
+    let marked = |router: Router| marked_by(router, read.lost.clone());
     Ok(Router::new()
         .merge(gate(
             tally_sources::http::router(
@@ -491,7 +493,10 @@ fn routes(
             json,
         ))
         .merge(gate(
-            marked(tally_queries::sql::route::router(read.engine.clone())),
+            marked_by(
+                tally_queries::sql::route::router(read.engine.clone()),
+                read.lost.for_raw_reads(),
+            ),
             Need::role(Role::Admin),
             json,
         ))

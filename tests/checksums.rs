@@ -405,6 +405,24 @@ async fn damaged_raw_and_rollup_files_keep_answers_right_and_repair_brings_the_r
         flip(p, middle(p));
     }
 
+    // Offline SQL leaves the damaged raw files out, names them, and fails.
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["sql", "--format", "json", "--data"])
+        .arg(&data)
+        .arg("SELECT count(*) AS n FROM usage_llm")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for p in [&raw_a, &raw_c] {
+        assert!(err.contains(&format!("DAMAGE: {}", p.display())), "{err}");
+    }
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        rows[0]["n"].as_u64().unwrap(),
+        all_calls - (events[0].len() + events[2].len()) as u64
+    );
+
     let t = Tally::start(&data, &COMPACT).await;
     // b is answered from raw rows, a from its rollup; c is gone: the answer
     // says so.

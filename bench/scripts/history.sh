@@ -8,13 +8,14 @@
 #   vm:  RECORDS VM samples (default 100,000,000) of 1,000 VMs over October 2026
 #   llm: RECORDS usage.llm events (default 10,000,000) over the last 30 days
 # Needs: cargo build --release -p tally -p tally-bench; pip install duckdb
+# Env: TALLY and BENCH (the binaries), RUNS (requests a query), PEER_RUNS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KIND=${1:-vm}
 if [ "$KIND" = vm ]; then N=${2:-100000000}; else N=${2:-10000000}; fi
 RUNS=${RUNS:-20}
-TALLY=target/release/tally
-BENCH=target/release/tally-bench
+TALLY=${TALLY:-target/release/tally}
+BENCH=${BENCH:-target/release/tally-bench}
 DIR=$(mktemp -d)
 PORT=${PORT:-18091}
 URL=http://127.0.0.1:$PORT
@@ -52,4 +53,7 @@ kill -TERM $PID; wait $PID || true
 LABEL=startup_seconds_compacted timed_start --compact-after 0s --compact-interval 1s
 kill -TERM $PID; wait $PID || true
 echo "{\"raw_files\": $(find "$DIR/data" -path '*_tally*' -prune -o -name '*.parquet' -print | grep -vc _hourly\\\|vm_usage_hours\\\|vm_gap_spans || true), \"bytes\": $(du -sb "$DIR/data" | cut -f1)}"
-python3 bench/peer/history_duckdb.py "$DIR/data" "$KIND" "${PEER_RUNS:-5}"
+# PEER_RUNS=0 leaves DuckDB out (an A/B of two tally builds).
+if [ "${PEER_RUNS:-5}" != 0 ]; then
+  python3 bench/peer/history_duckdb.py "$DIR/data" "$KIND" "${PEER_RUNS:-5}"
+fi

@@ -70,4 +70,10 @@ impl Store {
             .copied()
             .collect()
     }
+
+    /// Every (dataset, hour) whose raw rows were lost, whether or not a
+    /// rollup holds the hour: what reads of raw rows miss.
+    pub fn all_lost(&self) -> Vec<(Dataset, i64)> {
+        self.lost.read().iter().copied().collect()
+    }
 }

@@ -541,3 +541,48 @@ impl FileCheck for FileDoctor {
         }
     }
 }
+/// The check of a reader that changes nothing (`tally sql`): a damaged file
+/// is left out of the answer and named in [`ReadOnlyCheck::damaged`];
+/// nothing is moved.
+pub struct ReadOnlyCheck {
+    destination: Arc<Destination>,
+    damaged: Mutex<Vec<(PathBuf, String)>>,
+}
+
+impl ReadOnlyCheck {
+    pub fn new(destination: Arc<Destination>) -> Self {
+        Self {
+            destination,
+            damaged: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The files left out, and why.
+    pub fn damaged(&self) -> Vec<(PathBuf, String)> {
+        self.damaged.lock().clone()
+    }
+
+    fn intact(&self, f: &FileEntry) -> bool {
+        match check_checksum(&self.destination, f) {
+            Ok(_) => true,
+            Err(p) => {
+                self.damaged.lock().push((f.path.clone(), p.detail));
+                false
+            }
+        }
+    }
+}
+
+impl FileCheck for ReadOnlyCheck {
+    fn quarantine_unreadable(&self) -> usize {
+        0
+    }
+
+    fn ensure(&self, _: Dataset, files: Vec<FileEntry>) -> Vec<FileEntry> {
+        files.into_iter().filter(|f| self.intact(f)).collect()
+    }
+
+    fn ensure_rollup(&self, _: Dataset, _: i64, file: &FileEntry) -> bool {
+        self.intact(file)
+    }
+}
