@@ -346,6 +346,25 @@ async fn every_flipped_byte_of_every_kind_of_file_is_caught_by_check() {
     assert!(flips >= 20 * files.len());
     let (code, out) = tally_check(&data, &[]);
     assert_eq!(code, 0, "{out}");
+
+    // A damaged token file or budget is never half-trusted: start-up
+    // refuses, names the file and says what to do.
+    let budget = files
+        .iter()
+        .find(|p| p.starts_with(data.join("_tally/budgets")))
+        .unwrap()
+        .clone();
+    for f in [data.join("_tally/tokens.json"), budget] {
+        flip(&f, 3);
+        let (code, err) = common::serve_refused(&data, &["--no-sampler"]);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains(&format!("{} is damaged", f.display()))
+                && err.contains("tally check --repair"),
+            "{err}"
+        );
+        flip(&f, 3);
+    }
 }
 
 /// The summary's LLM calls and tokens over the last `hours`.
