@@ -7,8 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-5}
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
-# --dev: a debug build (fast to compile), with overflow checks (-a).
+# --dev: a debug build (fast to compile), with overflow checks (-a); the
+# build outputs in TALLY_FUZZ_TARGET_DIR when set (scripts/test.sh keeps them
+# outside the clone), else in fuzz/target.
 flags=(--dev -a --sanitizer none)
+[ -n "${TALLY_FUZZ_TARGET_DIR:-}" ] && flags+=(--target-dir "$TALLY_FUZZ_TARGET_DIR")
 cargo +nightly fuzz build "${flags[@]}"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT

@@ -44,6 +44,11 @@ python3 -m pip install --quiet --disable-pip-version-check 'claude-monitor==4.0.
 TALLY_TEST_CLAUDE_MONITOR="$(python3 -c 'import shutil; print(shutil.which("claude-monitor") or "")')"
 export TALLY_TEST_CLAUDE_MONITOR
 
+# Build outputs live in a cache outside the clone, so that a machine that
+# built before (another clone, an earlier CI run) rebuilds only what changed.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tally/target}
+export TALLY_FUZZ_TARGET_DIR=${TALLY_FUZZ_TARGET_DIR:-$HOME/.cache/tally/fuzz-target}
+
 # Build every binary first: the end-to-end tests run the real `tally` and
 # `tally-bench` executables.
 cargo build --workspace --all-targets

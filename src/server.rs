@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use tally_pipeline::clock::NS_PER_SEC;
 use tally_pipeline::component::{Context, Handle};
 use tally_pipeline::dedup::Dedup;
 use tally_pipeline::metrics::Metrics;
@@ -190,7 +191,7 @@ impl Core {
             tokio::task::spawn_blocking(move || recover(&target, &store, &dedup)).await?
         }
         .with_context(|| format!("recovering data location {}", config.data.display()))?;
-        let now_secs = (now_ns() / 1_000_000_000) as u64;
+        let now_secs = (now_ns() / NS_PER_SEC) as u64;
         let (wal, replay) = Wal::open(
             WalConfig {
                 dir: wal_dir(&state),

@@ -1,6 +1,6 @@
 //! A generated fleet with counter resets, silences, reported gaps, duplicate
 //! and out-of-order batches: the rollups equal values computed here, from
-//! the same samples, by the billing rules of DESIGN.md.
+//! the same samples, by the billing rules (README, "billing.v1 (VM metering)").
 
 mod common;
 

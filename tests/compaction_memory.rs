@@ -148,7 +148,7 @@ fn write_raw_files(data: &Path, fleet: &[Vm], files: usize) {
     }
 }
 
-/// The hour's rollup per VM by DESIGN.md's rules, computed here.
+/// The hour's rollup per VM by the billing rules (README, "billing.v1"), computed here.
 #[derive(Debug, Default, PartialEq)]
 struct Expected {
     cpu: i64,

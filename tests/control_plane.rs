@@ -1,4 +1,4 @@
-//! The control-plane usage hook (spec 004): accepted `chat.usage_summary`
+//! The control-plane usage hook (README "Control-plane usage hook"): accepted `chat.usage_summary`
 //! payloads are POSTed on, with retries on 429/5xx, drops on other 4xx.
 
 mod common;

@@ -14,7 +14,7 @@ use common::{
 };
 
 /// Frames of a WAL segment as `(offset, payload length, seq)`, read with
-/// the layout DESIGN.md gives (u32 length, u32 crc, u64 seq, payload),
+/// the frame layout of `pipeline/src/wal/codec.rs` (u32 length, u32 crc, u64 seq, payload),
 /// independently of tally's reader.
 fn frames(bytes: &[u8]) -> Vec<(usize, usize, u64)> {
     let mut out = Vec::new();

@@ -1,4 +1,5 @@
-//! The source tree's shape: no file imports a file that imports it.
+//! The source tree's shape: no cycle of imports, of any length, between
+//! files or between the folders of a crate.
 //!
 //! A file's imports are the module paths it names through `crate::` and
 //! `super::` (resolved to the file that holds the module) and the child
@@ -9,8 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const CRATES: [&str; 6] = [
+const CRATES: [&str; 7] = [
     "src",
+    "proto/src",
     "pipeline/src",
     "sources/src",
     "sinks/src",
@@ -77,6 +79,37 @@ fn path_at(text: &str) -> Vec<String> {
     out
 }
 
+/// The items `lib.rs` re-exports (`pub use a::b::{X, Y};`), each with the
+/// module path it comes from.
+fn reexports(root: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let Ok(text) = std::fs::read_to_string(root.join("lib.rs")) else {
+        return out;
+    };
+    for stmt in text.split(';') {
+        let Some(rest) = stmt.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let rest: String = rest.split_whitespace().collect();
+        let (module, items) = match rest.split_once("::{") {
+            Some((m, items)) => (m.to_string(), items.trim_end_matches('}').to_string()),
+            None => match rest.rsplit_once("::") {
+                Some((m, item)) => (m.to_string(), item.to_string()),
+                None => continue,
+            },
+        };
+        let module: Vec<String> = module
+            .trim_start_matches("crate::")
+            .split("::")
+            .map(str::to_string)
+            .collect();
+        for item in items.split(',').filter(|i| !i.is_empty()) {
+            out.insert(item.to_string(), module.clone());
+        }
+    }
+    out
+}
+
 fn imports(root: &Path, file: &Path) -> BTreeSet<PathBuf> {
     let text = std::fs::read_to_string(file).unwrap();
     let text = match text.find("#[cfg(test)]\nmod ") {
@@ -94,7 +127,14 @@ fn imports(root: &Path, file: &Path) -> BTreeSet<PathBuf> {
         .join("\n");
     let me = module_of(root, file);
     let mut out = BTreeSet::new();
+    let reexports = reexports(root);
     let mut add = |parts: Vec<String>| {
+        // An item the crate root re-exports (`crate::Dataset`) is imported
+        // from the module that defines it.
+        let parts = match parts.first().and_then(|p| reexports.get(p)) {
+            Some(module) => module.clone(),
+            None => parts,
+        };
         let target = file_of(root, &parts).unwrap_or_else(|| {
             let lib = root.join("lib.rs");
             if lib.exists() {
@@ -157,9 +197,8 @@ fn imports(root: &Path, file: &Path) -> BTreeSet<PathBuf> {
     out
 }
 
-#[test]
-fn no_file_imports_a_file_that_imports_it() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+/// The import graph of every crate's files.
+fn graph(repo: &Path) -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
     let mut graph: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
     for krate in CRATES {
         let root = repo.join(krate);
@@ -170,20 +209,118 @@ fn no_file_imports_a_file_that_imports_it() {
             graph.insert(f, deps);
         }
     }
-    assert!(graph.len() > 50, "the walk found the source files");
-    let mut cycles = Vec::new();
-    for (a, deps) in &graph {
-        for b in deps {
-            if a < b && graph.get(b).is_some_and(|d| d.contains(a)) {
-                cycles.push(format!(
-                    "{} <-> {}",
-                    a.strip_prefix(repo).unwrap().display(),
-                    b.strip_prefix(repo).unwrap().display()
-                ));
+    graph
+}
+
+/// The strongly connected components of more than one node (Tarjan):
+/// every cycle, whatever its length, lies in one of them.
+fn cycles<N: Ord + Clone>(graph: &BTreeMap<N, BTreeSet<N>>) -> Vec<Vec<N>> {
+    struct State<N> {
+        index: BTreeMap<N, usize>,
+        low: BTreeMap<N, usize>,
+        stack: Vec<N>,
+        on_stack: BTreeSet<N>,
+        out: Vec<Vec<N>>,
+    }
+    fn visit<N: Ord + Clone>(g: &BTreeMap<N, BTreeSet<N>>, v: &N, s: &mut State<N>) {
+        let i = s.index.len();
+        s.index.insert(v.clone(), i);
+        s.low.insert(v.clone(), i);
+        s.stack.push(v.clone());
+        s.on_stack.insert(v.clone());
+        for w in g.get(v).into_iter().flatten() {
+            if !s.index.contains_key(w) {
+                visit(g, w, s);
+                let lw = s.low[w];
+                let lv = s.low.get_mut(v).unwrap();
+                *lv = (*lv).min(lw);
+            } else if s.on_stack.contains(w) {
+                let iw = s.index[w];
+                let lv = s.low.get_mut(v).unwrap();
+                *lv = (*lv).min(iw);
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut scc = Vec::new();
+            loop {
+                let w = s.stack.pop().unwrap();
+                s.on_stack.remove(&w);
+                let done = &w == v;
+                scc.push(w);
+                if done {
+                    break;
+                }
+            }
+            if scc.len() > 1 {
+                scc.sort();
+                s.out.push(scc);
             }
         }
     }
-    assert!(cycles.is_empty(), "files importing each other: {cycles:#?}");
+    let mut s = State {
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        out: Vec::new(),
+    };
+    for v in graph.keys() {
+        if !s.index.contains_key(v) {
+            visit(graph, v, &mut s);
+        }
+    }
+    s.out
+}
+
+#[test]
+fn no_cycle_of_imports_between_files() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let graph = graph(repo);
+    assert!(graph.len() > 50, "the walk found the source files");
+    let found: Vec<Vec<String>> = cycles(&graph)
+        .into_iter()
+        .map(|c| {
+            c.iter()
+                .map(|f| f.strip_prefix(repo).unwrap().display().to_string())
+                .collect()
+        })
+        .collect();
+    assert!(found.is_empty(), "files in a cycle of imports: {found:#?}");
+}
+
+/// The folder of a file under its crate root (`queries/src/history`), or
+/// `None` for a file at the root (lib.rs, main.rs and their siblings,
+/// which declare and re-export the folders).
+fn folder(repo: &Path, file: &Path) -> Option<String> {
+    let krate = CRATES.iter().find(|c| file.starts_with(repo.join(c)))?;
+    let rel = file.strip_prefix(repo.join(krate)).ok()?;
+    let mut parts = rel.components();
+    let first = parts.next()?;
+    parts.next()?;
+    Some(format!("{krate}/{}", first.as_os_str().to_string_lossy()))
+}
+
+#[test]
+fn no_cycle_of_imports_between_folders() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut folders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (file, deps) in graph(repo) {
+        let Some(from) = folder(repo, &file) else {
+            continue;
+        };
+        let entry = folders.entry(from.clone()).or_default();
+        for d in deps {
+            if let Some(to) = folder(repo, &d).filter(|to| *to != from) {
+                entry.insert(to);
+            }
+        }
+    }
+    assert!(folders.len() > 10, "{folders:?}");
+    let found = cycles(&folders);
+    assert!(
+        found.is_empty(),
+        "folders in a cycle of imports: {found:#?}"
+    );
 }
 
 #[test]
@@ -199,4 +336,21 @@ fn the_import_scan_sees_a_mutual_import() {
     assert!(a.contains(&root.join("b.rs")), "{a:?}");
     assert!(b.contains(&root.join("a.rs")), "{b:?}");
     assert!(!imports(root, &root.join("lib.rs")).contains(&root.join("a.rs")));
+}
+
+#[test]
+fn a_cycle_of_three_is_found() {
+    let g: BTreeMap<u8, BTreeSet<u8>> = [
+        (1, BTreeSet::from([2])),
+        (2, BTreeSet::from([3])),
+        (3, BTreeSet::from([1, 4])),
+        (4, BTreeSet::new()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(cycles(&g), vec![vec![1, 2, 3]]);
+    let acyclic: BTreeMap<u8, BTreeSet<u8>> = [(1, BTreeSet::from([2])), (2, BTreeSet::new())]
+        .into_iter()
+        .collect();
+    assert!(cycles(&acyclic).is_empty());
 }

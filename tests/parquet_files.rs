@@ -1,4 +1,4 @@
-//! The files an analyst reads: Hive layout of DESIGN.md, sorted rows, the
+//! The files an analyst reads: Hive layout (README, "Datasets"), sorted rows, the
 //! declared types and encodings, and exactly the rows sent.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The Usage API (spec 002) against the real binary: stats from blocks,
+//! The Usage API (README "Usage API") against the real binary: stats from blocks,
 //! limits, burn rate and predictions computed here independently; config
 //! validation and persistence; sessions from snapshots; rate limits; stream.
 

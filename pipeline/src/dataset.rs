@@ -1,4 +1,4 @@
-//! The datasets of DESIGN.md: their columns, dedup keys and time column.
+//! The datasets (README, "Datasets"): their columns, dedup keys and time column.
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,4 +1,4 @@
-//! The host usage feed of spec 000: what the host sampler (a source)
+//! The host usage feed of README "Host telemetry and the /usage WebSocket": what the host sampler (a source)
 //! publishes and the `/usage` WebSocket (on the read side) sends.
 
 use std::sync::Arc;

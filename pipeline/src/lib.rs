@@ -7,13 +7,16 @@
 pub mod access;
 pub mod background;
 pub mod batch;
+pub mod billing_rules;
 pub mod checksum;
+pub mod clock;
 pub mod component;
 pub mod config;
 pub mod dataset;
 pub mod dedup;
 pub mod duration;
 pub mod host;
+pub mod http_reply;
 pub mod metrics;
 pub mod pipeline;
 pub mod quarantine;
@@ -26,8 +29,7 @@ pub mod store;
 pub mod tap;
 pub mod wal;
 
+pub use clock::now_ns;
 pub use dataset::{Column, ColumnType, Dataset};
-pub use pipeline::{
-    now_ns, IngestError, IngestReport, Pipeline, Refused, Rejection, Relay, RelayError,
-};
+pub use pipeline::{IngestError, IngestReport, Pipeline, Refused, Rejection, Relay, RelayError};
 pub use record::{Record, RecordBuilder, RowLayout, SchemaError, Value};

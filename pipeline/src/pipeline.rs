@@ -3,8 +3,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::clock::{now_ns, NS_PER_SEC};
 use crate::dataset::Dataset;
 use crate::dedup::{Dedup, Keys};
 use crate::metrics::{Metrics, Outcome};
@@ -150,13 +150,6 @@ struct Inner {
     relay: Option<Arc<dyn Relay>>,
 }
 
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
-}
-
 impl Pipeline {
     pub fn new(wal: Wal, store: Arc<Store>, dedup: Arc<Dedup>, metrics: Arc<Metrics>) -> Self {
         Self::with_relay(wal, store, dedup, metrics, None)
@@ -293,7 +286,7 @@ impl Pipeline {
     ) -> Result<IngestReport, IngestError> {
         let inner = &self.inner;
         let now = now_ns();
-        let now_secs = (now / 1_000_000_000) as u64;
+        let now_secs = (now / NS_PER_SEC) as u64;
 
         // The schema is checked here, for every source: a record that does
         // not fit its dataset is rejected with the reason and never reaches

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_secs;
 use crate::metrics::Metrics;
 
 /// What was found.
@@ -293,11 +294,6 @@ impl Quarantine {
         }
         Ok(n)
     }
-}
-
-/// Unix seconds now.
-pub fn now_secs() -> i64 {
-    crate::pipeline::now_ns() / 1_000_000_000
 }
 
 #[cfg(test)]

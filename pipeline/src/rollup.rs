@@ -21,13 +21,12 @@ use crate::dataset::Dataset;
 use crate::store::FileEntry;
 
 /// Two VM samples further apart than this are a gap and count nothing
-/// (DESIGN.md's billing rules): the billing source's gap detection and the
+/// (the billing rules, README "billing.v1 (VM metering)"): the billing
+/// source's gap detection and the
 /// read side's rollups use this one value.
 pub const VM_GAP_LIMIT_SECS: u64 = 120;
 
-pub const HOUR_NS: i64 = 3_600_000_000_000;
-
-/// The hour (nanoseconds since the epoch, a multiple of [`HOUR_NS`]) of a
+/// The hour (nanoseconds since the epoch, a multiple of [`crate::clock::HOUR_NS`]) of a
 /// path under `…/date=YYYY-MM-DD/hour=HH/…`.
 pub fn hour_of_path(path: &Path) -> Option<i64> {
     let mut date = None;
@@ -182,6 +181,7 @@ impl Rollups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::HOUR_NS;
 
     #[test]
     fn hours_are_read_from_partition_paths() {

@@ -4,13 +4,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-
 /// `{"error": …, "detail": …}`: `/v1/sql`, `/v1/billing`, `/internal/usage`.
-pub fn error_response(status: StatusCode, error: &str, detail: String) -> Response {
-    (status, Json(json!({"error": error, "detail": detail}))).into_response()
-}
+pub use tally_pipeline::http_reply::error_response;
 
-/// `{"error", "detail", "validation_errors"}`: the Usage API's shape (spec 002).
+/// `{"error", "detail", "validation_errors"}`: the Usage API's shape (README "Usage API").
 pub fn validation_response(
     status: StatusCode,
     error: &str,

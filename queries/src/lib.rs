@@ -5,10 +5,10 @@
 //! - `history/`: stored hourly rollups and raw records put together, and the
 //!   SQL that builds the rollups;
 //! - `vm_billing/`: `/v1/billing/vm-usage` and the `vm_usage_*` tables;
-//! - `agent_usage/`: `/internal/usage/*` (spec 001);
-//! - `plan_usage/`: the Usage API (spec 002): routes, stats, snapshots,
+//! - `agent_usage/`: `/internal/usage/*` (README "Usage engine API");
+//! - `plan_usage/`: the Usage API (README "Usage API"): routes, stats, snapshots,
 //!   stream, its config file;
-//! - `host_usage/`: the `/usage` WebSocket of spec 000 (host and ingest rates);
+//! - `host_usage/`: the `/usage` WebSocket of README "Host telemetry and the /usage WebSocket" (host and ingest rates);
 //! - `budgets/`: `/v1/budgets`: limits per period and scope, evaluated from
 //!   the hourly rows, with threshold alerts;
 //! - `anomalies/`: hours far above their 7-day baseline, `/v1/anomalies`;

@@ -1,5 +1,5 @@
-//! Where records go after the WAL: Parquet files in the Hive layout of
-//! DESIGN.md, written by the flusher, and recovered at start-up.
+//! Where records go after the WAL: Parquet files in the Hive layout
+//! (`parquet/layout.rs`), written by the flusher, and recovered at start-up.
 
 pub mod control_plane;
 pub mod kafka_relay;

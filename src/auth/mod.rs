@@ -281,7 +281,7 @@ impl Auth {
                 detail: "the API token is not valid: unknown or revoked".into(),
             });
         };
-        let now = tally_pipeline::quarantine::now_secs().max(0) as u64;
+        let now = tally_pipeline::clock::now_secs().max(0) as u64;
         if token.last_used.swap(now, Ordering::Relaxed) != now {
             self.used_changed.store(true, Ordering::Relaxed);
         }

@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::clock::HOUR_NS;
 use crate::dataset::Dataset;
 use crate::record::Record;
-use crate::rollup::HOUR_NS;
 
 use super::prepared::Prepared;
 use super::{BufferStats, Chunk, Store};

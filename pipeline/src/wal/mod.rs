@@ -351,7 +351,7 @@ pub fn quarantine_damage(
                 unread_entries: d.lost_entries,
                 unread_bytes: d.bytes,
                 detail: d.detail.clone(),
-                found_at: crate::quarantine::now_secs(),
+                found_at: crate::clock::now_secs(),
                 acknowledged: false,
                 held: None,
             });

@@ -1,4 +1,4 @@
-//! The usage-engine read API of spec 001: `GET /internal/usage/summary`,
+//! The usage-engine read API of README "Usage engine API": `GET /internal/usage/summary`,
 //! `/models`, `/agents`, `/tools`, with costs from the price catalogue.
 //!
 //! Filters: `microdao_id`, `agent_id`, `period_hours` (1..720, default 24),

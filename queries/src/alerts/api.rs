@@ -66,14 +66,14 @@ fn view(f: &Fired) -> Value {
     json!({
         "id": f.id,
         "type": f.kind,
-        "at": crate::budgets::model::rfc3339(f.at),
+        "at": tally_pipeline::clock::rfc3339(f.at),
         "alert": serde_json::from_str::<Value>(&f.body).unwrap_or(Value::Null),
         "webhook": f.target.as_ref().map(|t| json!({
             "url": t.url,
             "signed": t.secret.is_some(),
             "delivery": f.delivery(),
             "attempts": f.attempts,
-            "delivered_at": f.delivered_at.map(crate::budgets::model::rfc3339),
+            "delivered_at": f.delivered_at.map(tally_pipeline::clock::rfc3339),
             "last_error": f.last_error,
         })),
     })
@@ -88,7 +88,7 @@ async fn list(
 ) -> Response {
     let mut errors = Vec::new();
     unknown_params(&params, &["since", "type"], &mut errors);
-    let week = 7 * 24 * 3_600_000_000_000;
+    let week = 7 * tally_pipeline::clock::DAY_NS;
     let since = time_param(
         &params,
         "since",

@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, Notify};
 pub const SOURCE: &str = "alerts";
 /// Delivered alerts are forgotten after this long (the longest budget
 /// period is a month; its crossings must stay known until it ends).
-const KEEP_NS: i64 = 62 * 24 * 3_600_000_000_000;
+const KEEP_NS: i64 = 62 * tally_pipeline::clock::DAY_NS;
 
 /// Where alerts without a webhook of their own go (`[alerts]` in
 /// `tally.toml`): anomalies, and budgets that name no webhook.

@@ -25,7 +25,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tally_pipeline::access::Access;
-use tally_pipeline::rollup::HOUR_NS;
+use tally_pipeline::clock::{DAY_NS, HOUR_NS};
 use tally_pipeline::{Dataset, Pipeline, RecordBuilder};
 use tokio::sync::watch;
 
@@ -42,7 +42,6 @@ use score::{judge, Judgement, BASELINE_DAYS};
 
 pub const ANOMALY_INTERVAL: Duration = Duration::from_secs(60);
 pub const ANOMALY_THRESHOLD: f64 = 5.0;
-const DAY_NS: i64 = 24 * HOUR_NS;
 
 /// `[anomalies]` in `tally.toml`.
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]

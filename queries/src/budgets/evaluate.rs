@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
-use tally_pipeline::rollup::HOUR_NS;
+use tally_pipeline::clock::HOUR_NS;
 use tally_pipeline::Dataset;
 
 use super::model::{Budget, Metric, Source, SCOPE_KEYS};

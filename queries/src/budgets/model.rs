@@ -1,6 +1,6 @@
 //! A budget as posted and stored, its checks, and its periods.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -28,7 +28,7 @@ pub enum Metric {
     LlmCalls,
     /// `usage_tool` records.
     ToolCalls,
-    /// VM billing rules (DESIGN.md), `vm_metrics`.
+    /// VM billing rules (README, "billing.v1 (VM metering)"), `vm_metrics`.
     VmCpuSeconds,
     VmMemoryGibHours,
     /// Received plus sent.
@@ -374,9 +374,7 @@ fn scope(
 }
 
 /// RFC 3339 in UTC with the precision needed.
-pub fn rfc3339(ns: i64) -> String {
-    DateTime::<Utc>::from_timestamp_nanos(ns).to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
+pub use tally_pipeline::clock::rfc3339;
 
 #[cfg(test)]
 mod tests {

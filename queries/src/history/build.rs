@@ -29,7 +29,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use tally_pipeline::rollup::{RollupError, RollupMemory};
 
 use crate::prices::{cost_udfs, PriceCatalogue};
-use crate::vm_billing::hours::{self, GapSpans, HourFold, VmHour};
+use tally_pipeline::billing_rules::{self as hours, GapSpans, HourFold, VmHour};
 
 /// Rows per batch read from a merged file.
 const BATCH_ROWS: usize = 8192;

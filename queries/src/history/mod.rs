@@ -26,9 +26,9 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
 use tally_pipeline::background;
+use tally_pipeline::clock::HOUR_NS;
 use tally_pipeline::rollup::{
     hour_of_path, RolledHour, RollupBuilder, RollupError, RollupMemory, RollupOutput, Rollups,
-    HOUR_NS,
 };
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
@@ -37,7 +37,7 @@ use url::Url;
 use crate::prices::{cost_udfs, PriceCatalogue};
 use crate::sql::catalog::DatasetTable;
 use crate::sql::QueryError;
-use crate::vm_billing::hours::{self, GapSpans};
+use tally_pipeline::billing_rules::{self as hours, GapSpans};
 
 mod build;
 
@@ -118,7 +118,8 @@ impl History {
             prices,
             cache: Arc::new(Mutex::new(HashMap::new())),
             regrouped: Arc::new(Mutex::new(HashMap::new())),
-            gap_limit_ns: tally_pipeline::rollup::VM_GAP_LIMIT_SECS as i64 * 1_000_000_000,
+            gap_limit_ns: tally_pipeline::rollup::VM_GAP_LIMIT_SECS as i64
+                * tally_pipeline::clock::NS_PER_SEC,
         }
     }
 

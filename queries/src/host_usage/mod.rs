@@ -1,4 +1,4 @@
-//! WebSocket `/usage` (spec 000): `system_info` on connect, then a
+//! WebSocket `/usage` (README "Host telemetry and the /usage WebSocket"): `system_info` on connect, then a
 //! `usage_update` per sample. Clients never have to send anything.
 //!
 //! Each client has its own task reading the newest update from a watch

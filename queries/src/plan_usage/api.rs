@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
 use parking_lot::Mutex;
@@ -55,8 +55,7 @@ pub(super) fn too_many(wait: u64) -> Response {
         )),
         Vec::new(),
     );
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+    tally_pipeline::http_reply::retry_after(&mut r, wait);
     r
 }
 

@@ -1,5 +1,5 @@
 //! The Usage API configuration: a singleton that survives restarts (atomic
-//! file replace), validated by the rules of spec 002.
+//! file replace), validated by the rules of README "Usage API".
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! The Usage API of spec 002: `GET /api/usage/stats`, `GET`/`POST
+//! The Usage API of README "Usage API": `GET /api/usage/stats`, `GET`/`POST
 //! /api/usage/config`, `POST /api/usage/config/reset`, `GET
 //! /api/usage/sessions`, and the `GET /api/usage/stream` WebSocket.
 //!

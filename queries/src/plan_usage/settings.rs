@@ -8,7 +8,7 @@ const STATS_RATE: u32 = 300;
 /// The Usage API's rate limits (`[usage_api]` in `tally.toml`).
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-#[command(next_help_heading = "Usage API (spec 002)")]
+#[command(next_help_heading = "Usage API")]
 pub struct UsageApiArgs {
     #[arg(help = tally_pipeline::config::help("Configuration changes allowed per client and minute.", CONFIG_RATE), long, env = "TALLY_USAGE_CONFIG_RATE")]
     #[serde(default)]

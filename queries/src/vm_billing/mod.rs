@@ -1,7 +1,6 @@
 //! VM billing: `GET /v1/billing/vm-usage`, from stored hourly rollups for
 //! rolled-up hours and from raw samples for the others (see `history`).
 
-pub mod hours;
 pub mod table;
 
 /// The billing rules over raw samples in SQL: `tally sql` registers it as
@@ -19,7 +18,7 @@ pub async fn register_raw_views(engine: &SqlEngine) -> Result<(), QueryError> {
     for (suffix, unit) in RAW_VIEW_WINDOWS {
         let body = RAW_VIEW_SQL.replace("{window}", unit).replace(
             "{gap_limit_ns}",
-            &(tally_pipeline::rollup::VM_GAP_LIMIT_SECS * 1_000_000_000).to_string(),
+            &(tally_pipeline::rollup::VM_GAP_LIMIT_SECS as i64 * NS_PER_SEC).to_string(),
         );
         engine
             .create_view(&format!("vm_usage_{suffix}"), &body)
@@ -38,13 +37,13 @@ use axum::{Extension, Json, Router};
 use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Utc};
 use serde_json::{json, Value};
 use tally_pipeline::access::Access;
-use tally_pipeline::rollup::HOUR_NS;
+use tally_pipeline::clock::{HOUR_NS, NS_PER_SEC};
 use tally_pipeline::Dataset;
 
 use crate::history::{gap_fingerprint, History, VM_SAMPLES};
 use crate::http::{error_response, forbidden};
 use crate::sql::{QueryError, SqlEngine};
-use hours::{Sample, VmHour};
+use tally_pipeline::billing_rules::{self as hours, Sample, VmHour};
 
 pub fn router(history: History) -> Router {
     Router::new()

@@ -2,12 +2,12 @@
 
 use super::ForwarderConfig;
 
-/// The control-plane usage hook of spec 004 (`[control_plane]` in `tally.toml`).
+/// The control-plane usage hook (README "Control-plane usage hook") (`[control_plane]` in `tally.toml`).
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "Control-plane usage hook")]
 pub struct ControlPlaneArgs {
-    /// POST every accepted chat.usage_summary to the control plane (spec 004).
+    /// POST every accepted chat.usage_summary to the control plane (README "Control-plane usage hook").
     #[arg(
         id = "control_plane_usage_ingest_enabled",
         value_name = "BOOL",

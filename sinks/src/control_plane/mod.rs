@@ -1,4 +1,4 @@
-//! The control-plane usage hook of spec 004: every `chat.usage_summary`
+//! The control-plane usage hook (README "Control-plane usage hook"): every `chat.usage_summary`
 //! tally accepts is POSTed, as JSON, to `CONTROL_PLANE_USAGE_INGEST_URL`.
 //!
 //! Best effort, never in the way of ingest: payloads wait in a bounded

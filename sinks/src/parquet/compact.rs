@@ -37,10 +37,10 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use tally_pipeline::batch::schema;
 use tally_pipeline::checksum;
+use tally_pipeline::clock::HOUR_NS;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::rollup::{
     file_name, hour_of_path, RolledHour, RollupBuilder, RollupMemory, RollupOutput, Rollups,
-    HOUR_NS,
 };
 use tally_pipeline::store::FileCheck;
 use tally_pipeline::store::{FileEntry, Store};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tally_pipeline::clock::HOUR_NS;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::quarantine::Quarantine;
 use tally_pipeline::store::{FileEntry, Store};
@@ -259,7 +260,7 @@ fn write_round(
             let mut partitions: BTreeMap<i64, (u64, u64, Vec<&Record>)> = BTreeMap::new();
             for c in &chunks {
                 for r in &c.records {
-                    let hour = r.timestamp_ns().div_euclid(3_600_000_000_000);
+                    let hour = r.timestamp_ns().div_euclid(HOUR_NS);
                     let p = partitions
                         .entry(hour)
                         .or_insert_with(|| (c.seq, c.seq, Vec::new()));
@@ -268,7 +269,7 @@ fn write_round(
                 }
             }
             for (hour, (first, last, records)) in partitions {
-                let (date, hh) = partition_of(hour * 3_600_000_000_000);
+                let (date, hh) = partition_of(hour * HOUR_NS);
                 written.push(write_partition(
                     data,
                     &target.node,

@@ -22,7 +22,8 @@ use super::flusher::FlushTarget;
 use super::layout::{node_of, wal_dir};
 use super::verify::{last_wal_seq, quarantine_file, verify_file, FileProblem};
 use super::{io_err, SinkError};
-use tally_pipeline::quarantine::{now_secs, Damage, DamageKind};
+use tally_pipeline::clock::now_secs;
+use tally_pipeline::quarantine::{Damage, DamageKind};
 
 /// What start-up found.
 #[derive(Debug, Default)]

@@ -167,10 +167,11 @@ impl Scrub {
                 }
             }
         }
+        self.doctor.forget_gone();
         self.metrics.scrub_passes.add(1);
         self.metrics
             .scrub_last_pass_end
-            .set(tally_pipeline::quarantine::now_secs().max(0) as u64);
+            .set(tally_pipeline::clock::now_secs().max(0) as u64);
         self.metrics
             .scrub_last_pass_ms
             .set(started.elapsed().as_millis() as u64);

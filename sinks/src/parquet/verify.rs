@@ -16,8 +16,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::ChunkReader;
 use tally_pipeline::batch::schema;
 use tally_pipeline::checksum::{self, Verdict};
+use tally_pipeline::clock::now_secs;
 use tally_pipeline::metrics::Metrics;
-use tally_pipeline::quarantine::{now_secs, Damage, DamageKind, FileHeld, Quarantine};
+use tally_pipeline::quarantine::{Damage, DamageKind, FileHeld, Quarantine};
 use tally_pipeline::rollup::{hour_of_path, Rollups};
 use tally_pipeline::store::{FileCheck, FileEntry, Store};
 use tally_pipeline::Dataset;
@@ -368,6 +369,9 @@ pub fn quarantine_held(
     });
 }
 
+/// Files remembered as verified before the gone ones are forgotten.
+const REMEMBER_BOUND: usize = 200_000;
+
 /// The read-time check the SQL engine calls when a query fails: reads every
 /// registered file not read whole before, quarantines the bad ones and takes
 /// them out of the store.
@@ -422,10 +426,31 @@ impl FileDoctor {
         }
     }
 
-    /// Files this process wrote (their checksum was computed from the
-    /// bytes it wrote) need no check on first use.
-    pub fn trust(&self, path: &Path) {
-        self.verified.lock().insert(path.to_path_buf());
+    /// Forgets the files no longer listed (replaced by compaction, expired):
+    /// what it remembers stays as large as what is stored.
+    pub fn forget_gone(&self) {
+        let mut live: HashSet<PathBuf> = HashSet::new();
+        for d in Dataset::ALL {
+            live.extend(self.store.snapshot(d).files.into_iter().map(|f| f.path));
+            for (_, r) in self.rollups.range(d, i64::MIN, i64::MAX) {
+                live.extend(r.tables.values().map(|f| f.path.clone()));
+            }
+        }
+        self.verified.lock().retain(|p| live.contains(p));
+        self.decoded.lock().retain(|p| live.contains(p));
+    }
+
+    /// Remembers a file whose checksum matched; past a bound, forgets the
+    /// files that are gone.
+    fn remember(&self, path: &Path) {
+        let len = {
+            let mut v = self.verified.lock();
+            v.insert(path.to_path_buf());
+            v.len()
+        };
+        if len > REMEMBER_BOUND {
+            self.forget_gone();
+        }
     }
 
     /// A damaged raw file of `d`: quarantined, reported with what it held,
@@ -511,7 +536,7 @@ impl FileCheck for FileDoctor {
             self.metrics.checksum_files.add(1);
             match check_checksum(&self.destination, &f) {
                 Ok(_) => {
-                    self.verified.lock().insert(f.path.clone());
+                    self.remember(&f.path);
                     good.push(f);
                 }
                 Err(problem) => {
@@ -530,7 +555,7 @@ impl FileCheck for FileDoctor {
         self.metrics.checksum_files.add(1);
         match check_checksum(&self.destination, file) {
             Ok(_) => {
-                self.verified.lock().insert(file.path.clone());
+                self.remember(&file.path);
                 true
             }
             Err(problem) => {

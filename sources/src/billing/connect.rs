@@ -124,8 +124,7 @@ pub fn error(code: &str, message: &str) -> Response {
     )
         .into_response();
     if code == "resource_exhausted" {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        tally_pipeline::http_reply::retry_after(&mut r, 1);
     }
     r
 }
@@ -133,9 +132,7 @@ pub fn error(code: &str, message: &str) -> Response {
 fn rpc_error(e: RpcError) -> Response {
     let mut r = error(e.code(), &e.to_string());
     if let Some(secs) = e.retry_after_secs() {
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+        tally_pipeline::http_reply::retry_after(&mut r, secs);
     }
     r
 }

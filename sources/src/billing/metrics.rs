@@ -1,4 +1,4 @@
-//! The billing service's Prometheus metrics, under the names of spec 003.
+//! The billing service's Prometheus metrics, under the names of README "billing.v1".
 
 use std::fmt::Write;
 

@@ -1,4 +1,4 @@
-//! billing.v1 (spec 003) on the shared port: Connect (JSON and binary),
+//! billing.v1 (README "billing.v1") on the shared port: Connect (JSON and binary),
 //! gRPC over HTTP/2 cleartext, and gRPC-Web, all at
 //! `POST /billing.v1.BillingService/<Method>`, told apart by content type.
 //!

@@ -8,6 +8,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tally_pipeline::access::limits::{OverRate, RateLimiter};
 use tally_pipeline::access::Access;
+use tally_pipeline::clock::{DAY_NS, NS_PER_SEC};
 use tally_pipeline::{
     now_ns, Dataset, IngestError, Pipeline, Record, RecordBuilder, Rejection, RowLayout,
     SchemaError, Value,
@@ -22,7 +23,7 @@ use super::metrics::BillingMetrics;
 /// At most this many samples per batch.
 pub const MAX_BATCH: usize = 1000;
 /// Samples may be stamped at most this far in the future.
-const MAX_FUTURE_NS: i64 = 24 * 3600 * 1_000_000_000;
+const MAX_FUTURE_NS: i64 = DAY_NS;
 
 /// An RPC failure with its Connect / gRPC code.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -242,7 +243,7 @@ pub fn batch_records(req: &SendMetricsBatchRequest) -> Result<(Vec<Record>, i64)
 
 pub fn timestamp_ns(ts: &prost_types::Timestamp) -> Option<i64> {
     ts.seconds
-        .checked_mul(1_000_000_000)?
+        .checked_mul(NS_PER_SEC)?
         .checked_add(ts.nanos as i64)
 }
 
@@ -283,7 +284,7 @@ impl BillingService {
             customer_limits: None,
             fleet: Arc::new(Mutex::new(Fleet::default())),
             metrics: Arc::new(BillingMetrics::default()),
-            gap_limit_ns: tally_pipeline::rollup::VM_GAP_LIMIT_SECS as i64 * 1_000_000_000,
+            gap_limit_ns: tally_pipeline::rollup::VM_GAP_LIMIT_SECS as i64 * NS_PER_SEC,
         }
     }
 
@@ -587,7 +588,7 @@ mod tests {
     }
 
     fn err(req: &SendMetricsBatchRequest) -> String {
-        validate_batch(req, 2_000_000_000 * 1_000_000_000)
+        validate_batch(req, 2_000_000_000 * NS_PER_SEC)
             .unwrap_err()
             .to_string()
     }
@@ -595,7 +596,7 @@ mod tests {
     #[test]
     fn validation_names_the_field_and_the_index() {
         let mut b = batch((0..20).map(|i| sample(1_700_000_000 + i)).collect());
-        assert!(validate_batch(&b, 2_000_000_000 * 1_000_000_000).is_ok());
+        assert!(validate_batch(&b, 2_000_000_000 * NS_PER_SEC).is_ok());
         b.metrics[17].timestamp = None;
         assert_eq!(err(&b), "metrics[17].timestamp is required");
         b.metrics[17] = sample(1_700_000_000);

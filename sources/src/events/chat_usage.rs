@@ -1,4 +1,4 @@
-//! Spec 004 events: `chat.usage_delta` (mapped onto `usage_llm` as DESIGN.md
+//! The control-plane events (README "Control-plane usage hook"): `chat.usage_delta` (mapped onto `usage_llm` as README "Datasets"
 //! says) and `chat.usage_summary`.
 
 use tally_pipeline::{Dataset, Record, RecordBuilder};

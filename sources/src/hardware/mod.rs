@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value as Json};
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+use tally_pipeline::clock::NS_PER_SEC;
 use tally_pipeline::metrics::Outcome;
 use tally_pipeline::{now_ns, Dataset, Pipeline, Record, RecordBuilder, SchemaError, Value};
 use tokio::sync::watch;
@@ -31,7 +32,7 @@ pub struct HostInfo {
 }
 
 impl HostInfo {
-    /// The `system_info` message (spec 000); GPU fields only with GPU telemetry.
+    /// The `system_info` message (README "Host telemetry and the /usage WebSocket"); GPU fields only with GPU telemetry.
     pub fn system_info(&self) -> Json {
         let mut m = Map::new();
         m.insert("type".into(), json!("system_info"));
@@ -43,7 +44,7 @@ impl HostInfo {
             m.insert("gpus".into(), json!(self.gpus));
         }
         m.insert("hostname".into(), json!(self.hostname));
-        m.insert("timestamp".into(), json!(now_ns() / 1_000_000_000));
+        m.insert("timestamp".into(), json!(now_ns() / NS_PER_SEC));
         Json::Object(m)
     }
 }
@@ -81,7 +82,7 @@ impl HostSample {
         r.build()
     }
 
-    /// The `usage_update` message (spec 000) with tally's ingest rates.
+    /// The `usage_update` message (README "Host telemetry and the /usage WebSocket") with tally's ingest rates.
     pub fn usage_update(&self, rates: &Map<String, Json>) -> Json {
         let round1 = |x: f64| (x * 10.0).round() / 10.0;
         let mut m = Map::new();
@@ -95,7 +96,7 @@ impl HostSample {
             m.insert("gpu_mem_used_mb".into(), json!(g.mem_used_mb));
             m.insert("gpu_mem_total_mb".into(), json!(g.mem_total_mb));
         }
-        m.insert("timestamp".into(), json!(self.timestamp_ns / 1_000_000_000));
+        m.insert("timestamp".into(), json!(self.timestamp_ns / NS_PER_SEC));
         m.insert("message_rates".into(), Json::Object(rates.clone()));
         Json::Object(m)
     }
@@ -314,9 +315,7 @@ pub async fn start(
     let feed = tally_pipeline::host::UsageFeed {
         system_info: Arc::new(move || match &host {
             Some(h) => h.system_info().to_string(),
-            None => {
-                json!({"type": "system_info", "timestamp": now_ns() / 1_000_000_000}).to_string()
-            }
+            None => json!({"type": "system_info", "timestamp": now_ns() / NS_PER_SEC}).to_string(),
         }),
         updates: updates_rx,
     };

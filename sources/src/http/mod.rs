@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tally_pipeline::access::limits::{OverRate, RateLimiter};
 use tally_pipeline::access::{tenant_of, Access};
+use tally_pipeline::http_reply::retry_after;
 use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::{IngestError, IngestReport, Pipeline, Record, Rejection};
 
@@ -235,9 +236,7 @@ fn within_rate(
 
 fn set_retry_after(r: &mut Response, over: &[(usize, OverRate)]) {
     if let Some(secs) = over.iter().map(|(_, e)| e.retry_after.as_secs()).max() {
-        if let Ok(v) = header::HeaderValue::from_str(&secs.max(1).to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+        retry_after(r, secs);
     }
 }
 
@@ -264,8 +263,7 @@ pub fn ingest_error_response(e: &IngestError) -> Response {
                 "Too many requests",
                 q.to_string(),
             );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            retry_after(&mut r, 1);
             r
         }
         IngestError::Wal(w) => error_response(
@@ -281,6 +279,4 @@ pub fn ingest_error_response(e: &IngestError) -> Response {
     }
 }
 
-pub fn error_response(status: StatusCode, error: &str, detail: String) -> Response {
-    (status, Json(json!({"error": error, "detail": detail}))).into_response()
-}
+pub use tally_pipeline::http_reply::error_response;

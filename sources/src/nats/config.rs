@@ -22,7 +22,7 @@ const BUFFER: usize = 256 * 1024;
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "NATS source")]
 pub struct NatsArgs {
-    /// Collect the event subjects (spec 001/004) from this NATS server.
+    /// Collect the event subjects (README "NATS") from this NATS server.
     #[arg(id = "nats", value_name = "URL", long = "nats", env = "NATS_URL")]
     #[serde(default)]
     pub url: Option<String>,

@@ -1,4 +1,4 @@
--- VM usage rollup by the billing rules of DESIGN.md (never inflate).
+-- VM usage rollup by the billing rules (README, "billing.v1 (VM metering)"; never inflate).
 -- `{window}` is hour, day or month; tally registers one view per window:
 -- vm_usage_hourly, vm_usage_daily, vm_usage_monthly. `{gap_limit_ns}` is
 -- the gap limit (VM_GAP_LIMIT_SECS) in nanoseconds.

@@ -1,5 +1,6 @@
-//! VM usage per hour by DESIGN.md's billing rules, in one pass over samples
-//! ordered by VM and time.
+//! VM usage per hour by the billing rules (README, "billing.v1 (VM metering)"),
+//! in one pass over samples ordered by VM and time. The read side (bills) and
+//! the rollups the compactor stores both count pairs here.
 //!
 //! An hour's row holds the pairs whose both samples are in the hour, and the
 //! hour's first and last sample. The pair that spans two hours (the last
@@ -12,6 +13,8 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+
+use crate::clock::HOUR_NS;
 
 /// One sample's values.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -99,8 +102,6 @@ pub fn add_pair(u: &mut Usage, a: &Sample, b: &Sample, spans: &[(i64, i64)], lim
     u.tx += (b.tx - a.tx).max(0);
     u.observed_ns += dt;
 }
-
-const HOUR_NS: i64 = tally_pipeline::rollup::HOUR_NS;
 
 /// Folds samples (the columns of `vm_samples.sql`, ordered by VM and time)
 /// into hours. A repeated (vm_id, timestamp) counts once.
@@ -391,10 +392,11 @@ pub fn windows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::NS_PER_SEC;
 
     fn s(ts_s: i64, cpu: i64) -> Sample {
         Sample {
-            ts: ts_s * 1_000_000_000,
+            ts: ts_s * NS_PER_SEC,
             cpu,
             mem: 1 << 30,
             ..Sample::default()
