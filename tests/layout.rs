@@ -354,3 +354,24 @@ fn a_cycle_of_three_is_found() {
         .collect();
     assert!(cycles(&acyclic).is_empty());
 }
+
+/// The crates of tally a package's Cargo.toml depends on.
+fn tally_deps(repo: &Path, package: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(repo.join(package).join("Cargo.toml")).unwrap();
+    text.lines()
+        .filter_map(|l| l.trim().split(['=', ' ', '.']).next())
+        .filter(|name| name.starts_with("tally-"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_bench_drives_tally_from_outside() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert_eq!(
+        tally_deps(repo, "bench"),
+        BTreeSet::from(["tally-proto".to_string()])
+    );
+    // The check reads dependencies: sources depends on pipeline and proto.
+    assert!(tally_deps(repo, "sources").contains("tally-pipeline"));
+}

@@ -5,6 +5,23 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+/// `500ms`, `15s`, `5m`, `2h` (a bare number is seconds): the flags' durations.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("a duration is a number with a unit (ms, s, m, h), got {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("a duration's unit is ms, s, m or h, got {unit:?}")),
+    }
+}
+
 /// Load-tests a tally server and reports throughput, acknowledgement latency
 /// and what the server spent on it.
 #[derive(Debug, Parser)]
@@ -24,11 +41,11 @@ pub struct Args {
     pub server_bin: Option<PathBuf>,
 
     /// Measured time after the warm-up, e.g. 20s.
-    #[arg(long, default_value = "10s", value_parser = tally_pipeline::duration::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
 
     /// Load before measuring starts; not counted.
-    #[arg(long, default_value = "2s", value_parser = tally_pipeline::duration::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub warmup: Duration,
 
     /// Concurrent senders (closed loop) or in-flight cap (open loop).

@@ -159,7 +159,7 @@ pub fn validate_batch(req: &SendMetricsBatchRequest, now: i64) -> Result<(), Rpc
                 "metrics[{i}].timestamp is required"
             )));
         };
-        if !(0..1_000_000_000).contains(&ts.nanos) || ts.seconds <= 0 {
+        if !(0..NS_PER_SEC as i32).contains(&ts.nanos) || ts.seconds <= 0 {
             return Err(RpcError::InvalidArgument(format!(
                 "metrics[{i}].timestamp must be after 1970 with nanos in 0..1e9, got {}s {}ns",
                 ts.seconds, ts.nanos

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-#[path = "../llm_events.rs"]
+#[path = "../../bench/src/llm_events.rs"]
 mod llm_events;
 
 use tally_sources::events::object::{Event, Object};
