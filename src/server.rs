@@ -24,9 +24,9 @@ use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::{now_ns, Pipeline, Relay};
 use tally_queries::alerts::Alerts;
 use tally_queries::anomalies::Anomalies;
+use tally_queries::api_usage::UsageApi;
 use tally_queries::budgets::Budgets;
 use tally_queries::history::History;
-use tally_queries::plan_usage::UsageApi;
 use tally_queries::prices::PriceCatalogue;
 use tally_queries::SqlEngine;
 use tally_sinks::control_plane::{self, ControlPlaneForwarder};
@@ -476,12 +476,12 @@ fn routes(
             billing_refusal,
         ))
         .merge(gate(
-            tally_queries::host_usage::router(sources.sampler.feed.clone()),
+            tally_queries::usage::router(sources.sampler.feed.clone()),
             Need::role(Role::Read).all_tenants(),
             json,
         ))
         .merge(gate(
-            marked(tally_queries::agent_usage::router(
+            marked(tally_queries::internal_usage::router(
                 read.history.clone(),
                 read.prices.clone(),
             )),
@@ -582,7 +582,7 @@ fn quarantine_unreadable_usage_config(
     let Some((bytes, _)) = tally_pipeline::state_file::read(path)? else {
         return Ok(());
     };
-    let Err(e) = serde_json::from_slice::<tally_queries::plan_usage::config::UsageConfig>(&bytes)
+    let Err(e) = serde_json::from_slice::<tally_queries::api_usage::config::UsageConfig>(&bytes)
     else {
         return Ok(());
     };

@@ -18,7 +18,7 @@ use tally_pipeline::wal::segment::{encode_frame, parse_segment, HEADER_LEN};
 use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::Pipeline;
 use tally_proto::billing::v1::SendMetricsBatchRequest;
-use tally_queries::plan_usage::config::UsageConfig;
+use tally_queries::api_usage::config::UsageConfig;
 use tally_sources::billing::connect::{decode_request, decompress, BillingRequest, Codec};
 use tally_sources::billing::{batch_records, validate_batch, BillingService, METHODS};
 use tally_sources::events::object::{Event, Object};

@@ -5,10 +5,10 @@
 //! - `history/`: stored hourly rollups and raw records put together, and the
 //!   SQL that builds the rollups;
 //! - `vm_billing/`: `/v1/billing/vm-usage` and the `vm_usage_*` tables;
-//! - `agent_usage/`: `/internal/usage/*` (README "Usage engine API");
-//! - `plan_usage/`: the Usage API (README "Usage API"): routes, stats, snapshots,
+//! - `internal_usage/`: `/internal/usage/*` (README "Usage engine API");
+//! - `api_usage/`: the Usage API (README "Usage API"): routes, stats, snapshots,
 //!   stream, its config file;
-//! - `host_usage/`: the `/usage` WebSocket of README "Host telemetry and the /usage WebSocket" (host and ingest rates);
+//! - `usage/`: the `/usage` WebSocket of README "Host telemetry and the /usage WebSocket" (host and ingest rates);
 //! - `budgets/`: `/v1/budgets`: limits per period and scope, evaluated from
 //!   the hourly rows, with threshold alerts;
 //! - `anomalies/`: hours far above their 7-day baseline, `/v1/anomalies`;
@@ -17,17 +17,17 @@
 //! - `alerts/`: firing each alert once (the `alerts` dataset, webhooks with
 //!   signatures and retries, `/v1/alerts`, the alert stream).
 
-pub mod agent_usage;
 pub mod alerts;
 pub mod anomalies;
+pub mod api_usage;
 pub mod budgets;
 pub mod dashboard;
 pub mod history;
-pub mod host_usage;
 pub mod http;
-pub mod plan_usage;
+pub mod internal_usage;
 pub mod prices;
 pub mod sql;
+pub mod usage;
 pub mod vm_billing;
 
 pub use sql::format::OutputFormat;

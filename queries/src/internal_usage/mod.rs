@@ -35,7 +35,7 @@ use crate::sql::QueryError;
 use totals::Scope;
 
 #[derive(Clone)]
-struct UsageApi {
+struct InternalUsage {
     history: History,
     prices: Arc<PriceCatalogue>,
 }
@@ -48,7 +48,7 @@ pub fn router(history: History, prices: Arc<PriceCatalogue>) -> Router {
         .route("/internal/usage/tools", get(tools))
         .route("/internal/usage/breakdown", get(breakdown))
         .route("/internal/usage/hourly", get(hourly_totals))
-        .with_state(UsageApi { history, prices })
+        .with_state(InternalUsage { history, prices })
 }
 
 /// Validated filters.
@@ -188,7 +188,7 @@ type Batch = Arc<arrow::array::RecordBatch>;
 
 /// Hourly rollup rows of one dataset over the period (LLM calls without
 /// their actor: these answers never ask for it).
-async fn hourly(api: &UsageApi, d: Dataset, f: &Filters) -> Result<Vec<Batch>, QueryError> {
+async fn hourly(api: &InternalUsage, d: Dataset, f: &Filters) -> Result<Vec<Batch>, QueryError> {
     let (from, to) = f.range();
     if d == Dataset::UsageLlm {
         return api
@@ -211,7 +211,7 @@ fn nulls_last(a: &Option<String>, b: &Option<String>) -> std::cmp::Ordering {
 
 /// Model rows with `cost_usd` (null when unpriced), the priced total, and
 /// the number of calls that could not be priced.
-fn model_rows(api: &UsageApi, f: &Filters, llm: &[Batch]) -> (Vec<Value>, f64, u64) {
+fn model_rows(api: &InternalUsage, f: &Filters, llm: &[Batch]) -> (Vec<Value>, f64, u64) {
     let mut rows: Vec<_> = totals::models(llm, &f.scope(), &api.prices)
         .into_iter()
         .collect();
@@ -291,13 +291,13 @@ fn tool_rows(f: &Filters, tool: &[Batch]) -> Vec<Value> {
 /// Parses the filters and answers with `rows`, or names what is wrong. A
 /// token of some tenants asks for its own and sees only theirs.
 async fn answer<F, Fut>(
-    api: UsageApi,
+    api: InternalUsage,
     access: Access,
     params: HashMap<String, String>,
     rows: F,
 ) -> Response
 where
-    F: FnOnce(UsageApi, Filters) -> Fut,
+    F: FnOnce(InternalUsage, Filters) -> Fut,
     Fut: std::future::Future<Output = Result<Value, QueryError>>,
 {
     match Filters::parse(&params, Utc::now()) {
@@ -316,7 +316,7 @@ where
 }
 
 async fn models(
-    State(api): State<UsageApi>,
+    State(api): State<InternalUsage>,
     Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -329,7 +329,7 @@ async fn models(
 }
 
 async fn agents(
-    State(api): State<UsageApi>,
+    State(api): State<InternalUsage>,
     Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -343,7 +343,7 @@ async fn agents(
 }
 
 async fn tools(
-    State(api): State<UsageApi>,
+    State(api): State<InternalUsage>,
     Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -369,7 +369,7 @@ fn group_json(t: &totals::GroupTotals) -> Map<String, Value> {
 /// `{"by": …, "rows": [{"key", "calls", "tokens", "cost_usd",
 /// "unpriced_calls"}]}`, most calls first.
 async fn breakdown(
-    State(api): State<UsageApi>,
+    State(api): State<InternalUsage>,
     Extension(access): Extension<Access>,
     Query(mut params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -409,7 +409,7 @@ async fn breakdown(
 /// `{"hours": [{"hour", "calls", "tokens", "cost_usd", "unpriced_calls"}]}`:
 /// the hours of the period with LLM calls, oldest first.
 async fn hourly_totals(
-    State(api): State<UsageApi>,
+    State(api): State<InternalUsage>,
     Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -434,7 +434,7 @@ async fn hourly_totals(
 }
 
 async fn summary(
-    State(api): State<UsageApi>,
+    State(api): State<InternalUsage>,
     Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {

@@ -19,7 +19,7 @@ use tally_pipeline::Dataset;
 use super::api::{now_ms, pairs, server_error, too_many, validation_failed, Scope, UsageApi};
 use super::config::UsageConfig;
 use super::model::{self, Block, Call, HOUR_MS};
-use crate::agent_usage::totals::get as str_at;
+use crate::internal_usage::totals::get as str_at;
 use crate::prices::Tokens;
 use crate::sql::QueryError;
 
