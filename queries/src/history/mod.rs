@@ -40,6 +40,8 @@ use crate::sql::QueryError;
 use tally_pipeline::billing_rules::{self as hours, GapSpans};
 
 mod build;
+#[cfg(test)]
+mod sql_tests;
 
 pub const USAGE_LLM_HOURLY: &str = include_str!("sql/usage_llm_hourly.sql");
 pub const USAGE_TOOL_HOURLY: &str = include_str!("sql/usage_tool_hourly.sql");
