@@ -185,3 +185,110 @@ pub(super) async fn sessions(
     }))
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::common::ParamValues;
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionContext;
+    use datafusion::scalar::ScalarValue;
+    use tally_pipeline::batch::{records_to_batch, schema};
+    use tally_pipeline::{Dataset, Record, RecordBuilder, Value};
+
+    fn snapshot(id: &str, ms: i64, session: &str, actor: &str, dao: &str) -> Record {
+        let mut r = RecordBuilder::new(Dataset::UsageSnapshots);
+        for c in Dataset::UsageSnapshots.columns() {
+            let v = match c.name {
+                "id" => Value::Str(id.into()),
+                "timestamp" => Value::Ts(ms * 1_000_000),
+                "session_id" => Value::Str(session.into()),
+                "actor_id" => Value::Str(actor.into()),
+                "microdao_id" => Value::Str(dao.into()),
+                "plan" => Value::Str("pro".into()),
+                "stats" => Value::Str(format!("{{\"id\":\"{id}\"}}")),
+                "cost_usd" => Value::Null,
+                _ => Value::I64(0),
+            };
+            r.set(c.name, v);
+        }
+        r.build().unwrap()
+    }
+
+    /// `sql/sessions.sql`: newest first, the filters, the limit, the
+    /// tenants a token covers, and the count of every match.
+    #[tokio::test]
+    async fn sessions_newest_first_filtered_limited_and_counted() {
+        let rows = [
+            snapshot("a", 1_000, "s1", "user:1", "dao:1"),
+            snapshot("b", 2_000, "s1", "user:1", "dao:1"),
+            snapshot("c", 3_000, "s2", "user:2", "dao:2"),
+            snapshot("d", 4_000, "s1", "user:1", "dao:1"),
+            snapshot("e", 500, "s1", "user:1", "dao:1"),
+        ];
+        let ctx = SessionContext::new();
+        let batch = records_to_batch(Dataset::UsageSnapshots, rows.iter()).unwrap();
+        let table = MemTable::try_new(schema(Dataset::UsageSnapshots), vec![vec![batch]]).unwrap();
+        ctx.register_table("usage_snapshots", Arc::new(table))
+            .unwrap();
+        let ask = |since_ms: i64,
+                   actor: Option<&str>,
+                   dao: Option<&str>,
+                   session: Option<&str>,
+                   limit: i64,
+                   tenants: Option<&str>| {
+            let ctx = ctx.clone();
+            let text = |v: Option<&str>| ScalarValue::Utf8(v.map(str::to_string));
+            let params = vec![
+                ScalarValue::Int64(Some(since_ms * 1_000_000)),
+                text(actor),
+                text(dao),
+                text(session),
+                ScalarValue::Int64(Some(limit)),
+                text(tenants),
+            ];
+            async move {
+                let out = ctx
+                    .sql(super::SESSIONS)
+                    .await
+                    .unwrap()
+                    .with_param_values(ParamValues::List(
+                        params.into_iter().map(Into::into).collect(),
+                    ))
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap();
+                arrow::util::pretty::pretty_format_batches(&out)
+                    .unwrap()
+                    .to_string()
+            }
+        };
+        // Since 1 s, user:1's session s1, at most 2: d and b of the 3 (a, b, d).
+        assert_eq!(
+            ask(1_000, Some("user:1"), None, Some("s1"), 2, None).await,
+            [
+                "+----+------------+-------+------------+-------------+",
+                "| id | session_id | ts_ms | stats      | total_count |",
+                "+----+------------+-------+------------+-------------+",
+                "| d  | s1         | 4000  | {\"id\":\"d\"} | 3           |",
+                "| b  | s1         | 2000  | {\"id\":\"b\"} | 3           |",
+                "+----+------------+-------+------------+-------------+",
+            ]
+            .join("\n")
+        );
+        // A token of dao:2 sees c only, whatever else is asked.
+        assert_eq!(
+            ask(0, None, None, None, 10, Some("dao:2")).await,
+            [
+                "+----+------------+-------+------------+-------------+",
+                "| id | session_id | ts_ms | stats      | total_count |",
+                "+----+------------+-------+------------+-------------+",
+                "| c  | s2         | 3000  | {\"id\":\"c\"} | 1           |",
+                "+----+------------+-------+------------+-------------+",
+            ]
+            .join("\n")
+        );
+    }
+}

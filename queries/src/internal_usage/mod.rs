@@ -484,6 +484,66 @@ async fn summary(
 mod tests {
     use super::*;
 
+    /// `sql/usage_llm_hourly_by_agent.sql` on stored hour rows of two actors
+    /// of one agent and one of another agent: the actor goes, the sums stay.
+    #[tokio::test]
+    async fn the_hourly_rows_regrouped_without_the_actor() {
+        use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+        use arrow::record_batch::RecordBatch;
+        let strs = |v: &[&str]| Arc::new(StringArray::from(v.to_vec())) as ArrayRef;
+        let ints = |v: &[i64]| Arc::new(Int64Array::from(v.to_vec())) as ArrayRef;
+        let h = 1_763_632_800_000_000_000i64;
+        let batch = RecordBatch::try_from_iter([
+            ("hour", ints(&[h, h, h])),
+            ("microdao_id", strs(&["dao:1", "dao:1", "dao:1"])),
+            ("agent_id", strs(&["agent:a", "agent:a", "agent:b"])),
+            ("actor_id", strs(&["user:1", "user:2", "user:1"])),
+            ("model", strs(&["m", "m", "m"])),
+            ("provider", strs(&["p", "p", "p"])),
+            ("calls", ints(&[2, 3, 1])),
+            ("prompt_tokens", ints(&[10, 20, 5])),
+            ("completion_tokens", ints(&[1, 2, 3])),
+            ("cache_creation_tokens", ints(&[0, 4, 0])),
+            ("cache_read_tokens", ints(&[7, 0, 0])),
+            ("total_tokens", ints(&[18, 26, 8])),
+            ("latency_ms_sum", ints(&[100, 300, 50])),
+            ("latency_count", ints(&[2, 3, 1])),
+            ("failures", ints(&[0, 1, 0])),
+            (
+                "cost_usd",
+                Arc::new(Float64Array::from(vec![Some(0.5), Some(0.25), None])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_batch("source", batch).unwrap();
+        let out = ctx
+            .sql(&format!(
+                "SELECT agent_id, actor_id, calls, prompt_tokens, cache_creation_tokens, \
+                 cache_read_tokens, total_tokens, latency_ms_sum, failures, cost_usd \
+                 FROM ({USAGE_LLM_BY_AGENT}) ORDER BY agent_id"
+            ))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            arrow::util::pretty::pretty_format_batches(&out)
+                .unwrap()
+                .to_string(),
+            [
+                "+----------+----------+-------+---------------+-----------------------+-------------------+--------------+----------------+----------+----------+",
+                "| agent_id | actor_id | calls | prompt_tokens | cache_creation_tokens | cache_read_tokens | total_tokens | latency_ms_sum | failures | cost_usd |",
+                "+----------+----------+-------+---------------+-----------------------+-------------------+--------------+----------------+----------+----------+",
+                "| agent:a  |          | 5     | 30            | 4                     | 7                 | 44           | 400            | 1        | 0.75     |",
+                "| agent:b  |          | 1     | 5             | 0                     | 0                 | 8            | 50             | 0        |          |",
+                "+----------+----------+-------+---------------+-----------------------+-------------------+--------------+----------------+----------+----------+",
+            ]
+            .join("\n")
+        );
+    }
+
     fn parse(pairs: &[(&str, &str)]) -> Result<Filters, String> {
         let params = pairs
             .iter()

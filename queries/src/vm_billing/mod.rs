@@ -3,6 +3,9 @@
 
 pub mod table;
 
+#[cfg(test)]
+mod sql_tests;
+
 /// The billing rules over raw samples in SQL: `tally sql` registers it as
 /// the views `vm_usage_hourly`, `vm_usage_daily` and `vm_usage_monthly`
 /// (the server has the bill tables of `table.rs` under those names).
