@@ -49,6 +49,20 @@ pub const USAGE_AGENT_HOURLY: &str = include_str!("sql/usage_agent_hourly.sql");
 pub const USAGE_MESSAGE_HOURLY: &str = include_str!("sql/usage_message_hourly.sql");
 pub const VM_GAP_SPANS: &str = include_str!("sql/vm_gap_spans.sql");
 pub const VM_SAMPLES: &str = include_str!("sql/vm_samples.sql");
+const RAW_ONCE: &str = include_str!("sql/raw_once.sql");
+
+/// `sql/raw_once.sql` for a dataset's key columns and a time condition.
+fn raw_once(key: &[&str], within: &str) -> String {
+    let order = if key.contains(&"timestamp") {
+        ""
+    } else {
+        " ORDER BY timestamp"
+    };
+    RAW_ONCE
+        .replace("{key}", &key.join(", "))
+        .replace("{order}", order)
+        .replace("{within}", within)
+}
 
 /// Each rolled-up dataset: its rollup table (one) and the SQL that builds
 /// it (VM usage is folded in Rust over `vm_samples.sql`).
@@ -304,20 +318,7 @@ impl History {
             parts.push(if key.is_empty() {
                 format!("SELECT * FROM raw WHERE {cond}")
             } else {
-                // The first stored copy of a key stays, as in compaction. (A
-                // window, not DISTINCT ON: that one keeps an aggregate state
-                // per column and key, and was ten times slower.)
-                let order = if key.contains(&"timestamp") {
-                    ""
-                } else {
-                    " ORDER BY timestamp"
-                };
-                format!(
-                    "SELECT * EXCLUDE (tally_copy) FROM (SELECT *, ROW_NUMBER() OVER \
-                     (PARTITION BY {k}{order}) AS tally_copy FROM raw WHERE {cond}) \
-                     WHERE tally_copy = 1",
-                    k = key.join(", "),
-                )
+                raw_once(&key, &cond)
             });
         }
         if !cov.unique.is_empty() {

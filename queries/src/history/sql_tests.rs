@@ -322,3 +322,58 @@ fn vm_samples_come_in_vm_and_time_order() {
         ])
     );
 }
+
+#[tokio::test]
+async fn raw_once_keeps_the_first_stored_copy_of_each_key() {
+    use datafusion::prelude::SessionContext;
+    let llm = |id: &str, min: i64, p: i32| {
+        record(
+            Dataset::UsageLlm,
+            &[
+                ("event_id", s(id)),
+                ("timestamp", Value::Ts(at(min))),
+                ("microdao_id", s("dao:1")),
+                ("prompt_tokens", Value::I32(p)),
+            ],
+        )
+    };
+    // e1 stored twice (the later copy differs), e2 once, e3 outside the range.
+    let rows = [
+        llm("e1", 5, 1),
+        llm("e2", 6, 2),
+        llm("e1", 7, 99),
+        llm("e3", 70, 3),
+    ];
+    let ctx = SessionContext::new();
+    ctx.register_batch(
+        "raw",
+        records_to_batch(Dataset::UsageLlm, rows.iter()).unwrap(),
+    )
+    .unwrap();
+    let within = format!(
+        "CAST(timestamp AS BIGINT) >= {} AND CAST(timestamp AS BIGINT) < {}",
+        H10,
+        H10 + 3_600_000_000_000
+    );
+    let sql = super::raw_once(&["microdao_id", "event_id"], &within);
+    let out = ctx
+        .sql(&format!(
+            "SELECT event_id, prompt_tokens FROM ({sql}) ORDER BY event_id"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        pretty_format_batches(&out).unwrap().to_string(),
+        table(&[
+            "+----------+---------------+",
+            "| event_id | prompt_tokens |",
+            "+----------+---------------+",
+            "| e1       | 1             |",
+            "| e2       | 2             |",
+            "+----------+---------------+",
+        ])
+    );
+}
