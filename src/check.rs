@@ -59,7 +59,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let copies_for_state = match &args.from {
+    let copies = match &args.from {
         Some(from) => Some(Copies::parse(from)?),
         None => None,
     };
@@ -67,7 +67,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         let rel = path.strip_prefix(&state).unwrap_or(&path).to_path_buf();
         match verdict {
             Err(e) => {
-                if let Some(copies) = copies_for_state.as_ref().filter(|_| args.repair) {
+                if let Some(copies) = copies.as_ref().filter(|_| args.repair) {
                     if copies.restore_state_file(&path, &rel)? {
                         found.repaired.push(format!(
                             "{}: {what}: {e}; restored from {} (its checksum matches)",
@@ -199,10 +199,6 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 
     let mut files = 0usize;
     let mut rows = 0u64;
-    let copies = match &args.from {
-        Some(from) => Some(Copies::parse(from)?),
-        None => None,
-    };
     // Files the server (or an earlier check) quarantined: back from a copy.
     if let (Some(q), Some(copies)) = (&quarantine, &copies) {
         for r in q.all() {
@@ -525,7 +521,7 @@ impl Copies {
         if checksum::check_bytes(rel, &bytes) != Verdict::Verified {
             return Ok(false);
         }
-        write_in_place(&data.join(rel), &bytes)?;
+        state_file::replace_raw(&data.join(rel), &bytes)?;
         Ok(true)
     }
 
@@ -538,13 +534,7 @@ impl Copies {
         if !matches!(checksum::open(&bytes), Ok((_, Verdict::Verified))) {
             return Ok(false);
         }
-        write_in_place(path, &bytes)?;
+        state_file::replace_raw(path, &bytes)?;
         Ok(true)
     }
-}
-
-/// Temporary file beside `path`, fsync, rename, fsync of the directory.
-fn write_in_place(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    state_file::replace_raw(path, bytes)?;
-    Ok(())
 }

@@ -12,25 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{billing_client, create_token, files_under, Rng, Tally, WebhookReceiver};
+use common::{billing_client, create_token, files_under, tally_check, Rng, Tally, WebhookReceiver};
 use serde_json::{json, Value};
 
 const HOUR: i64 = 3600;
-
-fn tally_check(data: &Path, extra: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["check", "--data"])
-        .arg(data)
-        .args(extra)
-        .output()
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() && !out.stderr.is_empty() {
-        text.push_str("\nstderr: ");
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-    }
-    (out.status.code().unwrap_or(-1), text)
-}
 
 fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
@@ -53,14 +38,7 @@ fn partition(secs: i64) -> String {
 }
 
 async fn post(t: &Tally, subject: &str, events: &[Value]) {
-    let r = reqwest::Client::new()
-        .post(t.url(&format!("/v1/events/{subject}")))
-        .json(events)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let body = common::post_events(t, subject, events).await;
     assert_eq!(
         body["accepted"].as_u64(),
         Some(events.len() as u64),

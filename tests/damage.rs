@@ -7,10 +7,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{
-    files_under, llm_event, parquet_files, serve_refused, state_json, stored_event_ids, Tally,
+    files_under, llm_event, parquet_files, serve_refused, state_json, stored_event_ids,
+    tally_check, Tally,
 };
 
 /// Frames of a WAL segment as `(offset, payload length, seq)`, read with
@@ -52,19 +52,6 @@ fn batch(prefix: &str, n: usize) -> Vec<serde_json::Value> {
             )
         })
         .collect()
-}
-
-fn tally_check(data: &Path, extra: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(["check", "--data"])
-        .arg(data)
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

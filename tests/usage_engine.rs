@@ -48,14 +48,7 @@ fn agent(id: &str, hours_ago: i64, dao: &str, agent: &str) -> Value {
 
 /// Posts the events; answers the ingest response.
 async fn post(t: &Tally, subject: &str, events: &[Value]) -> Value {
-    let r = reqwest::Client::new()
-        .post(t.url(&format!("/v1/events/{subject}")))
-        .json(events)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    common::post_events(t, subject, events).await
 }
 
 async fn send(t: &Tally, subject: &str, events: Vec<Value>) {

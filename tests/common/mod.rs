@@ -239,6 +239,41 @@ pub fn serve_refused(data: &Path, args: &[&str]) -> (i32, String) {
     }
 }
 
+/// `tally check --data DATA EXTRA…`: its exit code and what it printed
+/// (and its stderr, when it failed).
+#[allow(dead_code)]
+pub fn tally_check(data: &Path, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["check", "--data"])
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() && !out.stderr.is_empty() {
+        text.push_str("\nstderr: ");
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Posts JSON events to `/v1/events/<subject>`; answers the 200 response.
+#[allow(dead_code)]
+pub async fn post_events(
+    t: &Tally,
+    subject: &str,
+    events: &[serde_json::Value],
+) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(t.url(&format!("/v1/events/{subject}")))
+        .json(events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
 /// A state file's JSON without its checksum line (`#tally-crc32 …`).
 #[allow(dead_code)]
 pub fn state_json(path: &Path) -> serde_json::Value {

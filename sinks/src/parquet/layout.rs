@@ -62,6 +62,12 @@ pub fn node_of(name: &str) -> Option<&str> {
     ok.then_some(node)
 }
 
+/// The top-level directory (a dataset or a rollup table) of a file at
+/// `…/<table>/date=…/hour=…/<file>`, a path or an object URL.
+pub fn table_of(path: &Path) -> Option<&str> {
+    path.iter().rev().nth(3)?.to_str()
+}
+
 /// A node id is a file-name part: letters, digits, `.`, `_` and `-`.
 pub fn check_node_id(node: &str) -> Result<(), ConfigError> {
     if node.is_empty() || node.len() > 64 {

@@ -206,8 +206,8 @@ impl Scrub {
     }
 }
 
-/// The dataset of a raw file's path (`…/<dataset>/date=…/hour=…/f`).
+/// The dataset of a raw file's path.
 fn dataset_of(path: &std::path::Path) -> Option<Dataset> {
-    let name = path.iter().rev().nth(3)?.to_str()?;
+    let name = super::layout::table_of(path)?;
     Dataset::ALL.iter().copied().find(|d| d.name() == name)
 }

@@ -24,7 +24,7 @@ use tally_pipeline::store::{FileCheck, FileEntry, Store};
 use tally_pipeline::Dataset;
 
 use super::destination::Destination;
-use super::layout::node_of;
+use super::layout::{node_of, table_of};
 
 /// Why a file cannot be used.
 #[derive(Debug, Clone, PartialEq)]
@@ -456,35 +456,29 @@ impl FileDoctor {
     /// A damaged raw file of `d`: quarantined, reported with what it held,
     /// out of the store, its hour marked as having lost rows.
     pub fn raw_damaged(&self, d: Dataset, entry: &FileEntry, problem: FileProblem) {
-        let held = held(&self.destination, entry, d.name(), false);
-        quarantine_held(
-            &self.destination,
-            &self.data,
-            Some(&self.quarantine),
-            entry,
-            problem,
-            Some(held),
-        );
+        self.set_aside(entry, problem, d.name(), false);
         self.store
             .remove_files(d, std::slice::from_ref(&entry.path));
         if let Some(h) = hour_of_path(&entry.path) {
             self.store.mark_lost(d, h);
         }
-        self.verified.lock().remove(&entry.path);
     }
 
     /// A damaged rollup file of `hour`: quarantined and reported; the
     /// hour's rollups are dropped (readers use its raw rows) and the
     /// compactor's next pass builds them again from the raw file.
     pub fn rollup_damaged(&self, d: Dataset, hour: i64, entry: &FileEntry, problem: FileProblem) {
-        let table = entry
-            .path
-            .iter()
-            .rev()
-            .nth(3)
-            .map(|t| t.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let held = held(&self.destination, entry, &table, true);
+        let table = table_of(&entry.path).unwrap_or_default().to_string();
+        self.set_aside(entry, problem, &table, true);
+        if let Some(old) = self.rollups.remove(d, hour) {
+            tracing::error!(dataset = %d, hour, source = %old.source, "a rollup of the hour is damaged: its answers come from raw rows until the compactor builds it again");
+        }
+    }
+
+    /// Quarantines a damaged file, reported with what it held (read before
+    /// it moves), and forgets that it was verified.
+    fn set_aside(&self, entry: &FileEntry, problem: FileProblem, table: &str, rollup: bool) {
+        let held = held(&self.destination, entry, table, rollup);
         quarantine_held(
             &self.destination,
             &self.data,
@@ -493,10 +487,26 @@ impl FileDoctor {
             problem,
             Some(held),
         );
-        if let Some(old) = self.rollups.remove(d, hour) {
-            tracing::error!(dataset = %d, hour, source = %old.source, "a rollup of the hour is damaged: its answers come from raw rows until the compactor builds it again");
-        }
         self.verified.lock().remove(&entry.path);
+    }
+
+    /// The check of a file's first use since start-up (nothing when it was
+    /// checked before).
+    fn first_use(&self, file: &FileEntry) -> Result<(), FileProblem> {
+        if self.verified.lock().contains(&file.path) {
+            return Ok(());
+        }
+        self.metrics.checksum_files.add(1);
+        match check_checksum(&self.destination, file) {
+            Ok(_) => {
+                self.remember(&file.path);
+                Ok(())
+            }
+            Err(p) => {
+                self.metrics.checksum_damaged.add(1);
+                Err(p)
+            }
+        }
     }
 }
 
@@ -529,37 +539,18 @@ impl FileCheck for FileDoctor {
     fn ensure(&self, d: Dataset, files: Vec<FileEntry>) -> Vec<FileEntry> {
         let mut good = Vec::with_capacity(files.len());
         for f in files {
-            if self.verified.lock().contains(&f.path) {
-                good.push(f);
-                continue;
-            }
-            self.metrics.checksum_files.add(1);
-            match check_checksum(&self.destination, &f) {
-                Ok(_) => {
-                    self.remember(&f.path);
-                    good.push(f);
-                }
-                Err(problem) => {
-                    self.metrics.checksum_damaged.add(1);
-                    self.raw_damaged(d, &f, problem)
-                }
+            match self.first_use(&f) {
+                Ok(()) => good.push(f),
+                Err(problem) => self.raw_damaged(d, &f, problem),
             }
         }
         good
     }
 
     fn ensure_rollup(&self, d: Dataset, hour: i64, file: &FileEntry) -> bool {
-        if self.verified.lock().contains(&file.path) {
-            return true;
-        }
-        self.metrics.checksum_files.add(1);
-        match check_checksum(&self.destination, file) {
-            Ok(_) => {
-                self.remember(&file.path);
-                true
-            }
+        match self.first_use(file) {
+            Ok(()) => true,
             Err(problem) => {
-                self.metrics.checksum_damaged.add(1);
                 self.rollup_damaged(d, hour, file, problem);
                 false
             }
