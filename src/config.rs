@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use tally_derive::alerts::AlertArgs;
+use tally_derive::anomalies::AnomalyArgs;
+use tally_derive::budgets::BudgetArgs;
 use tally_pipeline::access::limits::LimitsArgs;
 use tally_pipeline::config::{layer, PipelineArgs, PipelineSettings};
-use tally_queries::alerts::AlertArgs;
-use tally_queries::anomalies::AnomalyArgs;
 use tally_queries::api_usage::UsageApiArgs;
-use tally_queries::budgets::BudgetArgs;
 use tally_queries::prices::PricesArgs;
 use tally_sinks::control_plane::config::ControlPlaneArgs;
 use tally_sinks::control_plane::ForwarderConfig;

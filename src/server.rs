@@ -13,6 +13,11 @@ use std::time::Instant;
 use anyhow::Context as _;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
+use tally_derive::alerts::Alerts;
+use tally_derive::anomalies::Anomalies;
+use tally_derive::budgets::Budgets;
+use tally_derive::plan_usage::PlanUsage;
+use tally_derive::rollups::HourRollups;
 use tally_pipeline::clock::NS_PER_SEC;
 use tally_pipeline::component::{Context, Handle};
 use tally_pipeline::dedup::Dedup;
@@ -22,10 +27,7 @@ use tally_pipeline::store::Store;
 use tally_pipeline::tap::PayloadTap;
 use tally_pipeline::wal::{Wal, WalConfig};
 use tally_pipeline::{now_ns, Pipeline, Relay};
-use tally_queries::alerts::Alerts;
-use tally_queries::anomalies::Anomalies;
 use tally_queries::api_usage::UsageApi;
-use tally_queries::budgets::Budgets;
 use tally_queries::history::History;
 use tally_queries::prices::PriceCatalogue;
 use tally_queries::SqlEngine;
@@ -306,7 +308,7 @@ impl ReadSide {
                 core.target.clone(),
                 core.store.clone(),
                 sink.rollups.clone(),
-                Arc::new(history.clone()),
+                Arc::new(HourRollups::new(history.clone(), prices.clone())),
                 config.parquet.compaction.clone(),
                 core.metrics.clone(),
             )
@@ -437,12 +439,16 @@ fn routes(
     let usage_config_path =
         tally_sinks::parquet::layout::state_dir(&core.target.state).join("usage_config.json");
     quarantine_unreadable_usage_config(&usage_config_path, &core.quarantine)?;
+    let settings = config.usage_api.resolve(usage_config_path);
     let usage_api = UsageApi::new(
         read.engine.clone(),
         read.history.clone(),
-        core.pipeline.clone(),
         read.prices.clone(),
-        config.usage_api.resolve(usage_config_path),
+        &settings,
+        Arc::new(PlanUsage::new(
+            settings.config_path.clone(),
+            core.pipeline.clone(),
+        )),
     )
     .context("loading the usage API configuration")?;
     let gate = |router: Router, need: Need, render: auth::Render| {
@@ -507,13 +513,15 @@ fn routes(
             json,
         ))
         .merge(gate(
-            marked(tally_queries::budgets::api::router(read.budgets.clone())),
+            marked(tally_queries::budgets::api::router(Arc::new(
+                read.budgets.clone(),
+            ))),
             Need::role(Role::Read).writes(Role::Admin),
             json,
         ))
         .merge(gate(
-            tally_queries::alerts::api::router(read.alerts.clone())
-                .merge(tally_queries::anomalies::router(read.anomalies.clone())),
+            tally_queries::alerts::api::router(read.alerts.feed())
+                .merge(tally_queries::anomalies::router(read.anomalies.board())),
             Need::role(Role::Read),
             json,
         ))

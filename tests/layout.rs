@@ -10,13 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const CRATES: [&str; 7] = [
+const CRATES: [&str; 8] = [
     "src",
     "proto/src",
     "pipeline/src",
     "sources/src",
     "sinks/src",
     "queries/src",
+    "derive/src",
     "bench/src",
 ];
 
@@ -110,21 +111,24 @@ fn reexports(root: &Path) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-fn imports(root: &Path, file: &Path) -> BTreeSet<PathBuf> {
+/// A file's code: without its test module and without comments.
+fn code_of(file: &Path) -> String {
     let text = std::fs::read_to_string(file).unwrap();
     let text = match text.find("#[cfg(test)]\nmod ") {
         Some(i) => &text[..i],
         None => &text[..],
     };
-    // Doc and line comments are not imports.
-    let code: String = text
-        .lines()
+    text.lines()
         .map(|l| match l.find("//") {
             Some(i) => &l[..i],
             None => l,
         })
         .collect::<Vec<_>>()
-        .join("\n");
+        .join("\n")
+}
+
+fn imports(root: &Path, file: &Path) -> BTreeSet<PathBuf> {
+    let code = code_of(file);
     let me = module_of(root, file);
     let mut out = BTreeSet::new();
     let reexports = reexports(root);
@@ -374,4 +378,56 @@ fn the_bench_drives_tally_from_outside() {
     );
     // The check reads dependencies: sources depends on pipeline and proto.
     assert!(tally_deps(repo, "sources").contains("tally-pipeline"));
+}
+
+/// What writes: records through the pipeline, state files, files.
+const WRITES: [&str; 12] = [
+    ".ingest(",
+    ".ingest_with(",
+    "state_file::replace",
+    "state_file::remove",
+    "fs::write",
+    "fs::rename",
+    "fs::remove_file",
+    "fs::create_dir",
+    "File::create",
+    "OpenOptions",
+    "ArrowWriter",
+    "put_opts(",
+];
+
+/// The writes a piece of code makes.
+fn writes_in(code: &str) -> Vec<&'static str> {
+    WRITES.into_iter().filter(|w| code.contains(w)).collect()
+}
+
+#[test]
+fn the_read_side_never_writes() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&repo.join("queries/src"), &mut files);
+    let mut found = Vec::new();
+    for f in files {
+        // Test modules in files of their own write their inputs.
+        if f.file_name().is_some_and(|n| n.to_string_lossy().ends_with("tests.rs")) {
+            continue;
+        }
+        for w in writes_in(&code_of(&f)) {
+            found.push(format!("{} calls {w}", f.display()));
+        }
+    }
+    assert!(found.is_empty(), "queries/ only reads; these write: {found:#?}");
+    // Nor does it reach what writes: its only tally dependency is the pipeline.
+    assert_eq!(
+        tally_deps(repo, "queries"),
+        BTreeSet::from(["tally-pipeline".to_string()])
+    );
+}
+
+#[test]
+fn the_write_scan_sees_a_write() {
+    let code = "let r = self.pipeline.ingest(SOURCE, rows, Vec::new()).await;\n\
+                tally_pipeline::state_file::replace(&p, &bytes)?;";
+    assert_eq!(writes_in(code), [".ingest(", "state_file::replace"]);
+    assert!(writes_in("let rows = history.hourly(d, from, to).await?;").is_empty());
 }

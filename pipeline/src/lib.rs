@@ -7,7 +7,6 @@
 pub mod access;
 pub mod background;
 pub mod batch;
-pub mod billing_rules;
 pub mod checksum;
 pub mod clock;
 pub mod component;
@@ -22,6 +21,7 @@ pub mod pipeline;
 pub mod quarantine;
 pub mod record;
 pub mod rollup;
+pub mod rules;
 pub mod sink;
 pub mod size;
 pub mod state_file;

@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use tally_pipeline::access::Access;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{Alerts, Fired};
+use super::{AlertFeed, Fired};
 use crate::http::validation_response;
 
-pub fn router(alerts: Alerts) -> Router {
+pub fn router(alerts: AlertFeed) -> Router {
     Router::new()
         .route("/v1/alerts", get(list))
         .route("/v1/alerts/stream", get(stream))
@@ -82,7 +82,7 @@ fn view(f: &Fired) -> Value {
 /// The alerts fired since `since` (default: 7 days ago), of `type` when
 /// given, that the token may see.
 async fn list(
-    State(alerts): State<Alerts>,
+    State(alerts): State<AlertFeed>,
     Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -118,7 +118,7 @@ async fn list(
 
 /// Each alert fired from now on, as its webhook body, while connected.
 async fn stream(
-    State(alerts): State<Alerts>,
+    State(alerts): State<AlertFeed>,
     Extension(access): Extension<Access>,
     ws: WebSocketUpgrade,
 ) -> Response {

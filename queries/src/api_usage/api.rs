@@ -9,30 +9,25 @@ use axum::response::Response;
 use chrono::Utc;
 use parking_lot::Mutex;
 use tally_pipeline::access::{Access, Forbidden};
-use tally_pipeline::Pipeline;
 
-use super::config::{ConfigFile, UsageConfig};
+use super::config::UsageConfig;
 use super::rate_limit::RateLimiter;
 use super::settings::UsageApiConfig;
+use super::state::PlanState;
 use crate::history::History;
 /// The spec's error body: `{"error","detail","validation_errors"}`.
 pub(super) use crate::http::validation_response as error;
 use crate::prices::PriceCatalogue;
 use crate::sql::SqlEngine;
 
-pub const SOURCE: &str = "usage_api";
-
 pub(super) struct Inner {
     pub(super) engine: SqlEngine,
     pub(super) history: History,
-    pub(super) pipeline: Pipeline,
     pub(super) prices: Arc<PriceCatalogue>,
     pub(super) config: Mutex<UsageConfig>,
-    pub(super) file: ConfigFile,
+    pub(super) state: Arc<dyn PlanState>,
     pub(super) config_limit: RateLimiter,
     pub(super) stats_limit: RateLimiter,
-    /// Last snapshot time (ms) per session and scope.
-    pub(super) snapshots: Mutex<HashMap<String, i64>>,
 }
 
 #[derive(Clone)]
@@ -141,22 +136,19 @@ impl UsageApi {
     pub fn new(
         engine: SqlEngine,
         history: History,
-        pipeline: Pipeline,
         prices: Arc<PriceCatalogue>,
-        settings: UsageApiConfig,
+        settings: &UsageApiConfig,
+        state: Arc<dyn PlanState>,
     ) -> std::io::Result<Self> {
-        let file = ConfigFile::new(settings.config_path);
-        let config = file.load_or_init(now_ms() / 1000)?;
+        let config = state.load_or_init(now_ms() / 1000)?;
         Ok(Self(Arc::new(Inner {
             engine,
             history,
-            pipeline,
             prices,
             config: Mutex::new(config),
-            file,
+            state,
             config_limit: RateLimiter::new(settings.config_updates_per_minute),
             stats_limit: RateLimiter::new(settings.stats_per_minute),
-            snapshots: Mutex::new(HashMap::new()),
         })))
     }
 }

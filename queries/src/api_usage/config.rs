@@ -1,8 +1,6 @@
 //! The Usage API configuration: a singleton that survives restarts (atomic
 //! file replace), validated by the rules of README "Usage API".
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -123,35 +121,6 @@ impl UsageConfig {
     }
 }
 
-/// The stored configuration file.
-pub struct ConfigFile {
-    path: PathBuf,
-}
-
-impl ConfigFile {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
-    }
-
-    /// The stored config, or the defaults (stored) on first use.
-    pub fn load_or_init(&self, now_secs: i64) -> std::io::Result<UsageConfig> {
-        match tally_pipeline::state_file::read(&self.path)? {
-            Some((bytes, _)) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
-            None => {
-                let c = UsageConfig::defaults(now_secs);
-                self.store(&c)?;
-                Ok(c)
-            }
-        }
-    }
-
-    /// Temp file, fsync, rename, fsync of the directory.
-    pub fn store(&self, c: &UsageConfig) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(c).map_err(std::io::Error::other)?;
-        tally_pipeline::state_file::replace(&self.path, &bytes)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,16 +166,5 @@ mod tests {
         assert!(c.apply_query(&q("timezone", "Mars/Olympus")).is_err());
         c.apply_query(&q("custom_limit_tokens", "50000")).unwrap();
         assert_eq!(c.custom_limit_tokens, Some(50000));
-    }
-
-    #[test]
-    fn file_survives_and_starts_with_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = ConfigFile::new(dir.path().join("usage_config.json"));
-        let mut c = f.load_or_init(7).unwrap();
-        assert_eq!(c, UsageConfig::defaults(7));
-        c.plan = "pro".into();
-        f.store(&c).unwrap();
-        assert_eq!(f.load_or_init(9).unwrap().plan, "pro");
     }
 }

@@ -51,7 +51,7 @@ pub(super) async fn post_config(
             return validation_failed(errors);
         }
         next.updated_at = now / 1000;
-        if let Err(e) = api.0.file.store(&next) {
+        if let Err(e) = api.0.state.store(&next) {
             return server_error(format!("storing the configuration: {e}"));
         }
         *cfg = next.clone();
@@ -73,7 +73,7 @@ pub(super) async fn reset_config(
         let mut cfg = api.0.config.lock();
         let mut next = UsageConfig::defaults(now / 1000);
         next.created_at = cfg.created_at;
-        if let Err(e) = api.0.file.store(&next) {
+        if let Err(e) = api.0.state.store(&next) {
             return server_error(format!("storing the configuration: {e}"));
         }
         *cfg = next.clone();

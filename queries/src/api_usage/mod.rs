@@ -11,6 +11,7 @@ pub mod model;
 pub mod rate_limit;
 pub mod settings;
 mod snapshots;
+pub mod state;
 mod stats;
 mod stream;
 

@@ -1,5 +1,6 @@
-//! Usage snapshots: stored with each computed stats of an active block (at
-//! most once per `refresh_rate`), and read back by `GET /api/usage/sessions`.
+//! Usage snapshots: offered with each computed stats of an active block
+//! (the derive side stores them, at most once per `refresh_rate`), and read
+//! back by `GET /api/usage/sessions`.
 
 use std::collections::HashMap;
 
@@ -10,11 +11,11 @@ use axum::Json;
 use datafusion::common::ScalarValue;
 use serde_json::{json, Map, Value};
 use tally_pipeline::access::Access;
-use tally_pipeline::{Dataset, RecordBuilder};
 
-use super::api::{now_ms, pairs, server_error, validation_failed, Scope, UsageApi, SOURCE};
+use super::api::{now_ms, pairs, server_error, validation_failed, Scope, UsageApi};
 use super::config::UsageConfig;
 use super::model::{Block, HOUR_MS};
+use super::state::Snapshot;
 use crate::sql::format::OutputFormat;
 use crate::sql::QueryError;
 
@@ -30,8 +31,9 @@ fn json_rows(batches: &[arrow::array::RecordBatch]) -> Result<Vec<Map<String, Va
 }
 
 impl UsageApi {
-    /// Stores a snapshot of `stats` at most once per `refresh_rate` seconds
-    /// per session and scope.
+    /// Offers a snapshot of `stats` (kept at most once per `refresh_rate`
+    /// seconds per session and scope); a scope of several tenants keeps
+    /// none, as it is no one's plan.
     pub(super) async fn snapshot(
         &self,
         cfg: &UsageConfig,
@@ -43,50 +45,17 @@ impl UsageApi {
         if scope.tenants.is_some() {
             return;
         }
-        let key = format!("{}|{}", block.id, scope.key());
-        {
-            let mut last = self.0.snapshots.lock();
-            if last
-                .get(&key)
-                .is_some_and(|t| now - t < cfg.refresh_rate * 1000)
-            {
-                return;
-            }
-            last.insert(key.clone(), now);
-        }
-        use tally_pipeline::Value as V;
-        let t = block.token_counts;
-        let mut b = RecordBuilder::new(Dataset::UsageSnapshots);
-        b.set("id", format!("{key}|{now}"))
-            .set("timestamp", V::Ts(now * 1_000_000))
-            .set("session_id", block.id.as_str())
-            .set("actor_id", scope.actor_id.clone())
-            .set("microdao_id", scope.microdao_id.clone())
-            .set("plan", cfg.plan.as_str())
-            .set("input_tokens", t.input_tokens)
-            .set("output_tokens", t.output_tokens)
-            .set("cache_creation_tokens", t.cache_creation_tokens)
-            .set("cache_read_tokens", t.cache_read_tokens)
-            .set("total_tokens", t.total_tokens)
-            .set("cost_usd", block.cost_usd)
-            .set("messages", block.sent_messages_count)
-            .set("stats", stats.to_string());
-        let record = match b.build() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "usage snapshot does not fit usage_snapshots; not stored");
-                return;
-            }
+        let snapshot = Snapshot {
+            key: format!("{}|{}", block.id, scope.key()),
+            actor_id: scope.actor_id.clone(),
+            microdao_id: scope.microdao_id.clone(),
+            plan: cfg.plan.clone(),
+            refresh_rate_ms: cfg.refresh_rate * 1000,
+            block: block.clone(),
+            stats: stats.clone(),
+            now,
         };
-        if let Err(e) = self
-            .0
-            .pipeline
-            .ingest(SOURCE, vec![record], Vec::new())
-            .await
-        {
-            tracing::warn!(error = %e, "usage snapshot not stored");
-            self.0.snapshots.lock().remove(&key);
-        }
+        self.0.state.snapshot(snapshot).await;
     }
 }
 

@@ -3,6 +3,7 @@
 //! (`{"error","detail","validation_errors"}`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -15,11 +16,11 @@ use tally_pipeline::access::Access;
 
 use super::evaluate::BudgetState;
 use super::model::{rfc3339, Budget, SCOPE_KEYS};
-use super::{BudgetError, Budgets};
+use super::{BudgetBook, BudgetError};
 use crate::alerts::api::unknown_params;
 use crate::http::validation_response;
 
-pub fn router(budgets: Budgets) -> Router {
+pub fn router(budgets: Arc<dyn BudgetBook>) -> Router {
     Router::new()
         .route("/v1/budgets", get(list).post(create))
         .route("/v1/budgets/check", get(check))
@@ -79,7 +80,7 @@ fn view(s: &BudgetState, at: i64) -> Value {
 
 /// `None` when the token may see budget `id`, else a 404 (a budget of
 /// another tenant is not said to exist).
-fn refused(budgets: &Budgets, access: &Access, id: &str) -> Option<Response> {
+fn refused(budgets: &Arc<dyn BudgetBook>, access: &Access, id: &str) -> Option<Response> {
     match budgets.get(id) {
         Some(b) if visible(access, &b) => None,
         _ => Some(not_found(id)),
@@ -93,7 +94,7 @@ fn visible(access: &Access, b: &Budget) -> bool {
     }
 }
 
-async fn create(State(budgets): State<Budgets>, body: Bytes) -> Response {
+async fn create(State(budgets): State<Arc<dyn BudgetBook>>, body: Bytes) -> Response {
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return invalid(vec![format!("the body must be JSON: {e}")]),
@@ -110,7 +111,10 @@ async fn create(State(budgets): State<Budgets>, body: Bytes) -> Response {
     }
 }
 
-async fn list(State(budgets): State<Budgets>, Extension(access): Extension<Access>) -> Response {
+async fn list(
+    State(budgets): State<Arc<dyn BudgetBook>>,
+    Extension(access): Extension<Access>,
+) -> Response {
     let evaluated = match budgets.fresh().await {
         Ok(e) => e,
         Err(e) => return failed(e),
@@ -125,7 +129,7 @@ async fn list(State(budgets): State<Budgets>, Extension(access): Extension<Acces
 }
 
 async fn one(
-    State(budgets): State<Budgets>,
+    State(budgets): State<Arc<dyn BudgetBook>>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Response {
@@ -143,7 +147,7 @@ async fn one(
 }
 
 async fn remove(
-    State(budgets): State<Budgets>,
+    State(budgets): State<Arc<dyn BudgetBook>>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> Response {
@@ -180,7 +184,7 @@ struct CheckAnswer<'a> {
 /// budget whose scope the parameters match is exceeded. From the last
 /// evaluation (at most `--budget-interval` old), in memory.
 async fn check(
-    State(budgets): State<Budgets>,
+    State(budgets): State<Arc<dyn BudgetBook>>,
     Extension(access): Extension<Access>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {

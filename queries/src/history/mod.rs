@@ -1,5 +1,6 @@
 //! Reading history: stored rollups for the hours that have them, raw records
-//! for the others, and the rollup rules the compactor calls.
+//! for the others, read by the rules of `tally_pipeline::rules` that built
+//! the rollups (the derive side stores them).
 //!
 //! For a time range, [`History::coverage`] splits the hours into *rolled*
 //! (their stored rollups hold them: the rollups' source is the hour's only
@@ -9,14 +10,12 @@
 //! an answer is the same whichever way an hour is read.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::Int64Type;
-use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::common::ParamValues;
 use datafusion::common::ScalarValue;
@@ -25,11 +24,8 @@ use datafusion::execution::context::SessionContext;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
-use tally_pipeline::background;
 use tally_pipeline::clock::HOUR_NS;
-use tally_pipeline::rollup::{
-    hour_of_path, RolledHour, RollupBuilder, RollupError, RollupMemory, RollupOutput, Rollups,
-};
+use tally_pipeline::rollup::{hour_of_path, RolledHour, Rollups};
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
 use url::Url;
@@ -37,18 +33,12 @@ use url::Url;
 use crate::prices::{cost_udfs, PriceCatalogue};
 use crate::sql::catalog::DatasetTable;
 use crate::sql::QueryError;
-use tally_pipeline::billing_rules::{self as hours, GapSpans};
+use tally_pipeline::rules::vm::{self as hours, GapSpans};
+use tally_pipeline::rules::{rollup_of, VM_GAP_SPANS};
 
-mod build;
 #[cfg(test)]
-mod sql_tests;
+mod raw_once_tests;
 
-pub const USAGE_LLM_HOURLY: &str = include_str!("sql/usage_llm_hourly.sql");
-pub const USAGE_TOOL_HOURLY: &str = include_str!("sql/usage_tool_hourly.sql");
-pub const USAGE_AGENT_HOURLY: &str = include_str!("sql/usage_agent_hourly.sql");
-pub const USAGE_MESSAGE_HOURLY: &str = include_str!("sql/usage_message_hourly.sql");
-pub const VM_GAP_SPANS: &str = include_str!("sql/vm_gap_spans.sql");
-pub const VM_SAMPLES: &str = include_str!("sql/vm_samples.sql");
 const RAW_ONCE: &str = include_str!("sql/raw_once.sql");
 
 /// `sql/raw_once.sql` for a dataset's key columns and a time condition.
@@ -62,33 +52,6 @@ fn raw_once(key: &[&str], within: &str) -> String {
         .replace("{key}", &key.join(", "))
         .replace("{order}", order)
         .replace("{within}", within)
-}
-
-/// Each rolled-up dataset: its rollup table (one) and the SQL that builds
-/// it (VM usage is folded in Rust over `vm_samples.sql`).
-const ROLLUPS: [(Dataset, [&str; 1], &str); 6] = [
-    (Dataset::UsageLlm, ["usage_llm_hourly"], USAGE_LLM_HOURLY),
-    (Dataset::UsageTool, ["usage_tool_hourly"], USAGE_TOOL_HOURLY),
-    (
-        Dataset::UsageAgent,
-        ["usage_agent_hourly"],
-        USAGE_AGENT_HOURLY,
-    ),
-    (
-        Dataset::UsageMessage,
-        ["usage_message_hourly"],
-        USAGE_MESSAGE_HOURLY,
-    ),
-    (Dataset::VmMetrics, ["vm_usage_hours"], VM_SAMPLES),
-    (Dataset::VmEvents, ["vm_gap_spans"], VM_GAP_SPANS),
-];
-
-/// The rollup table of a dataset and the SQL that builds it.
-pub fn rollup_of(d: Dataset) -> Option<(&'static str, &'static str)> {
-    ROLLUPS
-        .iter()
-        .find(|(rd, _, _)| *rd == d)
-        .map(|(_, [table], sql)| (*table, *sql))
 }
 
 /// Which hours of a range read stored rollups, and which read raw records.
@@ -501,26 +464,6 @@ impl History {
     }
 }
 
-/// What a VM hour's rollup depends on besides its samples: the reported
-/// spans that overlap the hour.
-pub fn gap_fingerprint(spans: &GapSpans, hour: i64) -> u64 {
-    let mut touching: Vec<(&str, i64, i64)> = Vec::new();
-    for (vm, list) in spans {
-        for &(a, z) in list {
-            if a < hour + HOUR_NS && z > hour {
-                touching.push((vm, a, z));
-            }
-        }
-    }
-    if touching.is_empty() {
-        return 0;
-    }
-    touching.sort_unstable();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    touching.hash(&mut h);
-    h.finish() | 1
-}
-
 fn read_parquet(bytes: Bytes, path: &Path) -> Result<RecordBatch, QueryError> {
     let err = |e: &dyn std::fmt::Display| {
         QueryError::Execution(format!("reading {}: {e}", path.display()))
@@ -532,67 +475,14 @@ fn read_parquet(bytes: Bytes, path: &Path) -> Result<RecordBatch, QueryError> {
     concat_batches(&schema, &batches).map_err(|e| err(&e))
 }
 
-#[async_trait]
-impl RollupBuilder for History {
-    fn tables(&self, d: Dataset) -> &'static [&'static str] {
-        ROLLUPS
-            .iter()
-            .find(|(rd, _, _)| *rd == d)
-            .map_or(&[], |(_, tables, _)| tables.as_slice())
-    }
-
-    async fn build(
-        &self,
-        d: Dataset,
-        hour: i64,
-        file: &Path,
-        memory: RollupMemory,
-    ) -> Result<(Vec<RollupOutput>, u64), RollupError> {
-        let q = |e: QueryError| RollupError::Query(e.to_string());
-        let Some((table, sql)) = rollup_of(d) else {
-            return Ok((Vec::new(), 0));
-        };
-        let path = file.to_path_buf();
-        if d == Dataset::VmMetrics {
-            let spans = self.gap_spans().await.map_err(q)?;
-            let fingerprint = gap_fingerprint(&spans, hour);
-            let limit = self.gap_limit_ns;
-            let rows = background::run("tally-rollup", move || {
-                build::fold_vm_file(&path, &spans, limit, &memory)
-            })
-            .await?;
-            return Ok((
-                vec![RollupOutput {
-                    table,
-                    batch: hours::to_batch(&rows),
-                }],
-                fingerprint,
-            ));
-        }
-        let prices = self.prices.clone();
-        let batch = background::run("tally-rollup", move || {
-            build::sql_over_file(prices, &path, sql, memory)
-        })
-        .await?;
-        Ok((vec![RollupOutput { table, batch }], 0))
-    }
-
-    fn forget(&self, files: &[PathBuf]) {
+impl History {
+    /// Rollup files that were replaced or expired: what was kept of them
+    /// goes.
+    pub fn forget(&self, files: &[PathBuf]) {
         let mut cache = self.cache.lock();
         for f in files {
             cache.remove(f);
         }
         self.regrouped.lock().retain(|(p, _), _| !files.contains(p));
-    }
-
-    async fn fingerprints(&self, d: Dataset, hours: &[i64]) -> Result<Vec<u64>, RollupError> {
-        if d != Dataset::VmMetrics {
-            return Ok(vec![0; hours.len()]);
-        }
-        let spans = self
-            .gap_spans()
-            .await
-            .map_err(|e| RollupError::Query(e.to_string()))?;
-        Ok(hours.iter().map(|h| gap_fingerprint(&spans, *h)).collect())
     }
 }

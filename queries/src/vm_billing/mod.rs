@@ -43,10 +43,11 @@ use tally_pipeline::access::Access;
 use tally_pipeline::clock::{HOUR_NS, NS_PER_SEC};
 use tally_pipeline::Dataset;
 
-use crate::history::{gap_fingerprint, History, VM_SAMPLES};
+use crate::history::History;
 use crate::http::{error_response, forbidden};
 use crate::sql::{QueryError, SqlEngine};
-use tally_pipeline::billing_rules::{self as hours, Sample, VmHour};
+use tally_pipeline::rules::vm::{self as hours, Sample, VmHour};
+use tally_pipeline::rules::{gap_fingerprint, VM_SAMPLES};
 
 pub fn router(history: History) -> Router {
     Router::new()

@@ -9,7 +9,9 @@ use sha2::Sha256;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Alerts, Fired};
+use tally_queries::alerts::Fired;
+
+use super::Alerts;
 
 /// The signature header: `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "X-Tally-Signature";
@@ -50,15 +52,10 @@ impl Alerts {
         let mut next_try: HashMap<String, Instant> = HashMap::new();
         loop {
             let now = Instant::now();
-            let due: Vec<Fired> = self
+            let due = self
                 .0
-                .fired
-                .lock()
-                .values()
-                .filter(|f| f.delivery() == "pending")
-                .filter(|f| next_try.get(&f.id).is_none_or(|t| *t <= now))
-                .cloned()
-                .collect();
+                .feed
+                .pending(|f| next_try.get(&f.id).is_none_or(|t| *t <= now));
             let results: Vec<(Fired, Outcome)> = futures::stream::iter(due)
                 .map(|f| async {
                     let outcome = self.post(&f).await;
@@ -96,7 +93,7 @@ impl Alerts {
                 if let Err(e) = self.persist(&f).await {
                     tracing::error!(id = %f.id, error = %e, "cannot write the alert's delivery state");
                 }
-                self.0.fired.lock().insert(f.id.clone(), f);
+                self.0.feed.update(f);
             }
             let wait = next_try
                 .values()

@@ -28,8 +28,8 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tally_pipeline::rollup::{RollupError, RollupMemory};
 
-use crate::prices::{cost_udfs, PriceCatalogue};
-use tally_pipeline::billing_rules::{self as hours, GapSpans, HourFold, VmHour};
+use tally_pipeline::rules::vm::{self as hours, GapSpans, HourFold, VmHour};
+use tally_queries::prices::{cost_udfs, PriceCatalogue};
 
 /// Rows per batch read from a merged file.
 const BATCH_ROWS: usize = 8192;

@@ -11,8 +11,8 @@ use tally_pipeline::batch::records_to_batch;
 use tally_pipeline::rollup::RollupMemory;
 use tally_pipeline::{ColumnType, Dataset, Record, RecordBuilder, Value};
 
-use super::build::sql_over_file;
-use crate::prices::PriceCatalogue;
+use super::stream::sql_over_file;
+use tally_queries::prices::PriceCatalogue;
 
 /// 2025-11-20T10:00:00Z, and minutes after it.
 const H10: i64 = 1_763_632_800_000_000_000;
@@ -100,7 +100,7 @@ fn usage_tool_hourly_counts_calls_successes_and_latency_per_tool() {
     };
     let got = run(
         Dataset::UsageTool,
-        super::USAGE_TOOL_HOURLY,
+        tally_pipeline::rules::USAGE_TOOL_HOURLY,
         5,
         &[
             tool("1", 1, "search", true, Some(100)),
@@ -138,7 +138,7 @@ fn usage_agent_and_message_hourly_count_per_tenant() {
     };
     let got = run(
         Dataset::UsageAgent,
-        super::USAGE_AGENT_HOURLY,
+        tally_pipeline::rules::USAGE_AGENT_HOURLY,
         3,
         &[
             agent("1", 0, "dao:1"),
@@ -170,7 +170,7 @@ fn usage_agent_and_message_hourly_count_per_tenant() {
     };
     let got = run(
         Dataset::UsageMessage,
-        super::USAGE_MESSAGE_HOURLY,
+        tally_pipeline::rules::USAGE_MESSAGE_HOURLY,
         3,
         &[
             message("1", 5, "user:1"),
@@ -214,7 +214,7 @@ fn usage_llm_hourly_sums_tokens_and_leaves_an_unpriced_model_without_cost() {
     };
     let got = run(
         Dataset::UsageLlm,
-        super::USAGE_LLM_HOURLY,
+        tally_pipeline::rules::USAGE_LLM_HOURLY,
         6,
         &[llm("1", 1, 100, 20, true), llm("2", 2, 300, 40, false)],
     );
@@ -250,7 +250,7 @@ fn vm_gap_spans_keep_only_complete_possible_gap_notices() {
     };
     let got = run(
         Dataset::VmEvents,
-        super::VM_GAP_SPANS,
+        tally_pipeline::rules::VM_GAP_SPANS,
         3,
         &[
             event("1", "possible_gap", Some("vm-1"), Some((100, 200))),
@@ -299,7 +299,7 @@ fn vm_samples_come_in_vm_and_time_order() {
     let out = sql_over_file(
         Arc::new(PriceCatalogue::embedded()),
         &path,
-        super::VM_SAMPLES,
+        tally_pipeline::rules::VM_SAMPLES,
         RollupMemory::unreported(64 << 20),
     )
     .unwrap();
@@ -319,61 +319,6 @@ fn vm_samples_come_in_vm_and_time_order() {
             "| vm-1  | 9000000000 | 90             |",
             "| vm-2  | 5000000000 | 50             |",
             "+-------+------------+----------------+",
-        ])
-    );
-}
-
-#[tokio::test]
-async fn raw_once_keeps_the_first_stored_copy_of_each_key() {
-    use datafusion::prelude::SessionContext;
-    let llm = |id: &str, min: i64, p: i32| {
-        record(
-            Dataset::UsageLlm,
-            &[
-                ("event_id", s(id)),
-                ("timestamp", Value::Ts(at(min))),
-                ("microdao_id", s("dao:1")),
-                ("prompt_tokens", Value::I32(p)),
-            ],
-        )
-    };
-    // e1 stored twice (the later copy differs), e2 once, e3 outside the range.
-    let rows = [
-        llm("e1", 5, 1),
-        llm("e2", 6, 2),
-        llm("e1", 7, 99),
-        llm("e3", 70, 3),
-    ];
-    let ctx = SessionContext::new();
-    ctx.register_batch(
-        "raw",
-        records_to_batch(Dataset::UsageLlm, rows.iter()).unwrap(),
-    )
-    .unwrap();
-    let within = format!(
-        "CAST(timestamp AS BIGINT) >= {} AND CAST(timestamp AS BIGINT) < {}",
-        H10,
-        H10 + 3_600_000_000_000
-    );
-    let sql = super::raw_once(&["microdao_id", "event_id"], &within);
-    let out = ctx
-        .sql(&format!(
-            "SELECT event_id, prompt_tokens FROM ({sql}) ORDER BY event_id"
-        ))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    assert_eq!(
-        pretty_format_batches(&out).unwrap().to_string(),
-        table(&[
-            "+----------+---------------+",
-            "| event_id | prompt_tokens |",
-            "+----------+---------------+",
-            "| e1       | 1             |",
-            "| e2       | 2             |",
-            "+----------+---------------+",
         ])
     );
 }
