@@ -163,7 +163,7 @@ impl Config {
             c.node.listen.clone()
         };
         c.alerts.target().map_err(anyhow::Error::msg)?;
-        c.anomalies.threshold().map_err(anyhow::Error::msg)?;
+        c.anomalies.threshold()?;
         let kafka = c.kafka.resolve(&node_id)?;
         let relay = c.relay.resolve()?;
         if kafka.is_some() && relay.is_some() {

@@ -1,10 +1,14 @@
 //! `tally serve`: each component started in order, the routes put
 //! together, and the shutdown order.
 //!
-//! The order: the core (recovery, WAL, pipeline), the Parquet sink (flusher,
-//! shared listing, compactor), the read side (history, SQL engine), the
-//! sources, the routes, the listeners. Shutdown goes the other way: no new
-//! requests, sources stop, the last flush, the WAL closes.
+//! The order: the core (recovery, WAL, pipeline), then every component
+//! through one contract (`tally_pipeline::component`): the Parquet sink
+//! (flusher, shared listing), the read side (history, file checks, SQL
+//! engine; it runs nothing), the derive jobs (compaction and its rollups,
+//! the scrub, alerts, budgets, anomalies), the sources; then the routes and
+//! the listeners. Shutdown goes the other way: no new requests, the
+//! components in reverse order (sources first), the last flush, the WAL
+//! closes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,13 +17,13 @@ use std::time::Instant;
 use anyhow::Context as _;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
-use tally_derive::alerts::Alerts;
-use tally_derive::anomalies::Anomalies;
-use tally_derive::budgets::Budgets;
+use tally_derive::alerts::{AlertJob, Alerts};
+use tally_derive::anomalies::{Anomalies, AnomalyJob};
+use tally_derive::budgets::{BudgetJob, Budgets};
 use tally_derive::plan_usage::PlanUsage;
 use tally_derive::rollups::HourRollups;
 use tally_pipeline::clock::NS_PER_SEC;
-use tally_pipeline::component::{Context, Handle};
+use tally_pipeline::component::{Components, Context};
 use tally_pipeline::dedup::Dedup;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::quarantine::Quarantine;
@@ -31,17 +35,17 @@ use tally_queries::api_usage::UsageApi;
 use tally_queries::history::History;
 use tally_queries::prices::PriceCatalogue;
 use tally_queries::SqlEngine;
-use tally_sinks::control_plane::{self, ControlPlaneForwarder};
+use tally_sinks::control_plane::ControlPlane;
 use tally_sinks::kafka_relay::KafkaRelay;
 use tally_sinks::parquet::layout::wal_dir;
-use tally_sinks::parquet::scrub::Scrub;
-use tally_sinks::parquet::sink::{ParquetSink, SinkParts};
+use tally_sinks::parquet::sink::{Compaction, Parquet, ParquetSink, Scrubbing, SinkParts};
 use tally_sinks::parquet::verify::FileDoctor;
-use tally_sinks::{recover, Compactor, Destination, FlushTarget};
-use tally_sources::billing::BillingService;
-use tally_sources::hardware;
-use tally_sources::kafka::KafkaStatus;
-use tally_sources::nats::NatsStatus;
+use tally_sinks::{recover, Destination, FlushTarget};
+use tally_sources::billing::BillingSource;
+use tally_sources::hardware::Sampler;
+use tally_sources::http::Http;
+use tally_sources::kafka::Kafka;
+use tally_sources::nats::Nats;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -51,8 +55,6 @@ use crate::config::Config;
 use crate::status::{self, StatusState};
 use crate::tls::Tls;
 use tally_pipeline::access::Role;
-
-type Shared<T> = Arc<parking_lot::Mutex<T>>;
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_file_limit();
@@ -70,22 +72,146 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         pipeline: core.pipeline.clone(),
         stop: stop.clone(),
     };
-    let sink = tally_sinks::parquet::sink::start(&config.parquet, core.sink_parts(&config), &ctx);
     tokio::spawn(core.dedup.clone().expire_every_minute(stop.clone()));
-    let read = ReadSide::start(&config, &core, &sink, &stop).await?;
-    let sources = Sources::start(&config, &ctx, &sink).await?;
+
+    // Every component, in start order: store, read, derive, ingest.
+    let mut all = Components::default();
+    let sink = all
+        .start(
+            Parquet {
+                settings: config.parquet.clone(),
+                parts: core.sink_parts(&config),
+            },
+            &ctx,
+        )
+        .await?;
+    let read = ReadSide::open(&config, &core, &sink).await?;
+    all.start(
+        Compaction {
+            settings: config.parquet.clone(),
+            target: core.target.clone(),
+            store: core.store.clone(),
+            rollups: sink.rollups.clone(),
+            builder: Arc::new(HourRollups::new(read.history.clone(), read.prices.clone())),
+            metrics: core.metrics.clone(),
+            doctor: read.doctor.clone(),
+            compacted: core.compacted.clone(),
+        },
+        &ctx,
+    )
+    .await?;
+    all.start(
+        Scrubbing {
+            settings: config.parquet.clone(),
+            doctor: read.doctor.clone(),
+            metrics: core.metrics.clone(),
+        },
+        &ctx,
+    )
+    .await?;
+    let state = tally_sinks::parquet::layout::state_dir(&core.target.state);
+    let alerts = all
+        .start(
+            AlertJob {
+                dir: state.join("alerts"),
+                target: config.alerts.target().map_err(anyhow::Error::msg)?,
+                quarantine: core.quarantine.clone(),
+            },
+            &ctx,
+        )
+        .await?;
+    let budgets = all
+        .start(
+            BudgetJob {
+                dir: state.join("budgets"),
+                history: read.history.clone(),
+                prices: read.prices.clone(),
+                alerts: alerts.clone(),
+                args: config.budgets.clone(),
+                quarantine: core.quarantine.clone(),
+            },
+            &ctx,
+        )
+        .await?;
+    let anomalies = all
+        .start(
+            AnomalyJob {
+                history: read.history.clone(),
+                prices: read.prices.clone(),
+                alerts: alerts.clone(),
+                args: config.anomalies.clone(),
+            },
+            &ctx,
+        )
+        .await?;
+    let forwarder = match config.control_plane.clone() {
+        Some(c) => Some(all.start(ControlPlane(c), &ctx).await?),
+        None => None,
+    };
+    let tap = forwarder.clone().map(|f| f as Arc<dyn PayloadTap>);
+    let kafka = match config.kafka.clone() {
+        Some(k) => Some(
+            all.start(
+                Kafka {
+                    config: k,
+                    sink: sink.control(),
+                },
+                &ctx,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let nats = match config.nats.clone() {
+        Some(n) => Some(
+            all.start(
+                Nats {
+                    config: n,
+                    tap: tap.clone(),
+                },
+                &ctx,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let sampling = all
+        .start(
+            Sampler {
+                interval: config.sampler_interval,
+            },
+            &ctx,
+        )
+        .await?;
+    let http = all
+        .start(
+            Http {
+                tap,
+                limits: config.limits.tenants().map(Arc::new),
+            },
+            &ctx,
+        )
+        .await?;
+    let billing = all
+        .start(
+            BillingSource {
+                customer_limits: config.limits.customers(),
+                max_body: config.max_body_bytes,
+            },
+            &ctx,
+        )
+        .await?;
+
     let status = StatusState {
         pipeline: core.pipeline.clone(),
         flusher: sink.flusher.clone(),
-        billing: sources.billing.metrics.clone(),
-        forwarder: sources.forwarder.as_ref().map(|f| f.metrics.clone()),
-        nats: sources.nats.as_ref().map(|(_, s)| s.clone()),
-        kafka: sources.kafka.as_ref().map(|(_, s)| s.clone()),
-        sampler: config
-            .sampler_interval
-            .map(|_| sources.sampler.tick_cost.clone()),
+        billing: billing.metrics.clone(),
+        forwarder: forwarder.as_ref().map(|f| f.metrics.clone()),
+        nats,
+        kafka,
+        sampler: config.sampler_interval.map(|_| sampling.tick_cost.clone()),
         quarantine: core.quarantine.clone(),
-        gpu: sources.sampler.gpu_status.clone(),
+        gpu: sampling.gpu_status.clone(),
         auth: auth.clone(),
         lost: read.lost.clone(),
         started,
@@ -94,7 +220,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(stop.clone()));
     }
-    let app = routes(&config, &core, &read, &sources, status.clone(), &auth)?;
+    let running = Running {
+        ingest: http,
+        billing: billing.routes,
+        usage_feed: sampling.feed,
+        budgets,
+        alerts,
+        anomalies,
+    };
+    let app = routes(&config, &core, &read, running, status.clone(), &auth)?;
     let metrics_only = config
         .metrics_listen
         .map(|a| (a, status::metrics_router(status.clone())));
@@ -112,8 +246,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "listener ended with an error");
         }
     }
-    sources.stopped().await;
-    sink.handle.stopped().await;
+    // Sources first, the flusher last.
+    all.stopped().await;
     let flushed = sink.flusher.flush().await;
     core.wal.shutdown().await;
     match flushed {
@@ -130,6 +264,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             Err(e.into())
         }
     }
+}
+
+/// What the routes are built from, besides the read side.
+struct Running {
+    ingest: Router,
+    billing: Router,
+    usage_feed: tally_pipeline::host::UsageFeed,
+    budgets: Budgets,
+    alerts: Alerts,
+    anomalies: Anomalies,
 }
 
 /// Recovery, the WAL and the pipeline every source writes through.
@@ -255,26 +399,20 @@ impl Core {
     }
 }
 
-/// The read side: prices, history (stored rollups and raw records, and the
-/// compactor that writes the rollups), the SQL engine.
+/// The read side: prices, history (stored rollups and raw records), the
+/// file checks every reader and the compactor share, the SQL engine. It
+/// runs nothing of its own.
 struct ReadSide {
     prices: Arc<PriceCatalogue>,
     /// Hours whose raw rows damage took: the read APIs mark their answers.
     lost: crate::incomplete::Lost,
     history: History,
     engine: SqlEngine,
-    alerts: Alerts,
-    budgets: Budgets,
-    anomalies: Anomalies,
+    doctor: Arc<FileDoctor>,
 }
 
 impl ReadSide {
-    async fn start(
-        config: &Config,
-        core: &Core,
-        sink: &ParquetSink,
-        stop: &watch::Receiver<bool>,
-    ) -> anyhow::Result<ReadSide> {
+    async fn open(config: &Config, core: &Core, sink: &ParquetSink) -> anyhow::Result<ReadSide> {
         let prices = Arc::new(config.prices.load()?);
         tracing::info!(models = prices.len(), "price catalogue loaded");
         let object = core.target.destination.object_store();
@@ -297,66 +435,14 @@ impl ReadSide {
         // Reads check each file's checksum the first time they use it; the
         // scrub reads every file again each interval.
         core.store.set_file_check(doctor.clone());
-        let scrub = Arc::new(Scrub::new(
-            doctor.clone(),
-            core.metrics.clone(),
-            config.parquet.scrub,
-        ));
-        tokio::spawn(scrub.run(stop.clone()));
-        let compactor = Arc::new(
-            Compactor::new(
-                core.target.clone(),
-                core.store.clone(),
-                sink.rollups.clone(),
-                Arc::new(HourRollups::new(history.clone(), prices.clone())),
-                config.parquet.compaction.clone(),
-                core.metrics.clone(),
-            )
-            .with_file_check(doctor.clone()),
-        );
-        let (c, compacted) = (compactor.clone(), core.compacted.clone());
-        let n = tokio::task::spawn_blocking(move || c.recover(&compacted))
-            .await?
-            .context("loading the stored rollups")?;
-        tracing::info!(hours = n, "stored rollups registered");
-        tokio::spawn(compactor.run(stop.clone()));
         let engine = SqlEngine::with_object_store(core.store.clone(), object)
             .await?
-            .with_file_check(doctor);
+            .with_file_check(doctor.clone());
         history.register_rollup_tables(&engine).await?;
         tally_queries::vm_billing::table::register(&engine, &history)?;
         for udf in tally_queries::prices::cost_udfs(prices.clone()) {
             engine.register_udf(udf);
         }
-        let state = tally_sinks::parquet::layout::state_dir(&core.target.state);
-        let target = config.alerts.target().map_err(anyhow::Error::msg)?;
-        let alerts = Alerts::open(
-            state.join("alerts"),
-            core.pipeline.clone(),
-            target,
-            &core.quarantine,
-        )
-        .context("loading the alert delivery states")?;
-        let budgets = Budgets::open(
-            state.join("budgets"),
-            history.clone(),
-            prices.clone(),
-            alerts.clone(),
-            &config.budgets,
-            &core.quarantine,
-        )
-        .context("loading the budgets")?;
-        let anomalies = Anomalies::new(
-            history.clone(),
-            prices.clone(),
-            core.pipeline.clone(),
-            alerts.clone(),
-            &config.anomalies,
-        )
-        .map_err(anyhow::Error::msg)?;
-        tokio::spawn(alerts.clone().deliver(stop.clone()));
-        tokio::spawn(budgets.clone().run(stop.clone()));
-        tokio::spawn(anomalies.clone().run(stop.clone()));
         Ok(ReadSide {
             lost: crate::incomplete::Lost {
                 store: core.store.clone(),
@@ -366,63 +452,8 @@ impl ReadSide {
             prices,
             history,
             engine,
-            alerts,
-            budgets,
-            anomalies,
+            doctor,
         })
-    }
-}
-
-/// The sources besides HTTP ingest: billing.v1, NATS, Kafka, the host
-/// sampler, and the control-plane hook that sees accepted payloads.
-struct Sources {
-    billing: BillingService,
-    forwarder: Option<Arc<ControlPlaneForwarder>>,
-    tap: Option<Arc<dyn PayloadTap>>,
-    nats: Option<(Handle, Shared<NatsStatus>)>,
-    kafka: Option<(Handle, Shared<KafkaStatus>)>,
-    sampler: hardware::Sampler,
-}
-
-impl Sources {
-    async fn start(config: &Config, ctx: &Context, sink: &ParquetSink) -> anyhow::Result<Sources> {
-        let kafka = match config.kafka.clone() {
-            Some(k) => Some(
-                tally_sources::kafka::start(k, ctx, sink.control())
-                    .context("starting the Kafka source")?,
-            ),
-            None => None,
-        };
-        let forwarder = config.control_plane.clone().map(|c| {
-            tracing::info!(url = %c.url, "forwarding chat.usage_summary to the control plane");
-            control_plane::start(c)
-        });
-        let tap = forwarder.clone().map(|f| f as Arc<dyn PayloadTap>);
-        let nats = config
-            .nats
-            .clone()
-            .map(|n| tally_sources::nats::start(n, ctx, tap.clone()));
-        Ok(Sources {
-            billing: BillingService::new(ctx.pipeline.clone())
-                .with_customer_limits(config.limits.customers()),
-            forwarder,
-            tap,
-            nats,
-            kafka,
-            sampler: hardware::start(config.sampler_interval, ctx).await,
-        })
-    }
-
-    /// Waits for the sources to stop (after the stop signal).
-    async fn stopped(self) {
-        drop(self.sampler.keepalive);
-        for (handle, _) in self.nats.into_iter() {
-            handle.stopped().await;
-        }
-        for (handle, _) in self.kafka.into_iter() {
-            handle.stopped().await;
-        }
-        self.sampler.handle.stopped().await;
     }
 }
 
@@ -432,7 +463,7 @@ fn routes(
     config: &Config,
     core: &Core,
     read: &ReadSide,
-    sources: &Sources,
+    running: Running,
     status: StatusState,
     auth: &Arc<Auth>,
 ) -> anyhow::Result<Router> {
@@ -467,22 +498,14 @@ fn routes(
     };
     let marked = |router: Router| marked_by(router, read.lost.clone());
     Ok(Router::new()
+        .merge(gate(running.ingest, Need::role(Role::Ingest), json))
         .merge(gate(
-            tally_sources::http::router(
-                core.pipeline.clone(),
-                sources.tap.clone(),
-                config.limits.tenants().map(Arc::new),
-            ),
-            Need::role(Role::Ingest),
-            json,
-        ))
-        .merge(gate(
-            tally_sources::billing::router(sources.billing.clone(), config.max_body_bytes),
+            running.billing,
             Need::role(Role::Ingest),
             billing_refusal,
         ))
         .merge(gate(
-            tally_queries::usage::router(sources.sampler.feed.clone()),
+            tally_queries::usage::router(running.usage_feed),
             Need::role(Role::Read).all_tenants(),
             json,
         ))
@@ -514,14 +537,14 @@ fn routes(
         ))
         .merge(gate(
             marked(tally_queries::budgets::api::router(Arc::new(
-                read.budgets.clone(),
+                running.budgets,
             ))),
             Need::role(Role::Read).writes(Role::Admin),
             json,
         ))
         .merge(gate(
-            tally_queries::alerts::api::router(read.alerts.feed())
-                .merge(tally_queries::anomalies::router(read.anomalies.board())),
+            tally_queries::alerts::api::router(running.alerts.feed())
+                .merge(tally_queries::anomalies::router(running.anomalies.board())),
             Need::role(Role::Read),
             json,
         ))

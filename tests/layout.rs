@@ -409,14 +409,19 @@ fn the_read_side_never_writes() {
     let mut found = Vec::new();
     for f in files {
         // Test modules in files of their own write their inputs.
-        if f.file_name().is_some_and(|n| n.to_string_lossy().ends_with("tests.rs")) {
+        if f.file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with("tests.rs"))
+        {
             continue;
         }
         for w in writes_in(&code_of(&f)) {
             found.push(format!("{} calls {w}", f.display()));
         }
     }
-    assert!(found.is_empty(), "queries/ only reads; these write: {found:#?}");
+    assert!(
+        found.is_empty(),
+        "queries/ only reads; these write: {found:#?}"
+    );
     // Nor does it reach what writes: its only tally dependency is the pipeline.
     assert_eq!(
         tally_deps(repo, "queries"),

@@ -417,7 +417,7 @@ impl Pipeline {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::wal::WalConfig;
 
@@ -438,7 +438,10 @@ mod tests {
     }
 
     /// A pipeline over a WAL in `dir` and a store that admits `queue` rows.
-    fn open(dir: &std::path::Path, queue: usize) -> (Pipeline, Wal, Arc<Store>, Arc<Metrics>) {
+    pub(crate) fn open(
+        dir: &std::path::Path,
+        queue: usize,
+    ) -> (Pipeline, Wal, Arc<Store>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(Store::new(queue));
         let (wal, _) = Wal::open(

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tally_pipeline::component::{Component, Context, Handle};
 use tally_pipeline::quarantine::Quarantine;
 use tally_pipeline::{Dataset, Pipeline, RecordBuilder};
 use tally_queries::alerts::{check_url, Alert, AlertFeed, Fired, Target};
@@ -195,6 +196,33 @@ impl Alerts {
                 source: std::io::Error::other(e),
             })?
             .map_err(|source| AlertError::State { path, source })
+    }
+}
+
+/// The alert job: fires alerts once and delivers them to their webhooks.
+pub struct AlertJob {
+    /// Where the delivery states are kept.
+    pub dir: PathBuf,
+    /// Where alerts without a webhook of their own go.
+    pub target: Option<Target>,
+    pub quarantine: Arc<Quarantine>,
+}
+
+#[async_trait::async_trait]
+impl Component for AlertJob {
+    const NAME: &'static str = "alerts";
+    type Running = Alerts;
+    type Error = std::io::Error;
+
+    async fn start(self, ctx: &Context) -> Result<(Handle, Alerts), std::io::Error> {
+        let alerts = Alerts::open(
+            self.dir,
+            ctx.pipeline.clone(),
+            self.target,
+            &self.quarantine,
+        )?;
+        let task = tokio::spawn(alerts.clone().deliver(ctx.stop.clone()));
+        Ok((Handle::Background(task), alerts))
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tally_pipeline::clock::{DAY_NS, HOUR_NS};
+use tally_pipeline::component::{Component, Context, Handle};
 use tally_pipeline::{Dataset, Pipeline, RecordBuilder};
 use tally_queries::alerts::Alert;
 use tally_queries::anomalies::{AnomalyBoard, Checked, Report};
@@ -58,13 +59,43 @@ impl AnomalyArgs {
             .max(Duration::from_millis(100))
     }
 
-    pub fn threshold(&self) -> Result<f64, String> {
+    pub fn threshold(&self) -> Result<f64, BadThreshold> {
         match self.anomaly_threshold.unwrap_or(ANOMALY_THRESHOLD) {
             t if t.is_finite() && t > 0.0 => Ok(t),
-            t => Err(format!(
-                "anomaly_threshold must be a number above 0, got {t}"
-            )),
+            t => Err(BadThreshold(t)),
         }
+    }
+}
+
+/// `anomaly_threshold` out of its range.
+#[derive(Debug, thiserror::Error)]
+#[error("anomaly_threshold must be a number above 0, got {0}")]
+pub struct BadThreshold(pub f64);
+
+/// The anomaly scan, every `--anomaly-interval`.
+pub struct AnomalyJob {
+    pub history: History,
+    pub prices: Arc<PriceCatalogue>,
+    pub alerts: Alerts,
+    pub args: AnomalyArgs,
+}
+
+#[async_trait::async_trait]
+impl Component for AnomalyJob {
+    const NAME: &'static str = "anomaly scan";
+    type Running = Anomalies;
+    type Error = BadThreshold;
+
+    async fn start(self, ctx: &Context) -> Result<(Handle, Anomalies), BadThreshold> {
+        let anomalies = Anomalies::new(
+            self.history,
+            self.prices,
+            ctx.pipeline.clone(),
+            self.alerts,
+            &self.args,
+        )?;
+        let task = tokio::spawn(anomalies.clone().run(ctx.stop.clone()));
+        Ok((Handle::Background(task), anomalies))
     }
 }
 
@@ -91,7 +122,7 @@ impl Anomalies {
         pipeline: Pipeline,
         alerts: Alerts,
         args: &AnomalyArgs,
-    ) -> Result<Anomalies, String> {
+    ) -> Result<Anomalies, BadThreshold> {
         let threshold = args.threshold()?;
         Ok(Anomalies(Arc::new(Inner {
             board: AnomalyBoard::new(alerts.feed(), threshold),

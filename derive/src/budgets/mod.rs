@@ -17,6 +17,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tally_pipeline::component::{Component, Context, Handle};
 use tally_pipeline::quarantine::Quarantine;
 use tokio::sync::{watch, Notify};
 
@@ -148,6 +149,37 @@ impl Budgets {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// The budget job: the budgets' files and their evaluation every interval.
+pub struct BudgetJob {
+    /// Where the budgets' files are kept.
+    pub dir: PathBuf,
+    pub history: History,
+    pub prices: Arc<PriceCatalogue>,
+    pub alerts: Alerts,
+    pub args: BudgetArgs,
+    pub quarantine: Arc<Quarantine>,
+}
+
+#[async_trait]
+impl Component for BudgetJob {
+    const NAME: &'static str = "budgets";
+    type Running = Budgets;
+    type Error = std::io::Error;
+
+    async fn start(self, ctx: &Context) -> Result<(Handle, Budgets), std::io::Error> {
+        let budgets = Budgets::open(
+            self.dir,
+            self.history,
+            self.prices,
+            self.alerts,
+            &self.args,
+            &self.quarantine,
+        )?;
+        let task = tokio::spawn(budgets.clone().run(ctx.stop.clone()));
+        Ok((Handle::Background(task), budgets))
     }
 }
 

@@ -1,8 +1,8 @@
 //! What the Usage API keeps, as it reaches it: [`PlanState`].
 
-use async_trait::async_trait;
 use super::config::UsageConfig;
 use super::model::Block;
+use async_trait::async_trait;
 
 /// A snapshot of the stats of an active block, for one session and scope.
 #[derive(Debug, Clone)]

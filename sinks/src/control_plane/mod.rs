@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_pipeline::component::{Component, Context, Handle};
 use tally_pipeline::tap::PayloadTap;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -163,12 +164,30 @@ async fn deliver(
         .fetch_add(1, Ordering::Relaxed);
 }
 
+/// The control-plane hook: sees the payloads sources accept.
+pub struct ControlPlane(pub ForwarderConfig);
+
+#[async_trait::async_trait]
+impl Component for ControlPlane {
+    const NAME: &'static str = "control-plane forwarder";
+    type Running = Arc<ControlPlaneForwarder>;
+    type Error = std::convert::Infallible;
+
+    /// Starts the delivery workers; what it runs ends with the process (a
+    /// summary not yet delivered is dropped, as the hook promises no more).
+    async fn start(self, _ctx: &Context) -> Result<(Handle, Self::Running), Self::Error> {
+        tracing::info!(url = %self.0.url, "forwarding chat.usage_summary to the control plane");
+        let (handle, forwarder) = start(self.0);
+        Ok((handle, forwarder))
+    }
+}
+
 /// Starts the delivery workers and returns the tap to hand to sources.
-pub fn start(config: ForwarderConfig) -> Arc<ControlPlaneForwarder> {
+fn start(config: ForwarderConfig) -> (Handle, Arc<ControlPlaneForwarder>) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(config.queue.max(1));
     let metrics = Arc::new(ForwarderMetrics::default());
     let worker_metrics = metrics.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()
@@ -187,7 +206,10 @@ pub fn start(config: ForwarderConfig) -> Arc<ControlPlaneForwarder> {
             });
         }
     });
-    Arc::new(ControlPlaneForwarder { tx, metrics })
+    (
+        Handle::Background(task),
+        Arc::new(ControlPlaneForwarder { tx, metrics }),
+    )
 }
 
 #[cfg(test)]

@@ -19,7 +19,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use std::sync::Arc;
+
+use tally_pipeline::access::limits::RateLimiter;
 use tally_pipeline::access::Access;
+use tally_pipeline::component::{Component, Context, Handle};
 use tally_proto::billing::v1::billing_service_server::BillingServiceServer;
 use tower::ServiceExt;
 
@@ -40,6 +44,34 @@ struct Billing {
     grpc: BillingServiceServer<BillingService>,
     grpc_web: tonic_web::GrpcWebService<BillingServiceServer<BillingService>>,
     max_body: usize,
+}
+
+/// The billing.v1 source: each customer held to its rate
+/// (`--customer-rate`), bodies up to `max_body` bytes.
+pub struct BillingSource {
+    pub customer_limits: Option<RateLimiter>,
+    pub max_body: usize,
+}
+
+/// What the rest of tally keeps of the billing source.
+pub struct BillingRunning {
+    pub routes: Router,
+    pub metrics: Arc<metrics::BillingMetrics>,
+}
+
+#[async_trait::async_trait]
+impl Component for BillingSource {
+    const NAME: &'static str = "billing.v1";
+    type Running = BillingRunning;
+    type Error = std::convert::Infallible;
+
+    async fn start(self, ctx: &Context) -> Result<(Handle, BillingRunning), Self::Error> {
+        let service =
+            BillingService::new(ctx.pipeline.clone()).with_customer_limits(self.customer_limits);
+        let metrics = service.metrics.clone();
+        let routes = router(service, self.max_body);
+        Ok((Handle::Idle, BillingRunning { routes, metrics }))
+    }
 }
 
 pub fn router(service: BillingService, max_body: usize) -> Router {

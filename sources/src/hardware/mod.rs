@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value as Json};
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 use tally_pipeline::clock::NS_PER_SEC;
+use tally_pipeline::component::{Component, Context, Handle};
 use tally_pipeline::metrics::Outcome;
 use tally_pipeline::{now_ns, Dataset, Pipeline, Record, RecordBuilder, SchemaError, Value};
 use tokio::sync::watch;
@@ -254,24 +255,34 @@ impl Rates {
 
 /// Samples every `interval` until `stop`: stores each sample in
 /// `host_usage` and publishes it on `updates`.
-/// The host sampler (when on) and the `/usage` feed it drives.
-pub struct Sampler {
-    pub handle: tally_pipeline::component::Handle,
+/// What the rest of tally keeps of the sampler: the `/usage` feed it
+/// drives, and its status.
+pub struct Sampling {
     pub feed: tally_pipeline::host::UsageFeed,
     /// CPU time of the sampler's last tick, for `/metrics`.
     pub tick_cost: Arc<Mutex<Duration>>,
     /// GPU telemetry status for `/health`, when the sampler runs.
     pub gpu_status: Option<Json>,
-    /// Keeps `/usage` open when no sampler sends updates; dropped at shutdown.
-    pub keepalive: Option<watch::Sender<Option<Update>>>,
 }
 
-/// Starts the sampler every `interval` (`None`: off; `/usage` still answers
+/// The host sampler, every `interval` (`None`: off; `/usage` still answers
 /// `system_info`).
-pub async fn start(
-    interval: Option<Duration>,
-    ctx: &tally_pipeline::component::Context,
-) -> Sampler {
+pub struct Sampler {
+    pub interval: Option<Duration>,
+}
+
+#[async_trait::async_trait]
+impl Component for Sampler {
+    const NAME: &'static str = "host sampler";
+    type Running = Sampling;
+    type Error = std::convert::Infallible;
+
+    async fn start(self, ctx: &Context) -> Result<(Handle, Sampling), Self::Error> {
+        Ok(start(self.interval, ctx).await)
+    }
+}
+
+async fn start(interval: Option<Duration>, ctx: &Context) -> (Handle, Sampling) {
     let (updates_tx, updates_rx) = watch::channel(None);
     let tick_cost = Arc::new(Mutex::new(Duration::ZERO));
     let sampler = match interval {
@@ -298,7 +309,7 @@ pub async fn start(
         None => json!({"status": "ok", "count": h.gpus.len()}),
         Some(why) => json!({"status": "absent", "detail": why}),
     });
-    let (handle, keepalive) = match (sampler, interval) {
+    let handle = match (sampler, interval) {
         (Some(sampler), Some(interval)) => {
             let task = tokio::spawn(run(
                 sampler,
@@ -308,9 +319,16 @@ pub async fn start(
                 tick_cost.clone(),
                 ctx.stop.clone(),
             ));
-            (tally_pipeline::component::Handle::Task(task), None)
+            Handle::Task(task)
         }
-        _ => (tally_pipeline::component::Handle::Idle, Some(updates_tx)),
+        _ => {
+            // No sampler sends updates: `/usage` stays open until the stop.
+            let mut stop = ctx.stop.clone();
+            Handle::Task(tokio::spawn(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                drop(updates_tx);
+            }))
+        }
     };
     let feed = tally_pipeline::host::UsageFeed {
         system_info: Arc::new(move || match &host {
@@ -319,13 +337,14 @@ pub async fn start(
         }),
         updates: updates_rx,
     };
-    Sampler {
+    (
         handle,
-        feed,
-        tick_cost,
-        gpu_status,
-        keepalive,
-    }
+        Sampling {
+            feed,
+            tick_cost,
+            gpu_status,
+        },
+    )
 }
 
 pub async fn run(

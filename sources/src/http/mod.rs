@@ -14,6 +14,8 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tally_pipeline::component::{Component, Context, Handle};
+
 use tally_pipeline::access::limits::{OverRate, RateLimiter};
 use tally_pipeline::access::{tenant_of, Access};
 use tally_pipeline::http_reply::retry_after;
@@ -51,9 +53,28 @@ struct HttpIngest {
     limits: Option<Arc<RateLimiter>>,
 }
 
-/// The ingest routes; `tap` sees every accepted, non-duplicate payload;
-/// `limits` holds each tenant to its rate (`--tenant-rate`). Every request
-/// needs an [`Access`] (the server's auth layer sets it).
+/// HTTP ingest: `tap` sees every accepted, non-duplicate payload; `limits`
+/// holds each tenant to its rate (`--tenant-rate`).
+pub struct Http {
+    pub tap: Option<Arc<dyn PayloadTap>>,
+    pub limits: Option<Arc<RateLimiter>>,
+}
+
+#[async_trait::async_trait]
+impl Component for Http {
+    const NAME: &'static str = "HTTP ingest";
+    /// Its routes: it runs nothing of its own.
+    type Running = Router;
+    type Error = std::convert::Infallible;
+
+    async fn start(self, ctx: &Context) -> Result<(Handle, Router), Self::Error> {
+        let routes = router(ctx.pipeline.clone(), self.tap, self.limits);
+        Ok((Handle::Idle, routes))
+    }
+}
+
+/// The ingest routes. Every request needs an [`Access`] (the server's auth
+/// layer sets it).
 pub fn router(
     pipeline: Pipeline,
     tap: Option<Arc<dyn PayloadTap>>,

@@ -38,6 +38,7 @@ use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
+use tally_pipeline::component::Component;
 use tally_pipeline::sink::SinkControl;
 use tally_pipeline::wal::codec::decode_records;
 use tally_pipeline::{now_ns, IngestError, Pipeline, Record, Rejection};
@@ -352,22 +353,36 @@ fn decode(
     }
 }
 
-/// Starts the consumer on its own thread; it runs until the context's stop
-/// and flushes and commits what it consumed before it returns.
-pub fn start(
-    config: KafkaConfig,
-    ctx: &tally_pipeline::component::Context,
-    sink: Arc<dyn SinkControl>,
-) -> Result<(tally_pipeline::component::Handle, Arc<Mutex<KafkaStatus>>), KafkaError> {
-    let status = Arc::new(Mutex::new(KafkaStatus::default()));
-    let thread = spawn(
-        config,
-        ctx.pipeline.clone(),
-        sink,
-        status.clone(),
-        ctx.stop.clone(),
-    )?;
-    Ok((tally_pipeline::component::Handle::Thread(thread), status))
+/// The Kafka consumer: its settings and the sink it flushes before it
+/// commits.
+pub struct Kafka {
+    pub config: KafkaConfig,
+    pub sink: Arc<dyn SinkControl>,
+}
+
+#[async_trait::async_trait]
+impl Component for Kafka {
+    const NAME: &'static str = "Kafka source";
+    /// Its status for `/health`.
+    type Running = Arc<Mutex<KafkaStatus>>;
+    type Error = KafkaError;
+
+    /// Starts the consumer on its own thread; it runs until the context's
+    /// stop and flushes and commits what it consumed before it returns.
+    async fn start(
+        self,
+        ctx: &tally_pipeline::component::Context,
+    ) -> Result<(tally_pipeline::component::Handle, Self::Running), KafkaError> {
+        let status = Arc::new(Mutex::new(KafkaStatus::default()));
+        let thread = spawn(
+            self.config,
+            ctx.pipeline.clone(),
+            self.sink,
+            status.clone(),
+            ctx.stop.clone(),
+        )?;
+        Ok((tally_pipeline::component::Handle::Thread(thread), status))
+    }
 }
 
 fn spawn(

@@ -22,6 +22,7 @@ use tally_pipeline::{IngestError, Pipeline, Record, Refused, Rejection};
 use tokio::sync::watch;
 
 use crate::events::Subject;
+use tally_pipeline::component::{Component, Context, Handle};
 use tally_pipeline::tap::PayloadTap;
 
 pub const SOURCE: &str = "nats";
@@ -207,25 +208,37 @@ async fn ingest_until_durable(
     }
 }
 
-/// Starts the collector: it runs until the context's stop, and a failure
-/// stops it with the reason in its status (`/health`).
-pub fn start(
-    config: NatsConfig,
-    ctx: &tally_pipeline::component::Context,
-    tap: Option<Arc<dyn PayloadTap>>,
-) -> (tally_pipeline::component::Handle, Arc<Mutex<NatsStatus>>) {
-    let status = Arc::new(Mutex::new(NatsStatus::default()));
-    let (pipeline, stop, task_status) = (ctx.pipeline.clone(), ctx.stop.clone(), status.clone());
-    let task = tokio::spawn(async move {
-        if let Err(e) = run(config, pipeline, tap, task_status.clone(), stop).await {
-            tracing::error!(error = %e, "NATS collector stopped");
-            *task_status.lock() = NatsStatus {
-                connected: false,
-                detail: Some(e.to_string()),
-            };
-        }
-    });
-    (tally_pipeline::component::Handle::Task(task), status)
+/// The NATS collector: its settings and the hook that sees what it accepts.
+pub struct Nats {
+    pub config: NatsConfig,
+    pub tap: Option<Arc<dyn PayloadTap>>,
+}
+
+#[async_trait::async_trait]
+impl Component for Nats {
+    const NAME: &'static str = "NATS collector";
+    /// Its status for `/health`.
+    type Running = Arc<Mutex<NatsStatus>>;
+    type Error = std::convert::Infallible;
+
+    /// Starts the collector: it runs until the context's stop, and a
+    /// failure stops it with the reason in its status.
+    async fn start(self, ctx: &Context) -> Result<(Handle, Self::Running), Self::Error> {
+        let status = Arc::new(Mutex::new(NatsStatus::default()));
+        let (pipeline, stop, task_status) =
+            (ctx.pipeline.clone(), ctx.stop.clone(), status.clone());
+        let (config, tap) = (self.config, self.tap);
+        let task = tokio::spawn(async move {
+            if let Err(e) = run(config, pipeline, tap, task_status.clone(), stop).await {
+                tracing::error!(error = %e, "NATS collector stopped");
+                *task_status.lock() = NatsStatus {
+                    connected: false,
+                    detail: Some(e.to_string()),
+                };
+            }
+        });
+        Ok((Handle::Task(task), status))
+    }
 }
 
 /// Runs the collector until `stop`; reconnects are the NATS client's.
