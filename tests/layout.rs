@@ -5,7 +5,8 @@
 //! `super::` (resolved to the file that holds the module) and the child
 //! modules it names by their own name (`config::X` in a `mod.rs` that
 //! declares `mod config;`). Declaring a module is not importing it. Test
-//! modules (`#[cfg(test)] mod …`, at the end of a file) are left out.
+//! modules (`#[cfg(test)] mod …` or `pub(crate) mod …`, at the end of a
+//! file) are left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -114,7 +115,11 @@ fn reexports(root: &Path) -> BTreeMap<String, Vec<String>> {
 /// A file's code: without its test module and without comments.
 fn code_of(file: &Path) -> String {
     let text = std::fs::read_to_string(file).unwrap();
-    let text = match text.find("#[cfg(test)]\nmod ") {
+    let test_module = ["#[cfg(test)]\nmod ", "#[cfg(test)]\npub(crate) mod "]
+        .iter()
+        .filter_map(|m| text.find(m))
+        .min();
+    let text = match test_module {
         Some(i) => &text[..i],
         None => &text[..],
     };

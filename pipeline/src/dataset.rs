@@ -305,36 +305,46 @@ impl Dataset {
         !self.key_columns().is_empty()
     }
 
-    /// Columns of the dedup key, in order. Empty: append only.
+    /// The dedup key's columns by name, in order. Empty: append only.
     ///
     /// A usage dataset's key starts with its tenant (see
     /// [`Dataset::tenant_column`]), so one tenant's ids never suppress
     /// another's; files are sorted by the key, then time.
-    pub fn key_columns(self) -> &'static [usize] {
+    pub fn key_names(self) -> &'static [&'static str] {
         match self {
-            // (microdao_id, chat_id, event_id): chat.usage_delta events
-            // land here, keyed as chat events are (app_id is their
-            // microdao_id); other calls have no chat_id.
-            Dataset::UsageLlm => &[5, 17, 0],
-            // (microdao_id, event_id)
-            Dataset::UsageTool => &[5, 0],
-            Dataset::UsageAgent => &[3, 0],
-            Dataset::UsageMessage => &[4, 0],
-            // (app_id, chat_id, event_id)
-            Dataset::UsageChatSummary => &[3, 2, 0],
-            // (customer_id, vm_id, timestamp)
-            Dataset::VmMetrics => &[0, 1, 2],
-            // (microdao_id, id)
-            Dataset::UsageSnapshots => &[4, 0],
-            Dataset::HostUsage => &[0, 1],
+            // chat.usage_delta events land here, keyed as chat events are
+            // (app_id is their microdao_id); other calls have no chat_id.
+            Dataset::UsageLlm => &["microdao_id", "chat_id", "event_id"],
+            Dataset::UsageTool | Dataset::UsageAgent | Dataset::UsageMessage => {
+                &["microdao_id", "event_id"]
+            }
+            Dataset::UsageChatSummary => &["app_id", "chat_id", "event_id"],
+            Dataset::VmMetrics => &["customer_id", "vm_id", "timestamp"],
+            Dataset::UsageSnapshots => &["microdao_id", "id"],
+            Dataset::HostUsage => &["hostname", "timestamp"],
             Dataset::Rejected => &[],
-            // id: an alert's id names its crossing (budget, threshold,
-            // period) or its anomaly, so a crossing found again is a copy.
-            Dataset::Alerts | Dataset::Anomalies => &[0],
-            // event_id: VM events name their VM in it; only starts carry a
+            // An alert's id names its crossing (budget, threshold, period)
+            // or its anomaly, so a crossing found again is a copy.
+            Dataset::Alerts | Dataset::Anomalies => &["id"],
+            // VM events name their VM in event_id; only starts carry a
             // customer.
-            Dataset::VmEvents => &[0],
+            Dataset::VmEvents => &["event_id"],
         }
+    }
+
+    /// The positions of [`Dataset::key_names`] in the schema (looked up by
+    /// name once).
+    pub fn key_columns(self) -> &'static [usize] {
+        static KEYS: std::sync::LazyLock<[Vec<usize>; Dataset::COUNT]> =
+            std::sync::LazyLock::new(|| {
+                Dataset::ALL.map(|d| {
+                    d.key_names()
+                        .iter()
+                        .map(|n| d.column_index(n).expect("a key column is in its schema"))
+                        .collect()
+                })
+            });
+        &KEYS[self.index()]
     }
 
     /// The column naming a record's tenant: `microdao_id` for the usage
@@ -363,13 +373,20 @@ impl Dataset {
         cols.len() >= 2 && cols.last() == Some(&self.time_column())
     }
 
-    /// The column that places a record in a `date=/hour=` partition.
+    /// The column that places a record in a `date=/hour=` partition:
+    /// `timestamp`, in every dataset.
+    pub const TIME: &'static str = "timestamp";
+
+    /// The position of [`Dataset::TIME`] in the schema.
     pub fn time_column(self) -> usize {
-        match self {
-            Dataset::VmMetrics => 2,
-            Dataset::Rejected => 0,
-            _ => 1,
-        }
+        static TIMES: std::sync::LazyLock<[usize; Dataset::COUNT]> =
+            std::sync::LazyLock::new(|| {
+                Dataset::ALL.map(|d| {
+                    d.column_index(Dataset::TIME)
+                        .expect("every dataset has a timestamp")
+                })
+            });
+        TIMES[self.index()]
     }
 }
 

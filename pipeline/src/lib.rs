@@ -27,6 +27,7 @@ pub mod size;
 pub mod state_file;
 pub mod store;
 pub mod tap;
+pub mod waiting;
 pub mod wal;
 
 pub use clock::now_ns;

@@ -143,10 +143,12 @@ impl<'s> HourFold<'s> {
     /// in VM and time order.
     pub fn push(&mut self, b: &RecordBatch) {
         let none: Vec<(i64, i64)> = Vec::new();
-        let s = |i: usize| b.column(i).as_string::<i32>();
-        let n = |i: usize| b.column(i).as_primitive::<Int64Type>();
-        let (customers, vms, ts) = (s(0), s(1), n(2));
-        let (cpu, mem, dr, dw, rx, tx) = (n(3), n(4), n(5), n(6), n(7), n(8));
+        let s = |name: &str| named(b, name).as_string::<i32>();
+        let n = |name: &str| named(b, name).as_primitive::<Int64Type>();
+        let (customers, vms, ts) = (s("customer_id"), s("vm_id"), n("ts"));
+        let (cpu, mem) = (n("cpu_time_nanos"), n("memory_usage_bytes"));
+        let (dr, dw) = (n("disk_read_bytes"), n("disk_write_bytes"));
+        let (rx, tx) = (n("network_rx_bytes"), n("network_tx_bytes"));
         for r in 0..b.num_rows() {
             let sample = Sample {
                 ts: ts.value(r),
@@ -287,11 +289,21 @@ pub fn schema() -> SchemaRef {
         i("gaps"),
     ];
     for side in ["first", "last"] {
-        for c in ["ts", "cpu", "mem", "disk_read", "disk_write", "rx", "tx"] {
+        for c in SAMPLE_FIELDS {
             fields.push(i(&format!("{side}_{c}")));
         }
     }
     Arc::new(Schema::new(fields))
+}
+
+/// A sample's values as the stored hour names them (`first_ts`, …), in the
+/// order of [`sample_values`].
+const SAMPLE_FIELDS: [&str; 7] = ["ts", "cpu", "mem", "disk_read", "disk_write", "rx", "tx"];
+
+/// A column of a batch this module or `vm_samples.sql` shaped, by name.
+fn named<'b>(b: &'b RecordBatch, name: &str) -> &'b arrow::array::ArrayRef {
+    b.column_by_name(name)
+        .unwrap_or_else(|| panic!("the VM rows have no column {name}"))
 }
 
 fn sample_values(s: &Sample) -> [i64; 7] {
@@ -333,41 +345,47 @@ pub fn to_batch(hours: &[VmHour]) -> RecordBatch {
 
 /// Reads rows written by [`to_batch`]; `keep` filters by (customer, vm).
 pub fn from_batch(b: &RecordBatch, keep: &dyn Fn(&str, &str) -> bool) -> Vec<VmHour> {
-    let s = |i: usize| b.column(i).as_string::<i32>();
-    let n = |i: usize| b.column(i).as_primitive::<Int64Type>();
-    let f = b.column(4).as_primitive::<arrow::datatypes::Float64Type>();
-    let sample = |base: usize, r: usize| Sample {
-        ts: n(base).value(r),
-        cpu: n(base + 1).value(r),
-        mem: n(base + 2).value(r),
-        disk_read: n(base + 3).value(r),
-        disk_write: n(base + 4).value(r),
-        rx: n(base + 5).value(r),
-        tx: n(base + 6).value(r),
+    let s = |name: &str| named(b, name).as_string::<i32>();
+    let n = |name: &str| named(b, name).as_primitive::<Int64Type>();
+    let f = named(b, "memory_byte_ns").as_primitive::<arrow::datatypes::Float64Type>();
+    let side = |side: &str| SAMPLE_FIELDS.map(|c| n(&format!("{side}_{c}")));
+    let (firsts, lasts) = (side("first"), side("last"));
+    let sample = |cols: &[&Int64Array; 7], r: usize| Sample {
+        ts: cols[0].value(r),
+        cpu: cols[1].value(r),
+        mem: cols[2].value(r),
+        disk_read: cols[3].value(r),
+        disk_write: cols[4].value(r),
+        rx: cols[5].value(r),
+        tx: cols[6].value(r),
     };
+    let (customers, vms, hours) = (s("customer_id"), s("vm_id"), n("hour"));
+    let (cpu, dr, dw) = (n("cpu_nanos"), n("disk_read_bytes"), n("disk_write_bytes"));
+    let (rx, tx) = (n("network_rx_bytes"), n("network_tx_bytes"));
+    let (observed, samples, gaps) = (n("observed_ns"), n("samples"), n("gaps"));
     let mut out = Vec::new();
     for r in 0..b.num_rows() {
-        let (c, v) = (s(0).value(r), s(1).value(r));
+        let (c, v) = (customers.value(r), vms.value(r));
         if !keep(c, v) {
             continue;
         }
         out.push(VmHour {
             customer_id: c.to_string(),
             vm_id: v.to_string(),
-            hour: n(2).value(r),
+            hour: hours.value(r),
             usage: Usage {
-                cpu_nanos: n(3).value(r),
+                cpu_nanos: cpu.value(r),
                 mem_byte_ns: f.value(r),
-                disk_read: n(5).value(r),
-                disk_write: n(6).value(r),
-                rx: n(7).value(r),
-                tx: n(8).value(r),
-                observed_ns: n(9).value(r),
-                samples: n(10).value(r),
-                gaps: n(11).value(r),
+                disk_read: dr.value(r),
+                disk_write: dw.value(r),
+                rx: rx.value(r),
+                tx: tx.value(r),
+                observed_ns: observed.value(r),
+                samples: samples.value(r),
+                gaps: gaps.value(r),
             },
-            first: sample(12, r),
-            last: sample(19, r),
+            first: sample(&firsts, r),
+            last: sample(&lasts, r),
         });
     }
     out

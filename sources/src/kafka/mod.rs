@@ -40,6 +40,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tally_pipeline::component::Component;
 use tally_pipeline::sink::SinkControl;
+use tally_pipeline::waiting::Origin;
 use tally_pipeline::wal::codec::decode_records;
 use tally_pipeline::{now_ns, IngestError, Pipeline, Record, Rejection};
 use tally_proto::billing::v1::SendMetricsBatchRequest;
@@ -544,7 +545,8 @@ fn run(
 }
 
 /// Ingests until durable in the WAL; waits while the pipeline is full (the
-/// consumer simply reads more slowly). `None` when stopped meanwhile.
+/// consumer simply reads more slowly), and through any other refusal (the
+/// log cannot be told no). `None` when stopped meanwhile.
 fn ingest_until_durable(
     shared: &Shared,
     pipeline: &Pipeline,
@@ -552,28 +554,20 @@ fn ingest_until_durable(
     rejections: Vec<Rejection>,
     stop: &watch::Receiver<bool>,
 ) -> Option<u64> {
-    let mut delay = Duration::from_millis(20);
-    loop {
-        let result = shared.rt.block_on(pipeline.ingest_from_log(
-            SOURCE,
-            records.clone(),
-            rejections.clone(),
-        ));
-        match result {
-            Ok(report) => return Some(report.seq.unwrap_or(0)),
-            Err(e) => {
-                if *stop.borrow() {
-                    return None;
-                }
-                if !matches!(e, IngestError::QueueFull(_)) {
-                    tracing::warn!(error = %e, "Kafka batch not stored; retrying");
-                    shared.status.lock().last_error = Some(e.to_string());
-                }
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(1));
+    let stored = shared.rt.block_on(pipeline.ingest_until_durable(
+        SOURCE,
+        Origin::Log,
+        records,
+        rejections,
+        stop,
+        |e| {
+            if !matches!(e, IngestError::QueueFull(_)) {
+                tracing::warn!(error = %e, "Kafka batch not stored; retrying");
+                shared.status.lock().last_error = Some(e.to_string());
             }
-        }
-    }
+        },
+    ));
+    stored.ok().map(|report| report.seq.unwrap_or(0))
 }
 
 #[cfg(test)]

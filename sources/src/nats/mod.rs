@@ -18,7 +18,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use tally_pipeline::{IngestError, Pipeline, Record, Refused, Rejection};
+use tally_pipeline::waiting::Origin;
+use tally_pipeline::{IngestError, Pipeline, Record, Rejection};
 use tokio::sync::watch;
 
 use crate::events::Subject;
@@ -189,23 +190,12 @@ async fn ingest_until_durable(
     rejections: Vec<Rejection>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<bool>, IngestError> {
-    let (mut records, mut rejections) = (records, rejections);
-    let mut delay = Duration::from_millis(20);
-    loop {
-        match pipeline.try_ingest(SOURCE, records, rejections).await {
-            Ok(report) => return Ok(report.stored_flags),
-            Err(Refused {
-                error: IngestError::QueueFull(q),
-                batch: Some(batch),
-            }) if !*stop.borrow() => {
-                tracing::debug!(error = %q, "pipeline full; NATS collector waits");
-                (records, rejections) = batch;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-            Err(refused) => return Err(refused.error),
-        }
-    }
+    pipeline
+        .ingest_until_durable(SOURCE, Origin::Consumer, records, rejections, stop, |q| {
+            tracing::debug!(error = %q, "pipeline full; NATS collector waits");
+        })
+        .await
+        .map(|report| report.stored_flags)
 }
 
 /// The NATS collector: its settings and the hook that sees what it accepts.
