@@ -162,7 +162,7 @@ impl Config {
         } else {
             c.node.listen.clone()
         };
-        c.alerts.target().map_err(anyhow::Error::msg)?;
+        c.alerts.target()?;
         c.anomalies.threshold()?;
         let kafka = c.kafka.resolve(&node_id)?;
         let relay = c.relay.resolve()?;

@@ -114,7 +114,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .start(
             AlertJob {
                 dir: state.join("alerts"),
-                target: config.alerts.target().map_err(anyhow::Error::msg)?,
+                target: config.alerts.target()?,
                 quarantine: core.quarantine.clone(),
             },
             &ctx,

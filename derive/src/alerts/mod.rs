@@ -53,14 +53,12 @@ pub struct AlertArgs {
 
 impl AlertArgs {
     /// The default webhook, checked.
-    pub fn target(&self) -> Result<Option<Target>, String> {
+    pub fn target(&self) -> Result<Option<Target>, AlertSettingsError> {
         match &self.alert_webhook {
-            None if self.alert_webhook_secret.is_some() => {
-                Err("alert_webhook_secret is set without alert_webhook".into())
-            }
+            None if self.alert_webhook_secret.is_some() => Err(AlertSettingsError::SecretAlone),
             None => Ok(None),
             Some(url) => {
-                check_url(url).map_err(|e| format!("alert_webhook: {e}"))?;
+                check_url(url)?;
                 Ok(Some(Target {
                     url: url.clone(),
                     secret: self.alert_webhook_secret.clone(),
@@ -197,6 +195,15 @@ impl Alerts {
             })?
             .map_err(|source| AlertError::State { path, source })
     }
+}
+
+/// `[alerts]` settings that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertSettingsError {
+    #[error("alert_webhook_secret is set without alert_webhook")]
+    SecretAlone,
+    #[error("alert_webhook: {0}")]
+    Url(#[from] tally_queries::alerts::BadUrl),
 }
 
 /// The alert job: fires alerts once and delivers them to their webhooks.

@@ -13,12 +13,21 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 /// An http(s) URL with a host.
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> Result<(), BadUrl> {
     match url::Url::parse(url) {
         Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => Ok(()),
-        Ok(_) => Err(format!("must be an http or https URL, got {url:?}")),
-        Err(e) => Err(format!("must be a URL ({e}), got {url:?}")),
+        Ok(_) => Err(BadUrl::NotHttp(url.to_string())),
+        Err(e) => Err(BadUrl::Unparsable(url.to_string(), e)),
     }
+}
+
+/// A webhook URL tally will not POST to.
+#[derive(Debug, thiserror::Error)]
+pub enum BadUrl {
+    #[error("must be an http or https URL, got {0:?}")]
+    NotHttp(String),
+    #[error("must be a URL ({1}), got {0:?}")]
+    Unparsable(String, url::ParseError),
 }
 
 /// Where an alert is POSTed.

@@ -7,11 +7,12 @@ use serde_json::{Map, Value as Json};
 use tally_pipeline::{Dataset, Record, RecordBuilder, Value};
 
 use super::fields::Fields;
+use super::invalid::InvalidEvent;
 use super::object::{Field, Object};
 
 type Obj<'a> = Object<'a>;
 
-pub fn llm(obj: &Obj) -> Result<Record, String> {
+pub fn llm(obj: &Obj) -> Result<Record, InvalidEvent> {
     let mut f = Fields::new(obj);
     let mut r = RecordBuilder::new(Dataset::UsageLlm);
     r.set("event_id", f.str("event_id"))
@@ -45,7 +46,7 @@ pub fn llm(obj: &Obj) -> Result<Record, String> {
     f.finish(r)
 }
 
-pub fn tool(obj: &Obj) -> Result<Record, String> {
+pub fn tool(obj: &Obj) -> Result<Record, InvalidEvent> {
     let mut f = Fields::new(obj);
     let mut r = RecordBuilder::new(Dataset::UsageTool);
     r.set("event_id", f.str("event_id"))
@@ -63,7 +64,7 @@ pub fn tool(obj: &Obj) -> Result<Record, String> {
     f.finish(r)
 }
 
-pub fn agent(obj: &Obj) -> Result<Record, String> {
+pub fn agent(obj: &Obj) -> Result<Record, InvalidEvent> {
     let mut f = Fields::new(obj);
     let mut r = RecordBuilder::new(Dataset::UsageAgent);
     r.set("event_id", f.str("event_id"))
@@ -96,7 +97,7 @@ const MESSAGE_FIELDS: &[&str] = &[
     "metadata",
 ];
 
-pub fn message(obj: &Obj) -> Result<Record, String> {
+pub fn message(obj: &Obj) -> Result<Record, InvalidEvent> {
     let mut f = Fields::new(obj);
     let event_id = f.str("message_id");
     let timestamp = f.timestamp("created_at");

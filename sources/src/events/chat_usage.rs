@@ -4,11 +4,12 @@
 use tally_pipeline::{Dataset, Record, RecordBuilder};
 
 use super::fields::Fields;
+use super::invalid::InvalidEvent;
 use super::object::Object;
 
 type Obj<'a> = Object<'a>;
 
-pub fn delta(obj: &Obj) -> Result<Record, String> {
+pub fn delta(obj: &Obj) -> Result<Record, InvalidEvent> {
     let mut f = Fields::new(obj);
     let mut r = RecordBuilder::new(Dataset::UsageLlm);
     r.set("event_id", f.str("event_id"))
@@ -34,7 +35,7 @@ pub fn delta(obj: &Obj) -> Result<Record, String> {
     f.finish(r)
 }
 
-pub fn summary(obj: &Obj) -> Result<Record, String> {
+pub fn summary(obj: &Obj) -> Result<Record, InvalidEvent> {
     let mut f = Fields::new(obj);
     let mut r = RecordBuilder::new(Dataset::UsageChatSummary);
     r.set("event_id", f.str("event_id"))
@@ -89,7 +90,7 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "chat_id is required; app_id is required; user_id is required; \
             workflow_name is required; completion_tokens must be >= 0, got -1"
         );

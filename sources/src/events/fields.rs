@@ -4,6 +4,7 @@
 use chrono::{DateTime, NaiveDateTime};
 use tally_pipeline::{Record, RecordBuilder, Value};
 
+use super::invalid::InvalidEvent;
 use super::object::{Field, Object};
 
 /// A JSON object being decoded. Getters return a placeholder on error and
@@ -270,11 +271,11 @@ impl<'a> Fields<'a> {
 
     /// The record, or every field error; a value that does not fit its
     /// column is reported as the schema names it.
-    pub fn finish(self, record: RecordBuilder) -> Result<Record, String> {
+    pub fn finish(self, record: RecordBuilder) -> Result<Record, InvalidEvent> {
         if self.errors.is_empty() {
-            record.build().map_err(|e| e.to_string())
+            record.build().map_err(|e| InvalidEvent(e.to_string()))
         } else {
-            Err(self.errors.join("; "))
+            Err(InvalidEvent(self.errors.join("; ")))
         }
     }
 }
@@ -319,7 +320,7 @@ mod tests {
             .finish(RecordBuilder::new(tally_pipeline::Dataset::UsageLlm))
             .unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "a must be >= 0, got -5; b must be an integer, got a string; \
              c must be an integer, got a fraction or out of range; d is required; \
              e must not be empty; t must be an RFC 3339 time such as 2025-11-24T12:00:00Z, got \"noon\""

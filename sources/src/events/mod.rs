@@ -4,12 +4,14 @@
 pub(crate) mod agent_usage;
 pub(crate) mod chat_usage;
 pub(crate) mod fields;
+mod invalid;
 pub mod object;
 
 use std::fmt;
 
 use tally_pipeline::{Dataset, Record, Rejection};
 
+pub use invalid::InvalidEvent;
 use object::{Event, NotAnObject, Object};
 
 /// A subject (NATS subject, HTTP path segment, Kafka topic).
@@ -85,23 +87,16 @@ impl Subject {
                 )))
             }
         };
-        let decoded = match self {
+        match self {
             Subject::UsageLlm => agent_usage::llm(obj),
             Subject::UsageTool => agent_usage::tool(obj),
             Subject::UsageAgent => agent_usage::agent(obj),
             Subject::MessageCreated => agent_usage::message(obj),
             Subject::ChatUsageDelta => chat_usage::delta(obj),
             Subject::ChatUsageSummary => chat_usage::summary(obj),
-        };
-        decoded.map_err(InvalidEvent)
+        }
     }
 }
-
-/// An event that does not follow its spec: the reason names the field and
-/// the rule (it is what the sender is told).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidEvent(pub String);
 
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

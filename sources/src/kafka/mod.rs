@@ -306,13 +306,21 @@ fn ensure_topics(rt: &Handle, config: &KafkaConfig, topics: &[String]) -> Result
 
 /// A `vm.metrics` message: a `SendMetricsBatchRequest`, validated as
 /// billing.v1 validates it, as `vm_metrics` rows.
-pub fn decode_vm_metrics(payload: &[u8], now: i64) -> Result<Vec<Record>, String> {
-    let req = SendMetricsBatchRequest::decode(payload)
-        .map_err(|e| format!("message is not a SendMetricsBatchRequest: {e}"))?;
-    validate_batch(&req, now).map_err(|e| e.to_string())?;
-    batch_records(&req)
-        .map(|(records, _)| records)
-        .map_err(|e| e.to_string())
+pub fn decode_vm_metrics(payload: &[u8], now: i64) -> Result<Vec<Record>, BadVmMetrics> {
+    let req = SendMetricsBatchRequest::decode(payload)?;
+    validate_batch(&req, now)?;
+    Ok(batch_records(&req)?.0)
+}
+
+/// Why a `vm.metrics` message is refused (the rejection's reason).
+#[derive(Debug, thiserror::Error)]
+pub enum BadVmMetrics {
+    #[error("message is not a SendMetricsBatchRequest: {0}")]
+    NotABatch(#[from] prost::DecodeError),
+    #[error(transparent)]
+    Invalid(#[from] crate::billing::service::RpcError),
+    #[error(transparent)]
+    Schema(#[from] tally_pipeline::SchemaError),
 }
 
 /// One consumed message, decoded.
@@ -331,11 +339,11 @@ fn decode(
         },
         Route::VmMetrics => match decode_vm_metrics(payload, now) {
             Ok(batch) => records.extend(batch),
-            Err(reason) => rejections.push(Rejection {
+            Err(bad) => rejections.push(Rejection {
                 index: None,
                 subject: Some(topic.to_string()),
                 dataset: Some(tally_pipeline::Dataset::VmMetrics),
-                reason,
+                reason: bad.to_string(),
                 payload: format!("{} bytes of protobuf", payload.len()),
             }),
         },
