@@ -42,6 +42,7 @@ use tally_sinks::parquet::sink::{Compaction, Parquet, ParquetSink, Scrubbing, Si
 use tally_sinks::parquet::verify::FileDoctor;
 use tally_sinks::{recover, Destination, FlushTarget};
 use tally_sources::billing::BillingSource;
+use tally_sources::cloudevents::CloudEvents;
 use tally_sources::hardware::Sampler;
 use tally_sources::http::Http;
 use tally_sources::kafka::Kafka;
@@ -192,6 +193,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             &ctx,
         )
         .await?;
+    let cloudevents = all.start(CloudEvents, &ctx).await?;
     let billing = all
         .start(
             BillingSource {
@@ -222,6 +224,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let running = Running {
         ingest: http,
+        cloudevents,
         billing: billing.routes,
         usage_feed: sampling.feed,
         budgets,
@@ -269,6 +272,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// What the routes are built from, besides the read side.
 struct Running {
     ingest: Router,
+    cloudevents: Router,
     billing: Router,
     usage_feed: tally_pipeline::host::UsageFeed,
     budgets: Budgets,
@@ -499,6 +503,16 @@ fn routes(
     let marked = |router: Router| marked_by(router, read.lost.clone());
     Ok(Router::new()
         .merge(gate(running.ingest, Need::role(Role::Ingest), json))
+        .merge(gate(
+            running.cloudevents,
+            Need::role(Role::Ingest),
+            auth::problem_refusal,
+        ))
+        .merge(gate(
+            tally_queries::api_v1::router(read.engine.clone()),
+            Need::role(Role::Read),
+            auth::problem_refusal,
+        ))
         .merge(gate(
             running.billing,
             Need::role(Role::Ingest),

@@ -216,6 +216,22 @@ const ANOMALIES: &[Column] = &[
     col("baseline_days", Int32),
 ];
 
+/// CloudEvents (`POST /api/v1/events`, OpenMeter's API): the event as sent,
+/// `data` as its JSON text, under the tenant of the token that sent it.
+const EVENTS: &[Column] = &[
+    col("id", Utf8),
+    col("timestamp", TimestampNs),
+    col("tenant", Dict),
+    col("source", Dict),
+    col("type", Dict),
+    col("subject", Utf8),
+    col("specversion", Dict),
+    opt("datacontenttype", Dict),
+    opt("dataschema", Utf8),
+    opt("data", Utf8),
+    col("ingested_at", TimestampNs),
+];
+
 /// Every dataset tally stores. Each is one directory of Parquet files and one
 /// SQL table of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -233,11 +249,12 @@ pub enum Dataset {
     Rejected = 9,
     Alerts = 10,
     Anomalies = 11,
+    Events = 12,
 }
 
 impl Dataset {
     /// How many datasets there are.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 
     pub const ALL: [Dataset; Dataset::COUNT] = [
         Dataset::UsageLlm,
@@ -252,6 +269,7 @@ impl Dataset {
         Dataset::Rejected,
         Dataset::Alerts,
         Dataset::Anomalies,
+        Dataset::Events,
     ];
 
     pub fn name(self) -> &'static str {
@@ -268,6 +286,7 @@ impl Dataset {
             Dataset::Rejected => "rejected",
             Dataset::Alerts => "alerts",
             Dataset::Anomalies => "anomalies",
+            Dataset::Events => "events",
         }
     }
 
@@ -293,6 +312,7 @@ impl Dataset {
             Dataset::Rejected => REJECTED,
             Dataset::Alerts => ALERTS,
             Dataset::Anomalies => ANOMALIES,
+            Dataset::Events => EVENTS,
         }
     }
 
@@ -329,6 +349,8 @@ impl Dataset {
             // VM events name their VM in event_id; only starts carry a
             // customer.
             Dataset::VmEvents => &["event_id"],
+            // CloudEvents are one event per (source, id), within a tenant.
+            Dataset::Events => &["tenant", "source", "id"],
         }
     }
 
@@ -359,6 +381,7 @@ impl Dataset {
             | Dataset::UsageSnapshots => "microdao_id",
             Dataset::UsageChatSummary => "app_id",
             Dataset::VmMetrics | Dataset::VmEvents => "customer_id",
+            Dataset::Events => "tenant",
             Dataset::HostUsage | Dataset::Rejected | Dataset::Alerts | Dataset::Anomalies => {
                 return None
             }

@@ -1,5 +1,6 @@
 //! tally's read side, one folder per part:
 //!
+//! - `api_v1/`: OpenMeter's API (`/api/v1/…`): the events sent;
 //! - `sql/`: the DataFusion engine, its catalogue (each dataset one table
 //!   over its Parquet files and the live buffer), output formats, `/v1/sql`;
 //! - `history/`: stored hourly rollups and raw records put together, and the
@@ -20,6 +21,7 @@
 pub mod alerts;
 pub mod anomalies;
 pub mod api_usage;
+pub mod api_v1;
 pub mod budgets;
 pub mod dashboard;
 pub mod history;

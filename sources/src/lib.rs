@@ -1,6 +1,7 @@
 //! Sources: each turns its input into records and hands them to the pipeline.
 
 pub mod billing;
+pub mod cloudevents;
 pub mod events;
 pub mod hardware;
 pub mod http;

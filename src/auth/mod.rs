@@ -114,6 +114,21 @@ pub struct Denial {
 /// How a route group answers a refusal: JSON, or its protocol's own shape.
 pub type Render = fn(&HeaderMap, &Denial) -> Response;
 
+/// An RFC 7807 problem, for the APIs that speak it (OpenMeter's).
+pub fn problem_refusal(_: &HeaderMap, d: &Denial) -> Response {
+    let title = if d.status == StatusCode::UNAUTHORIZED {
+        "Unauthorized"
+    } else {
+        "Forbidden"
+    };
+    let mut r = tally_pipeline::http_reply::problem(d.status, title, d.detail.clone());
+    if d.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
 /// `{"error":"unauthorized"|"forbidden","detail":…}`.
 pub fn json_refusal(_: &HeaderMap, d: &Denial) -> Response {
     let error = if d.status == StatusCode::UNAUTHORIZED {

@@ -73,6 +73,9 @@ pub struct Access {
     pub tenants: Option<Arc<BTreeSet<String>>>,
 }
 
+/// The namespace of a token of every tenant.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 /// A request that asks for what its token does not cover.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -155,6 +158,20 @@ impl Access {
             .tenant_column()
             .map_or("tenant", |c| r.dataset.columns()[c].name);
         self.refuse_write(column, tenant_of(r))
+    }
+
+    /// The tenant a token's CloudEvents and meters belong to (OpenMeter's
+    /// namespace): its one tenant, or [`DEFAULT_NAMESPACE`] for a token of
+    /// every tenant. A token of several tenants has none.
+    pub fn namespace(&self) -> Result<String, Forbidden> {
+        match &self.tenants {
+            None => Ok(DEFAULT_NAMESPACE.to_string()),
+            Some(set) if set.len() == 1 => Ok(set.iter().next().cloned().unwrap_or_default()),
+            Some(_) => Err(Forbidden(format!(
+                "this token covers {}; events and meters need a token of one tenant (or of every tenant, for {DEFAULT_NAMESPACE:?})",
+                self.tenant_list()
+            ))),
+        }
     }
 
     fn tenant_list(&self) -> String {
