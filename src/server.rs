@@ -20,6 +20,7 @@ use axum::Router;
 use tally_derive::alerts::{AlertJob, Alerts};
 use tally_derive::anomalies::{Anomalies, AnomalyJob};
 use tally_derive::budgets::{BudgetJob, Budgets};
+use tally_derive::meters::MeterJob;
 use tally_derive::plan_usage::PlanUsage;
 use tally_derive::rollups::HourRollups;
 use tally_pipeline::clock::NS_PER_SEC;
@@ -145,6 +146,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             &ctx,
         )
         .await?;
+    let meters = all
+        .start(
+            MeterJob {
+                dir: state.join("meters"),
+                configured: config.meters.clone(),
+                quarantine: core.quarantine.clone(),
+            },
+            &ctx,
+        )
+        .await?;
     let forwarder = match config.control_plane.clone() {
         Some(c) => Some(all.start(ControlPlane(c), &ctx).await?),
         None => None,
@@ -230,6 +241,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         budgets,
         alerts,
         anomalies,
+        meters,
     };
     let app = routes(&config, &core, &read, running, status.clone(), &auth)?;
     let metrics_only = config
@@ -278,6 +290,7 @@ struct Running {
     budgets: Budgets,
     alerts: Alerts,
     anomalies: Anomalies,
+    meters: Arc<tally_derive::meters::Meters>,
 }
 
 /// Recovery, the WAL and the pipeline every source writes through.
@@ -501,6 +514,10 @@ fn routes(
         ))
     };
     let marked = |router: Router| marked_by(router, read.lost.clone());
+    let meters = tally_queries::api_v1::meters::Meters {
+        book: running.meters.clone(),
+        engine: read.engine.clone(),
+    };
     Ok(Router::new()
         .merge(gate(running.ingest, Need::role(Role::Ingest), json))
         .merge(gate(
@@ -509,8 +526,13 @@ fn routes(
             auth::problem_refusal,
         ))
         .merge(gate(
-            tally_queries::api_v1::router(read.engine.clone()),
+            tally_queries::api_v1::router(meters.clone()),
             Need::role(Role::Read),
+            auth::problem_refusal,
+        ))
+        .merge(gate(
+            tally_queries::api_v1::meters::definitions_router(meters),
+            Need::role(Role::Admin),
             auth::problem_refusal,
         ))
         .merge(gate(

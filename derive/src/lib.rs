@@ -10,10 +10,12 @@
 //! - `budgets/`: the budgets' files, their evaluation every interval, and
 //!   their threshold alerts;
 //! - `anomalies/`: the scan for hours far above their 7-day baseline;
+//! - `meters`: the meters of the config file and of the API;
 //! - `plan_usage`: the Usage API's settings file and its snapshots.
 
 pub mod alerts;
 pub mod anomalies;
 pub mod budgets;
+pub mod meters;
 pub mod plan_usage;
 pub mod rollups;

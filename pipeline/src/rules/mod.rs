@@ -6,13 +6,17 @@
 //! - `sql/`: each rolled-up dataset's hourly rollup as a SQL file over a
 //!   table `source` (its raw rows);
 //! - [`vm`]: VM usage per hour by the billing rules (README, "billing.v1
-//!   (VM metering)"), folded over samples in key and time order.
+//!   (VM metering)"), folded over samples in key and time order;
+//! - [`meter`] and [`json_path`]: user-defined meters over CloudEvents
+//!   (OpenMeter's model) and the JSONPaths they read `data` with.
 
 use std::hash::{Hash, Hasher};
 
 use crate::clock::HOUR_NS;
 use crate::dataset::Dataset;
 
+pub mod json_path;
+pub mod meter;
 pub mod vm;
 
 pub const USAGE_LLM_HOURLY: &str = include_str!("sql/usage_llm_hourly.sql");

@@ -1,0 +1,490 @@
+//! `GET`/`POST /api/v1/meters/{idOrSlug}/query` (OpenMeter's semantics:
+//! `from` inclusive, `to` exclusive; `subject` filters and groups by
+//! subject; `filterGroupBy[key]=value`; rows `{value, windowStart,
+//! windowEnd, subject, groupBy}`, or CSV when asked), and the meter's
+//! subjects and group-by values.
+//!
+//! The events are read from the `events` table (raw rows) and folded by the
+//! meter's rules (`tally_pipeline::rules::meter`); every value is exact,
+//! `UNIQUE_COUNT` included.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono_tz::Tz;
+use datafusion::common::ScalarValue;
+use serde_json::{json, Map, Value};
+use tally_pipeline::access::Access;
+use tally_pipeline::clock::rfc3339;
+use tally_pipeline::http_reply::problem;
+use tally_pipeline::rules::meter::Fold;
+
+use super::book::{bad, forbidden, not_found, tenant, Meters, StoredMeter};
+use super::windows::{window, WindowSize};
+
+const EVENTS: &str = include_str!("../sql/meter_events.sql");
+
+/// A query, from the query string or a JSON body.
+#[derive(Debug, Default)]
+pub struct MeterQuery {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub window: Option<WindowSize>,
+    pub tz: Option<Tz>,
+    pub subjects: Vec<String>,
+    pub group_by: Vec<String>,
+    pub filter: BTreeMap<String, BTreeSet<String>>,
+}
+
+fn time(name: &str, v: &str, errors: &mut Vec<String>) -> Option<i64> {
+    let t = chrono::DateTime::parse_from_rfc3339(v)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt());
+    if t.is_none() {
+        errors.push(format!("{name} must be an RFC 3339 time, got {v:?}"));
+    }
+    t
+}
+
+impl MeterQuery {
+    /// From `from=…&windowSize=…&subject=a&subject=b&groupBy=model&filterGroupBy[model]=x`.
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<MeterQuery, Vec<String>> {
+        let mut q = MeterQuery::default();
+        let mut errors = Vec::new();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "from" => q.from = time("from", v, &mut errors),
+                "to" => q.to = time("to", v, &mut errors),
+                "windowSize" => match WindowSize::parse(v) {
+                    Some(w) => q.window = Some(w),
+                    None => errors.push(format!(
+                        "windowSize must be MINUTE, HOUR, DAY or MONTH, got {v:?}"
+                    )),
+                },
+                "windowTimeZone" => match v.parse::<Tz>() {
+                    Ok(tz) => q.tz = Some(tz),
+                    Err(_) => errors.push(format!(
+                        "windowTimeZone must be an IANA time zone such as Europe/Berlin, got {v:?}"
+                    )),
+                },
+                "subject" => q.subjects.push(v.clone()),
+                "groupBy" => q.group_by.push(v.clone()),
+                "clientId" => {}
+                other => match other
+                    .strip_prefix("filterGroupBy[")
+                    .and_then(|r| r.strip_suffix(']'))
+                {
+                    Some(key) => {
+                        q.filter
+                            .entry(key.to_string())
+                            .or_default()
+                            .insert(v.clone());
+                    }
+                    None => errors.push(format!("{other} is not a parameter of a meter query")),
+                },
+            }
+        }
+        if errors.is_empty() {
+            Ok(q)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// From OpenMeter's `MeterQueryRequest` body.
+    pub fn from_body(body: &Value) -> Result<MeterQuery, Vec<String>> {
+        let Some(obj) = body.as_object() else {
+            return Err(vec!["the body must be a JSON object".into()]);
+        };
+        let mut pairs = Vec::new();
+        let mut errors = Vec::new();
+        for (k, v) in obj {
+            match (k.as_str(), v) {
+                (_, Value::Null) => {}
+                ("subject" | "groupBy", Value::Array(items)) => {
+                    for i in items {
+                        match i.as_str() {
+                            Some(s) => pairs.push((k.clone(), s.to_string())),
+                            None => errors.push(format!("{k} must hold strings")),
+                        }
+                    }
+                }
+                ("filterGroupBy", Value::Object(m)) => {
+                    for (key, vals) in m {
+                        let vals = match vals {
+                            Value::Array(a) => a.clone(),
+                            other => vec![other.clone()],
+                        };
+                        for v in vals {
+                            match v.as_str() {
+                                Some(s) => {
+                                    pairs.push((format!("filterGroupBy[{key}]"), s.to_string()))
+                                }
+                                None => {
+                                    errors.push(format!("filterGroupBy.{key} must hold strings"))
+                                }
+                            }
+                        }
+                    }
+                }
+                (_, Value::String(s)) => pairs.push((k.clone(), s.clone())),
+                _ => errors.push(format!("{k} has the wrong type")),
+            }
+        }
+        match MeterQuery::from_pairs(&pairs) {
+            Ok(q) if errors.is_empty() => Ok(q),
+            Ok(_) => Err(errors),
+            Err(mut e) => {
+                errors.append(&mut e);
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// One row of the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub start: i64,
+    pub end: i64,
+    pub subject: Option<String>,
+    /// By the asked group-by keys, in their order.
+    pub groups: Vec<Option<String>>,
+    pub value: f64,
+}
+
+/// The raw events of a meter in `[from, to)`: (time, subject, data).
+async fn events(
+    m: &Meters,
+    tenant: &str,
+    meter: &StoredMeter,
+    from: Option<i64>,
+    to: i64,
+) -> Result<Vec<(i64, String, Option<Value>)>, String> {
+    let from = match (from, meter.meter.event_from) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let params = vec![
+        ScalarValue::Utf8(Some(tenant.to_string())),
+        ScalarValue::Utf8(Some(meter.meter.def.event_type.clone())),
+        ScalarValue::Int64(from),
+        ScalarValue::Int64(Some(to)),
+    ];
+    let batches = m
+        .engine
+        .query_with_params(EVENTS, params)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let ts = b.column(0).as_primitive::<Int64Type>();
+        let subject = b.column(1).as_string::<i32>();
+        let data = b.column(2).as_string::<i32>();
+        for r in 0..b.num_rows() {
+            let d = (!data.is_null(r))
+                .then(|| serde_json::from_str::<Value>(data.value(r)).ok())
+                .flatten();
+            out.push((ts.value(r), subject.value(r).to_string(), d));
+        }
+    }
+    Ok(out)
+}
+
+/// The rows of `q` over `meter`'s events.
+pub fn fold_rows(
+    meter: &StoredMeter,
+    q: &MeterQuery,
+    events: &[(i64, String, Option<Value>)],
+    to: i64,
+) -> Result<Vec<Row>, Vec<String>> {
+    let m = &meter.meter;
+    let keys: Vec<&str> = m.group_by.iter().map(|(k, _)| k.as_str()).collect();
+    let mut errors = Vec::new();
+    let by_subject = !q.subjects.is_empty() || q.group_by.iter().any(|g| g == "subject");
+    let mut asked = Vec::new();
+    for g in q.group_by.iter().filter(|g| *g != "subject") {
+        match keys.iter().position(|k| k == g) {
+            Some(i) => asked.push(i),
+            None => errors.push(format!(
+                "groupBy {g:?} is not a group-by key of meter {} (its keys: {})",
+                m.def.slug,
+                keys.join(", ")
+            )),
+        }
+    }
+    let mut filters = Vec::new();
+    for (k, vals) in &q.filter {
+        match keys.iter().position(|key| key == k) {
+            Some(i) => filters.push((i, vals)),
+            None => errors.push(format!(
+                "filterGroupBy[{k}]: {k:?} is not a group-by key of meter {}",
+                m.def.slug
+            )),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let tz = q.tz.unwrap_or(chrono_tz::UTC);
+    let wanted: BTreeSet<&str> = q.subjects.iter().map(String::as_str).collect();
+    type Key = (i64, i64, Option<String>, Vec<Option<String>>);
+    let mut folds: BTreeMap<Key, Fold> = BTreeMap::new();
+    let mut first = i64::MAX;
+    for (t, subject, data) in events {
+        if !wanted.is_empty() && !wanted.contains(subject.as_str()) {
+            continue;
+        }
+        let Ok(reading) = m.read(data.as_ref()) else {
+            continue;
+        };
+        if filters.iter().any(|(i, vals)| {
+            !reading.groups[*i]
+                .as_ref()
+                .is_some_and(|v| vals.contains(v))
+        }) {
+            continue;
+        }
+        let (start, end) = match q.window {
+            Some(w) => window(w, tz, *t),
+            None => (0, 0),
+        };
+        first = first.min(*t);
+        let key = (
+            start,
+            end,
+            by_subject.then(|| subject.clone()),
+            asked.iter().map(|i| reading.groups[*i].clone()).collect(),
+        );
+        folds
+            .entry(key)
+            .or_insert_with(|| Fold::new(m.aggregation))
+            .add(*t, &reading.value);
+    }
+    Ok(folds
+        .into_iter()
+        .filter_map(|((start, end, subject, groups), fold)| {
+            let (start, end) = match q.window {
+                Some(_) => (start, end),
+                None => (q.from.unwrap_or(first), to),
+            };
+            Some(Row {
+                start,
+                end,
+                subject,
+                groups,
+                value: fold.value()?,
+            })
+        })
+        .collect())
+}
+
+fn wants_csv(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"))
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+async fn answer(
+    m: Meters,
+    access: Access,
+    id_or_slug: String,
+    headers: HeaderMap,
+    q: Result<MeterQuery, Vec<String>>,
+) -> Response {
+    let tenant = match tenant(&access) {
+        Ok(t) => t,
+        Err(e) => return forbidden(e),
+    };
+    let Some(meter) = m.book.get(&id_or_slug) else {
+        return not_found(&id_or_slug);
+    };
+    let q = match q {
+        Ok(q) => q,
+        Err(errors) => return bad(errors.join("; ")),
+    };
+    let to = q.to.unwrap_or_else(tally_pipeline::now_ns);
+    let events = match events(&m, &tenant, &meter, q.from, to).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, meter = %meter.meter.def.slug, "meter query failed");
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+                e,
+            );
+        }
+    };
+    let rows = match fold_rows(&meter, &q, &events, to) {
+        Ok(r) => r,
+        Err(errors) => return bad(errors.join("; ")),
+    };
+    let asked: Vec<&String> = q.group_by.iter().filter(|g| *g != "subject").collect();
+    if wants_csv(&headers) {
+        let mut out = String::from("window_start,window_end,subject");
+        for k in &asked {
+            out.push(',');
+            out.push_str(&csv_field(k));
+        }
+        out.push_str(",value\n");
+        for r in &rows {
+            out.push_str(&format!(
+                "{},{},{}",
+                rfc3339(r.start),
+                rfc3339(r.end),
+                csv_field(r.subject.as_deref().unwrap_or(""))
+            ));
+            for g in &r.groups {
+                out.push(',');
+                out.push_str(&csv_field(g.as_deref().unwrap_or("")));
+            }
+            out.push_str(&format!(",{}\n", r.value));
+        }
+        let mut resp = (StatusCode::OK, out).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
+        return resp;
+    }
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let groups: Map<String, Value> = asked
+                .iter()
+                .zip(&r.groups)
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            json!({
+                "value": r.value,
+                "windowStart": rfc3339(r.start),
+                "windowEnd": rfc3339(r.end),
+                "subject": r.subject,
+                "groupBy": groups,
+            })
+        })
+        .collect();
+    let mut body = json!({"data": data});
+    if let Some(f) = q.from {
+        body["from"] = json!(rfc3339(f));
+    }
+    body["to"] = json!(rfc3339(to));
+    if let Some(w) = q.window {
+        body["windowSize"] = json!(w.name());
+    }
+    Json(body).into_response()
+}
+
+pub async fn get_query(
+    State(m): State<Meters>,
+    Extension(access): Extension<Access>,
+    Path(id_or_slug): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    answer(
+        m,
+        access,
+        id_or_slug,
+        headers,
+        MeterQuery::from_pairs(&pairs),
+    )
+    .await
+}
+
+pub async fn post_query(
+    State(m): State<Meters>,
+    Extension(access): Extension<Access>,
+    Path(id_or_slug): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let q = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => MeterQuery::from_body(&v),
+        Err(e) => Err(vec![format!("the body is not valid JSON: {e}")]),
+    };
+    answer(m, access, id_or_slug, headers, q).await
+}
+
+/// The subjects of a meter's events.
+pub async fn subjects(
+    State(m): State<Meters>,
+    Extension(access): Extension<Access>,
+    Path(id_or_slug): Path<String>,
+) -> Response {
+    let tenant = match tenant(&access) {
+        Ok(t) => t,
+        Err(e) => return forbidden(e),
+    };
+    let Some(meter) = m.book.get(&id_or_slug) else {
+        return not_found(&id_or_slug);
+    };
+    match events(&m, &tenant, &meter, None, tally_pipeline::now_ns()).await {
+        Ok(ev) => {
+            let set: BTreeSet<String> = ev.into_iter().map(|(_, s, _)| s).collect();
+            Json(set.into_iter().collect::<Vec<_>>()).into_response()
+        }
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            e,
+        ),
+    }
+}
+
+/// The values a group-by key of a meter takes.
+pub async fn group_values(
+    State(m): State<Meters>,
+    Extension(access): Extension<Access>,
+    Path((id_or_slug, key)): Path<(String, String)>,
+) -> Response {
+    let tenant = match tenant(&access) {
+        Ok(t) => t,
+        Err(e) => return forbidden(e),
+    };
+    let Some(meter) = m.book.get(&id_or_slug) else {
+        return not_found(&id_or_slug);
+    };
+    let Some(i) = meter.meter.group_by.iter().position(|(k, _)| *k == key) else {
+        return bad(format!(
+            "{key:?} is not a group-by key of meter {}",
+            meter.meter.def.slug
+        ));
+    };
+    match events(&m, &tenant, &meter, None, tally_pipeline::now_ns()).await {
+        Ok(ev) => {
+            let set: BTreeSet<String> = ev
+                .iter()
+                .filter_map(|(_, _, d)| {
+                    meter.meter.group_by[i]
+                        .1
+                        .get(d.as_ref()?)
+                        .map(tally_pipeline::rules::json_path::text)
+                })
+                .collect();
+            Json(set.into_iter().collect::<Vec<_>>()).into_response()
+        }
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            e,
+        ),
+    }
+}
