@@ -17,8 +17,6 @@ use tally_pipeline::Dataset;
 use tally_queries::history::History;
 use tally_queries::prices::PriceCatalogue;
 
-#[cfg(test)]
-mod sql_tests;
 mod stream;
 
 /// Builds the rollups of closed hours for the compactor.
@@ -91,3 +89,6 @@ impl RollupBuilder for HourRollups {
         Ok(hours.iter().map(|h| gap_fingerprint(&spans, *h)).collect())
     }
 }
+
+#[cfg(test)]
+mod sql_tests;

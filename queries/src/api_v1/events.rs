@@ -16,7 +16,7 @@ use tally_pipeline::http_reply::problem;
 use crate::sql::format::OutputFormat;
 use crate::sql::SqlEngine;
 
-const EVENTS: &str = include_str!("sql/events.sql");
+pub(crate) const EVENTS: &str = include_str!("sql/events.sql");
 
 /// The parameters OpenMeter's list takes; `clientId` only tracks a query.
 const PARAMS: [&str; 9] = [

@@ -36,3 +36,6 @@ async fn not_served(uri: Uri) -> Response {
         ),
     )
 }
+
+#[cfg(test)]
+mod sql_tests;

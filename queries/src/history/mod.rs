@@ -36,9 +36,6 @@ use crate::sql::QueryError;
 use tally_pipeline::rules::vm::{self as hours, GapSpans};
 use tally_pipeline::rules::{rollup_of, VM_GAP_SPANS};
 
-#[cfg(test)]
-mod raw_once_tests;
-
 const RAW_ONCE: &str = include_str!("sql/raw_once.sql");
 
 /// `sql/raw_once.sql` for a dataset's key columns and a time condition.
@@ -486,3 +483,6 @@ impl History {
         self.regrouped.lock().retain(|(p, _), _| !files.contains(p));
     }
 }
+
+#[cfg(test)]
+mod raw_once_tests;

@@ -3,9 +3,6 @@
 
 pub mod table;
 
-#[cfg(test)]
-mod sql_tests;
-
 /// The billing rules over raw samples in SQL: `tally sql` registers it as
 /// the views `vm_usage_hourly`, `vm_usage_daily` and `vm_usage_monthly`
 /// (the server has the bill tables of `table.rs` under those names).
@@ -406,3 +403,6 @@ mod tests {
         assert_eq!(a, b, "no hour starts in [10:30, 11:00)");
     }
 }
+
+#[cfg(test)]
+mod sql_tests;

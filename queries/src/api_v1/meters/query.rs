@@ -28,7 +28,7 @@ use tally_pipeline::rules::meter::Fold;
 use super::book::{bad, forbidden, not_found, tenant, Meters, StoredMeter};
 use super::windows::{window, WindowSize};
 
-const EVENTS: &str = include_str!("../sql/meter_events.sql");
+pub(crate) const METER_EVENTS: &str = include_str!("../sql/meter_events.sql");
 
 /// A query, from the query string or a JSON body.
 #[derive(Debug, Default)]
@@ -179,7 +179,7 @@ async fn events(
     ];
     let batches = m
         .engine
-        .query_with_params(EVENTS, params)
+        .query_with_params(METER_EVENTS, params)
         .await
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
