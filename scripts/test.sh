@@ -42,6 +42,8 @@ export TALLY_TEST_TANSU TALLY_TEST_MOTO
 # OpenMeter's Python client (Apache-2.0; a pre-release, pinned):
 # tests/openmeter_sdk.rs drives tally's /api/v1 with it unchanged.
 python3 -m pip install --quiet --disable-pip-version-check 'openmeter==1.0.0b236'
+# Stripe's Python client (MIT), pinned: tests/stripe.rs sends meter events with it.
+python3 -m pip install --quiet --disable-pip-version-check 'stripe==16.1.0'
 
 # Claude Code Usage Monitor (MIT), pinned: tests/claude_monitor.rs holds
 # tally's plan numbers against it on the same logs.

@@ -48,6 +48,7 @@ use tally_sources::hardware::Sampler;
 use tally_sources::http::Http;
 use tally_sources::kafka::Kafka;
 use tally_sources::nats::Nats;
+use tally_sources::stripe::StripeMeterEvents;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -205,6 +206,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .await?;
     let cloudevents = all.start(CloudEvents, &ctx).await?;
+    let stripe = all.start(StripeMeterEvents, &ctx).await?;
     let billing = all
         .start(
             BillingSource {
@@ -236,6 +238,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let running = Running {
         ingest: http,
         cloudevents,
+        stripe,
         billing: billing.routes,
         usage_feed: sampling.feed,
         budgets,
@@ -285,6 +288,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 struct Running {
     ingest: Router,
     cloudevents: Router,
+    stripe: Router,
     billing: Router,
     usage_feed: tally_pipeline::host::UsageFeed,
     budgets: Budgets,
@@ -524,6 +528,11 @@ fn routes(
             running.cloudevents,
             Need::role(Role::Ingest),
             auth::problem_refusal,
+        ))
+        .merge(gate(
+            running.stripe,
+            Need::role(Role::Ingest),
+            auth::stripe_refusal,
         ))
         .merge(gate(
             tally_queries::api_v1::router(meters.clone()),

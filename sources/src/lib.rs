@@ -7,3 +7,4 @@ pub mod hardware;
 pub mod http;
 pub mod kafka;
 pub mod nats;
+pub mod stripe;

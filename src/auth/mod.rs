@@ -129,6 +129,12 @@ pub fn problem_refusal(_: &HeaderMap, d: &Denial) -> Response {
     r
 }
 
+/// Stripe's error object, for its meter-event route.
+pub fn stripe_refusal(_: &HeaderMap, d: &Denial) -> Response {
+    let body = json!({"error": {"type": "invalid_request_error", "message": d.detail}});
+    (d.status, Json(body)).into_response()
+}
+
 /// `{"error":"unauthorized"|"forbidden","detail":…}`.
 pub fn json_refusal(_: &HeaderMap, d: &Denial) -> Response {
     let error = if d.status == StatusCode::UNAUTHORIZED {
