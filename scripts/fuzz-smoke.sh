@@ -13,6 +13,12 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --ver
 flags=(--dev -a --sanitizer none)
 [ -n "${TALLY_FUZZ_TARGET_DIR:-}" ] && flags+=(--target-dir "$TALLY_FUZZ_TARGET_DIR")
 cargo +nightly fuzz build "${flags[@]}"
+# A kept build directory holds every earlier build of each target (about 1 GB
+# each): drop the target binaries a day old or more, which no build uses now.
+if [ -n "${TALLY_FUZZ_TARGET_DIR:-}" ]; then
+  find "$TALLY_FUZZ_TARGET_DIR" -path '*/debug/deps/*' -type f -size +100M -mtime +0 \
+    ! -name '*.rlib' ! -name '*.rmeta' ! -name '*.so' -delete 2>/dev/null || true
+fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 for target in $(cargo +nightly fuzz list); do
