@@ -23,7 +23,7 @@ use crate::store::FileEntry;
 /// Two VM samples further apart than this are a gap and count nothing
 /// (the billing rules, README "billing.v1 (VM metering)"): the billing
 /// source's gap detection and the
-/// read side's rollups use this one value.
+/// rules of `crate::rules::vm` use this one value.
 pub const VM_GAP_LIMIT_SECS: u64 = 120;
 
 /// The hour (nanoseconds since the epoch, a multiple of [`crate::clock::HOUR_NS`]) of a
@@ -102,8 +102,9 @@ pub enum RollupError {
     Read { path: PathBuf, detail: String },
 }
 
-/// Computes the rollups of a dataset's closed hour. Implemented by the read
-/// side, which owns the rules (SQL files, billing rules); the compactor calls it.
+/// Computes the rollups of a dataset's closed hour by the rules of
+/// `crate::rules`. Implemented by the derive side (`tally_derive::rollups`);
+/// the compactor calls it.
 #[async_trait]
 pub trait RollupBuilder: Send + Sync {
     /// The rollup tables derived from `dataset` (empty: none).
