@@ -4,15 +4,14 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use datafusion::common::ScalarValue;
 use serde_json::{json, Map, Value};
 use tally_pipeline::access::Access;
 use tally_pipeline::clock::{rfc3339, HOUR_NS};
-use tally_pipeline::http_reply::problem;
 
+use super::problems::{bad, forbidden, unexpected};
 use crate::sql::format::OutputFormat;
 use crate::sql::SqlEngine;
 
@@ -30,10 +29,6 @@ const PARAMS: [&str; 9] = [
     "to",
     "limit",
 ];
-
-fn bad(detail: String) -> Response {
-    problem(StatusCode::BAD_REQUEST, "Bad Request", detail)
-}
 
 fn time(params: &HashMap<String, String>, name: &str, errors: &mut Vec<String>) -> Option<i64> {
     let v = params.get(name)?;
@@ -85,7 +80,7 @@ pub async fn list(
     }
     let tenant = match access.namespace() {
         Ok(t) => t,
-        Err(e) => return problem(StatusCode::FORBIDDEN, "Forbidden", e.to_string()),
+        Err(e) => return forbidden(e),
     };
     // Without `from`, the last 72 hours (as OpenMeter).
     let from = from.or_else(|| Some(tally_pipeline::now_ns() - 72 * HOUR_NS));
@@ -103,24 +98,15 @@ pub async fn list(
     let rows = match engine.query_with_params(EVENTS, values).await {
         Ok(batches) => match OutputFormat::Json.write(&batches) {
             Ok(bytes) => serde_json::from_slice::<Vec<Map<String, Value>>>(&bytes),
-            Err(e) => return unexpected(e),
+            Err(e) => return unexpected("listing events", e),
         },
-        Err(e) => return unexpected(e),
+        Err(e) => return unexpected("listing events", e),
     };
     let rows = match rows {
         Ok(r) => r,
-        Err(e) => return unexpected(e),
+        Err(e) => return unexpected("listing events", e),
     };
     Json(rows.iter().map(ingested_event).collect::<Vec<_>>()).into_response()
-}
-
-fn unexpected(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "listing events failed");
-    problem(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Internal Server Error",
-        e.to_string(),
-    )
 }
 
 /// A row as an `IngestedEvent`: the event as sent, and when it was stored

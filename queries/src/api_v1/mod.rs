@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod meters;
+pub mod problems;
 
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;

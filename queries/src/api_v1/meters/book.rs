@@ -4,12 +4,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use axum::http::StatusCode;
-use axum::response::Response;
 use serde_json::{json, Value};
-use tally_pipeline::access::{Access, Forbidden};
 use tally_pipeline::clock::rfc3339;
-use tally_pipeline::http_reply::problem;
 use tally_pipeline::rules::meter::Meter;
 
 use crate::sql::SqlEngine;
@@ -107,25 +103,4 @@ pub trait MeterBook: Send + Sync {
 pub struct Meters {
     pub book: Arc<dyn MeterBook>,
     pub engine: SqlEngine,
-}
-
-pub fn bad(detail: String) -> Response {
-    problem(StatusCode::BAD_REQUEST, "Bad Request", detail)
-}
-
-pub fn not_found(id_or_slug: &str) -> Response {
-    problem(
-        StatusCode::NOT_FOUND,
-        "Not Found",
-        format!("meter {id_or_slug:?} not found"),
-    )
-}
-
-/// The tenant whose events a token reads, or why it has none.
-pub fn tenant(access: &Access) -> Result<String, Forbidden> {
-    access.namespace()
-}
-
-pub fn forbidden(e: Forbidden) -> Response {
-    problem(StatusCode::FORBIDDEN, "Forbidden", e.to_string())
 }

@@ -10,21 +10,15 @@ use serde_json::Value;
 use tally_pipeline::http_reply::problem;
 use tally_pipeline::rules::meter::{Meter, MeterDef};
 
-use super::book::{bad, not_found, MeterError, MeterUpdate, Meters};
+use super::book::{MeterError, MeterUpdate, Meters};
+use crate::api_v1::problems::{bad, no_meter, unexpected};
 
 pub(super) fn failed(e: MeterError) -> Response {
     match e {
         MeterError::Exists(_) => problem(StatusCode::CONFLICT, "Conflict", e.to_string()),
         MeterError::FromConfig(_) => problem(StatusCode::FORBIDDEN, "Forbidden", e.to_string()),
         MeterError::Invalid(_) => bad(e.to_string()),
-        MeterError::State(_) => {
-            tracing::error!(error = %e, "meter not stored");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal Server Error",
-                e.to_string(),
-            )
-        }
+        MeterError::State(_) => unexpected("storing a meter", e),
     }
 }
 
@@ -36,7 +30,7 @@ pub async fn list(State(m): State<Meters>) -> Response {
 pub async fn one(State(m): State<Meters>, Path(id_or_slug): Path<String>) -> Response {
     match m.book.get(&id_or_slug) {
         Some(s) => Json(s.json()).into_response(),
-        None => not_found(&id_or_slug),
+        None => no_meter(&id_or_slug),
     }
 }
 
@@ -84,7 +78,7 @@ pub async fn update(
     };
     match m.book.update(&id_or_slug, update).await {
         Ok(Some(s)) => Json(s.json()).into_response(),
-        Ok(None) => not_found(&id_or_slug),
+        Ok(None) => no_meter(&id_or_slug),
         Err(e) => failed(e),
     }
 }
@@ -92,7 +86,7 @@ pub async fn update(
 pub async fn delete(State(m): State<Meters>, Path(id_or_slug): Path<String>) -> Response {
     match m.book.delete(&id_or_slug).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => not_found(&id_or_slug),
+        Ok(false) => no_meter(&id_or_slug),
         Err(e) => failed(e),
     }
 }

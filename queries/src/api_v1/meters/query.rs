@@ -9,6 +9,7 @@
 //! `UNIQUE_COUNT` included.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
@@ -22,13 +23,27 @@ use datafusion::common::ScalarValue;
 use serde_json::{json, Map, Value};
 use tally_pipeline::access::Access;
 use tally_pipeline::clock::rfc3339;
-use tally_pipeline::http_reply::problem;
 use tally_pipeline::rules::meter::Fold;
 
-use super::book::{bad, forbidden, not_found, tenant, Meters, StoredMeter};
+use super::book::{Meters, StoredMeter};
 use super::windows::{window, WindowSize};
+use crate::api_v1::problems::{bad, forbidden, no_meter, unexpected};
 
 pub(crate) const METER_EVENTS: &str = include_str!("../sql/meter_events.sql");
+
+/// The token's tenant and the meter asked for, or the answer that refuses.
+fn meter_of(
+    m: &Meters,
+    access: &Access,
+    id_or_slug: &str,
+) -> Result<(String, Arc<StoredMeter>), Box<Response>> {
+    let tenant = access.namespace().map_err(|e| Box::new(forbidden(e)))?;
+    let meter = m
+        .book
+        .get(id_or_slug)
+        .ok_or_else(|| Box::new(no_meter(id_or_slug)))?;
+    Ok((tenant, meter))
+}
 
 /// A query, from the query string or a JSON body.
 #[derive(Debug, Default)]
@@ -307,12 +322,9 @@ async fn answer(
     headers: HeaderMap,
     q: Result<MeterQuery, Vec<String>>,
 ) -> Response {
-    let tenant = match tenant(&access) {
-        Ok(t) => t,
-        Err(e) => return forbidden(e),
-    };
-    let Some(meter) = m.book.get(&id_or_slug) else {
-        return not_found(&id_or_slug);
+    let (tenant, meter) = match meter_of(&m, &access, &id_or_slug) {
+        Ok(found) => found,
+        Err(r) => return *r,
     };
     let q = match q {
         Ok(q) => q,
@@ -321,14 +333,7 @@ async fn answer(
     let to = q.to.unwrap_or_else(tally_pipeline::now_ns);
     let events = match events(&m, &tenant, &meter, q.from, to).await {
         Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, meter = %meter.meter.def.slug, "meter query failed");
-            return problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal Server Error",
-                e,
-            );
-        }
+        Err(e) => return unexpected("a meter query", e),
     };
     let rows = match fold_rows(&meter, &q, &events, to) {
         Ok(r) => r,
@@ -429,23 +434,16 @@ pub async fn subjects(
     Extension(access): Extension<Access>,
     Path(id_or_slug): Path<String>,
 ) -> Response {
-    let tenant = match tenant(&access) {
-        Ok(t) => t,
-        Err(e) => return forbidden(e),
-    };
-    let Some(meter) = m.book.get(&id_or_slug) else {
-        return not_found(&id_or_slug);
+    let (tenant, meter) = match meter_of(&m, &access, &id_or_slug) {
+        Ok(found) => found,
+        Err(r) => return *r,
     };
     match events(&m, &tenant, &meter, None, tally_pipeline::now_ns()).await {
         Ok(ev) => {
             let set: BTreeSet<String> = ev.into_iter().map(|(_, s, _)| s).collect();
             Json(set.into_iter().collect::<Vec<_>>()).into_response()
         }
-        Err(e) => problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-            e,
-        ),
+        Err(e) => unexpected("reading a meter's events", e),
     }
 }
 
@@ -455,12 +453,9 @@ pub async fn group_values(
     Extension(access): Extension<Access>,
     Path((id_or_slug, key)): Path<(String, String)>,
 ) -> Response {
-    let tenant = match tenant(&access) {
-        Ok(t) => t,
-        Err(e) => return forbidden(e),
-    };
-    let Some(meter) = m.book.get(&id_or_slug) else {
-        return not_found(&id_or_slug);
+    let (tenant, meter) = match meter_of(&m, &access, &id_or_slug) {
+        Ok(found) => found,
+        Err(r) => return *r,
     };
     let Some(i) = meter.meter.group_by.iter().position(|(k, _)| *k == key) else {
         return bad(format!(
@@ -481,10 +476,6 @@ pub async fn group_values(
                 .collect();
             Json(set.into_iter().collect::<Vec<_>>()).into_response()
         }
-        Err(e) => problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-            e,
-        ),
+        Err(e) => unexpected("reading a meter's events", e),
     }
 }
