@@ -229,7 +229,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut tables: Vec<(Dataset, &'static str, bool)> = Vec::new();
     for d in Dataset::ALL {
         tables.push((d, d.name(), false));
-        if let Some((table, _)) = tally_pipeline::rules::rollup_of(d) {
+        for &table in tally_pipeline::rules::tables_of(d) {
             tables.push((d, table, true));
         }
     }

@@ -130,6 +130,19 @@ async fn sql(args: SqlArgs) -> anyhow::Result<()> {
         }
     };
     tally_queries::vm_billing::register_raw_views(&engine).await?;
+    if !args.data.to_string_lossy().contains("://") {
+        // `meter('slug')` over the meters created through the API.
+        let dir = tally_sinks::parquet::layout::state_dir(&args.data).join("meters");
+        let (meters, unreadable) = tally_derive::meters::stored_meters(&dir)?;
+        for u in unreadable {
+            tracing::error!("a meter cannot be read and is left out: {u}");
+        }
+        engine
+            .register_meters(Arc::new(move |slug: &str| {
+                meters.iter().find(|m| m.def.slug == slug).cloned()
+            }))
+            .await?;
+    }
     let batches = engine.query(&args.query).await?;
     let format = match args.format {
         SqlFormat::Table => OutputFormat::Table,

@@ -89,13 +89,36 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .await?;
     let read = ReadSide::open(&config, &core, &sink).await?;
+    let state = tally_sinks::parquet::layout::state_dir(&core.target.state);
+    let meters = all
+        .start(
+            MeterJob {
+                dir: state.join("meters"),
+                configured: config.meters.clone(),
+                quarantine: core.quarantine.clone(),
+            },
+            &ctx,
+        )
+        .await?;
+    {
+        let book = meters.clone();
+        read.engine
+            .register_meters(Arc::new(move |slug: &str| {
+                tally_queries::api_v1::meters::MeterBook::get(book.as_ref(), slug)
+                    .map(|s| s.meter.clone())
+            }))
+            .await?;
+    }
     all.start(
         Compaction {
             settings: config.parquet.clone(),
             target: core.target.clone(),
             store: core.store.clone(),
             rollups: sink.rollups.clone(),
-            builder: Arc::new(HourRollups::new(read.history.clone(), read.prices.clone())),
+            builder: Arc::new(
+                HourRollups::new(read.history.clone(), read.prices.clone())
+                    .with_meters(meters.clone(), core.metrics.clone()),
+            ),
             metrics: core.metrics.clone(),
             doctor: read.doctor.clone(),
             compacted: core.compacted.clone(),
@@ -112,7 +135,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         &ctx,
     )
     .await?;
-    let state = tally_sinks::parquet::layout::state_dir(&core.target.state);
     let alerts = all
         .start(
             AlertJob {
@@ -143,16 +165,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 prices: read.prices.clone(),
                 alerts: alerts.clone(),
                 args: config.anomalies.clone(),
-            },
-            &ctx,
-        )
-        .await?;
-    let meters = all
-        .start(
-            MeterJob {
-                dir: state.join("meters"),
-                configured: config.meters.clone(),
-                quarantine: core.quarantine.clone(),
             },
             &ctx,
         )
@@ -518,10 +530,12 @@ fn routes(
         ))
     };
     let marked = |router: Router| marked_by(router, read.lost.clone());
-    let meters = tally_queries::api_v1::meters::Meters {
-        book: running.meters.clone(),
-        engine: read.engine.clone(),
-    };
+    let meters = tally_queries::api_v1::meters::Meters::new(
+        running.meters.clone(),
+        read.engine.clone(),
+        read.history.clone(),
+        core.metrics.clone(),
+    );
     Ok(Router::new()
         .merge(gate(running.ingest, Need::role(Role::Ingest), json))
         .merge(gate(

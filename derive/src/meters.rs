@@ -185,6 +185,27 @@ impl Meters {
     }
 }
 
+/// The meters created through the API, as stored under `dir`, read only
+/// (for `tally sql` beside a server): those that cannot be read are left
+/// out, and named in the second list.
+pub fn stored_meters(dir: &Path) -> std::io::Result<(Vec<Meter>, Vec<String>)> {
+    let mut meters = Vec::new();
+    let mut unreadable = Vec::new();
+    if !dir.is_dir() {
+        return Ok((meters, unreadable));
+    }
+    for (path, read) in tally_pipeline::state_file::load_all::<MeterFile>(dir)? {
+        match read
+            .map_err(|e| e.to_string())
+            .and_then(|f| Meter::check(f.meter).map_err(|e| e.join("; ")))
+        {
+            Ok(m) => meters.push(m),
+            Err(e) => unreadable.push(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok((meters, unreadable))
+}
+
 fn ulid_from(bits: u128) -> String {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let mut n = bits;

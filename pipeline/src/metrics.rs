@@ -171,6 +171,12 @@ pub struct Metrics {
     /// files found that way.
     pub checksum_files: Counter,
     pub checksum_damaged: Counter,
+    /// Hours meter queries read from stored rollups, and from raw events.
+    pub meter_hours_rolled: Counter,
+    pub meter_hours_raw: Counter,
+    /// Per meter: events of its type in rolled-up hours that it cannot
+    /// read (value missing, or not a number where it needs one).
+    pub meter_unreadable: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -395,6 +401,22 @@ impl Metrics {
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tally_meter_query_hours_total Hours meter queries read, from stored rollups (rolled) or from raw events (raw).\n# TYPE tally_meter_query_hours_total counter\ntally_meter_query_hours_total{{read=\"rolled\"}} {}\ntally_meter_query_hours_total{{read=\"raw\"}} {}",
+            self.meter_hours_rolled.get(),
+            self.meter_hours_raw.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tally_meter_unreadable_events Events of a meter's type, in rolled-up hours, that the meter cannot read: its valueProperty is missing or not a number. SQL: SELECT * FROM meter('slug') WHERE unreadable IS NOT NULL.\n# TYPE tally_meter_unreadable_events gauge"
+        );
+        for (meter, n) in self.meter_unreadable.lock().iter() {
+            let _ = writeln!(
+                out,
+                "tally_meter_unreadable_events{{meter=\"{meter}\"}} {n}"
+            );
         }
         out
     }

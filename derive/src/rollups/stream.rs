@@ -28,6 +28,8 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tally_pipeline::rollup::{RollupError, RollupMemory};
 
+use tally_pipeline::rules::meter::Meter;
+use tally_pipeline::rules::meter_hourly::MeterHourFold;
 use tally_pipeline::rules::vm::{self as hours, GapSpans, HourFold, VmHour};
 use tally_queries::prices::{cost_udfs, PriceCatalogue};
 
@@ -68,6 +70,31 @@ pub fn fold_vm_file(
         if held > memory.limit {
             return Err(RollupError::Query(format!(
                 "the VM rollup of {} needs more than its memory limit of {} bytes ({held} held)",
+                path.display(),
+                memory.limit
+            )));
+        }
+    }
+    Ok(fold.finish())
+}
+
+/// Every meter's rows of a merged `events` hour, one batch at a time.
+pub fn fold_meter_file(
+    path: &Path,
+    meters: &[Meter],
+    hour: i64,
+    memory: &RollupMemory,
+) -> Result<RecordBatch, RollupError> {
+    let err = read_err(path);
+    let mut fold = MeterHourFold::new(meters, hour);
+    for batch in open(path)? {
+        let batch = batch.map_err(|e| err(&e))?;
+        fold.push(&batch).map_err(|e| err(&e))?;
+        let held = fold.memory() + batch.get_array_memory_size();
+        (memory.report)(held as u64);
+        if held > memory.limit {
+            return Err(RollupError::Query(format!(
+                "the meters' rollup of {} needs more than its memory limit of {} bytes ({held} held)",
                 path.display(),
                 memory.limit
             )));

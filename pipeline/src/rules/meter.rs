@@ -307,6 +307,76 @@ impl Fold {
     }
 }
 
+impl Fold {
+    /// Adds another fold of the same aggregation: the value of both sets
+    /// of events (hourly rollups merged into a window).
+    pub fn merge(&mut self, other: Fold) {
+        match (self, other) {
+            (Fold::Sum(a), Fold::Sum(b)) => *a += b,
+            (Fold::Count(a), Fold::Count(b)) => *a += b,
+            (Fold::Unique(a), Fold::Unique(b)) => {
+                if a.len() < b.len() {
+                    let small = std::mem::replace(a, b);
+                    a.extend(small);
+                } else {
+                    a.extend(b);
+                }
+            }
+            (Fold::Avg(s, n), Fold::Avg(s2, n2)) => {
+                *s += s2;
+                *n += n2;
+            }
+            (Fold::Min(a), Fold::Min(Some(b))) => *a = Some(a.map_or(b, |a| a.min(b))),
+            (Fold::Max(a), Fold::Max(Some(b))) => *a = Some(a.map_or(b, |a| a.max(b))),
+            (Fold::Latest(a), Fold::Latest(Some((t, x)))) => {
+                if a.is_none_or(|(ta, _)| t >= ta) {
+                    *a = Some((t, x));
+                }
+            }
+            (Fold::Min(_), Fold::Min(None))
+            | (Fold::Max(_), Fold::Max(None))
+            | (Fold::Latest(_), Fold::Latest(None)) => {}
+            (a, b) => debug_assert!(false, "folds of two aggregations: {a:?} and {b:?}"),
+        }
+    }
+}
+
+/// A stable fingerprint of what a meter counts (not its name or
+/// description): stored with its hourly rollups, so a changed meter never
+/// reads rollups of its former definition. FNV-1a over the fields.
+pub fn definition_fingerprint(def: &MeterDef) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |s: &str| {
+        for b in s.bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(&def.slug);
+    eat(&def.event_type);
+    eat(&def.aggregation);
+    eat(def.value_property.as_deref().unwrap_or(""));
+    for (k, v) in &def.group_by {
+        eat(k);
+        eat(v);
+    }
+    eat(def.event_from.as_deref().unwrap_or(""));
+    h
+}
+
+/// The fingerprint of a set of meters: an hour rolled up for another set
+/// is rolled up again.
+pub fn meters_fingerprint<'a>(meters: impl IntoIterator<Item = &'a MeterDef>) -> u64 {
+    let mut all: Vec<u64> = meters.into_iter().map(definition_fingerprint).collect();
+    if all.is_empty() {
+        return 0;
+    }
+    all.sort_unstable();
+    all.iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, f| {
+        (h ^ f).wrapping_mul(0x0100_0000_01b3).rotate_left(17)
+    }) | 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use crate::dataset::Dataset;
 
 pub mod json_path;
 pub mod meter;
+pub mod meter_hourly;
 pub mod vm;
 
 pub const USAGE_LLM_HOURLY: &str = include_str!("sql/usage_llm_hourly.sql");
@@ -54,8 +55,13 @@ pub fn rollup_of(d: Dataset) -> Option<(&'static str, &'static str)> {
         .map(|(_, [table], sql)| (*table, *sql))
 }
 
-/// The rollup tables derived from a dataset (empty: none).
+/// The rollup tables derived from a dataset (empty: none). `events` has
+/// its meters' hourly rows ([`meter_hourly`]), folded in Rust by the meters
+/// defined when the hour is rolled up.
 pub fn tables_of(d: Dataset) -> &'static [&'static str] {
+    if d == Dataset::Events {
+        return &[meter_hourly::TABLE];
+    }
     ROLLUPS
         .iter()
         .find(|(rd, _, _)| *rd == d)

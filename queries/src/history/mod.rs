@@ -26,6 +26,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
 use tally_pipeline::clock::HOUR_NS;
 use tally_pipeline::rollup::{hour_of_path, RolledHour, Rollups};
+use tally_pipeline::rules::meter_hourly::HourRows;
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
 use url::Url;
@@ -76,6 +77,8 @@ pub struct History {
     cache: Arc<Mutex<HashMap<PathBuf, Rows>>>,
     /// Rollup files regrouped by a SQL file, by (path, SQL).
     regrouped: Arc<Mutex<HashMap<(PathBuf, &'static str), Rows>>>,
+    /// Decoded `meter_hourly` files, indexed by meter and tenant.
+    meter_hours: Arc<Mutex<HashMap<PathBuf, Arc<HourRows>>>>,
     prices: Arc<PriceCatalogue>,
     pub gap_limit_ns: i64,
 }
@@ -94,6 +97,7 @@ impl History {
             prices,
             cache: Arc::new(Mutex::new(HashMap::new())),
             regrouped: Arc::new(Mutex::new(HashMap::new())),
+            meter_hours: Arc::new(Mutex::new(HashMap::new())),
             gap_limit_ns: tally_pipeline::rollup::VM_GAP_LIMIT_SECS as i64
                 * tally_pipeline::clock::NS_PER_SEC,
         }
@@ -175,6 +179,16 @@ impl History {
         cov
     }
 
+    /// [`History::coverage`] that takes each stored rollup as current,
+    /// whatever it depended on: for readers that check that themselves
+    /// (the meters' rows carry each meter's definition).
+    pub fn coverage_as_stored(&self, d: Dataset, from: i64, to: i64) -> Coverage {
+        let rollups = self.rollups.clone();
+        self.coverage(d, from, to, &move |h| {
+            rollups.get(d, h).map_or(0, |r| r.fingerprint)
+        })
+    }
+
     /// The rows of a rolled hour's table, decoded once.
     pub async fn load(&self, entry: &FileEntry) -> Result<Arc<RecordBatch>, QueryError> {
         if let Some(b) = self.cache.lock().get(&entry.path) {
@@ -185,6 +199,42 @@ impl History {
         let batch = Arc::new(batch);
         self.cache.lock().insert(entry.path.clone(), batch.clone());
         Ok(batch)
+    }
+
+    /// A stored hour of the meters' rollups, decoded and indexed once.
+    pub async fn meter_hour(&self, entry: &FileEntry) -> Result<Arc<HourRows>, QueryError> {
+        if let Some(rows) = self.meter_hours.lock().get(&entry.path) {
+            return Ok(rows.clone());
+        }
+        let bytes = self.read_bytes(&entry.path).await?;
+        let rows = HourRows::new(read_parquet(bytes, &entry.path)?)
+            .map_err(|e| QueryError::Execution(format!("{}: {e}", entry.path.display())))?;
+        let rows = Arc::new(rows);
+        self.meter_hours
+            .lock()
+            .insert(entry.path.clone(), rows.clone());
+        Ok(rows)
+    }
+
+    /// Some columns of a stored file, not kept.
+    pub async fn load_columns(
+        &self,
+        entry: &FileEntry,
+        columns: &[&str],
+    ) -> Result<RecordBatch, QueryError> {
+        let bytes = self.read_bytes(&entry.path).await?;
+        let err = |e: &dyn std::fmt::Display| {
+            QueryError::Execution(format!("reading {}: {e}", entry.path.display()))
+        };
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| err(&e))?;
+        let mask = datafusion::parquet::arrow::ProjectionMask::columns(
+            builder.parquet_schema(),
+            columns.iter().copied(),
+        );
+        let reader = builder.with_projection(mask).build().map_err(|e| err(&e))?;
+        let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+        let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().map_err(|e| err(&e))?;
+        concat_batches(&schema, &batches).map_err(|e| err(&e))
     }
 
     async fn read_bytes(&self, path: &Path) -> Result<Bytes, QueryError> {
@@ -234,6 +284,17 @@ impl History {
         sql: &str,
         cov: &Coverage,
     ) -> Result<Vec<RecordBatch>, QueryError> {
+        self.raw_rows_with(d, sql, cov, Vec::new()).await
+    }
+
+    /// [`History::raw_rows`] with `$1`, `$2`, … of `sql` bound to `params`.
+    pub async fn raw_rows_with(
+        &self,
+        d: Dataset,
+        sql: &str,
+        cov: &Coverage,
+        mut params: Vec<ScalarValue>,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
         if cov.raw.is_empty() && cov.unique.is_empty() {
             return Ok(Vec::new());
         }
@@ -241,7 +302,6 @@ impl History {
         if let Some((url, store)) = &self.object {
             ctx.register_object_store(url, store.clone());
         }
-        let mut params: Vec<ScalarValue> = Vec::new();
         // `timestamp` in any of the ranges, bound as parameters.
         let mut within = |ranges: &[(i64, i64)]| {
             let cond: Vec<String> = ranges
@@ -481,6 +541,10 @@ impl History {
             cache.remove(f);
         }
         self.regrouped.lock().retain(|(p, _), _| !files.contains(p));
+        let mut meters = self.meter_hours.lock();
+        for f in files {
+            meters.remove(f);
+        }
     }
 }
 

@@ -14,6 +14,8 @@ use url::Url;
 
 pub mod catalog;
 pub mod format;
+pub mod json;
+pub mod meter_table;
 pub mod route;
 
 use catalog::DatasetTable;
@@ -67,6 +69,9 @@ impl SqlEngine {
         for d in Dataset::ALL {
             ctx.register_table(d.name(), Arc::new(DatasetTable::new(d, store.clone())))?;
         }
+        for udf in json::json_udfs() {
+            ctx.register_udf(udf);
+        }
         Ok(Self {
             ctx: Arc::new(ctx),
             file_check: None,
@@ -91,6 +96,24 @@ impl SqlEngine {
             .await?
             .collect()
             .await?;
+        Ok(())
+    }
+
+    /// Adds `meter('slug')`: each meter's events as a table
+    /// ([`meter_table`]), the meters found by `meters`.
+    pub async fn register_meters(
+        &self,
+        meters: meter_table::MeterLookup,
+    ) -> Result<(), QueryError> {
+        let events = self.ctx.table_provider(Dataset::Events.name()).await?;
+        self.ctx.register_udtf(
+            "meter",
+            Arc::new(meter_table::MeterFunction {
+                events,
+                meters,
+                json: json::json_udfs(),
+            }),
+        );
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tally_pipeline::clock::rfc3339;
 use tally_pipeline::rules::meter::Meter;
 
+use crate::history::History;
 use crate::sql::SqlEngine;
 
 /// A meter as kept: its definition, id and times.
@@ -103,4 +104,23 @@ pub trait MeterBook: Send + Sync {
 pub struct Meters {
     pub book: Arc<dyn MeterBook>,
     pub engine: SqlEngine,
+    /// The stored hourly rollups (`meter_hourly`) and raw events.
+    pub history: History,
+    pub metrics: Arc<tally_pipeline::metrics::Metrics>,
+}
+
+impl Meters {
+    pub fn new(
+        book: Arc<dyn MeterBook>,
+        engine: SqlEngine,
+        history: History,
+        metrics: Arc<tally_pipeline::metrics::Metrics>,
+    ) -> Self {
+        Self {
+            book,
+            engine,
+            history,
+            metrics,
+        }
+    }
 }

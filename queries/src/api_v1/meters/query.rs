@@ -4,9 +4,14 @@
 //! windowEnd, subject, groupBy}`, or CSV when asked), and the meter's
 //! subjects and group-by values.
 //!
-//! The events are read from the `events` table (raw rows) and folded by the
-//! meter's rules (`tally_pipeline::rules::meter`); every value is exact,
-//! `UNIQUE_COUNT` included.
+//! Hours with stored rollups for the meter's definition
+//! (`tally_pipeline::rules::meter_hourly`, kept by compaction) are read from
+//! them; the others (the open hour, hours not compacted or rolled up since
+//! the meter changed, and hours a window cuts: `MINUTE`, or a time zone
+//! whose offset is not whole hours) from their raw events, each once. Both
+//! are folded by the meter's rules (`tally_pipeline::rules::meter`); every
+//! value is exact, `UNIQUE_COUNT` included (the union of the hours'
+//! distinct values).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -23,7 +28,10 @@ use datafusion::common::ScalarValue;
 use serde_json::{json, Map, Value};
 use tally_pipeline::access::Access;
 use tally_pipeline::clock::rfc3339;
+use tally_pipeline::clock::HOUR_NS;
 use tally_pipeline::rules::meter::Fold;
+use tally_pipeline::rules::meter_hourly::{self, HourRows};
+use tally_pipeline::Dataset;
 
 use super::book::{Meters, StoredMeter};
 use super::windows::{window, WindowSize};
@@ -174,30 +182,67 @@ pub struct Row {
     pub value: f64,
 }
 
-/// The raw events of a meter in `[from, to)`: (time, subject, data).
-async fn events(
+/// What a meter's answer is folded from: the stored hourly rows of the
+/// hours that have them for the meter's current definition (and fit
+/// whole in a window), and the raw events of the other hours.
+#[derive(Default)]
+pub struct Gathered {
+    pub hours: Vec<(i64, Arc<HourRows>)>,
+    /// (time, subject, data)
+    pub raw: Vec<(i64, String, Option<Value>)>,
+}
+
+/// A meter's hours in `[from, to)` for one tenant. `whole(h)`: whether
+/// hour `h` may be read from its stored rows (it lies in one window).
+pub async fn gather(
     m: &Meters,
     tenant: &str,
     meter: &StoredMeter,
     from: Option<i64>,
     to: i64,
-) -> Result<Vec<(i64, String, Option<Value>)>, String> {
+    whole: &(dyn Fn(i64) -> bool + Sync),
+) -> Result<Gathered, String> {
     let from = match (from, meter.meter.event_from) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
+        (Some(a), Some(b)) => a.max(b),
+        (a, b) => a.or(b).unwrap_or(i64::MIN / 2),
     };
+    let mut cov = m.history.coverage_as_stored(Dataset::Events, from, to);
+    let mut out = Gathered::default();
+    for (h, rolled) in std::mem::take(&mut cov.rolled) {
+        let rows = match rolled.tables.get(meter_hourly::TABLE) {
+            Some(entry) => Some(
+                m.history
+                    .meter_hour(entry)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        match rows {
+            Some(rows) if whole(h) && rows.has(&meter.meter) => out.hours.push((h, rows)),
+            // Rolled up before this meter (or this definition of it), or
+            // cut by a window: its raw events, each stored once.
+            _ => {
+                cov.unique_hours.insert(h);
+                let (a, b) = (h.max(from), (h + HOUR_NS).min(to));
+                cov.unique.push((a, b));
+            }
+        }
+    }
+    cov.unique.sort_unstable();
+    m.metrics.meter_hours_rolled.add(out.hours.len() as u64);
+    m.metrics
+        .meter_hours_raw
+        .add((cov.raw_hours.len() + cov.unique_hours.len()) as u64);
     let params = vec![
         ScalarValue::Utf8(Some(tenant.to_string())),
         ScalarValue::Utf8(Some(meter.meter.def.event_type.clone())),
-        ScalarValue::Int64(from),
-        ScalarValue::Int64(Some(to)),
     ];
     let batches = m
-        .engine
-        .query_with_params(METER_EVENTS, params)
+        .history
+        .raw_rows_with(Dataset::Events, METER_EVENTS, &cov, params)
         .await
         .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
     for b in &batches {
         let ts = b.column(0).as_primitive::<Int64Type>();
         let subject = b.column(1).as_string::<i32>();
@@ -206,17 +251,28 @@ async fn events(
             let d = (!data.is_null(r))
                 .then(|| serde_json::from_str::<Value>(data.value(r)).ok())
                 .flatten();
-            out.push((ts.value(r), subject.value(r).to_string(), d));
+            out.raw.push((ts.value(r), subject.value(r).to_string(), d));
         }
     }
     Ok(out)
 }
 
-/// The rows of `q` over `meter`'s events.
+/// Whether hour `h` lies in one window of `q` (always, without windows).
+fn whole_hour(q: &MeterQuery) -> impl Fn(i64) -> bool + Sync + '_ {
+    let tz = q.tz.unwrap_or(chrono_tz::UTC);
+    move |h| match q.window {
+        None => true,
+        Some(WindowSize::Minute) => false,
+        Some(w) => window(w, tz, h) == window(w, tz, h + HOUR_NS - 1),
+    }
+}
+
+/// The rows of `q` over `meter`'s gathered hours and events.
 pub fn fold_rows(
     meter: &StoredMeter,
+    tenant: &str,
     q: &MeterQuery,
-    events: &[(i64, String, Option<Value>)],
+    gathered: &Gathered,
     to: i64,
 ) -> Result<Vec<Row>, Vec<String>> {
     let m = &meter.meter;
@@ -252,7 +308,42 @@ pub fn fold_rows(
     type Key = (i64, i64, Option<String>, Vec<Option<String>>);
     let mut folds: BTreeMap<Key, Fold> = BTreeMap::new();
     let mut first = i64::MAX;
-    for (t, subject, data) in events {
+    let window_of = |t: i64| match q.window {
+        Some(w) => window(w, tz, t),
+        None => (0, 0),
+    };
+    for (h, rows) in &gathered.hours {
+        let (start, end) = window_of(*h);
+        for row in rows.rows(m, tenant) {
+            if row.events == 0
+                || (!wanted.is_empty() && !wanted.contains(row.subject))
+                || filters.iter().any(|(i, vals)| {
+                    !row.groups
+                        .get(*i)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|v| vals.contains(v))
+                })
+            {
+                continue;
+            }
+            first = first.min(row.first.unwrap_or(*h));
+            let key = (
+                start,
+                end,
+                by_subject.then(|| row.subject.to_string()),
+                asked
+                    .iter()
+                    .map(|i| row.groups.get(*i).copied().flatten().map(str::to_string))
+                    .collect(),
+            );
+            folds
+                .entry(key)
+                .or_insert_with(|| Fold::new(m.aggregation))
+                .merge(row.fold);
+        }
+    }
+    for (t, subject, data) in &gathered.raw {
         if !wanted.is_empty() && !wanted.contains(subject.as_str()) {
             continue;
         }
@@ -266,10 +357,7 @@ pub fn fold_rows(
         }) {
             continue;
         }
-        let (start, end) = match q.window {
-            Some(w) => window(w, tz, *t),
-            None => (0, 0),
-        };
+        let (start, end) = window_of(*t);
         first = first.min(*t);
         let key = (
             start,
@@ -331,11 +419,11 @@ async fn answer(
         Err(errors) => return bad(errors.join("; ")),
     };
     let to = q.to.unwrap_or_else(tally_pipeline::now_ns);
-    let events = match events(&m, &tenant, &meter, q.from, to).await {
-        Ok(e) => e,
+    let gathered = match gather(&m, &tenant, &meter, q.from, to, &whole_hour(&q)).await {
+        Ok(g) => g,
         Err(e) => return unexpected("a meter query", e),
     };
-    let rows = match fold_rows(&meter, &q, &events, to) {
+    let rows = match fold_rows(&meter, &tenant, &q, &gathered, to) {
         Ok(r) => r,
         Err(errors) => return bad(errors.join("; ")),
     };
@@ -438,9 +526,19 @@ pub async fn subjects(
         Ok(found) => found,
         Err(r) => return *r,
     };
-    match events(&m, &tenant, &meter, None, tally_pipeline::now_ns()).await {
-        Ok(ev) => {
-            let set: BTreeSet<String> = ev.into_iter().map(|(_, s, _)| s).collect();
+    match gather(&m, &tenant, &meter, None, tally_pipeline::now_ns(), &|_| {
+        true
+    })
+    .await
+    {
+        Ok(g) => {
+            let mut set: BTreeSet<String> = g.raw.into_iter().map(|(_, s, _)| s).collect();
+            for (_, rows) in &g.hours {
+                set.extend(
+                    rows.rows(&meter.meter, &tenant)
+                        .map(|r| r.subject.to_string()),
+                );
+            }
             Json(set.into_iter().collect::<Vec<_>>()).into_response()
         }
         Err(e) => unexpected("reading a meter's events", e),
@@ -463,17 +561,25 @@ pub async fn group_values(
             meter.meter.def.slug
         ));
     };
-    match events(&m, &tenant, &meter, None, tally_pipeline::now_ns()).await {
-        Ok(ev) => {
-            let set: BTreeSet<String> = ev
+    match gather(&m, &tenant, &meter, None, tally_pipeline::now_ns(), &|_| {
+        true
+    })
+    .await
+    {
+        Ok(g) => {
+            // The values of the events the meter counts.
+            let mut set: BTreeSet<String> = g
+                .raw
                 .iter()
-                .filter_map(|(_, _, d)| {
-                    meter.meter.group_by[i]
-                        .1
-                        .get(d.as_ref()?)
-                        .map(tally_pipeline::rules::json_path::text)
-                })
+                .filter_map(|(_, _, d)| meter.meter.read(d.as_ref()).ok()?.groups[i].clone())
                 .collect();
+            for (_, rows) in &g.hours {
+                set.extend(
+                    rows.rows(&meter.meter, &tenant)
+                        .filter(|r| r.events > 0)
+                        .filter_map(|r| r.groups.get(i).copied().flatten().map(str::to_string)),
+                );
+            }
             Json(set.into_iter().collect::<Vec<_>>()).into_response()
         }
         Err(e) => unexpected("reading a meter's events", e),

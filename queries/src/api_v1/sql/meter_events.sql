@@ -1,8 +1,7 @@
--- A meter's events: one tenant's events of one type in [$3, $4)
--- (nanoseconds; $3 NULL: from the first), with their subject and data.
+-- A meter's raw events: one tenant's ($1) events of one type ($2) in
+-- `source` (the raw rows of the hours without a stored rollup, each once,
+-- in the asked time ranges), with their time, subject and data.
 SELECT CAST(timestamp AS BIGINT) AS ts, subject, data
-FROM events
+FROM source
 WHERE tenant = $1
   AND type = $2
-  AND ($3 IS NULL OR CAST(timestamp AS BIGINT) >= $3)
-  AND CAST(timestamp AS BIGINT) < $4
