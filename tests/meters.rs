@@ -480,3 +480,235 @@ groupBy = { model = "$.model" }
         ]
     );
 }
+
+/// Files under `dir`, recursively, whose name ends with `.parquet`.
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(parquet_files(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+}
+
+async fn metrics(t: &Tally, token: &str) -> String {
+    match call(t, token, reqwest::Method::GET, "/metrics", None).await {
+        (200, Value::String(text)) => text,
+        other => panic!("/metrics: {other:?}"),
+    }
+}
+
+/// Waits until every hour of events has its meters' rollup, rolled up
+/// from its one compacted file, and a query of every hour reads none raw
+/// (nothing of them is buffered, no rollup is stale).
+async fn wait_rolled_up(t: &Tally, data: &std::path::Path, tokens: (&str, &str), hours: usize) {
+    let (admin, read) = tokens;
+    let raw_reads = r#"tally_meter_query_hours_total{read="raw"}"#;
+    let probe = format!(
+        "/api/v1/meters/tokens_total/query?from={}&to={}",
+        rfc(START - 24 * HOUR),
+        rfc(START + 96 * HOUR)
+    );
+    for _ in 0..600 {
+        let raw = parquet_files(&data.join("events"));
+        let rolled = parquet_files(&data.join("meter_hourly"));
+        if raw.len() == hours && rolled.len() == hours {
+            let before = metric(&metrics(t, admin).await, raw_reads);
+            let (s, answer) = call(t, read, reqwest::Method::GET, &probe, None).await;
+            assert_eq!(s, 200, "{answer}");
+            if metric(&metrics(t, admin).await, raw_reads) == before {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the events' hours were not rolled up within 60 s");
+}
+
+const AGGREGATIONS: [(&str, &str); 7] = [
+    ("tokens_total", "SUM"),
+    ("tokens_count", "COUNT"),
+    ("users", "UNIQUE_COUNT"),
+    ("tokens_avg", "AVG"),
+    ("tokens_min", "MIN"),
+    ("tokens_max", "MAX"),
+    ("tokens_latest", "LATEST"),
+];
+
+/// Every meter by New York day, subject and model, against `sent`.
+async fn every_meter_answers(t: &Tally, read: &str, sent: &[Sent], what: &str) {
+    let (from, to) = (rfc(START - 24 * HOUR), rfc(START + 96 * HOUR));
+    for (slug, aggregation) in AGGREGATIONS {
+        let q = format!(
+            "/api/v1/meters/{slug}/query?from={from}&to={to}&windowSize=DAY&windowTimeZone=America/New_York&groupBy=subject&groupBy=model"
+        );
+        let (s, answer) = call(t, read, reqwest::Method::GET, &q, None).await;
+        assert_eq!(s, 200, "{answer}");
+        same(
+            &rows_of(&answer),
+            &expected(sent, aggregation, &[]),
+            &format!("{slug} {what}"),
+        );
+    }
+}
+
+#[tokio::test]
+async fn stored_rollups_answer_as_the_events_and_late_events_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ingest = create_token(&data, "acme-in", "ingest", &["acme"]);
+    let read = create_token(&data, "acme-read", "read", &["acme"]);
+    let admin = create_token(&data, "ops", "admin", &[]);
+    let t = Tally::start(
+        &data,
+        &["--compact-after", "0s", "--compact-interval", "1s"],
+    )
+    .await;
+    for (slug, aggregation) in AGGREGATIONS {
+        let mut m = json!({"slug": slug, "eventType": "llm_call", "aggregation": aggregation,
+                           "groupBy": {"model": "$.model"}});
+        if aggregation != "COUNT" {
+            m["valueProperty"] = json!(if slug == "users" {
+                "$.user"
+            } else {
+                "$.tokens"
+            });
+        }
+        let (s, b) = call(&t, &admin, reqwest::Method::POST, "/api/v1/meters", Some(m)).await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let mut rng = Rng::from_time();
+    let mut sent = events(&mut rng, 300);
+    let post = |batch: Vec<Value>| {
+        let (t, ingest) = (&t, &ingest);
+        async move {
+            let r = reqwest::Client::new()
+                .post(t.url("/api/v1/events"))
+                .bearer_auth(ingest)
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(Value::Array(batch).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 204);
+        }
+    };
+    post(
+        sent.iter()
+            .enumerate()
+            .map(|(i, e)| cloud_event(i, e))
+            .collect(),
+    )
+    .await;
+    let hours = sent
+        .iter()
+        .map(|e| e.at.div_euclid(HOUR))
+        .collect::<BTreeSet<_>>();
+    wait_rolled_up(&t, &data, (&admin, &read), hours.len()).await;
+
+    // Every hour is read from its stored rollup, none from raw events.
+    let before = metrics(&t, &admin).await;
+    every_meter_answers(&t, &read, &sent, "from stored rollups").await;
+    let after = metrics(&t, &admin).await;
+    let rolled = r#"tally_meter_query_hours_total{read="rolled"}"#;
+    let raw = r#"tally_meter_query_hours_total{read="raw"}"#;
+    assert_eq!(
+        metric(&after, rolled) - metric(&before, rolled),
+        (hours.len() * AGGREGATIONS.len()) as f64
+    );
+    assert_eq!(metric(&after, raw), metric(&before, raw));
+
+    // The events the SUM meter cannot read: in /metrics and in SQL.
+    let unreadable = sent
+        .iter()
+        .filter(|e| e.tokens.as_ref().and_then(number).is_none())
+        .count();
+    assert!(unreadable > 0, "the events hold unreadable values");
+    for slug in ["tokens_total", "tokens_avg", "tokens_latest"] {
+        let name = format!("tally_meter_unreadable_events{{meter=\"{slug}\"}}");
+        assert_eq!(metric(&after, &name), unreadable as f64, "{slug}");
+    }
+    assert_eq!(
+        metric(
+            &after,
+            r#"tally_meter_unreadable_events{meter="tokens_count"}"#
+        ),
+        0.0
+    );
+    let r = reqwest::Client::new()
+        .post(t.url("/v1/sql"))
+        .bearer_auth(&admin)
+        .body("SELECT count(*) AS n FROM meter('tokens_total') WHERE unreadable IS NOT NULL")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rows: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(rows[0]["n"], json!(unreadable));
+
+    // A late event into a compacted hour, and a resent one: the answer
+    // changes at once (the hour is read raw), and again once rolled up.
+    let late = Sent {
+        at: START + 5 * HOUR + 1,
+        subject: "cust-0".into(),
+        model: "claude".into(),
+        tokens: Some(json!(7777)),
+        user: "user-late".into(),
+    };
+    post(vec![cloud_event(10_000, &late), cloud_event(0, &sent[0])]).await;
+    sent.push(late);
+    every_meter_answers(&t, &read, &sent, "with a late event, raw").await;
+    let hours_now = hours.len() + usize::from(!hours.contains(&((START + 5 * HOUR) / HOUR)));
+    wait_rolled_up(&t, &data, (&admin, &read), hours_now).await;
+    let before = metrics(&t, &admin).await;
+    every_meter_answers(&t, &read, &sent, "with a late event, rolled up again").await;
+    let after = metrics(&t, &admin).await;
+    assert_eq!(metric(&after, raw), metric(&before, raw));
+
+    // A meter made after its events were rolled up counts them at once.
+    let (s, b) = call(
+        &t,
+        &admin,
+        reqwest::Method::POST,
+        "/api/v1/meters",
+        Some(
+            json!({"slug": "claude_tokens", "eventType": "llm_call", "aggregation": "SUM",
+                    "valueProperty": "$.tokens"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, answer) = call(
+        &t,
+        &read,
+        reqwest::Method::GET,
+        &format!(
+            "/api/v1/meters/claude_tokens/query?from={}&to={}",
+            rfc(START - 24 * HOUR),
+            rfc(START + 96 * HOUR)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{answer}");
+    let want: f64 = expected(&sent, "SUM", &[]).values().sum();
+    assert_eq!(
+        answer["data"][0]["value"].as_f64().unwrap(),
+        want,
+        "{answer}"
+    );
+}
