@@ -94,6 +94,22 @@ type RowKey = (i64, String, String);
 
 /// The expected rows: (window start, subject, model) → value.
 fn expected(sent: &[Sent], aggregation: &str, subjects: &[&str]) -> BTreeMap<RowKey, f64> {
+    expected_by(sent, aggregation, subjects, ny_day)
+}
+
+/// A UTC day's bounds.
+fn utc_day(t: i64) -> (i64, i64) {
+    let start = t.div_euclid(24 * HOUR) * 24 * HOUR;
+    (start, start + 24 * HOUR)
+}
+
+/// The expected rows by the windows of `window`.
+fn expected_by(
+    sent: &[Sent],
+    aggregation: &str,
+    subjects: &[&str],
+    window: fn(i64) -> (i64, i64),
+) -> BTreeMap<RowKey, f64> {
     let mut groups: BTreeMap<RowKey, Vec<(i64, Option<f64>, String)>> = BTreeMap::new();
     for e in sent {
         if !subjects.is_empty() && !subjects.contains(&e.subject.as_str()) {
@@ -105,7 +121,7 @@ fn expected(sent: &[Sent], aggregation: &str, subjects: &[&str]) -> BTreeMap<Row
             continue;
         }
         groups
-            .entry((ny_day(e.at).0, e.subject.clone(), e.model.clone()))
+            .entry((window(e.at).0, e.subject.clone(), e.model.clone()))
             .or_default()
             .push((e.at, x, e.user.clone()));
     }
@@ -157,6 +173,10 @@ async fn call(
 }
 
 fn rows_of(answer: &Value) -> BTreeMap<RowKey, f64> {
+    rows_by(answer, ny_day)
+}
+
+fn rows_by(answer: &Value, window: fn(i64) -> (i64, i64)) -> BTreeMap<RowKey, f64> {
     answer["data"]
         .as_array()
         .unwrap()
@@ -170,7 +190,7 @@ fn rows_of(answer: &Value) -> BTreeMap<RowKey, f64> {
                 .unwrap()
                 .timestamp_nanos_opt()
                 .unwrap();
-            assert_eq!((start, end), ny_day(start), "a New York day: {r}");
+            assert_eq!((start, end), window(start), "a window: {r}");
             (
                 (
                     start,
@@ -566,6 +586,57 @@ async fn every_meter_answers(t: &Tally, read: &str, sent: &[Sent], what: &str) {
     }
 }
 
+/// Every meter by UTC day (whole days of stored hours are read as days),
+/// and over the whole range by subject, against `sent`.
+async fn every_meter_answers_by_utc_day(t: &Tally, read: &str, sent: &[Sent], what: &str) {
+    let (from, to) = (rfc(START - 24 * HOUR), rfc(START + 96 * HOUR));
+    for (slug, aggregation) in AGGREGATIONS {
+        let q = format!(
+            "/api/v1/meters/{slug}/query?from={from}&to={to}&windowSize=DAY&groupBy=subject&groupBy=model"
+        );
+        let (s, answer) = call(t, read, reqwest::Method::GET, &q, None).await;
+        assert_eq!(s, 200, "{answer}");
+        same(
+            &rows_by(&answer, utc_day),
+            &expected_by(sent, aggregation, &[], utc_day),
+            &format!("{slug} by UTC day {what}"),
+        );
+        // One subject, one model, no window.
+        let q = format!(
+            "/api/v1/meters/{slug}/query?from={from}&to={to}&subject=cust-1&filterGroupBy[model]=claude"
+        );
+        let (s, answer) = call(t, read, reqwest::Method::GET, &q, None).await;
+        assert_eq!(s, 200, "{answer}");
+        let rows: Vec<(i64, Option<f64>, String)> = sent
+            .iter()
+            .filter(|e| e.subject == "cust-1" && e.model == "claude")
+            .map(|e| (e.at, e.tokens.as_ref().and_then(number), e.user.clone()))
+            .collect();
+        let xs: Vec<f64> = rows.iter().filter_map(|r| r.1).collect();
+        let want = match aggregation {
+            "SUM" => xs.iter().sum(),
+            "COUNT" => rows.len() as f64,
+            "UNIQUE_COUNT" => rows.iter().map(|r| &r.2).collect::<BTreeSet<_>>().len() as f64,
+            "AVG" => xs.iter().sum::<f64>() / xs.len() as f64,
+            "MIN" => xs.iter().cloned().fold(f64::INFINITY, f64::min),
+            "MAX" => xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            _ => rows
+                .iter()
+                .filter(|r| r.1.is_some())
+                .max_by_key(|r| r.0)
+                .unwrap()
+                .1
+                .unwrap(),
+        };
+        let got = answer["data"][0]["value"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "{slug} one subject {what}: got {got}, want {want}: {answer}"
+        );
+        assert_eq!(answer["data"][0]["subject"], "cust-1", "{answer}");
+    }
+}
+
 #[tokio::test]
 async fn stored_rollups_answer_as_the_events_and_late_events_count() {
     let dir = tempfile::tempdir().unwrap();
@@ -631,6 +702,15 @@ async fn stored_rollups_answer_as_the_events_and_late_events_count() {
         (hours.len() * AGGREGATIONS.len()) as f64
     );
     assert_eq!(metric(&after, raw), metric(&before, raw));
+    // Whole UTC days read as days merged from the stored hours; twice, the
+    // second time from the kept days.
+    for pass in ["merged", "kept"] {
+        every_meter_answers_by_utc_day(&t, &read, &sent, pass).await;
+    }
+    assert_eq!(
+        metric(&metrics(&t, &admin).await, raw),
+        metric(&before, raw)
+    );
 
     // The events the SUM meter cannot read: in /metrics and in SQL.
     let unreadable = sent
@@ -672,10 +752,12 @@ async fn stored_rollups_answer_as_the_events_and_late_events_count() {
     post(vec![cloud_event(10_000, &late), cloud_event(0, &sent[0])]).await;
     sent.push(late);
     every_meter_answers(&t, &read, &sent, "with a late event, raw").await;
+    every_meter_answers_by_utc_day(&t, &read, &sent, "with a late event, raw").await;
     let hours_now = hours.len() + usize::from(!hours.contains(&((START + 5 * HOUR) / HOUR)));
     wait_rolled_up(&t, &data, (&admin, &read), hours_now).await;
     let before = metrics(&t, &admin).await;
     every_meter_answers(&t, &read, &sent, "with a late event, rolled up again").await;
+    every_meter_answers_by_utc_day(&t, &read, &sent, "with a late event, rolled up again").await;
     let after = metrics(&t, &admin).await;
     assert_eq!(metric(&after, raw), metric(&before, raw));
 

@@ -65,6 +65,9 @@ pub struct Coverage {
     pub unique_hours: BTreeSet<i64>,
 }
 
+/// Stored hours of the meters' rollups kept decoded.
+pub const METER_HOURS_KEPT: usize = 256;
+
 /// Decoded rows, shared.
 type Rows = Arc<RecordBatch>;
 
@@ -201,8 +204,13 @@ impl History {
         Ok(batch)
     }
 
-    /// A stored hour of the meters' rollups, decoded and indexed once.
-    pub async fn meter_hour(&self, entry: &FileEntry) -> Result<Arc<HourRows>, QueryError> {
+    /// A stored hour of the meters' rollups, decoded and indexed; kept
+    /// (the last [`METER_HOURS_KEPT`] used) when `keep`.
+    pub async fn meter_hour(
+        &self,
+        entry: &FileEntry,
+        keep: bool,
+    ) -> Result<Arc<HourRows>, QueryError> {
         if let Some(rows) = self.meter_hours.lock().get(&entry.path) {
             return Ok(rows.clone());
         }
@@ -210,9 +218,17 @@ impl History {
         let rows = HourRows::new(read_parquet(bytes, &entry.path)?)
             .map_err(|e| QueryError::Execution(format!("{}: {e}", entry.path.display())))?;
         let rows = Arc::new(rows);
-        self.meter_hours
-            .lock()
-            .insert(entry.path.clone(), rows.clone());
+        if keep {
+            let mut kept = self.meter_hours.lock();
+            if kept.len() >= METER_HOURS_KEPT {
+                // Any one goes: the kept hours are a working set, not a
+                // store (the days read by the meters hold months).
+                if let Some(k) = kept.keys().next().cloned() {
+                    kept.remove(&k);
+                }
+            }
+            kept.insert(entry.path.clone(), rows.clone());
+        }
         Ok(rows)
     }
 

@@ -107,6 +107,8 @@ pub struct Meters {
     /// The stored hourly rollups (`meter_hourly`) and raw events.
     pub history: History,
     pub metrics: Arc<tally_pipeline::metrics::Metrics>,
+    /// Days merged from stored hours.
+    pub days: Arc<super::days::DayCache>,
 }
 
 impl Meters {
@@ -121,6 +123,7 @@ impl Meters {
             engine,
             history,
             metrics,
+            days: Arc::default(),
         }
     }
 }

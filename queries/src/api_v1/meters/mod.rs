@@ -6,6 +6,7 @@
 //! (OpenMeter's namespace) scopes the events its queries read.
 
 pub mod book;
+pub mod days;
 pub mod definitions;
 pub mod query;
 pub mod windows;

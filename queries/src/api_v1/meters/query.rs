@@ -13,7 +13,8 @@
 //! value is exact, `UNIQUE_COUNT` included (the union of the hours'
 //! distinct values).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
@@ -25,15 +26,19 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono_tz::Tz;
 use datafusion::common::ScalarValue;
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use tally_pipeline::access::Access;
 use tally_pipeline::clock::rfc3339;
 use tally_pipeline::clock::HOUR_NS;
+use tally_pipeline::rollup::RolledHour;
 use tally_pipeline::rules::meter::Fold;
 use tally_pipeline::rules::meter_hourly::{self, HourRows};
+use tally_pipeline::store::FileEntry;
 use tally_pipeline::Dataset;
 
 use super::book::{Meters, StoredMeter};
+use super::days::{Day, MeterDays, NONE};
 use super::windows::{window, WindowSize};
 use crate::api_v1::problems::{bad, forbidden, no_meter, unexpected};
 
@@ -182,25 +187,55 @@ pub struct Row {
     pub value: f64,
 }
 
-/// What a meter's answer is folded from: the stored hourly rows of the
-/// hours that have them for the meter's current definition (and fit
-/// whole in a window), and the raw events of the other hours.
+/// What a meter's answer is folded from: days merged from stored hours
+/// (`days.rs`) where a day lies whole in one window; the stored hourly rows
+/// of the other hours that have them for the meter's current definition
+/// (and lie whole in a window); the raw events of the rest.
 #[derive(Default)]
 pub struct Gathered {
+    pub days: Vec<(i64, Arc<Day>)>,
+    /// The names of the days' rows.
+    pub names: Option<Arc<Mutex<MeterDays>>>,
     pub hours: Vec<(i64, Arc<HourRows>)>,
     /// (time, subject, data)
     pub raw: Vec<(i64, String, Option<Value>)>,
 }
 
-/// A meter's hours in `[from, to)` for one tenant. `whole(h)`: whether
-/// hour `h` may be read from its stored rows (it lies in one window).
+const DAY_NS: i64 = 24 * HOUR_NS;
+
+/// The windows of a query: whether an hour, and a UTC day, lie whole in
+/// one window (always, without windows).
+#[derive(Clone, Copy)]
+pub struct Fit {
+    window: Option<(WindowSize, Tz)>,
+}
+
+impl Fit {
+    pub const ANY: Fit = Fit { window: None };
+
+    pub fn of(q: &MeterQuery) -> Fit {
+        Fit {
+            window: q.window.map(|w| (w, q.tz.unwrap_or(chrono_tz::UTC))),
+        }
+    }
+
+    fn whole(&self, start: i64, len: i64) -> bool {
+        match self.window {
+            None => true,
+            Some((WindowSize::Minute, _)) => false,
+            Some((w, tz)) => window(w, tz, start) == window(w, tz, start + len - 1),
+        }
+    }
+}
+
+/// A meter's hours in `[from, to)` for one tenant.
 pub async fn gather(
     m: &Meters,
     tenant: &str,
     meter: &StoredMeter,
     from: Option<i64>,
     to: i64,
-    whole: &(dyn Fn(i64) -> bool + Sync),
+    fit: Fit,
 ) -> Result<Gathered, String> {
     let from = match (from, meter.meter.event_from) {
         (Some(a), Some(b)) => a.max(b),
@@ -208,29 +243,90 @@ pub async fn gather(
     };
     let mut cov = m.history.coverage_as_stored(Dataset::Events, from, to);
     let mut out = Gathered::default();
+    let mut by_day: BTreeMap<i64, Vec<(i64, Arc<RolledHour>)>> = BTreeMap::new();
     for (h, rolled) in std::mem::take(&mut cov.rolled) {
-        let rows = match rolled.tables.get(meter_hourly::TABLE) {
-            Some(entry) => Some(
-                m.history
-                    .meter_hour(entry)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ),
-            None => None,
-        };
-        match rows {
-            Some(rows) if whole(h) && rows.has(&meter.meter) => out.hours.push((h, rows)),
-            // Rolled up before this meter (or this definition of it), or
-            // cut by a window: its raw events, each stored once.
-            _ => {
-                cov.unique_hours.insert(h);
-                let (a, b) = (h.max(from), (h + HOUR_NS).min(to));
-                cov.unique.push((a, b));
+        by_day
+            .entry(h.div_euclid(DAY_NS) * DAY_NS)
+            .or_default()
+            .push((h, rolled));
+    }
+    let read_raw = |h: i64| cov.raw_hours.contains(&h) || cov.unique_hours.contains(&h);
+    let mut fallback = Vec::new();
+    let kept = m.days.of(&meter.meter, tenant);
+    for (day, hours) in by_day {
+        // A whole day in range and in one window, every hour of it rolled
+        // up: read as a day.
+        let entries: Option<Vec<FileEntry>> = hours
+            .iter()
+            .map(|(_, r)| r.tables.get(meter_hourly::TABLE).cloned())
+            .collect();
+        let day_fits = day >= from
+            && day + DAY_NS <= to
+            && fit.whole(day, DAY_NS)
+            && !(0..24).any(|i| read_raw(day + i * HOUR_NS));
+        if let (true, Some(entries)) = (day_fits, entries) {
+            let sources: Vec<PathBuf> = entries.iter().map(|e| e.path.clone()).collect();
+            let same = kept
+                .lock()
+                .days
+                .get(&day)
+                .filter(|d| d.sources == sources)
+                .cloned();
+            let found = match same {
+                Some(d) => Some(d),
+                None => {
+                    let mut decoded = Vec::with_capacity(entries.len());
+                    for e in &entries {
+                        let rows = m
+                            .history
+                            .meter_hour(e, false)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        decoded.push((e.path.clone(), rows));
+                    }
+                    decoded
+                        .iter()
+                        .all(|(_, r)| r.has(&meter.meter))
+                        .then(|| kept.lock().merge(day, &meter.meter, tenant, &decoded))
+                }
+            };
+            if let Some(d) = found {
+                m.days.used(&meter.meter, tenant, day);
+                out.days.push((day, d));
+                continue;
+            }
+        }
+        for (h, rolled) in hours {
+            let rows = match rolled.tables.get(meter_hourly::TABLE) {
+                Some(entry) => Some(
+                    m.history
+                        .meter_hour(entry, true)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
+            match rows {
+                Some(rows) if fit.whole(h, HOUR_NS) && rows.has(&meter.meter) => {
+                    out.hours.push((h, rows))
+                }
+                // Rolled up before this meter (or this definition of it),
+                // or cut by a window: its raw events, each stored once.
+                _ => fallback.push(h),
             }
         }
     }
+    for h in fallback {
+        cov.unique_hours.insert(h);
+        cov.unique.push((h.max(from), (h + HOUR_NS).min(to)));
+    }
     cov.unique.sort_unstable();
-    m.metrics.meter_hours_rolled.add(out.hours.len() as u64);
+    if !out.days.is_empty() {
+        out.names = Some(kept);
+    }
+    m.metrics
+        .meter_hours_rolled
+        .add((out.hours.len() + 24 * out.days.len()) as u64);
     m.metrics
         .meter_hours_raw
         .add((cov.raw_hours.len() + cov.unique_hours.len()) as u64);
@@ -255,16 +351,6 @@ pub async fn gather(
         }
     }
     Ok(out)
-}
-
-/// Whether hour `h` lies in one window of `q` (always, without windows).
-fn whole_hour(q: &MeterQuery) -> impl Fn(i64) -> bool + Sync + '_ {
-    let tz = q.tz.unwrap_or(chrono_tz::UTC);
-    move |h| match q.window {
-        None => true,
-        Some(WindowSize::Minute) => false,
-        Some(w) => window(w, tz, h) == window(w, tz, h + HOUR_NS - 1),
-    }
 }
 
 /// The rows of `q` over `meter`'s gathered hours and events.
@@ -312,6 +398,59 @@ pub fn fold_rows(
         Some(w) => window(w, tz, t),
         None => (0, 0),
     };
+    if let Some(names) = &gathered.names {
+        let names = names.lock();
+        let names = &names.names;
+        let wanted_ids: HashSet<u32> = wanted.iter().filter_map(|s| names.find(s)).collect();
+        let filter_ids: Vec<(usize, HashSet<u32>)> = filters
+            .iter()
+            .map(|(i, vals)| (*i, vals.iter().filter_map(|v| names.find(v)).collect()))
+            .collect();
+        type IdKey = (i64, i64, u32, Box<[u32]>);
+        let mut by_id: HashMap<IdKey, Fold> = HashMap::new();
+        for (day, d) in &gathered.days {
+            let (start, end) = window_of(*day);
+            for row in &d.rows {
+                if (!wanted.is_empty() && !wanted_ids.contains(&row.subject))
+                    || filter_ids
+                        .iter()
+                        .any(|(i, ids)| !ids.contains(&row.groups[*i]))
+                {
+                    continue;
+                }
+                first = first.min(row.first);
+                let key = (
+                    start,
+                    end,
+                    if by_subject { row.subject } else { NONE },
+                    asked.iter().map(|i| row.groups[*i]).collect(),
+                );
+                match by_id.get_mut(&key) {
+                    Some(f) => f.merge(row.fold.clone()),
+                    None => {
+                        by_id.insert(key, row.fold.clone());
+                    }
+                }
+            }
+        }
+        for ((start, end, subject, groups), fold) in by_id {
+            let key = (
+                start,
+                end,
+                by_subject.then(|| names.name(subject).unwrap_or_default().to_string()),
+                groups
+                    .iter()
+                    .map(|g| names.name(*g).map(str::to_string))
+                    .collect(),
+            );
+            match folds.get_mut(&key) {
+                Some(f) => f.merge(fold),
+                None => {
+                    folds.insert(key, fold);
+                }
+            }
+        }
+    }
     for (h, rows) in &gathered.hours {
         let (start, end) = window_of(*h);
         for row in rows.rows(m, tenant) {
@@ -419,7 +558,7 @@ async fn answer(
         Err(errors) => return bad(errors.join("; ")),
     };
     let to = q.to.unwrap_or_else(tally_pipeline::now_ns);
-    let gathered = match gather(&m, &tenant, &meter, q.from, to, &whole_hour(&q)).await {
+    let gathered = match gather(&m, &tenant, &meter, q.from, to, Fit::of(&q)).await {
         Ok(g) => g,
         Err(e) => return unexpected("a meter query", e),
     };
@@ -526,16 +665,38 @@ pub async fn subjects(
         Ok(found) => found,
         Err(r) => return *r,
     };
-    match gather(&m, &tenant, &meter, None, tally_pipeline::now_ns(), &|_| {
-        true
-    })
+    match gather(
+        &m,
+        &tenant,
+        &meter,
+        None,
+        tally_pipeline::now_ns(),
+        Fit::ANY,
+    )
     .await
     {
         Ok(g) => {
-            let mut set: BTreeSet<String> = g.raw.into_iter().map(|(_, s, _)| s).collect();
+            // The subjects of the events the meter counts.
+            let mut set: BTreeSet<String> = g
+                .raw
+                .iter()
+                .filter(|(_, _, d)| meter.meter.read(d.as_ref()).is_ok())
+                .map(|(_, s, _)| s.clone())
+                .collect();
+            if let Some(names) = &g.names {
+                let names = names.lock();
+                for (_, d) in &g.days {
+                    set.extend(
+                        d.rows
+                            .iter()
+                            .filter_map(|r| names.names.name(r.subject).map(str::to_string)),
+                    );
+                }
+            }
             for (_, rows) in &g.hours {
                 set.extend(
                     rows.rows(&meter.meter, &tenant)
+                        .filter(|r| r.events > 0)
                         .map(|r| r.subject.to_string()),
                 );
             }
@@ -561,9 +722,14 @@ pub async fn group_values(
             meter.meter.def.slug
         ));
     };
-    match gather(&m, &tenant, &meter, None, tally_pipeline::now_ns(), &|_| {
-        true
-    })
+    match gather(
+        &m,
+        &tenant,
+        &meter,
+        None,
+        tally_pipeline::now_ns(),
+        Fit::ANY,
+    )
     .await
     {
         Ok(g) => {
@@ -573,6 +739,16 @@ pub async fn group_values(
                 .iter()
                 .filter_map(|(_, _, d)| meter.meter.read(d.as_ref()).ok()?.groups[i].clone())
                 .collect();
+            if let Some(names) = &g.names {
+                let names = names.lock();
+                for (_, d) in &g.days {
+                    set.extend(
+                        d.rows
+                            .iter()
+                            .filter_map(|r| names.names.name(r.groups[i]).map(str::to_string)),
+                    );
+                }
+            }
             for (_, rows) in &g.hours {
                 set.extend(
                     rows.rows(&meter.meter, &tenant)
