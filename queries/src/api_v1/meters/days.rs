@@ -96,7 +96,9 @@ impl MeterDays {
         if let Some(d) = self.days.get(&day).filter(|d| d.sources == sources) {
             return d.clone();
         }
-        let mut rows: HashMap<(u32, Box<[u32]>), (i64, Fold)> = HashMap::new();
+        // (subject, groups) → (first event, fold)
+        type Cell = (i64, Fold);
+        let mut rows: HashMap<(u32, Box<[u32]>), Cell> = HashMap::new();
         for (_, hour) in hours {
             for r in hour.rows(meter, tenant).filter(|r| r.events > 0) {
                 let subject = self.names.id(r.subject);
