@@ -179,6 +179,9 @@ pub enum Scenario {
     /// A month of `usage.llm` events (--events) before now; then
     /// `/internal/usage/summary` over 720 and 24 hours.
     HistoryLlm,
+    /// OpenMeter's API: two meters, --events CloudEvents over October 2026
+    /// for 10,000 subjects (batches of 100); then three meter queries.
+    Meters,
     /// Idle WebSocket clients on `/usage`: memory per client and the spread
     /// of each update's arrival across clients.
     WsClients,

@@ -4,6 +4,7 @@ mod args;
 mod budgets;
 mod history;
 mod llm_events;
+mod meters;
 mod nats;
 mod peer;
 mod report;
@@ -87,6 +88,17 @@ async fn main() -> anyhow::Result<()> {
             args.phase == "load",
             args.events,
             args.vms,
+            args.concurrency,
+            args.queries,
+        )
+        .await?;
+        return finish(&args, &report);
+    }
+    if let Scenario::Meters = args.scenario {
+        let report = meters::run(
+            server.url(),
+            args.phase == "load",
+            args.events,
             args.concurrency,
             args.queries,
         )

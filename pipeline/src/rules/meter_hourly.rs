@@ -415,11 +415,50 @@ impl HourRows {
         meter: &'s Meter,
         tenant: &str,
     ) -> impl Iterator<Item = HourRow<'s>> + 's {
-        let range = self
-            .ranges
+        let range = self.range(meter, tenant);
+        self.rows_in(meter, range)
+    }
+
+    /// The rows of one meter, tenant and subject: found by halving, as a
+    /// meter's rows of a tenant are sorted by subject.
+    pub fn rows_of_subject<'s>(
+        &'s self,
+        meter: &'s Meter,
+        tenant: &str,
+        subject: &str,
+    ) -> impl Iterator<Item = HourRow<'s>> + 's {
+        let range = self.range(meter, tenant);
+        let subjects = self.batch.column(4).as_string::<i32>();
+        // The first row in `range` for which `past` holds.
+        let first = |past: &dyn Fn(&str) -> bool| {
+            let (mut lo, mut hi) = (range.start, range.end);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if past(subjects.value(mid)) {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            lo
+        };
+        let start = first(&|s| s >= subject);
+        let end = first(&|s| s > subject);
+        self.rows_in(meter, start..end)
+    }
+
+    fn range(&self, meter: &Meter, tenant: &str) -> Range<usize> {
+        self.ranges
             .get(&(meter.def.slug.clone(), tenant.to_string()))
             .cloned()
-            .unwrap_or(0..0);
+            .unwrap_or(0..0)
+    }
+
+    fn rows_in<'s>(
+        &'s self,
+        meter: &'s Meter,
+        range: Range<usize>,
+    ) -> impl Iterator<Item = HourRow<'s>> + 's {
         let b = &self.batch;
         let hour = b.column(3).as_primitive::<Int64Type>();
         let subject = b.column(4).as_string::<i32>();
@@ -627,6 +666,13 @@ mod tests {
             .collect();
         assert_eq!(last, [Some(4.0)]);
         assert_eq!(rows.rows(&meters[3], "t1").count(), 0);
+        let of_s1: Vec<Option<f64>> = rows
+            .rows_of_subject(&meters[0], "t1", "s1")
+            .map(|r| r.fold.value())
+            .collect();
+        assert_eq!(of_s1, [Some(0.0), Some(7.0), Some(10.0)]);
+        assert_eq!(rows.rows_of_subject(&meters[0], "t1", "s0").count(), 0);
+        assert_eq!(rows.rows_of_subject(&meters[0], "t1", "s2").count(), 0);
         assert_eq!(rows.unreadable().get("tokens"), Some(&1));
         // Another definition of a meter finds no marker.
         let changed = meter(

@@ -33,7 +33,7 @@ use tally_pipeline::clock::rfc3339;
 use tally_pipeline::clock::HOUR_NS;
 use tally_pipeline::rollup::RolledHour;
 use tally_pipeline::rules::meter::Fold;
-use tally_pipeline::rules::meter_hourly::{self, HourRows};
+use tally_pipeline::rules::meter_hourly::{self, HourRow, HourRows};
 use tally_pipeline::store::FileEntry;
 use tally_pipeline::Dataset;
 
@@ -453,7 +453,16 @@ pub fn fold_rows(
     }
     for (h, rows) in &gathered.hours {
         let (start, end) = window_of(*h);
-        for row in rows.rows(m, tenant) {
+        let of_hour: Box<dyn Iterator<Item = HourRow>> = if wanted.is_empty() {
+            Box::new(rows.rows(m, tenant))
+        } else {
+            Box::new(
+                wanted
+                    .iter()
+                    .flat_map(|s| rows.rows_of_subject(m, tenant, s)),
+            )
+        };
+        for row in of_hour {
             if row.events == 0
                 || (!wanted.is_empty() && !wanted.contains(row.subject))
                 || filters.iter().any(|(i, vals)| {
