@@ -37,7 +37,7 @@ echo "{\"rss_after_load_mib\": $(rss_mib)}"
 kill -TERM $PID; wait $PID || true
 
 start --compact-after 0s --compact-interval 1s
-"$BENCH" --scenario meters --target "$URL" --phase read --queries "$RUNS" --quiet \
+"$BENCH" --scenario meters --target "$URL" --phase read --events "$N" --queries "$RUNS" --quiet \
   | tee "$DIR/read.json"
 echo "{\"rss_after_reads_mib\": $(rss_mib), \"compaction_peak_mib\": $(curl -s "$URL/metrics" | awk '/^tally_compaction_memory_peak_bytes/ {printf "%.0f", $2 / 1048576}')}"
 kill -TERM $PID; wait $PID || true
