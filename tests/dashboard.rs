@@ -679,3 +679,114 @@ async fn degraded_health_is_shown_loudly_until_acknowledged() {
     )
     .await;
 }
+
+/// The Meters page: a meter made through the API, CloudEvents of the last
+/// three days; the page's table by UTC day and subject equals sums computed
+/// here, its chart has a bar per day, and its CSV is the API's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meters_page_shows_a_meters_values_and_its_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path()).await;
+    let (s, b) = post(
+        &t,
+        None,
+        "/api/v1/meters",
+        json!({"slug": "api_calls_ms", "name": "API time", "eventType": "api_call",
+               "aggregation": "SUM", "valueProperty": "$.ms", "groupBy": {"route": "$.route"}})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let mut rng = Rng::from_time();
+    let now = Utc::now();
+    let mut want: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut days = BTreeSet::new();
+    let events: Vec<Value> = (0..60)
+        .map(|i| {
+            // Within the last three days, and not in the future.
+            let at = now - chrono::Duration::seconds(60 + rng.below(3 * 86_400 - 120) as i64);
+            let day = at.format("%Y-%m-%d 00:00Z").to_string();
+            let subject = format!("cust-{}", rng.below(3));
+            let ms = rng.below(500) as f64;
+            *want.entry((day.clone(), subject.clone())).or_default() += ms;
+            days.insert(day);
+            json!({"specversion": "1.0", "id": format!("m-{i}"), "source": "dash", "type": "api_call",
+                   "subject": subject, "time": at.to_rfc3339_opts(SecondsFormat::Millis, true),
+                   "data": {"ms": ms, "route": ["/a", "/b"][i % 2]}})
+        })
+        .collect();
+    let (s, b) = post(&t, None, "/api/v1/events", Value::Array(events).to_string()).await;
+    assert_eq!(s, 204, "{b}");
+
+    let browser = Browser::launch().await;
+    let page = browser.page(1280, 900, false).await;
+    let downloads = tempfile::tempdir().unwrap();
+    page.downloads_to(downloads.path()).await;
+    page.goto(&t.url("/#/meters")).await;
+    page.wait_for(
+        "document.querySelectorAll('[data-testid=meters-table] tbody tr td.num').length > 0",
+        Duration::from_secs(20),
+    )
+    .await;
+    let rows = table(&page, "meters-table").await;
+    let got: BTreeMap<(String, String), f64> = rows
+        .iter()
+        .map(|r| {
+            (
+                (r[0].clone(), r[1].clone()),
+                r[2].replace(',', "").parse::<f64>().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, w) in &want {
+        close(got[k], *w, &format!("{k:?}"));
+    }
+    let bars = page
+        .eval("document.querySelectorAll('[data-testid=meters-chart] rect.bar').length")
+        .await;
+    assert_eq!(bars, json!(days.len()));
+    let agg = page
+        .eval("document.querySelector('[data-testid=meters-aggregation]').innerText")
+        .await;
+    assert_eq!(agg, json!("SUM"));
+    screenshot(&page, "meters").await;
+    no_errors(&page, "meters page");
+
+    // The CSV: the API's own, for the page's query.
+    page.eval("document.querySelector('[data-testid=meters-csv]').click()")
+        .await;
+    let mut found = None;
+    for _ in 0..100 {
+        found = std::fs::read_dir(downloads.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "csv"));
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let csv = std::fs::read_to_string(found.expect("the CSV was downloaded")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("window_start,window_end,subject,value"));
+    let from_csv: BTreeMap<(String, String), f64> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let day = DateTime::parse_from_rfc3339(f[0])
+                .unwrap()
+                .with_timezone(&Utc)
+                .format("%Y-%m-%d 00:00Z")
+                .to_string();
+            ((day, f[2].to_string()), f[3].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(from_csv.len(), want.len(), "{csv}");
+    for (k, w) in &want {
+        close(from_csv[k], *w, &format!("csv {k:?}"));
+    }
+    page.call("Page.close", json!({})).await;
+}

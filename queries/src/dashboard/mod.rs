@@ -2,7 +2,7 @@
 //! JavaScript (no third-party code, no CDN) that reads the same endpoints as
 //! any client: `/usage`, `/health`, `/metrics`, `/internal/usage/*`,
 //! `/v1/billing/vm-usage`, `/api/usage/*`, `/v1/budgets`, `/v1/alerts`,
-//! `/v1/anomalies`.
+//! `/v1/anomalies`, `/api/v1/meters`.
 //!
 //! The assets are embedded gzip-compressed (`queries/build.rs`), sent as
 //! they are to clients that accept gzip and inflated for the others, with

@@ -649,8 +649,97 @@ function pageBudgets(root) {
   return () => clearInterval(timer);
 }
 
+// ---------- Meters ----------
+const WINDOW_MS = { HOUR: 3600000, DAY: 86400000, MONTH: 30 * 86400000 };
+function pageMeters(root) {
+  const meter = h("select", { "data-testid": "meters-meter", "aria-label": "Meter" });
+  const size = h("select", { "data-testid": "meters-window" }, ["HOUR", "DAY", "MONTH"].map((w) => h("option", { value: w, selected: w === "DAY" }, w.toLowerCase())));
+  const days = h("select", { "data-testid": "meters-days" }, [1, 7, 30, 90].map((d) => h("option", { value: d, selected: d === 7 }, d === 1 ? "today" : "last " + d + " days")));
+  const tz = h("input", { type: "text", value: "UTC", size: 16, "data-testid": "meters-tz", "aria-label": "Time zone" });
+  const group = h("select", { "data-testid": "meters-groupby" });
+  const download = h("button", { type: "button", "data-testid": "meters-csv" }, "Download CSV");
+  const out = h("div", {});
+  let meters = [];
+  root.append(h("h1", {}, "Meters"), h("div", { class: "controls" },
+    h("label", {}, "Meter", meter), h("label", {}, "Window", size), h("label", {}, "Period", days),
+    h("label", {}, "Time zone", tz), h("label", {}, "Rows by", group), download), out);
+  function groups() {
+    const m = meters.find((x) => x.slug === meter.value);
+    const keep = group.value;
+    group.replaceChildren(h("option", { value: "" }, "window only"), h("option", { value: "subject" }, "subject"),
+      Object.keys((m && m.groupBy) || {}).map((k) => h("option", { value: k }, k)));
+    group.value = [...group.options].some((o) => o.value === keep) ? keep : "subject";
+  }
+  function range() {
+    const now = Date.now();
+    const first = new Date(now - (Number(days.value) - 1) * 86400000);
+    return [new Date(Date.UTC(first.getUTCFullYear(), first.getUTCMonth(), first.getUTCDate())), new Date(now)];
+  }
+  function query(by) {
+    const [f, t] = range();
+    let q = "from=" + encodeURIComponent(f.toISOString()) + "&to=" + encodeURIComponent(t.toISOString()) +
+      "&windowSize=" + size.value + "&windowTimeZone=" + encodeURIComponent(tz.value.trim() || "UTC");
+    if (by) q += "&groupBy=" + encodeURIComponent(by);
+    return "/api/v1/meters/" + encodeURIComponent(meter.value) + "/query?" + q;
+  }
+  download.addEventListener("click", async () => {
+    try {
+      const res = await api(query(group.value), { raw: true, headers: { accept: "text/csv" } });
+      const blob = await res.blob();
+      const a = h("a", { href: URL.createObjectURL(blob), download: meter.value + "-" + size.value.toLowerCase() + ".csv" });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    } catch (e) { showError(e); }
+  });
+  let seq = 0;
+  async function load() {
+    const mine = ++seq;
+    if (!meter.value) {
+      out.replaceChildren(h("p", { class: "muted", "data-testid": "meters-none" }, "No meters yet: define them under [[meters]] in the config file, or POST /api/v1/meters."));
+      return;
+    }
+    try {
+      const [total, rows] = await Promise.all([api(query("")), api(query(group.value))]);
+      if (mine !== seq) return;
+      clearError();
+      const m = meters.find((x) => x.slug === meter.value) || {};
+      const [f, t] = range();
+      const by = group.value;
+      const columns = [{ label: "window", get: (r) => r.windowStart.replace("T", " ").replace(/:00(\.0+)?(Z|[+-]\d\d:\d\d)$/, "$2") }];
+      if (by === "subject") columns.push({ label: "subject", get: (r) => r.subject });
+      else if (by) columns.push({ label: by, get: (r) => (r.groupBy[by] == null ? "–" : r.groupBy[by]) });
+      columns.push({ label: "value", num: true, get: (r) => fmtNum(r.value, Number.isInteger(r.value) ? 0 : 2) });
+      const sorted = rows.data.slice().sort((a, b) => (a.windowStart < b.windowStart ? -1 : a.windowStart > b.windowStart ? 1 : 0));
+      out.replaceChildren(
+        h("div", { class: "cards" },
+          card("Aggregation", m.aggregation || "–", "meters-aggregation"),
+          card("Event type", m.eventType || "–", "meters-event-type"),
+          card("Windows with events", fmtInt(total.data.length), "meters-windows", total.data.length)),
+        h("div", { class: "panel" }, h("h2", {}, (m.name || m.slug) + " per " + size.value.toLowerCase()),
+          h("div", { "data-testid": "meters-chart" }, barChart(total.data.map((r) => [Date.parse(r.windowStart), r.value]), WINDOW_MS[size.value], { x0: f.getTime(), x1: t.getTime(), wide: true, label: meter.value + " per window", fmtY: (v) => fmtNum(v, 2) }))),
+        h("div", { class: "panel" }, h("h2", {}, by ? "By " + by : "By window"), table(columns, sorted, "meters-table")),
+      );
+    } catch (e) { if (mine === seq) showError(e); }
+  }
+  for (const el of [size, days, group]) el.addEventListener("change", load);
+  tz.addEventListener("change", load);
+  meter.addEventListener("change", () => { groups(); load(); });
+  (async () => {
+    try {
+      meters = await api("/api/v1/meters");
+      meter.replaceChildren(meters.map((m) => h("option", { value: m.slug }, m.name || m.slug)));
+      groups();
+      load();
+    } catch (e) { showError(e); }
+  })();
+  const timer = setInterval(load, 30000);
+  return () => clearInterval(timer);
+}
+
 // ---------- router ----------
-const PAGES = { live: pageLive, llm: pageLlm, vm: pageVm, plan: pagePlan, budgets: pageBudgets };
+const PAGES = { live: pageLive, llm: pageLlm, vm: pageVm, plan: pagePlan, budgets: pageBudgets, meters: pageMeters };
 let cleanup = null;
 function route() {
   const name = (location.hash.match(/^#\/(\w+)/) || [])[1] || "live";
