@@ -708,11 +708,12 @@ async fn the_meters_page_shows_a_meters_values_and_its_csv() {
             let day = at.format("%Y-%m-%d 00:00Z").to_string();
             let subject = format!("cust-{}", rng.below(3));
             let ms = rng.below(500) as f64;
+            let route = ["/a", "/b"][i % 2];
             *want.entry((day.clone(), subject.clone())).or_default() += ms;
             days.insert(day);
             json!({"specversion": "1.0", "id": format!("m-{i}"), "source": "dash", "type": "api_call",
                    "subject": subject, "time": at.to_rfc3339_opts(SecondsFormat::Millis, true),
-                   "data": {"ms": ms, "route": ["/a", "/b"][i % 2]}})
+                   "data": {"ms": ms, "route": route}})
         })
         .collect();
     let (s, b) = post(&t, None, "/api/v1/events", Value::Array(events).to_string()).await;

@@ -96,8 +96,10 @@ async fn create_meters(base: &str) -> anyhow::Result<()> {
     ] {
         let r = http
             .post(format!("{base}/api/v1/meters"))
-            .json(&json!({"slug": slug, "eventType": "request", "aggregation": aggregation,
-                          "valueProperty": value, "groupBy": groups}))
+            .json(
+                &json!({"slug": slug, "eventType": "request", "aggregation": aggregation,
+                          "valueProperty": value, "groupBy": groups}),
+            )
             .send()
             .await?;
         anyhow::ensure!(
@@ -119,11 +121,7 @@ async fn load(base: &str, events: u64, concurrency: usize) -> anyhow::Result<f64
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (http, next, url) = (
-            http.clone(),
-            next.clone(),
-            format!("{base}/api/v1/events"),
-        );
+        let (http, next, url) = (http.clone(), next.clone(), format!("{base}/api/v1/events"));
         tasks.push(tokio::spawn(async move {
             loop {
                 let first = next.fetch_add(100, Ordering::Relaxed);
@@ -185,15 +183,19 @@ pub async fn run(
         report.events_per_second = events as f64 / report.load_seconds;
         return Ok(report);
     }
-    report.compaction_wait_seconds =
-        wait_compacted(base, "events", (DAYS * 24) as u64).await?;
+    report.compaction_wait_seconds = wait_compacted(base, "events", (DAYS * 24) as u64).await?;
     let http = reqwest::Client::new();
     for (path, _) in QUERIES {
         report.timings.push(time(base, path, runs, "data").await?);
-        let v: Value = http.get(format!("{base}{path}")).send().await?.json().await?;
-        let sum = v["data"]
-            .as_array()
-            .map_or(0.0, |rows| rows.iter().filter_map(|r| r["value"].as_f64()).sum());
+        let v: Value = http
+            .get(format!("{base}{path}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let sum = v["data"].as_array().map_or(0.0, |rows| {
+            rows.iter().filter_map(|r| r["value"].as_f64()).sum()
+        });
         report.answers.push(sum);
     }
     Ok(report)

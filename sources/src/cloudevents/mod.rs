@@ -15,6 +15,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
 use serde_json::Value as Json;
 use tally_pipeline::access::Access;
 use tally_pipeline::component::{Component, Context, Handle};
@@ -72,62 +75,154 @@ fn shape(headers: &HeaderMap) -> Result<Shape, String> {
     }
 }
 
-/// The events of a body, as JSON values.
-fn events_of(shape: Shape, body: &[u8]) -> Result<Vec<Json>, String> {
-    let v: Json =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
-    match (shape, v) {
-        (Shape::One, v @ Json::Object(_)) => Ok(vec![v]),
-        (Shape::One, _) => {
-            Err("an application/cloudevents+json body must be one event (a JSON object)".into())
-        }
-        (Shape::Batch, Json::Array(a)) => Ok(a),
-        (Shape::Batch, _) => {
-            Err("an application/cloudevents-batch+json body must be a JSON array of events".into())
-        }
-        (Shape::Either, Json::Array(a)) => Ok(a),
-        (Shape::Either, v @ Json::Object(_)) => Ok(vec![v]),
-        (Shape::Either, _) => {
-            Err("the body must be an event (a JSON object) or an array of events".into())
+/// One field of an event, as the rules read it.
+pub enum Field<'a> {
+    Absent,
+    Null,
+    Str(String),
+    /// A JSON object's text.
+    Object(std::borrow::Cow<'a, str>),
+    /// Another kind of value: its name ("a number", …).
+    Other(&'static str),
+}
+
+/// An event's fields by name: a parsed JSON object, or the raw fields of a
+/// request body (read without building `data`'s tree).
+pub trait EventFields {
+    fn field(&self, name: &str) -> Field<'_>;
+}
+
+impl EventFields for serde_json::Map<String, Json> {
+    fn field(&self, name: &str) -> Field<'_> {
+        match self.get(name) {
+            None => Field::Absent,
+            Some(Json::Null) => Field::Null,
+            Some(Json::String(s)) => Field::Str(s.clone()),
+            Some(o @ Json::Object(_)) => Field::Object(o.to_string().into()),
+            Some(other) => Field::Other(kind(other)),
         }
     }
 }
 
+/// An event of a request body: its fields as raw JSON texts.
+pub struct RawEvent<'a>(HashMap<String, &'a RawValue>);
+
+impl EventFields for RawEvent<'_> {
+    fn field(&self, name: &str) -> Field<'_> {
+        let Some(raw) = self.0.get(name) else {
+            return Field::Absent;
+        };
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => {
+                serde_json::from_str::<String>(text).map_or(Field::Other("a string"), Field::Str)
+            }
+            Some(b'{') => Field::Object(text.into()),
+            Some(b'n') => Field::Null,
+            Some(b'[') => Field::Other("an array"),
+            Some(b't' | b'f') => Field::Other("a boolean"),
+            _ => Field::Other("a number"),
+        }
+    }
+}
+
+/// The kind of a raw JSON value, by its first character.
+fn raw_kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'n') => "null",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
+    }
+}
+
+/// The events of a body: each an object's raw fields, or the kind of value
+/// it is instead.
+fn events_of(shape: Shape, body: &[u8]) -> Result<Vec<Result<RawEvent<'_>, &'static str>>, String> {
+    let invalid = |e: &dyn std::fmt::Display| format!("the body is not valid JSON: {e}");
+    let text = std::str::from_utf8(body).map_err(|e| invalid(&e))?;
+    let whole: &RawValue = serde_json::from_str(text).map_err(|e| invalid(&e))?;
+    let items: Vec<&RawValue> = match (shape, raw_kind(whole)) {
+        (Shape::One | Shape::Either, "an object") => vec![whole],
+        (Shape::One, _) => {
+            return Err(
+                "an application/cloudevents+json body must be one event (a JSON object)".into(),
+            )
+        }
+        (Shape::Batch | Shape::Either, "an array") => {
+            serde_json::from_str(whole.get()).map_err(|e| invalid(&e))?
+        }
+        (Shape::Batch, _) => {
+            return Err(
+                "an application/cloudevents-batch+json body must be a JSON array of events".into(),
+            )
+        }
+        (Shape::Either, _) => {
+            return Err("the body must be an event (a JSON object) or an array of events".into())
+        }
+    };
+    items
+        .into_iter()
+        .map(|raw| match raw_kind(raw) {
+            "an object" => serde_json::from_str(raw.get())
+                .map(|fields| Ok(RawEvent(fields)))
+                .map_err(|e| invalid(&e)),
+            other => Ok(Err(other)),
+        })
+        .collect()
+}
+
 /// One event as a record of `events`, or every rule it breaks.
 pub fn record(event: &Json, tenant: &str, arrived: i64) -> Result<Record, Vec<String>> {
-    let mut errors = Vec::new();
-    let Json::Object(obj) = event else {
-        return Err(vec![format!(
+    match event {
+        Json::Object(obj) => record_of(obj, tenant, arrived),
+        other => Err(vec![format!(
             "an event must be a JSON object, got {}",
-            kind(event)
-        )]);
-    };
+            kind(other)
+        )]),
+    }
+}
+
+/// An event's fields as a record of `events`, or every rule they break.
+pub fn record_of(
+    obj: &impl EventFields,
+    tenant: &str,
+    arrived: i64,
+) -> Result<Record, Vec<String>> {
+    let mut errors = Vec::new();
     let text = |name: &str, errors: &mut Vec<String>| -> Option<String> {
-        match obj.get(name) {
-            None | Some(Json::Null) => {
+        match obj.field(name) {
+            Field::Absent | Field::Null => {
                 errors.push(format!("{name} is required"));
                 None
             }
-            Some(Json::String(s)) if s.is_empty() => {
+            Field::Str(s) if s.is_empty() => {
                 errors.push(format!("{name} must not be empty"));
                 None
             }
-            Some(Json::String(s)) => Some(s.clone()),
-            Some(other) => {
-                errors.push(format!("{name} must be a string, got {}", kind(other)));
+            Field::Str(s) => Some(s),
+            Field::Object(_) => {
+                errors.push(format!("{name} must be a string, got an object"));
+                None
+            }
+            Field::Other(k) => {
+                errors.push(format!("{name} must be a string, got {k}"));
                 None
             }
         }
     };
     let optional = |name: &str, errors: &mut Vec<String>| -> Option<String> {
-        match obj.get(name) {
-            None | Some(Json::Null) => None,
-            Some(Json::String(s)) => Some(s.clone()),
-            Some(other) => {
-                errors.push(format!(
-                    "{name} must be a string or null, got {}",
-                    kind(other)
-                ));
+        match obj.field(name) {
+            Field::Absent | Field::Null => None,
+            Field::Str(s) => Some(s),
+            other => {
+                let k = match other {
+                    Field::Other(k) => k,
+                    _ => "an object",
+                };
+                errors.push(format!("{name} must be a string or null, got {k}"));
                 None
             }
         }
@@ -158,11 +253,15 @@ pub fn record(event: &Json, tenant: &str, arrived: i64) -> Result<Record, Vec<St
         }
     }
     let dataschema = optional("dataschema", &mut errors);
-    let data = match obj.get("data") {
-        None | Some(Json::Null) => None,
-        Some(d @ Json::Object(_)) => Some(d.to_string()),
-        Some(other) => {
-            errors.push(format!("data must be a JSON object, got {}", kind(other)));
+    let data = match obj.field("data") {
+        Field::Absent | Field::Null => None,
+        Field::Object(text) => Some(text.into_owned()),
+        Field::Str(_) => {
+            errors.push("data must be a JSON object, got a string".to_string());
+            None
+        }
+        Field::Other(k) => {
+            errors.push(format!("data must be a JSON object, got {k}"));
             None
         }
     };
@@ -233,10 +332,17 @@ async fn ingest(
     let mut records = Vec::with_capacity(events.len());
     let mut refused: Vec<String> = Vec::new();
     for (i, e) in events.iter().enumerate() {
-        match record(e, &tenant, arrived) {
+        let checked = match e {
+            Ok(fields) => record_of(fields, &tenant, arrived),
+            Err(k) => Err(vec![format!("an event must be a JSON object, got {k}")]),
+        };
+        match checked {
             Ok(r) => records.push(r),
             Err(errors) => {
-                let id = e.get("id").and_then(Json::as_str);
+                let id = match e.as_ref().map(|f| f.field("id")) {
+                    Ok(Field::Str(id)) => Some(id),
+                    _ => None,
+                };
                 let which = match (events.len(), id) {
                     (1, Some(id)) => format!("event {id:?}"),
                     (1, None) => "the event".to_string(),
@@ -348,6 +454,38 @@ mod tests {
                 "data must be a JSON object, got an array",
             ]
         );
+    }
+
+    #[test]
+    fn a_bodys_raw_fields_are_read_as_a_parsed_event_is() {
+        let events = json!([
+            {"specversion": "1.0", "id": "a", "source": "s", "type": "t", "subject": "x",
+             "time": "2025-11-24T12:00:00.123Z", "data": {"n": 1, "s": "é\"q", "o": {"l": [1, 2]}}},
+            {"specversion": "1.0", "id": "bé", "source": "s", "type": "t", "subject": "x",
+             "datacontenttype": "application/json", "dataschema": null},
+            {"specversion": 1, "id": "", "source": ["s"], "type": {"a": 1}, "subject": null,
+             "time": "yesterday", "datacontenttype": "text/plain", "data": "text"},
+            {"id": "c", "data": [1], "dataschema": true},
+            7,
+        ]);
+        let body = events.to_string();
+        let raw = events_of(Shape::Batch, body.as_bytes()).unwrap();
+        for (e, r) in events.as_array().unwrap().iter().zip(&raw) {
+            let from_raw = match r {
+                Ok(fields) => record_of(fields, "t", ARRIVED),
+                Err(k) => Err(vec![format!("an event must be a JSON object, got {k}")]),
+            };
+            assert_eq!(from_raw, record(e, "t", ARRIVED), "{e}");
+        }
+        assert!(record(&events[0], "t", ARRIVED).is_ok());
+        assert_eq!(record(&events[2], "t", ARRIVED).unwrap_err().len(), 8);
+        // Escapes in a field are read; data is kept as its text.
+        let body = br#"[{"specversion":"1.0","id":"b\u00e9","source":"s","type":"t","subject":"x","data":{"q":"\""}}]"#;
+        let raw = events_of(Shape::Batch, body).unwrap();
+        let r = record_of(raw[0].as_ref().unwrap(), "t", ARRIVED).unwrap();
+        let at = |name: &str| &r.values[Dataset::Events.column_index(name).unwrap()];
+        assert_eq!(at("id"), &Value::Str("bé".into()));
+        assert_eq!(at("data"), &Value::Str(r#"{"q":"\""}"#.into()));
     }
 
     #[test]

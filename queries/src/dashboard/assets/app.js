@@ -667,8 +667,9 @@ function pageMeters(root) {
     const m = meters.find((x) => x.slug === meter.value);
     const keep = group.value;
     group.replaceChildren(h("option", { value: "" }, "window only"), h("option", { value: "subject" }, "subject"),
-      Object.keys((m && m.groupBy) || {}).map((k) => h("option", { value: k }, k)));
-    group.value = [...group.options].some((o) => o.value === keep) ? keep : "subject";
+      ...Object.keys((m && m.groupBy) || {}).map((k) => h("option", { value: k }, k)));
+    // By subject at first; a choice stays while the new meter has it.
+    group.value = keep && [...group.options].some((o) => o.value === keep) ? keep : "subject";
   }
   function range() {
     const now = Date.now();
@@ -718,7 +719,7 @@ function pageMeters(root) {
           card("Event type", m.eventType || "–", "meters-event-type"),
           card("Windows with events", fmtInt(total.data.length), "meters-windows", total.data.length)),
         h("div", { class: "panel" }, h("h2", {}, (m.name || m.slug) + " per " + size.value.toLowerCase()),
-          h("div", { "data-testid": "meters-chart" }, barChart(total.data.map((r) => [Date.parse(r.windowStart), r.value]), WINDOW_MS[size.value], { x0: f.getTime(), x1: t.getTime(), wide: true, label: meter.value + " per window", fmtY: (v) => fmtNum(v, 2) }))),
+          h("div", { "data-testid": "meters-chart" }, barChart(total.data.map((r) => [Date.parse(r.windowStart), r.value]), WINDOW_MS[size.value], { x0: f.getTime(), x1: t.getTime(), wide: true, label: meter.value + " per window" }))),
         h("div", { class: "panel" }, h("h2", {}, by ? "By " + by : "By window"), table(columns, sorted, "meters-table")),
       );
     } catch (e) { if (mine === seq) showError(e); }
@@ -729,7 +730,7 @@ function pageMeters(root) {
   (async () => {
     try {
       meters = await api("/api/v1/meters");
-      meter.replaceChildren(meters.map((m) => h("option", { value: m.slug }, m.name || m.slug)));
+      meter.replaceChildren(...meters.map((m) => h("option", { value: m.slug }, m.name || m.slug)));
       groups();
       load();
     } catch (e) { showError(e); }
