@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     if let Scenario::Meters = args.scenario {
         let report = meters::run(
             server.url(),
-            args.phase == "load",
+            &args.phase,
             args.events,
             args.concurrency,
             args.queries,

@@ -161,10 +161,11 @@ async fn load(base: &str, events: u64, concurrency: usize) -> anyhow::Result<f64
 
 /// `load`: makes the meters and sends the events (start the server with
 /// compaction held back). `read`: waits until every hour is compacted and
-/// rolled up, then times the queries.
+/// rolled up, then times the queries; `query`: times them at once (a
+/// restart on data compacted before).
 pub async fn run(
     base: &str,
-    phase_load: bool,
+    phase: &str,
     events: u64,
     concurrency: usize,
     runs: usize,
@@ -177,7 +178,7 @@ pub async fn run(
         timings: Vec::new(),
         answers: Vec::new(),
     };
-    if phase_load {
+    if phase == "load" {
         create_meters(base).await?;
         report.load_seconds = load(base, events, concurrency).await?;
         report.events_per_second = events as f64 / report.load_seconds;

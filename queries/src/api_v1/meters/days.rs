@@ -10,11 +10,11 @@
 //! read this way (no window, or `DAY`/`MONTH` windows whose boundaries fall
 //! on UTC midnights); the others are read by hour.
 //!
-//! Memory: one row per (subject, groups) of a day, about 60 bytes plus the
-//! distinct values of `UNIQUE_COUNT`; at most [`MAX_DAYS`] days are kept,
-//! the least recently used leaving first.
+//! Memory: one row per (subject, groups) of a day, about 60 bytes, plus 4
+//! bytes per distinct value of `UNIQUE_COUNT` (interned); at most
+//! [`MAX_DAYS`] days are kept, the least recently used leaving first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -64,7 +64,11 @@ pub struct DayRow {
     pub groups: Box<[u32]>,
     /// The time of its first event.
     pub first: i64,
+    /// The fold of its events; for `UNIQUE_COUNT`, an empty set, the
+    /// values being in `distinct`.
     pub fold: Fold,
+    /// `UNIQUE_COUNT`: the day's distinct values, interned, sorted.
+    pub distinct: Box<[u32]>,
 }
 
 /// A meter's day for one tenant.
@@ -96,8 +100,8 @@ impl MeterDays {
         if let Some(d) = self.days.get(&day).filter(|d| d.sources == sources) {
             return d.clone();
         }
-        // (subject, groups) → (first event, fold)
-        type Cell = (i64, Fold);
+        // (subject, groups) → (first event, fold, distinct values)
+        type Cell = (i64, Fold, HashSet<u32>);
         let mut rows: HashMap<(u32, Box<[u32]>), Cell> = HashMap::new();
         for (_, hour) in hours {
             for r in hour.rows(meter, tenant).filter(|r| r.events > 0) {
@@ -108,25 +112,38 @@ impl MeterDays {
                     .map(|g| g.map_or(NONE, |g| self.names.id(g)))
                     .collect();
                 let first = r.first.unwrap_or(r.hour);
+                let (fold, distinct) = match r.fold {
+                    Fold::Unique(values) => (
+                        Fold::Unique(HashSet::new()),
+                        values.iter().map(|v| self.names.id(v)).collect(),
+                    ),
+                    other => (other, HashSet::new()),
+                };
                 match rows.entry((subject, groups)) {
                     std::collections::hash_map::Entry::Occupied(mut e) => {
-                        let (f, fold) = e.get_mut();
+                        let (f, kept, seen) = e.get_mut();
                         *f = (*f).min(first);
-                        fold.merge(r.fold);
+                        kept.merge(fold);
+                        seen.extend(distinct);
                     }
                     std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert((first, r.fold));
+                        e.insert((first, fold, distinct));
                     }
                 }
             }
         }
         let day_rows = rows
             .into_iter()
-            .map(|((subject, groups), (first, fold))| DayRow {
-                subject,
-                groups,
-                first,
-                fold,
+            .map(|((subject, groups), (first, fold, distinct))| {
+                let mut distinct: Vec<u32> = distinct.into_iter().collect();
+                distinct.sort_unstable();
+                DayRow {
+                    subject,
+                    groups,
+                    first,
+                    fold,
+                    distinct: distinct.into(),
+                }
             })
             .collect();
         let d = Arc::new(Day {
@@ -183,3 +200,34 @@ impl DayCache {
         }
     }
 }
+
+/// A hasher for the integer keys of regrouped days (FxHash's step): the
+/// keys are interned numbers, not input an attacker picks.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;

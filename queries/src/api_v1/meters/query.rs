@@ -13,7 +13,7 @@
 //! value is exact, `UNIQUE_COUNT` included (the union of the hours'
 //! distinct values).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ use tally_pipeline::store::FileEntry;
 use tally_pipeline::Dataset;
 
 use super::book::{Meters, StoredMeter};
-use super::days::{Day, MeterDays, NONE};
+use super::days::{Day, IdMap, MeterDays, NONE};
 use super::windows::{window, WindowSize};
 use crate::api_v1::problems::{bad, forbidden, no_meter, unexpected};
 
@@ -406,10 +406,20 @@ pub fn fold_rows(
             .iter()
             .map(|(i, vals)| (*i, vals.iter().filter_map(|v| names.find(v)).collect()))
             .collect();
-        type IdKey = (i64, i64, u32, Box<[u32]>);
-        let mut by_id: HashMap<IdKey, Fold> = HashMap::new();
+        // Windows by number, then (window, subject, asked groups) by
+        // number: each row costs a lookup of integers.
+        let mut windows: Vec<(i64, i64)> = Vec::new();
+        type IdKey = (u64, Box<[u32]>);
+        let mut by_id: IdMap<IdKey, (Fold, HashSet<u32>)> = IdMap::default();
         for (day, d) in &gathered.days {
-            let (start, end) = window_of(*day);
+            let w = window_of(*day);
+            let wi = match windows.iter().position(|x| *x == w) {
+                Some(i) => i,
+                None => {
+                    windows.push(w);
+                    windows.len() - 1
+                }
+            } as u64;
             for row in &d.rows {
                 if (!wanted.is_empty() && !wanted_ids.contains(&row.subject))
                     || filter_ids
@@ -419,21 +429,31 @@ pub fn fold_rows(
                     continue;
                 }
                 first = first.min(row.first);
+                let subject = if by_subject { row.subject } else { NONE };
                 let key = (
-                    start,
-                    end,
-                    if by_subject { row.subject } else { NONE },
+                    (wi << 32) | u64::from(subject),
                     asked.iter().map(|i| row.groups[*i]).collect(),
                 );
-                match by_id.get_mut(&key) {
-                    Some(f) => f.merge(row.fold.clone()),
-                    None => {
-                        by_id.insert(key, row.fold.clone());
-                    }
+                let acc = by_id
+                    .entry(key)
+                    .or_insert_with(|| (Fold::new(m.aggregation), HashSet::new()));
+                match (&mut acc.0, &row.fold) {
+                    (Fold::Unique(_), _) => acc.1.extend(row.distinct.iter().copied()),
+                    (Fold::Sum(a), Fold::Sum(b)) => *a += b,
+                    (kept, other) => kept.merge(other.clone()),
                 }
             }
         }
-        for ((start, end, subject, groups), fold) in by_id {
+        for ((packed, groups), (mut fold, distinct)) in by_id {
+            let (start, end) = windows[(packed >> 32) as usize];
+            let subject = packed as u32;
+            if let Fold::Unique(set) = &mut fold {
+                set.extend(
+                    distinct
+                        .into_iter()
+                        .filter_map(|id| names.name(id).map(str::to_string)),
+                );
+            }
             let key = (
                 start,
                 end,
