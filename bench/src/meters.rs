@@ -185,8 +185,7 @@ pub async fn run(
         return Ok(report);
     }
     if phase != "query" {
-        report.compaction_wait_seconds =
-            wait_compacted(base, "events", (DAYS * 24) as u64).await?;
+        report.compaction_wait_seconds = wait_compacted(base, "events", (DAYS * 24) as u64).await?;
     }
     let http = reqwest::Client::new();
     for (path, _) in QUERIES {

@@ -409,7 +409,27 @@ pub fn fold_rows(
         // Windows by number, then (window, subject, asked groups) by
         // number: each row costs a lookup of integers.
         let mut windows: Vec<(i64, i64)> = Vec::new();
-        type IdKey = (u64, Box<[u32]>);
+        // (window and subject, up to two asked groups, more asked groups)
+        type IdKey = (u64, u64, Option<Box<[u32]>>);
+        let pack = |groups: &[u32]| -> (u64, Option<Box<[u32]>>) {
+            match asked.len() {
+                0 => (0, None),
+                1 => (u64::from(groups[asked[0]]), None),
+                2 => (
+                    u64::from(groups[asked[0]]) | u64::from(groups[asked[1]]) << 32,
+                    None,
+                ),
+                _ => (0, Some(asked.iter().map(|i| groups[*i]).collect())),
+            }
+        };
+        let unpack = |packed: u64, more: Option<Box<[u32]>>| -> Vec<u32> {
+            match (asked.len(), more) {
+                (_, Some(more)) => more.into_vec(),
+                (0, None) => Vec::new(),
+                (1, None) => vec![packed as u32],
+                _ => vec![packed as u32, (packed >> 32) as u32],
+            }
+        };
         let mut by_id: IdMap<IdKey, (Fold, HashSet<u32>)> = IdMap::default();
         for (day, d) in &gathered.days {
             let w = window_of(*day);
@@ -430,10 +450,8 @@ pub fn fold_rows(
                 }
                 first = first.min(row.first);
                 let subject = if by_subject { row.subject } else { NONE };
-                let key = (
-                    (wi << 32) | u64::from(subject),
-                    asked.iter().map(|i| row.groups[*i]).collect(),
-                );
+                let (groups, more) = pack(&row.groups);
+                let key = ((wi << 32) | u64::from(subject), groups, more);
                 let acc = by_id
                     .entry(key)
                     .or_insert_with(|| (Fold::new(m.aggregation), HashSet::new()));
@@ -444,7 +462,8 @@ pub fn fold_rows(
                 }
             }
         }
-        for ((packed, groups), (mut fold, distinct)) in by_id {
+        for ((packed, groups, more), (mut fold, distinct)) in by_id {
+            let groups = unpack(groups, more);
             let (start, end) = windows[(packed >> 32) as usize];
             let subject = packed as u32;
             if let Fold::Unique(set) = &mut fold {
