@@ -8,7 +8,9 @@
 # Usage: bench/scripts/meters.sh [EVENTS]
 # Needs: cargo build --release -p tally -p tally-bench; pip install duckdb
 # Env: TALLY and BENCH (the binaries), RUNS (requests a query), PEER_RUNS,
-#      DIR (kept when given), CONCURRENCY (load requests at once, default 8).
+#      DIR (kept when given), CONCURRENCY (load requests at once, default 8),
+#      QUERY_ONLY=1: DIR holds data compacted by an earlier run; start on it
+#      and time the queries (the first of each cold) and DuckDB only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-100000000}
@@ -29,6 +31,16 @@ start() {
   until curl -sf "$URL/health" >/dev/null; do sleep 0.05; done
 }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' /proc/$PID/status; }
+
+if [ -n "${QUERY_ONLY:-}" ]; then
+  start --scrub-interval 0s
+  "$BENCH" --scenario meters --target "$URL" --phase query --events "$N" --queries "$RUNS" \
+    --quiet | tee "$DIR/read.json"
+  echo "{\"rss_after_reads_mib\": $(rss_mib)}"
+  kill -TERM $PID; wait $PID || true
+  python3 bench/peer/meters_duckdb.py "$DIR/data" "$DIR/read.json" "${PEER_RUNS:-5}"
+  exit 0
+fi
 
 start --compact-interval 24h
 "$BENCH" --scenario meters --target "$URL" --phase load --events "$N" \
