@@ -178,6 +178,22 @@ async fn table(page: &impl Tab, id: &str) -> Vec<Vec<String>> {
     serde_json::from_value(v).unwrap()
 }
 
+/// The text of the first CSV file the browser downloads into `dir`
+/// (waiting up to 10 s for it).
+async fn downloaded_csv(dir: &Path) -> String {
+    for _ in 0..100 {
+        let found = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "csv"));
+        if let Some(file) = found {
+            return std::fs::read_to_string(file).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no CSV was downloaded into {}", dir.display());
+}
+
 /// A server on `dir/data` with the test's prices, a fast flush and sampler.
 async fn start(dir: &Path) -> Tally {
     let prices = price_file(dir);
@@ -508,19 +524,7 @@ async fn every_page_shows_the_apis_numbers() {
                 .text()
                 .await
                 .unwrap();
-            let mut found = None;
-            for _ in 0..100 {
-                found = std::fs::read_dir(downloads.path())
-                    .unwrap()
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .find(|p| p.extension().is_some_and(|x| x == "csv"));
-                if found.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let file = found.expect("the bill was downloaded");
-            assert_eq!(std::fs::read_to_string(file).unwrap(), csv_want);
+            assert_eq!(downloaded_csv(downloads.path()).await, csv_want);
             assert_eq!(csv_want.lines().count(), 3, "{csv_want}");
         }
         page.call("Page.close", json!({})).await;
@@ -760,18 +764,7 @@ async fn the_meters_page_shows_a_meters_values_and_its_csv() {
     // The CSV: the API's own, for the page's query.
     page.eval("document.querySelector('[data-testid=meters-csv]').click()")
         .await;
-    let mut found = None;
-    for _ in 0..100 {
-        found = std::fs::read_dir(downloads.path())
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "csv"));
-        if found.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let csv = std::fs::read_to_string(found.expect("the CSV was downloaded")).unwrap();
+    let csv = downloaded_csv(downloads.path()).await;
     let mut lines = csv.lines();
     assert_eq!(lines.next(), Some("window_start,window_end,subject,value"));
     let from_csv: BTreeMap<(String, String), f64> = lines

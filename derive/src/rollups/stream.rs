@@ -51,6 +51,20 @@ fn open(path: &Path) -> Result<ParquetRecordBatchReader, RollupError> {
         .map_err(|e| err(&e))
 }
 
+/// Reports what a fold holds; past its limit the fold fails, it does not
+/// grow.
+fn within(memory: &RollupMemory, held: usize, what: &str, path: &Path) -> Result<(), RollupError> {
+    (memory.report)(held as u64);
+    if held > memory.limit {
+        return Err(RollupError::Query(format!(
+            "the {what} of {} needs more than its memory limit of {} bytes ({held} held)",
+            path.display(),
+            memory.limit
+        )));
+    }
+    Ok(())
+}
+
 /// VM usage per VM and hour of a merged `vm_metrics` file (sorted by
 /// customer, VM and time), one batch at a time.
 pub fn fold_vm_file(
@@ -66,14 +80,7 @@ pub fn fold_vm_file(
         let samples = hours::samples_of(&batch).map_err(|e| err(&e))?;
         fold.push(&samples);
         let held = fold.memory() + batch.get_array_memory_size() + samples.get_array_memory_size();
-        (memory.report)(held as u64);
-        if held > memory.limit {
-            return Err(RollupError::Query(format!(
-                "the VM rollup of {} needs more than its memory limit of {} bytes ({held} held)",
-                path.display(),
-                memory.limit
-            )));
-        }
+        within(memory, held, "VM rollup", path)?;
     }
     Ok(fold.finish())
 }
@@ -91,14 +98,7 @@ pub fn fold_meter_file(
         let batch = batch.map_err(|e| err(&e))?;
         fold.push(&batch).map_err(|e| err(&e))?;
         let held = fold.memory() + batch.get_array_memory_size();
-        (memory.report)(held as u64);
-        if held > memory.limit {
-            return Err(RollupError::Query(format!(
-                "the meters' rollup of {} needs more than its memory limit of {} bytes ({held} held)",
-                path.display(),
-                memory.limit
-            )));
-        }
+        within(memory, held, "meters' rollup", path)?;
     }
     Ok(fold.finish())
 }

@@ -703,109 +703,79 @@ pub async fn post_query(
     answer(m, access, id_or_slug, headers, q).await
 }
 
-/// The subjects of a meter's events.
+/// The subjects of the events a meter counts.
 pub async fn subjects(
     State(m): State<Meters>,
     Extension(access): Extension<Access>,
     Path(id_or_slug): Path<String>,
 ) -> Response {
-    let (tenant, meter) = match meter_of(&m, &access, &id_or_slug) {
-        Ok(found) => found,
-        Err(r) => return *r,
-    };
-    match gather(
-        &m,
-        &tenant,
-        &meter,
-        None,
-        tally_pipeline::now_ns(),
-        Fit::ANY,
-    )
-    .await
-    {
-        Ok(g) => {
-            // The subjects of the events the meter counts.
-            let mut set: BTreeSet<String> = g
-                .raw
-                .iter()
-                .filter(|(_, _, d)| meter.meter.read(d.as_ref()).is_ok())
-                .map(|(_, s, _)| s.clone())
-                .collect();
-            if let Some(names) = &g.names {
-                let names = names.lock();
-                for (_, d) in &g.days {
-                    set.extend(
-                        d.rows
-                            .iter()
-                            .filter_map(|r| names.names.name(r.subject).map(str::to_string)),
-                    );
-                }
-            }
-            for (_, rows) in &g.hours {
-                set.extend(
-                    rows.rows(&meter.meter, &tenant)
-                        .filter(|r| r.events > 0)
-                        .map(|r| r.subject.to_string()),
-                );
-            }
-            Json(set.into_iter().collect::<Vec<_>>()).into_response()
-        }
-        Err(e) => unexpected("reading a meter's events", e),
-    }
+    listed(&m, &access, &id_or_slug, None).await
 }
 
-/// The values a group-by key of a meter takes.
+/// The values a group-by key takes in the events a meter counts.
 pub async fn group_values(
     State(m): State<Meters>,
     Extension(access): Extension<Access>,
     Path((id_or_slug, key)): Path<(String, String)>,
 ) -> Response {
-    let (tenant, meter) = match meter_of(&m, &access, &id_or_slug) {
+    listed(&m, &access, &id_or_slug, Some(&key)).await
+}
+
+/// The subjects (`key` `None`), or the values of a group-by key, of the
+/// events a meter counts.
+async fn listed(m: &Meters, access: &Access, id_or_slug: &str, key: Option<&str>) -> Response {
+    let (tenant, meter) = match meter_of(m, access, id_or_slug) {
         Ok(found) => found,
         Err(r) => return *r,
     };
-    let Some(i) = meter.meter.group_by.iter().position(|(k, _)| *k == key) else {
-        return bad(format!(
-            "{key:?} is not a group-by key of meter {}",
-            meter.meter.def.slug
-        ));
+    let index = match key {
+        None => None,
+        Some(key) => match meter.meter.group_by.iter().position(|(k, _)| k == key) {
+            Some(i) => Some(i),
+            None => {
+                return bad(format!(
+                    "{key:?} is not a group-by key of meter {}",
+                    meter.meter.def.slug
+                ))
+            }
+        },
     };
-    match gather(
-        &m,
-        &tenant,
-        &meter,
-        None,
-        tally_pipeline::now_ns(),
-        Fit::ANY,
-    )
-    .await
-    {
-        Ok(g) => {
-            // The values of the events the meter counts.
-            let mut set: BTreeSet<String> = g
-                .raw
-                .iter()
-                .filter_map(|(_, _, d)| meter.meter.read(d.as_ref()).ok()?.groups[i].clone())
-                .collect();
-            if let Some(names) = &g.names {
-                let names = names.lock();
-                for (_, d) in &g.days {
-                    set.extend(
-                        d.rows
-                            .iter()
-                            .filter_map(|r| names.names.name(r.groups[i]).map(str::to_string)),
-                    );
-                }
+    let now = tally_pipeline::now_ns();
+    let g = match gather(m, &tenant, &meter, None, now, Fit::ANY).await {
+        Ok(g) => g,
+        Err(e) => return unexpected("reading a meter's events", e),
+    };
+    let mtr = &meter.meter;
+    let mut set: BTreeSet<String> = g
+        .raw
+        .iter()
+        .filter_map(|(_, subject, d)| {
+            let reading = mtr.read(d.as_ref()).ok()?;
+            match index {
+                None => Some(subject.clone()),
+                Some(i) => reading.groups[i].clone(),
             }
-            for (_, rows) in &g.hours {
-                set.extend(
-                    rows.rows(&meter.meter, &tenant)
-                        .filter(|r| r.events > 0)
-                        .filter_map(|r| r.groups.get(i).copied().flatten().map(str::to_string)),
-                );
-            }
-            Json(set.into_iter().collect::<Vec<_>>()).into_response()
+        })
+        .collect();
+    if let Some(names) = &g.names {
+        let names = names.lock();
+        for (_, d) in &g.days {
+            set.extend(d.rows.iter().filter_map(|r| {
+                let id = index.map_or(r.subject, |i| r.groups[i]);
+                names.names.name(id).map(str::to_string)
+            }));
         }
-        Err(e) => unexpected("reading a meter's events", e),
     }
+    for (_, rows) in &g.hours {
+        set.extend(
+            rows.rows(mtr, &tenant)
+                .filter(|r| r.events > 0)
+                .filter_map(|r| match index {
+                    None => Some(r.subject),
+                    Some(i) => r.groups.get(i).copied().flatten(),
+                })
+                .map(str::to_string),
+        );
+    }
+    Json(set.into_iter().collect::<Vec<_>>()).into_response()
 }

@@ -127,6 +127,16 @@ function socket(path, onMessage, onState) {
   return () => { closed = true; if (ws) ws.close(); };
 }
 
+// Saves a response's body as a file the browser downloads.
+async function saveAs(res, name) {
+  const blob = await res.blob();
+  const a = h("a", { href: URL.createObjectURL(blob), download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
 // ---------- charts (SVG) ----------
 const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attrs) {
@@ -448,12 +458,7 @@ function pageVm(root) {
   download.addEventListener("click", async () => {
     try {
       const res = await api("/v1/billing/vm-usage?" + query(kind.value) + "&format=csv", { raw: true });
-      const blob = await res.blob();
-      const a = h("a", { href: URL.createObjectURL(blob), download: "vm-usage-" + (kind.value === "month" ? month.value : day.value) + (customer.value ? "-" + customer.value : "") + ".csv" });
-      document.body.append(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+      await saveAs(res, "vm-usage-" + (kind.value === "month" ? month.value : day.value) + (customer.value ? "-" + customer.value : "") + ".csv");
     } catch (e) { showError(e); }
   });
   let seq = 0;
@@ -686,12 +691,7 @@ function pageMeters(root) {
   download.addEventListener("click", async () => {
     try {
       const res = await api(query(group.value), { raw: true, headers: { accept: "text/csv" } });
-      const blob = await res.blob();
-      const a = h("a", { href: URL.createObjectURL(blob), download: meter.value + "-" + size.value.toLowerCase() + ".csv" });
-      document.body.append(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+      await saveAs(res, meter.value + "-" + size.value.toLowerCase() + ".csv");
     } catch (e) { showError(e); }
   });
   let seq = 0;
