@@ -368,8 +368,6 @@ pub struct HourRows {
     markers: HashSet<(String, u64)>,
     /// (slug, tenant) → its rows.
     ranges: HashMap<(String, String), Range<usize>>,
-    /// Unreadable events by meter slug.
-    unreadable: HashMap<String, u64>,
 }
 
 impl HourRows {
@@ -383,7 +381,6 @@ impl HourRows {
         let meter = batch.column(0).as_string::<i32>();
         let def = batch.column(1).as_primitive::<UInt64Type>();
         let tenant = batch.column(2).as_string::<i32>();
-        let unreadable = unreadable_of(&batch)?;
         let mut markers = HashSet::new();
         let mut ranges: HashMap<(String, String), Range<usize>> = HashMap::new();
         for r in 0..batch.num_rows() {
@@ -399,7 +396,6 @@ impl HourRows {
             batch,
             markers,
             ranges,
-            unreadable,
         })
     }
 
@@ -505,11 +501,6 @@ impl HourRows {
                 fold,
             }
         })
-    }
-
-    /// Unreadable events per meter slug (current definitions or not).
-    pub fn unreadable(&self) -> &HashMap<String, u64> {
-        &self.unreadable
     }
 }
 
@@ -673,7 +664,7 @@ mod tests {
         assert_eq!(of_s1, [Some(0.0), Some(7.0), Some(10.0)]);
         assert_eq!(rows.rows_of_subject(&meters[0], "t1", "s0").count(), 0);
         assert_eq!(rows.rows_of_subject(&meters[0], "t1", "s2").count(), 0);
-        assert_eq!(rows.unreadable().get("tokens"), Some(&1));
+        assert_eq!(unreadable_of(&rows.batch).unwrap().get("tokens"), Some(&1));
         // Another definition of a meter finds no marker.
         let changed = meter(
             json!({"slug": "tokens", "eventType": "llm", "aggregation": "MAX",

@@ -457,7 +457,6 @@ pub fn fold_rows(
                     .or_insert_with(|| (Fold::new(m.aggregation), HashSet::new()));
                 match (&mut acc.0, &row.fold) {
                     (Fold::Unique(_), _) => acc.1.extend(row.distinct.iter().copied()),
-                    (Fold::Sum(a), Fold::Sum(b)) => *a += b,
                     (kept, other) => kept.merge(other.clone()),
                 }
             }
