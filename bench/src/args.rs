@@ -70,6 +70,11 @@ pub struct Args {
     #[arg(long)]
     pub hour_rows: Option<u64>,
 
+    /// Meters scenario: the hours from October 1st the events are spread
+    /// over (default 720, the month; 1 puts them all in one hour).
+    #[arg(long)]
+    pub span_hours: Option<u64>,
+
     /// VM scenarios: the first record's number, to go on where a run
     /// before stopped (its `next_record`).
     #[arg(long, default_value_t = 0)]

@@ -99,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             server.url(),
             &args.phase,
             args.events,
+            args.span_hours,
             args.concurrency,
             args.queries,
         )

@@ -62,9 +62,9 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Event `k` of `n`.
-fn event(k: u64, n: u64) -> Value {
-    let span_ns = DAYS as i128 * 86_400 * 1_000_000_000;
+/// Event `k` of `n`, spread evenly over `hours` from October 1st.
+fn event(k: u64, n: u64, hours: u64) -> Value {
+    let span_ns = hours as i128 * 3_600 * 1_000_000_000;
     let at = MONTH_START_S as i128 * 1_000_000_000 + k as i128 * span_ns / n.max(1) as i128;
     let h = mix(k);
     let subject = h % SUBJECTS;
@@ -113,7 +113,7 @@ async fn create_meters(base: &str) -> anyhow::Result<()> {
 }
 
 /// Sends the events in batches of 100, `concurrency` requests at a time.
-async fn load(base: &str, events: u64, concurrency: usize) -> anyhow::Result<f64> {
+async fn load(base: &str, events: u64, hours: u64, concurrency: usize) -> anyhow::Result<f64> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
@@ -129,7 +129,7 @@ async fn load(base: &str, events: u64, concurrency: usize) -> anyhow::Result<f64
                     return Ok::<(), anyhow::Error>(());
                 }
                 let batch: Vec<Value> = (first..(first + 100).min(events))
-                    .map(|k| event(k, events))
+                    .map(|k| event(k, events, hours))
                     .collect();
                 let body = serde_json::to_vec(&batch)?;
                 loop {
@@ -167,9 +167,11 @@ pub async fn run(
     base: &str,
     phase: &str,
     events: u64,
+    span_hours: Option<u64>,
     concurrency: usize,
     runs: usize,
 ) -> anyhow::Result<MetersReport> {
+    let hours = span_hours.unwrap_or(DAYS as u64 * 24).max(1);
     let mut report = MetersReport {
         events,
         load_seconds: 0.0,
@@ -180,12 +182,12 @@ pub async fn run(
     };
     if phase == "load" {
         create_meters(base).await?;
-        report.load_seconds = load(base, events, concurrency).await?;
+        report.load_seconds = load(base, events, hours, concurrency).await?;
         report.events_per_second = events as f64 / report.load_seconds;
         return Ok(report);
     }
     if phase != "query" {
-        report.compaction_wait_seconds = wait_compacted(base, "events", (DAYS * 24) as u64).await?;
+        report.compaction_wait_seconds = wait_compacted(base, "events", hours).await?;
     }
     let http = reqwest::Client::new();
     for (path, _) in QUERIES {
