@@ -793,4 +793,141 @@ async fn stored_rollups_answer_as_the_events_and_late_events_count() {
         want,
         "{answer}"
     );
+    drop(t);
+    stored_days_answer_after_a_restart_and_a_damaged_one_is_merged_again(
+        &data,
+        (&admin, &read),
+        &sent,
+    )
+    .await;
+}
+
+/// The file name (without its checksum) that the stored day of `date`
+/// must have: FNV-1a over the names of the day's `meter_hourly` files in
+/// hour order, each followed by a newline (the hours it was merged from).
+fn day_name_of_hours(data: &std::path::Path, date: &str) -> Option<String> {
+    let mut hours: Vec<(String, String)> = parquet_files(&data.join("meter_hourly"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(&format!("date={date}")))
+        .map(|p| {
+            let hour = p
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (hour, p.file_name().unwrap().to_string_lossy().into_owned())
+        })
+        .collect();
+    if hours.is_empty() {
+        return None;
+    }
+    hours.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (_, name) in &hours {
+        for b in name.bytes().chain([b'\n']) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Some(format!("{h:016x}"))
+}
+
+/// Waits until every UTC date of `dates` has exactly one stored day, the
+/// one merged from the day's stored hours now; returns their files.
+async fn wait_days_merged(data: &std::path::Path, dates: &[String]) -> Vec<std::path::PathBuf> {
+    for _ in 0..600 {
+        let files = parquet_files(&data.join("meter_daily"));
+        let fresh = dates.iter().all(|date| {
+            let want = day_name_of_hours(data, date);
+            let of_date: Vec<_> = files
+                .iter()
+                .filter(|p| p.to_string_lossy().contains(&format!("date={date}/")))
+                .collect();
+            of_date.len() == 1
+                && want.is_some_and(|w| {
+                    of_date[0]
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&format!("{w}."))
+                })
+        });
+        if fresh && files.len() == dates.len() {
+            return files;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let want: Vec<_> = dates
+        .iter()
+        .map(|d| (d, day_name_of_hours(data, d)))
+        .collect();
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+    let log: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("day") || l.contains("ERROR"))
+        .collect();
+    panic!(
+        "the days were not merged from their hours within 60 s: {:?}, want {want:?}; log: {log:#?}",
+        parquet_files(&data.join("meter_daily"))
+    );
+}
+
+/// After the hours of `stored_rollups_…`: every closed UTC day has a stored
+/// day merged from its hours as they are now (the late event's day again);
+/// a restart reads whole days from them, not from hours; a stored day with
+/// a flipped byte is set aside, its hours answer, and the compactor merges
+/// it again.
+async fn stored_days_answer_after_a_restart_and_a_damaged_one_is_merged_again(
+    data: &std::path::Path,
+    tokens: (&str, &str),
+    sent: &[Sent],
+) {
+    let (admin, read) = tokens;
+    let dates: Vec<String> = sent
+        .iter()
+        .map(|e| {
+            chrono::DateTime::from_timestamp_nanos(e.at.div_euclid(24 * HOUR) * 24 * HOUR)
+                .format("%Y-%m-%d")
+                .to_string()
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let compacting = ["--compact-after", "0s", "--compact-interval", "1s"];
+    let t = Tally::start(data, &compacting).await;
+    let files = wait_days_merged(data, &dates).await;
+    drop(t);
+    let from_day = r#"tally_meter_query_days_loaded_total{from="day"}"#;
+    let from_hours = r#"tally_meter_query_days_loaded_total{from="hours"}"#;
+    let hold = ["--compact-after", "0s", "--compact-interval", "1h"];
+
+    // A restart reads whole days from the stored days only.
+    let t = Tally::start(data, &hold).await;
+    every_meter_answers_by_utc_day(&t, read, sent, "from stored days").await;
+    let m = metrics(&t, admin).await;
+    assert!(metric(&m, from_day) > 0.0, "{m}");
+    assert_eq!(metric(&m, from_hours), 0.0);
+    drop(t);
+
+    // A flipped byte in one of them: set aside at its first use, its hours
+    // answer (the same values), and the compactor merges it again.
+    let damaged = &files[files.len() / 2];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(damaged, bytes).unwrap();
+    let t = Tally::start(data, &hold).await;
+    every_meter_answers_by_utc_day(&t, read, sent, "with a damaged stored day").await;
+    let m = metrics(&t, admin).await;
+    assert_eq!(metric(&m, from_hours), AGGREGATIONS.len() as f64, "{m}");
+    assert!(
+        metric(&m, "tally_checksum_damaged_files_total") >= 1.0,
+        "{m}"
+    );
+    assert!(!damaged.exists(), "the damaged day is set aside");
+    drop(t);
+    let _t = Tally::start(data, &compacting).await;
+    wait_days_merged(data, &dates).await;
 }

@@ -174,6 +174,17 @@ pub struct Metrics {
     /// Hours meter queries read from stored rollups, and from raw events.
     pub meter_hours_rolled: Counter,
     pub meter_hours_raw: Counter,
+    /// Days meter queries merged into memory, from a stored day's rollup
+    /// and from its stored hours.
+    pub meter_days_stored: Counter,
+    pub meter_days_merged: Counter,
+    /// OTLP records by what they were: model calls (stored, or duplicates),
+    /// records that are not calls, calls refused; metric data points
+    /// refused (not stored yet).
+    pub otlp_calls: Counter,
+    pub otlp_not_calls: Counter,
+    pub otlp_rejected: Counter,
+    pub otlp_points_refused: Counter,
     /// Per meter: events of its type in rolled-up hours that it cannot
     /// read (value missing, or not a number where it needs one).
     pub meter_unreadable: Mutex<BTreeMap<String, u64>>,
@@ -407,6 +418,20 @@ impl Metrics {
             "# HELP tally_meter_query_hours_total Hours meter queries read, from stored rollups (rolled) or from raw events (raw).\n# TYPE tally_meter_query_hours_total counter\ntally_meter_query_hours_total{{read=\"rolled\"}} {}\ntally_meter_query_hours_total{{read=\"raw\"}} {}",
             self.meter_hours_rolled.get(),
             self.meter_hours_raw.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tally_meter_query_days_loaded_total Days meter queries loaded into memory (then kept), from the day's stored rollup (meter_daily) or merged from its stored hours.\n# TYPE tally_meter_query_days_loaded_total counter\ntally_meter_query_days_loaded_total{{from=\"day\"}} {}\ntally_meter_query_days_loaded_total{{from=\"hours\"}} {}",
+            self.meter_days_stored.get(),
+            self.meter_days_merged.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tally_otlp_records_total OTLP log records and spans by outcome: a model call taken (call), not a model call (not_a_call), a call refused in partial_success (rejected).\n# TYPE tally_otlp_records_total counter\ntally_otlp_records_total{{outcome=\"call\"}} {}\ntally_otlp_records_total{{outcome=\"not_a_call\"}} {}\ntally_otlp_records_total{{outcome=\"rejected\"}} {}\n# HELP tally_otlp_data_points_refused_total OTLP metric data points refused in partial_success (not stored yet).\n# TYPE tally_otlp_data_points_refused_total counter\ntally_otlp_data_points_refused_total {}",
+            self.otlp_calls.get(),
+            self.otlp_not_calls.get(),
+            self.otlp_rejected.get(),
+            self.otlp_points_refused.get()
         );
         let _ = writeln!(
             out,

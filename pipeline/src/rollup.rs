@@ -43,6 +43,31 @@ pub fn hour_of_path(path: &Path) -> Option<i64> {
     t.timestamp_nanos_opt()
 }
 
+/// The UTC day (nanoseconds since the epoch) of a path under
+/// `…/date=YYYY-MM-DD/…`.
+pub fn day_of_path(path: &Path) -> Option<i64> {
+    let date = path.iter().find_map(|part| {
+        let d = part.to_str()?.strip_prefix("date=")?;
+        chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()
+    })?;
+    date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_nanos_opt()
+}
+
+/// What a day's rollup was merged from: a fingerprint (FNV-1a) of the
+/// file names of its hours' rollups, in hour order. A reader that finds
+/// the same hours uses the day; any other set (an hour rolled up again, a
+/// new hour, an expired one) makes it stale.
+pub fn day_sources<'a>(names: impl IntoIterator<Item = &'a str>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for name in names {
+        for b in name.bytes().chain([b'\n']) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 /// The file name of a path (rollups name their source by it).
 pub fn file_name(path: &Path) -> String {
     path.file_name()
@@ -63,6 +88,16 @@ pub struct RolledHour {
     /// File name of the compacted file they were computed from.
     pub source: String,
     pub fingerprint: u64,
+    /// Table name → its file.
+    pub tables: BTreeMap<&'static str, FileEntry>,
+}
+
+/// The stored rollup of one UTC day of a dataset, merged from the
+/// day's hourly rollups.
+#[derive(Debug, Clone)]
+pub struct RolledDay {
+    /// [`day_sources`] of the hourly rollup files it was merged from.
+    pub sources: u64,
     /// Table name → its file.
     pub tables: BTreeMap<&'static str, FileEntry>,
 }
@@ -131,12 +166,34 @@ pub trait RollupBuilder: Send + Sync {
     /// Rollup files that were replaced or expired: whatever was kept of
     /// them may go.
     fn forget(&self, _files: &[PathBuf]) {}
+
+    /// The tables rolled up by UTC day from `dataset`'s hourly rollups, as
+    /// `(day table, the hourly table it is merged from)` (empty: none).
+    fn day_tables(&self, dataset: Dataset) -> &'static [(&'static str, &'static str)] {
+        let _ = dataset;
+        &[]
+    }
+
+    /// The rollups of the UTC day `day`, merged from `hours`: each day
+    /// table's hourly files of the day, in hour order (read one at a time,
+    /// within `memory`).
+    async fn build_day(
+        &self,
+        dataset: Dataset,
+        day: i64,
+        hours: BTreeMap<&'static str, Vec<FileEntry>>,
+        memory: RollupMemory,
+    ) -> Result<Vec<RollupOutput>, RollupError> {
+        let _ = (dataset, day, hours, memory);
+        Ok(Vec::new())
+    }
 }
 
 /// Which hours of which dataset have stored rollups.
 #[derive(Debug, Default)]
 pub struct Rollups {
     hours: RwLock<HashMap<Dataset, BTreeMap<i64, Arc<RolledHour>>>>,
+    days: RwLock<HashMap<Dataset, BTreeMap<i64, Arc<RolledDay>>>>,
 }
 
 impl Rollups {
@@ -167,6 +224,32 @@ impl Rollups {
             Some(m) if from < to => m.range(from..to).map(|(h, r)| (*h, r.clone())).collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// Sets the rollup of a UTC day; returns the one it replaces.
+    pub fn set_day(&self, dataset: Dataset, day: i64, rolled: RolledDay) -> Option<Arc<RolledDay>> {
+        self.days
+            .write()
+            .entry(dataset)
+            .or_default()
+            .insert(day, Arc::new(rolled))
+    }
+
+    pub fn remove_day(&self, dataset: Dataset, day: i64) -> Option<Arc<RolledDay>> {
+        self.days.write().get_mut(&dataset)?.remove(&day)
+    }
+
+    pub fn day(&self, dataset: Dataset, day: i64) -> Option<Arc<RolledDay>> {
+        self.days.read().get(&dataset)?.get(&day).cloned()
+    }
+
+    /// Every rolled-up day of `dataset`.
+    pub fn days(&self, dataset: Dataset) -> Vec<(i64, Arc<RolledDay>)> {
+        self.days
+            .read()
+            .get(&dataset)
+            .map(|m| m.iter().map(|(d, r)| (*d, r.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// Every rolled hour of `dataset`.

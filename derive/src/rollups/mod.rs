@@ -14,9 +14,13 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tally_pipeline::background;
 use tally_pipeline::metrics::Metrics;
-use tally_pipeline::rollup::{RollupBuilder, RollupError, RollupMemory, RollupOutput};
+use tally_pipeline::rollup::{
+    hour_of_path, RollupBuilder, RollupError, RollupMemory, RollupOutput,
+};
 use tally_pipeline::rules::meter::{meters_fingerprint, Meter};
+use tally_pipeline::rules::meter_hourly::DayFold;
 use tally_pipeline::rules::{self, gap_fingerprint, meter_hourly, vm};
+use tally_pipeline::store::FileEntry;
 use tally_pipeline::Dataset;
 use tally_queries::api_v1::meters::MeterBook;
 use tally_queries::history::History;
@@ -178,6 +182,59 @@ impl RollupBuilder for HourRollups {
         })
         .await?;
         Ok((vec![RollupOutput { table, batch }], 0))
+    }
+
+    fn day_tables(&self, d: Dataset) -> &'static [(&'static str, &'static str)] {
+        rules::day_tables_of(d)
+    }
+
+    async fn build_day(
+        &self,
+        d: Dataset,
+        day: i64,
+        mut hours: BTreeMap<&'static str, Vec<FileEntry>>,
+        memory: RollupMemory,
+    ) -> Result<Vec<RollupOutput>, RollupError> {
+        let Some(files) = hours
+            .remove(meter_hourly::DAY_TABLE)
+            .filter(|_| d == Dataset::Events)
+        else {
+            return Ok(Vec::new());
+        };
+        let mut fold = Some(DayFold::new(self.meters(), day));
+        for f in &files {
+            // A damaged hour is dropped (and rolled up again), not merged.
+            let hour = hour_of_path(&f.path).unwrap_or(day);
+            if !self.history.rollup_intact(d, hour, f) {
+                return Err(RollupError::Read {
+                    path: f.path.clone(),
+                    detail:
+                        "the hour's rollup is damaged; the day waits for it to be rolled up again"
+                            .into(),
+                });
+            }
+            let rows = self
+                .history
+                .meter_hour(f, false)
+                .await
+                .map_err(query_error)?;
+            let mut day_fold = fold.take().expect("the fold comes back after each hour");
+            let (memory, path) = (memory.clone(), f.path.clone());
+            fold = Some(
+                background::run("tally-rollup", move || {
+                    day_fold.push(&rows);
+                    stream::within(&memory, day_fold.memory(), "day's meter rollup", &path)
+                        .map(|()| day_fold)
+                })
+                .await?,
+            );
+        }
+        let fold = fold.expect("the fold comes back after each hour");
+        let batch = background::run("tally-rollup", move || fold.finish()).await;
+        Ok(vec![RollupOutput {
+            table: meter_hourly::DAY_TABLE,
+            batch,
+        }])
     }
 
     fn forget(&self, files: &[PathBuf]) {

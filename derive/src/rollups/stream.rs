@@ -53,7 +53,12 @@ fn open(path: &Path) -> Result<ParquetRecordBatchReader, RollupError> {
 
 /// Reports what a fold holds; past its limit the fold fails, it does not
 /// grow.
-fn within(memory: &RollupMemory, held: usize, what: &str, path: &Path) -> Result<(), RollupError> {
+pub fn within(
+    memory: &RollupMemory,
+    held: usize,
+    what: &str,
+    path: &Path,
+) -> Result<(), RollupError> {
     (memory.report)(held as u64);
     if held > memory.limit {
         return Err(RollupError::Query(format!(

@@ -31,6 +31,10 @@ use super::meter::{definition_fingerprint, Fold, Meter};
 /// The rollup table of the `events` dataset.
 pub const TABLE: &str = "meter_hourly";
 
+/// The same rows by UTC day (`hour` holds the day's start), merged from a
+/// day's stored hours by [`DayFold`]: a month is read as 30 days × groups.
+pub const DAY_TABLE: &str = "meter_daily";
+
 pub fn schema() -> SchemaRef {
     let list = || DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
     Arc::new(Schema::new(vec![
@@ -149,13 +153,7 @@ impl<'m> MeterHourFold<'m> {
                 );
                 let held = &mut self.held;
                 let cell = self.cells.entry(key).or_insert_with_key(|k| {
-                    *held += 96
-                        + k.1.len()
-                        + k.2.len()
-                        + k.3
-                            .iter()
-                            .map(|g| 24 + g.as_ref().map_or(0, String::len))
-                            .sum::<usize>();
+                    *held += key_bytes(k);
                     Cell {
                         fold: Fold::new(m.aggregation),
                         events: 0,
@@ -191,31 +189,132 @@ impl<'m> MeterHourFold<'m> {
     /// The hour's rows: every meter's marker, then its rows by tenant,
     /// subject and groups.
     pub fn finish(self) -> RecordBatch {
-        let mut sorted: BTreeMap<(&str, u64), Vec<(Key, Cell)>> = BTreeMap::new();
-        let fingerprints: Vec<u64> = self
-            .meters
+        write_rows(self.meters, self.hour, self.cells, |_| true)
+    }
+}
+
+/// Each meter's marker (those `marked`), then its rows by tenant, subject
+/// and groups.
+fn write_rows(
+    meters: &[Meter],
+    hour: i64,
+    cells: HashMap<Key, Cell>,
+    marked: impl Fn(usize) -> bool,
+) -> RecordBatch {
+    let mut sorted: BTreeMap<(&str, u64), Vec<(Key, Cell)>> = BTreeMap::new();
+    let fingerprints: Vec<u64> = meters
+        .iter()
+        .map(|m| definition_fingerprint(&m.def))
+        .collect();
+    for (i, m) in meters.iter().enumerate().filter(|(i, _)| marked(*i)) {
+        sorted.insert((m.def.slug.as_str(), fingerprints[i]), Vec::new());
+    }
+    for (key, cell) in cells {
+        let m = &meters[key.0];
+        if let Some(rows) = sorted.get_mut(&(m.def.slug.as_str(), fingerprints[key.0])) {
+            rows.push((key, cell));
+        }
+    }
+    let mut w = Writer::default();
+    for ((slug, fp), mut rows) in sorted {
+        w.marker(slug, fp, hour);
+        rows.sort_by(|a, b| (&a.0 .1, &a.0 .2, &a.0 .3).cmp(&(&b.0 .1, &b.0 .2, &b.0 .3)));
+        for ((_, tenant, subject, groups), cell) in rows {
+            w.row(slug, fp, &tenant, hour, &subject, &groups, &cell);
+        }
+    }
+    w.finish()
+}
+
+/// The bytes a row of this key holds (an estimate).
+fn key_bytes(k: &Key) -> usize {
+    96 + k.1.len()
+        + k.2.len()
+        + k.3
             .iter()
-            .map(|m| definition_fingerprint(&m.def))
-            .collect();
+            .map(|g| 24 + g.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+}
+
+/// Merges a UTC day's stored hours ([`HourRows`], one at a time) into the
+/// day's rows, written as an hour's are (`hour` holds the day's start). A
+/// meter has the day's marker only when every hour merged has its marker:
+/// otherwise its day is read from its hours.
+pub struct DayFold {
+    meters: Vec<Meter>,
+    day: i64,
+    cells: HashMap<Key, Cell>,
+    hours: usize,
+    /// Hours with each meter's marker.
+    marked: Vec<usize>,
+    held: usize,
+}
+
+impl DayFold {
+    pub fn new(meters: Vec<Meter>, day: i64) -> Self {
+        Self {
+            day,
+            cells: HashMap::new(),
+            hours: 0,
+            marked: vec![0; meters.len()],
+            meters,
+            held: 0,
+        }
+    }
+
+    /// Adds a stored hour's rows of every meter it was rolled up for.
+    pub fn push(&mut self, hour: &HourRows) {
+        self.hours += 1;
         for (i, m) in self.meters.iter().enumerate() {
-            sorted.insert((m.def.slug.as_str(), fingerprints[i]), Vec::new());
-        }
-        for (key, cell) in self.cells {
-            let m = &self.meters[key.0];
-            sorted
-                .get_mut(&(m.def.slug.as_str(), fingerprints[key.0]))
-                .expect("every meter has its list")
-                .push((key, cell));
-        }
-        let mut w = Writer::default();
-        for ((slug, fp), mut rows) in sorted {
-            w.marker(slug, fp, self.hour);
-            rows.sort_by(|a, b| (&a.0 .1, &a.0 .2, &a.0 .3).cmp(&(&b.0 .1, &b.0 .2, &b.0 .3)));
-            for ((_, tenant, subject, groups), cell) in rows {
-                w.row(slug, fp, &tenant, self.hour, &subject, &groups, &cell);
+            if !hour.has(m) {
+                continue;
+            }
+            self.marked[i] += 1;
+            for tenant in hour.tenants(m) {
+                for r in hour.rows(m, tenant) {
+                    let key = (
+                        i,
+                        tenant.to_string(),
+                        r.subject.to_string(),
+                        r.groups.iter().map(|g| g.map(str::to_string)).collect(),
+                    );
+                    let held = &mut self.held;
+                    let cell = self.cells.entry(key).or_insert_with_key(|k| {
+                        *held += key_bytes(k);
+                        Cell {
+                            fold: Fold::new(m.aggregation),
+                            events: 0,
+                            first: i64::MAX,
+                            unreadable: 0,
+                        }
+                    });
+                    if let (Fold::Unique(kept), Fold::Unique(new)) = (&cell.fold, &r.fold) {
+                        *held += new
+                            .iter()
+                            .filter(|v| !kept.contains(*v))
+                            .map(|v| 48 + v.len())
+                            .sum::<usize>();
+                    }
+                    cell.fold.merge(r.fold);
+                    cell.events += r.events;
+                    if let Some(first) = r.first {
+                        cell.first = cell.first.min(first);
+                    }
+                    cell.unreadable += r.unreadable;
+                }
             }
         }
-        w.finish()
+    }
+
+    /// Bytes held (an estimate of the rows and distinct values kept).
+    pub fn memory(&self) -> usize {
+        self.held
+    }
+
+    /// The day's rows, with the markers of the meters every hour had.
+    pub fn finish(self) -> RecordBatch {
+        let (marked, hours) = (self.marked, self.hours);
+        write_rows(&self.meters, self.day, self.cells, |i| marked[i] == hours)
     }
 }
 
@@ -405,6 +504,14 @@ impl HourRows {
             .contains(&(meter.def.slug.clone(), definition_fingerprint(&meter.def)))
     }
 
+    /// The tenants with rows of a meter.
+    pub fn tenants<'s>(&'s self, meter: &'s Meter) -> impl Iterator<Item = &'s str> + 's {
+        self.ranges
+            .keys()
+            .filter(move |(slug, _)| *slug == meter.def.slug)
+            .map(|(_, tenant)| tenant.as_str())
+    }
+
     /// The rows of one meter and tenant (call [`HourRows::has`] first).
     pub fn rows<'s>(
         &'s self,
@@ -561,6 +668,109 @@ mod tests {
             ),
         ])
         .unwrap()
+    }
+
+    /// A pseudo-random day of events over several hours, tenants,
+    /// subjects and groups, with unreadable values among them.
+    fn random_day(day: i64, n: u64) -> Vec<(String, i64, String, Option<Value>)> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..n)
+            .map(|_| {
+                let hour = (next() % 24) as i64;
+                let at = day + hour * 3_600_000_000_000 + (next() % 3_600_000_000_000) as i64;
+                let tenant = format!("t{}", next() % 2);
+                let subject = format!("s{}", next() % 5);
+                let data = match next() % 10 {
+                    0 => json!({"model": "a"}),
+                    1 => json!({"tokens": "many", "model": "b", "user": "u1"}),
+                    _ => {
+                        let model = ["a", "b", "c"][(next() % 3) as usize];
+                        json!({"tokens": next() % 100, "model": model,
+                               "user": format!("u{}", next() % 7)})
+                    }
+                };
+                (tenant, at, subject, Some(data))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_day_merged_from_its_stored_hours_is_the_fold_of_its_events() {
+        let meters: Vec<Meter> = [
+            ("sum", "SUM"),
+            ("count", "COUNT"),
+            ("users", "UNIQUE_COUNT"),
+            ("avg", "AVG"),
+            ("min", "MIN"),
+            ("max", "MAX"),
+            ("last", "LATEST"),
+        ]
+        .iter()
+        .map(|(slug, agg)| {
+            let value = if *agg == "UNIQUE_COUNT" {
+                "$.user"
+            } else {
+                "$.tokens"
+            };
+            let mut def = json!({"slug": slug, "eventType": "llm", "aggregation": agg,
+                                  "groupBy": {"model": "$.model"}});
+            if *agg != "COUNT" {
+                def["valueProperty"] = json!(value);
+            }
+            meter(def)
+        })
+        .collect();
+        let day = 20_000 * 86_400 * 1_000_000_000i64;
+        let all = random_day(day, 3_000);
+        let batch_of = |rows: &[&(String, i64, String, Option<Value>)]| {
+            let evs: Vec<Event> = rows
+                .iter()
+                .map(|(t, at, s, d)| (t.as_str(), "llm", *at, s.as_str(), d.clone()))
+                .collect();
+            events(&evs)
+        };
+        // The day as the compactor stores it: each hour rolled up, then the
+        // hours merged.
+        let mut days = DayFold::new(meters.clone(), day);
+        for h in 0..24 {
+            let (start, end) = (
+                day + h * 3_600_000_000_000,
+                day + (h + 1) * 3_600_000_000_000,
+            );
+            let rows: Vec<_> = all.iter().filter(|r| r.1 >= start && r.1 < end).collect();
+            let mut hour = MeterHourFold::new(&meters, start);
+            hour.push(&batch_of(&rows)).unwrap();
+            days.push(&HourRows::new(hour.finish()).unwrap());
+        }
+        assert!(days.memory() > 0);
+        let merged = days.finish();
+        // The same day folded from its events at once.
+        let mut once = MeterHourFold::new(&meters, day);
+        once.push(&batch_of(&all.iter().collect::<Vec<_>>()))
+            .unwrap();
+        let once = once.finish();
+        assert_eq!(merged.num_rows(), once.num_rows());
+        assert_eq!(merged, once);
+        // A meter that an hour was not rolled up for has no day marker.
+        let mut partial = DayFold::new(meters.clone(), day);
+        let mut hour = MeterHourFold::new(&meters[..1], day);
+        hour.push(&batch_of(&all.iter().take(10).collect::<Vec<_>>()))
+            .unwrap();
+        partial.push(&HourRows::new(hour.finish()).unwrap());
+        let mut hour = MeterHourFold::new(&meters, day + 3_600_000_000_000);
+        hour.push(&batch_of(&all.iter().skip(10).take(10).collect::<Vec<_>>()))
+            .unwrap();
+        partial.push(&HourRows::new(hour.finish()).unwrap());
+        let rows = HourRows::new(partial.finish()).unwrap();
+        assert!(rows.has(&meters[0]));
+        assert!(!rows.has(&meters[1]));
+        assert_eq!(rows.tenants(&meters[1]).count(), 0);
     }
 
     #[test]

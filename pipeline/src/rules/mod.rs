@@ -68,6 +68,15 @@ pub fn tables_of(d: Dataset) -> &'static [&'static str] {
         .map_or(&[], |(_, tables, _)| tables.as_slice())
 }
 
+/// The tables rolled up by UTC day from `d`'s hourly rollups, as (day
+/// table, hourly table): a month is read as 30 days, not 720 hours.
+pub fn day_tables_of(d: Dataset) -> &'static [(&'static str, &'static str)] {
+    if d == Dataset::Events {
+        return &[(meter_hourly::DAY_TABLE, meter_hourly::TABLE)];
+    }
+    &[]
+}
+
 /// What a VM hour's rollup depends on besides its samples: the reported
 /// spans that overlap the hour (0 when none).
 pub fn gap_fingerprint(spans: &vm::GapSpans, hour: i64) -> u64 {

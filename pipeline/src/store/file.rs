@@ -38,6 +38,14 @@ pub trait FileCheck: Send + Sync {
         let _ = (dataset, hour, file);
         true
     }
+
+    /// [`FileCheck::ensure_rollup`] for the rollup file of a UTC day: when
+    /// it is damaged, the day's rollup is dropped (readers merge its hours,
+    /// and the compactor builds it again).
+    fn ensure_day_rollup(&self, dataset: Dataset, day: i64, file: &FileEntry) -> bool {
+        let _ = (dataset, day, file);
+        true
+    }
 }
 
 impl std::fmt::Debug for dyn FileCheck {

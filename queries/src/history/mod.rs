@@ -25,7 +25,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
 use tally_pipeline::clock::HOUR_NS;
-use tally_pipeline::rollup::{hour_of_path, RolledHour, Rollups};
+use tally_pipeline::rollup::{hour_of_path, RolledDay, RolledHour, Rollups};
 use tally_pipeline::rules::meter_hourly::HourRows;
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
@@ -190,6 +190,31 @@ impl History {
         self.coverage(d, from, to, &move |h| {
             rollups.get(d, h).map_or(0, |r| r.fingerprint)
         })
+    }
+
+    /// Whether a rollup file of `hour` is intact (its checksum is checked
+    /// the first time it is used; a damaged one goes to the quarantine and
+    /// its hour's rollups are dropped, to be built again).
+    pub fn rollup_intact(&self, d: Dataset, hour: i64, entry: &FileEntry) -> bool {
+        self.store
+            .file_check()
+            .is_none_or(|c| c.ensure_rollup(d, hour, entry))
+    }
+
+    /// The stored rollup of a UTC day of `d`, when there is one and its
+    /// files are intact (checked as [`History::rollup_intact`]).
+    pub fn stored_day(&self, d: Dataset, day: i64) -> Option<Arc<RolledDay>> {
+        let rolled = self.rollups.day(d, day)?;
+        let check = self.store.file_check();
+        rolled
+            .tables
+            .values()
+            .all(|f| {
+                check
+                    .as_ref()
+                    .is_none_or(|c| c.ensure_day_rollup(d, day, f))
+            })
+            .then_some(rolled)
     }
 
     /// The rows of a rolled hour's table, decoded once.

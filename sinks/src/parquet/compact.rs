@@ -56,6 +56,8 @@ use super::verify::COMPACTED_FROM;
 use super::writer::writer_properties_with;
 use super::{io_err, SinkError};
 
+mod days;
+
 /// When hours are compacted and how long files are kept.
 #[derive(Debug, Clone)]
 pub struct CompactionPolicy {
@@ -121,6 +123,8 @@ pub struct CompactionReport {
     pub rows_out: u64,
     pub duplicates_dropped: u64,
     pub rollup_files: usize,
+    /// Days whose rollups were merged from their hours.
+    pub days: usize,
     pub raw_files_expired: usize,
     pub rollup_files_expired: usize,
 }
@@ -287,6 +291,7 @@ impl Compactor {
                 dest.delete(&p)?;
             }
         }
+        registered += self.recover_days()?;
         Ok(registered)
     }
 
@@ -396,8 +401,11 @@ impl Compactor {
                 }
             }
         }
+        // A day's failure is logged and counted by `roll_days`; what fails
+        // here (the fingerprints) fails the pass, as for the hours.
+        report.days = self.roll_days(closed_before).await?;
         tokio::task::block_in_place(|| self.expire(now_ns, &mut report))?;
-        if report.hours > 0 || report.raw_files_expired > 0 {
+        if report.hours > 0 || report.raw_files_expired > 0 || report.days > 0 {
             tracing::info!(
                 hours = report.hours,
                 files_in = report.files_in,
@@ -405,6 +413,7 @@ impl Compactor {
                 rows_out = report.rows_out,
                 duplicates_dropped = report.duplicates_dropped,
                 rollup_files = report.rollup_files,
+                days = report.days,
                 raw_files_expired = report.raw_files_expired,
                 rollup_files_expired = report.rollup_files_expired,
                 seconds = started.elapsed().as_secs_f64(),
@@ -586,6 +595,7 @@ impl Compactor {
                 }
             }
         }
+        report.rollup_files_expired += self.expire_days()?;
         Ok(())
     }
 
@@ -877,6 +887,42 @@ fn merge_hour(
 
 /// Writes the rollups, then commits the compacted file. Returns the rollup
 /// files by table.
+/// Writes one rollup table's rows, fsync'd, as a temporary file in `dir`
+/// (relative to `data`); returns it, its final name (sealed with its
+/// checksum) and its size.
+fn write_rollup(
+    data: &Path,
+    dir: &Path,
+    base: &str,
+    out: &RollupOutput,
+    meta: Vec<KeyValue>,
+) -> Result<(PathBuf, PathBuf, u64), SinkError> {
+    let abs_dir = data.join(dir);
+    fs::create_dir_all(&abs_dir).map_err(io_err(&abs_dir))?;
+    let tmp = dir.join(tmp_name(base));
+    let abs = data.join(&tmp);
+    let parquet_err = |source| SinkError::Parquet {
+        path: abs.clone(),
+        source,
+    };
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid")))
+        .set_key_value_metadata(Some(meta))
+        .build();
+    let file = File::create(&abs).map_err(io_err(&abs))?;
+    let mut w = ArrowWriter::try_new(
+        checksum::Crc32Writer::new(file),
+        out.batch.schema(),
+        Some(props),
+    )
+    .map_err(parquet_err)?;
+    w.write(&out.batch).map_err(parquet_err)?;
+    let (file, crc, bytes) = w.into_inner().map_err(parquet_err)?.finish();
+    file.sync_all().map_err(io_err(&abs))?;
+    let name = checksum::sealed_name(base, crc);
+    Ok((tmp, dir.join(name), bytes))
+}
+
 fn commit_hour(
     target: &FlushTarget,
     d: Dataset,
@@ -895,34 +941,13 @@ fn commit_hour(
             let dir = PathBuf::from(out.table)
                 .join(format!("date={date}"))
                 .join(format!("hour={hh:02}"));
-            let abs_dir = data.join(&dir);
-            fs::create_dir_all(&abs_dir).map_err(io_err(&abs_dir))?;
             let base = rollup_name(&source, fingerprint);
-            let tmp = dir.join(tmp_name(&base));
-            let abs = data.join(&tmp);
-            let parquet_err = |source| SinkError::Parquet {
-                path: abs.clone(),
-                source,
-            };
-            let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid")))
-                .set_key_value_metadata(Some(vec![
-                    KeyValue::new("tally.rollup_of".into(), source.clone()),
-                    KeyValue::new("tally.dataset".into(), d.name().to_string()),
-                ]))
-                .build();
-            let file = File::create(&abs).map_err(io_err(&abs))?;
-            let mut w = ArrowWriter::try_new(
-                checksum::Crc32Writer::new(file),
-                out.batch.schema(),
-                Some(props),
-            )
-            .map_err(parquet_err)?;
-            w.write(&out.batch).map_err(parquet_err)?;
-            let (file, crc, bytes) = w.into_inner().map_err(parquet_err)?.finish();
-            file.sync_all().map_err(io_err(&abs))?;
-            let name = checksum::sealed_name(&base, crc);
-            written.push((out.table, tmp, dir.join(&name), bytes));
+            let meta = vec![
+                KeyValue::new("tally.rollup_of".into(), source.clone()),
+                KeyValue::new("tally.dataset".into(), d.name().to_string()),
+            ];
+            let (tmp, fin, bytes) = write_rollup(data, &dir, &base, out, meta)?;
+            written.push((out.table, tmp, fin, bytes));
         }
         Ok::<_, SinkError>(())
     })();

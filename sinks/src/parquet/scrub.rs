@@ -166,6 +166,16 @@ impl Scrub {
                     }
                 }
             }
+            for (day, rolled) in self.doctor.rollups.days(d) {
+                for f in rolled.tables.values() {
+                    let found = self.read(f, true, &mut pace);
+                    tally(&found, &mut report);
+                    if let Found::Damaged(p) = found {
+                        self.doctor.day_damaged(d, day, f, p);
+                        break;
+                    }
+                }
+            }
         }
         self.doctor.forget_gone();
         self.metrics.scrub_passes.add(1);

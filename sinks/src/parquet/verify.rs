@@ -475,6 +475,22 @@ impl FileDoctor {
         }
     }
 
+    /// A damaged rollup file of a UTC day: quarantined and reported; the
+    /// day's rollup is dropped (readers merge its hours) and the
+    /// compactor's next pass merges it again.
+    pub fn day_damaged(&self, d: Dataset, day: i64, entry: &FileEntry, problem: FileProblem) {
+        // `<table>/date=…/<file>`
+        let table = entry.path.iter().rev().nth(2);
+        let table = table
+            .and_then(|t| t.to_str())
+            .unwrap_or_default()
+            .to_string();
+        self.set_aside(entry, problem, &table, true);
+        if self.rollups.remove_day(d, day).is_some() {
+            tracing::error!(dataset = %d, day, path = %entry.path.display(), "a day's rollup is damaged: its answers come from its hours until the compactor merges it again");
+        }
+    }
+
     /// Quarantines a damaged file, reported with what it held (read before
     /// it moves), and forgets that it was verified.
     fn set_aside(&self, entry: &FileEntry, problem: FileProblem, table: &str, rollup: bool) {
@@ -556,6 +572,16 @@ impl FileCheck for FileDoctor {
             }
         }
     }
+
+    fn ensure_day_rollup(&self, d: Dataset, day: i64, file: &FileEntry) -> bool {
+        match self.first_use(file) {
+            Ok(()) => true,
+            Err(problem) => {
+                self.day_damaged(d, day, file, problem);
+                false
+            }
+        }
+    }
 }
 /// The check of a reader that changes nothing (`tally sql`): a damaged file
 /// is left out of the answer and named in [`ReadOnlyCheck::damaged`];
@@ -599,6 +625,10 @@ impl FileCheck for ReadOnlyCheck {
     }
 
     fn ensure_rollup(&self, _: Dataset, _: i64, file: &FileEntry) -> bool {
+        self.intact(file)
+    }
+
+    fn ensure_day_rollup(&self, _: Dataset, _: i64, file: &FileEntry) -> bool {
         self.intact(file)
     }
 }

@@ -4,9 +4,11 @@
 //! A day is kept per meter definition and tenant, at the full grain of the
 //! stored hours (subject and every group-by key), with subjects and group
 //! values interned as numbers, so a query regroups it with integer keys.
-//! It names the stored hour files it was merged from; when the day's set of
-//! rolled-up hours changes (a late event re-rolled, a new hour), it is
-//! merged again. Only days that lie whole in one window of the query are
+//! It is read from the day's stored rollup (`meter_daily`, merged by the
+//! compactor) when that was merged from the hours stored now, and merged
+//! from the stored hours otherwise. It names the stored hour files it
+//! stands for; when the day's set of rolled-up hours changes (a late event
+//! re-rolled, a new hour), it is read again. Only days that lie whole in one window of the query are
 //! read this way (no window, or `DAY`/`MONTH` windows whose boundaries fall
 //! on UTC midnights); the others are read by hour.
 //!
@@ -87,24 +89,26 @@ pub struct MeterDays {
 }
 
 impl MeterDays {
-    /// Merges the day `day` from its stored hours, unless it is kept from
-    /// the same files.
+    /// Merges the day `day` from `parts`: its stored day, or its stored
+    /// hours. `sources` are its stored hour files (a stored day is merged
+    /// from them); the day is kept by them, and merged again when they
+    /// change.
     pub fn merge(
         &mut self,
         day: i64,
         meter: &Meter,
         tenant: &str,
-        hours: &[(PathBuf, Arc<HourRows>)],
+        sources: Vec<PathBuf>,
+        parts: &[(PathBuf, Arc<HourRows>)],
     ) -> Arc<Day> {
-        let sources: Vec<PathBuf> = hours.iter().map(|(p, _)| p.clone()).collect();
         if let Some(d) = self.days.get(&day).filter(|d| d.sources == sources) {
             return d.clone();
         }
         // (subject, groups) → (first event, fold, distinct values)
         type Cell = (i64, Fold, HashSet<u32>);
         let mut rows: HashMap<(u32, Box<[u32]>), Cell> = HashMap::new();
-        for (_, hour) in hours {
-            for r in hour.rows(meter, tenant).filter(|r| r.events > 0) {
+        for (_, part) in parts {
+            for r in part.rows(meter, tenant).filter(|r| r.events > 0) {
                 let subject = self.names.id(r.subject);
                 let groups: Box<[u32]> = r
                     .groups

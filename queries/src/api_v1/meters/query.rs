@@ -31,8 +31,8 @@ use serde_json::{json, Map, Value};
 use tally_pipeline::access::Access;
 use tally_pipeline::clock::rfc3339;
 use tally_pipeline::clock::HOUR_NS;
-use tally_pipeline::rollup::RolledHour;
-use tally_pipeline::rules::meter::Fold;
+use tally_pipeline::rollup::{day_sources, file_name, RolledHour};
+use tally_pipeline::rules::meter::{Fold, Meter};
 use tally_pipeline::rules::meter_hourly::{self, HourRow, HourRows};
 use tally_pipeline::store::FileEntry;
 use tally_pipeline::Dataset;
@@ -228,6 +228,33 @@ impl Fit {
     }
 }
 
+/// The stored rollup of a UTC day, when it was merged from `hours` (the
+/// day's stored hour files now) and holds `meter` as now defined. A day
+/// file that cannot be read is reported and its hours are read instead.
+async fn stored_day(
+    m: &Meters,
+    day: i64,
+    hours: &[FileEntry],
+    meter: &Meter,
+) -> Option<(PathBuf, Arc<HourRows>)> {
+    let names: Vec<String> = hours.iter().map(|e| file_name(&e.path)).collect();
+    let sources = day_sources(names.iter().map(String::as_str));
+    let entry = m
+        .history
+        .stored_day(Dataset::Events, day)
+        .filter(|d| d.sources == sources)?
+        .tables
+        .get(meter_hourly::DAY_TABLE)?
+        .clone();
+    match m.history.meter_hour(&entry, false).await {
+        Ok(rows) => rows.has(meter).then_some((entry.path, rows)),
+        Err(e) => {
+            tracing::error!(path = %entry.path.display(), error = %e, "a day's meter rollup could not be read; its hours are read instead");
+            None
+        }
+    }
+}
+
 /// A meter's hours in `[from, to)` for one tenant.
 pub async fn gather(
     m: &Meters,
@@ -275,19 +302,34 @@ pub async fn gather(
             let found = match same {
                 Some(d) => Some(d),
                 None => {
-                    let mut decoded = Vec::with_capacity(entries.len());
-                    for e in &entries {
-                        let rows = m
-                            .history
-                            .meter_hour(e, false)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        decoded.push((e.path.clone(), rows));
-                    }
-                    decoded
-                        .iter()
-                        .all(|(_, r)| r.has(&meter.meter))
-                        .then(|| kept.lock().merge(day, &meter.meter, tenant, &decoded))
+                    let parts = match stored_day(m, day, &entries, &meter.meter).await {
+                        Some(part) => {
+                            m.metrics.meter_days_stored.add(1);
+                            vec![part]
+                        }
+                        None => {
+                            let mut decoded = Vec::with_capacity(entries.len());
+                            for e in &entries {
+                                let rows = m
+                                    .history
+                                    .meter_hour(e, false)
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                                if !rows.has(&meter.meter) {
+                                    break;
+                                }
+                                decoded.push((e.path.clone(), rows));
+                            }
+                            if decoded.len() == entries.len() {
+                                m.metrics.meter_days_merged.add(1);
+                            }
+                            decoded
+                        }
+                    };
+                    (parts.len() == 1 || parts.len() == entries.len()).then(|| {
+                        kept.lock()
+                            .merge(day, &meter.meter, tenant, sources, &parts)
+                    })
                 }
             };
             if let Some(d) = found {
