@@ -45,6 +45,16 @@ python3 -m pip install --quiet --disable-pip-version-check 'openmeter==1.0.0b236
 # Stripe's Python client (MIT), pinned: tests/stripe.rs sends meter events with it.
 python3 -m pip install --quiet --disable-pip-version-check 'stripe==16.1.0'
 
+# OpenTelemetry's Python SDK and OTLP exporters (Apache-2.0), pinned to one
+# release whose protobuf (gRPC, HTTP) and JSON exporters agree on their
+# shared package: tests/otlp.rs sends Claude Code's, Codex's and GenAI
+# records with them.
+python3 -m pip install --quiet --disable-pip-version-check \
+  'opentelemetry-api==1.45.1' 'opentelemetry-sdk==1.45.1' \
+  'opentelemetry-exporter-otlp-proto-http==1.45.1' \
+  'opentelemetry-exporter-otlp-proto-grpc==1.45.1' \
+  'opentelemetry-exporter-otlp-json-http==0.66b1'
+
 # Claude Code Usage Monitor (MIT), pinned: tests/claude_monitor.rs holds
 # tally's plan numbers against it on the same logs.
 python3 -m pip install --quiet --disable-pip-version-check 'claude-monitor==4.0.0'

@@ -31,6 +31,7 @@ use tally_sources::kafka::config::KafkaArgs;
 use tally_sources::kafka::KafkaConfig;
 use tally_sources::nats::config::NatsArgs;
 use tally_sources::nats::NatsConfig;
+use tally_sources::otlp::OtlpArgs;
 
 use crate::auth::AuthArgs;
 use crate::tls::TlsArgs;
@@ -112,6 +113,8 @@ pub struct Components {
     pub anomalies: AnomalyArgs,
     #[command(flatten)]
     pub alerts: AlertArgs,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
     /// `[[meters]]`: meters as OpenMeter defines them (`slug`, `eventType`,
     /// `aggregation`, `valueProperty`, `groupBy`, …), in every tenant. Only
     /// in the config file.
@@ -150,6 +153,7 @@ pub struct Config {
     pub budgets: BudgetArgs,
     pub anomalies: AnomalyArgs,
     pub alerts: AlertArgs,
+    pub otlp: OtlpArgs,
     pub meters: Vec<MeterDef>,
 }
 
@@ -203,6 +207,7 @@ impl Config {
             budgets: c.budgets.clone(),
             anomalies: c.anomalies.clone(),
             alerts: c.alerts.clone(),
+            otlp: c.otlp.clone(),
             meters: c.meters.clone(),
         })
     }

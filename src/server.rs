@@ -48,6 +48,7 @@ use tally_sources::hardware::Sampler;
 use tally_sources::http::Http;
 use tally_sources::kafka::Kafka;
 use tally_sources::nats::Nats;
+use tally_sources::otlp::OtlpSource;
 use tally_sources::stripe::StripeMeterEvents;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -229,6 +230,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .await?;
 
+    let otlp = all
+        .start(
+            OtlpSource {
+                default_tenant: config.otlp.otlp_default_tenant.clone(),
+                max_body: config.max_body_bytes,
+            },
+            &ctx,
+        )
+        .await?;
+
     let status = StatusState {
         pipeline: core.pipeline.clone(),
         flusher: sink.flusher.clone(),
@@ -252,6 +263,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         cloudevents,
         stripe,
         billing: billing.routes,
+        otlp: otlp.routes,
         usage_feed: sampling.feed,
         budgets,
         alerts,
@@ -302,6 +314,7 @@ struct Running {
     cloudevents: Router,
     stripe: Router,
     billing: Router,
+    otlp: Router,
     usage_feed: tally_pipeline::host::UsageFeed,
     budgets: Budgets,
     alerts: Alerts,
@@ -563,6 +576,7 @@ fn routes(
             Need::role(Role::Ingest),
             billing_refusal,
         ))
+        .merge(gate(running.otlp, Need::role(Role::Ingest), otlp_refusal))
         .merge(gate(
             tally_queries::usage::router(running.usage_feed),
             Need::role(Role::Read).all_tenants(),
@@ -621,6 +635,15 @@ fn routes(
 /// billing.v1's refusals in its protocols' shapes.
 fn billing_refusal(headers: &axum::http::HeaderMap, d: &auth::Denial) -> axum::response::Response {
     tally_sources::billing::refusal(
+        headers,
+        d.status == axum::http::StatusCode::UNAUTHORIZED,
+        &d.detail,
+    )
+}
+
+/// OTLP's refusals: a gRPC status, or OTLP/HTTP's `google.rpc.Status`.
+fn otlp_refusal(headers: &axum::http::HeaderMap, d: &auth::Denial) -> axum::response::Response {
+    tally_sources::otlp::refusal(
         headers,
         d.status == axum::http::StatusCode::UNAUTHORIZED,
         &d.detail,

@@ -7,4 +7,5 @@ pub mod hardware;
 pub mod http;
 pub mod kafka;
 pub mod nats;
+pub mod otlp;
 pub mod stripe;

@@ -1,0 +1,386 @@
+//! The OTLP receiver against OpenTelemetry's own Python SDK and exporters
+//! (gRPC, HTTP protobuf, HTTP JSON): Claude Code's `api_request` records,
+//! Codex's `response.completed` records and GenAI spans become `usage_llm`
+//! rows whose per-model tokens equal what this test computes from the calls
+//! it made; a resend counts once; OTLP/JSON with bare integers; a partly
+//! bad export; tokens.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use common::{create_token, Rng, Tally};
+use serde_json::{json, Value};
+
+/// A model call as the test makes it: its tokens split the way tally
+/// stores them (input without cache, cache reads, cache writes).
+#[derive(Debug, Clone)]
+struct Call {
+    id: String,
+    model: &'static str,
+    prompt: i64,
+    output: i64,
+    read: i64,
+    creation: i64,
+    at_ns: i64,
+}
+
+const CLAUDE_MODELS: [&str; 2] = ["claude-sonnet-4-5", "claude-haiku-4-5"];
+const CODEX_MODELS: [&str; 2] = ["gpt-5-codex", "gpt-5"];
+const GENAI_MODELS: [&str; 2] = ["gpt-4o", "claude-opus-4-1"];
+
+/// 2026-11-26T10:00:00Z.
+const T0: i64 = 1_795_687_200_000_000_000;
+
+fn calls(
+    rng: &mut Rng,
+    prefix: &str,
+    models: &[&'static str],
+    n: usize,
+    cache_writes: bool,
+) -> Vec<Call> {
+    (0..n)
+        .map(|i| Call {
+            id: format!("{prefix}-{i}"),
+            model: models[rng.below(models.len() as u64) as usize],
+            prompt: rng.below(5_000) as i64,
+            output: rng.below(2_000) as i64,
+            read: rng.below(20_000) as i64,
+            creation: if cache_writes {
+                rng.below(3_000) as i64
+            } else {
+                0
+            },
+            at_ns: T0 + rng.below(3_600) as i64 * 1_000_000_000,
+        })
+        .collect()
+}
+
+fn rfc(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Claude Code's records of the calls: `input_tokens` without the cache,
+/// and, between them, records that are not calls.
+fn claude_logs(calls: &[Call]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in calls {
+        out.push(
+            json!({"service": "claude-code", "body": "claude_code.user_prompt",
+            "time_ns": c.at_ns - 1_000_000, "attributes": {"event.name": "user_prompt",
+            "session.id": "s-1", "prompt_length": 42}}),
+        );
+        out.push(
+            json!({"service": "claude-code", "body": "claude_code.api_request",
+            "time_ns": c.at_ns, "attributes": {
+                "event.name": "api_request", "event.timestamp": rfc(c.at_ns),
+                "session.id": "s-1", "user.id": "u-hash", "user.email": "dev@acme.test",
+                "model": c.model, "request_id": c.id,
+                "input_tokens": c.prompt, "output_tokens": c.output,
+                "cache_read_tokens": c.read, "cache_creation_tokens": c.creation,
+                "cost_usd": 0.0123, "duration_ms": 1234.5}}),
+        );
+        out.push(
+            json!({"service": "claude-code", "body": "claude_code.tool_result",
+            "time_ns": c.at_ns + 1_000_000, "attributes": {"event.name": "tool_result",
+            "tool_name": "Bash", "success": "true"}}),
+        );
+    }
+    out
+}
+
+/// Codex's records: no time of their own (the SDK sends 0), counts partly
+/// as strings, `input_token_count` with the cached tokens in it; a second
+/// completion without counts for each call.
+fn codex_logs(calls: &[Call]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in calls {
+        let input = c.prompt + c.read;
+        out.push(
+            json!({"service": "codex_exec", "body": null, "time_ns": null,
+            "attributes": {"event.name": "codex.sse_event", "event.kind": "response.completed",
+                "event.timestamp": rfc(c.at_ns), "conversation.id": c.id, "model": c.model,
+                "input_token_count": input.to_string(), "output_token_count": c.output.to_string(),
+                "cached_token_count": c.read, "reasoning_token_count": 7,
+                "tool_token_count": (input + c.output).to_string()}}),
+        );
+        out.push(
+            json!({"service": "codex_exec", "body": null, "time_ns": null,
+            "attributes": {"event.name": "codex.sse_event", "event.kind": "response.completed",
+                "event.timestamp": rfc(c.at_ns), "conversation.id": c.id, "model": c.model}}),
+        );
+        out.push(
+            json!({"service": "codex_exec", "body": null, "time_ns": null,
+            "attributes": {"event.name": "codex.api_request", "duration_ms": 800,
+                "http.response.status_code": 200, "event.timestamp": rfc(c.at_ns)}}),
+        );
+    }
+    out
+}
+
+/// GenAI spans: `gen_ai.usage.input_tokens` holds every input token, cached
+/// ones included; one span without usage.
+fn genai_spans(calls: &[Call], seed: u64) -> Vec<Value> {
+    let mut out: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({"service": "support-bot", "name": format!("chat {}", c.model),
+                "trace_id": seed * 1000 + i as u64 + 1, "span_id": seed * 1000 + i as u64 + 1,
+                "start_ns": c.at_ns, "end_ns": c.at_ns + 2_500_000_000i64,
+                "attributes": {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                    "gen_ai.request.model": c.model, "gen_ai.response.model": c.model,
+                    "gen_ai.usage.input_tokens": c.prompt + c.read + c.creation,
+                    "gen_ai.usage.output_tokens": c.output,
+                    "gen_ai.usage.cache_read.input_tokens": c.read,
+                    "gen_ai.usage.cache_creation.input_tokens": c.creation,
+                    "enduser.id": "customer-7"}})
+        })
+        .collect();
+    out.push(json!({"service": "support-bot", "name": "db query",
+        "trace_id": seed * 1000 + 999, "span_id": seed * 1000 + 999,
+        "start_ns": T0, "end_ns": T0 + 1_000_000, "attributes": {"db.system": "postgresql"}}));
+    out
+}
+
+fn send(dir: &Path, protocol: &str, endpoint: &str, token: &str, spec: &Value) {
+    let file = dir.join(format!("{protocol}.json"));
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(repo.join("tests/clients/otlp_send.py"))
+        .args([protocol, endpoint, token])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{protocol}: {stderr}");
+    // The exporters log a failed export and go on: none may fail.
+    assert!(!stderr.contains("Failed to export"), "{protocol}: {stderr}");
+}
+
+async fn sql(t: &Tally, token: &str, query: &str) -> Vec<Value> {
+    let r = reqwest::Client::new()
+        .post(t.url("/v1/sql"))
+        .bearer_auth(token)
+        .body(query.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{query}");
+    r.json().await.unwrap()
+}
+
+/// model → [calls, prompt, output, cache read, cache write, total]
+type Totals = BTreeMap<String, [i64; 6]>;
+
+fn add(t: &mut Totals, c: &Call, total: i64) {
+    let e = t.entry(c.model.to_string()).or_default();
+    for (i, v) in [1, c.prompt, c.output, c.read, c.creation, total]
+        .iter()
+        .enumerate()
+    {
+        e[i] += v;
+    }
+}
+
+async fn stored(t: &Tally, token: &str) -> Totals {
+    let rows = sql(
+        t,
+        token,
+        "SELECT model, count(*) AS n, sum(prompt_tokens) AS p, sum(completion_tokens) AS o,
+                sum(cache_read_tokens) AS r, sum(cache_creation_tokens) AS c, sum(total_tokens) AS t
+         FROM usage_llm WHERE microdao_id = 'acme' GROUP BY model",
+    )
+    .await;
+    rows.iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_i64().unwrap_or(0);
+            (
+                r["model"].as_str().unwrap().to_string(),
+                [n("n"), n("p"), n("o"), n("r"), n("c"), n("t")],
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn opentelemetry_exporters_land_model_calls_once_with_their_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ingest = create_token(&data, "acme-otel", "ingest", &["acme"]);
+    let admin = create_token(&data, "ops", "admin", &[]);
+    let t = Tally::start(&data, &[]).await;
+    let mut rng = Rng::from_time();
+    let mut want = Totals::new();
+    let mut specs = Vec::new();
+    for (k, protocol) in ["grpc", "http-protobuf", "http-json"].iter().enumerate() {
+        let claude = calls(
+            &mut rng,
+            &format!("req_{protocol}"),
+            &CLAUDE_MODELS,
+            8,
+            true,
+        );
+        let codex = calls(
+            &mut rng,
+            &format!("conv-{protocol}"),
+            &CODEX_MODELS,
+            6,
+            false,
+        );
+        let genai = calls(
+            &mut rng,
+            &format!("span-{protocol}"),
+            &GENAI_MODELS,
+            6,
+            true,
+        );
+        for c in &claude {
+            add(&mut want, c, c.prompt + c.output + c.read + c.creation);
+        }
+        for c in &codex {
+            add(&mut want, c, c.prompt + c.read + c.output);
+        }
+        for c in &genai {
+            add(&mut want, c, c.prompt + c.read + c.creation + c.output);
+        }
+        let mut logs = claude_logs(&claude);
+        logs.extend(codex_logs(&codex));
+        let spec = json!({"logs": logs, "spans": genai_spans(&genai, k as u64 + 1)});
+        send(dir.path(), protocol, &t.url(""), &ingest, &spec);
+        specs.push((protocol, spec));
+    }
+    assert_eq!(stored(&t, &admin).await, want);
+
+    // An exporter's retry: the same export again counts nothing more.
+    let (protocol, spec) = &specs[1];
+    send(dir.path(), protocol, &t.url(""), &ingest, spec);
+    assert_eq!(stored(&t, &admin).await, want);
+
+    // Every call has its time (none in 1970), its agent and its actor.
+    let rows = sql(
+        &t,
+        &admin,
+        "SELECT agent_id, actor_id, count(*) AS n, min(timestamp) AS first FROM usage_llm
+         GROUP BY agent_id, actor_id ORDER BY agent_id",
+    )
+    .await;
+    let seen: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| {
+            assert!(
+                r["first"].as_str().unwrap().starts_with("2026-11-26"),
+                "{r}"
+            );
+            (
+                r["agent_id"].as_str().unwrap().to_string(),
+                r["actor_id"].as_str().unwrap().to_string(),
+                r["n"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("claude-code".to_string(), "dev@acme.test".to_string(), 24),
+            // Codex with an API key names no user: the token's name.
+            ("codex_exec".to_string(), "token:acme-otel".to_string(), 18),
+            ("support-bot".to_string(), "customer-7".to_string(), 18),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn otlp_json_takes_bare_integers_and_refuses_a_bad_record_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ingest = create_token(&data, "acme-otel", "ingest", &["acme"]);
+    let admin = create_token(&data, "ops", "admin", &[]);
+    let t = Tally::start(&data, &[]).await;
+    let kv = |k: &str, v: Value| json!({"key": k, "value": v});
+    let record = |id: Option<&str>, input: Value| {
+        let mut attrs = vec![
+            kv("event.name", json!({"stringValue": "api_request"})),
+            kv("model", json!({"stringValue": "claude-sonnet-4-5"})),
+            kv("input_tokens", json!({"intValue": input})),
+            kv("output_tokens", json!({"intValue": "20"})),
+            kv("cache_read_tokens", json!({"intValue": 300})),
+            kv("cache_creation_tokens", json!({"intValue": 0})),
+            kv("user.email", json!({"stringValue": "dev@acme.test"})),
+        ];
+        if let Some(id) = id {
+            attrs.push(kv("request_id", json!({"stringValue": id})));
+        }
+        json!({"timeUnixNano": T0.to_string(), "observedTimeUnixNano": T0.to_string(),
+               "body": {"stringValue": "claude_code.api_request"}, "attributes": attrs})
+    };
+    let body = json!({"resourceLogs": [{"resource": {"attributes": [
+            kv("service.name", json!({"stringValue": "claude-code"}))]},
+        "scopeLogs": [{"scope": {"name": "com.anthropic.claude_code.events"},
+            "logRecords": [record(Some("req_a"), json!(101)), record(None, json!(5)),
+                           record(Some("req_b"), json!("7"))]}]}]});
+    let post = |token: &str, body: String| {
+        reqwest::Client::new()
+            .post(t.url("/v1/logs"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = post(&ingest, body.to_string()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["partialSuccess"]["rejectedLogRecords"], "1",
+        "{answer}"
+    );
+    let message = answer["partialSuccess"]["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("resourceLogs[0].scopeLogs[0].logRecords[1]")
+            && message.contains("request_id"),
+        "{message}"
+    );
+    let rows = sql(
+        &t,
+        &admin,
+        "SELECT sum(prompt_tokens) AS p, count(*) AS n FROM usage_llm WHERE microdao_id = 'acme'",
+    )
+    .await;
+    assert_eq!(rows[0]["p"], json!(108));
+    assert_eq!(rows[0]["n"], json!(2));
+
+    // Bad tokens and bad bodies, in OTLP/HTTP's error shape.
+    let r = post("not-a-token", body.to_string()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post(&ingest, "{\"resourceLogs\": 3}".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let status: Value = r.json().await.unwrap();
+    assert!(
+        status["message"].as_str().unwrap().contains("resourceLogs"),
+        "{status}"
+    );
+
+    // Metric data points are refused, and the answer says so.
+    let metrics = json!({"resourceMetrics": [{"scopeMetrics": [{"metrics": [{
+        "name": "claude_code.token.usage", "unit": "tokens",
+        "sum": {"aggregationTemporality": 1, "isMonotonic": true, "dataPoints": [
+            {"asDouble": 12.0, "timeUnixNano": T0.to_string(),
+             "attributes": [kv("type", json!({"stringValue": "input"}))]}]}}]}]}]});
+    let r = reqwest::Client::new()
+        .post(t.url("/v1/metrics"))
+        .bearer_auth(&ingest)
+        .header("content-type", "application/json")
+        .body(metrics.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["partialSuccess"]["rejectedDataPoints"], "1",
+        "{answer}"
+    );
+}
