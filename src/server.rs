@@ -270,13 +270,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         anomalies,
         meters,
     };
+    // `--otlp-listen`: the OTLP routes alone, behind the same token check.
+    let otlp_only =
+        otlp_routes(running.otlp.clone(), &auth).merge(status::health_router(status.clone()));
     let app = routes(&config, &core, &read, running, status.clone(), &auth)?;
     let metrics_only = config
         .metrics_listen
         .map(|a| (a, status::metrics_router(status.clone())));
     let listeners = config.listen.iter().map(|a| (*a, app.clone()));
+    let otlp_listeners = config
+        .otlp
+        .otlp_listen
+        .iter()
+        .map(|a| (*a, otlp_only.clone()));
     let mut servers = Vec::new();
-    for (addr, app) in listeners.chain(metrics_only) {
+    for (addr, app) in listeners.chain(otlp_listeners).chain(metrics_only) {
         servers.push(listen(addr, app, tls.clone(), stop.clone()).await?);
     }
 
@@ -576,7 +584,7 @@ fn routes(
             Need::role(Role::Ingest),
             billing_refusal,
         ))
-        .merge(gate(running.otlp, Need::role(Role::Ingest), otlp_refusal))
+        .merge(otlp_routes(running.otlp, auth))
         .merge(gate(
             tally_queries::usage::router(running.usage_feed),
             Need::role(Role::Read).all_tenants(),
@@ -639,6 +647,14 @@ fn billing_refusal(headers: &axum::http::HeaderMap, d: &auth::Denial) -> axum::r
         d.status == axum::http::StatusCode::UNAUTHORIZED,
         &d.detail,
     )
+}
+
+/// The OTLP routes behind the ingest role's token check.
+fn otlp_routes(otlp: Router, auth: &Arc<Auth>) -> Router {
+    otlp.route_layer(axum::middleware::from_fn_with_state(
+        auth.gate(Need::role(Role::Ingest), otlp_refusal),
+        auth::authenticate,
+    ))
 }
 
 /// OTLP's refusals: a gRPC status, or OTLP/HTTP's `google.rpc.Status`.

@@ -299,7 +299,9 @@ async fn otlp_json_takes_bare_integers_and_refuses_a_bad_record_alone() {
     let data = dir.path().join("data");
     let ingest = create_token(&data, "acme-otel", "ingest", &["acme"]);
     let admin = create_token(&data, "ops", "admin", &[]);
-    let t = Tally::start(&data, &[]).await;
+    // The OTLP routes alone on a port of their own, as on 4318.
+    let otlp_addr = format!("127.0.0.1:{}", common::free_port());
+    let t = Tally::start(&data, &["--otlp-listen", &otlp_addr]).await;
     let kv = |k: &str, v: Value| json!({"key": k, "value": v});
     let record = |id: Option<&str>, input: Value| {
         let mut attrs = vec![
@@ -324,7 +326,7 @@ async fn otlp_json_takes_bare_integers_and_refuses_a_bad_record_alone() {
                            record(Some("req_b"), json!("7"))]}]}]});
     let post = |token: &str, body: String| {
         reqwest::Client::new()
-            .post(t.url("/v1/logs"))
+            .post(format!("http://{otlp_addr}/v1/logs"))
             .bearer_auth(token)
             .header("content-type", "application/json")
             .body(body)
@@ -383,4 +385,144 @@ async fn otlp_json_takes_bare_integers_and_refuses_a_bad_record_alone() {
         answer["partialSuccess"]["rejectedDataPoints"], "1",
         "{answer}"
     );
+}
+
+/// Per-model totals of one tenant: [calls, prompt, output, cache read,
+/// cache write, total].
+async fn stored_of(t: &Tally, token: &str, tenant: &str) -> Totals {
+    let rows = sql(
+        t,
+        token,
+        &format!(
+            "SELECT model, count(*) AS n, sum(prompt_tokens) AS p, sum(completion_tokens) AS o,
+                    sum(cache_read_tokens) AS r, sum(cache_creation_tokens) AS c, sum(total_tokens) AS t
+             FROM usage_llm WHERE microdao_id = '{tenant}' GROUP BY model"
+        ),
+    )
+    .await;
+    rows.iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_i64().unwrap_or(0);
+            (
+                r["model"].as_str().unwrap().to_string(),
+                [n("n"), n("p"), n("o"), n("r"), n("c"), n("t")],
+            )
+        })
+        .collect()
+}
+
+fn collect(agent: &str, dir: &Path, t: &Tally, token: &str, state: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["collect", agent, "--dir"])
+        .arg(dir)
+        .args([
+            "--server",
+            &t.url(""),
+            "--token",
+            token,
+            "--tenant",
+            "logs",
+            "--state",
+        ])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_same_calls_from_session_logs_and_over_otlp_count_the_same_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let otel = create_token(&data, "acme-otel", "ingest", &["acme"]);
+    let logs = create_token(&data, "logs-in", "ingest", &["logs"]);
+    let admin = create_token(&data, "ops", "admin", &[]);
+    let t = Tally::start(&data, &[]).await;
+    let mut rng = Rng::from_time();
+    let claude = calls(&mut rng, "req_same", &CLAUDE_MODELS, 12, true);
+    let codex = calls(&mut rng, "conv-same", &CODEX_MODELS[..1], 10, false);
+
+    // Claude Code's session log: one assistant line per call.
+    let claude_dir = dir.path().join("claude/-home-dev-app");
+    std::fs::create_dir_all(&claude_dir).unwrap();
+    let lines: Vec<String> = claude
+        .iter()
+        .map(|c| {
+            json!({"type": "assistant", "sessionId": "s-1", "cwd": "/home/dev/app",
+                "timestamp": rfc(c.at_ns), "requestId": c.id, "version": "2.0.0",
+                "message": {"id": format!("msg_{}", c.id), "model": c.model, "role": "assistant",
+                    "usage": {"input_tokens": c.prompt, "output_tokens": c.output,
+                        "cache_creation_input_tokens": c.creation,
+                        "cache_read_input_tokens": c.read}}})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(claude_dir.join("s-1.jsonl"), lines.join("\n") + "\n").unwrap();
+    // Codex's session log: its token counts, input with the cached tokens.
+    let codex_dir = dir.path().join("codex/2026/11/26");
+    std::fs::create_dir_all(&codex_dir).unwrap();
+    let mut lines = vec![
+        json!({"timestamp": rfc(T0), "type": "session_meta",
+            "payload": {"id": "conv-same", "cwd": "/home/dev/app"}})
+        .to_string(),
+        json!({"timestamp": rfc(T0), "type": "turn_context",
+            "payload": {"cwd": "/home/dev/app", "model": CODEX_MODELS[0]}})
+        .to_string(),
+    ];
+    let mut running = 0;
+    for c in &codex {
+        let input = c.prompt + c.read;
+        running += input + c.output;
+        lines.push(
+            json!({"timestamp": rfc(c.at_ns), "type": "event_msg", "payload": {"type": "token_count",
+                "info": {"total_token_usage": {"total_tokens": running},
+                    "last_token_usage": {"input_tokens": input, "cached_input_tokens": c.read,
+                        "output_tokens": c.output, "reasoning_output_tokens": 0,
+                        "total_tokens": input + c.output}}}})
+            .to_string(),
+        );
+    }
+    std::fs::write(
+        codex_dir.join("rollout-conv-same.jsonl"),
+        lines.join("\n") + "\n",
+    )
+    .unwrap();
+    collect(
+        "claude-code",
+        &dir.path().join("claude"),
+        &t,
+        &logs,
+        &dir.path().join("c.json"),
+    );
+    collect(
+        "codex",
+        &dir.path().join("codex"),
+        &t,
+        &logs,
+        &dir.path().join("x.json"),
+    );
+
+    // The same calls over OTLP, as the clients export them.
+    let mut records = claude_logs(&claude);
+    records.extend(codex_logs(&codex));
+    send(
+        dir.path(),
+        "http-protobuf",
+        &t.url(""),
+        &otel,
+        &json!({"logs": records}),
+    );
+
+    let from_logs = stored_of(&t, &admin, "logs").await;
+    let from_otlp = stored_of(&t, &admin, "acme").await;
+    assert_eq!(
+        from_logs.values().map(|v| v[0]).sum::<i64>(),
+        22,
+        "{from_logs:?}"
+    );
+    assert_eq!(from_otlp, from_logs);
 }

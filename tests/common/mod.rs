@@ -22,7 +22,8 @@ pub struct Tally {
     pub scheme: &'static str,
 }
 
-fn free_port() -> u16 {
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -75,6 +75,13 @@ pub struct OtlpArgs {
     #[arg(long, env = "TALLY_OTLP_DEFAULT_TENANT")]
     #[serde(default)]
     pub otlp_default_tenant: Option<String>,
+
+    /// Also serve the OTLP routes alone (gRPC and HTTP on one port) on
+    /// these addresses, e.g. 0.0.0.0:4317,0.0.0.0:4318 for exporters'
+    /// defaults (repeatable, or comma-separated).
+    #[arg(long, env = "TALLY_OTLP_LISTEN", value_delimiter = ',')]
+    #[serde(default)]
+    pub otlp_listen: Vec<std::net::SocketAddr>,
 }
 
 /// The OTLP receiver's routes.
