@@ -161,6 +161,83 @@ fn send(dir: &Path, protocol: &str, endpoint: &str, token: &str, spec: &Value) {
     assert!(!stderr.contains("Failed to export"), "{protocol}: {stderr}");
 }
 
+/// metric name -> [sum of counter deltas, histogram count, histogram sum]
+type MetricTotals = BTreeMap<String, [i64; 3]>;
+
+/// Metrics as the SDK records them, per protocol: a cumulative counter
+/// over two providers (the second one a reset: a new start time), a delta
+/// counter, and a cumulative histogram over two providers; what their
+/// deltas must add up to goes into `want`.
+fn metric_runs(rng: &mut Rng, protocol: &str, want: &mut MetricTotals) -> Value {
+    let attrs = [
+        json!({"type": "input", "model": "claude-sonnet-4-5"}),
+        json!({"type": "output", "model": "claude-sonnet-4-5"}),
+    ];
+    let mut runs = |n_runs: usize| -> Vec<Vec<(i64, Value)>> {
+        (0..n_runs)
+            .map(|_| {
+                (0..4)
+                    .map(|_| {
+                        (
+                            1 + rng.below(500) as i64,
+                            attrs[rng.below(2) as usize].clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let cumulative = runs(2);
+    let delta = runs(1);
+    let histogram = runs(2);
+    let all = |r: &Vec<Vec<(i64, Value)>>| r.iter().flatten().map(|(v, _)| *v).collect::<Vec<_>>();
+    let name = |n: &str| format!("{n}.{protocol}");
+    want.insert(
+        name("tokens.cumulative"),
+        [all(&cumulative).iter().sum(), 0, 0],
+    );
+    want.insert(name("tokens.delta"), [all(&delta).iter().sum(), 0, 0]);
+    want.insert(
+        name("latency"),
+        [
+            0,
+            all(&histogram).len() as i64,
+            all(&histogram).iter().sum(),
+        ],
+    );
+    let spec = |n: &str, kind: &str, temporality: &str, r: &Vec<Vec<(i64, Value)>>| {
+        let runs: Vec<Vec<Value>> = r
+            .iter()
+            .map(|run| run.iter().map(|(v, a)| json!([v, a])).collect())
+            .collect();
+        json!({"name": name(n), "kind": kind, "temporality": temporality, "runs": runs})
+    };
+    json!([
+        spec("tokens.cumulative", "counter", "cumulative", &cumulative),
+        spec("tokens.delta", "counter", "delta", &delta),
+        spec("latency", "histogram", "cumulative", &histogram),
+    ])
+}
+
+async fn stored_metrics(t: &Tally, token: &str) -> MetricTotals {
+    let rows = sql(
+        t,
+        token,
+        "SELECT name, sum(value) AS v, sum(count) AS c, sum(sum) AS s FROM otel_metric_deltas
+         WHERE tenant = 'acme' GROUP BY name",
+    )
+    .await;
+    rows.iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_f64().unwrap_or(0.0) as i64;
+            (
+                r["name"].as_str().unwrap().to_string(),
+                [n("v"), n("c"), n("s")],
+            )
+        })
+        .collect()
+}
+
 async fn sql(t: &Tally, token: &str, query: &str) -> Vec<Value> {
     let r = reqwest::Client::new()
         .post(t.url("/v1/sql"))
@@ -215,6 +292,7 @@ async fn opentelemetry_exporters_land_model_calls_once_with_their_tokens() {
     let t = Tally::start(&data, &[]).await;
     let mut rng = Rng::from_time();
     let mut want = Totals::new();
+    let mut want_metrics = MetricTotals::new();
     let mut specs = Vec::new();
     for (k, protocol) in ["grpc", "http-protobuf", "http-json"].iter().enumerate() {
         let claude = calls(
@@ -249,11 +327,14 @@ async fn opentelemetry_exporters_land_model_calls_once_with_their_tokens() {
         }
         let mut logs = claude_logs(&claude);
         logs.extend(codex_logs(&codex));
-        let spec = json!({"logs": logs, "spans": genai_spans(&genai, k as u64 + 1)});
+        let metrics = metric_runs(&mut rng, protocol, &mut want_metrics);
+        let spec = json!({"logs": logs, "spans": genai_spans(&genai, k as u64 + 1),
+                          "metrics": metrics});
         send(dir.path(), protocol, &t.url(""), &ingest, &spec);
         specs.push((protocol, spec));
     }
     assert_eq!(stored(&t, &admin).await, want);
+    assert_eq!(stored_metrics(&t, &admin).await, want_metrics);
 
     // An exporter's retry: the same export again counts nothing more.
     let (protocol, spec) = &specs[1];
@@ -365,25 +446,34 @@ async fn otlp_json_takes_bare_integers_and_refuses_a_bad_record_alone() {
         "{status}"
     );
 
-    // Metric data points are refused, and the answer says so.
+    // A metric data point is stored once, however often it is exported.
     let metrics = json!({"resourceMetrics": [{"scopeMetrics": [{"metrics": [{
         "name": "claude_code.token.usage", "unit": "tokens",
         "sum": {"aggregationTemporality": 1, "isMonotonic": true, "dataPoints": [
             {"asDouble": 12.0, "timeUnixNano": T0.to_string(),
              "attributes": [kv("type", json!({"stringValue": "input"}))]}]}}]}]}]});
-    let r = reqwest::Client::new()
-        .post(t.url("/v1/metrics"))
-        .bearer_auth(&ingest)
-        .header("content-type", "application/json")
-        .body(metrics.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let answer: Value = r.json().await.unwrap();
+    for _ in 0..2 {
+        let r = reqwest::Client::new()
+            .post(t.url("/v1/metrics"))
+            .bearer_auth(&ingest)
+            .header("content-type", "application/json")
+            .body(metrics.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer, json!({}));
+    }
+    let rows = sql(
+        &t,
+        &admin,
+        "SELECT count(*) AS n, sum(value) AS v FROM otel_metrics WHERE tenant = 'acme'",
+    )
+    .await;
     assert_eq!(
-        answer["partialSuccess"]["rejectedDataPoints"], "1",
-        "{answer}"
+        (rows[0]["n"].as_i64(), rows[0]["v"].as_f64()),
+        (Some(1), Some(12.0))
     );
 }
 

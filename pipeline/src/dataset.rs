@@ -232,6 +232,31 @@ const EVENTS: &[Column] = &[
     col("ingested_at", TimestampNs),
 ];
 
+/// OTLP metric data points (`POST /v1/metrics`, the Metrics service), one
+/// row each, as sent: `value` for gauges and sums, `count` and `sum` for
+/// histograms and summaries. `series` names the stream (tenant, name,
+/// attributes, resource); `point_id` is the point's identity (series,
+/// start and time), so an exporter's retry is a copy. Cumulative streams
+/// become deltas in the `otel_metric_deltas` view.
+const OTEL_METRICS: &[Column] = &[
+    col("point_id", Utf8),
+    col("timestamp", TimestampNs),
+    col("tenant", Dict),
+    col("name", Dict),
+    opt("unit", Dict),
+    col("kind", Dict),
+    col("temporality", Dict),
+    opt("monotonic", Bool),
+    col("series", Utf8),
+    opt("start_time", TimestampNs),
+    opt("value", Float64),
+    opt("count", Int64),
+    opt("sum", Float64),
+    opt("attributes", Utf8),
+    opt("resource", Utf8),
+    col("ingested_at", TimestampNs),
+];
+
 /// Every dataset tally stores. Each is one directory of Parquet files and one
 /// SQL table of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -250,11 +275,12 @@ pub enum Dataset {
     Alerts = 10,
     Anomalies = 11,
     Events = 12,
+    OtelMetrics = 13,
 }
 
 impl Dataset {
     /// How many datasets there are.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     pub const ALL: [Dataset; Dataset::COUNT] = [
         Dataset::UsageLlm,
@@ -270,6 +296,7 @@ impl Dataset {
         Dataset::Alerts,
         Dataset::Anomalies,
         Dataset::Events,
+        Dataset::OtelMetrics,
     ];
 
     pub fn name(self) -> &'static str {
@@ -287,6 +314,7 @@ impl Dataset {
             Dataset::Alerts => "alerts",
             Dataset::Anomalies => "anomalies",
             Dataset::Events => "events",
+            Dataset::OtelMetrics => "otel_metrics",
         }
     }
 
@@ -313,6 +341,7 @@ impl Dataset {
             Dataset::Alerts => ALERTS,
             Dataset::Anomalies => ANOMALIES,
             Dataset::Events => EVENTS,
+            Dataset::OtelMetrics => OTEL_METRICS,
         }
     }
 
@@ -351,6 +380,7 @@ impl Dataset {
             Dataset::VmEvents => &["event_id"],
             // CloudEvents are one event per (source, id), within a tenant.
             Dataset::Events => &["tenant", "source", "id"],
+            Dataset::OtelMetrics => &["tenant", "point_id"],
         }
     }
 
@@ -381,7 +411,7 @@ impl Dataset {
             | Dataset::UsageSnapshots => "microdao_id",
             Dataset::UsageChatSummary => "app_id",
             Dataset::VmMetrics | Dataset::VmEvents => "customer_id",
-            Dataset::Events => "tenant",
+            Dataset::Events | Dataset::OtelMetrics => "tenant",
             Dataset::HostUsage | Dataset::Rejected | Dataset::Alerts | Dataset::Anomalies => {
                 return None
             }

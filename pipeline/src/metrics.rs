@@ -179,12 +179,12 @@ pub struct Metrics {
     pub meter_days_stored: Counter,
     pub meter_days_merged: Counter,
     /// OTLP records by what they were: model calls (stored, or duplicates),
-    /// records that are not calls, calls refused; metric data points
-    /// refused (not stored yet).
+    /// records that are not calls, records refused; metric data points
+    /// taken.
     pub otlp_calls: Counter,
     pub otlp_not_calls: Counter,
     pub otlp_rejected: Counter,
-    pub otlp_points_refused: Counter,
+    pub otlp_points: Counter,
     /// Per meter: events of its type in rolled-up hours that it cannot
     /// read (value missing, or not a number where it needs one).
     pub meter_unreadable: Mutex<BTreeMap<String, u64>>,
@@ -427,11 +427,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP tally_otlp_records_total OTLP log records and spans by outcome: a model call taken (call), not a model call (not_a_call), a call refused in partial_success (rejected).\n# TYPE tally_otlp_records_total counter\ntally_otlp_records_total{{outcome=\"call\"}} {}\ntally_otlp_records_total{{outcome=\"not_a_call\"}} {}\ntally_otlp_records_total{{outcome=\"rejected\"}} {}\n# HELP tally_otlp_data_points_refused_total OTLP metric data points refused in partial_success (not stored yet).\n# TYPE tally_otlp_data_points_refused_total counter\ntally_otlp_data_points_refused_total {}",
+            "# HELP tally_otlp_records_total OTLP log records and spans by outcome: a model call taken (call), not a model call (not_a_call), a call or data point refused in partial_success (rejected).\n# TYPE tally_otlp_records_total counter\ntally_otlp_records_total{{outcome=\"call\"}} {}\ntally_otlp_records_total{{outcome=\"not_a_call\"}} {}\ntally_otlp_records_total{{outcome=\"rejected\"}} {}\n# HELP tally_otlp_data_points_total OTLP metric data points taken into otel_metrics (stored, or copies).\n# TYPE tally_otlp_data_points_total counter\ntally_otlp_data_points_total {}",
             self.otlp_calls.get(),
             self.otlp_not_calls.get(),
             self.otlp_rejected.get(),
-            self.otlp_points_refused.get()
+            self.otlp_points.get()
         );
         let _ = writeln!(
             out,

@@ -4,12 +4,15 @@ GenAI spans.
 
 Usage: otlp_send.py PROTOCOL ENDPOINT TOKEN FILE
   PROTOCOL: grpc | http-protobuf | http-json
-  FILE: JSON {"logs": [...], "spans": [...]} where a log is
+  FILE: JSON {"logs": [...], "spans": [...], "metrics": [...]} where a log is
     {"service": str, "body": str|null, "time_ns": int|null,
      "attributes": {...}} and a span is
     {"service": str, "name": str, "trace_id": int, "span_id": int,
      "start_ns": int, "end_ns": int, "attributes": {...}}
-Prints what each exporter returned.
+  and a metric is {"name": str, "kind": "counter"|"histogram",
+     "temporality": "cumulative"|"delta", "runs": [[[value, {attrs}], ...], ...]}:
+     each run is one MeterProvider (a new start time: a counter reset for a
+     cumulative stream), exported after every value.
 """
 
 import json
@@ -23,6 +26,53 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
+
+
+def metric_exporter(protocol, endpoint, token, temporality):
+    from opentelemetry.sdk.metrics import Counter, Histogram
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+    t = AggregationTemporality.CUMULATIVE if temporality == "cumulative" else AggregationTemporality.DELTA
+    kw = {"headers": {"authorization": f"Bearer {token}"},
+          "preferred_temporality": {Counter: t, Histogram: t}}
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter(endpoint=endpoint.replace("http://", ""), insecure=True, **kw)
+    if protocol == "http-protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics", **kw)
+    from opentelemetry.exporter.otlp.json.http.metric_exporter import OTLPMetricExporter
+
+    return OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics", **kw)
+
+
+def send_metrics(protocol, endpoint, token, metrics):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    for m in metrics:
+        for run in m["runs"]:
+            reader = PeriodicExportingMetricReader(
+                metric_exporter(protocol, endpoint, token, m["temporality"]),
+                export_interval_millis=3_600_000,
+            )
+            provider = MeterProvider(
+                metric_readers=[reader],
+                resource=Resource.create({"service.name": "claude-code"}),
+            )
+            meter = provider.get_meter("tally-test")
+            if m["kind"] == "counter":
+                inst = meter.create_counter(m["name"], unit="tokens")
+                record = inst.add
+            else:
+                inst = meter.create_histogram(m["name"], unit="ms")
+                record = inst.record
+            for value, attrs in run:
+                record(value, attrs)
+                reader.collect()
+            provider.shutdown()
 
 
 def exporters(protocol, endpoint, token):
@@ -113,6 +163,7 @@ def main():
             )
             span.end(end_time=s["end_ns"])
         provider.force_flush()
+    send_metrics(protocol, endpoint, token, spec.get("metrics", []))
     print("sent", protocol, len(spec.get("logs", [])), "logs", len(spans), "spans")
 
 

@@ -42,6 +42,10 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
+/// The `otel_metric_deltas` view: OTLP metric streams as deltas, cumulative
+/// ones with their resets.
+pub const OTEL_METRIC_DELTAS: &str = include_str!("otel_metric_deltas.sql");
+
 /// A DataFusion session with every dataset registered as a table.
 #[derive(Clone)]
 pub struct SqlEngine {
@@ -72,10 +76,14 @@ impl SqlEngine {
         for udf in json::json_udfs() {
             ctx.register_udf(udf);
         }
-        Ok(Self {
+        let engine = Self {
             ctx: Arc::new(ctx),
             file_check: None,
-        })
+        };
+        engine
+            .create_view("otel_metric_deltas", OTEL_METRIC_DELTAS)
+            .await?;
+        Ok(engine)
     }
 
     /// Adds (or replaces) a table under `name`.

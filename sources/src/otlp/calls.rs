@@ -153,7 +153,7 @@ impl Origin<'_> {
             .unwrap_or_else(|| self.fallback_actor.to_string())
     }
 
-    fn tenant(&self, attrs: Attrs) -> String {
+    pub fn tenant(&self, attrs: Attrs) -> String {
         self.tenant
             .map(str::to_string)
             .or_else(|| {

@@ -16,8 +16,8 @@
 //! refused by OTLP's `partial_success` (`rejected_*` and an
 //! `error_message` naming the record and the reason), kept with the
 //! rejected records, and the export's other calls are stored. Metric data
-//! points are not stored yet: each export of them is answered with a
-//! `partial_success` that rejects them and says so.
+//! points go to the `otel_metrics` dataset (`points.rs`), never to
+//! `usage_llm`.
 //!
 //! Limits: a body of at most `--max-body-bytes` (compressed and after
 //! decompression), at most [`MAX_RECORDS`] records an export (400 past
@@ -27,6 +27,7 @@
 
 pub mod calls;
 pub mod json;
+pub mod points;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ use tally_pipeline::access::{Access, DEFAULT_NAMESPACE};
 use tally_pipeline::component::{Component, Context, Handle};
 use tally_pipeline::http_reply::retry_after;
 use tally_pipeline::metrics::Metrics;
-use tally_pipeline::{IngestError, Pipeline, Record, Rejection};
+use tally_pipeline::{Dataset, IngestError, Pipeline, Record, Rejection};
 use tally_proto::opentelemetry::proto::collector::logs::v1 as logs;
 use tally_proto::opentelemetry::proto::collector::metrics::v1 as metrics;
 use tally_proto::opentelemetry::proto::collector::trace::v1 as trace;
@@ -354,32 +355,63 @@ impl Otlp {
         })
     }
 
-    /// Data points are not stored yet: they are refused, and said so.
-    fn metrics(
+    /// Data points go to `otel_metrics`, one row each; a point tally
+    /// cannot store (no time) is refused in `partial_success`.
+    async fn metrics(
         &self,
+        access: &Access,
         req: metrics::ExportMetricsServiceRequest,
     ) -> Result<metrics::ExportMetricsServiceResponse, Refusal> {
-        use tally_proto::opentelemetry::proto::metrics::v1::metric::Data;
-        let points: usize = req
-            .resource_metrics
-            .iter()
-            .flat_map(|r| &r.scope_metrics)
-            .flat_map(|s| &s.metrics)
-            .map(|m| match &m.data {
-                Some(Data::Gauge(g)) => g.data_points.len(),
-                Some(Data::Sum(s)) => s.data_points.len(),
-                Some(Data::Histogram(h)) => h.data_points.len(),
-                Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-                Some(Data::Summary(s)) => s.data_points.len(),
-                None => 0,
-            })
-            .sum();
-        too_many(points)?;
-        self.metrics.otlp_points_refused.add(points as u64);
+        let received = points::received();
+        let mut records = Vec::new();
+        let mut rejections = Vec::new();
+        let mut outcome = Outcome::default();
+        let mut n = 0;
+        for (i, rm) in req.resource_metrics.iter().enumerate() {
+            let attrs = rm.resource.as_ref().map_or(&[][..], |r| &r.attributes);
+            let resource = points::attributes_json(attrs);
+            let origin = self.origin(access, Attrs(attrs), "");
+            let tenant = origin.tenant(Attrs(&[]));
+            for (j, sm) in rm.scope_metrics.iter().enumerate() {
+                for (k, m) in sm.metrics.iter().enumerate() {
+                    for row in points::rows_of(&tenant, &resource, m, received) {
+                        n += 1;
+                        too_many(n)?;
+                        let what = format!("resourceMetrics[{i}].scopeMetrics[{j}].metrics[{k}]");
+                        let refused = match row {
+                            Ok(r) => match access.refuse_record(&r) {
+                                None => {
+                                    records.push(r);
+                                    continue;
+                                }
+                                Some(reason) => reason,
+                            },
+                            Err(reason) => reason,
+                        };
+                        outcome.rejected += 1;
+                        outcome.messages.push(format!("{what}: {refused}"));
+                        rejections.push(Rejection {
+                            index: None,
+                            subject: Some("otlp.metrics".into()),
+                            dataset: Some(Dataset::OtelMetrics),
+                            reason: format!("{what}: {refused}"),
+                            payload: String::new(),
+                        });
+                    }
+                }
+            }
+        }
+        let stored = records.len() as u64;
+        self.pipeline
+            .ingest(SOURCE, records, rejections)
+            .await
+            .map_err(Refusal::Ingest)?;
+        self.metrics.otlp_points.add(stored);
+        self.metrics.otlp_rejected.add(outcome.rejected as u64);
         Ok(metrics::ExportMetricsServiceResponse {
-            partial_success: (points > 0).then(|| metrics::ExportMetricsPartialSuccess {
-                rejected_data_points: points as i64,
-                error_message: "tally does not store OTLP metric data points yet; model calls are counted from log records (Claude Code's api_request, Codex's response.completed) and GenAI spans".into(),
+            partial_success: (outcome.rejected > 0).then(|| metrics::ExportMetricsPartialSuccess {
+                rejected_data_points: outcome.rejected,
+                error_message: outcome.error_message(),
             }),
         })
     }
@@ -559,11 +591,11 @@ async fn http_traces(State(s): State<Otlp>, req: Request) -> Response {
 }
 
 async fn http_metrics(State(s): State<Otlp>, req: Request) -> Response {
-    let (json, _, m) = match decode(s.max_body, req, json::metrics).await {
+    let (json, access, m) = match decode(s.max_body, req, json::metrics).await {
         Ok(d) => d,
         Err(r) => return r,
     };
-    match s.metrics(m) {
+    match s.metrics(&access, m).await {
         Ok(r) => reply(json, &r),
         Err(e) => refused(json, e),
     }
@@ -691,7 +723,9 @@ impl metrics::metrics_service_server::MetricsService for Grpc {
         &self,
         req: tonic::Request<metrics::ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<metrics::ExportMetricsServiceResponse>, tonic::Status> {
-        let _ = grpc_access(&req)?;
-        Ok(tonic::Response::new(self.0.metrics(req.into_inner())?))
+        let access = grpc_access(&req)?;
+        Ok(tonic::Response::new(
+            self.0.metrics(&access, req.into_inner()).await?,
+        ))
     }
 }
