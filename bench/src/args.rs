@@ -159,6 +159,11 @@ pub enum Scenario {
     HttpLlm,
     /// VM metric batches over gRPC (HTTP/2, binary protobuf).
     GrpcVm,
+    /// OTLP log records of Claude Code's `api_request` shape, one model
+    /// call each, as protobuf over `POST /v1/logs`.
+    OtlpHttpLogs,
+    /// The same over OTLP/gRPC (the Logs service's Export).
+    OtlpGrpcLogs,
     /// VM metric batches over Connect with binary protobuf.
     ConnectProtoVm,
     /// VM metric batches over Connect with JSON.

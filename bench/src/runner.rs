@@ -9,6 +9,8 @@ use hdrhistogram::Histogram;
 use prost::Message;
 use tally_proto::billing::v1 as pb;
 use tally_proto::billing::v1::billing_service_client::BillingServiceClient;
+use tally_proto::opentelemetry::proto::collector::logs::v1 as otlp;
+use tally_proto::opentelemetry::proto::collector::logs::v1::logs_service_client::LogsServiceClient;
 use tonic::transport::Channel;
 
 use crate::args::{Args, Scenario};
@@ -85,6 +87,14 @@ pub enum Client {
         vms: u64,
         json: bool,
     },
+    OtlpHttp {
+        http: reqwest::Client,
+        url: String,
+    },
+    OtlpGrpc {
+        grpc: Arc<Vec<LogsServiceClient<Channel>>>,
+        turn: Arc<AtomicU64>,
+    },
     /// Every protocol at once: request `i` goes to `clients[i % len]`.
     Mixed {
         clients: Vec<Client>,
@@ -100,6 +110,8 @@ impl Client {
             Client::GrpcVm { .. } => "grpc-vm",
             Client::ConnectVm { json: false, .. } => "connect-proto-vm",
             Client::ConnectVm { json: true, .. } => "connect-json-vm",
+            Client::OtlpHttp { .. } => "otlp-http-logs",
+            Client::OtlpGrpc { .. } => "otlp-grpc-logs",
             Client::Mixed { .. } => "mixed",
         }
     }
@@ -149,6 +161,65 @@ fn vm_batch(first_id: u64, n: usize, vms: u64, step_ns: i64) -> pb::SendMetricsB
         vm_id: format!("vm-{vm:05}"),
         customer_id: format!("customer-{}", vm % 100),
         metrics,
+    }
+}
+
+/// An OTLP logs export of `n` model calls as Claude Code sends them
+/// (`api_request` records with their attributes), calls `first..first+n`.
+fn otlp_logs(first: u64, n: usize) -> otlp::ExportLogsServiceRequest {
+    use tally_proto::opentelemetry::proto::common::v1::{
+        any_value::Value as V, AnyValue, KeyValue,
+    };
+    use tally_proto::opentelemetry::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use tally_proto::opentelemetry::proto::resource::v1::Resource;
+    let kv = |k: &str, v: V| KeyValue {
+        key: k.to_string(),
+        value: Some(AnyValue { value: Some(v) }),
+    };
+    let s = |x: &str| V::StringValue(x.to_string());
+    // 2026-11-26T10:00:00Z, one call a millisecond.
+    let t0 = 1_795_687_200_000_000_000u64;
+    let records = (first..first + n as u64)
+        .map(|i| LogRecord {
+            time_unix_nano: t0 + i * 1_000_000,
+            observed_time_unix_nano: t0 + i * 1_000_000,
+            body: Some(AnyValue {
+                value: Some(s("claude_code.api_request")),
+            }),
+            attributes: vec![
+                kv("event.name", s("api_request")),
+                kv("session.id", s(&format!("session-{}", i / 50))),
+                kv("user.email", s(&format!("dev{}@acme.test", i % 200))),
+                kv("organization.id", s("org-1")),
+                kv(
+                    "model",
+                    s(["claude-sonnet-4-5", "claude-haiku-4-5"][(i % 2) as usize]),
+                ),
+                kv("request_id", s(&format!("req_{i:012}"))),
+                kv("input_tokens", V::IntValue((i % 900) as i64 + 10)),
+                kv("output_tokens", V::IntValue((i % 400) as i64 + 5)),
+                kv("cache_read_tokens", V::IntValue((i % 30_000) as i64)),
+                kv("cache_creation_tokens", V::IntValue((i % 2_000) as i64)),
+                kv("cost_usd", V::DoubleValue(0.0123)),
+                kv("duration_ms", V::DoubleValue(1234.0)),
+            ],
+            ..Default::default()
+        })
+        .collect();
+    otlp::ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", s("claude-code")),
+                    kv("service.version", s("2.0.14")),
+                ],
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
     }
 }
 
@@ -233,6 +304,21 @@ async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant)
                 let req = http.post(url).header("content-type", ct).body(body);
                 http_outcome(req.send().await).await
             }
+            Client::OtlpHttp { http, url } => {
+                let req = http
+                    .post(url)
+                    .header("content-type", "application/x-protobuf")
+                    .body(otlp_logs(first, batch).encode_to_vec());
+                http_outcome(req.send().await).await
+            }
+            Client::OtlpGrpc { grpc, turn } => {
+                let i = turn.fetch_add(1, Ordering::Relaxed) as usize;
+                let mut grpc = grpc[i % grpc.len()].clone();
+                grpc.export(otlp_logs(first, batch))
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("{:?}", s.code()))
+            }
             Client::Mixed { .. } => Err("nested mixed client".into()),
         };
         // `--retry-refused`: a refused request is sent again, as a client
@@ -304,6 +390,23 @@ async fn client_for(
                 grpc: Arc::new(grpc),
                 turn: Arc::new(AtomicU64::new(0)),
                 vms: args.vms,
+            }
+        }
+        Scenario::OtlpHttpLogs => Client::OtlpHttp {
+            http: http.clone(),
+            url: format!("{base}/v1/logs"),
+        },
+        Scenario::OtlpGrpcLogs => {
+            let mut grpc = Vec::new();
+            for _ in 0..args.concurrency.max(1) {
+                let channel = tonic::transport::Endpoint::from_shared(base.to_string())?
+                    .connect()
+                    .await?;
+                grpc.push(LogsServiceClient::new(channel));
+            }
+            Client::OtlpGrpc {
+                grpc: Arc::new(grpc),
+                turn: Arc::new(AtomicU64::new(0)),
             }
         }
         Scenario::ConnectProtoVm => Client::ConnectVm {
