@@ -336,6 +336,36 @@ async fn opentelemetry_exporters_land_model_calls_once_with_their_tokens() {
     assert_eq!(stored(&t, &admin).await, want);
     assert_eq!(stored_metrics(&t, &admin).await, want_metrics);
 
+    // Downstream reads them as any usage: /internal/usage/models has the
+    // calls and tokens per model, priced by tally's catalogue.
+    let r = reqwest::Client::new()
+        .get(t.url(&format!(
+            "/internal/usage/models?microdao_id=acme&from={}&to={}",
+            rfc(T0 - 3_600_000_000_000),
+            rfc(T0 + 2 * 3_600_000_000_000)
+        )))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let models: Value = r.json().await.unwrap();
+    for m in models["models"].as_array().unwrap() {
+        let w = want[m["model"].as_str().unwrap()];
+        let got = [
+            m["calls"].as_i64().unwrap(),
+            m["prompt_tokens"].as_i64().unwrap(),
+            m["completion_tokens"].as_i64().unwrap(),
+            m["cache_read_tokens"].as_i64().unwrap(),
+            m["cache_creation_tokens"].as_i64().unwrap(),
+        ];
+        assert_eq!(got, w[..5], "{m}");
+        if m["model"] == "claude-sonnet-4-5" || m["model"] == "gpt-4o" {
+            assert!(m["cost_usd"].as_f64().unwrap() > 0.0, "{m}");
+        }
+    }
+    assert_eq!(models["models"].as_array().unwrap().len(), want.len());
+
     // An exporter's retry: the same export again counts nothing more.
     let (protocol, spec) = &specs[1];
     send(dir.path(), protocol, &t.url(""), &ingest, spec);
