@@ -319,6 +319,30 @@ fn number_points(o: &Obj, at: &str) -> Result<Vec<NumberDataPoint>, Bad> {
         .collect()
 }
 
+/// What histogram and summary points share.
+struct Counted {
+    attributes: Vec<KeyValue>,
+    start: u64,
+    time: u64,
+    count: u64,
+    sum: Option<f64>,
+}
+
+fn counted_points<T>(o: &Obj, at: &str, make: impl Fn(Counted) -> T) -> Result<Vec<T>, Bad> {
+    objects(o, "dataPoints", at)?
+        .into_iter()
+        .map(|(at, p)| {
+            Ok(make(Counted {
+                attributes: key_values(p, "attributes", &at)?,
+                start: uint(p, "startTimeUnixNano", &at)?,
+                time: uint(p, "timeUnixNano", &at)?,
+                count: uint(p, "count", &at)?,
+                sum: double(p, "sum", &at)?,
+            }))
+        })
+        .collect()
+}
+
 pub fn metrics(body: &[u8]) -> Result<ExportMetricsServiceRequest, Bad> {
     let o = parse(body)?;
     let mut out = ExportMetricsServiceRequest::default();
@@ -351,54 +375,39 @@ pub fn metrics(body: &[u8]) -> Result<ExportMetricsServiceRequest, Bad> {
                     }))
                 } else if let Some(h) = object(m, "histogram", &at)? {
                     let at = format!("{at}.histogram");
-                    let data_points = objects(h, "dataPoints", &at)?
-                        .into_iter()
-                        .map(|(at, p)| {
-                            Ok(HistogramDataPoint {
-                                attributes: key_values(p, "attributes", &at)?,
-                                start_time_unix_nano: uint(p, "startTimeUnixNano", &at)?,
-                                time_unix_nano: uint(p, "timeUnixNano", &at)?,
-                                count: uint(p, "count", &at)?,
-                                sum: double(p, "sum", &at)?,
-                            })
-                        })
-                        .collect::<Result<_, Bad>>()?;
+                    let data_points = counted_points(h, &at, |c| HistogramDataPoint {
+                        attributes: c.attributes,
+                        start_time_unix_nano: c.start,
+                        time_unix_nano: c.time,
+                        count: c.count,
+                        sum: c.sum,
+                    })?;
                     Some(metric::Data::Histogram(Histogram {
                         data_points,
                         aggregation_temporality: temporality(h, &at)?,
                     }))
                 } else if let Some(h) = object(m, "exponentialHistogram", &at)? {
                     let at = format!("{at}.exponentialHistogram");
-                    let data_points = objects(h, "dataPoints", &at)?
-                        .into_iter()
-                        .map(|(at, p)| {
-                            Ok(ExponentialHistogramDataPoint {
-                                attributes: key_values(p, "attributes", &at)?,
-                                start_time_unix_nano: uint(p, "startTimeUnixNano", &at)?,
-                                time_unix_nano: uint(p, "timeUnixNano", &at)?,
-                                count: uint(p, "count", &at)?,
-                                sum: double(p, "sum", &at)?,
-                            })
-                        })
-                        .collect::<Result<_, Bad>>()?;
+                    let data_points = counted_points(h, &at, |c| ExponentialHistogramDataPoint {
+                        attributes: c.attributes,
+                        start_time_unix_nano: c.start,
+                        time_unix_nano: c.time,
+                        count: c.count,
+                        sum: c.sum,
+                    })?;
                     Some(metric::Data::ExponentialHistogram(ExponentialHistogram {
                         data_points,
                         aggregation_temporality: temporality(h, &at)?,
                     }))
                 } else if let Some(s) = object(m, "summary", &at)? {
                     let at = format!("{at}.summary");
-                    let data_points = objects(s, "dataPoints", &at)?
-                        .into_iter()
-                        .map(|(at, p)| {
-                            Ok(SummaryDataPoint {
-                                attributes: key_values(p, "attributes", &at)?,
-                                start_time_unix_nano: uint(p, "startTimeUnixNano", &at)?,
-                                time_unix_nano: uint(p, "timeUnixNano", &at)?,
-                                count: uint(p, "count", &at)?,
-                                sum: double(p, "sum", &at)?.unwrap_or(0.0),
-                            })
-                        })
-                        .collect::<Result<_, Bad>>()?;
+                    let data_points = counted_points(s, &at, |c| SummaryDataPoint {
+                        attributes: c.attributes,
+                        start_time_unix_nano: c.start,
+                        time_unix_nano: c.time,
+                        count: c.count,
+                        sum: c.sum.unwrap_or(0.0),
+                    })?;
                     Some(metric::Data::Summary(Summary { data_points }))
                 } else {
                     None

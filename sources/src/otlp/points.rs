@@ -96,13 +96,14 @@ pub fn rows_of(
             None,
             h.data_points
                 .iter()
-                .map(|p| Point {
-                    attributes: &p.attributes,
-                    start: p.start_time_unix_nano,
-                    time: p.time_unix_nano,
-                    value: None,
-                    count: Some(p.count),
-                    sum: p.sum,
+                .map(|p| {
+                    counted(
+                        &p.attributes,
+                        p.start_time_unix_nano,
+                        p.time_unix_nano,
+                        p.count,
+                        p.sum,
+                    )
                 })
                 .collect(),
         ),
@@ -112,29 +113,32 @@ pub fn rows_of(
             None,
             h.data_points
                 .iter()
-                .map(|p| Point {
-                    attributes: &p.attributes,
-                    start: p.start_time_unix_nano,
-                    time: p.time_unix_nano,
-                    value: None,
-                    count: Some(p.count),
-                    sum: p.sum,
+                .map(|p| {
+                    counted(
+                        &p.attributes,
+                        p.start_time_unix_nano,
+                        p.time_unix_nano,
+                        p.count,
+                        p.sum,
+                    )
                 })
                 .collect(),
         ),
+        // Summaries are cumulative by definition.
         Some(Data::Summary(s)) => (
             "summary",
             2,
             None,
             s.data_points
                 .iter()
-                .map(|p| Point {
-                    attributes: &p.attributes,
-                    start: p.start_time_unix_nano,
-                    time: p.time_unix_nano,
-                    value: None,
-                    count: Some(p.count),
-                    sum: Some(p.sum),
+                .map(|p| {
+                    counted(
+                        &p.attributes,
+                        p.start_time_unix_nano,
+                        p.time_unix_nano,
+                        p.count,
+                        Some(p.sum),
+                    )
                 })
                 .collect(),
         ),
@@ -176,6 +180,24 @@ pub fn rows_of(
             b.build().map_err(|e| format!("{}: {e}", m.name))
         })
         .collect()
+}
+
+/// A histogram's or summary's point: its count and sum.
+fn counted(
+    attributes: &[KeyValue],
+    start: u64,
+    time: u64,
+    count: u64,
+    sum: Option<f64>,
+) -> Point<'_> {
+    Point {
+        attributes,
+        start,
+        time,
+        value: None,
+        count: Some(count),
+        sum,
+    }
 }
 
 fn number(p: &tally_proto::opentelemetry::proto::metrics::v1::NumberDataPoint) -> Point<'_> {
