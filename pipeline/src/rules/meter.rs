@@ -308,6 +308,20 @@ impl Fold {
 }
 
 impl Fold {
+    /// [`Fold::merge`] of a borrowed fold: a month's regroup merges a
+    /// million of them, and only `UNIQUE_COUNT`'s values need a copy.
+    pub fn merge_ref(&mut self, other: &Fold) {
+        match (self, other) {
+            (Fold::Sum(a), Fold::Sum(b)) => *a += b,
+            (Fold::Count(a), Fold::Count(b)) => *a += b,
+            (Fold::Avg(s, n), Fold::Avg(s2, n2)) => {
+                *s += s2;
+                *n += n2;
+            }
+            (kept, other) => kept.merge(other.clone()),
+        }
+    }
+
     /// Adds another fold of the same aggregation: the value of both sets
     /// of events (hourly rollups merged into a window).
     pub fn merge(&mut self, other: Fold) {

@@ -499,7 +499,7 @@ pub fn fold_rows(
                     .or_insert_with(|| (Fold::new(m.aggregation), HashSet::new()));
                 match (&mut acc.0, &row.fold) {
                     (Fold::Unique(_), _) => acc.1.extend(row.distinct.iter().copied()),
-                    (kept, other) => kept.merge(other.clone()),
+                    (kept, other) => kept.merge_ref(other),
                 }
             }
         }
