@@ -465,6 +465,29 @@ async fn otlp_json_takes_bare_integers_and_refuses_a_bad_record_alone() {
     assert_eq!(rows[0]["p"], json!(108));
     assert_eq!(rows[0]["n"], json!(2));
 
+    // Gzip'd, as exporters send with OTEL_EXPORTER_OTLP_COMPRESSION=gzip.
+    let gz = json!({"resourceLogs": [{"scopeLogs": [{"logRecords": [
+        record(Some("req_gz"), json!(1000))]}]}]});
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut enc, gz.to_string().as_bytes()).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{otlp_addr}/v1/logs"))
+        .bearer_auth(&ingest)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(enc.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rows = sql(
+        &t,
+        &admin,
+        "SELECT sum(prompt_tokens) AS p FROM usage_llm WHERE event_id = 'claude-code:request:req_gz'",
+    )
+    .await;
+    assert_eq!(rows[0]["p"], json!(1000));
+
     // Bad tokens and bad bodies, in OTLP/HTTP's error shape.
     let r = post("not-a-token", body.to_string()).await.unwrap();
     assert_eq!(r.status(), 401);
