@@ -87,6 +87,11 @@ impl Subject {
                 )))
             }
         };
+        self.decode_object(obj)
+    }
+
+    /// Turns one event's fields into a record, or says what is wrong.
+    pub fn decode_object(self, obj: &Object) -> Result<Record, InvalidEvent> {
         match self {
             Subject::UsageLlm => agent_usage::llm(obj),
             Subject::UsageTool => agent_usage::tool(obj),

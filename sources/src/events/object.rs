@@ -139,6 +139,17 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// An object from fields as built by a source (no JSON text or tree
+    /// in between), in order.
+    pub fn from_fields(fields: Vec<(&'a str, Field<'a>)>) -> Object<'a> {
+        Object {
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (tag(k), Cow::Borrowed(k), v))
+                .collect(),
+        }
+    }
+
     /// The field's value; the last one when a name is sent twice (as
     /// JSON parsers that build maps keep it).
     pub fn get(&self, name: &str) -> Option<&Field<'a>> {

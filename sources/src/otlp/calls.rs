@@ -18,10 +18,14 @@
 //! tenant. When: the record's time, else `event.timestamp`, else the time
 //! it was observed; a record with none of them is refused.
 
+use std::borrow::Cow;
+
 use serde_json::{json, Map, Value};
 use tally_proto::opentelemetry::proto::common::v1::{any_value, AnyValue, KeyValue};
 use tally_proto::opentelemetry::proto::logs::v1::LogRecord;
 use tally_proto::opentelemetry::proto::trace::v1::Span;
+
+use crate::events::object::Field;
 
 /// Attributes, looked up by key (the last of equal keys wins, as most
 /// SDKs keep one).
@@ -90,11 +94,15 @@ pub struct Origin<'a> {
     pub fallback_actor: &'a str,
 }
 
+/// A model call as a `usage.llm` event's fields, built from the record's
+/// attributes.
+pub type Call = Vec<(&'static str, Field<'static>)>;
+
 /// What a record is to tally.
 #[derive(Debug)]
 pub enum Found {
     /// A model call: a `usage.llm` event.
-    Call(Value),
+    Call(Call),
     /// Not a model call (a prompt, a tool decision, a countless duplicate
     /// of a Codex completion): nothing to store.
     NotACall,
@@ -180,29 +188,32 @@ impl Origin<'_> {
         tokens: Tokens,
         latency_ms: f64,
         metadata: Map<String, Value>,
-    ) -> Value {
+    ) -> Call {
         let session = ["session.id", "conversation.id", "gen_ai.conversation.id"]
             .iter()
             .find_map(|k| attrs.text(k));
-        json!({
-            "event_id": id,
-            "timestamp": time,
-            "actor_id": self.actor(attrs),
-            "actor_type": "human",
-            "agent_id": self.agent(),
-            "microdao_id": self.tenant(attrs),
-            "model": model,
-            "provider": provider,
-            "prompt_tokens": tokens.prompt,
-            "completion_tokens": tokens.completion,
-            "cache_creation_tokens": tokens.cache_creation,
-            "cache_read_tokens": tokens.cache_read,
-            "total_tokens": tokens.total,
-            "latency_ms": latency_ms.max(0.0).round() as u64,
-            "success": true,
-            "chat_id": session,
-            "metadata": Value::Object(metadata),
-        })
+        let text = |s: String| Field::Str(Cow::Owned(s));
+        let opt = |s: Option<String>| s.map_or(Field::Null, text);
+        let count = |n: i64| Field::PosInt(n.max(0) as u64);
+        vec![
+            ("event_id", text(id)),
+            ("timestamp", text(time)),
+            ("actor_id", text(self.actor(attrs))),
+            ("actor_type", Field::Str(Cow::Borrowed("human"))),
+            ("agent_id", opt(self.agent())),
+            ("microdao_id", text(self.tenant(attrs))),
+            ("model", text(model)),
+            ("provider", text(provider)),
+            ("prompt_tokens", count(tokens.prompt)),
+            ("completion_tokens", count(tokens.completion)),
+            ("cache_creation_tokens", count(tokens.cache_creation)),
+            ("cache_read_tokens", count(tokens.cache_read)),
+            ("total_tokens", count(tokens.total)),
+            ("latency_ms", count(latency_ms.max(0.0).round() as i64)),
+            ("success", Field::Bool(true)),
+            ("chat_id", opt(session)),
+            ("metadata", Field::Nested(Value::Object(metadata))),
+        ]
     }
 }
 
@@ -277,7 +288,7 @@ pub fn of_log(origin: &Origin, r: &LogRecord) -> Result<Found, String> {
     Ok(Found::NotACall)
 }
 
-fn claude_code(origin: &Origin, r: &LogRecord, attrs: Attrs) -> Result<Value, String> {
+fn claude_code(origin: &Origin, r: &LogRecord, attrs: Attrs) -> Result<Call, String> {
     let request = attrs
         .text("request_id")
         .ok_or("an api_request record needs request_id (its event id)")?;
@@ -418,7 +429,7 @@ fn genai(
     id: String,
     time: String,
     latency_ms: Option<f64>,
-) -> Result<Value, String> {
+) -> Result<Call, String> {
     let model = attrs
         .text("gen_ai.response.model")
         .or_else(|| attrs.text("gen_ai.request.model"))

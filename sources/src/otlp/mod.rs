@@ -50,7 +50,7 @@ use tally_proto::opentelemetry::proto::collector::logs::v1 as logs;
 use tally_proto::opentelemetry::proto::collector::metrics::v1 as metrics;
 use tally_proto::opentelemetry::proto::collector::trace::v1 as trace;
 
-use crate::events::object::{Event, Object};
+use crate::events::object::Object;
 use crate::events::Subject;
 use calls::{Attrs, Found, Origin};
 
@@ -249,21 +249,18 @@ impl Otlp {
                 Ok(Found::NotACall) => {
                     self.metrics.otlp_not_calls.add(1);
                 }
-                Ok(Found::Call(event)) => {
-                    // The event's fields are read from its tree as built:
-                    // no JSON text in between.
-                    let decoded = match &event {
-                        serde_json::Value::Object(map) => Subject::UsageLlm
-                            .decode(&Event::Object(Object::from_map(map)))
-                            .map_err(|e| e.0),
-                        _ => Err("a call is a JSON object".to_string()),
-                    };
+                Ok(Found::Call(call)) => {
+                    // The call's fields are read as built: no JSON in
+                    // between.
+                    let obj = Object::from_fields(call);
+                    let payload = || serde_json::Value::Object(obj.to_map()).to_string();
+                    let decoded = Subject::UsageLlm.decode_object(&obj).map_err(|e| e.0);
                     match decoded {
                         Ok(r) => match access.refuse_record(&r) {
                             None => records.push(r),
-                            Some(reason) => refuse(&what, reason, event.to_string(), &mut outcome),
+                            Some(reason) => refuse(&what, reason, payload(), &mut outcome),
                         },
-                        Err(reason) => refuse(&what, reason, event.to_string(), &mut outcome),
+                        Err(reason) => refuse(&what, reason, payload(), &mut outcome),
                     }
                 }
                 Err(reason) => refuse(&what, reason, String::new(), &mut outcome),
