@@ -245,3 +245,6 @@ mod file_error_tests {
         )));
     }
 }
+
+#[cfg(test)]
+mod otel_metric_deltas_tests;
