@@ -669,3 +669,66 @@ async fn the_same_calls_from_session_logs_and_over_otlp_count_the_same_tokens() 
     );
     assert_eq!(from_otlp, from_logs);
 }
+
+/// The Usage API reads OTLP calls as it reads any: a Claude Code user's
+/// current 5-hour block counts the tokens of their `api_request` records.
+#[tokio::test]
+async fn the_usage_api_counts_a_claude_code_users_otlp_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ingest = create_token(&data, "acme-otel", "ingest", &["acme"]);
+    let admin = create_token(&data, "ops", "admin", &[]);
+    let t = Tally::start(&data, &[]).await;
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let kv = |k: &str, v: Value| json!({"key": k, "value": v});
+    // (minutes ago, input, output, cache read, cache write)
+    let calls = [(20, 1200, 300, 5000, 100), (10, 800, 250, 7000, 0)];
+    let records: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, (ago, input, output, read, write))| {
+            json!({"timeUnixNano": (now - ago * 60_000_000_000i64).to_string(),
+                "body": {"stringValue": "claude_code.api_request"},
+                "attributes": [kv("event.name", json!({"stringValue": "api_request"})),
+                    kv("request_id", json!({"stringValue": format!("req_now_{i}")})),
+                    kv("user.email", json!({"stringValue": "dev@acme.test"})),
+                    kv("model", json!({"stringValue": "claude-sonnet-4-5"})),
+                    kv("input_tokens", json!({"intValue": input})),
+                    kv("output_tokens", json!({"intValue": output})),
+                    kv("cache_read_tokens", json!({"intValue": read})),
+                    kv("cache_creation_tokens", json!({"intValue": write}))]})
+        })
+        .collect();
+    let body = json!({"resourceLogs": [{"resource": {"attributes": [
+        kv("service.name", json!({"stringValue": "claude-code"}))]},
+        "scopeLogs": [{"logRecords": records}]}]});
+    let r = reqwest::Client::new()
+        .post(t.url("/v1/logs"))
+        .bearer_auth(&ingest)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = reqwest::Client::new()
+        .get(t.url("/api/usage/stats?actor_id=dev@acme.test&microdao_id=acme"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let s: Value = r.json().await.unwrap();
+    let sum = |f: fn(&(i64, i64, i64, i64, i64)) -> i64| calls.iter().map(f).sum::<i64>();
+    let (input, output, read, write) = (sum(|c| c.1), sum(|c| c.2), sum(|c| c.3), sum(|c| c.4));
+    let cur = &s["current_session"];
+    assert_eq!(cur["is_active"], true, "{s}");
+    assert_eq!(
+        cur["token_counts"],
+        json!({"input_tokens": input, "output_tokens": output,
+               "cache_creation_tokens": write, "cache_read_tokens": read,
+               "total_tokens": input + output + read + write}),
+        "{s}"
+    );
+    assert_eq!(cur["sent_messages_count"], 2, "{s}");
+}
