@@ -135,16 +135,11 @@ impl History {
         // A rolled hour whose files fail their checksum (checked the first
         // time each is used) is read from raw rows; its rollups are built
         // again by the compactor.
-        let check = self.store.file_check();
         let rolled: HashMap<i64, Arc<RolledHour>> = self
             .rollups
             .range(d, first, to)
             .into_iter()
-            .filter(|(h, r)| {
-                check
-                    .as_ref()
-                    .is_none_or(|c| r.tables.values().all(|f| c.ensure_rollup(d, *h, f)))
-            })
+            .filter(|(h, r)| r.tables.values().all(|f| self.rollup_intact(d, *h, f)))
             .collect();
         let mut hours: BTreeSet<i64> = raw_files.keys().copied().collect();
         hours.extend(busy.range(first..to).copied());

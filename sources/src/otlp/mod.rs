@@ -233,6 +233,8 @@ impl Otlp {
         let mut outcome = Outcome::default();
         let mut records: Vec<Record> = Vec::new();
         let mut rejections: Vec<Rejection> = Vec::new();
+        // Calls refused for their tenant, and the first reason.
+        let (mut other_tenant, mut other_tenants) = (None::<String>, 0);
         let mut refuse = |what: &str, reason: String, payload: String, o: &mut Outcome| {
             o.rejected += 1;
             o.messages.push(format!("{what}: {reason}"));
@@ -258,7 +260,11 @@ impl Otlp {
                     match decoded {
                         Ok(r) => match access.refuse_record(&r) {
                             None => records.push(r),
-                            Some(reason) => refuse(&what, reason, payload(), &mut outcome),
+                            Some(reason) => {
+                                other_tenant.get_or_insert_with(|| reason.clone());
+                                other_tenants += 1;
+                                refuse(&what, reason, payload(), &mut outcome)
+                            }
                         },
                         Err(reason) => refuse(&what, reason, payload(), &mut outcome),
                     }
@@ -266,15 +272,10 @@ impl Otlp {
                 Err(reason) => refuse(&what, reason, String::new(), &mut outcome),
             }
         }
-        if records.is_empty() && outcome.rejected > 0 && !access.all_tenants() {
-            if let Some(m) = outcome
-                .messages
-                .iter()
-                .find(|m| m.contains("may not write"))
-            {
-                if outcome.messages.iter().all(|x| x.contains("may not write")) {
-                    return Err(Refusal::Forbidden(m.clone()));
-                }
+        // Every call is another tenant's: the export as a whole may not.
+        if let Some(reason) = other_tenant.filter(|_| other_tenants == outcome.rejected) {
+            if records.is_empty() {
+                return Err(Refusal::Forbidden(reason));
             }
         }
         let calls = records.len() as u64;
@@ -367,7 +368,7 @@ impl Otlp {
         access: &Access,
         req: metrics::ExportMetricsServiceRequest,
     ) -> Result<metrics::ExportMetricsServiceResponse, Refusal> {
-        let received = points::received();
+        let received = tally_pipeline::now_ns();
         let mut records = Vec::new();
         let mut rejections = Vec::new();
         let mut outcome = Outcome::default();

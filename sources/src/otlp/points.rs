@@ -11,7 +11,7 @@
 //! points go to `otel_metrics` only, never to `usage_llm`.
 
 use serde_json::{json, Map, Value as Json};
-use tally_pipeline::{now_ns, Dataset, Record, RecordBuilder, Value};
+use tally_pipeline::{Dataset, Record, RecordBuilder, Value};
 use tally_proto::opentelemetry::proto::common::v1::{any_value, AnyValue, KeyValue};
 use tally_proto::opentelemetry::proto::metrics::v1::{metric::Data, number_data_point, Metric};
 
@@ -213,9 +213,4 @@ fn number(p: &tally_proto::opentelemetry::proto::metrics::v1::NumberDataPoint) -
         count: None,
         sum: None,
     }
-}
-
-/// Nanoseconds now (when the points arrived).
-pub fn received() -> i64 {
-    now_ns()
 }
