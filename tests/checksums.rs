@@ -394,7 +394,15 @@ async fn damaged_raw_and_rollup_files_keep_answers_right_and_repair_brings_the_r
 
     let raw = by_hour(&data, "usage_llm");
     let rolled = by_hour(&data, "usage_llm_hourly");
-    let middle = |p: &Path| std::fs::metadata(p).unwrap().len() as usize / 2;
+    // The middle of the data pages: a flip there leaves the footer, and so
+    // the row count the damage report gives, readable. (The middle of a
+    // small file can fall in its footer.)
+    let middle = |p: &Path| {
+        let bytes = std::fs::read(p).unwrap();
+        let n = bytes.len();
+        let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+        4 + (n - 8 - footer - 4) / 2
+    };
     let raw_a = raw[&parts[0]][0].clone();
     let rollup_b = rolled[&parts[1]][0].clone();
     let (raw_c, rollup_c) = (raw[&parts[2]][0].clone(), rolled[&parts[2]][0].clone());
