@@ -8,7 +8,10 @@
 #   vm:  RECORDS VM samples (default 100,000,000) of 1,000 VMs over October 2026
 #   llm: RECORDS usage.llm events (default 10,000,000) over the last 30 days
 # Needs: cargo build --release -p tally -p tally-bench; pip install duckdb
-# Env: TALLY and BENCH (the binaries), RUNS (requests a query), PEER_RUNS.
+# Env: TALLY and BENCH (the binaries), RUNS (requests a query), PEER_RUNS,
+#      DIR (kept when given), QUERY_ONLY=1: DIR holds data loaded and
+#      compacted by an earlier run; start on it and time the reads only (an
+#      A/B of two builds on the same files).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KIND=${1:-vm}
@@ -16,10 +19,12 @@ if [ "$KIND" = vm ]; then N=${2:-100000000}; else N=${2:-10000000}; fi
 RUNS=${RUNS:-20}
 TALLY=${TALLY:-target/release/tally}
 BENCH=${BENCH:-target/release/tally-bench}
-DIR=$(mktemp -d)
+KEEP=${DIR:+1}
+DIR=${DIR:-$(mktemp -d)}
+mkdir -p "$DIR"
 PORT=${PORT:-18091}
 URL=http://127.0.0.1:$PORT
-trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
+trap 'kill $PID 2>/dev/null || true; [ -n "$KEEP" ] || rm -rf "$DIR"' EXIT
 
 start() {
   "$TALLY" serve --data "$DIR/data" --listen 127.0.0.1:$PORT --no-sampler "$@" \
@@ -28,6 +33,14 @@ start() {
   until curl -sf "$URL/health" >/dev/null; do sleep 0.05; done
 }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' /proc/$PID/status; }
+
+if [ -n "${QUERY_ONLY:-}" ]; then
+  start --compact-after 0s --compact-interval 1s
+  "$BENCH" --scenario history-$KIND --target "$URL" --phase read --queries "$RUNS" --quiet
+  echo "{\"rss_after_reads_mib\": $(rss_mib)}"
+  kill -TERM $PID; wait $PID || true
+  exit 0
+fi
 
 # Compaction held back while loading: one pass at the end, as after a backlog.
 start --compact-interval 24h
