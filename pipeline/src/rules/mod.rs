@@ -19,6 +19,7 @@ pub mod json_path;
 pub mod meter;
 pub mod meter_hourly;
 pub mod vm;
+pub mod vm_bill;
 
 pub const USAGE_LLM_HOURLY: &str = include_str!("sql/usage_llm_hourly.sql");
 pub const USAGE_TOOL_HOURLY: &str = include_str!("sql/usage_tool_hourly.sql");

@@ -43,7 +43,9 @@ use tally_pipeline::Dataset;
 use crate::history::History;
 use crate::http::{error_response, forbidden};
 use crate::sql::{QueryError, SqlEngine};
+use arrow::record_batch::RecordBatch;
 use tally_pipeline::rules::vm::{self as hours, Sample, VmHour};
+use tally_pipeline::rules::vm_bill::{BillRow, HourIndex};
 use tally_pipeline::rules::{gap_fingerprint, VM_SAMPLES};
 
 pub fn router(history: History) -> Router {
@@ -100,18 +102,13 @@ impl Window {
     }
 }
 
-/// One row of the answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WindowRow {
-    pub customer_id: String,
-    pub vm_id: String,
-    pub start: i64,
-    pub end: i64,
-    pub usage: hours::Usage,
-}
+/// One row of the answer: one window of one VM.
+pub type WindowRow = BillRow;
 
 /// The bill: windows of `window` starting in `[from, to)`, for the VMs
 /// `keep` accepts (by customer and VM), ordered by customer, VM and time.
+/// Stored hours are read in place ([`HourIndex`]); hours not rolled up are
+/// folded from raw samples and join them as one more batch.
 pub async fn bill(
     history: &History,
     window: Window,
@@ -129,41 +126,32 @@ pub async fn bill(
     let d = Dataset::VmMetrics;
 
     let cov = history.coverage(d, h0, h1, &fp);
-    let mut rows: Vec<VmHour> = Vec::new();
-    for b in history.rolled_rows(d, &cov).await? {
-        rows.extend(hours::from_batch(&b, keep));
-    }
+    let rolled = history.rolled_rows(d, &cov).await?;
     let raw = history.raw_rows(d, VM_SAMPLES, &cov).await?;
-    rows.extend(
-        hours::fold(&raw, &spans, limit)
-            .into_iter()
-            .filter(|h| keep(&h.customer_id, &h.vm_id)),
-    );
-    let before = last_samples_before(history, h0, &rows, keep, &spans).await?;
-    let rows = hours::assemble(rows, &before, &spans, limit);
-    Ok(hours::windows(&rows, &|h| window.of(h))
+    let raw_hours: Vec<VmHour> = hours::fold(&raw, &spans, limit)
         .into_iter()
-        .filter(|((_, _, start), _)| *start >= from && *start < to)
-        .map(|((customer_id, vm_id, start), (end, usage))| WindowRow {
-            customer_id,
-            vm_id,
-            start,
-            end,
-            usage,
-        })
-        .collect())
+        .filter(|h| keep(&h.customer_id, &h.vm_id))
+        .collect();
+    let raw_hours = hours::to_batch(&raw_hours);
+    let mut batches: Vec<&RecordBatch> = rolled.iter().map(|b| b.as_ref()).collect();
+    batches.push(&raw_hours);
+    let index = HourIndex::new(&batches, keep);
+    let wanted: HashSet<&str> = index.vm_ids().collect();
+    let before = last_samples_before(history, h0, wanted, keep, &spans).await?;
+    let mut rows = index.windows(&before, &spans, limit, &|h| window.of(h));
+    rows.retain(|r| r.start >= from && r.start < to);
+    Ok(rows)
 }
 
-/// The last sample before `h0` of each VM in `rows`: the pair it makes
+/// The last sample before `h0` of each VM in `wanted`: the pair it makes
 /// with the VM's first sample in range counts (or is a gap).
 async fn last_samples_before(
     history: &History,
     h0: i64,
-    rows: &[VmHour],
+    mut wanted: HashSet<&str>,
     keep: &(dyn Fn(&str, &str) -> bool + Sync),
     spans: &hours::GapSpans,
 ) -> Result<HashMap<String, Sample>, QueryError> {
-    let mut wanted: HashSet<&str> = rows.iter().map(|r| r.vm_id.as_str()).collect();
     if wanted.is_empty() {
         return Ok(HashMap::new());
     }
