@@ -36,7 +36,7 @@ rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' /proc/$PID/status; }
 
 if [ -n "${QUERY_ONLY:-}" ]; then
   start --compact-after 0s --compact-interval 1s
-  "$BENCH" --scenario history-$KIND --target "$URL" --phase read --queries "$RUNS" --quiet
+  "$BENCH" --scenario history-$KIND --target "$URL" --phase query --queries "$RUNS" --quiet
   echo "{\"rss_after_reads_mib\": $(rss_mib)}"
   kill -TERM $PID; wait $PID || true
   exit 0

@@ -132,8 +132,8 @@ pub struct Args {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// `history-*`: `load` sends the month, `read` waits for compaction and
-    /// times the reads.
+    /// `history-*` and `meters`: `load` sends the month, `read` waits for
+    /// compaction and times the reads, `query` times them at once.
     #[arg(long, default_value = "read")]
     pub phase: String,
 

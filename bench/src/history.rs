@@ -224,11 +224,12 @@ pub async fn time(base: &str, path: &str, runs: usize, rows_at: &str) -> anyhow:
 
 /// `load`: sends the month (start the server with compaction held back,
 /// e.g. `--compact-interval 1h`). `read`: waits until every hour is
-/// compacted (restart it with `--compact-interval 1s`), then times the reads.
+/// compacted (restart it with `--compact-interval 1s`), then times the reads;
+/// `query`: times them at once (a restart on data compacted before).
 pub async fn run(
     base: &str,
     vm: bool,
-    load: bool,
+    phase: &str,
     records: u64,
     vms: u64,
     concurrency: usize,
@@ -240,7 +241,7 @@ pub async fn run(
         compaction_wait_seconds: 0.0,
         timings: Vec::new(),
     };
-    if load {
+    if phase == "load" {
         report.load_seconds = if vm {
             load_vm(base, records, vms, concurrency).await?
         } else {
@@ -254,7 +255,9 @@ pub async fn run(
         // The last hour or two are not closed yet.
         ("usage_llm", (DAYS * 24 - 2) as u64)
     };
-    report.compaction_wait_seconds = wait_compacted(base, dataset, hours).await?;
+    if phase != "query" {
+        report.compaction_wait_seconds = wait_compacted(base, dataset, hours).await?;
+    }
     let queries: &[(&str, &str)] = if vm {
         &[
             ("/v1/billing/vm-usage?window=month&from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z", ""),

@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         let report = history::run(
             server.url(),
             matches!(args.scenario, Scenario::HistoryVm),
-            args.phase == "load",
+            &args.phase,
             args.events,
             args.vms,
             args.concurrency,
