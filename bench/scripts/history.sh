@@ -30,7 +30,12 @@ start() {
   "$TALLY" serve --data "$DIR/data" --listen 127.0.0.1:$PORT --no-sampler "$@" \
     2>>"$DIR/tally.log" &
   PID=$!
-  until curl -sf "$URL/health" >/dev/null; do sleep 0.05; done
+  until curl -sf "$URL/health" >/dev/null; do
+    # Another server on the port would answer in this one's place.
+    kill -0 $PID 2>/dev/null || { echo "tally did not start: see $DIR/tally.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  kill -0 $PID 2>/dev/null || { echo "tally did not start: see $DIR/tally.log" >&2; exit 1; }
 }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' /proc/$PID/status; }
 
