@@ -6,12 +6,12 @@
 //! time order, the pair spanning two hours added to the later one, and
 //! hours summed into the windows they fall in.
 //!
-//! How: VM and customer ids are interned once per row (a hash of a borrowed
-//! `&str`); each kept row becomes a 16-byte entry; entries are grouped by VM
-//! with a counting sort (the batches come in hour order, so each VM's
-//! entries are already in time order); one walk adds the spanning pairs and
-//! sums windows, reading the numbers from the columns. Only the answer's
-//! rows get strings.
+//! How: VM and customer ids are interned per row (a hash of a borrowed
+//! `&str`, or a comparison with the same row of the hour before); the
+//! batches, one hour each, are walked in hour order and row by row, so the
+//! columns are read in sequence, each VM's hours come in time order, and
+//! what is kept per VM is its last sample and its windows. Only the
+//! answer's rows get strings.
 
 use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{Float64Type, Int64Type};
@@ -110,22 +110,18 @@ impl<'b> Interner<'b> {
     }
 }
 
-/// One kept hour row: where it is, and whose.
-#[derive(Clone, Copy)]
-struct Entry {
-    vm: u32,
-    customer: u32,
-    batch: u32,
-    row: u32,
-}
+/// A row no bill keeps.
+const DROPPED: (u32, u32) = (u32::MAX, u32::MAX);
 
 /// The hour rows of many `vm_usage_hours` batches that a bill keeps.
 pub struct HourIndex<'b> {
     batches: Vec<HourColumns<'b>>,
+    /// The batches in hour order.
+    order: Vec<usize>,
     vms: Interner<'b>,
     customers: Interner<'b>,
-    /// Grouped by VM, each VM's in time order.
-    entries: Vec<Entry>,
+    /// Per batch, per row: (VM, customer), or [`DROPPED`].
+    ids: Vec<Vec<(u32, u32)>>,
 }
 
 /// One window of one VM's bill.
@@ -138,84 +134,79 @@ pub struct BillRow {
     pub usage: Usage,
 }
 
+/// What the walk holds per VM.
+#[derive(Default, Clone)]
+struct VmState {
+    /// The last sample of the VM's latest hour so far.
+    last: Option<Sample>,
+    /// Its windows in the answer (indices into it), the latest last.
+    windows: Vec<u32>,
+}
+
 impl<'b> HourIndex<'b> {
-    /// The rows `keep` accepts (by customer and VM) of `batches`, which
-    /// hold distinct hours and come in hour order (a batch of hours out of
-    /// order is sorted in too).
+    /// The rows `keep` accepts (by customer and VM) of `batches`, each of
+    /// which holds the rows of one hour (as stored), in any order.
     pub fn new(batches: &[&'b RecordBatch], keep: &dyn Fn(&str, &str) -> bool) -> Self {
         let mut vms = Interner::default();
         let mut customers = Interner::default();
         let mut kept: HashMap<(u32, u32), bool> = HashMap::new();
-        let mut rows = Vec::new();
         let columns: Vec<HourColumns<'b>> = batches.iter().map(|b| HourColumns::of(b)).collect();
-        for (bi, cols) in columns.iter().enumerate() {
+        let mut ids: Vec<Vec<(u32, u32)>> = Vec::with_capacity(columns.len());
+        // Hours list the same VMs in the same order, mostly: a row's ids
+        // are those of the same row of the batch before when its strings
+        // are equal, which costs a comparison instead of two hashes.
+        let mut before: Vec<(u32, u32)> = Vec::new();
+        for cols in &columns {
+            let mut these = Vec::with_capacity(cols.hour.len());
             for r in 0..cols.hour.len() {
                 let (c, v) = (cols.customers.value(r), cols.vms.value(r));
-                let (vm, customer) = (vms.id(v), customers.id(c));
-                let keep = *kept.entry((vm, customer)).or_insert_with(|| keep(c, v));
-                if keep {
-                    rows.push(Entry {
-                        vm,
-                        customer,
-                        batch: bi as u32,
-                        row: r as u32,
-                    });
+                let pair = match before.get(r) {
+                    Some(&(vm, customer))
+                        if vm != u32::MAX
+                            && vms.names[vm as usize] == v
+                            && customers.names[customer as usize] == c =>
+                    {
+                        (vm, customer)
+                    }
+                    _ => (vms.id(v), customers.id(c)),
+                };
+                these.push(pair);
+            }
+            before.clone_from(&these);
+            for (pair, r) in these.iter_mut().zip(0..) {
+                let (c, v) = (cols.customers.value(r), cols.vms.value(r));
+                if !*kept.entry(*pair).or_insert_with(|| keep(c, v)) {
+                    *pair = DROPPED;
                 }
             }
+            ids.push(these);
         }
-        // Counting sort by VM: stable, so each VM's rows keep batch order.
-        let mut starts = vec![0usize; vms.names.len() + 1];
-        for e in &rows {
-            starts[e.vm as usize + 1] += 1;
-        }
-        for i in 1..starts.len() {
-            starts[i] += starts[i - 1];
-        }
-        let mut next = starts.clone();
-        let mut entries = vec![
-            Entry {
-                vm: 0,
-                customer: 0,
-                batch: 0,
-                row: 0
-            };
-            rows.len()
-        ];
-        for e in rows {
-            let slot = &mut next[e.vm as usize];
-            entries[*slot] = e;
-            *slot += 1;
-        }
-        let mut index = Self {
+        let mut order: Vec<usize> = (0..columns.len()).collect();
+        order.sort_by_key(|&b| (columns[b].hour.len() > 0).then(|| columns[b].hour.value(0)));
+        Self {
             batches: columns,
+            order,
             vms,
             customers,
-            entries,
-        };
-        // Batches out of hour order leave a VM's rows out of time order.
-        for w in starts.windows(2) {
-            let run = &index.entries[w[0]..w[1]];
-            let hour = |e: &Entry| index.batches[e.batch as usize].hour.value(e.row as usize);
-            if !run.windows(2).all(|p| hour(&p[0]) <= hour(&p[1])) {
-                let mut run = run.to_vec();
-                run.sort_by_key(|e| hour(e));
-                index.entries[w[0]..w[1]].copy_from_slice(&run);
-            }
+            ids,
         }
-        index
     }
 
     /// The VMs with a kept row.
     pub fn vm_ids(&self) -> impl Iterator<Item = &'b str> + '_ {
         let mut seen = vec![false; self.vms.names.len()];
-        self.entries.iter().filter_map(move |e| {
-            let first = !std::mem::replace(&mut seen[e.vm as usize], true);
-            first.then(|| self.vms.names[e.vm as usize])
+        self.ids.iter().flatten().filter_map(move |&(vm, _)| {
+            let first = vm != u32::MAX && !std::mem::replace(&mut seen[vm as usize], true);
+            first.then(|| self.vms.names[vm as usize])
         })
     }
 
     /// The windows of every kept VM, ordered by customer, VM and start.
     /// `before` holds, per VM, its last sample before the first hour here.
+    ///
+    /// The batches are walked in hour order and each batch row by row, so
+    /// the columns are read in sequence; what the walk keeps per VM is
+    /// its last sample and its windows.
     pub fn windows(
         &self,
         before: &std::collections::HashMap<String, Sample>,
@@ -224,43 +215,44 @@ impl<'b> HourIndex<'b> {
         window_of: &dyn Fn(i64) -> (i64, i64),
     ) -> Vec<BillRow> {
         let none: Vec<(i64, i64)> = Vec::new();
-        // (customer, vm, start, end, usage) of the VM being walked.
+        let mut state: Vec<VmState> = vec![VmState::default(); self.vms.names.len()];
+        for (vm, s) in state.iter_mut().enumerate() {
+            s.last = before.get(self.vms.names[vm]).copied();
+        }
+        // (customer, vm, start, end, usage)
         let mut out: Vec<(u32, u32, i64, i64, Usage)> = Vec::new();
-        let mut run_start = 0;
-        let mut prev: Option<(u32, Sample)> = None;
-        // The last window found: hours of one window come together.
-        let mut window = (i64::MAX, i64::MIN);
-        for e in &self.entries {
-            let cols = &self.batches[e.batch as usize];
-            let r = e.row as usize;
-            let hour = cols.hour.value(r);
-            let first = HourColumns::sample(&cols.first, r);
-            let vm_name = self.vms.names[e.vm as usize];
-            let a = match prev {
-                Some((vm, s)) if vm == e.vm => Some(s),
-                _ => {
-                    run_start = out.len();
-                    before.get(vm_name).copied()
-                }
+        for &b in &self.order {
+            let cols = &self.batches[b];
+            // One hour per batch: one window.
+            let Some(hour) = (cols.hour.len() > 0).then(|| cols.hour.value(0)) else {
+                continue;
             };
-            let mut usage = cols.usage(r);
-            if let Some(a) = a {
-                let vm_spans = spans.get(vm_name).unwrap_or(&none);
-                vm::add_pair(&mut usage, &a, &first, vm_spans, limit_ns);
-            }
-            prev = Some((e.vm, HourColumns::sample(&cols.last, r)));
-            if !(window.0 <= hour && hour < window.1) {
-                window = window_of(hour);
-            }
-            // This VM's windows so far; a customer change (rare) may bring
-            // back an earlier key.
-            let found = out[run_start..]
-                .iter_mut()
-                .rev()
-                .find(|w| w.0 == e.customer && w.2 == window.0);
-            match found {
-                Some(w) => w.4.add(&usage),
-                None => out.push((e.customer, e.vm, window.0, window.1, usage)),
+            let (start, end) = window_of(hour);
+            for (r, &(vm, customer)) in self.ids[b].iter().enumerate() {
+                if vm == u32::MAX {
+                    continue;
+                }
+                let s = &mut state[vm as usize];
+                let mut usage = cols.usage(r);
+                if let Some(a) = s.last {
+                    let vm_spans = spans.get(self.vms.names[vm as usize]).unwrap_or(&none);
+                    let first = HourColumns::sample(&cols.first, r);
+                    vm::add_pair(&mut usage, &a, &first, vm_spans, limit_ns);
+                }
+                s.last = Some(HourColumns::sample(&cols.last, r));
+                // The latest window, or (a customer change, rare) an
+                // earlier one of the same key.
+                let found = s.windows.iter().rev().copied().find(|&w| {
+                    let w = &out[w as usize];
+                    w.0 == customer && w.2 == start
+                });
+                match found {
+                    Some(w) => out[w as usize].4.add(&usage),
+                    None => {
+                        s.windows.push(out.len() as u32);
+                        out.push((customer, vm, start, end, usage));
+                    }
+                }
             }
         }
         let mut rows: Vec<BillRow> = out

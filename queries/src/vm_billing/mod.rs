@@ -27,7 +27,7 @@ pub async fn register_raw_views(engine: &SqlEngine) -> Result<(), QueryError> {
     Ok(())
 }
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -108,7 +108,7 @@ pub type WindowRow = BillRow;
 /// The bill: windows of `window` starting in `[from, to)`, for the VMs
 /// `keep` accepts (by customer and VM), ordered by customer, VM and time.
 /// Stored hours are read in place ([`HourIndex`]); hours not rolled up are
-/// folded from raw samples and join them as one more batch.
+/// folded from raw samples and join them as batches of one hour each.
 pub async fn bill(
     history: &History,
     window: Window,
@@ -128,13 +128,16 @@ pub async fn bill(
     let cov = history.coverage(d, h0, h1, &fp);
     let rolled = history.rolled_rows(d, &cov).await?;
     let raw = history.raw_rows(d, VM_SAMPLES, &cov).await?;
-    let raw_hours: Vec<VmHour> = hours::fold(&raw, &spans, limit)
-        .into_iter()
-        .filter(|h| keep(&h.customer_id, &h.vm_id))
-        .collect();
-    let raw_hours = hours::to_batch(&raw_hours);
+    // Hours folded from raw samples, as batches of one hour like the stored.
+    let mut raw_hours: BTreeMap<i64, Vec<VmHour>> = BTreeMap::new();
+    for h in hours::fold(&raw, &spans, limit) {
+        if keep(&h.customer_id, &h.vm_id) {
+            raw_hours.entry(h.hour).or_default().push(h);
+        }
+    }
+    let raw_hours: Vec<RecordBatch> = raw_hours.values().map(|h| hours::to_batch(h)).collect();
     let mut batches: Vec<&RecordBatch> = rolled.iter().map(|b| b.as_ref()).collect();
-    batches.push(&raw_hours);
+    batches.extend(&raw_hours);
     let index = HourIndex::new(&batches, keep);
     let wanted: HashSet<&str> = index.vm_ids().collect();
     let before = last_samples_before(history, h0, wanted, keep, &spans).await?;
