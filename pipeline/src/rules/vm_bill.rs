@@ -154,32 +154,35 @@ impl<'b> HourIndex<'b> {
         let mut ids: Vec<Vec<(u32, u32)>> = Vec::with_capacity(columns.len());
         // Hours list the same VMs in the same order, mostly: a row's ids
         // are those of the same row of the batch before when its strings
-        // are equal, which costs a comparison instead of two hashes.
-        let mut before: Vec<(u32, u32)> = Vec::new();
+        // are equal, with its keep decision: a comparison instead of three
+        // hashes.
+        let mut before: Vec<(u32, u32, bool)> = Vec::new();
         for cols in &columns {
             let mut these = Vec::with_capacity(cols.hour.len());
             for r in 0..cols.hour.len() {
                 let (c, v) = (cols.customers.value(r), cols.vms.value(r));
-                let pair = match before.get(r) {
-                    Some(&(vm, customer))
-                        if vm != u32::MAX
-                            && vms.names[vm as usize] == v
+                let seen = match before.get(r) {
+                    Some(&(vm, customer, keeps))
+                        if vms.names[vm as usize] == v
                             && customers.names[customer as usize] == c =>
                     {
-                        (vm, customer)
+                        Some((vm, customer, keeps))
                     }
-                    _ => (vms.id(v), customers.id(c)),
+                    _ => None,
                 };
-                these.push(pair);
+                these.push(seen.unwrap_or_else(|| {
+                    let (vm, customer) = (vms.id(v), customers.id(c));
+                    let keeps = *kept.entry((vm, customer)).or_insert_with(|| keep(c, v));
+                    (vm, customer, keeps)
+                }));
             }
-            before.clone_from(&these);
-            for (pair, r) in these.iter_mut().zip(0..) {
-                let (c, v) = (cols.customers.value(r), cols.vms.value(r));
-                if !*kept.entry(*pair).or_insert_with(|| keep(c, v)) {
-                    *pair = DROPPED;
-                }
-            }
-            ids.push(these);
+            ids.push(
+                these
+                    .iter()
+                    .map(|&(vm, customer, keeps)| if keeps { (vm, customer) } else { DROPPED })
+                    .collect(),
+            );
+            before = these;
         }
         let mut order: Vec<usize> = (0..columns.len()).collect();
         order.sort_by_key(|&b| (columns[b].hour.len() > 0).then(|| columns[b].hour.value(0)));
