@@ -190,9 +190,37 @@ async fn health(State(s): State<StatusState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The live buffer of each dataset: rows, the bytes of their Arrow
+/// columns, and the bytes per row.
+fn render_buffer(store: &tally_pipeline::store::Store, text: &mut String) {
+    let stats: Vec<_> = Dataset::ALL.iter().map(|d| (d, store.stats(*d))).collect();
+    text.push_str("# HELP tally_buffer_rows Rows durable in the WAL and held in memory until their Parquet file is written.\n# TYPE tally_buffer_rows gauge\n");
+    for (d, st) in &stats {
+        text.push_str(&format!(
+            "tally_buffer_rows{{dataset=\"{d}\"}} {}\n",
+            st.buffered_rows
+        ));
+    }
+    text.push_str("# HELP tally_buffer_bytes Bytes of the live buffer's Arrow columns.\n# TYPE tally_buffer_bytes gauge\n");
+    for (d, st) in &stats {
+        text.push_str(&format!(
+            "tally_buffer_bytes{{dataset=\"{d}\"}} {}\n",
+            st.buffered_bytes
+        ));
+    }
+    text.push_str("# HELP tally_buffer_bytes_per_row Bytes of the live buffer per row held (0 when empty).\n# TYPE tally_buffer_bytes_per_row gauge\n");
+    for (d, st) in &stats {
+        let per_row = st.buffered_bytes.checked_div(st.buffered_rows).unwrap_or(0);
+        text.push_str(&format!(
+            "tally_buffer_bytes_per_row{{dataset=\"{d}\"}} {per_row}\n"
+        ));
+    }
+}
+
 async fn metrics(State(s): State<StatusState>) -> Response {
     let store = s.pipeline.store().clone();
     let mut text = s.pipeline.metrics().render(|d| store.stats(d).queued_rows);
+    render_buffer(&store, &mut text);
     text.push_str(&format!(
         "# HELP tally_damage_unacknowledged Damage reports no operator has acknowledged yet.\n# TYPE tally_damage_unacknowledged gauge\ntally_damage_unacknowledged {}\n",
         s.quarantine.unacknowledged().len()

@@ -86,6 +86,92 @@ async fn sql_sees_unflushed_records_in_every_format_and_is_read_only() {
     assert_eq!(rows[0]["n"], 25);
 }
 
+/// One value of a `/metrics` line, by its name and labels.
+fn gauge(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} not in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The live buffer holds each request's rows as Arrow columns: SQL reads
+/// them before any flush, /metrics says how much memory they take, and a
+/// request whose events fall in several hours is split into one file per
+/// hour when flushed, each row once.
+#[tokio::test]
+async fn the_live_buffer_answers_sql_reports_its_memory_and_splits_hours_when_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let t = Tally::start(&data, &["--flush-interval", "1h"]).await;
+    // Three requests; the rows of each fall in three hours, out of order.
+    let hours = ["2025-11-24T10", "2025-11-24T08", "2025-11-24T09"];
+    let mut want: std::collections::BTreeMap<String, (u64, i64)> = Default::default();
+    for request in 0..3 {
+        let events: Vec<serde_json::Value> = (0..300)
+            .map(|i| {
+                let hour = hours[(i * 7 + request) % 3];
+                let ts = format!("{hour}:{:02}:{:02}Z", i % 60, (i * 13) % 60);
+                let (p, c) = ((i * 31 % 997) as i64, (i % 89) as i64);
+                let e = want.entry(hour.to_string()).or_default();
+                e.0 += 1;
+                e.1 += p + c;
+                llm_event(&format!("b-{request}-{i}"), &ts, p, c)
+            })
+            .collect();
+        let body = t.post_llm_events(&events).await;
+        assert_eq!(body["accepted"], 300, "{body}");
+    }
+    assert!(common::parquet_files(&data, "usage_llm").is_empty());
+    let by_hour = |rows: Vec<serde_json::Value>| -> std::collections::BTreeMap<String, (u64, i64)> {
+        rows.iter()
+            .map(|r| {
+                (
+                    r["h"].as_str().unwrap()[..13].to_string(),
+                    (r["n"].as_u64().unwrap(), r["tokens"].as_i64().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let query =
+        "SELECT to_char(date_trunc('hour', timestamp), '%Y-%m-%dT%H') AS h, count(*) AS n, \
+                 sum(total_tokens) AS tokens FROM usage_llm GROUP BY 1 ORDER BY 1";
+    assert_eq!(by_hour(t.sql(query).await), want);
+
+    let metrics = t.metrics_text().await;
+    let rows = gauge(&metrics, "tally_buffer_rows{dataset=\"usage_llm\"}");
+    let bytes = gauge(&metrics, "tally_buffer_bytes{dataset=\"usage_llm\"}");
+    let per_row = gauge(
+        &metrics,
+        "tally_buffer_bytes_per_row{dataset=\"usage_llm\"}",
+    );
+    assert_eq!(rows, 900);
+    assert_eq!(per_row, bytes / rows);
+    // Columns of a few short strings and numbers: more than the numbers
+    // alone, far less than a row of separately allocated values.
+    assert!((40..2_000).contains(&per_row), "{per_row} bytes a row");
+
+    // Flushed at the stop: one file per hour, the same answers.
+    t.terminate();
+    let t = Tally::start(&data, &["--flush-interval", "1h"]).await;
+    let files = common::parquet_files(&data, "usage_llm");
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(by_hour(t.sql(query).await), want);
+    let metrics = t.metrics_text().await;
+    assert_eq!(
+        gauge(&metrics, "tally_buffer_rows{dataset=\"usage_llm\"}"),
+        0
+    );
+    assert_eq!(
+        gauge(
+            &metrics,
+            "tally_buffer_bytes_per_row{dataset=\"usage_llm\"}"
+        ),
+        0
+    );
+}
+
 #[tokio::test]
 async fn tally_sql_reads_files_and_the_wal_offline() {
     let dir = tempfile::tempdir().unwrap();

@@ -141,6 +141,13 @@ pub fn records_to_batch<'a>(
     RecordBatch::try_new(schema(dataset), arrays)
 }
 
+/// The time column of a batch of `dataset`'s schema.
+pub fn times(dataset: Dataset, batch: &RecordBatch) -> &arrow::array::TimestampNanosecondArray {
+    batch
+        .column(dataset.time_column())
+        .as_primitive::<TimestampNanosecondType>()
+}
+
 /// Reads one cell of an array of a dataset column back into a [`Value`].
 pub fn value_at(array: &dyn Array, ty: ColumnType, row: usize) -> Value {
     if array.is_null(row) {

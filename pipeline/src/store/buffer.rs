@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::batch::times;
 use crate::clock::HOUR_NS;
 use crate::dataset::Dataset;
 use crate::record::Record;
@@ -25,7 +26,7 @@ impl Store {
     pub fn apply_prepared(&self, seq: u64, prepared: Prepared, reserved: bool) {
         let now = Instant::now();
         for part in prepared.parts {
-            let rows = part.records.len();
+            let rows = part.batch.num_rows();
             let mut s = self.datasets[part.dataset.index()].lock();
             s.buffered_rows += rows;
             s.buffered_bytes += part.bytes;
@@ -35,7 +36,7 @@ impl Store {
             s.oldest.get_or_insert(now);
             s.chunks.push_back(Arc::new(Chunk {
                 seq,
-                records: part.records,
+                batch: part.batch,
                 bytes: part.bytes,
                 min_ts: part.min_ts,
                 max_ts: part.max_ts,
@@ -68,14 +69,14 @@ impl Store {
         let s = self.state(dataset).lock();
         let mut hours = std::collections::BTreeSet::new();
         for c in &s.chunks {
-            if c.records.is_empty() {
+            if c.rows() == 0 {
                 continue;
             }
             let (lo, hi) = (c.min_ts.div_euclid(HOUR_NS), c.max_ts.div_euclid(HOUR_NS));
             if hi - lo > 48 {
                 // Times far apart: name the hours one by one.
-                for r in &c.records {
-                    hours.insert(r.timestamp_ns().div_euclid(HOUR_NS) * HOUR_NS);
+                for t in times(dataset, &c.batch).values() {
+                    hours.insert(t.div_euclid(HOUR_NS) * HOUR_NS);
                 }
             } else {
                 hours.extend((lo..=hi).map(|h| h * HOUR_NS));

@@ -32,9 +32,9 @@ impl Store {
         }
         while s.chunks.front().is_some_and(|c| c.seq <= through_seq) {
             let c = s.chunks.pop_front().expect("front checked");
-            s.buffered_rows -= c.records.len();
+            s.buffered_rows -= c.rows();
             s.buffered_bytes -= c.bytes;
-            s.queued_rows = s.queued_rows.saturating_sub(c.records.len());
+            s.queued_rows = s.queued_rows.saturating_sub(c.rows());
             taken.push(c);
         }
         s.oldest = if s.chunks.is_empty() {

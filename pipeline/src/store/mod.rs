@@ -25,18 +25,28 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::dataset::Dataset;
-use crate::record::Record;
+use arrow::record_batch::RecordBatch;
 
-/// Records of one dataset from one WAL entry.
+use crate::dataset::Dataset;
+
+/// Rows of one dataset from one WAL entry, as Arrow columns of the
+/// dataset's schema: what SQL over the open hour reads as it is, and what
+/// the flush concatenates into files.
 #[derive(Debug)]
 pub struct Chunk {
     pub seq: u64,
-    pub records: Vec<Record>,
+    pub batch: RecordBatch,
+    /// Bytes the batch holds (its buffers).
     pub bytes: usize,
     /// Earliest and latest record time (ns): the hours a chunk touches.
     pub min_ts: i64,
     pub max_ts: i64,
+}
+
+impl Chunk {
+    pub fn rows(&self) -> usize {
+        self.batch.num_rows()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -124,7 +134,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Value;
+    use crate::record::{Record, Value};
 
     fn rejected(n: i64) -> Record {
         Record::from_columns(

@@ -1,6 +1,10 @@
-//! An entry's records split by dataset and measured before the WAL writer
-//! takes them, so that the writer's buffering step stays short.
+//! An entry's records split by dataset, turned into Arrow columns and
+//! measured before the WAL writer takes them, so that the writer's
+//! buffering step stays short.
 
+use arrow::record_batch::RecordBatch;
+
+use crate::batch::records_to_batch;
 use crate::dataset::Dataset;
 use crate::record::Record;
 
@@ -14,7 +18,7 @@ pub struct Prepared {
 #[derive(Debug)]
 pub(super) struct Part {
     pub(super) dataset: Dataset,
-    pub(super) records: Vec<Record>,
+    pub(super) batch: RecordBatch,
     pub(super) bytes: usize,
     pub(super) min_ts: i64,
     pub(super) max_ts: i64,
@@ -42,14 +46,19 @@ impl Prepared {
         let parts = by_dataset
             .into_iter()
             .map(|(dataset, records)| {
-                let bytes = records.iter().map(Record::approx_size).sum();
                 let (min_ts, max_ts) = records.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
                     let t = r.timestamp_ns();
                     (lo.min(t), hi.max(t))
                 });
+                // The records were admitted against this schema; building
+                // fails only past 2^31 distinct strings of one column in
+                // one entry, far beyond an entry's bound.
+                let batch = records_to_batch(dataset, records.iter())
+                    .expect("admitted records make a batch of their dataset");
+                let bytes = batch.get_array_memory_size();
                 Part {
                     dataset,
-                    records,
+                    batch,
                     bytes,
                     min_ts,
                     max_ts,

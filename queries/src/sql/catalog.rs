@@ -18,7 +18,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
-use tally_pipeline::batch::{records_to_batch, schema};
+use tally_pipeline::batch::schema;
 use tally_pipeline::rollup::hour_of_path;
 use tally_pipeline::store::{FileEntry, Store};
 use tally_pipeline::Dataset;
@@ -111,15 +111,18 @@ impl TableProvider for DatasetTable {
             );
         }
 
-        let live_rows: usize = snapshot.chunks.iter().map(|c| c.records.len()).sum();
-        if live_rows > 0 {
-            let records: Vec<_> = snapshot
-                .chunks
-                .iter()
-                .flat_map(|c| c.records.iter())
-                .collect();
-            let batch = records_to_batch(self.dataset, records.into_iter())?;
-            let live = MemTable::try_new(table_schema.clone(), vec![vec![batch]])?;
+        // The live buffer's batches, read as they are (two partitions, one
+        // for each core).
+        let live: Vec<_> = snapshot
+            .chunks
+            .iter()
+            .filter(|c| c.rows() > 0)
+            .map(|c| c.batch.clone())
+            .collect();
+        if !live.is_empty() {
+            let half = live.len().div_ceil(2);
+            let partitions: Vec<Vec<_>> = live.chunks(half).map(<[_]>::to_vec).collect();
+            let live = MemTable::try_new(table_schema.clone(), partitions)?;
             inputs.push(live.scan(state, projection, filters, limit).await?);
         }
 

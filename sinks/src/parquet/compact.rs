@@ -1153,14 +1153,15 @@ mod tests {
                     vm_sample("c", &vm, ts)
                 })
                 .collect();
-            let refs: Vec<&Record> = records.iter().collect();
+            let batch = tally_pipeline::batch::records_to_batch(Dataset::VmMetrics, records.iter())
+                .unwrap();
             let w = write_partition(
                 data,
                 "n",
                 Dataset::VmMetrics,
                 ("2024-01-16", 0),
                 (f + 1, f + 1),
-                &refs,
+                &[batch],
             )
             .unwrap();
             std::fs::rename(data.join(&w.tmp), data.join(&w.final_path)).unwrap();
@@ -1249,8 +1250,8 @@ mod tests {
                 })
                 .collect();
             let path = if f % 2 == 0 {
-                let refs: Vec<&Record> = records.iter().collect();
-                let w = write_partition(data, "n", d, ("2024-01-16", 0), (f + 1, f + 1), &refs)
+                let batch = records_to_batch(d, records.iter()).unwrap();
+                let w = write_partition(data, "n", d, ("2024-01-16", 0), (f + 1, f + 1), &[batch])
                     .unwrap();
                 std::fs::rename(data.join(&w.tmp), data.join(&w.final_path)).unwrap();
                 data.join(&w.final_path)

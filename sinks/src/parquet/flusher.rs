@@ -6,13 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::UInt32Array;
+use arrow::compute::take_record_batch;
+use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
+use tally_pipeline::batch::times;
 use tally_pipeline::clock::HOUR_NS;
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::quarantine::Quarantine;
-use tally_pipeline::store::{FileEntry, Store};
+use tally_pipeline::store::{Chunk, FileEntry, Store};
 use tally_pipeline::wal::Wal;
-use tally_pipeline::{Dataset, Record};
+use tally_pipeline::Dataset;
 use tokio::sync::watch;
 
 use super::background;
@@ -233,6 +237,30 @@ impl Flusher {
     }
 }
 
+/// A chunk's rows by hour (ns / [`HOUR_NS`]): the chunk itself when its
+/// rows are of one hour, as nearly all are.
+fn by_hour(d: Dataset, c: &Chunk) -> Result<Vec<(i64, RecordBatch)>, SinkError> {
+    let (lo, hi) = (c.min_ts.div_euclid(HOUR_NS), c.max_ts.div_euclid(HOUR_NS));
+    if c.rows() == 0 {
+        return Ok(Vec::new());
+    }
+    if lo == hi {
+        return Ok(vec![(lo, c.batch.clone())]);
+    }
+    let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for (i, t) in times(d, &c.batch).values().iter().enumerate() {
+        rows.entry(t.div_euclid(HOUR_NS))
+            .or_default()
+            .push(i as u32);
+    }
+    rows.into_iter()
+        .map(|(hour, rows)| {
+            let batch = take_record_batch(&c.batch, &UInt32Array::from(rows))?;
+            Ok((hour, batch))
+        })
+        .collect()
+}
+
 enum RoundError {
     /// Nothing visible changed; the round can be retried.
     BeforeCommit(SinkError),
@@ -256,16 +284,15 @@ fn write_round(
             if chunks.is_empty() {
                 continue;
             }
-            // Hour bucket → (first seq, last seq, records).
-            let mut partitions: BTreeMap<i64, (u64, u64, Vec<&Record>)> = BTreeMap::new();
+            // Hour bucket → (first seq, last seq, batches).
+            let mut partitions: BTreeMap<i64, (u64, u64, Vec<RecordBatch>)> = BTreeMap::new();
             for c in &chunks {
-                for r in &c.records {
-                    let hour = r.timestamp_ns().div_euclid(HOUR_NS);
+                for (hour, batch) in by_hour(d, c)? {
                     let p = partitions
                         .entry(hour)
                         .or_insert_with(|| (c.seq, c.seq, Vec::new()));
                     p.1 = c.seq;
-                    p.2.push(r);
+                    p.2.push(batch);
                 }
             }
             for (hour, (first, last, records)) in partitions {

@@ -147,14 +147,15 @@ pub(crate) mod tests {
 
     /// Writes one committed file of `node` into the shared directory.
     fn commit_file(shared: &Path, node: &str, records: &[Record]) {
-        let refs: Vec<&Record> = records.iter().collect();
+        let batch =
+            tally_pipeline::batch::records_to_batch(Dataset::VmMetrics, records.iter()).unwrap();
         let f = write_partition(
             shared,
             node,
             Dataset::VmMetrics,
             ("2026-11-20", 10),
             (1, 1),
-            &refs,
+            &[batch],
         )
         .unwrap();
         std::fs::rename(shared.join(&f.tmp), shared.join(&f.final_path)).unwrap();

@@ -5,14 +5,22 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray,
+    TimestampNanosecondArray, UInt32Array,
+};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, TimestampNanosecondType};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-use tally_pipeline::batch::records_to_batch;
+use tally_pipeline::batch::schema;
 use tally_pipeline::checksum::{sealed_name, Crc32Writer};
-use tally_pipeline::{ColumnType, Dataset, Record};
+use tally_pipeline::{ColumnType, Dataset};
 
 use super::layout::{file_name, partition_dir, tmp_name};
 use super::{io_err, SinkError};
@@ -97,23 +105,98 @@ pub fn run_properties(dataset: Dataset) -> WriterProperties {
         .build()
 }
 
-/// `records` in the order of the file ([`Record::sort_key_into`]). The keys are
-/// encoded into one buffer. A flush round's rows come as runs of one series
-/// in time order (a request of one VM's samples is one): the runs are found
-/// and put in order by their first keys, which is enough when the runs of a
-/// series do not overlap in time. Otherwise the row numbers are sorted by
-/// key.
-pub fn in_file_order<'r>(records: &[&'r Record]) -> Vec<&'r Record> {
-    let keys = SortKeys::of(records);
-    if let Some(runs) = keys.ordered_runs() {
-        return runs
+/// A batch of `dataset` in the order of the file (key columns, then time;
+/// the order of [`tally_pipeline::Record::sort_key_into`]). The keys are
+/// encoded from the columns into one buffer. A flush round's rows come as
+/// runs of one series in time order (a request of one VM's samples is
+/// one): the runs are found and put in order by their first keys, which is
+/// enough when the runs of a series do not overlap in time. Otherwise the
+/// row numbers are sorted by key.
+pub fn in_file_order(dataset: Dataset, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let keys = SortKeys::of(dataset, batch)?;
+    let order: Vec<u32> = match keys.ordered_runs() {
+        Some(runs) => runs
             .into_iter()
-            .flat_map(|(start, end)| records[start..end].iter().copied())
-            .collect();
+            .flat_map(|(start, end)| start as u32..end as u32)
+            .collect(),
+        None => {
+            let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+            order.sort_by(|&a, &b| keys.get(a as usize).cmp(keys.get(b as usize)));
+            order
+        }
+    };
+    if order.iter().enumerate().all(|(i, &r)| i as u32 == r) {
+        return Ok(batch.clone());
     }
-    let mut order: Vec<u32> = (0..records.len() as u32).collect();
-    order.sort_by(|&a, &b| keys.get(a as usize).cmp(keys.get(b as usize)));
-    order.into_iter().map(|i| records[i as usize]).collect()
+    take_record_batch(batch, &UInt32Array::from(order))
+}
+
+/// One key column, read for [`encode_key_part`]'s encoding.
+enum KeyColumn<'a> {
+    Str(&'a StringArray),
+    Dict(&'a Int32Array, &'a StringArray),
+    I32(&'a Int32Array),
+    I64(&'a Int64Array),
+    Ts(&'a TimestampNanosecondArray),
+    F64(&'a Float64Array),
+    Bool(&'a BooleanArray),
+}
+
+impl<'a> KeyColumn<'a> {
+    fn of(array: &'a ArrayRef) -> Result<Self, ArrowError> {
+        Ok(match array.data_type() {
+            DataType::Utf8 => Self::Str(array.as_string::<i32>()),
+            DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
+                let d = array.as_dictionary::<Int32Type>();
+                Self::Dict(d.keys(), d.values().as_string::<i32>())
+            }
+            DataType::Int32 => Self::I32(array.as_primitive::<Int32Type>()),
+            DataType::Int64 => Self::I64(array.as_primitive::<Int64Type>()),
+            DataType::Timestamp(_, _) => Self::Ts(array.as_primitive::<TimestampNanosecondType>()),
+            DataType::Float64 => Self::F64(array.as_primitive::<Float64Type>()),
+            DataType::Boolean => Self::Bool(array.as_boolean()),
+            other => {
+                return Err(ArrowError::SchemaError(format!(
+                    "a key column of type {other} cannot be sorted"
+                )))
+            }
+        })
+    }
+
+    /// Row `i` as [`encode_key_part`] encodes its value.
+    fn encode(&self, i: usize, out: &mut Vec<u8>) {
+        let null = match self {
+            Self::Str(a) => a.is_null(i),
+            Self::Dict(k, _) => k.is_null(i),
+            Self::I32(a) => a.is_null(i),
+            Self::I64(a) => a.is_null(i),
+            Self::Ts(a) => a.is_null(i),
+            Self::F64(a) => a.is_null(i),
+            Self::Bool(a) => a.is_null(i),
+        };
+        if null {
+            out.push(0xff);
+            return;
+        }
+        let int = |v: i64, out: &mut Vec<u8>| {
+            out.extend_from_slice(&((v as u64) ^ (1 << 63)).to_be_bytes())
+        };
+        match self {
+            Self::Str(a) => {
+                out.extend_from_slice(a.value(i).as_bytes());
+                out.push(0);
+            }
+            Self::Dict(k, v) => {
+                out.extend_from_slice(v.value(k.value(i) as usize).as_bytes());
+                out.push(0);
+            }
+            Self::I32(a) => int(a.value(i) as i64, out),
+            Self::I64(a) => int(a.value(i), out),
+            Self::Ts(a) => int(a.value(i), out),
+            Self::F64(a) => out.extend_from_slice(&a.value(i).to_bits().to_be_bytes()),
+            Self::Bool(a) => out.push(a.value(i) as u8),
+        }
+    }
 }
 
 /// Every row's sort key in one buffer.
@@ -125,16 +208,33 @@ struct SortKeys {
 }
 
 impl SortKeys {
-    fn of(records: &[&Record]) -> Self {
-        let mut bytes = Vec::with_capacity(records.len() * 48);
-        let mut bounds = Vec::with_capacity(records.len() + 1);
-        for r in records {
+    /// The key columns, then the time; the series part is the key parts
+    /// before the time (all of the key when the time is not part of it).
+    fn of(dataset: Dataset, batch: &RecordBatch) -> Result<Self, ArrowError> {
+        let time = dataset.time_column();
+        let keys = dataset.key_columns();
+        let series_len = keys.iter().position(|&c| c == time).unwrap_or(keys.len());
+        let columns = keys
+            .iter()
+            .chain(std::iter::once(&time))
+            .map(|&c| KeyColumn::of(batch.column(c)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = batch.num_rows();
+        let mut bytes = Vec::with_capacity(n * 48);
+        let mut bounds = Vec::with_capacity(n + 1);
+        for i in 0..n {
             let start = bytes.len();
-            let series = r.sort_key_into(&mut bytes);
-            bounds.push((start, start + series));
+            let mut series = start;
+            for (k, c) in columns.iter().enumerate() {
+                if k == series_len {
+                    series = bytes.len();
+                }
+                c.encode(i, &mut bytes);
+            }
+            bounds.push((start, series));
         }
         bounds.push((bytes.len(), bytes.len()));
-        SortKeys { bytes, bounds }
+        Ok(SortKeys { bytes, bounds })
     }
 
     fn len(&self) -> usize {
@@ -180,16 +280,16 @@ impl SortKeys {
     }
 }
 
-/// Writes `records` (one dataset, one partition) to a temporary file.
-/// `partition` is `(date, hour)`; `seqs` the first and last WAL sequence of
-/// the records.
+/// Writes `batches` (one dataset, one partition) to a temporary file, in
+/// the file's order. `partition` is `(date, hour)`; `seqs` the first and
+/// last WAL sequence of the rows.
 pub fn write_partition(
     data: &Path,
     node: &str,
     dataset: Dataset,
     (date, hour): (&str, u32),
     (first_seq, last_seq): (u64, u64),
-    records: &[&Record],
+    batches: &[RecordBatch],
 ) -> Result<WrittenFile, SinkError> {
     let dir = partition_dir(dataset, date, hour);
     let abs_dir = data.join(&dir);
@@ -197,7 +297,8 @@ pub fn write_partition(
     let name = file_name(node, first_seq, &uuid::Uuid::new_v4());
     let tmp = dir.join(tmp_name(&name));
 
-    let batch = records_to_batch(dataset, in_file_order(records).into_iter())?;
+    let batch = concat_batches(&schema(dataset), batches)?;
+    let batch = in_file_order(dataset, &batch)?;
 
     let abs_tmp = data.join(&tmp);
     let parquet_err = |source| SinkError::Parquet {
@@ -224,7 +325,7 @@ pub fn write_partition(
         dataset,
         tmp,
         final_path,
-        rows: records.len() as u64,
+        rows: batch.num_rows() as u64,
         bytes,
     })
 }
@@ -232,7 +333,19 @@ pub fn write_partition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_pipeline::Value;
+    use tally_pipeline::batch::{batch_to_records, records_to_batch};
+    use tally_pipeline::{Record, Value};
+
+    const D: Dataset = Dataset::VmMetrics;
+
+    fn batch(records: &[Record]) -> RecordBatch {
+        records_to_batch(D, records.iter()).unwrap()
+    }
+
+    /// The records in the file's order, through the columns.
+    fn in_order(records: &[Record]) -> Vec<Record> {
+        batch_to_records(D, &in_file_order(D, &batch(records)).unwrap())
+    }
 
     /// The file order against a sort of the values themselves (customer,
     /// VM, time as a tuple), on runs of one VM's samples in time order
@@ -268,21 +381,25 @@ mod tests {
                 }
             }
         }
-        let refs: Vec<&Record> = records.iter().collect();
         assert_eq!(
-            SortKeys::of(&refs).ordered_runs().map(|r| r.len()),
+            SortKeys::of(D, &batch(&records))
+                .unwrap()
+                .ordered_runs()
+                .map(|r| r.len()),
             Some(16)
         );
-        let got: Vec<_> = in_file_order(&refs).into_iter().map(tuple).collect();
+        let got: Vec<_> = in_order(&records).iter().map(tuple).collect();
         let mut want: Vec<_> = records.iter().map(tuple).collect();
         want.sort();
         assert_eq!(got, want);
         // One late sample makes two runs overlap: the rows are sorted.
         let late = records.len();
         records.push(vm_record(1, 1, 3, late));
-        let refs: Vec<&Record> = records.iter().collect();
-        assert!(SortKeys::of(&refs).ordered_runs().is_none());
-        let got: Vec<_> = in_file_order(&refs).into_iter().map(tuple).collect();
+        assert!(SortKeys::of(D, &batch(&records))
+            .unwrap()
+            .ordered_runs()
+            .is_none());
+        let got: Vec<_> = in_order(&records).iter().map(tuple).collect();
         let mut want: Vec<_> = records.iter().map(tuple).collect();
         want.sort();
         assert_eq!(got, want);
@@ -307,9 +424,16 @@ mod tests {
                 records.push(vm_record(customer, vm, ts, id));
             }
         }
-        let refs: Vec<&Record> = records.iter().collect();
-        let got: Vec<&Record> = in_file_order(&refs);
-        let mut want = refs.clone();
+        // The keys from the columns are the records' own.
+        let keys = SortKeys::of(D, &batch(&records)).unwrap();
+        for (i, r) in records.iter().enumerate() {
+            let mut own = Vec::new();
+            let series = r.sort_key_into(&mut own);
+            assert_eq!(keys.get(i), own.as_slice());
+            assert_eq!(keys.series(i), &own[..series]);
+        }
+        let got = in_order(&records);
+        let mut want: Vec<&Record> = records.iter().collect();
         want.sort_by_key(|r| tuple(r));
         assert_eq!(got.len(), want.len());
         // Rows with the same customer, VM and time may come in either
