@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray,
-    TimestampNanosecondArray, UInt32Array,
+    TimestampNanosecondArray,
 };
-use arrow::compute::{concat_batches, take_record_batch};
+use arrow::compute::interleave_record_batch;
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, TimestampNanosecondType};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -105,30 +105,58 @@ pub fn run_properties(dataset: Dataset) -> WriterProperties {
         .build()
 }
 
-/// A batch of `dataset` in the order of the file (key columns, then time;
-/// the order of [`tally_pipeline::Record::sort_key_into`]). The keys are
-/// encoded from the columns into one buffer. A flush round's rows come as
-/// runs of one series in time order (a request of one VM's samples is
-/// one): the runs are found and put in order by their first keys, which is
-/// enough when the runs of a series do not overlap in time. Otherwise the
-/// row numbers are sorted by key.
-pub fn in_file_order(dataset: Dataset, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let keys = SortKeys::of(dataset, batch)?;
+/// Batches of `dataset` as one batch in the order of the file (key
+/// columns, then time; the order of
+/// [`tally_pipeline::Record::sort_key_into`]). The keys are encoded from
+/// the columns into one buffer. A flush round's rows come as runs of one
+/// series in time order (a request of one VM's samples is one): the runs
+/// are found and put in order by their first keys, which is enough when
+/// the runs of a series do not overlap in time. Otherwise the rows are
+/// sorted by key. The rows are then gathered from the batches in that
+/// order in one pass (no concatenation first); one batch already in order
+/// is returned as it is.
+pub fn in_file_order(dataset: Dataset, batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
+    let keys = SortKeys::of(dataset, batches)?;
     let order: Vec<u32> = match keys.ordered_runs() {
         Some(runs) => runs
             .into_iter()
             .flat_map(|(start, end)| start as u32..end as u32)
             .collect(),
         None => {
-            let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+            let mut order: Vec<u32> = (0..keys.len() as u32).collect();
             order.sort_by(|&a, &b| keys.get(a as usize).cmp(keys.get(b as usize)));
             order
         }
     };
-    if order.iter().enumerate().all(|(i, &r)| i as u32 == r) {
-        return Ok(batch.clone());
+    if let [batch] = batches {
+        if order.iter().enumerate().all(|(i, &r)| i as u32 == r) {
+            return Ok(batch.clone());
+        }
     }
-    take_record_batch(batch, &UInt32Array::from(order))
+    if batches.is_empty() {
+        return Ok(RecordBatch::new_empty(schema(dataset)));
+    }
+    // Row `g` of the whole is row `g - starts[b]` of batch `b`.
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut n = 0;
+    for b in batches {
+        starts.push(n);
+        n += b.num_rows();
+    }
+    let mut b = 0;
+    let indices: Vec<(usize, usize)> = order
+        .into_iter()
+        .map(|g| {
+            let g = g as usize;
+            // Runs go forward through a batch: look near the last one first.
+            if !(starts[b] <= g && starts.get(b + 1).is_none_or(|&next| g < next)) {
+                b = starts.partition_point(|&s| s <= g) - 1;
+            }
+            (b, g - starts[b])
+        })
+        .collect();
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    interleave_record_batch(&refs, &indices)
 }
 
 /// One key column, read for [`encode_key_part`]'s encoding.
@@ -210,28 +238,30 @@ struct SortKeys {
 impl SortKeys {
     /// The key columns, then the time; the series part is the key parts
     /// before the time (all of the key when the time is not part of it).
-    fn of(dataset: Dataset, batch: &RecordBatch) -> Result<Self, ArrowError> {
+    fn of(dataset: Dataset, batches: &[RecordBatch]) -> Result<Self, ArrowError> {
         let time = dataset.time_column();
         let keys = dataset.key_columns();
         let series_len = keys.iter().position(|&c| c == time).unwrap_or(keys.len());
-        let columns = keys
-            .iter()
-            .chain(std::iter::once(&time))
-            .map(|&c| KeyColumn::of(batch.column(c)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let n = batch.num_rows();
+        let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let mut bytes = Vec::with_capacity(n * 48);
         let mut bounds = Vec::with_capacity(n + 1);
-        for i in 0..n {
-            let start = bytes.len();
-            let mut series = start;
-            for (k, c) in columns.iter().enumerate() {
-                if k == series_len {
-                    series = bytes.len();
+        for batch in batches {
+            let columns = keys
+                .iter()
+                .chain(std::iter::once(&time))
+                .map(|&c| KeyColumn::of(batch.column(c)))
+                .collect::<Result<Vec<_>, _>>()?;
+            for i in 0..batch.num_rows() {
+                let start = bytes.len();
+                let mut series = start;
+                for (k, c) in columns.iter().enumerate() {
+                    if k == series_len {
+                        series = bytes.len();
+                    }
+                    c.encode(i, &mut bytes);
                 }
-                c.encode(i, &mut bytes);
+                bounds.push((start, series));
             }
-            bounds.push((start, series));
         }
         bounds.push((bytes.len(), bytes.len()));
         Ok(SortKeys { bytes, bounds })
@@ -297,8 +327,7 @@ pub fn write_partition(
     let name = file_name(node, first_seq, &uuid::Uuid::new_v4());
     let tmp = dir.join(tmp_name(&name));
 
-    let batch = concat_batches(&schema(dataset), batches)?;
-    let batch = in_file_order(dataset, &batch)?;
+    let batch = in_file_order(dataset, batches)?;
 
     let abs_tmp = data.join(&tmp);
     let parquet_err = |source| SinkError::Parquet {
@@ -342,9 +371,19 @@ mod tests {
         records_to_batch(D, records.iter()).unwrap()
     }
 
-    /// The records in the file's order, through the columns.
+    /// The records in the file's order, through the columns, given as
+    /// batches of 1 to 60 rows (the chunks of a flush round).
     fn in_order(records: &[Record]) -> Vec<Record> {
-        batch_to_records(D, &in_file_order(D, &batch(records)).unwrap())
+        let mut batches = Vec::new();
+        let mut rest = records;
+        let mut size = 1;
+        while !rest.is_empty() {
+            let (head, tail) = rest.split_at(size.min(rest.len()));
+            batches.push(batch(head));
+            rest = tail;
+            size = size * 7 % 61 + 1;
+        }
+        batch_to_records(D, &in_file_order(D, &batches).unwrap())
     }
 
     /// The file order against a sort of the values themselves (customer,
@@ -382,7 +421,7 @@ mod tests {
             }
         }
         assert_eq!(
-            SortKeys::of(D, &batch(&records))
+            SortKeys::of(D, &[batch(&records)])
                 .unwrap()
                 .ordered_runs()
                 .map(|r| r.len()),
@@ -395,7 +434,7 @@ mod tests {
         // One late sample makes two runs overlap: the rows are sorted.
         let late = records.len();
         records.push(vm_record(1, 1, 3, late));
-        assert!(SortKeys::of(D, &batch(&records))
+        assert!(SortKeys::of(D, &[batch(&records)])
             .unwrap()
             .ordered_runs()
             .is_none());
@@ -425,7 +464,7 @@ mod tests {
             }
         }
         // The keys from the columns are the records' own.
-        let keys = SortKeys::of(D, &batch(&records)).unwrap();
+        let keys = SortKeys::of(D, &[batch(&records)]).unwrap();
         for (i, r) in records.iter().enumerate() {
             let mut own = Vec::new();
             let series = r.sort_key_into(&mut own);
