@@ -34,14 +34,6 @@ impl Value {
         }
     }
 
-    /// Rough heap + inline size, used to bound buffers by bytes.
-    pub fn approx_size(&self) -> usize {
-        match self {
-            Value::Str(s) => 24 + s.len(),
-            _ => 16,
-        }
-    }
-
     /// Whether the value may be stored in a column of this type.
     pub fn fits(&self, ty: ColumnType, nullable: bool) -> bool {
         matches!(
@@ -376,10 +368,6 @@ impl Record {
         let series = series.unwrap_or(out.len() - start);
         encode_key_part(&self.values[time], out);
         series
-    }
-
-    pub fn approx_size(&self) -> usize {
-        32 + self.values.iter().map(Value::approx_size).sum::<usize>()
     }
 }
 

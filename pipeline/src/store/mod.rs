@@ -31,7 +31,7 @@ use crate::dataset::Dataset;
 
 /// Rows of one dataset from one WAL entry, as Arrow columns of the
 /// dataset's schema: what SQL over the open hour reads as it is, and what
-/// the flush concatenates into files.
+/// the flush gathers into files.
 #[derive(Debug)]
 pub struct Chunk {
     pub seq: u64,
