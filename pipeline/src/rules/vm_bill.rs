@@ -185,7 +185,7 @@ impl<'b> HourIndex<'b> {
             before = these;
         }
         let mut order: Vec<usize> = (0..columns.len()).collect();
-        order.sort_by_key(|&b| (columns[b].hour.len() > 0).then(|| columns[b].hour.value(0)));
+        order.sort_by_key(|&b| (!columns[b].hour.is_empty()).then(|| columns[b].hour.value(0)));
         Self {
             batches: columns,
             order,
@@ -227,7 +227,7 @@ impl<'b> HourIndex<'b> {
         for &b in &self.order {
             let cols = &self.batches[b];
             // One hour per batch: one window.
-            let Some(hour) = (cols.hour.len() > 0).then(|| cols.hour.value(0)) else {
+            let Some(hour) = (!cols.hour.is_empty()).then(|| cols.hour.value(0)) else {
                 continue;
             };
             let (start, end) = window_of(hour);

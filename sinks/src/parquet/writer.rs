@@ -477,7 +477,7 @@ mod tests {
         assert_eq!(got.len(), want.len());
         // Rows with the same customer, VM and time may come in either
         // order; their tuples may not.
-        let got_tuples: Vec<_> = got.iter().map(|r| tuple(r)).collect();
+        let got_tuples: Vec<_> = got.iter().map(tuple).collect();
         let want_tuples: Vec<_> = want.iter().map(|r| tuple(r)).collect();
         assert_eq!(got_tuples, want_tuples);
         let mut ids: Vec<i64> = got.iter().map(|r| r.values[3].as_i64().unwrap()).collect();
