@@ -298,7 +298,21 @@ pub fn schema() -> SchemaRef {
 
 /// A sample's values as the stored hour names them (`first_ts`, …), in the
 /// order of [`sample_values`].
-const SAMPLE_FIELDS: [&str; 7] = ["ts", "cpu", "mem", "disk_read", "disk_write", "rx", "tx"];
+pub(crate) const SAMPLE_FIELDS: [&str; 7] =
+    ["ts", "cpu", "mem", "disk_read", "disk_write", "rx", "tx"];
+
+/// Row `r` of a sample's seven columns (in [`SAMPLE_FIELDS`] order).
+pub(crate) fn sample_at(cols: &[&Int64Array; 7], r: usize) -> Sample {
+    Sample {
+        ts: cols[0].value(r),
+        cpu: cols[1].value(r),
+        mem: cols[2].value(r),
+        disk_read: cols[3].value(r),
+        disk_write: cols[4].value(r),
+        rx: cols[5].value(r),
+        tx: cols[6].value(r),
+    }
+}
 
 /// A column of a batch this module or `vm_samples.sql` shaped, by name.
 fn named<'b>(b: &'b RecordBatch, name: &str) -> &'b arrow::array::ArrayRef {
@@ -350,15 +364,7 @@ pub fn from_batch(b: &RecordBatch, keep: &dyn Fn(&str, &str) -> bool) -> Vec<VmH
     let f = named(b, "memory_byte_ns").as_primitive::<arrow::datatypes::Float64Type>();
     let side = |side: &str| SAMPLE_FIELDS.map(|c| n(&format!("{side}_{c}")));
     let (firsts, lasts) = (side("first"), side("last"));
-    let sample = |cols: &[&Int64Array; 7], r: usize| Sample {
-        ts: cols[0].value(r),
-        cpu: cols[1].value(r),
-        mem: cols[2].value(r),
-        disk_read: cols[3].value(r),
-        disk_write: cols[4].value(r),
-        rx: cols[5].value(r),
-        tx: cols[6].value(r),
-    };
+    let sample = sample_at;
     let (customers, vms, hours) = (s("customer_id"), s("vm_id"), n("hour"));
     let (cpu, dr, dw) = (n("cpu_nanos"), n("disk_read_bytes"), n("disk_write_bytes"));
     let (rx, tx) = (n("network_rx_bytes"), n("network_tx_bytes"));

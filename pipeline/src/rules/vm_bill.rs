@@ -17,7 +17,7 @@ use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 use hashbrown::HashMap;
 
-use super::vm::{self, GapSpans, Sample, Usage};
+use super::vm::{self, sample_at, GapSpans, Sample, Usage, SAMPLE_FIELDS};
 
 /// The columns of one `vm_usage_hours` batch ([`vm::schema`]).
 struct HourColumns<'b> {
@@ -41,7 +41,6 @@ const COUNTS: [&str; 7] = [
     "samples",
     "gaps",
 ];
-const SAMPLE_FIELDS: [&str; 7] = ["ts", "cpu", "mem", "disk_read", "disk_write", "rx", "tx"];
 
 impl<'b> HourColumns<'b> {
     fn of(b: &'b RecordBatch) -> Self {
@@ -60,18 +59,6 @@ impl<'b> HourColumns<'b> {
             counts: COUNTS.map(n),
             first: side("first"),
             last: side("last"),
-        }
-    }
-
-    fn sample(cols: &[&Int64Array; 7], r: usize) -> Sample {
-        Sample {
-            ts: cols[0].value(r),
-            cpu: cols[1].value(r),
-            mem: cols[2].value(r),
-            disk_read: cols[3].value(r),
-            disk_write: cols[4].value(r),
-            rx: cols[5].value(r),
-            tx: cols[6].value(r),
         }
     }
 
@@ -239,10 +226,10 @@ impl<'b> HourIndex<'b> {
                 let mut usage = cols.usage(r);
                 if let Some(a) = s.last {
                     let vm_spans = spans.get(self.vms.names[vm as usize]).unwrap_or(&none);
-                    let first = HourColumns::sample(&cols.first, r);
+                    let first = sample_at(&cols.first, r);
                     vm::add_pair(&mut usage, &a, &first, vm_spans, limit_ns);
                 }
-                s.last = Some(HourColumns::sample(&cols.last, r));
+                s.last = Some(sample_at(&cols.last, r));
                 // The latest window, or (a customer change, rare) an
                 // earlier one of the same key.
                 let found = s.windows.iter().rev().copied().find(|&w| {
