@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
-use common::{Rng, Tally};
+use common::{metric, Rng, Tally};
 use parquet::arrow::ArrowWriter;
 use tally_pipeline::Dataset;
 
@@ -305,13 +305,6 @@ fn check_hour(data: &Path, fleet: &[Vm]) {
         }
     }
     assert_eq!(seen, want.len(), "one rollup row per VM");
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

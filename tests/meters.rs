@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{create_token, Rng, Tally};
+use common::{create_token, metric, Rng, Tally};
 use serde_json::{json, Value};
 
 const HOUR: i64 = 3_600_000_000_000;
@@ -516,13 +516,6 @@ fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
 }
 
 async fn metrics(t: &Tally, token: &str) -> String {

@@ -4,12 +4,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{create_token, Rng, Tally};
+use common::crash::Acked;
+use common::{create_token, Rng};
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 3;
@@ -35,23 +36,12 @@ fn export(ids: &[String]) -> Value {
 }
 
 /// Exports until the server goes away; records what was acknowledged.
-async fn exporter(
-    url: String,
-    token: String,
-    next: Arc<AtomicU64>,
-    acked: Arc<Mutex<BTreeSet<String>>>,
-    seed: u64,
-) {
+async fn exporter(url: String, token: String, next: Arc<AtomicU64>, acked: Acked, seed: u64) {
     let client = reqwest::Client::new();
     let mut rng = Rng::new(seed);
     loop {
-        let mut ids: Vec<String> = (0..1 + rng.below(50))
-            .map(|_| format!("req_{:08}", next.fetch_add(1, Ordering::Relaxed)))
-            .collect();
-        // Now and then an export again, as exporters retry.
-        if rng.below(3) == 0 {
-            ids.extend(acked.lock().unwrap().iter().rev().take(5).cloned());
-        }
+        // New ids, now and then with a resend, as clients retry.
+        let ids = common::crash::next_ids(&mut rng, &next, &acked, "req_");
         let resp = client
             .post(format!("{url}/v1/logs"))
             .bearer_auth(&token)
@@ -76,16 +66,13 @@ async fn exporter(
 }
 
 /// Each stored request id and how many times it is stored.
-async fn stored(t: &Tally, admin: &str) -> BTreeMap<String, u64> {
-    let r = reqwest::Client::new()
-        .post(t.url("/v1/sql"))
-        .bearer_auth(admin)
-        .body("SELECT event_id, count(*) AS n FROM usage_llm GROUP BY event_id")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let rows: Vec<Value> = r.json().await.unwrap();
+async fn stored(url: String, admin: String) -> BTreeMap<String, u64> {
+    let rows = common::crash::stored_rows(
+        &url,
+        &admin,
+        "SELECT event_id, count(*) AS n FROM usage_llm GROUP BY event_id",
+    )
+    .await;
     rows.iter()
         .map(|r| {
             let id = r["event_id"].as_str().unwrap();
@@ -105,44 +92,13 @@ async fn every_acknowledged_otlp_call_counts_once_across_kill_9() {
     let data = dir.path().join("data");
     let ingest = create_token(&data, "seats", "ingest", &["acme"]);
     let admin = create_token(&data, "ops", "admin", &[]);
-    let next = Arc::new(AtomicU64::new(0));
-    let acked = Arc::new(Mutex::new(BTreeSet::new()));
-    let mut rng = Rng::from_time();
-    let args = ["--flush-interval", "200ms"];
-    for round in 0..ROUNDS {
-        let t = Tally::start(&data, &args).await;
-        let tasks: Vec<_> = (0..SENDERS)
-            .map(|i| {
-                tokio::spawn(exporter(
-                    t.url(""),
-                    ingest.clone(),
-                    next.clone(),
-                    acked.clone(),
-                    rng.next() ^ i as u64,
-                ))
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
-        t.kill9();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let t = Tally::start(&data, &args).await;
-        let stored = stored(&t, &admin).await;
-        let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(twice.is_empty(), "round {round}: stored twice: {twice:?}");
-        let acked = acked.lock().unwrap().clone();
-        let lost: Vec<_> = acked
-            .iter()
-            .filter(|id| !stored.contains_key(*id))
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "round {round}: acknowledged, not stored: {} of {}",
-            lost.len(),
-            acked.len()
-        );
-        assert!(!acked.is_empty(), "round {round}: nothing was acknowledged");
-        t.kill9();
-    }
+    common::crash::acked_once_across_kill_9(
+        &data,
+        &["--flush-interval", "200ms"],
+        ROUNDS,
+        SENDERS,
+        move |url, next, acked, seed| exporter(url, ingest.clone(), next, acked, seed),
+        |url| stored(url, admin.clone()),
+    )
+    .await;
 }

@@ -86,16 +86,6 @@ async fn sql_sees_unflushed_records_in_every_format_and_is_read_only() {
     assert_eq!(rows[0]["n"], 25);
 }
 
-/// One value of a `/metrics` line, by its name and labels.
-fn gauge(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} not in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// The live buffer holds each request's rows as Arrow columns: SQL reads
 /// them before any flush, /metrics says how much memory they take, and a
 /// request whose events fall in several hours is split into one file per
@@ -139,6 +129,8 @@ async fn the_live_buffer_answers_sql_reports_its_memory_and_splits_hours_when_fl
                  sum(total_tokens) AS tokens FROM usage_llm GROUP BY 1 ORDER BY 1";
     assert_eq!(by_hour(t.sql(query).await), want);
 
+    // The buffer's gauges are whole numbers.
+    let gauge = |text: &str, series: &str| common::metric(text, series) as u64;
     let metrics = t.metrics_text().await;
     let rows = gauge(&metrics, "tally_buffer_rows{dataset=\"usage_llm\"}");
     let bytes = gauge(&metrics, "tally_buffer_bytes{dataset=\"usage_llm\"}");

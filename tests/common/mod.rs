@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod crash;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -800,4 +801,12 @@ pub fn crc32_bitwise(bytes: &[u8]) -> u32 {
         }
     }
     !c
+}
+
+/// The value of one `/metrics` series (its name with labels, as written).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{text}"))
 }
