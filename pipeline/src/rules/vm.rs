@@ -8,7 +8,7 @@
 //! hours are put together ([`assemble`]), so a late sample changes its own
 //! hour only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
@@ -244,11 +244,13 @@ pub fn samples_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Puts a VM's hours (any order, rolled up or computed from raw) together:
-/// adds each hour's spanning pair (the previous hour with data's last
-/// sample and its first). `before` holds, per VM, the last sample before
+/// Puts a VM's hours (any order, rolled up or computed from raw) together,
+/// row by row: adds each hour's spanning pair (the previous hour with
+/// data's last sample and its first); the reference the in-place bill
+/// (`vm_bill.rs`) is tested against. `before` holds, per VM, the last sample before
 /// the first hour given, when there is one.
-pub fn assemble(
+#[cfg(test)]
+pub(crate) fn assemble(
     mut hours: Vec<VmHour>,
     before: &HashMap<String, Sample>,
     spans: &GapSpans,
@@ -397,12 +399,14 @@ pub fn from_batch(b: &RecordBatch, keep: &dyn Fn(&str, &str) -> bool) -> Vec<VmH
     out
 }
 
-/// Sums hours into windows: `window_of(hour)` gives a window's start and end.
-pub fn windows(
+/// Sums hours into windows: `window_of(hour)` gives a window's start and
+/// end. With [`assemble`], the reference of the in-place bill's test.
+#[cfg(test)]
+pub(crate) fn windows(
     hours: &[VmHour],
     window_of: &dyn Fn(i64) -> (i64, i64),
-) -> BTreeMap<(String, String, i64), (i64, Usage)> {
-    let mut out: BTreeMap<(String, String, i64), (i64, Usage)> = BTreeMap::new();
+) -> std::collections::BTreeMap<(String, String, i64), (i64, Usage)> {
+    let mut out = std::collections::BTreeMap::new();
     for h in hours {
         let (start, end) = window_of(h.hour);
         let e = out
