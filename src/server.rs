@@ -25,7 +25,7 @@ use tally_derive::plan_usage::PlanUsage;
 use tally_derive::rollups::HourRollups;
 use tally_pipeline::clock::NS_PER_SEC;
 use tally_pipeline::component::{Components, Context};
-use tally_pipeline::dedup::Dedup;
+use tally_pipeline::dedup::{Dedup, Keys};
 use tally_pipeline::metrics::Metrics;
 use tally_pipeline::quarantine::Quarantine;
 use tally_pipeline::store::Store;
@@ -402,9 +402,9 @@ impl Core {
             store.clone(),
             metrics.clone(),
             recovered.checkpoint.flushed_seq,
-            |r| {
-                if let Some(key) = r.key() {
-                    dedup.insert(r.dataset, &key, now_secs);
+            |columns| {
+                for (dataset, key) in Keys::of_columns(columns).iter() {
+                    dedup.insert(dataset, key, now_secs);
                 }
             },
         )

@@ -20,7 +20,7 @@ use tally_pipeline::Pipeline;
 use tally_proto::billing::v1::SendMetricsBatchRequest;
 use tally_queries::api_usage::config::UsageConfig;
 use tally_sources::billing::connect::{decode_request, decompress, BillingRequest, Codec};
-use tally_sources::billing::{batch_records, validate_batch, BillingService, METHODS};
+use tally_sources::billing::{batch_columns, validate_batch, BillingService, METHODS};
 use tally_sources::events::object::{Event, Object};
 use tally_sources::events::Subject;
 use tally_sources::http::body::{split, Item};
@@ -56,7 +56,8 @@ pub fn connect_body(data: &[u8]) {
     let decoded = bytes.and_then(|b| decode_request(method, codec, &b));
     if let Ok(BillingRequest::SendMetricsBatch(req)) = decoded {
         if validate_batch(&req, NOW_NS).is_ok() {
-            let (records, _) = batch_records(&req).expect("a valid batch fits vm_metrics");
+            let (columns, _) = batch_columns(&req).expect("a valid batch fits vm_metrics");
+            let records = columns.to_records();
             assert_eq!(records.len(), req.metrics.len());
             for r in &records {
                 r.check().expect("rows of a valid batch fit the schema");
@@ -192,13 +193,19 @@ pub fn event_json(data: &[u8]) {
 /// decode and encode to themselves; a segment's frames and unreadable
 /// regions tile it exactly, and each frame is where the parser says.
 pub fn wal_codec(data: &[u8]) {
-    if let Ok((from_log, records)) = decode_entry(data) {
+    // An entry that decodes (records or columns) re-encodes as columns to
+    // the same rows, and that encoding is stable.
+    if let Ok((from_log, parts)) = decode_entry(data) {
         let mut once = Vec::new();
-        encode_entry(&records, from_log, &mut once);
+        encode_entry(&parts, from_log, &mut once).expect("decoded columns encode");
         let (flag, again) = decode_entry(&once).expect("re-encoded entry decodes");
         assert_eq!(flag, from_log);
+        let shape = |ps: &[tally_pipeline::batch::Columns]| -> Vec<(u8, usize)> {
+            ps.iter().map(|c| (c.dataset() as u8, c.rows())).collect()
+        };
+        assert_eq!(shape(&parts), shape(&again));
         let mut twice = Vec::new();
-        encode_entry(&again, flag, &mut twice);
+        encode_entry(&again, flag, &mut twice).expect("decoded columns encode");
         assert_eq!(once, twice);
     }
     let seg = parse_segment(data, 0);

@@ -4,6 +4,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arrow::array::BooleanArray;
+
+use crate::batch::Columns;
 use crate::clock::{now_ns, NS_PER_SEC};
 use crate::dataset::Dataset;
 use crate::dedup::{Dedup, Keys};
@@ -254,12 +257,19 @@ impl Pipeline {
         records: &[Record],
         rejections: &[Rejection],
     ) -> Result<[usize; Dataset::COUNT], IngestError> {
-        let store = &self.inner.store;
         let mut rows = [0usize; Dataset::COUNT];
         for r in records {
             rows[r.dataset.index()] += 1;
         }
         rows[Dataset::Rejected.index()] += rejections.len();
+        self.reserve_rows(rows)
+    }
+
+    fn reserve_rows(
+        &self,
+        rows: [usize; Dataset::COUNT],
+    ) -> Result<[usize; Dataset::COUNT], IngestError> {
+        let store = &self.inner.store;
         for d in Dataset::ALL {
             let n = rows[d.index()];
             if n == 0 {
@@ -274,6 +284,56 @@ impl Pipeline {
             }
         }
         Ok(rows)
+    }
+
+    /// Stores rows a decoder built as columns (checked against their
+    /// schema when they were assembled), dropping duplicates, and returns
+    /// once they are durable. Their dedup keys are read from the columns;
+    /// the columns go to the WAL and the live buffer as they are.
+    pub async fn ingest_columns(
+        &self,
+        source: &str,
+        columns: Columns,
+    ) -> Result<IngestReport, IngestError> {
+        let inner = &self.inner;
+        let dataset = columns.dataset();
+        let mut rows = [0usize; Dataset::COUNT];
+        rows[dataset.index()] = columns.rows();
+        self.reserve_rows(rows)?;
+        let now_secs = (now_ns() / NS_PER_SEC) as u64;
+        let keys = Keys::of_columns(&columns);
+        let mut fresh = Vec::with_capacity(keys.len());
+        inner.dedup.insert_all(keys.iter(), now_secs, &mut fresh);
+        let mut report = IngestReport::default();
+        let duplicates = fresh.iter().filter(|f| !**f).count();
+        let columns = if duplicates == 0 {
+            report.stored_flags = vec![true; columns.rows()];
+            columns
+        } else {
+            inner.store.release(dataset, duplicates);
+            inner
+                .metrics
+                .count(Outcome::Duplicate, dataset, source, duplicates as u64);
+            report.duplicates = duplicates;
+            report.stored_flags = fresh.clone();
+            columns.filter(&BooleanArray::from(fresh.clone()))
+        };
+        report.accepted = columns.rows();
+        let mut accepted = [0usize; Dataset::COUNT];
+        accepted[dataset.index()] = columns.rows();
+        let parts = if columns.rows() > 0 {
+            vec![columns]
+        } else {
+            Vec::new()
+        };
+        let logged = Logged {
+            parts,
+            accepted,
+            rejected_by_dataset: [0; Dataset::COUNT],
+            keys,
+            fresh,
+        };
+        self.log(source, logged, report, false).await
     }
 
     async fn ingest_reserved(
@@ -346,7 +406,7 @@ impl Pipeline {
             accepted[r.dataset.index()] += 1;
         }
         report.accepted = kept.len();
-        let mut rejected_by_dataset = [0u64; Dataset::COUNT];
+        let mut rejected_by_dataset = [0usize; Dataset::COUNT];
         for rej in rejections {
             report.rejected.push((rej.index, rej.reason.clone()));
             rejected_by_dataset[rej.dataset.unwrap_or(Dataset::Rejected).index()] += 1;
@@ -360,7 +420,35 @@ impl Pipeline {
                 }
             }
         }
-        if kept.is_empty() {
+        let logged = Logged {
+            parts: Columns::of_records(kept),
+            accepted,
+            rejected_by_dataset,
+            keys,
+            fresh,
+        };
+        self.log(source, logged, report, from_log).await
+    }
+
+    /// Writes an entry's rows to the WAL (or the relay) and counts them:
+    /// the last step of every request. On error nothing of the request
+    /// stays: its fresh keys are forgotten and its rows leave the bound.
+    async fn log(
+        &self,
+        source: &str,
+        logged: Logged,
+        mut report: IngestReport,
+        from_log: bool,
+    ) -> Result<IngestReport, IngestError> {
+        let inner = &self.inner;
+        let Logged {
+            parts,
+            accepted,
+            rejected_by_dataset,
+            keys,
+            fresh,
+        } = logged;
+        if parts.is_empty() {
             return Ok(report);
         }
         // Rows this request holds under the admission bound (rejections are
@@ -377,13 +465,14 @@ impl Pipeline {
         let written = match &inner.relay {
             // An edge node buffers nothing: the rows leave the bound either way.
             Some(relay) => {
-                let result = relay.send(kept).await;
+                let records = parts.iter().flat_map(Columns::to_records).collect();
+                let result = relay.send(records).await;
                 release(&held);
                 result.map(|()| None).map_err(IngestError::Relay)
             }
             None => inner
                 .wal
-                .append_entry(kept, from_log)
+                .append_entry(parts, from_log)
                 .await
                 .map(Some)
                 .map_err(IngestError::from),
@@ -410,10 +499,21 @@ impl Pipeline {
         }
         for d in Dataset::ALL {
             let n = rejected_by_dataset[d.index()];
-            inner.metrics.count(Outcome::Rejected, d, source, n);
+            inner.metrics.count(Outcome::Rejected, d, source, n as u64);
         }
         Ok(report)
     }
+}
+
+/// What a request leaves to [`Pipeline::log`]: its rows per dataset, its
+/// counts, and the keys dedup remembered for it (forgotten if the write
+/// fails).
+struct Logged {
+    parts: Vec<Columns>,
+    accepted: [usize; Dataset::COUNT],
+    rejected_by_dataset: [usize; Dataset::COUNT],
+    keys: Keys,
+    fresh: Vec<bool>,
 }
 
 #[cfg(test)]

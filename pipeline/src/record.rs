@@ -138,6 +138,24 @@ pub enum SchemaError {
         dataset: Dataset,
         column: &'static str,
     },
+    /// A column given as Arrow (see [`crate::batch::Columns`]) of another
+    /// type than the schema's.
+    #[error("{dataset}.{column} must be a column of {expected}, got {got}")]
+    ArrowType {
+        dataset: Dataset,
+        column: &'static str,
+        expected: String,
+        got: String,
+    },
+    #[error("{dataset}.{column} holds {got} rows where the others hold {expected}")]
+    Length {
+        dataset: Dataset,
+        column: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{dataset} columns do not make a batch: {reason}")]
+    Arrow { dataset: Dataset, reason: String },
 }
 
 /// A row of one dataset.

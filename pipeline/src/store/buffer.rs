@@ -4,20 +4,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batch::times;
+use crate::batch::{times, Columns};
 use crate::clock::HOUR_NS;
 use crate::dataset::Dataset;
-use crate::record::Record;
 
 use super::prepared::Prepared;
 use super::{BufferStats, Chunk, Store};
 
 impl Store {
-    /// Adds the records of WAL entry `seq` to the buffer. Called in sequence
+    /// Adds the rows of WAL entry `seq` to the buffer. Called in sequence
     /// order by replay at start-up. `reserved` says whether the rows were
     /// admitted through [`Store::reserve`].
-    pub fn apply(&self, seq: u64, records: Vec<Record>, reserved: bool) {
-        self.apply_prepared(seq, Prepared::new(records), reserved);
+    pub fn apply(&self, seq: u64, parts: Vec<Columns>, reserved: bool) {
+        self.apply_prepared(seq, Prepared::new(parts), reserved);
     }
 
     /// Adds an entry's chunks, split and measured beforehand (by the

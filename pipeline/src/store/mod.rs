@@ -134,9 +134,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::Columns;
     use crate::record::{Record, Value};
 
-    fn rejected(n: i64) -> Record {
+    fn rejected(ns: &[i64]) -> Vec<Columns> {
+        Columns::of_records(ns.iter().map(|&n| rejected_record(n)).collect())
+    }
+
+    fn rejected_record(n: i64) -> Record {
         Record::from_columns(
             Dataset::Rejected,
             vec![
@@ -157,7 +162,7 @@ mod tests {
         store.reserve(Dataset::Rejected, 2).unwrap();
         let err = store.reserve(Dataset::Rejected, 2).unwrap_err();
         assert_eq!((err.queued, err.limit), (2, 3));
-        store.apply(1, vec![rejected(1), rejected(2)], true);
+        store.apply(1, rejected(&[1, 2]), true);
         assert_eq!(store.stats(Dataset::Rejected).buffered_rows, 2);
         let _ = store.commit_files(Dataset::Rejected, 1, vec![]);
         assert_eq!(store.stats(Dataset::Rejected).queued_rows, 0);
@@ -197,8 +202,8 @@ mod tests {
     #[test]
     fn commit_drops_only_chunks_through_the_sequence() {
         let store = Store::new(100);
-        store.apply(1, vec![rejected(1)], false);
-        store.apply(2, vec![rejected(2)], false);
+        store.apply(1, rejected(&[1]), false);
+        store.apply(2, rejected(&[2]), false);
         assert_eq!(store.applied_seq(), 2);
         assert_eq!(store.chunks_through(Dataset::Rejected, 1).len(), 1);
         let taken = store.commit_files(

@@ -1,18 +1,33 @@
-//! Binary encoding of records inside a WAL entry.
+//! Binary encoding of a WAL entry, and of records on the Kafka topic.
 //!
-//! Entry payload: `u32 count`, then per record `u8 dataset`, then per column a
-//! tag byte and the value (little-endian). The column count comes from the
-//! dataset, so a payload written by this version decodes only against the same
-//! column lists; a schema change must bump [`FORMAT_VERSION`].
+//! The first byte is the format version; its high bit ([`FROM_LOG`]) marks
+//! an entry whose records came from a replayable log (a Kafka partition): it
+//! is not replayed at start-up, because the log delivers it again from the
+//! committed offset.
 //!
-//! The high bit of the version byte ([`FROM_LOG`]) marks an entry whose
-//! records came from a replayable log (a Kafka partition): it is not replayed
-//! at start-up, because the log delivers it again from the committed offset.
+//! - **Version 2, columns** (what the WAL writes): `u32` part count, then
+//!   per part `u8 dataset`, `u32` length and an Arrow IPC stream (schema,
+//!   dictionaries, one record batch) of the dataset's columns. Decoding
+//!   checks the columns against the dataset's schema by name.
+//! - **Version 1, records** (the Kafka topic `tally.records`, and WALs
+//!   of earlier releases, which still replay): `u32 count`, then per
+//!   record `u8 dataset`, then per column a tag byte and the value
+//!   (little-endian). The column count comes from the dataset, so a payload
+//!   decodes only against the same column lists.
 
+use std::io::Cursor;
+
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+
+use crate::batch::Columns;
 use crate::dataset::Dataset;
 use crate::record::{Record, Value};
 
-pub const FORMAT_VERSION: u8 = 1;
+/// The version of entries written now: columns.
+pub const FORMAT_VERSION: u8 = 2;
+/// The version of record payloads: the Kafka topic, earlier WALs.
+pub const RECORDS_VERSION: u8 = 1;
 /// The Kafka topic of records in this encoding: edge nodes relay to it,
 /// writers consume it (unless another is configured).
 pub const RECORDS_TOPIC: &str = "tally.records";
@@ -37,20 +52,115 @@ pub enum DecodeError {
     UnknownTag(u8),
     #[error("string is not UTF-8")]
     Utf8,
-    #[error("payload format version {0} is not {FORMAT_VERSION}")]
+    #[error("payload format version {0} is not {RECORDS_VERSION} or {FORMAT_VERSION}")]
     Version(u8),
+    #[error("record payloads are version {RECORDS_VERSION}, this one is {0}")]
+    NotRecords(u8),
+    #[error("part {part} is not an Arrow IPC stream of one batch: {reason}")]
+    Ipc { part: usize, reason: String },
+    #[error("part {part} does not fit its dataset: {reason}")]
+    Schema { part: usize, reason: String },
 }
 
-pub fn encode_records(records: &[Record], out: &mut Vec<u8>) {
-    encode_entry(records, false, out)
-}
-
-/// Encodes an entry; `from_log` sets the [`FROM_LOG`] flag.
-pub fn encode_entry(records: &[Record], from_log: bool, out: &mut Vec<u8>) {
+/// Encodes an entry of columns (version 2); `from_log` sets the
+/// [`FROM_LOG`] flag.
+pub fn encode_entry(
+    parts: &[Columns],
+    from_log: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), arrow::error::ArrowError> {
     out.push(if from_log {
         FORMAT_VERSION | FROM_LOG
     } else {
         FORMAT_VERSION
+    });
+    out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+    for part in parts {
+        out.push(part.dataset() as u8);
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let mut w = StreamWriter::try_new(&mut *out, part.batch().schema_ref())?;
+        w.write(part.batch())?;
+        w.finish()?;
+        let len = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Decodes an entry of either version: `(from_log, columns)`. Records of a
+/// version 1 entry are checked against their schema and split by dataset.
+pub fn decode_entry(buf: &[u8]) -> Result<(bool, Vec<Columns>), DecodeError> {
+    let version = *buf.first().ok_or(DecodeError::Truncated(0))?;
+    let from_log = version & FROM_LOG != 0;
+    match version & !FROM_LOG {
+        RECORDS_VERSION => {
+            let records = decode_records(buf)?;
+            if let Some((part, e)) = records
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| r.check().err().map(|e| (i, e)))
+            {
+                return Err(DecodeError::Schema {
+                    part,
+                    reason: e.to_string(),
+                });
+            }
+            Ok((from_log, Columns::of_records(records)))
+        }
+        FORMAT_VERSION => {
+            let mut r = Reader { buf, pos: 1 };
+            let count = u32::from_le_bytes(r.arr()?) as usize;
+            let mut parts = Vec::with_capacity(count.min(Dataset::COUNT));
+            for part in 0..count {
+                let d = r.u8()?;
+                let dataset = Dataset::from_index(d).ok_or(DecodeError::UnknownDataset(d))?;
+                let len = u32::from_le_bytes(r.arr()?) as usize;
+                let bytes = r.take(len)?;
+                let ipc = |e: arrow::error::ArrowError| DecodeError::Ipc {
+                    part,
+                    reason: e.to_string(),
+                };
+                let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(ipc)?;
+                let mut batches = reader.collect::<Result<Vec<_>, _>>().map_err(ipc)?;
+                if batches.len() != 1 {
+                    return Err(DecodeError::Ipc {
+                        part,
+                        reason: format!("{} batches", batches.len()),
+                    });
+                }
+                let columns = Columns::of_batch(dataset, batches.remove(0)).map_err(|e| {
+                    DecodeError::Schema {
+                        part,
+                        reason: e.to_string(),
+                    }
+                })?;
+                parts.push(columns);
+            }
+            if r.pos != buf.len() {
+                return Err(DecodeError::Ipc {
+                    part: count,
+                    reason: format!("{} bytes after the last part", buf.len() - r.pos),
+                });
+            }
+            Ok((from_log, parts))
+        }
+        v => Err(DecodeError::Version(v)),
+    }
+}
+
+/// Encodes records (version 1), as the Kafka relay sends them.
+pub fn encode_records(records: &[Record], out: &mut Vec<u8>) {
+    encode_records_entry(records, false, out)
+}
+
+/// Encodes records as a version 1 entry; `from_log` sets the
+/// [`FROM_LOG`] flag. The WAL of earlier releases holds such entries.
+pub fn encode_records_entry(records: &[Record], from_log: bool, out: &mut Vec<u8>) {
+    out.push(if from_log {
+        RECORDS_VERSION | FROM_LOG
+    } else {
+        RECORDS_VERSION
     });
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     for r in records {
@@ -114,22 +224,19 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub fn decode_records(buf: &[u8]) -> Result<Vec<Record>, DecodeError> {
-    decode_entry(buf).map(|(_, records)| records)
-}
 
 /// Whether an entry carries the [`FROM_LOG`] flag, without decoding it.
 pub fn is_from_log(buf: &[u8]) -> bool {
     buf.first().is_some_and(|v| v & FROM_LOG != 0)
 }
 
-/// Decodes an entry: `(from_log, records)`.
-pub fn decode_entry(buf: &[u8]) -> Result<(bool, Vec<Record>), DecodeError> {
+/// Decodes a version 1 payload (records) with or without the
+/// [`FROM_LOG`] flag; records are not checked against their schema here.
+pub fn decode_records(buf: &[u8]) -> Result<Vec<Record>, DecodeError> {
     let mut r = Reader { buf, pos: 0 };
     let version = r.u8()?;
-    let from_log = version & FROM_LOG != 0;
-    if version & !FROM_LOG != FORMAT_VERSION {
-        return Err(DecodeError::Version(version & !FROM_LOG));
+    if version & !FROM_LOG != RECORDS_VERSION {
+        return Err(DecodeError::NotRecords(version & !FROM_LOG));
     }
     let count = u32::from_le_bytes(r.arr()?) as usize;
     let mut records = Vec::with_capacity(count.min(1 << 16));
@@ -161,7 +268,7 @@ pub fn decode_entry(buf: &[u8]) -> Result<(bool, Vec<Record>), DecodeError> {
         }
         records.push(Record { dataset, values });
     }
-    Ok((from_log, records))
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -199,28 +306,73 @@ mod tests {
         ]
     }
 
+    /// What an entry holds, as records per dataset, for comparisons.
+    fn rows(parts: &[Columns]) -> Vec<(Dataset, Vec<Record>)> {
+        parts.iter().map(|c| (c.dataset(), c.to_records())).collect()
+    }
+
+    fn by_dataset(records: Vec<Record>) -> Vec<(Dataset, Vec<Record>)> {
+        let mut out: Vec<(Dataset, Vec<Record>)> = Vec::new();
+        for d in Dataset::ALL {
+            let rs: Vec<Record> = records.iter().filter(|r| r.dataset == d).cloned().collect();
+            if !rs.is_empty() {
+                out.push((d, rs));
+            }
+        }
+        out
+    }
+
     #[test]
-    fn round_trip() {
+    fn records_round_trip() {
         let mut buf = Vec::new();
         encode_records(&sample(), &mut buf);
         assert_eq!(decode_records(&buf).unwrap(), sample());
     }
 
     #[test]
+    fn columns_round_trip_and_records_entries_still_decode() {
+        let parts = Columns::of_records(sample());
+        let mut buf = Vec::new();
+        encode_entry(&parts, false, &mut buf).unwrap();
+        assert_eq!(buf[0], FORMAT_VERSION);
+        let (from_log, back) = decode_entry(&buf).unwrap();
+        assert!(!from_log);
+        assert_eq!(rows(&back), by_dataset(sample()));
+        for (a, b) in parts.iter().zip(&back) {
+            assert_eq!(a.batch(), b.batch());
+        }
+        // An entry of the earlier release: the same rows, as columns.
+        let mut v1 = Vec::new();
+        encode_records_entry(&sample(), false, &mut v1);
+        assert_eq!(rows(&decode_entry(&v1).unwrap().1), by_dataset(sample()));
+        // A record payload is not taken for columns, nor columns for records.
+        assert_eq!(
+            decode_records(&buf).unwrap_err(),
+            DecodeError::NotRecords(FORMAT_VERSION)
+        );
+    }
+
+    #[test]
     fn the_log_flag_round_trips_and_plain_entries_lack_it() {
+        let parts = Columns::of_records(sample());
         let mut flagged = Vec::new();
-        encode_entry(&sample(), true, &mut flagged);
+        encode_entry(&parts, true, &mut flagged).unwrap();
         assert!(is_from_log(&flagged));
-        assert_eq!(decode_entry(&flagged).unwrap(), (true, sample()));
+        let (flag, back) = decode_entry(&flagged).unwrap();
+        assert!(flag);
+        assert_eq!(rows(&back), by_dataset(sample()));
         let mut plain = Vec::new();
-        encode_records(&sample(), &mut plain);
+        encode_entry(&parts, false, &mut plain).unwrap();
         assert!(!is_from_log(&plain));
         assert!(!decode_entry(&plain).unwrap().0);
         // Only the flag differs.
         assert_eq!(flagged[1..], plain[1..]);
+        let mut v1 = Vec::new();
+        encode_records_entry(&sample(), true, &mut v1);
+        assert!(is_from_log(&v1) && decode_entry(&v1).unwrap().0);
         let mut bad = plain.clone();
-        bad[0] = 2;
-        assert_eq!(decode_entry(&bad).unwrap_err(), DecodeError::Version(2));
+        bad[0] = 3;
+        assert_eq!(decode_entry(&bad).unwrap_err(), DecodeError::Version(3));
     }
 
     #[test]
@@ -230,5 +382,23 @@ mod tests {
         for cut in 0..buf.len() {
             assert!(decode_records(&buf[..cut]).is_err(), "cut at {cut}");
         }
+        let mut cols = Vec::new();
+        encode_entry(&Columns::of_records(sample()), false, &mut cols).unwrap();
+        for cut in 0..cols.len() {
+            assert!(decode_entry(&cols[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    /// A part whose IPC stream holds columns of another dataset is refused
+    /// with the column and the rule, not taken as rows of the named one.
+    #[test]
+    fn a_part_of_another_schema_is_refused() {
+        let parts = Columns::of_records(sample());
+        let mut buf = Vec::new();
+        encode_entry(&parts[..1], false, &mut buf).unwrap();
+        // Relabel the first part (host_usage) as rejected.
+        buf[5] = Dataset::Rejected as u8;
+        let err = decode_entry(&buf).unwrap_err();
+        assert!(matches!(err, DecodeError::Schema { part: 0, .. }), "{err}");
     }
 }

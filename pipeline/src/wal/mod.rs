@@ -19,6 +19,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batch::Columns;
 use crate::metrics::Metrics;
 use crate::quarantine::{Damage, DamageKind, Quarantine};
 use crate::record::Record;
@@ -36,6 +37,9 @@ pub enum WalError {
     Failed(String),
     #[error("the WAL writer has stopped")]
     Stopped,
+    /// The entry could not be encoded (nothing was written).
+    #[error("encoding a WAL entry: {0}")]
+    Encode(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -107,19 +111,19 @@ pub struct Wal {
 
 impl Wal {
     /// Replays the log into `store` (entries after `flushed_seq`), calling
-    /// `on_record` for each replayed record, then starts the writer on a
-    /// fresh segment.
+    /// `on_columns` for each replayed part (one dataset's rows of an
+    /// entry), then starts the writer on a fresh segment.
     pub fn open(
         config: WalConfig,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         flushed_seq: u64,
-        mut on_record: impl FnMut(&Record),
+        mut on_columns: impl FnMut(&Columns),
     ) -> Result<(Wal, ReplayReport), WalError> {
         fs::create_dir_all(&config.dir).map_err(io_err(&config.dir))?;
-        let mut report = replay(&config.dir, flushed_seq, |seq, records| {
-            records.iter().for_each(&mut on_record);
-            store.apply(seq, records, false);
+        let mut report = replay(&config.dir, flushed_seq, |seq, parts| {
+            parts.iter().for_each(&mut on_columns);
+            store.apply(seq, parts, false);
         })?;
         report.last_seq = report.last_seq.max(flushed_seq);
         store.set_applied_seq(report.last_seq);
@@ -159,28 +163,32 @@ impl Wal {
     /// Writes the records as one entry and returns once they are fsync'd and
     /// in the live buffer.
     pub async fn append(&self, records: Vec<Record>) -> Result<u64, WalError> {
-        self.append_entry(records, false).await
+        self.append_entry(Columns::of_records(records), false).await
     }
 
-    /// Like [`Wal::append`]; `from_log` marks records that a replayable log
-    /// (Kafka) delivers again until its offset is committed, so start-up
-    /// leaves them to the log instead of replaying them.
+    /// Writes rows (one part per dataset) as one entry and returns once
+    /// they are fsync'd and in the live buffer. `from_log` marks rows that
+    /// a replayable log (Kafka) delivers again until its offset is
+    /// committed, so start-up leaves them to the log instead of replaying
+    /// them.
     pub async fn append_entry(
         &self,
-        records: Vec<Record>,
+        parts: Vec<Columns>,
         from_log: bool,
     ) -> Result<u64, WalError> {
         if let Some(f) = self.failure.lock().clone() {
             return Err(WalError::Failed(f));
         }
-        // Encoding, checksumming and splitting by dataset happen here, on
-        // the appender's core; the one writer thread is left the copy, the
+        // Encoding, checksumming and measuring happen here, on the
+        // appender's core; the one writer thread is left the copy, the
         // write and the fsync, which every appender waits for.
-        let mut payload = Vec::with_capacity(64 + records.len() * 64);
-        codec::encode_entry(&records, from_log, &mut payload);
+        let rows: usize = parts.iter().map(Columns::rows).sum();
+        let mut payload = Vec::with_capacity(1024 + rows * 64);
+        codec::encode_entry(&parts, from_log, &mut payload)
+            .map_err(|e| WalError::Encode(e.to_string()))?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&payload);
-        let chunks = Prepared::new(records);
+        let chunks = Prepared::new(parts);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Append {
@@ -220,7 +228,7 @@ impl Wal {
 pub fn replay(
     dir: &Path,
     flushed_seq: u64,
-    mut apply: impl FnMut(u64, Vec<Record>),
+    mut apply: impl FnMut(u64, Vec<Columns>),
 ) -> Result<ReplayReport, WalError> {
     let mut report = ReplayReport::default();
     if !dir.exists() {
@@ -294,8 +302,8 @@ pub fn replay(
                 report.entries_left_to_log += 1;
                 continue;
             }
-            let records = match codec::decode_records(&payload) {
-                Ok(records) => records,
+            let parts = match codec::decode_entry(&payload) {
+                Ok((_, parts)) => parts,
                 Err(e) => {
                     // The checksum matched, so the bytes are what was
                     // written; a version that cannot decode them must not
@@ -312,8 +320,8 @@ pub fn replay(
                 }
             };
             report.entries_replayed += 1;
-            report.records_replayed += records.len() as u64;
-            apply(seq, records);
+            report.records_replayed += parts.iter().map(|c| c.rows() as u64).sum::<u64>();
+            apply(seq, parts);
         }
     }
     Ok(report)
@@ -657,7 +665,7 @@ mod tests {
             store2.clone(),
             metrics.clone(),
             5,
-            |r| seen.push(r.values[4].clone()),
+            |c| seen.extend(c.to_records().into_iter().map(|r| r.values[4].clone())),
         )
         .unwrap();
         assert_eq!(report.entries_replayed, 15);
@@ -737,8 +745,8 @@ mod tests {
         cfg.quarantine = Some(quarantine.clone());
         let store = Arc::new(Store::new(1000));
         let mut seen = Vec::new();
-        let (wal2, report) = Wal::open(cfg, store, metrics.clone(), 0, |r| {
-            seen.push(r.values[4].clone())
+        let (wal2, report) = Wal::open(cfg, store, metrics.clone(), 0, |c| {
+            seen.extend(c.to_records().into_iter().map(|r| r.values[4].clone()))
         })
         .unwrap();
         let expected: Vec<Value> = [1, 101, 2, 102, 4, 104, 5, 105]
@@ -769,14 +777,14 @@ mod tests {
         let store = Arc::new(Store::new(1000));
         let (wal, _) = Wal::open(config(dir.path()), store, metrics.clone(), 0, |_| {}).unwrap();
         assert_eq!(wal.append(vec![record(1)]).await.unwrap(), 1);
-        assert_eq!(wal.append_entry(vec![record(2)], true).await.unwrap(), 2);
+        assert_eq!(wal.append_entry(Columns::of_records(vec![record(2)]), true).await.unwrap(), 2);
         assert_eq!(wal.append(vec![record(3)]).await.unwrap(), 3);
         wal.shutdown().await;
 
         let store2 = Arc::new(Store::new(1000));
         let mut seen = Vec::new();
-        let (wal2, report) = Wal::open(config(dir.path()), store2.clone(), metrics, 0, |r| {
-            seen.push(r.values[4].clone())
+        let (wal2, report) = Wal::open(config(dir.path()), store2.clone(), metrics, 0, |c| {
+            seen.extend(c.to_records().into_iter().map(|r| r.values[4].clone()))
         })
         .unwrap();
         assert_eq!(seen, vec![Value::I32(1), Value::I32(3)]);

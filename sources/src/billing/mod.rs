@@ -27,7 +27,7 @@ use tally_pipeline::component::{Component, Context, Handle};
 use tally_proto::billing::v1::billing_service_server::BillingServiceServer;
 use tower::ServiceExt;
 
-pub use service::{batch_records, validate_batch, BillingService};
+pub use service::{batch_columns, validate_batch, BillingService};
 
 /// The methods of billing.v1.BillingService.
 pub const METHODS: [&str; 5] = [

@@ -2,16 +2,21 @@
 //! records for `vm_metrics` and `vm_events`, fleet state and metrics.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, DictionaryArray, Int32Array, Int64Array, StringArray, TimestampNanosecondArray,
+};
+use arrow::datatypes::Int32Type;
 use std::time::Instant;
 
 use parking_lot::Mutex;
 use tally_pipeline::access::limits::{OverRate, RateLimiter};
 use tally_pipeline::access::Access;
 use tally_pipeline::clock::{DAY_NS, NS_PER_SEC};
+use tally_pipeline::batch::Columns;
 use tally_pipeline::{
-    now_ns, Dataset, IngestError, Pipeline, Record, RecordBuilder, Rejection, RowLayout,
-    SchemaError, Value,
+    now_ns, Dataset, IngestError, Pipeline, Record, RecordBuilder, Rejection, SchemaError, Value,
 };
 use tally_proto::billing::v1::{
     NotifyPossibleGapRequest, NotifyVmStartedRequest, NotifyVmStoppedRequest, SendHeartbeatRequest,
@@ -191,54 +196,62 @@ pub fn validate_batch(req: &SendMetricsBatchRequest, now: i64) -> Result<(), Rpc
     Ok(())
 }
 
-/// The columns of a `vm_metrics` row, resolved once: batches are the
-/// hottest path, and a lookup by name per value would cost more than the
-/// row itself (pipeline/examples/record_cost.rs).
-static VM_ROW: LazyLock<RowLayout<9>> = LazyLock::new(|| {
-    RowLayout::new(
-        Dataset::VmMetrics,
-        [
-            "customer_id",
-            "vm_id",
-            "timestamp",
-            "cpu_time_nanos",
-            "memory_usage_bytes",
-            "disk_read_bytes",
-            "disk_write_bytes",
-            "network_rx_bytes",
-            "network_tx_bytes",
-        ],
-    )
-    .expect("vm_metrics has these columns")
-});
-
-/// The `vm_metrics` rows of a validated batch, and its newest sample time.
-pub fn batch_records(req: &SendMetricsBatchRequest) -> Result<(Vec<Record>, i64), SchemaError> {
-    let mut newest = i64::MIN;
-    let records = req
-        .metrics
-        .iter()
-        .map(|m| {
-            let ts = m
-                .timestamp
+/// The `vm_metrics` rows of a validated batch, as columns, and its newest
+/// sample time. Each sample is read once into the columns it fills; the
+/// VM and customer are one dictionary value each, whatever the batch's
+/// length. The columns are checked against the schema by name when
+/// assembled.
+pub fn batch_columns(req: &SendMetricsBatchRequest) -> Result<(Columns, i64), SchemaError> {
+    let n = req.metrics.len();
+    let mut times = Vec::with_capacity(n);
+    let mut counters: [Vec<i64>; 6] = std::array::from_fn(|_| Vec::with_capacity(n));
+    for m in &req.metrics {
+        times.push(
+            m.timestamp
                 .as_ref()
                 .and_then(timestamp_ns)
-                .unwrap_or_default();
-            newest = newest.max(ts);
-            VM_ROW.row([
-                req.customer_id.as_str().into(),
-                req.vm_id.as_str().into(),
-                Value::Ts(ts),
-                m.cpu_time_nanos.into(),
-                m.memory_usage_bytes.into(),
-                m.disk_read_bytes.into(),
-                m.disk_write_bytes.into(),
-                m.network_rx_bytes.into(),
-                m.network_tx_bytes.into(),
-            ])
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((records, newest))
+                .unwrap_or_default(),
+        );
+        for (column, v) in counters.iter_mut().zip([
+            m.cpu_time_nanos,
+            m.memory_usage_bytes,
+            m.disk_read_bytes,
+            m.disk_write_bytes,
+            m.network_rx_bytes,
+            m.network_tx_bytes,
+        ]) {
+            column.push(v);
+        }
+    }
+    let newest = times.iter().copied().max().unwrap_or(i64::MIN);
+    let one = |v: &str| -> ArrayRef {
+        Arc::new(DictionaryArray::<Int32Type>::new(
+            Int32Array::from(vec![0; n]),
+            Arc::new(StringArray::from(vec![v])),
+        ))
+    };
+    let mut columns: Vec<(&str, ArrayRef)> = vec![
+        ("customer_id", one(&req.customer_id)),
+        ("vm_id", one(&req.vm_id)),
+        (
+            "timestamp",
+            Arc::new(TimestampNanosecondArray::from(times).with_timezone("UTC")),
+        ),
+    ];
+    for (name, values) in [
+        "cpu_time_nanos",
+        "memory_usage_bytes",
+        "disk_read_bytes",
+        "disk_write_bytes",
+        "network_rx_bytes",
+        "network_tx_bytes",
+    ]
+    .into_iter()
+    .zip(counters)
+    {
+        columns.push((name, Arc::new(Int64Array::from(values))));
+    }
+    Ok((Columns::assemble(Dataset::VmMetrics, n, columns)?, newest))
 }
 
 pub fn timestamp_ns(ts: &prost_types::Timestamp) -> Option<i64> {
@@ -369,8 +382,9 @@ impl BillingService {
                 .take(&req.customer_id, n as u64)
                 .map_err(RpcError::OverRate)?;
         }
-        let (records, newest) = batch_records(&req)?;
-        let (accepted, duplicates) = self.store(source, records).await?;
+        let (columns, newest) = batch_columns(&req)?;
+        let report = self.pipeline.ingest_columns(source, columns).await?;
+        let (accepted, duplicates) = (report.accepted, report.duplicates);
         {
             let mut fleet = self.fleet.lock();
             let last = fleet.last_sample.entry(req.vm_id.clone()).or_insert(newest);

@@ -47,7 +47,7 @@ use tally_proto::billing::v1::SendMetricsBatchRequest;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::billing::{batch_records, validate_batch};
+use crate::billing::{batch_columns, validate_batch};
 use crate::events::Subject;
 
 pub const SOURCE: &str = "kafka";
@@ -309,7 +309,9 @@ fn ensure_topics(rt: &Handle, config: &KafkaConfig, topics: &[String]) -> Result
 pub fn decode_vm_metrics(payload: &[u8], now: i64) -> Result<Vec<Record>, BadVmMetrics> {
     let req = SendMetricsBatchRequest::decode(payload)?;
     validate_batch(&req, now)?;
-    Ok(batch_records(&req)?.0)
+    // A consumed poll mixes datasets and sources in one request: its rows
+    // go as records.
+    Ok(batch_columns(&req)?.0.to_records())
 }
 
 /// Why a `vm.metrics` message is refused (the rejection's reason).

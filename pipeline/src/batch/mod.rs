@@ -1,4 +1,10 @@
-//! Arrow schemas of the datasets, and records to `RecordBatch` and back.
+//! Arrow schemas of the datasets, rows as checked columns ([`Columns`]),
+//! keys read from columns, and records to `RecordBatch` and back.
+
+mod columns;
+pub mod keys;
+
+pub use columns::Columns;
 
 use std::sync::{Arc, OnceLock};
 
