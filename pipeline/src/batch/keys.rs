@@ -76,3 +76,29 @@ impl<'a> KeyColumn<'a> {
         }
     }
 }
+
+impl KeyColumn<'_> {
+    /// Whether rows `i` and `j` encode to the same bytes, read without
+    /// encoding them (a dictionary's rows of one key compare as integers).
+    pub fn same(&self, i: usize, j: usize) -> bool {
+        fn eq<A: Array, T: PartialEq>(a: &A, i: usize, j: usize, v: impl Fn(usize) -> T) -> bool {
+            match (a.is_null(i), a.is_null(j)) {
+                (false, false) => v(i) == v(j),
+                (ni, nj) => ni == nj,
+            }
+        }
+        match self {
+            Self::Str(a) => eq(*a, i, j, |r| a.value(r)),
+            Self::Dict(k, v) => eq(*k, i, j, |r| k.value(r)) || {
+                !k.is_null(i)
+                    && !k.is_null(j)
+                    && v.value(k.value(i) as usize) == v.value(k.value(j) as usize)
+            },
+            Self::I32(a) => eq(*a, i, j, |r| a.value(r)),
+            Self::I64(a) => eq(*a, i, j, |r| a.value(r)),
+            Self::Ts(a) => eq(*a, i, j, |r| a.value(r)),
+            Self::F64(a) => eq(*a, i, j, |r| a.value(r).to_bits()),
+            Self::Bool(a) => eq(*a, i, j, |r| a.value(r)),
+        }
+    }
+}

@@ -5,7 +5,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use arrow::compute::interleave_record_batch;
+use arrow::compute::{concat_batches, interleave_record_batch};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -103,34 +103,37 @@ pub fn run_properties(dataset: Dataset) -> WriterProperties {
 
 /// Batches of `dataset` as one batch in the order of the file (key
 /// columns, then time; the order of
-/// [`tally_pipeline::Record::sort_key_into`]). The keys are encoded from
-/// the columns into one buffer. A flush round's rows come as runs of one
-/// series in time order (a request of one VM's samples is one): the runs
-/// are found and put in order by their first keys, which is enough when
-/// the runs of a series do not overlap in time. Otherwise the rows are
-/// sorted by key. The rows are then gathered from the batches in that
-/// order in one pass (no concatenation first); one batch already in order
-/// is returned as it is.
+/// [`tally_pipeline::Record::sort_key_into`]). A flush round's rows come
+/// as runs of one series in time order (a request of one VM's samples is
+/// one): the runs are found by comparing neighbouring rows' columns, and
+/// put in order by the keys of their first rows, which is enough when the
+/// runs of a series do not overlap in time; the runs are then copied out
+/// slice by slice. Otherwise every row's key is encoded into one buffer,
+/// the rows are sorted by key and gathered from the batches in one pass.
+/// One batch already in order is returned as it is.
 pub fn in_file_order(dataset: Dataset, batches: &[RecordBatch]) -> Result<RecordBatch, ArrowError> {
-    let keys = SortKeys::of(dataset, batches)?;
-    let order: Vec<u32> = match keys.ordered_runs() {
-        Some(runs) => runs
-            .into_iter()
-            .flat_map(|(start, end)| start as u32..end as u32)
-            .collect(),
-        None => {
-            let mut order: Vec<u32> = (0..keys.len() as u32).collect();
-            order.sort_by(|&a, &b| keys.get(a as usize).cmp(keys.get(b as usize)));
-            order
+    if batches.is_empty() {
+        return Ok(RecordBatch::new_empty(schema(dataset)));
+    }
+    if let Some(runs) = ordered_runs(dataset, batches)? {
+        if let ([batch], [run]) = (batches, &runs[..]) {
+            if run.1 == 0 && run.2 == batch.num_rows() {
+                return Ok(batch.clone());
+            }
         }
-    };
+        let slices: Vec<RecordBatch> = runs
+            .iter()
+            .map(|&(b, start, end)| batches[b].slice(start, end - start))
+            .collect();
+        return concat_batches(&schema(dataset), &slices);
+    }
+    let keys = SortKeys::of(dataset, batches)?;
+    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+    order.sort_by(|&a, &b| keys.get(a as usize).cmp(keys.get(b as usize)));
     if let [batch] = batches {
         if order.iter().enumerate().all(|(i, &r)| i as u32 == r) {
             return Ok(batch.clone());
         }
-    }
-    if batches.is_empty() {
-        return Ok(RecordBatch::new_empty(schema(dataset)));
     }
     // Row `g` of the whole is row `g - starts[b]` of batch `b`.
     let mut starts = Vec::with_capacity(batches.len());
@@ -139,15 +142,11 @@ pub fn in_file_order(dataset: Dataset, batches: &[RecordBatch]) -> Result<Record
         starts.push(n);
         n += b.num_rows();
     }
-    let mut b = 0;
     let indices: Vec<(usize, usize)> = order
         .into_iter()
         .map(|g| {
             let g = g as usize;
-            // Runs go forward through a batch: look near the last one first.
-            if !(starts[b] <= g && starts.get(b + 1).is_none_or(|&next| g < next)) {
-                b = starts.partition_point(|&s| s <= g) - 1;
-            }
+            let b = starts.partition_point(|&s| s <= g) - 1;
             (b, g - starts[b])
         })
         .collect();
@@ -155,24 +154,79 @@ pub fn in_file_order(dataset: Dataset, batches: &[RecordBatch]) -> Result<Record
     interleave_record_batch(&refs, &indices)
 }
 
+/// The rows as runs `(batch, start, end)` in file order, each of one
+/// series in time order, when they are few (at most one per 32 rows) and
+/// the runs of a series do not overlap; `None` otherwise. Only the first
+/// and last row of each run have their keys encoded.
+fn ordered_runs(
+    dataset: Dataset,
+    batches: &[RecordBatch],
+) -> Result<Option<Vec<(usize, usize, usize)>>, ArrowError> {
+    let time = dataset.time_column();
+    let keys = dataset.key_columns();
+    let series_len = keys.iter().position(|&c| c == time).unwrap_or(keys.len());
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let most = total / 32 + 1;
+    let mut runs = Vec::new();
+    for (b, batch) in batches.iter().enumerate() {
+        let series = keys[..series_len]
+            .iter()
+            .map(|&c| KeyColumn::of(batch.column(c)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Admitted rows never have a null time (it is required).
+        let t = tally_pipeline::batch::times(dataset, batch).values();
+        let mut start = 0;
+        for i in 1..=batch.num_rows() {
+            let same_run =
+                i < batch.num_rows() && t[i] >= t[i - 1] && series.iter().all(|c| c.same(i, i - 1));
+            if !same_run {
+                if runs.len() == most {
+                    return Ok(None);
+                }
+                runs.push((b, start, i));
+                start = i;
+            }
+        }
+    }
+    // The sort key of a run's first and last rows.
+    let encode = |b: usize, row: usize, out: &mut Vec<u8>| -> Result<(), ArrowError> {
+        let batch = &batches[b];
+        for &c in keys.iter().chain(std::iter::once(&time)) {
+            KeyColumn::of(batch.column(c))?.encode(row, out);
+        }
+        Ok(())
+    };
+    let mut bounds = Vec::with_capacity(runs.len());
+    for &(b, start, end) in &runs {
+        let (mut first, mut last) = (Vec::new(), Vec::new());
+        encode(b, start, &mut first)?;
+        encode(b, end - 1, &mut last)?;
+        bounds.push((first, last));
+    }
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&x, &y| bounds[x].0.cmp(&bounds[y].0));
+    let overlap = order
+        .windows(2)
+        .any(|w| bounds[w[0]].1 > bounds[w[1]].0);
+    Ok((!overlap).then(|| order.into_iter().map(|i| runs[i]).collect()))
+}
+
 /// Every row's sort key in one buffer.
 struct SortKeys {
     bytes: Vec<u8>,
-    /// Row `i`'s key is `bytes[bounds[i].0..bounds[i + 1].0]`, its series
-    /// part `bytes[bounds[i].0..bounds[i].1]`.
-    bounds: Vec<(usize, usize)>,
+    /// Row `i`'s key is `bytes[ends[i]..ends[i + 1]]`.
+    ends: Vec<usize>,
 }
 
 impl SortKeys {
-    /// The key columns, then the time; the series part is the key parts
-    /// before the time (all of the key when the time is not part of it).
+    /// The key columns, then the time.
     fn of(dataset: Dataset, batches: &[RecordBatch]) -> Result<Self, ArrowError> {
         let time = dataset.time_column();
         let keys = dataset.key_columns();
-        let series_len = keys.iter().position(|&c| c == time).unwrap_or(keys.len());
         let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let mut bytes = Vec::with_capacity(n * 48);
-        let mut bounds = Vec::with_capacity(n + 1);
+        let mut ends = Vec::with_capacity(n + 1);
+        ends.push(0);
         for batch in batches {
             let columns = keys
                 .iter()
@@ -180,61 +234,21 @@ impl SortKeys {
                 .map(|&c| KeyColumn::of(batch.column(c)))
                 .collect::<Result<Vec<_>, _>>()?;
             for i in 0..batch.num_rows() {
-                let start = bytes.len();
-                let mut series = start;
-                for (k, c) in columns.iter().enumerate() {
-                    if k == series_len {
-                        series = bytes.len();
-                    }
+                for c in &columns {
                     c.encode(i, &mut bytes);
                 }
-                bounds.push((start, series));
+                ends.push(bytes.len());
             }
         }
-        bounds.push((bytes.len(), bytes.len()));
-        Ok(SortKeys { bytes, bounds })
+        Ok(SortKeys { bytes, ends })
     }
 
     fn len(&self) -> usize {
-        self.bounds.len() - 1
+        self.ends.len() - 1
     }
 
     fn get(&self, i: usize) -> &[u8] {
-        &self.bytes[self.bounds[i].0..self.bounds[i + 1].0]
-    }
-
-    fn series(&self, i: usize) -> &[u8] {
-        &self.bytes[self.bounds[i].0..self.bounds[i].1]
-    }
-
-    /// What follows the series part (the time).
-    fn rest(&self, i: usize) -> &[u8] {
-        &self.bytes[self.bounds[i].1..self.bounds[i + 1].0]
-    }
-
-    /// The rows as runs `(start, end)` in key order, each of one series in
-    /// order, when they are few (at most one per 32 rows) and the runs of
-    /// a series do not overlap; `None` otherwise.
-    fn ordered_runs(&self) -> Option<Vec<(usize, usize)>> {
-        let n = self.len();
-        let most = n / 32 + 1;
-        let mut runs = Vec::new();
-        let mut start = 0;
-        for i in 1..=n {
-            let same_run =
-                i < n && self.series(i) == self.series(i - 1) && self.rest(i) >= self.rest(i - 1);
-            if !same_run {
-                if runs.len() == most {
-                    return None;
-                }
-                runs.push((start, i));
-                start = i;
-            }
-        }
-        runs.sort_by(|a, b| self.get(a.0).cmp(self.get(b.0)));
-        runs.windows(2)
-            .all(|w| self.get(w[0].1 - 1) <= self.get(w[1].0))
-            .then_some(runs)
+        &self.bytes[self.ends[i]..self.ends[i + 1]]
     }
 }
 
@@ -349,9 +363,8 @@ mod tests {
             }
         }
         assert_eq!(
-            SortKeys::of(D, &[batch(&records)])
+            ordered_runs(D, &[batch(&records)])
                 .unwrap()
-                .ordered_runs()
                 .map(|r| r.len()),
             Some(16)
         );
@@ -362,10 +375,7 @@ mod tests {
         // One late sample makes two runs overlap: the rows are sorted.
         let late = records.len();
         records.push(vm_record(1, 1, 3, late));
-        assert!(SortKeys::of(D, &[batch(&records)])
-            .unwrap()
-            .ordered_runs()
-            .is_none());
+        assert!(ordered_runs(D, &[batch(&records)]).unwrap().is_none());
         let got: Vec<_> = in_order(&records).iter().map(tuple).collect();
         let mut want: Vec<_> = records.iter().map(tuple).collect();
         want.sort();
@@ -395,9 +405,8 @@ mod tests {
         let keys = SortKeys::of(D, &[batch(&records)]).unwrap();
         for (i, r) in records.iter().enumerate() {
             let mut own = Vec::new();
-            let series = r.sort_key_into(&mut own);
+            r.sort_key_into(&mut own);
             assert_eq!(keys.get(i), own.as_slice());
-            assert_eq!(keys.series(i), &own[..series]);
         }
         let got = in_order(&records);
         let mut want: Vec<&Record> = records.iter().collect();
@@ -411,5 +420,41 @@ mod tests {
         let mut ids: Vec<i64> = got.iter().map(|r| r.values[3].as_i64().unwrap()).collect();
         ids.sort_unstable();
         assert_eq!(ids, (0..records.len() as i64).collect::<Vec<_>>());
+    }
+
+    /// Two rows are the same to `KeyColumn::same` exactly when their
+    /// encodings are equal: every column type, nulls, and dictionaries
+    /// whose keys differ but whose values are equal.
+    #[test]
+    fn same_agrees_with_the_encoding() {
+        use std::sync::Arc;
+
+        use arrow::array::{
+            ArrayRef, BooleanArray, DictionaryArray, Float64Array, Int32Array, Int64Array,
+            StringArray,
+        };
+        use arrow::datatypes::Int32Type;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![Some("a"), Some("a"), None, None, Some("")])),
+            Arc::new(DictionaryArray::<Int32Type>::new(
+                Int32Array::from(vec![Some(0), Some(1), Some(2), None, None]),
+                Arc::new(StringArray::from(vec!["x", "x", "y"])),
+            )),
+            Arc::new(Int32Array::from(vec![Some(1), Some(1), None, Some(2), None])),
+            Arc::new(Int64Array::from(vec![Some(-1), Some(-1), Some(0), None, None])),
+            Arc::new(Float64Array::from(vec![Some(0.0), Some(-0.0), Some(f64::NAN), Some(f64::NAN), None])),
+            Arc::new(BooleanArray::from(vec![Some(true), Some(true), Some(false), None, None])),
+        ];
+        for array in &columns {
+            let c = KeyColumn::of(array).unwrap();
+            for i in 0..5 {
+                for j in 0..5 {
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    c.encode(i, &mut a);
+                    c.encode(j, &mut b);
+                    assert_eq!(c.same(i, j), a == b, "{:?} rows {i} {j}", array.data_type());
+                }
+            }
+        }
     }
 }
