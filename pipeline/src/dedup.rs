@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use std::hash::BuildHasher;
 
+use hashbrown::hash_map::EntryRef;
 use hashbrown::{DefaultHashBuilder, HashMap};
 use parking_lot::Mutex;
 
@@ -429,6 +430,45 @@ impl Dedup {
 
     fn admit(&self, set: &mut KeySet, dataset: Dataset, key: &[u8], now_secs: u64) -> bool {
         let now = now_secs as u32;
+        let window = self.window_secs;
+        // A key seen within the window is a duplicate; one seen before it
+        // counts as new and is seen again now.
+        let again = |seen: &mut u32| {
+            if now_secs.saturating_sub(*seen as u64) < window {
+                return false;
+            }
+            *seen = now;
+            true
+        };
+        if set.len() < self.max_keys {
+            // Room for a new key: one lookup finds the key or inserts it.
+            return match set {
+                KeySet::Flat {
+                    shards,
+                    hasher,
+                    len,
+                } => match shards[KeySet::shard(hasher, key)].entry_ref(key) {
+                    EntryRef::Occupied(mut e) => again(e.get_mut()),
+                    EntryRef::Vacant(e) => {
+                        e.insert(now);
+                        *len += 1;
+                        true
+                    }
+                },
+                KeySet::Nested { prefixes, len } => {
+                    let (prefix, time) = KeySet::split(key);
+                    let times = prefixes.entry_ref(prefix).or_default();
+                    match times.seen_mut(time) {
+                        Some(seen) => again(seen),
+                        None => {
+                            times.insert(time, now);
+                            *len += 1;
+                            true
+                        }
+                    }
+                }
+            };
+        }
         if let Some(seen) = set.seen_mut(key) {
             if now_secs.saturating_sub(*seen as u64) < self.window_secs {
                 return false;

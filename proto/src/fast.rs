@@ -81,6 +81,7 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
+    #[inline]
     fn byte(&mut self) -> Option<u8> {
         let b = *self.buf.get(self.pos)?;
         self.pos += 1;
@@ -89,6 +90,7 @@ impl<'a> Reader<'a> {
 
     /// A varint of at most ten bytes whose tenth byte holds one bit (what
     /// prost accepts); `None` otherwise.
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
         let mut value = 0u64;
         for i in 0..10 {
