@@ -177,8 +177,8 @@ impl Columns {
 
     /// The rows where `keep` is true, in order.
     pub fn filter(&self, keep: &BooleanArray) -> Columns {
-        let batch = filter_record_batch(&self.batch, keep)
-            .expect("a mask as long as the batch filters it");
+        let batch =
+            filter_record_batch(&self.batch, keep).expect("a mask as long as the batch filters it");
         Columns {
             dataset: self.dataset,
             batch,

@@ -89,11 +89,13 @@ impl KeyColumn<'_> {
         }
         match self {
             Self::Str(a) => eq(*a, i, j, |r| a.value(r)),
-            Self::Dict(k, v) => eq(*k, i, j, |r| k.value(r)) || {
-                !k.is_null(i)
-                    && !k.is_null(j)
-                    && v.value(k.value(i) as usize) == v.value(k.value(j) as usize)
-            },
+            Self::Dict(k, v) => {
+                eq(*k, i, j, |r| k.value(r)) || {
+                    !k.is_null(i)
+                        && !k.is_null(j)
+                        && v.value(k.value(i) as usize) == v.value(k.value(j) as usize)
+                }
+            }
             Self::I32(a) => eq(*a, i, j, |r| a.value(r)),
             Self::I64(a) => eq(*a, i, j, |r| a.value(r)),
             Self::Ts(a) => eq(*a, i, j, |r| a.value(r)),

@@ -224,7 +224,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-
 /// Whether an entry carries the [`FROM_LOG`] flag, without decoding it.
 pub fn is_from_log(buf: &[u8]) -> bool {
     buf.first().is_some_and(|v| v & FROM_LOG != 0)
@@ -308,7 +307,10 @@ mod tests {
 
     /// What an entry holds, as records per dataset, for comparisons.
     fn rows(parts: &[Columns]) -> Vec<(Dataset, Vec<Record>)> {
-        parts.iter().map(|c| (c.dataset(), c.to_records())).collect()
+        parts
+            .iter()
+            .map(|c| (c.dataset(), c.to_records()))
+            .collect()
     }
 
     fn by_dataset(records: Vec<Record>) -> Vec<(Dataset, Vec<Record>)> {

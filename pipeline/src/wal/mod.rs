@@ -171,11 +171,7 @@ impl Wal {
     /// a replayable log (Kafka) delivers again until its offset is
     /// committed, so start-up leaves them to the log instead of replaying
     /// them.
-    pub async fn append_entry(
-        &self,
-        parts: Vec<Columns>,
-        from_log: bool,
-    ) -> Result<u64, WalError> {
+    pub async fn append_entry(&self, parts: Vec<Columns>, from_log: bool) -> Result<u64, WalError> {
         if let Some(f) = self.failure.lock().clone() {
             return Err(WalError::Failed(f));
         }
@@ -777,7 +773,12 @@ mod tests {
         let store = Arc::new(Store::new(1000));
         let (wal, _) = Wal::open(config(dir.path()), store, metrics.clone(), 0, |_| {}).unwrap();
         assert_eq!(wal.append(vec![record(1)]).await.unwrap(), 1);
-        assert_eq!(wal.append_entry(Columns::of_records(vec![record(2)]), true).await.unwrap(), 2);
+        assert_eq!(
+            wal.append_entry(Columns::of_records(vec![record(2)]), true)
+                .await
+                .unwrap(),
+            2
+        );
         assert_eq!(wal.append(vec![record(3)]).await.unwrap(), 3);
         wal.shutdown().await;
 

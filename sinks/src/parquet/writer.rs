@@ -154,6 +154,9 @@ pub fn in_file_order(dataset: Dataset, batches: &[RecordBatch]) -> Result<Record
     interleave_record_batch(&refs, &indices)
 }
 
+/// Rows `start..end` of batch `batch`: `(batch, start, end)`.
+type Run = (usize, usize, usize);
+
 /// The rows as runs `(batch, start, end)` in file order, each of one
 /// series in time order, when they are few (at most one per 32 rows) and
 /// the runs of a series do not overlap; `None` otherwise. Only the first
@@ -161,7 +164,7 @@ pub fn in_file_order(dataset: Dataset, batches: &[RecordBatch]) -> Result<Record
 fn ordered_runs(
     dataset: Dataset,
     batches: &[RecordBatch],
-) -> Result<Option<Vec<(usize, usize, usize)>>, ArrowError> {
+) -> Result<Option<Vec<Run>>, ArrowError> {
     let time = dataset.time_column();
     let keys = dataset.key_columns();
     let series_len = keys.iter().position(|&c| c == time).unwrap_or(keys.len());
@@ -205,9 +208,7 @@ fn ordered_runs(
     }
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by(|&x, &y| bounds[x].0.cmp(&bounds[y].0));
-    let overlap = order
-        .windows(2)
-        .any(|w| bounds[w[0]].1 > bounds[w[1]].0);
+    let overlap = order.windows(2).any(|w| bounds[w[0]].1 > bounds[w[1]].0);
     Ok((!overlap).then(|| order.into_iter().map(|i| runs[i]).collect()))
 }
 
@@ -435,15 +436,45 @@ mod tests {
         };
         use arrow::datatypes::Int32Type;
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(vec![Some("a"), Some("a"), None, None, Some("")])),
+            Arc::new(StringArray::from(vec![
+                Some("a"),
+                Some("a"),
+                None,
+                None,
+                Some(""),
+            ])),
             Arc::new(DictionaryArray::<Int32Type>::new(
                 Int32Array::from(vec![Some(0), Some(1), Some(2), None, None]),
                 Arc::new(StringArray::from(vec!["x", "x", "y"])),
             )),
-            Arc::new(Int32Array::from(vec![Some(1), Some(1), None, Some(2), None])),
-            Arc::new(Int64Array::from(vec![Some(-1), Some(-1), Some(0), None, None])),
-            Arc::new(Float64Array::from(vec![Some(0.0), Some(-0.0), Some(f64::NAN), Some(f64::NAN), None])),
-            Arc::new(BooleanArray::from(vec![Some(true), Some(true), Some(false), None, None])),
+            Arc::new(Int32Array::from(vec![
+                Some(1),
+                Some(1),
+                None,
+                Some(2),
+                None,
+            ])),
+            Arc::new(Int64Array::from(vec![
+                Some(-1),
+                Some(-1),
+                Some(0),
+                None,
+                None,
+            ])),
+            Arc::new(Float64Array::from(vec![
+                Some(0.0),
+                Some(-0.0),
+                Some(f64::NAN),
+                Some(f64::NAN),
+                None,
+            ])),
+            Arc::new(BooleanArray::from(vec![
+                Some(true),
+                Some(true),
+                Some(false),
+                None,
+                None,
+            ])),
         ];
         for array in &columns {
             let c = KeyColumn::of(array).unwrap();

@@ -13,8 +13,8 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tally_pipeline::access::limits::{OverRate, RateLimiter};
 use tally_pipeline::access::Access;
-use tally_pipeline::clock::{DAY_NS, NS_PER_SEC};
 use tally_pipeline::batch::Columns;
+use tally_pipeline::clock::{DAY_NS, NS_PER_SEC};
 use tally_pipeline::{
     now_ns, Dataset, IngestError, Pipeline, Record, RecordBuilder, Rejection, SchemaError, Value,
 };
