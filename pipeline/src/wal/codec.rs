@@ -121,6 +121,7 @@ pub fn decode_entry(buf: &[u8]) -> Result<(bool, Vec<Columns>), DecodeError> {
                     part,
                     reason: e.to_string(),
                 };
+                ipc_lengths_fit(bytes).map_err(|reason| DecodeError::Ipc { part, reason })?;
                 let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(ipc)?;
                 let mut batches = reader.collect::<Result<Vec<_>, _>>().map_err(ipc)?;
                 if batches.len() != 1 {
@@ -146,6 +147,45 @@ pub fn decode_entry(buf: &[u8]) -> Result<(bool, Vec<Columns>), DecodeError> {
             Ok((from_log, parts))
         }
         v => Err(DecodeError::Version(v)),
+    }
+}
+
+/// Whether every message of an IPC stream declares lengths (metadata and
+/// body) that fit in the bytes that follow it: the reader allocates what a
+/// message declares before it reads, so a damaged length must be refused
+/// before it is read.
+fn ipc_lengths_fit(mut bytes: &[u8]) -> Result<(), String> {
+    let word = |b: &[u8]| i32::from_le_bytes(b[..4].try_into().expect("four bytes"));
+    loop {
+        if bytes.len() < 4 {
+            return Err("the stream ends inside a message length".into());
+        }
+        let mut len = word(bytes);
+        bytes = &bytes[4..];
+        if len == -1 {
+            // The continuation marker, then the length.
+            if bytes.len() < 4 {
+                return Err("the stream ends inside a message length".into());
+            }
+            len = word(bytes);
+            bytes = &bytes[4..];
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let meta = usize::try_from(len)
+            .ok()
+            .filter(|&n| n <= bytes.len())
+            .ok_or_else(|| format!("a message declares {len} bytes of metadata"))?;
+        let message = arrow::ipc::root_as_message(&bytes[..meta])
+            .map_err(|e| format!("a message header is not readable: {e}"))?;
+        bytes = &bytes[meta..];
+        let body = message.bodyLength();
+        let body = usize::try_from(body)
+            .ok()
+            .filter(|&n| n <= bytes.len())
+            .ok_or_else(|| format!("a message declares a body of {body} bytes"))?;
+        bytes = &bytes[body..];
     }
 }
 
@@ -402,5 +442,23 @@ mod tests {
         buf[5] = Dataset::Rejected as u8;
         let err = decode_entry(&buf).unwrap_err();
         assert!(matches!(err, DecodeError::Schema { part: 0, .. }), "{err}");
+    }
+
+    /// A part whose IPC stream declares more bytes than it holds is refused
+    /// before anything of that size is allocated.
+    #[test]
+    fn a_part_declaring_more_than_it_holds_is_refused() {
+        let parts = Columns::of_records(sample());
+        let mut buf = Vec::new();
+        encode_entry(&parts[..1], false, &mut buf).unwrap();
+        // After the version, the count, the dataset and the part length:
+        // the continuation marker, then the schema message's length.
+        let at = 1 + 4 + 1 + 4 + 4;
+        buf[at..at + 4].copy_from_slice(&0x4fd6_caa2u32.to_le_bytes());
+        let err = decode_entry(&buf).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Ipc { part: 0, reason } if reason.contains("1339476642 bytes of metadata")),
+            "{err}"
+        );
     }
 }
