@@ -7,7 +7,7 @@ use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 
-use super::{batch_to_records, data_type, records_to_batch, schema, times};
+use super::convert::{batch_to_records, data_type, records_to_batch, schema, times};
 use crate::dataset::Dataset;
 use crate::record::{Record, SchemaError};
 

@@ -161,10 +161,7 @@ type Run = (usize, usize, usize);
 /// series in time order, when they are few (at most one per 32 rows) and
 /// the runs of a series do not overlap; `None` otherwise. Only the first
 /// and last row of each run have their keys encoded.
-fn ordered_runs(
-    dataset: Dataset,
-    batches: &[RecordBatch],
-) -> Result<Option<Vec<Run>>, ArrowError> {
+fn ordered_runs(dataset: Dataset, batches: &[RecordBatch]) -> Result<Option<Vec<Run>>, ArrowError> {
     let time = dataset.time_column();
     let keys = dataset.key_columns();
     let series_len = keys.iter().position(|&c| c == time).unwrap_or(keys.len());
