@@ -740,35 +740,8 @@ mod tests {
     /// gives, for every dataset and every column type, nulls included.
     #[test]
     fn keys_of_columns_equal_keys_of_the_same_records() {
-        use crate::dataset::ColumnType;
-        use crate::record::{Record, Value};
         for d in Dataset::ALL {
-            let records: Vec<Record> = (0..6i64)
-                .map(|row| {
-                    let values = d
-                        .columns()
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| {
-                            if c.nullable && row % 3 == 2 {
-                                return Value::Null;
-                            }
-                            let n = (row - 3) * 1000 + i as i64;
-                            match c.ty {
-                                ColumnType::Utf8 | ColumnType::Dict => {
-                                    Value::Str(format!("{}-{}", c.name, row % 4))
-                                }
-                                ColumnType::Int32 => Value::I32(n as i32),
-                                ColumnType::Int64 => Value::I64(n << 20),
-                                ColumnType::Float64 => Value::F64(n as f64 / 7.0),
-                                ColumnType::Bool => Value::Bool(row % 2 == 0),
-                                ColumnType::TimestampNs => Value::Ts(1_700_000_000_000_000_000 + n),
-                            }
-                        })
-                        .collect();
-                    Record::from_columns(d, values)
-                })
-                .collect();
+            let records = crate::batch::convert::tests::records_of_every_type(d, 6);
             let want: Vec<(Dataset, Vec<u8>)> = Keys::of(&records)
                 .iter()
                 .map(|(d, k)| (d, k.to_vec()))

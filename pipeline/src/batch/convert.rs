@@ -196,7 +196,7 @@ pub fn batch_to_records(dataset: Dataset, batch: &RecordBatch) -> Vec<Record> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -226,39 +226,46 @@ mod tests {
         assert_eq!(batch_to_records(d, &batch), records);
     }
 
+    /// `rows` records of `dataset` with a value of every column's type:
+    /// nulls in every nullable column of every third row (from row 2),
+    /// negative and positive numbers, strings that repeat (so dictionaries
+    /// hold fewer values than rows).
+    pub(crate) fn records_of_every_type(dataset: Dataset, rows: i64) -> Vec<Record> {
+        (0..rows)
+            .map(|row| {
+                let values = dataset
+                    .columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if c.nullable && row % 3 == 2 {
+                            return Value::Null;
+                        }
+                        let n = (row - 3) * 1000 + i as i64;
+                        match c.ty {
+                            ColumnType::Utf8 | ColumnType::Dict => {
+                                Value::Str(format!("{}-{}", c.name, row % 2))
+                            }
+                            ColumnType::Int32 => Value::I32(n as i32 - 7),
+                            ColumnType::Int64 => Value::I64(n << 33),
+                            ColumnType::Float64 => Value::F64(n as f64 / 3.0),
+                            ColumnType::Bool => Value::Bool(row % 2 == 1),
+                            ColumnType::TimestampNs => Value::Ts(1_700_000_000_000_000_000 + n),
+                        }
+                    })
+                    .collect();
+                Record::from_columns(dataset, values)
+            })
+            .collect()
+    }
+
     /// Every dataset, every column type, nulls in the nullable columns of
-    /// one row: the batch reads back (by `value_at`, column by column) as
+    /// some rows: the batch reads back (by `value_at`, column by column) as
     /// the records it was built from.
     #[test]
     fn every_column_type_round_trips_with_nulls() {
         for d in Dataset::ALL {
-            let records: Vec<Record> = (0..4i64)
-                .map(|row| {
-                    let values = d
-                        .columns()
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| {
-                            if c.nullable && row == 2 {
-                                return Value::Null;
-                            }
-                            let n = row * 100 + i as i64;
-                            match c.ty {
-                                // Repeats, so dictionaries hold fewer values than rows.
-                                ColumnType::Utf8 | ColumnType::Dict => {
-                                    Value::Str(format!("{}-{}", c.name, row % 2))
-                                }
-                                ColumnType::Int32 => Value::I32(n as i32 - 7),
-                                ColumnType::Int64 => Value::I64(n << 33),
-                                ColumnType::Float64 => Value::F64(n as f64 / 3.0),
-                                ColumnType::Bool => Value::Bool(row % 2 == 1),
-                                ColumnType::TimestampNs => Value::Ts(1_700_000_000_000_000_000 + n),
-                            }
-                        })
-                        .collect();
-                    Record::from_columns(d, values)
-                })
-                .collect();
+            let records = records_of_every_type(d, 4);
             let batch = records_to_batch(d, records.iter()).unwrap();
             assert_eq!(batch.num_rows(), records.len(), "{d}");
             assert_eq!(batch_to_records(d, &batch), records, "{d}");

@@ -3,7 +3,7 @@
 //! read from columns (`keys.rs`).
 
 mod columns;
-mod convert;
+pub(crate) mod convert;
 pub mod keys;
 
 pub use columns::Columns;

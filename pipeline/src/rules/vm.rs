@@ -194,8 +194,9 @@ impl<'s> HourFold<'s> {
     }
 }
 
-/// The value columns of a `vm_metrics` row, in `vm_samples.sql`'s order.
-const SAMPLE_VALUES: [&str; 6] = [
+/// The value columns of a `vm_metrics` row (its counters), in
+/// `vm_samples.sql`'s order.
+pub const SAMPLE_VALUES: [&str; 6] = [
     "cpu_time_nanos",
     "memory_usage_bytes",
     "disk_read_bytes",

@@ -15,6 +15,7 @@ use tally_pipeline::access::limits::{OverRate, RateLimiter};
 use tally_pipeline::access::Access;
 use tally_pipeline::batch::Columns;
 use tally_pipeline::clock::{DAY_NS, NS_PER_SEC};
+use tally_pipeline::rules::vm::SAMPLE_VALUES;
 use tally_pipeline::{
     now_ns, Dataset, IngestError, Pipeline, Record, RecordBuilder, Rejection, SchemaError, Value,
 };
@@ -238,17 +239,9 @@ pub fn batch_columns(req: &SendMetricsBatchRequest) -> Result<(Columns, i64), Sc
             Arc::new(TimestampNanosecondArray::from(times).with_timezone("UTC")),
         ),
     ];
-    for (name, values) in [
-        "cpu_time_nanos",
-        "memory_usage_bytes",
-        "disk_read_bytes",
-        "disk_write_bytes",
-        "network_rx_bytes",
-        "network_tx_bytes",
-    ]
-    .into_iter()
-    .zip(counters)
-    {
+    // The counters were pushed in the order of the sample's fields, which
+    // is the order of SAMPLE_VALUES.
+    for (name, values) in SAMPLE_VALUES.into_iter().zip(counters) {
         columns.push((name, Arc::new(Int64Array::from(values))));
     }
     Ok((Columns::assemble(Dataset::VmMetrics, n, columns)?, newest))
