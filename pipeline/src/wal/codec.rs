@@ -60,6 +60,8 @@ pub enum DecodeError {
     Ipc { part: usize, reason: String },
     #[error("part {part} does not fit its dataset: {reason}")]
     Schema { part: usize, reason: String },
+    #[error("record {index} does not fit its dataset: {reason}")]
+    Record { index: usize, reason: String },
 }
 
 /// Encodes an entry of columns (version 2); `from_log` sets the
@@ -96,13 +98,13 @@ pub fn decode_entry(buf: &[u8]) -> Result<(bool, Vec<Columns>), DecodeError> {
     match version & !FROM_LOG {
         RECORDS_VERSION => {
             let records = decode_records(buf)?;
-            if let Some((part, e)) = records
+            if let Some((index, e)) = records
                 .iter()
                 .enumerate()
                 .find_map(|(i, r)| r.check().err().map(|e| (i, e)))
             {
-                return Err(DecodeError::Schema {
-                    part,
+                return Err(DecodeError::Record {
+                    index,
                     reason: e.to_string(),
                 });
             }
@@ -459,6 +461,21 @@ mod tests {
         assert!(
             matches!(&err, DecodeError::Ipc { part: 0, reason } if reason.contains("1339476642 bytes of metadata")),
             "{err}"
+        );
+    }
+
+    /// A record of an entry of the earlier format that does not fit its
+    /// schema makes the entry undecodable (reported as damage by replay),
+    /// rather than a column of nulls.
+    #[test]
+    fn a_record_entry_that_breaks_its_schema_is_refused() {
+        let mut records = sample();
+        records[1].values[2] = Value::Str("12.5".into());
+        let mut v1 = Vec::new();
+        encode_records_entry(&records, false, &mut v1);
+        assert_eq!(
+            decode_entry(&v1).unwrap_err().to_string(),
+            "record 1 does not fit its dataset: host_usage.cpu_percent must be a float, got a string"
         );
     }
 }
