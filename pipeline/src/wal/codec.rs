@@ -124,8 +124,19 @@ pub fn decode_entry(buf: &[u8]) -> Result<(bool, Vec<Columns>), DecodeError> {
                     reason: e.to_string(),
                 };
                 ipc_lengths_fit(bytes).map_err(|reason| DecodeError::Ipc { part, reason })?;
-                let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(ipc)?;
-                let mut batches = reader.collect::<Result<Vec<_>, _>>().map_err(ipc)?;
+                // Arrow's IPC reader panics on some malformed schema
+                // messages (an absent field list): a part that makes it
+                // panic is an undecodable entry, reported as damage, never
+                // a crash of replay.
+                let read = std::panic::catch_unwind(|| {
+                    StreamReader::try_new(Cursor::new(bytes), None)
+                        .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())
+                })
+                .map_err(|_| DecodeError::Ipc {
+                    part,
+                    reason: "the Arrow IPC reader could not read it".into(),
+                })?;
+                let mut batches = read.map_err(ipc)?;
                 if batches.len() != 1 {
                     return Err(DecodeError::Ipc {
                         part,
@@ -187,6 +198,26 @@ fn ipc_lengths_fit(mut bytes: &[u8]) -> Result<(), String> {
             .ok()
             .filter(|&n| n <= bytes.len())
             .ok_or_else(|| format!("a message declares a body of {body} bytes"))?;
+        // Every buffer of a batch (or of a dictionary's batch) must lie in
+        // the body: the reader slices the body with a panic otherwise.
+        let batch = message
+            .header_as_record_batch()
+            .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+        if let Some(buffers) = batch.and_then(|b| b.buffers()) {
+            for b in buffers {
+                let end = u64::try_from(b.offset())
+                    .ok()
+                    .zip(u64::try_from(b.length()).ok())
+                    .and_then(|(o, l)| o.checked_add(l));
+                if end.is_none_or(|end| end > body as u64) {
+                    return Err(format!(
+                        "a buffer at {} of {} bytes lies outside the message body of {body} bytes",
+                        b.offset(),
+                        b.length()
+                    ));
+                }
+            }
+        }
         bytes = &bytes[body..];
     }
 }
@@ -476,6 +507,32 @@ mod tests {
         assert_eq!(
             decode_entry(&v1).unwrap_err().to_string(),
             "record 1 does not fit its dataset: host_usage.cpu_percent must be a float, got a string"
+        );
+    }
+
+    /// A part whose batch names a buffer outside its message body (found
+    /// by fuzzing; the reader would panic slicing the body) is refused.
+    #[test]
+    fn a_part_with_a_buffer_outside_its_body_is_refused() {
+        let input = include_bytes!("../../../fuzz/corpus/wal_codec/ipc-buffer-outside-body");
+        let err = decode_entry(input).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Ipc { reason, .. } if reason.contains("outside the message body")),
+            "{err}"
+        );
+    }
+
+    /// A part on which Arrow's IPC reader panics (a schema message without
+    /// its field list, found by fuzzing) is an undecodable entry, not a
+    /// panic of replay. (This input stays out of the fuzz corpus: the fuzz
+    /// harness aborts on any panic, caught or not.)
+    #[test]
+    fn a_part_the_ipc_reader_panics_on_is_an_error() {
+        let input = include_bytes!("testdata/ipc-reader-panics");
+        let err = decode_entry(input).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Ipc { reason, .. } if reason.contains("could not read it")),
+            "{err}"
         );
     }
 }
