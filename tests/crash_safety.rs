@@ -122,18 +122,7 @@ async fn acknowledged_records_survive_kill_9_exactly_once() {
 
     // The files alone, read by the parquet crate, hold each acked record once.
     let stored = stored_event_ids(&data, "usage_llm");
-    let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "stored more than once: {twice:?}");
-    let lost: Vec<_> = acked
-        .iter()
-        .filter(|id| !stored.contains_key(*id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged records lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    common::crash::assert_acked_stored_once(&acked, &stored, "the Parquet files");
     // Nothing is stored that was never sent.
     let sent = next_id.load(Ordering::Relaxed);
     assert!(stored

@@ -53,22 +53,33 @@ pub async fn acked_once_across_kill_9<S, SF, Q, QF>(
         }
         let t = Tally::start(data, args).await;
         let stored = stored(t.url("")).await;
-        let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(twice.is_empty(), "round {round}: stored twice: {twice:?}");
         let acked = acked.lock().unwrap().clone();
-        let lost: Vec<_> = acked
-            .iter()
-            .filter(|id| !stored.contains_key(*id))
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "round {round}: acknowledged, not stored: {} of {}",
-            lost.len(),
-            acked.len()
-        );
+        assert_acked_stored_once(&acked, &stored, &format!("round {round}"));
         assert!(!acked.is_empty(), "round {round}: nothing was acknowledged");
         t.kill9();
     }
+}
+
+/// Every acknowledged id is stored, and no stored id more than once
+/// (`stored`: id → rows); `when` says where in the test, in failures.
+pub fn assert_acked_stored_once<N: PartialOrd + From<u8> + std::fmt::Debug>(
+    acked: &BTreeSet<String>,
+    stored: &BTreeMap<String, N>,
+    when: &str,
+) {
+    let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > N::from(1)).collect();
+    assert!(twice.is_empty(), "{when}: stored twice: {twice:?}");
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{when}: acknowledged, not stored: {} of {}, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
 }
 
 /// The ids of a sender's next request: 1 to 50 new ones (`{prefix}{n:08}`)

@@ -188,21 +188,28 @@ fn ordered_runs(dataset: Dataset, batches: &[RecordBatch]) -> Result<Option<Vec<
             }
         }
     }
-    // The sort key of a run's first and last rows.
-    let encode = |b: usize, row: usize, out: &mut Vec<u8>| -> Result<(), ArrowError> {
-        let batch = &batches[b];
-        for &c in keys.iter().chain(std::iter::once(&time)) {
-            KeyColumn::of(batch.column(c))?.encode(row, out);
+    // The sort key of a run's first and last rows, from each batch's key
+    // columns read once.
+    let readers = batches
+        .iter()
+        .map(|batch| {
+            keys.iter()
+                .chain(std::iter::once(&time))
+                .map(|&c| KeyColumn::of(batch.column(c)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let encode = |b: usize, row: usize| {
+        let mut out = Vec::new();
+        for c in &readers[b] {
+            c.encode(row, &mut out);
         }
-        Ok(())
+        out
     };
-    let mut bounds = Vec::with_capacity(runs.len());
-    for &(b, start, end) in &runs {
-        let (mut first, mut last) = (Vec::new(), Vec::new());
-        encode(b, start, &mut first)?;
-        encode(b, end - 1, &mut last)?;
-        bounds.push((first, last));
-    }
+    let bounds: Vec<(Vec<u8>, Vec<u8>)> = runs
+        .iter()
+        .map(|&(b, start, end)| (encode(b, start), encode(b, end - 1)))
+        .collect();
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by(|&x, &y| bounds[x].0.cmp(&bounds[y].0));
     let overlap = order.windows(2).any(|w| bounds[w[0]].1 > bounds[w[1]].0);

@@ -205,14 +205,16 @@ pub fn validate_batch(req: &SendMetricsBatchRequest, now: i64) -> Result<(), Rpc
 pub fn batch_columns(req: &SendMetricsBatchRequest) -> Result<(Columns, i64), SchemaError> {
     let n = req.metrics.len();
     let mut times = Vec::with_capacity(n);
+    let mut newest = i64::MIN;
     let mut counters: [Vec<i64>; 6] = std::array::from_fn(|_| Vec::with_capacity(n));
     for m in &req.metrics {
-        times.push(
-            m.timestamp
-                .as_ref()
-                .and_then(timestamp_ns)
-                .unwrap_or_default(),
-        );
+        let ts = m
+            .timestamp
+            .as_ref()
+            .and_then(timestamp_ns)
+            .unwrap_or_default();
+        newest = newest.max(ts);
+        times.push(ts);
         for (column, v) in counters.iter_mut().zip([
             m.cpu_time_nanos,
             m.memory_usage_bytes,
@@ -224,7 +226,6 @@ pub fn batch_columns(req: &SendMetricsBatchRequest) -> Result<(Columns, i64), Sc
             column.push(v);
         }
     }
-    let newest = times.iter().copied().max().unwrap_or(i64::MIN);
     let one = |v: &str| -> ArrayRef {
         Arc::new(DictionaryArray::<Int32Type>::new(
             Int32Array::from(vec![0; n]),
