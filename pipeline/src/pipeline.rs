@@ -287,20 +287,24 @@ impl Pipeline {
     }
 
     /// Stores rows a decoder built as columns (checked against their
-    /// schema when they were assembled), dropping duplicates, and returns
-    /// once they are durable. Their dedup keys are read from the columns;
-    /// the columns go to the WAL and the live buffer as they are.
+    /// schema when they were assembled), dropping duplicates, with the
+    /// request's rejections, and returns once they are durable. Their dedup
+    /// keys are read from the columns; the columns go to the WAL and the
+    /// live buffer as they are. `stored_flags` follow the rows.
     pub async fn ingest_columns(
         &self,
         source: &str,
         columns: Columns,
+        rejections: Vec<Rejection>,
     ) -> Result<IngestReport, IngestError> {
         let inner = &self.inner;
         let dataset = columns.dataset();
         let mut rows = [0usize; Dataset::COUNT];
         rows[dataset.index()] = columns.rows();
+        rows[Dataset::Rejected.index()] += rejections.len();
         self.reserve_rows(rows)?;
-        let now_secs = (now_ns() / NS_PER_SEC) as u64;
+        let now = now_ns();
+        let now_secs = (now / NS_PER_SEC) as u64;
         let keys = Keys::of_columns(&columns);
         let mut fresh = Vec::with_capacity(keys.len());
         inner.dedup.insert_all(keys.iter(), now_secs, &mut fresh);
@@ -321,19 +325,49 @@ impl Pipeline {
         report.accepted = columns.rows();
         let mut accepted = [0usize; Dataset::COUNT];
         accepted[dataset.index()] = columns.rows();
-        let parts = if columns.rows() > 0 {
+        let mut parts = if columns.rows() > 0 {
             vec![columns]
         } else {
             Vec::new()
         };
+        let (rejected, rejected_by_dataset) =
+            self.rejected_rows(source, now, rejections, &mut report);
+        parts.extend(Columns::of_records(rejected));
         let logged = Logged {
             parts,
             accepted,
-            rejected_by_dataset: [0; Dataset::COUNT],
+            rejected_by_dataset,
             keys,
             fresh,
         };
         self.log(source, logged, report, false).await
+    }
+
+    /// A request's rejections as rows of `rejected`, each reason in the
+    /// report, and their counts by the dataset they were for.
+    fn rejected_rows(
+        &self,
+        source: &str,
+        now: i64,
+        rejections: Vec<Rejection>,
+        report: &mut IngestReport,
+    ) -> (Vec<Record>, [usize; Dataset::COUNT]) {
+        let mut rows = Vec::with_capacity(rejections.len());
+        let mut by_dataset = [0usize; Dataset::COUNT];
+        for rej in rejections {
+            report.rejected.push((rej.index, rej.reason.clone()));
+            by_dataset[rej.dataset.unwrap_or(Dataset::Rejected).index()] += 1;
+            match rej.into_record(source, now) {
+                Ok(r) => rows.push(r),
+                Err(e) => {
+                    // Cannot happen with the columns above; the sender has
+                    // the reason in its answer either way.
+                    tracing::error!(error = %e, "a rejection does not fit the rejected table");
+                    self.inner.store.release(Dataset::Rejected, 1);
+                }
+            }
+        }
+        (rows, by_dataset)
     }
 
     async fn ingest_reserved(
@@ -406,20 +440,9 @@ impl Pipeline {
             accepted[r.dataset.index()] += 1;
         }
         report.accepted = kept.len();
-        let mut rejected_by_dataset = [0usize; Dataset::COUNT];
-        for rej in rejections {
-            report.rejected.push((rej.index, rej.reason.clone()));
-            rejected_by_dataset[rej.dataset.unwrap_or(Dataset::Rejected).index()] += 1;
-            match rej.into_record(source, now) {
-                Ok(r) => kept.push(r),
-                Err(e) => {
-                    // Cannot happen with the columns above; the sender has
-                    // the reason in its answer either way.
-                    tracing::error!(error = %e, "a rejection does not fit the rejected table");
-                    inner.store.release(Dataset::Rejected, 1);
-                }
-            }
-        }
+        let (rejected, rejected_by_dataset) =
+            self.rejected_rows(source, now, rejections, &mut report);
+        kept.extend(rejected);
         let logged = Logged {
             parts: Columns::of_records(kept),
             accepted,

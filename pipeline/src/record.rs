@@ -36,19 +36,96 @@ impl Value {
 
     /// Whether the value may be stored in a column of this type.
     pub fn fits(&self, ty: ColumnType, nullable: bool) -> bool {
+        self.kind().fits(ty, nullable)
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Value::Null => Kind::Null,
+            Value::Str(_) => Kind::Str,
+            Value::I32(_) => Kind::I32,
+            Value::I64(_) => Kind::I64,
+            Value::F64(_) => Kind::F64,
+            Value::Bool(_) => Kind::Bool,
+            Value::Ts(_) => Kind::Ts,
+        }
+    }
+}
+
+/// What a value is, for the schema check shared by records and by rows
+/// decoded into columns ([`crate::batch::Row`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Null,
+    Str,
+    I32,
+    I64,
+    F64,
+    Bool,
+    Ts,
+}
+
+impl Kind {
+    fn fits(self, ty: ColumnType, nullable: bool) -> bool {
         matches!(
             (self, ty),
-            (Value::Null, _) if nullable
+            (Kind::Null, _) if nullable
         ) || matches!(
             (self, ty),
-            (Value::Str(_), ColumnType::Utf8 | ColumnType::Dict)
-                | (Value::I32(_), ColumnType::Int32)
-                | (Value::I64(_), ColumnType::Int64)
-                | (Value::F64(_), ColumnType::Float64)
-                | (Value::Bool(_), ColumnType::Bool)
-                | (Value::Ts(_), ColumnType::TimestampNs)
+            (Kind::Str, ColumnType::Utf8 | ColumnType::Dict)
+                | (Kind::I32, ColumnType::Int32)
+                | (Kind::I64, ColumnType::Int64)
+                | (Kind::F64, ColumnType::Float64)
+                | (Kind::Bool, ColumnType::Bool)
+                | (Kind::Ts, ColumnType::TimestampNs)
         )
     }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Null => "null",
+            Kind::Str => "a string",
+            Kind::I32 => "a 32-bit integer",
+            Kind::I64 => "a 64-bit integer",
+            Kind::F64 => "a float",
+            Kind::Bool => "a boolean",
+            Kind::Ts => "a timestamp",
+        }
+    }
+}
+
+/// Whether values of these kinds, one per column in order, fit the
+/// dataset's schema: the one schema check of a row, whatever holds it.
+pub(crate) fn check_kinds(
+    dataset: Dataset,
+    kinds: impl ExactSizeIterator<Item = Kind>,
+) -> Result<(), SchemaError> {
+    let columns = dataset.columns();
+    if kinds.len() != columns.len() {
+        return Err(SchemaError::Arity {
+            dataset,
+            expected: columns.len(),
+            got: kinds.len(),
+        });
+    }
+    for (k, c) in kinds.zip(columns) {
+        if k.fits(c.ty, c.nullable) {
+            continue;
+        }
+        return Err(match k {
+            Kind::Null => SchemaError::Null {
+                dataset,
+                column: c.name,
+            },
+            _ => SchemaError::Type {
+                dataset,
+                column: c.name,
+                expected: c.ty.describe(),
+                got: k.describe(),
+            },
+        });
+    }
+    Ok(())
 }
 
 impl ColumnType {
@@ -61,20 +138,6 @@ impl ColumnType {
             ColumnType::Float64 => "a float",
             ColumnType::Bool => "a boolean",
             ColumnType::TimestampNs => "a timestamp",
-        }
-    }
-}
-
-impl Value {
-    fn describe(&self) -> &'static str {
-        match self {
-            Value::Null => "null",
-            Value::Str(_) => "a string",
-            Value::I32(_) => "a 32-bit integer",
-            Value::I64(_) => "a 64-bit integer",
-            Value::F64(_) => "a float",
-            Value::Bool(_) => "a boolean",
-            Value::Ts(_) => "a timestamp",
         }
     }
 }
@@ -312,32 +375,7 @@ impl Record {
     /// Whether the record fits its dataset's schema: one value per column,
     /// each of the column's type, no null in a required column.
     pub fn check(&self) -> Result<(), SchemaError> {
-        let columns = self.dataset.columns();
-        if self.values.len() != columns.len() {
-            return Err(SchemaError::Arity {
-                dataset: self.dataset,
-                expected: columns.len(),
-                got: self.values.len(),
-            });
-        }
-        for (v, c) in self.values.iter().zip(columns) {
-            if v.fits(c.ty, c.nullable) {
-                continue;
-            }
-            return Err(match v {
-                Value::Null => SchemaError::Null {
-                    dataset: self.dataset,
-                    column: c.name,
-                },
-                _ => SchemaError::Type {
-                    dataset: self.dataset,
-                    column: c.name,
-                    expected: c.ty.describe(),
-                    got: v.describe(),
-                },
-            });
-        }
-        Ok(())
+        check_kinds(self.dataset, self.values.iter().map(Value::kind))
     }
 
     /// The value of a column, by name.

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::record::Value;
-use crate::Record;
+use crate::{Dataset, Record};
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -150,14 +150,19 @@ impl Access {
     /// Why this token may not write `r` (its tenant is another's), or
     /// `None` when it may.
     pub fn refuse_record(&self, r: &Record) -> Option<String> {
+        self.refuse_row(r.dataset, tenant_of(r))
+    }
+
+    /// [`Access::refuse_record`] for a row of `dataset` whose tenant
+    /// column holds `tenant`.
+    pub fn refuse_row(&self, dataset: Dataset, tenant: Option<&str>) -> Option<String> {
         if self.all_tenants() {
             return None;
         }
-        let column = r
-            .dataset
+        let column = dataset
             .tenant_column()
-            .map_or("tenant", |c| r.dataset.columns()[c].name);
-        self.refuse_write(column, tenant_of(r))
+            .map_or("tenant", |c| dataset.columns()[c].name);
+        self.refuse_write(column, tenant)
     }
 
     /// The tenant a token's CloudEvents and meters belong to (OpenMeter's

@@ -144,6 +144,11 @@ impl Columns {
             .collect()
     }
 
+    /// Columns built by this module's builders from checked rows.
+    pub(crate) fn checked(dataset: Dataset, batch: RecordBatch) -> Self {
+        Columns { dataset, batch }
+    }
+
     pub fn dataset(&self) -> Dataset {
         self.dataset
     }

@@ -51,7 +51,7 @@ pub fn schema(dataset: Dataset) -> SchemaRef {
 }
 
 /// One column's builder while a batch is built row by row.
-enum ColumnBuilder {
+pub(crate) enum ColumnBuilder {
     Utf8(StringBuilder),
     Dict(StringDictionaryBuilder<Int32Type>),
     Int32(Int32Builder),
@@ -62,7 +62,7 @@ enum ColumnBuilder {
 }
 
 impl ColumnBuilder {
-    fn new(ty: ColumnType, rows: usize) -> Self {
+    pub(crate) fn new(ty: ColumnType, rows: usize) -> Self {
         match ty {
             ColumnType::Utf8 => Self::Utf8(StringBuilder::with_capacity(rows, rows * 16)),
             ColumnType::Dict => Self::Dict(StringDictionaryBuilder::new()),
@@ -101,7 +101,7 @@ impl ColumnBuilder {
         Ok(())
     }
 
-    fn finish(self) -> ArrayRef {
+    pub(crate) fn finish(self) -> ArrayRef {
         match self {
             Self::Utf8(mut b) => Arc::new(b.finish()),
             Self::Dict(mut b) => Arc::new(b.finish()),

@@ -377,7 +377,10 @@ impl BillingService {
                 .map_err(RpcError::OverRate)?;
         }
         let (columns, newest) = batch_columns(&req)?;
-        let report = self.pipeline.ingest_columns(source, columns).await?;
+        let report = self
+            .pipeline
+            .ingest_columns(source, columns, Vec::new())
+            .await?;
         let (accepted, duplicates) = (report.accepted, report.duplicates);
         {
             let mut fleet = self.fleet.lock();

@@ -4,7 +4,7 @@
 //! event's field is named differently, the pair is spelled out.
 
 use serde_json::{Map, Value as Json};
-use tally_pipeline::{Dataset, Record, RecordBuilder, Value};
+use tally_pipeline::batch::{Cell, Row};
 
 use super::fields::Fields;
 use super::invalid::InvalidEvent;
@@ -12,9 +12,8 @@ use super::object::{Field, Object};
 
 type Obj<'a> = Object<'a>;
 
-pub fn llm(obj: &Obj) -> Result<Record, InvalidEvent> {
+pub fn llm<'a>(obj: &'a Obj<'a>, r: &mut Row<'a>) -> Result<(), InvalidEvent> {
     let mut f = Fields::new(obj);
-    let mut r = RecordBuilder::new(Dataset::UsageLlm);
     r.set("event_id", f.str("event_id"))
         .set("timestamp", f.timestamp("timestamp"))
         .set("actor_id", f.str("actor_id"))
@@ -43,12 +42,11 @@ pub fn llm(obj: &Obj) -> Result<Record, InvalidEvent> {
         .set("invocation_id", f.opt_str_value("invocation_id"))
         .set("source", "usage.llm")
         .set("metadata", f.metadata());
-    f.finish(r)
+    f.finish()
 }
 
-pub fn tool(obj: &Obj) -> Result<Record, InvalidEvent> {
+pub fn tool<'a>(obj: &'a Obj<'a>, r: &mut Row<'a>) -> Result<(), InvalidEvent> {
     let mut f = Fields::new(obj);
-    let mut r = RecordBuilder::new(Dataset::UsageTool);
     r.set("event_id", f.str("event_id"))
         .set("timestamp", f.timestamp("timestamp"))
         .set("actor_id", f.str("actor_id"))
@@ -61,12 +59,11 @@ pub fn tool(obj: &Obj) -> Result<Record, InvalidEvent> {
         .set("latency_ms", f.count32("latency_ms"))
         .set("error", f.opt_str_value("error"))
         .set("metadata", f.metadata());
-    f.finish(r)
+    f.finish()
 }
 
-pub fn agent(obj: &Obj) -> Result<Record, InvalidEvent> {
+pub fn agent<'a>(obj: &'a Obj<'a>, r: &mut Row<'a>) -> Result<(), InvalidEvent> {
     let mut f = Fields::new(obj);
-    let mut r = RecordBuilder::new(Dataset::UsageAgent);
     r.set("event_id", f.str("event_id"))
         .set("timestamp", f.timestamp("timestamp"))
         .set("agent_id", f.str("agent_id"))
@@ -79,7 +76,7 @@ pub fn agent(obj: &Obj) -> Result<Record, InvalidEvent> {
         .set("success", f.bool_or("success", true))
         .set("error", f.opt_str_value("error"))
         .set("metadata", f.metadata());
-    f.finish(r)
+    f.finish()
 }
 
 /// Fields of `messaging.message.created` that map onto columns; the rest go
@@ -97,7 +94,7 @@ const MESSAGE_FIELDS: &[&str] = &[
     "metadata",
 ];
 
-pub fn message(obj: &Obj) -> Result<Record, InvalidEvent> {
+pub fn message<'a>(obj: &'a Obj<'a>, r: &mut Row<'a>) -> Result<(), InvalidEvent> {
     let mut f = Fields::new(obj);
     let event_id = f.str("message_id");
     let timestamp = f.timestamp("created_at");
@@ -125,11 +122,10 @@ pub fn message(obj: &Obj) -> Result<Record, InvalidEvent> {
         }
     }
     let metadata = if extra.is_empty() {
-        Value::Null
+        Cell::Null
     } else {
-        Value::Str(Json::Object(extra).to_string())
+        Cell::from(Json::Object(extra).to_string())
     };
-    let mut r = RecordBuilder::new(Dataset::UsageMessage);
     r.set("event_id", event_id)
         .set("timestamp", timestamp)
         .set("actor_id", actor_id)
@@ -138,13 +134,15 @@ pub fn message(obj: &Obj) -> Result<Record, InvalidEvent> {
         .set("channel_id", channel_id)
         .set("message_length", length)
         .set("metadata", metadata);
-    f.finish(r)
+    f.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Subject;
     use serde_json::json;
+    use tally_pipeline::Value;
 
     fn obj(v: Json) -> Map<String, Json> {
         v.as_object().unwrap().clone()
@@ -152,14 +150,15 @@ mod tests {
 
     #[test]
     fn spec_llm_example_decodes() {
-        let v = llm(&Object::from_map(&obj(json!({
-            "event_id": "evt-123", "timestamp": "2025-11-24T12:00:00Z",
-            "actor_id": "user:93", "actor_type": "human", "agent_id": "agent:sofia",
-            "microdao_id": "microdao:7", "model": "gpt-4.1-mini", "provider": "openai",
-            "prompt_tokens": 450, "completion_tokens": 120, "total_tokens": 570,
-            "latency_ms": 1250, "success": true
-        }))))
-        .unwrap();
+        let v = Subject::UsageLlm
+            .decode_object(&Object::from_map(&obj(json!({
+                "event_id": "evt-123", "timestamp": "2025-11-24T12:00:00Z",
+                "actor_id": "user:93", "actor_type": "human", "agent_id": "agent:sofia",
+                "microdao_id": "microdao:7", "model": "gpt-4.1-mini", "provider": "openai",
+                "prompt_tokens": 450, "completion_tokens": 120, "total_tokens": 570,
+                "latency_ms": 1250, "success": true
+            }))))
+            .unwrap();
         assert_eq!(v.get("event_id"), Some(&Value::Str("evt-123".into())));
         assert_eq!(
             v.get("timestamp"),
@@ -171,23 +170,25 @@ mod tests {
 
     #[test]
     fn missing_total_is_prompt_plus_completion() {
-        let v = llm(&Object::from_map(&obj(json!({
-            "event_id": "e", "timestamp": "2025-11-24T12:00:00Z", "actor_id": "a",
-            "actor_type": "human", "model": "m", "provider": "p",
-            "prompt_tokens": 2, "completion_tokens": 3, "latency_ms": 1
-        }))))
-        .unwrap();
+        let v = Subject::UsageLlm
+            .decode_object(&Object::from_map(&obj(json!({
+                "event_id": "e", "timestamp": "2025-11-24T12:00:00Z", "actor_id": "a",
+                "actor_type": "human", "model": "m", "provider": "p",
+                "prompt_tokens": 2, "completion_tokens": 3, "latency_ms": 1
+            }))))
+            .unwrap();
         assert_eq!(v.get("total_tokens"), Some(&Value::I32(5)));
     }
 
     #[test]
     fn message_maps_fields_and_keeps_extras_in_metadata() {
-        let v = message(&Object::from_map(&obj(json!({
-            "channel_id": "c", "message_id": "m", "sender_id": "user:1",
-            "microdao_id": "d", "created_at": "2025-11-24T12:03:00Z",
-            "content": "héllo", "thread_id": "t1"
-        }))))
-        .unwrap();
+        let v = Subject::MessageCreated
+            .decode_object(&Object::from_map(&obj(json!({
+                "channel_id": "c", "message_id": "m", "sender_id": "user:1",
+                "microdao_id": "d", "created_at": "2025-11-24T12:03:00Z",
+                "content": "héllo", "thread_id": "t1"
+            }))))
+            .unwrap();
         assert_eq!(v.get("event_id"), Some(&Value::Str("m".into())));
         assert_eq!(v.get("actor_type"), Some(&Value::Str("human".into())));
         assert_eq!(v.get("message_length"), Some(&Value::I32(5)));

@@ -1,7 +1,7 @@
 //! The control-plane events (README "Control-plane usage hook"): `chat.usage_delta` (mapped onto `usage_llm` as README "Datasets"
 //! says) and `chat.usage_summary`.
 
-use tally_pipeline::{Dataset, Record, RecordBuilder};
+use tally_pipeline::batch::Row;
 
 use super::fields::Fields;
 use super::invalid::InvalidEvent;
@@ -9,9 +9,8 @@ use super::object::Object;
 
 type Obj<'a> = Object<'a>;
 
-pub fn delta(obj: &Obj) -> Result<Record, InvalidEvent> {
+pub fn delta<'a>(obj: &'a Obj<'a>, r: &mut Row<'a>) -> Result<(), InvalidEvent> {
     let mut f = Fields::new(obj);
-    let mut r = RecordBuilder::new(Dataset::UsageLlm);
     r.set("event_id", f.str("event_id"))
         .set("timestamp", f.timestamp("event_ts"))
         .set("actor_id", f.opt_str_value("user_id"))
@@ -32,12 +31,11 @@ pub fn delta(obj: &Obj) -> Result<Record, InvalidEvent> {
         .set("invocation_id", f.opt_str_value("invocation_id"))
         .set("source", "chat.usage_delta")
         .set("metadata", f.metadata());
-    f.finish(r)
+    f.finish()
 }
 
-pub fn summary(obj: &Obj) -> Result<Record, InvalidEvent> {
+pub fn summary<'a>(obj: &'a Obj<'a>, r: &mut Row<'a>) -> Result<(), InvalidEvent> {
     let mut f = Fields::new(obj);
-    let mut r = RecordBuilder::new(Dataset::UsageChatSummary);
     r.set("event_id", f.str("event_id"))
         .set("timestamp", f.timestamp("event_ts"))
         .set("chat_id", f.str("chat_id"))
@@ -50,18 +48,19 @@ pub fn summary(obj: &Obj) -> Result<Record, InvalidEvent> {
     r.set("prompt_tokens", prompt)
         .set("completion_tokens", completion)
         .set("total_tokens", total);
-    f.finish(r)
+    f.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Subject;
     use serde_json::json;
     use tally_pipeline::Value;
 
     #[test]
     fn spec_delta_example_maps_onto_usage_llm() {
-        let v = delta(&Object::from_map(json!({
+        let v = Subject::ChatUsageDelta.decode_object(&Object::from_map(json!({
             "event_id": "a1b2c3d4e5f6", "event_ts": "2026-01-12T03:12:34.567890+00:00",
             "chat_id": "chat_123", "app_id": "app_abc", "user_id": "user_456",
             "workflow_name": "AgentGenerator", "agent_name": "PlannerAgent",
@@ -82,13 +81,14 @@ mod tests {
 
     #[test]
     fn summary_requires_its_dimensions() {
-        let err = summary(&Object::from_map(
-            json!({"event_id": "x", "event_ts": "2026-01-12T03:12:35Z",
+        let err = Subject::ChatUsageSummary
+            .decode_object(&Object::from_map(
+                json!({"event_id": "x", "event_ts": "2026-01-12T03:12:35Z",
             "prompt_tokens": 1, "completion_tokens": -1})
-            .as_object()
-            .unwrap(),
-        ))
-        .unwrap_err();
+                .as_object()
+                .unwrap(),
+            ))
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "chat_id is required; app_id is required; user_id is required; \

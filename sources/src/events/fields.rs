@@ -1,8 +1,10 @@
 //! Reading a JSON object's fields into typed values, collecting every error
 //! with the field's name and the rule it broke.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDateTime};
-use tally_pipeline::{Record, RecordBuilder, Value};
+use tally_pipeline::batch::Cell;
 
 use super::invalid::InvalidEvent;
 use super::object::{Field, Object};
@@ -37,13 +39,13 @@ impl<'a> Fields<'a> {
         self.get(name).is_some()
     }
 
-    pub fn opt_str(&mut self, name: &str) -> Option<String> {
+    pub fn opt_str(&mut self, name: &str) -> Option<Cow<'a, str>> {
         let v = self.get(name)?;
         self.string(name, v)
     }
 
     /// The string `v` of field `name`, checked.
-    fn string(&mut self, name: &str, v: &Field) -> Option<String> {
+    fn string(&mut self, name: &str, v: &'a Field<'a>) -> Option<Cow<'a, str>> {
         match v {
             Field::Str(s) => {
                 if s.len() > MAX_ID_LEN && name != "error" {
@@ -57,7 +59,7 @@ impl<'a> Fields<'a> {
                         .push(format!("{name} must not contain NUL characters"));
                     None
                 } else {
-                    Some(s.to_string())
+                    Some(Cow::Borrowed(s.as_ref()))
                 }
             }
             other => {
@@ -69,48 +71,48 @@ impl<'a> Fields<'a> {
     }
 
     /// A required, non-empty string.
-    pub fn str(&mut self, name: &str) -> Value {
+    pub fn str(&mut self, name: &str) -> Cell<'a> {
         let Some(v) = self.get(name) else {
             self.errors.push(format!("{name} is required"));
-            return Value::Null;
+            return Cell::Null;
         };
         match self.string(name, v) {
             Some(s) if s.is_empty() => {
                 self.errors.push(format!("{name} must not be empty"));
-                Value::Null
+                Cell::Null
             }
-            Some(s) => Value::Str(s),
-            None => Value::Null,
+            Some(s) => Cell::Str(s),
+            None => Cell::Null,
         }
     }
 
-    pub fn opt_str_value(&mut self, name: &str) -> Value {
-        self.opt_str(name).map(Value::Str).unwrap_or(Value::Null)
+    pub fn opt_str_value(&mut self, name: &str) -> Cell<'a> {
+        self.opt_str(name).map(Cell::Str).unwrap_or(Cell::Null)
     }
 
     /// A string with a default when absent.
-    pub fn str_or(&mut self, name: &str, default: &str) -> Value {
+    pub fn str_or(&mut self, name: &str, default: &'static str) -> Cell<'a> {
         if self.has(name) {
             self.str(name)
         } else {
-            Value::Str(default.to_string())
+            Cell::from(default)
         }
     }
 
     /// A required time: RFC 3339, or ISO 8601 without an offset (read as UTC).
-    pub fn timestamp(&mut self, name: &str) -> Value {
+    pub fn timestamp(&mut self, name: &str) -> Cell<'a> {
         match self.get(name) {
             None => {
                 self.errors.push(format!("{name} is required"));
-                Value::Null
+                Cell::Null
             }
             Some(Field::Str(s)) => match parse_time(s) {
-                Some(ns) => Value::Ts(ns),
+                Some(ns) => Cell::Ts(ns),
                 None => {
                     self.errors.push(format!(
                         "{name} must be an RFC 3339 time such as 2025-11-24T12:00:00Z, got {s:?}"
                     ));
-                    Value::Null
+                    Cell::Null
                 }
             },
             Some(other) => {
@@ -118,7 +120,7 @@ impl<'a> Fields<'a> {
                     "{name} must be an RFC 3339 time string, got {}",
                     other.kind()
                 ));
-                Value::Null
+                Cell::Null
             }
         }
     }
@@ -160,14 +162,14 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub fn count32(&mut self, name: &str) -> Value {
+    pub fn count32(&mut self, name: &str) -> Cell<'a> {
         let Some(v) = self.get(name) else {
             self.errors.push(format!("{name} is required"));
-            return Value::Null;
+            return Cell::Null;
         };
         self.count32_of(name, v)
-            .map(Value::I32)
-            .unwrap_or(Value::Null)
+            .map(Cell::I32)
+            .unwrap_or(Cell::Null)
     }
 
     pub fn opt_count64(&mut self, name: &str) -> Option<i64> {
@@ -181,14 +183,12 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub fn count64(&mut self, name: &str) -> Value {
+    pub fn count64(&mut self, name: &str) -> Cell<'a> {
         if !self.has(name) {
             self.errors.push(format!("{name} is required"));
-            return Value::Null;
+            return Cell::Null;
         }
-        self.opt_count64(name)
-            .map(Value::I64)
-            .unwrap_or(Value::Null)
+        self.opt_count64(name).map(Cell::I64).unwrap_or(Cell::Null)
     }
 
     pub fn opt_bool(&mut self, name: &str) -> Option<bool> {
@@ -202,16 +202,16 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub fn bool_or(&mut self, name: &str, default: bool) -> Value {
-        Value::Bool(self.opt_bool(name).unwrap_or(default))
+    pub fn bool_or(&mut self, name: &str, default: bool) -> Cell<'a> {
+        Cell::Bool(self.opt_bool(name).unwrap_or(default))
     }
 
-    pub fn bool(&mut self, name: &str) -> Value {
+    pub fn bool(&mut self, name: &str) -> Cell<'a> {
         if !self.has(name) {
             self.errors.push(format!("{name} is required"));
-            return Value::Null;
+            return Cell::Null;
         }
-        self.opt_bool(name).map(Value::Bool).unwrap_or(Value::Null)
+        self.opt_bool(name).map(Cell::Bool).unwrap_or(Cell::Null)
     }
 
     /// A non-negative number of seconds, as whole milliseconds.
@@ -237,8 +237,8 @@ impl<'a> Fields<'a> {
 
     /// `total_tokens` as sent, or prompt + completion when left out; the
     /// width (32 or 64 bits) follows `prompt`.
-    pub fn total_tokens(&mut self, prompt: &Value, completion: &Value) -> Value {
-        let wide = matches!(prompt, Value::I64(_));
+    pub fn total_tokens(&mut self, prompt: &Cell, completion: &Cell) -> Cell<'a> {
+        let wide = matches!(prompt, Cell::I64(_));
         if self.has("total_tokens") {
             return if wide {
                 self.count64("total_tokens")
@@ -247,33 +247,33 @@ impl<'a> Fields<'a> {
             };
         }
         match (prompt, completion) {
-            (Value::I64(p), Value::I64(c)) => Value::I64(p.saturating_add(*c)),
-            (Value::I32(p), Value::I32(c)) => match p.checked_add(*c) {
-                Some(t) => Value::I32(t),
+            (Cell::I64(p), Cell::I64(c)) => Cell::I64(p.saturating_add(*c)),
+            (Cell::I32(p), Cell::I32(c)) => match p.checked_add(*c) {
+                Some(t) => Cell::I32(t),
                 None => {
                     self.error("prompt_tokens + completion_tokens must fit in 32 bits".into());
-                    Value::Null
+                    Cell::Null
                 }
             },
-            _ => Value::Null,
+            _ => Cell::Null,
         }
     }
 
     /// `metadata` as JSON text; any JSON value is kept as it is.
-    pub fn metadata(&self) -> Value {
+    pub fn metadata(&self) -> Cell<'a> {
         self.get("metadata")
             .map(|m| match m {
-                Field::Nested(v) => Value::Str(v.to_string()),
-                scalar => Value::Str(scalar.to_json().to_string()),
+                Field::Nested(v) => Cell::from(v.to_string()),
+                scalar => Cell::from(scalar.to_json().to_string()),
             })
-            .unwrap_or(Value::Null)
+            .unwrap_or(Cell::Null)
     }
 
-    /// The record, or every field error; a value that does not fit its
-    /// column is reported as the schema names it.
-    pub fn finish(self, record: RecordBuilder) -> Result<Record, InvalidEvent> {
+    /// Every field error, joined; the row's fit to its schema is checked
+    /// where it is appended (or made a record).
+    pub fn finish(self) -> Result<(), InvalidEvent> {
         if self.errors.is_empty() {
-            record.build().map_err(|e| InvalidEvent(e.to_string()))
+            Ok(())
         } else {
             Err(InvalidEvent(self.errors.join("; ")))
         }
@@ -316,9 +316,7 @@ mod tests {
         f.str("d");
         f.str("e");
         f.timestamp("t");
-        let err = f
-            .finish(RecordBuilder::new(tally_pipeline::Dataset::UsageLlm))
-            .unwrap_err();
+        let err = f.finish().unwrap_err();
         assert_eq!(
             err.to_string(),
             "a must be >= 0, got -5; b must be an integer, got a string; \

@@ -9,6 +9,7 @@ pub mod object;
 
 use std::fmt;
 
+use tally_pipeline::batch::Row;
 use tally_pipeline::{Dataset, Record, Rejection};
 
 pub use invalid::InvalidEvent;
@@ -78,27 +79,49 @@ impl Subject {
 
     /// Turns one event into a record, or says what is wrong with it.
     pub fn decode(self, event: &Event) -> Result<Record, InvalidEvent> {
-        let obj = match event {
-            Event::Object(obj) => obj,
-            Event::Other(NotAnObject(what), _) => {
-                return Err(InvalidEvent(format!(
-                    "a {} event must be a JSON object, got {what}",
-                    self.name(),
-                )))
-            }
-        };
-        self.decode_object(obj)
+        let mut row = Row::new(self.dataset());
+        self.decode_into(event, &mut row)?;
+        row.into_record().map_err(|e| InvalidEvent(e.to_string()))
     }
 
     /// Turns one event's fields into a record, or says what is wrong.
     pub fn decode_object(self, obj: &Object) -> Result<Record, InvalidEvent> {
+        let mut row = Row::new(self.dataset());
+        self.decode_object_into(obj, &mut row)?;
+        row.into_record().map_err(|e| InvalidEvent(e.to_string()))
+    }
+
+    /// Decodes one event into a row of [`Subject::dataset`] (cleared
+    /// first), its strings borrowed from the event, or says what is wrong
+    /// with its fields. The row's fit to the schema is checked where it is
+    /// appended ([`tally_pipeline::batch::Rows::push`]).
+    pub fn decode_into<'a>(
+        self,
+        event: &'a Event<'a>,
+        row: &mut Row<'a>,
+    ) -> Result<(), InvalidEvent> {
+        match event {
+            Event::Object(obj) => self.decode_object_into(obj, row),
+            Event::Other(NotAnObject(what), _) => Err(InvalidEvent(format!(
+                "a {} event must be a JSON object, got {what}",
+                self.name(),
+            ))),
+        }
+    }
+
+    fn decode_object_into<'a>(
+        self,
+        obj: &'a Object<'a>,
+        row: &mut Row<'a>,
+    ) -> Result<(), InvalidEvent> {
+        row.clear();
         match self {
-            Subject::UsageLlm => agent_usage::llm(obj),
-            Subject::UsageTool => agent_usage::tool(obj),
-            Subject::UsageAgent => agent_usage::agent(obj),
-            Subject::MessageCreated => agent_usage::message(obj),
-            Subject::ChatUsageDelta => chat_usage::delta(obj),
-            Subject::ChatUsageSummary => chat_usage::summary(obj),
+            Subject::UsageLlm => agent_usage::llm(obj, row),
+            Subject::UsageTool => agent_usage::tool(obj, row),
+            Subject::UsageAgent => agent_usage::agent(obj, row),
+            Subject::MessageCreated => agent_usage::message(obj, row),
+            Subject::ChatUsageDelta => chat_usage::delta(obj, row),
+            Subject::ChatUsageSummary => chat_usage::summary(obj, row),
         }
     }
 }

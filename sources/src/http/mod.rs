@@ -16,11 +16,13 @@ use std::sync::Arc;
 
 use tally_pipeline::component::{Component, Context, Handle};
 
+use arrow::array::BooleanArray;
 use tally_pipeline::access::limits::{OverRate, RateLimiter};
-use tally_pipeline::access::{tenant_of, Access};
+use tally_pipeline::access::Access;
+use tally_pipeline::batch::{Columns, Row, Rows};
 use tally_pipeline::http_reply::retry_after;
 use tally_pipeline::tap::PayloadTap;
-use tally_pipeline::{IngestError, IngestReport, Pipeline, Record, Rejection};
+use tally_pipeline::{IngestError, IngestReport, Pipeline, Rejection};
 
 use crate::events::Subject;
 use body::Item;
@@ -141,50 +143,61 @@ async fn ingest(
         }
     };
     let dataset = subject.dataset();
-    let mut decoded = Vec::with_capacity(items.len());
+    // Each event is decoded into one row, checked and appended to the
+    // request's columns; an event that fails is rejected alone.
+    let mut rows = Rows::new(dataset, items.len());
+    let mut row = Row::new(dataset);
+    let mut kept = Kept::default();
     let mut rejections = Vec::new();
     // Records refused for their tenant, and the first reason.
     let mut refused_tenant: (usize, Option<String>) = (0, None);
     for (index, item) in items.iter().enumerate() {
         let result = match item {
-            Item::Event { event, .. } => subject.decode(event).map_err(|e| (item.payload(), e.0)),
-            Item::Unreadable { raw, error } => Err((raw.clone(), error.clone())),
+            Item::Event { event, .. } => subject.decode_into(event, &mut row).map_err(|e| e.0),
+            Item::Unreadable { error, .. } => Err(error.clone()),
         };
-        let (payload, reason) = match result {
-            Ok(r) => match access.refuse_record(&r) {
-                None => {
-                    // The payload is kept for the tap alone.
-                    decoded.push((index, r, state.tap.is_some().then(|| item.payload())));
-                    continue;
-                }
-                Some(reason) => {
-                    refused_tenant.0 += 1;
-                    refused_tenant.1.get_or_insert_with(|| reason.clone());
-                    (item.payload(), reason)
-                }
-            },
-            Err(e) => e,
-        };
-        rejections.push(Rejection {
-            index: Some(index),
-            subject: Some(subject.name().to_string()),
-            dataset: Some(dataset),
-            reason,
-            payload,
+        let result = result.and_then(|()| match access.refuse_row(dataset, row.tenant()) {
+            None => rows.push(&row).map_err(|e| e.to_string()),
+            Some(reason) => {
+                refused_tenant.0 += 1;
+                refused_tenant.1.get_or_insert_with(|| reason.clone());
+                Err(reason)
+            }
         });
+        match result {
+            Ok(()) => {
+                kept.indexes.push(index);
+                if state.limits.is_some() {
+                    kept.tenants.push(row.tenant().map(str::to_owned));
+                }
+                // The payload is kept for the tap alone.
+                if state.tap.is_some() {
+                    kept.payloads.push(item.payload());
+                }
+            }
+            Err(reason) => rejections.push(Rejection {
+                index: Some(index),
+                subject: Some(subject.name().to_string()),
+                dataset: Some(dataset),
+                reason,
+                payload: item.payload(),
+            }),
+        }
     }
+    drop(row);
     drop(items);
     // Every record is another tenant's: the request as a whole may not.
     if let (n, Some(reason)) = &refused_tenant {
-        if decoded.is_empty() && *n == rejections.len() {
+        if rows.is_empty() && *n == rejections.len() {
             return error_response(StatusCode::FORBIDDEN, "forbidden", reason.clone());
         }
     }
-    let (decoded, over_rate) = match &state.limits {
-        Some(limits) => within_rate(limits, decoded),
-        None => (decoded, Vec::new()),
+    let mut columns = rows.finish();
+    let over_rate = match &state.limits {
+        Some(limits) => kept.within_rate(limits, &mut columns),
+        None => Vec::new(),
     };
-    if decoded.is_empty() && rejections.is_empty() {
+    if columns.rows() == 0 && rejections.is_empty() {
         if let Some((_, e)) = over_rate.first() {
             let mut r = error_response(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -195,16 +208,14 @@ async fn ingest(
             return r;
         }
     }
-    let mut records = Vec::with_capacity(decoded.len());
-    let mut payloads = Vec::new();
-    for (_, r, payload) in decoded {
-        payloads.extend(payload);
-        records.push(r);
-    }
-    match state.pipeline.ingest(SOURCE, records, rejections).await {
+    match state
+        .pipeline
+        .ingest_columns(SOURCE, columns, rejections)
+        .await
+    {
         Ok(mut report) => {
             if let Some(tap) = &state.tap {
-                for (payload, stored) in payloads.iter().zip(&report.stored_flags) {
+                for (payload, stored) in kept.payloads.iter().zip(&report.stored_flags) {
                     if *stored {
                         tap.offer(subject.name(), payload.as_bytes());
                     }
@@ -223,36 +234,61 @@ async fn ingest(
     }
 }
 
-/// A record with its index in the request, and its payload for the tap.
-type Decoded = (usize, Record, Option<String>);
+/// Of each row appended to a request's columns, in order: its index in the
+/// request, its tenant (when rates are limited) and its payload (for the
+/// tap).
+#[derive(Default)]
+struct Kept {
+    indexes: Vec<usize>,
+    tenants: Vec<Option<String>>,
+    payloads: Vec<String>,
+}
 
-/// Splits records into those within their tenant's rate and those over it.
-fn within_rate(
-    limits: &RateLimiter,
-    decoded: Vec<Decoded>,
-) -> (Vec<Decoded>, Vec<(usize, OverRate)>) {
-    let mut per_tenant: BTreeMap<String, u64> = BTreeMap::new();
-    for (_, r, _) in &decoded {
-        *per_tenant
-            .entry(tenant_of(r).unwrap_or_default().to_string())
-            .or_default() += 1;
-    }
-    let refused: BTreeMap<String, OverRate> = per_tenant
-        .into_iter()
-        .filter_map(|(t, n)| limits.take(&t, n).err().map(|e| (t, e)))
-        .collect();
-    if refused.is_empty() {
-        return (decoded, Vec::new());
-    }
-    let mut kept = Vec::with_capacity(decoded.len());
-    let mut over = Vec::new();
-    for d in decoded {
-        match refused.get(tenant_of(&d.1).unwrap_or_default()) {
-            Some(e) => over.push((d.0, e.clone())),
-            None => kept.push(d),
+impl Kept {
+    /// Drops the rows of every tenant over its rate from `columns` (and
+    /// from `self`), and returns their request indexes with the refusal.
+    fn within_rate(
+        &mut self,
+        limits: &RateLimiter,
+        columns: &mut Columns,
+    ) -> Vec<(usize, OverRate)> {
+        let mut per_tenant: BTreeMap<&str, u64> = BTreeMap::new();
+        for t in &self.tenants {
+            *per_tenant
+                .entry(t.as_deref().unwrap_or_default())
+                .or_default() += 1;
         }
+        let refused: BTreeMap<String, OverRate> = per_tenant
+            .into_iter()
+            .filter_map(|(t, n)| limits.take(t, n).err().map(|e| (t.to_string(), e)))
+            .collect();
+        if refused.is_empty() {
+            return Vec::new();
+        }
+        let mut over = Vec::new();
+        let keep: Vec<bool> = self
+            .tenants
+            .iter()
+            .zip(&self.indexes)
+            .map(
+                |(t, &i)| match refused.get(t.as_deref().unwrap_or_default()) {
+                    Some(e) => {
+                        over.push((i, e.clone()));
+                        false
+                    }
+                    None => true,
+                },
+            )
+            .collect();
+        let mut flags = keep.iter();
+        self.indexes.retain(|_| *flags.next().unwrap_or(&false));
+        if !self.payloads.is_empty() {
+            let mut flags = keep.iter();
+            self.payloads.retain(|_| *flags.next().unwrap_or(&false));
+        }
+        *columns = columns.filter(&BooleanArray::from(keep));
+        over
     }
-    (kept, over)
 }
 
 fn set_retry_after(r: &mut Response, over: &[(usize, OverRate)]) {

@@ -1,0 +1,372 @@
+//! Rows decoded straight into a dataset's column builders.
+//!
+//! A decoder stages one row's values by column name in a [`Row`],
+//! borrowing strings from the payload it reads. [`Rows::push`] checks the
+//! row once against the dataset's schema and appends it to the columns, or
+//! refuses it whole (nothing of it is appended): a bad field rejects only
+//! its record. [`Rows::finish`] gives the [`Columns`].
+
+use std::borrow::Cow;
+
+use super::columns::Columns;
+use super::convert::{schema, ColumnBuilder};
+use crate::dataset::Dataset;
+use arrow::error::ArrowError;
+
+use crate::record::{check_kinds, Kind, Record, SchemaError, Value};
+
+/// One value of a staged row; strings may borrow from the payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    Null,
+    Str(Cow<'a, str>),
+    I32(i32),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    /// Nanoseconds since the Unix epoch, UTC.
+    Ts(i64),
+}
+
+impl Cell<'_> {
+    fn kind(&self) -> Kind {
+        match self {
+            Cell::Null => Kind::Null,
+            Cell::Str(_) => Kind::Str,
+            Cell::I32(_) => Kind::I32,
+            Cell::I64(_) => Kind::I64,
+            Cell::F64(_) => Kind::F64,
+            Cell::Bool(_) => Kind::Bool,
+            Cell::Ts(_) => Kind::Ts,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Cell::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Str(s) => Value::Str(s.into_owned()),
+            Cell::I32(v) => Value::I32(v),
+            Cell::I64(v) => Value::I64(v),
+            Cell::F64(v) => Value::F64(v),
+            Cell::Bool(v) => Value::Bool(v),
+            Cell::Ts(v) => Value::Ts(v),
+        }
+    }
+}
+
+impl<'a> From<&'a str> for Cell<'a> {
+    fn from(s: &'a str) -> Self {
+        Cell::Str(Cow::Borrowed(s))
+    }
+}
+impl From<String> for Cell<'_> {
+    fn from(s: String) -> Self {
+        Cell::Str(Cow::Owned(s))
+    }
+}
+impl<'a> From<Cow<'a, str>> for Cell<'a> {
+    fn from(s: Cow<'a, str>) -> Self {
+        Cell::Str(s)
+    }
+}
+impl From<i32> for Cell<'_> {
+    fn from(v: i32) -> Self {
+        Cell::I32(v)
+    }
+}
+impl From<i64> for Cell<'_> {
+    fn from(v: i64) -> Self {
+        Cell::I64(v)
+    }
+}
+impl From<f64> for Cell<'_> {
+    fn from(v: f64) -> Self {
+        Cell::F64(v)
+    }
+}
+impl From<bool> for Cell<'_> {
+    fn from(v: bool) -> Self {
+        Cell::Bool(v)
+    }
+}
+impl<'a, T: Into<Cell<'a>>> From<Option<T>> for Cell<'a> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Cell::Null, Into::into)
+    }
+}
+
+/// One row being decoded: a cell per column of the dataset, set by column
+/// name, every cell null until set.
+#[derive(Debug, Clone)]
+pub struct Row<'a> {
+    dataset: Dataset,
+    cells: Vec<Cell<'a>>,
+    /// Where the next `set` most likely goes: names usually come in schema
+    /// order, so the lookup is one comparison.
+    next: usize,
+    error: Option<SchemaError>,
+}
+
+impl<'a> Row<'a> {
+    pub fn new(dataset: Dataset) -> Self {
+        Self {
+            dataset,
+            cells: vec![Cell::Null; dataset.columns().len()],
+            next: 0,
+            error: None,
+        }
+    }
+
+    pub fn dataset(&self) -> Dataset {
+        self.dataset
+    }
+
+    /// Every cell null again, to decode the next row into the same space.
+    pub fn clear(&mut self) {
+        self.cells.fill(Cell::Null);
+        self.next = 0;
+        self.error = None;
+    }
+
+    pub fn set(&mut self, column: &str, cell: impl Into<Cell<'a>>) -> &mut Self {
+        let columns = self.dataset.columns();
+        let i = if columns.get(self.next).is_some_and(|c| c.name == column) {
+            Some(self.next)
+        } else {
+            self.dataset.column_index(column)
+        };
+        match i {
+            Some(i) => {
+                self.cells[i] = cell.into();
+                self.next = i + 1;
+            }
+            None => {
+                self.error.get_or_insert(SchemaError::UnknownColumn {
+                    dataset: self.dataset,
+                    column: column.to_string(),
+                });
+            }
+        }
+        self
+    }
+
+    /// The cell of a column, by its position in the schema.
+    pub fn cell(&self, column: usize) -> &Cell<'a> {
+        &self.cells[column]
+    }
+
+    /// The row's tenant (see [`Dataset::tenant_column`]), when it has one.
+    pub fn tenant(&self) -> Option<&str> {
+        self.cells[self.dataset.tenant_column()?].as_str()
+    }
+
+    /// Whether every column holds a value of its type and every required
+    /// column a value; names an unknown column set first.
+    pub fn check(&self) -> Result<(), SchemaError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        check_kinds(self.dataset, self.cells.iter().map(Cell::kind))
+    }
+
+    /// The row as a record, checked (for paths that still carry records).
+    pub fn into_record(self) -> Result<Record, SchemaError> {
+        self.check()?;
+        let values = self.cells.into_iter().map(Cell::into_value).collect();
+        Ok(Record::from_columns(self.dataset, values))
+    }
+}
+
+impl ColumnBuilder {
+    /// Appends one cell of a checked row (a cell of another type than
+    /// the column's is appended as null; checked rows have none).
+    pub(crate) fn append_cell(&mut self, v: &Cell<'_>) -> Result<(), ArrowError> {
+        match (self, v) {
+            (Self::Utf8(b), Cell::Str(s)) => b.append_value(s),
+            (Self::Utf8(b), _) => b.append_null(),
+            (Self::Dict(b), Cell::Str(s)) => {
+                b.append(s.as_ref())?;
+            }
+            (Self::Dict(b), _) => b.append_null(),
+            (Self::Int32(b), Cell::I32(x)) => b.append_value(*x),
+            (Self::Int32(b), _) => b.append_null(),
+            (Self::Int64(b), Cell::I64(x)) => b.append_value(*x),
+            (Self::Int64(b), _) => b.append_null(),
+            (Self::Float64(b), Cell::F64(x)) => b.append_value(*x),
+            (Self::Float64(b), _) => b.append_null(),
+            (Self::Bool(b), Cell::Bool(x)) => b.append_value(*x),
+            (Self::Bool(b), _) => b.append_null(),
+            (Self::Ts(b), Cell::Ts(x)) => b.append_value(*x),
+            (Self::Ts(b), _) => b.append_null(),
+        }
+        Ok(())
+    }
+}
+
+/// Rows of one dataset appended into its column builders.
+pub struct Rows {
+    dataset: Dataset,
+    builders: Vec<ColumnBuilder>,
+    len: usize,
+}
+
+impl Rows {
+    pub fn new(dataset: Dataset, capacity: usize) -> Self {
+        Self {
+            dataset,
+            builders: dataset
+                .columns()
+                .iter()
+                .map(|c| ColumnBuilder::new(c.ty, capacity))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    pub fn dataset(&self) -> Dataset {
+        self.dataset
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Checks the row against the schema and appends it; a row that does
+    /// not fit (or is of another dataset) is refused and nothing of it is
+    /// appended.
+    pub fn push(&mut self, row: &Row<'_>) -> Result<(), SchemaError> {
+        if row.dataset != self.dataset {
+            return Err(SchemaError::Arrow {
+                dataset: self.dataset,
+                reason: format!("a row of {} cannot join its columns", row.dataset),
+            });
+        }
+        row.check()?;
+        for (b, cell) in self.builders.iter_mut().zip(&row.cells) {
+            // Only a dictionary column can refuse a value, past 2^31
+            // distinct strings: far beyond a request's bound.
+            b.append_cell(cell)
+                .expect("a checked row appends to its columns");
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The columns of every row pushed, in order.
+    pub fn finish(self) -> Columns {
+        let arrays = self
+            .builders
+            .into_iter()
+            .map(ColumnBuilder::finish)
+            .collect();
+        let batch = arrow::record_batch::RecordBatch::try_new_with_options(
+            schema(self.dataset),
+            arrays,
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(self.len)),
+        )
+        .expect("checked rows make a batch of their dataset");
+        Columns::checked(self.dataset, batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::convert::tests::records_of_every_type;
+    use crate::batch::records_to_batch;
+
+    /// A record's values as cells of a row (strings borrowed).
+    fn row_of(r: &Record) -> Row<'_> {
+        let mut row = Row::new(r.dataset);
+        for (c, v) in r.dataset.columns().iter().zip(&r.values) {
+            let cell = match v {
+                Value::Null => Cell::Null,
+                Value::Str(s) => Cell::from(s.as_str()),
+                Value::I32(x) => Cell::I32(*x),
+                Value::I64(x) => Cell::I64(*x),
+                Value::F64(x) => Cell::F64(*x),
+                Value::Bool(x) => Cell::Bool(*x),
+                Value::Ts(x) => Cell::Ts(*x),
+            };
+            row.set(c.name, cell);
+        }
+        row
+    }
+
+    /// Rows pushed into columns give the batch the records give, for every
+    /// dataset and column type; a row that does not fit is refused whole
+    /// and the rows around it are kept.
+    #[test]
+    fn rows_make_the_batch_records_make_and_a_bad_row_leaves_nothing() {
+        for dataset in Dataset::ALL {
+            let records = records_of_every_type(dataset, 4);
+            let mut rows = Rows::new(dataset, 4);
+            for r in &records {
+                rows.push(&row_of(r)).unwrap();
+                // A row with a required column left null, between the good ones.
+                if let Some(required) = dataset.columns().iter().find(|c| !c.nullable) {
+                    let mut bad = row_of(r);
+                    bad.set(required.name, Cell::Null);
+                    let err = rows.push(&bad).unwrap_err();
+                    assert_eq!(
+                        err,
+                        SchemaError::Null {
+                            dataset,
+                            column: required.name
+                        }
+                    );
+                }
+            }
+            let expected = records_to_batch(dataset, records.iter()).unwrap();
+            let got = rows.finish();
+            assert_eq!(got.rows(), records.len(), "{dataset}");
+            assert_eq!(got.batch(), &expected, "{dataset}");
+            for (r, back) in records.iter().zip(row_of_each(&records)) {
+                assert_eq!(&back, r);
+            }
+        }
+    }
+
+    fn row_of_each(records: &[Record]) -> Vec<Record> {
+        records
+            .iter()
+            .map(|r| row_of(r).into_record().unwrap())
+            .collect()
+    }
+
+    /// The check names the column and the rule, as a record's check does.
+    #[test]
+    fn a_cell_of_another_type_or_an_unknown_column_is_named() {
+        let mut row = Row::new(Dataset::HostUsage);
+        row.set("hostname", "h")
+            .set("timestamp", Cell::Ts(1))
+            .set("cpu_percent", "12.5");
+        assert_eq!(
+            row.check().unwrap_err().to_string(),
+            "host_usage.cpu_percent must be a float, got a string"
+        );
+        let mut rows = Rows::new(Dataset::HostUsage, 1);
+        assert!(rows.push(&row).is_err());
+        row.clear();
+        row.set("no_such_column", 1i64);
+        assert_eq!(
+            row.check().unwrap_err(),
+            SchemaError::UnknownColumn {
+                dataset: Dataset::HostUsage,
+                column: "no_such_column".into()
+            }
+        );
+        assert!(rows.is_empty());
+    }
+}
