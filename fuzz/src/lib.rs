@@ -256,8 +256,10 @@ pub fn usage_config(data: &[u8]) {
 /// `vm.metrics` messages from Kafka (protobuf): what is accepted fits
 /// `vm_metrics`.
 pub fn kafka_vm_metrics(data: &[u8]) {
-    if let Ok(records) = decode_vm_metrics(data, NOW_NS) {
-        for r in &records {
+    if let Ok(columns) = decode_vm_metrics(data, NOW_NS) {
+        // Columns are checked against the schema when made; as records,
+        // every row fits too.
+        for r in &columns.to_records() {
             r.check().expect("accepted rows fit vm_metrics");
         }
     }

@@ -329,15 +329,29 @@ impl Keys {
     /// without building a row (the same bytes as [`Keys::of`] gives for
     /// the same rows as records).
     pub fn of_columns(columns: &Columns) -> Keys {
-        let dataset = columns.dataset();
-        let n = columns.rows();
+        Keys::of_parts(std::slice::from_ref(columns))
+    }
+
+    /// The keys of several datasets' columns, part after part.
+    pub fn of_parts(parts: &[Columns]) -> Keys {
+        let n = parts.iter().map(Columns::rows).sum::<usize>();
         let mut keys = Keys {
             bytes: Vec::with_capacity(n * 40),
             ends: Vec::with_capacity(n),
         };
+        for part in parts {
+            keys.append_columns(part);
+        }
+        keys
+    }
+
+    fn append_columns(&mut self, columns: &Columns) {
+        let dataset = columns.dataset();
+        let n = columns.rows();
+        let keys = self;
         let key_columns = dataset.key_columns();
         if key_columns.is_empty() {
-            return keys;
+            return;
         }
         let readers: Vec<KeyColumn> = key_columns
             .iter()
@@ -350,7 +364,6 @@ impl Keys {
             }
             keys.ends.push((dataset, keys.bytes.len()));
         }
-        keys
     }
 
     pub fn len(&self) -> usize {

@@ -32,5 +32,5 @@ pub mod wal;
 
 pub use clock::now_ns;
 pub use dataset::{Column, ColumnType, Dataset};
-pub use pipeline::{IngestError, IngestReport, Pipeline, Refused, Rejection, Relay, RelayError};
+pub use pipeline::{IngestError, IngestReport, Pipeline, Rejection, Relay, RelayError};
 pub use record::{Record, RecordBuilder, RowLayout, SchemaError, Value};

@@ -58,7 +58,7 @@ impl Rejection {
     }
 
     /// A record a source built that does not fit its dataset's schema.
-    fn schema(record: &Record, error: SchemaError) -> Self {
+    pub fn schema(record: &Record, error: SchemaError) -> Self {
         let mut payload = format!("{:?}", record.values);
         if payload.len() > 4096 {
             let mut cut = 4096;
@@ -118,15 +118,6 @@ pub struct IngestReport {
     /// WAL sequence of the entry that holds the request; `None` when nothing
     /// was written (all duplicates) or the records went to the relay.
     pub seq: Option<u64>,
-}
-
-/// What [`Pipeline::try_ingest`] gives back when it stores nothing.
-#[derive(Debug)]
-pub struct Refused {
-    pub error: IngestError,
-    /// The records and rejections, when the queue was full (nothing of
-    /// them was kept): send them again later.
-    pub batch: Option<(Vec<Record>, Vec<Rejection>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,53 +190,8 @@ impl Pipeline {
         records: Vec<Record>,
         rejections: Vec<Rejection>,
     ) -> Result<IngestReport, IngestError> {
-        self.ingest_entry(source, records, rejections, false).await
-    }
-
-    /// Like [`Pipeline::ingest`], for records read from a replayable log
-    /// (Kafka): the WAL entry is marked so that a restart leaves them to the
-    /// log, which redelivers everything after the committed offset.
-    pub async fn ingest_from_log(
-        &self,
-        source: &str,
-        records: Vec<Record>,
-        rejections: Vec<Rejection>,
-    ) -> Result<IngestReport, IngestError> {
-        self.ingest_entry(source, records, rejections, true).await
-    }
-
-    /// Like [`Pipeline::ingest`], but a full queue hands the batch back
-    /// untouched, so a source that can wait (NATS, Kafka) retries it without
-    /// keeping a copy.
-    pub async fn try_ingest(
-        &self,
-        source: &str,
-        records: Vec<Record>,
-        rejections: Vec<Rejection>,
-    ) -> Result<IngestReport, Refused> {
-        let reserved = match self.reserve(&records, &rejections) {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(Refused {
-                    error: e,
-                    batch: Some((records, rejections)),
-                })
-            }
-        };
-        self.ingest_reserved(source, records, rejections, reserved, false)
-            .await
-            .map_err(|error| Refused { error, batch: None })
-    }
-
-    async fn ingest_entry(
-        &self,
-        source: &str,
-        records: Vec<Record>,
-        rejections: Vec<Rejection>,
-        from_log: bool,
-    ) -> Result<IngestReport, IngestError> {
         let reserved = self.reserve(&records, &rejections)?;
-        self.ingest_reserved(source, records, rejections, reserved, from_log)
+        self.ingest_reserved(source, records, rejections, reserved)
             .await
     }
 
@@ -297,50 +243,103 @@ impl Pipeline {
         columns: Columns,
         rejections: Vec<Rejection>,
     ) -> Result<IngestReport, IngestError> {
-        let inner = &self.inner;
-        let dataset = columns.dataset();
+        self.ingest_parts(source, vec![columns], rejections, false)
+            .await
+    }
+
+    /// [`Pipeline::ingest_columns`] for the columns of several datasets
+    /// (a NATS batch, a Kafka poll): `stored_flags` follow the rows part
+    /// after part. `from_log`: the rows came from a replayable log
+    /// (Kafka); the WAL entry is marked so that a restart leaves them to
+    /// the log, which redelivers everything after the committed offset.
+    pub async fn ingest_parts(
+        &self,
+        source: &str,
+        parts: Vec<Columns>,
+        rejections: Vec<Rejection>,
+        from_log: bool,
+    ) -> Result<IngestReport, IngestError> {
+        let reserved = self.reserve_parts(&parts, &rejections)?;
+        self.ingest_reserved_parts(source, parts, rejections, reserved, from_log)
+            .await
+    }
+
+    /// Admission of columns and rejections (see [`Pipeline::reserve`]).
+    pub(crate) fn reserve_parts(
+        &self,
+        parts: &[Columns],
+        rejections: &[Rejection],
+    ) -> Result<[usize; Dataset::COUNT], IngestError> {
         let mut rows = [0usize; Dataset::COUNT];
-        rows[dataset.index()] = columns.rows();
+        for p in parts {
+            rows[p.dataset().index()] += p.rows();
+        }
         rows[Dataset::Rejected.index()] += rejections.len();
-        self.reserve_rows(rows)?;
+        self.reserve_rows(rows)
+    }
+
+    pub(crate) async fn ingest_reserved_parts(
+        &self,
+        source: &str,
+        parts: Vec<Columns>,
+        rejections: Vec<Rejection>,
+        reserved: [usize; Dataset::COUNT],
+        from_log: bool,
+    ) -> Result<IngestReport, IngestError> {
+        let inner = &self.inner;
         let now = now_ns();
         let now_secs = (now / NS_PER_SEC) as u64;
-        let keys = Keys::of_columns(&columns);
+        let keys = Keys::of_parts(&parts);
         let mut fresh = Vec::with_capacity(keys.len());
         inner.dedup.insert_all(keys.iter(), now_secs, &mut fresh);
-        let mut report = IngestReport::default();
-        let duplicates = fresh.iter().filter(|f| !**f).count();
-        let columns = if duplicates == 0 {
-            report.stored_flags = vec![true; columns.rows()];
-            columns
-        } else {
-            inner.store.release(dataset, duplicates);
-            inner
-                .metrics
-                .count(Outcome::Duplicate, dataset, source, duplicates as u64);
-            report.duplicates = duplicates;
-            report.stored_flags = fresh.clone();
-            columns.filter(&BooleanArray::from(fresh.clone()))
+        let mut report = IngestReport {
+            stored_flags: Vec::with_capacity(parts.iter().map(Columns::rows).sum()),
+            ..Default::default()
         };
-        report.accepted = columns.rows();
         let mut accepted = [0usize; Dataset::COUNT];
-        accepted[dataset.index()] = columns.rows();
-        let mut parts = if columns.rows() > 0 {
-            vec![columns]
-        } else {
-            Vec::new()
-        };
+        let mut kept = Vec::with_capacity(parts.len() + 1);
+        let mut fresh_flags = fresh.iter();
+        for part in parts {
+            let (dataset, n) = (part.dataset(), part.rows());
+            let start = report.stored_flags.len();
+            if dataset.has_key() {
+                report.stored_flags.extend(fresh_flags.by_ref().take(n));
+            } else {
+                report.stored_flags.resize(start + n, true);
+            }
+            let flags = &report.stored_flags[start..];
+            let duplicates = flags.iter().filter(|f| !**f).count();
+            let part = if duplicates == 0 {
+                part
+            } else {
+                inner.store.release(dataset, duplicates);
+                inner
+                    .metrics
+                    .count(Outcome::Duplicate, dataset, source, duplicates as u64);
+                report.duplicates += duplicates;
+                part.filter(&BooleanArray::from(flags.to_vec()))
+            };
+            accepted[dataset.index()] += part.rows();
+            report.accepted += part.rows();
+            if part.rows() > 0 {
+                kept.push(part);
+            }
+        }
+        debug_assert_eq!(
+            reserved.iter().sum::<usize>(),
+            report.stored_flags.len() + rejections.len()
+        );
         let (rejected, rejected_by_dataset) =
             self.rejected_rows(source, now, rejections, &mut report);
-        parts.extend(Columns::of_records(rejected));
+        kept.extend(Columns::of_records(rejected));
         let logged = Logged {
-            parts,
+            parts: kept,
             accepted,
             rejected_by_dataset,
             keys,
             fresh,
         };
-        self.log(source, logged, report, false).await
+        self.log(source, logged, report, from_log).await
     }
 
     /// A request's rejections as rows of `rejected`, each reason in the
@@ -376,7 +375,6 @@ impl Pipeline {
         records: Vec<Record>,
         rejections: Vec<Rejection>,
         reserved: [usize; Dataset::COUNT],
-        from_log: bool,
     ) -> Result<IngestReport, IngestError> {
         let inner = &self.inner;
         let now = now_ns();
@@ -450,7 +448,7 @@ impl Pipeline {
             keys,
             fresh,
         };
-        self.log(source, logged, report, from_log).await
+        self.log(source, logged, report, false).await
     }
 
     /// Writes an entry's rows to the WAL (or the relay) and counts them:
@@ -623,26 +621,26 @@ pub(crate) mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_queue_hands_the_batch_back_untouched() {
+    async fn a_full_queue_refuses_the_whole_batch_and_remembers_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (pipeline, wal, store, metrics) = open(dir.path(), 3);
-        let batch: Vec<Record> = ["a", "b", "c", "d"]
-            .into_iter()
-            .map(|id| message(id, Value::I32(1)))
-            .collect();
+        let batch = Columns::of_records(
+            ["a", "b", "c", "d"]
+                .into_iter()
+                .map(|id| message(id, Value::I32(1)))
+                .collect(),
+        );
         let refused = pipeline
-            .try_ingest("test", batch.clone(), Vec::new())
+            .ingest_parts("test", batch.clone(), Vec::new(), false)
             .await
             .unwrap_err();
-        assert!(matches!(refused.error, IngestError::QueueFull(_)));
-        let (back, rejections) = refused.batch.expect("the batch comes back");
-        assert_eq!(back, batch);
-        assert!(rejections.is_empty());
+        assert!(matches!(refused, IngestError::QueueFull(_)));
         // Nothing was kept or remembered: the same ids are stored once
         // there is room.
         assert_eq!(store.stats(Dataset::UsageMessage).queued_rows, 0);
+        let first_three = vec![batch[0].filter(&BooleanArray::from(vec![true, true, true, false]))];
         let report = pipeline
-            .try_ingest("test", back[..3].to_vec(), Vec::new())
+            .ingest_parts("test", first_three, Vec::new(), false)
             .await
             .unwrap();
         assert_eq!((report.accepted, report.duplicates), (3, 0));

@@ -5,70 +5,69 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::pipeline::{IngestError, IngestReport, Pipeline, Refused, Rejection};
-use crate::record::Record;
+use crate::batch::Columns;
+use crate::pipeline::{IngestError, IngestReport, Pipeline, Rejection};
 
 /// The first wait after a refusal; each next one doubles, up to [`LAST_WAIT`].
 const FIRST_WAIT: Duration = Duration::from_millis(20);
 const LAST_WAIT: Duration = Duration::from_secs(1);
 
-/// Where a waiting source's records come from; it decides what is waited out.
+/// Where a waiting source's rows come from; it decides what is waited out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// A consumer that can be answered (NATS): a full queue is waited out
-    /// (the batch comes back untouched, with no copy kept); any other
-    /// refusal is returned to it.
+    /// A consumer that can be answered (NATS): a full queue is waited out;
+    /// any other refusal is returned to it.
     Consumer,
-    /// A replayable log (Kafka): the records are marked as the log's (a
+    /// A replayable log (Kafka): the rows are marked as the log's (a
     /// restart leaves them to it), and every refusal is waited out, since
     /// the log cannot be told no.
     Log,
 }
 
 impl Pipeline {
-    /// Stores `records` and `rejections`, and returns once they are
-    /// durable, waiting (20 ms doubling to 1 s) through what `origin` waits
-    /// out; `waited` hears each refusal waited out. When `stop` turns true
-    /// meanwhile, the refusal is returned.
+    /// Stores `parts` (checked columns) and `rejections`, and returns once
+    /// they are durable, waiting (20 ms doubling to 1 s) through what
+    /// `origin` waits out; `waited` hears each refusal waited out. When
+    /// `stop` turns true meanwhile, the refusal is returned. A full queue
+    /// refuses before anything of the batch is taken, so the batch is
+    /// tried again as it is; columns are shared, not copied.
     pub async fn ingest_until_durable(
         &self,
         source: &str,
         origin: Origin,
-        records: Vec<Record>,
+        parts: Vec<Columns>,
         rejections: Vec<Rejection>,
         stop: &watch::Receiver<bool>,
         mut waited: impl FnMut(&IngestError),
     ) -> Result<IngestReport, IngestError> {
-        let (mut records, mut rejections) = (records, rejections);
         let mut delay = FIRST_WAIT;
         loop {
-            let attempt = match origin {
-                Origin::Consumer => self.try_ingest(source, records, rejections).await,
+            let error = match origin {
+                Origin::Consumer => match self.reserve_parts(&parts, &rejections) {
+                    Ok(reserved) => {
+                        return self
+                            .ingest_reserved_parts(source, parts, rejections, reserved, false)
+                            .await
+                    }
+                    Err(e) => e,
+                },
                 Origin::Log => {
-                    let kept = (records.clone(), rejections.clone());
-                    self.ingest_from_log(source, records, rejections)
+                    match self
+                        .ingest_parts(source, parts.clone(), rejections.clone(), true)
                         .await
-                        .map_err(|error| Refused {
-                            error,
-                            batch: Some(kept),
-                        })
+                    {
+                        Ok(report) => return Ok(report),
+                        Err(e) => e,
+                    }
                 }
             };
-            match attempt {
-                Ok(report) => return Ok(report),
-                Err(Refused {
-                    error,
-                    batch: Some(batch),
-                }) if !*stop.borrow()
-                    && (origin == Origin::Log || matches!(error, IngestError::QueueFull(_))) =>
-                {
-                    waited(&error);
-                    (records, rejections) = batch;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(LAST_WAIT);
-                }
-                Err(refused) => return Err(refused.error),
+            let waits = origin == Origin::Log || matches!(error, IngestError::QueueFull(_));
+            if *stop.borrow() || !waits {
+                return Err(error);
             }
+            waited(&error);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(LAST_WAIT);
         }
     }
 }
@@ -76,7 +75,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Dataset, RecordBuilder};
+    use crate::{Dataset, Record, RecordBuilder};
 
     fn message(id: &str) -> Record {
         let mut b = RecordBuilder::new(Dataset::UsageMessage);
@@ -88,6 +87,10 @@ mod tests {
             .set("channel_id", "c")
             .set("message_length", 1);
         b.build().unwrap()
+    }
+
+    fn columns(ids: &[&str]) -> Vec<Columns> {
+        Columns::of_records(ids.iter().map(|id| message(id)).collect())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +109,7 @@ mod tests {
             let (stop_tx, stop) = watch::channel(false);
             let mut waits = 0;
             let report = pipeline
-                .ingest_until_durable("test", origin, vec![message("d")], Vec::new(), &stop, |e| {
+                .ingest_until_durable("test", origin, columns(&["d"]), Vec::new(), &stop, |e| {
                     assert!(matches!(e, IngestError::QueueFull(_)), "{e}");
                     waits += 1;
                 })
@@ -119,14 +122,9 @@ mod tests {
             pipeline.ingest("test", second, Vec::new()).await.unwrap();
             stop_tx.send(true).unwrap();
             let refused = pipeline
-                .ingest_until_durable(
-                    "test",
-                    origin,
-                    vec![message("g")],
-                    Vec::new(),
-                    &stop,
-                    |_| panic!("nothing is waited out after the stop"),
-                )
+                .ingest_until_durable("test", origin, columns(&["g"]), Vec::new(), &stop, |_| {
+                    panic!("nothing is waited out after the stop")
+                })
                 .await
                 .unwrap_err();
             assert!(matches!(refused, IngestError::QueueFull(_)), "{origin:?}");

@@ -79,7 +79,7 @@ impl ColumnBuilder {
     /// Appends one value; a value of another type than the column's is
     /// appended as null (records are checked when admitted, so this does
     /// not happen to admitted rows).
-    fn append(&mut self, v: &Value) -> Result<(), ArrowError> {
+    pub(crate) fn append(&mut self, v: &Value) -> Result<(), ArrowError> {
         match (self, v) {
             (Self::Utf8(b), Value::Str(s)) => b.append_value(s),
             (Self::Utf8(b), _) => b.append_null(),

@@ -263,6 +263,25 @@ impl Rows {
         Ok(())
     }
 
+    /// Checks a record against the schema and appends it (records that
+    /// arrive already decoded: a Kafka topic of tally records); one that
+    /// does not fit is refused and nothing of it is appended.
+    pub fn push_record(&mut self, record: &Record) -> Result<(), SchemaError> {
+        if record.dataset != self.dataset {
+            return Err(SchemaError::Arrow {
+                dataset: self.dataset,
+                reason: format!("a record of {} cannot join its columns", record.dataset),
+            });
+        }
+        record.check()?;
+        for (b, v) in self.builders.iter_mut().zip(&record.values) {
+            b.append(v)
+                .expect("a checked record appends to its columns");
+        }
+        self.len += 1;
+        Ok(())
+    }
+
     /// The columns of every row pushed, in order.
     pub fn finish(self) -> Columns {
         let arrays = self
@@ -277,6 +296,59 @@ impl Rows {
         )
         .expect("checked rows make a batch of their dataset");
         Columns::checked(self.dataset, batch)
+    }
+}
+
+/// Rows of several datasets decoded for one request (a NATS batch, a Kafka
+/// poll), each dataset's in its own columns.
+pub struct RowsByDataset {
+    rows: Vec<Option<Rows>>,
+    /// Columns a decoder built whole (a `vm.metrics` batch).
+    built: Vec<Columns>,
+}
+
+impl Default for RowsByDataset {
+    fn default() -> Self {
+        Self {
+            rows: Dataset::ALL.iter().map(|_| None).collect(),
+            built: Vec::new(),
+        }
+    }
+}
+
+impl RowsByDataset {
+    /// The rows of `dataset`, made on first use.
+    pub fn of(&mut self, dataset: Dataset) -> &mut Rows {
+        self.rows[dataset.index()].get_or_insert_with(|| Rows::new(dataset, 64))
+    }
+
+    /// Checks the row and appends it to its dataset's rows (see
+    /// [`Rows::push`]).
+    pub fn push(&mut self, row: &Row<'_>) -> Result<(), SchemaError> {
+        self.of(row.dataset).push(row)
+    }
+
+    /// Checks the record and appends it to its dataset's rows (see
+    /// [`Rows::push_record`]).
+    pub fn push_record(&mut self, record: &Record) -> Result<(), SchemaError> {
+        self.of(record.dataset).push_record(record)
+    }
+
+    /// Columns built whole, kept as they are.
+    pub fn push_columns(&mut self, columns: Columns) {
+        self.built.push(columns);
+    }
+
+    /// Every dataset's columns, in the order of [`Dataset::ALL`], then the
+    /// columns pushed whole, in their order; none empty.
+    pub fn finish(self) -> Vec<Columns> {
+        self.rows
+            .into_iter()
+            .flatten()
+            .map(Rows::finish)
+            .chain(self.built)
+            .filter(|c| c.rows() > 0)
+            .collect()
     }
 }
 

@@ -9,7 +9,7 @@ pub mod object;
 
 use std::fmt;
 
-use tally_pipeline::batch::Row;
+use tally_pipeline::batch::{Row, RowsByDataset};
 use tally_pipeline::{Dataset, Record, Rejection};
 
 pub use invalid::InvalidEvent;
@@ -75,6 +75,37 @@ impl Subject {
                 reason,
                 payload: String::from_utf8_lossy(payload).into_owned(),
             })
+    }
+
+    /// One message of this event type (JSON bytes) decoded into a row of
+    /// [`Subject::dataset`] in `rows`, or the rejection that keeps it with
+    /// its reason. `channel` is the NATS subject or Kafka topic it came on.
+    pub fn decode_message_into(
+        self,
+        channel: &str,
+        payload: &[u8],
+        rows: &mut RowsByDataset,
+    ) -> Result<(), Rejection> {
+        let reason = match Object::parse(payload) {
+            Err(e) => format!("message is not valid JSON: {e}"),
+            Ok(event) => {
+                let mut row = Row::new(self.dataset());
+                match self.decode_into(&event, &mut row) {
+                    Ok(()) => match rows.push(&row) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => e.to_string(),
+                    },
+                    Err(InvalidEvent(reason)) => reason,
+                }
+            }
+        };
+        Err(Rejection {
+            index: None,
+            subject: Some(channel.to_string()),
+            dataset: Some(self.dataset()),
+            reason,
+            payload: String::from_utf8_lossy(payload).into_owned(),
+        })
     }
 
     /// Turns one event into a record, or says what is wrong with it.

@@ -38,11 +38,13 @@ use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
+use tally_pipeline::batch::{Columns, RowsByDataset};
 use tally_pipeline::component::Component;
+use tally_pipeline::metrics::Metrics;
 use tally_pipeline::sink::SinkControl;
 use tally_pipeline::waiting::Origin;
 use tally_pipeline::wal::codec::decode_records;
-use tally_pipeline::{now_ns, IngestError, Pipeline, Record, Rejection};
+use tally_pipeline::{now_ns, IngestError, Pipeline, Rejection};
 use tally_proto::billing::v1::SendMetricsBatchRequest;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -305,13 +307,12 @@ fn ensure_topics(rt: &Handle, config: &KafkaConfig, topics: &[String]) -> Result
 }
 
 /// A `vm.metrics` message: a `SendMetricsBatchRequest`, validated as
-/// billing.v1 validates it, as `vm_metrics` rows.
-pub fn decode_vm_metrics(payload: &[u8], now: i64) -> Result<Vec<Record>, BadVmMetrics> {
+/// billing.v1 validates it, as `vm_metrics` columns (as billing.v1 builds
+/// them).
+pub fn decode_vm_metrics(payload: &[u8], now: i64) -> Result<Columns, BadVmMetrics> {
     let req = SendMetricsBatchRequest::decode(payload)?;
     validate_batch(&req, now)?;
-    // A consumed poll mixes datasets and sources in one request: its rows
-    // go as records.
-    Ok(batch_columns(&req)?.0.to_records())
+    Ok(batch_columns(&req)?.0)
 }
 
 /// Why a `vm.metrics` message is refused (the rejection's reason).
@@ -325,22 +326,24 @@ pub enum BadVmMetrics {
     Schema(#[from] tally_pipeline::SchemaError),
 }
 
-/// One consumed message, decoded.
+/// One consumed message, decoded into rows of its datasets, or rejected.
 fn decode(
     route: Route,
     topic: &str,
     payload: &[u8],
     now: i64,
-    records: &mut Vec<Record>,
+    rows: &mut RowsByDataset,
     rejections: &mut Vec<Rejection>,
+    metrics: &Metrics,
 ) {
     match route {
-        Route::Subject(s) => match s.decode_message(topic, payload) {
-            Ok(r) => records.push(r),
-            Err(rejection) => rejections.push(rejection),
-        },
+        Route::Subject(s) => {
+            if let Err(rejection) = s.decode_message_into(topic, payload, rows) {
+                rejections.push(rejection);
+            }
+        }
         Route::VmMetrics => match decode_vm_metrics(payload, now) {
-            Ok(batch) => records.extend(batch),
+            Ok(columns) => rows.push_columns(columns),
             Err(bad) => rejections.push(Rejection {
                 index: None,
                 subject: Some(topic.to_string()),
@@ -349,10 +352,18 @@ fn decode(
                 payload: format!("{} bytes of protobuf", payload.len()),
             }),
         },
-        // Every record is checked against its dataset's schema when the
-        // pipeline admits it: a wrongly typed one becomes a rejection.
+        // Each record is checked against its dataset's schema as it joins
+        // its columns: a wrongly typed one becomes a rejection.
         Route::Records => match decode_records(payload) {
-            Ok(rs) => records.extend(rs),
+            Ok(rs) => {
+                for r in &rs {
+                    if let Err(e) = rows.push_record(r) {
+                        tracing::error!(dataset = %r.dataset, error = %e, "a record does not fit its dataset's schema; rejected");
+                        metrics.records_failing_schema.add(1);
+                        rejections.push(Rejection::schema(r, e));
+                    }
+                }
+            }
             Err(e) => rejections.push(Rejection {
                 index: None,
                 subject: Some(topic.to_string()),
@@ -481,7 +492,7 @@ fn run(
         let mut generation = shared.revocations.load(Ordering::SeqCst);
         let started = Instant::now();
         let now = now_ns();
-        let (mut records, mut rejections) = (Vec::new(), Vec::new());
+        let (mut rows, mut rejections) = (RowsByDataset::default(), Vec::new());
         let mut offsets: Vec<(String, i32, i64)> = Vec::new();
         while offsets.len() < BATCH {
             let wait = if offsets.is_empty() {
@@ -498,7 +509,7 @@ fn run(
             let now_generation = shared.revocations.load(Ordering::SeqCst);
             if now_generation != generation {
                 generation = now_generation;
-                records.clear();
+                rows = RowsByDataset::default();
                 rejections.clear();
                 offsets.clear();
             }
@@ -506,9 +517,15 @@ fn run(
                 Some(Ok(m)) => {
                     let topic = m.topic();
                     match (routes.get(topic), m.payload()) {
-                        (Some(route), Some(payload)) => {
-                            decode(*route, topic, payload, now, &mut records, &mut rejections)
-                        }
+                        (Some(route), Some(payload)) => decode(
+                            *route,
+                            topic,
+                            payload,
+                            now,
+                            &mut rows,
+                            &mut rejections,
+                            pipeline.metrics(),
+                        ),
                         (_, None) => rejections.push(Rejection {
                             index: None,
                             subject: Some(topic.to_string()),
@@ -533,7 +550,8 @@ fn run(
             }
         }
         if !offsets.is_empty() {
-            let seq = match ingest_until_durable(shared, pipeline, records, rejections, &stop) {
+            let seq = match ingest_until_durable(shared, pipeline, rows.finish(), rejections, &stop)
+            {
                 Some(seq) => seq,
                 None => return,
             };
@@ -560,14 +578,14 @@ fn run(
 fn ingest_until_durable(
     shared: &Shared,
     pipeline: &Pipeline,
-    records: Vec<Record>,
+    parts: Vec<Columns>,
     rejections: Vec<Rejection>,
     stop: &watch::Receiver<bool>,
 ) -> Option<u64> {
     let stored = shared.rt.block_on(pipeline.ingest_until_durable(
         SOURCE,
         Origin::Log,
-        records,
+        parts,
         rejections,
         stop,
         |e| {

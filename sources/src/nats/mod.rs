@@ -18,8 +18,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use parking_lot::Mutex;
+use tally_pipeline::batch::{Columns, RowsByDataset};
 use tally_pipeline::waiting::Origin;
-use tally_pipeline::{IngestError, Pipeline, Record, Rejection};
+use tally_pipeline::{Dataset, IngestError, Pipeline, Rejection};
 use tokio::sync::watch;
 
 use crate::events::Subject;
@@ -128,14 +129,15 @@ impl<'a> Routes<'a> {
     }
 }
 
-/// One message turned into a record or a rejection.
+/// One message decoded into a row of its dataset, or a rejection; the
+/// subject it was decoded as.
 fn decode(
     routes: &mut Routes,
     subject: &str,
     payload: &[u8],
-    records: &mut Vec<Record>,
+    rows: &mut RowsByDataset,
     rejections: &mut Vec<Rejection>,
-) -> Option<(Subject, usize)> {
+) -> Option<Subject> {
     let Some(s) = routes.get(subject) else {
         rejections.push(Rejection {
             index: None,
@@ -146,11 +148,8 @@ fn decode(
         });
         return None;
     };
-    match s.decode_message(s.name(), payload) {
-        Ok(r) => {
-            records.push(r);
-            Some((s, records.len() - 1))
-        }
+    match s.decode_message_into(s.name(), payload, rows) {
+        Ok(()) => Some(s),
         Err(rejection) => {
             rejections.push(rejection);
             None
@@ -158,9 +157,10 @@ fn decode(
     }
 }
 
-/// Records and rejections of a batch of `(subject, payload)`, and for each
-/// record its subject, index and payload (for the tap).
-type Decoded = (Vec<Record>, Vec<Rejection>, Vec<(Subject, usize, Vec<u8>)>);
+/// The columns (one part per dataset) and rejections of a batch of
+/// `(subject, payload)`, and for each row, part after part, its subject
+/// and payload (for the tap).
+type Decoded = (Vec<Columns>, Vec<Rejection>, Vec<(Subject, Vec<u8>)>);
 
 /// `keep_payloads`: whether a tap wants the payloads of stored records
 /// (copied only then).
@@ -169,29 +169,37 @@ fn decode_batch<'a>(
     messages: impl ExactSizeIterator<Item = (&'a str, &'a [u8])>,
     keep_payloads: bool,
 ) -> Decoded {
-    let mut records = Vec::with_capacity(messages.len());
-    let (mut rejections, mut accepted) = (Vec::new(), Vec::new());
+    let mut rows = RowsByDataset::default();
+    let mut rejections = Vec::new();
+    // The payloads of each dataset's rows, in the order of its rows.
+    let mut accepted: Vec<Vec<(Subject, Vec<u8>)>> =
+        Dataset::ALL.iter().map(|_| Vec::new()).collect();
     let mut routes = Routes::new(routes);
     for (subject, payload) in messages {
-        if let Some((s, i)) = decode(&mut routes, subject, payload, &mut records, &mut rejections) {
+        if let Some(s) = decode(&mut routes, subject, payload, &mut rows, &mut rejections) {
             if keep_payloads {
-                accepted.push((s, i, payload.to_vec()));
+                accepted[s.dataset().index()].push((s, payload.to_vec()));
             }
         }
     }
-    (records, rejections, accepted)
+    // Parts come in the order of `Dataset::ALL`, as their payloads do.
+    (
+        rows.finish(),
+        rejections,
+        accepted.into_iter().flatten().collect(),
+    )
 }
 
 /// Ingests until durable, waiting while queues are full: the pipeline's
 /// backpressure reaches NATS as a slower consumer.
 async fn ingest_until_durable(
     pipeline: &Pipeline,
-    records: Vec<Record>,
+    parts: Vec<Columns>,
     rejections: Vec<Rejection>,
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<bool>, IngestError> {
     pipeline
-        .ingest_until_durable(SOURCE, Origin::Consumer, records, rejections, stop, |q| {
+        .ingest_until_durable(SOURCE, Origin::Consumer, parts, rejections, stop, |q| {
             tracing::debug!(error = %q, "pipeline full; NATS collector waits");
         })
         .await
@@ -299,14 +307,10 @@ pub async fn run(
     }
 }
 
-fn offer(
-    tap: &Option<Arc<dyn PayloadTap>>,
-    accepted: &[(Subject, usize, Vec<u8>)],
-    stored: &[bool],
-) {
+fn offer(tap: &Option<Arc<dyn PayloadTap>>, accepted: &[(Subject, Vec<u8>)], stored: &[bool]) {
     let Some(tap) = tap else { return };
-    for (subject, index, payload) in accepted {
-        if stored.get(*index).copied().unwrap_or(false) {
+    for ((subject, payload), stored) in accepted.iter().zip(stored) {
+        if *stored {
             tap.offer(subject.name(), payload);
         }
     }
@@ -362,13 +366,13 @@ async fn run_core(
             (pipeline.clone(), tap.clone(), stop.clone(), routes.clone());
         let n = batch.len();
         tokio::spawn(async move {
-            let (records, rejections, accepted) = decode_batch(
+            let (parts, rejections, accepted) = decode_batch(
                 &routes,
                 batch.iter().map(|m| (m.subject.as_str(), &m.payload[..])),
                 tap.is_some(),
             );
             drop(batch);
-            match ingest_until_durable(&pipeline, records, rejections, &stop).await {
+            match ingest_until_durable(&pipeline, parts, rejections, &stop).await {
                 Ok(stored) => offer(&tap, &accepted, &stored),
                 // Core NATS cannot redeliver: say loudly what was lost.
                 Err(e) => {
@@ -531,12 +535,12 @@ async fn store_jetstream_batch(
 ) -> bool {
     let mut delay = Duration::from_millis(100);
     loop {
-        let (records, rejections, accepted) = decode_batch(
+        let (parts, rejections, accepted) = decode_batch(
             routes,
             batch.iter().map(|m| (m.subject.as_str(), &m.payload[..])),
             tap.is_some(),
         );
-        match ingest_until_durable(pipeline, records, rejections, stop).await {
+        match ingest_until_durable(pipeline, parts, rejections, stop).await {
             Ok(stored) => {
                 offer(tap, &accepted, &stored);
                 return true;
