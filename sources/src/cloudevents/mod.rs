@@ -20,9 +20,10 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 use serde_json::Value as Json;
 use tally_pipeline::access::Access;
+use tally_pipeline::batch::{Cell, Row, Rows};
 use tally_pipeline::component::{Component, Context, Handle};
 use tally_pipeline::http_reply::{problem, retry_after};
-use tally_pipeline::{now_ns, Dataset, IngestError, Pipeline, Record, RecordBuilder, Value};
+use tally_pipeline::{now_ns, Dataset, IngestError, Pipeline, Record};
 
 /// The source name events are stored under.
 pub const SOURCE: &str = "cloudevents";
@@ -177,7 +178,9 @@ fn events_of(shape: Shape, body: &[u8]) -> Result<Vec<Result<RawEvent<'_>, &'sta
 /// One event as a record of `events`, or every rule it breaks.
 pub fn record(event: &Json, tenant: &str, arrived: i64) -> Result<Record, Vec<String>> {
     match event {
-        Json::Object(obj) => record_of(obj, tenant, arrived),
+        Json::Object(obj) => row_of(obj, tenant, arrived)?
+            .into_record()
+            .map_err(|e| vec![e.to_string()]),
         other => Err(vec![format!(
             "an event must be a JSON object, got {}",
             kind(other)
@@ -185,12 +188,13 @@ pub fn record(event: &Json, tenant: &str, arrived: i64) -> Result<Record, Vec<St
     }
 }
 
-/// An event's fields as a record of `events`, or every rule they break.
-pub fn record_of(
+/// An event's fields as a row of `events`, or every rule they break (the
+/// row's fit to the schema is checked where it joins its columns).
+pub fn row_of(
     obj: &impl EventFields,
     tenant: &str,
     arrived: i64,
-) -> Result<Record, Vec<String>> {
+) -> Result<Row<'static>, Vec<String>> {
     let mut errors = Vec::new();
     let text = |name: &str, errors: &mut Vec<String>| -> Option<String> {
         match obj.field(name) {
@@ -268,10 +272,10 @@ pub fn record_of(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let mut b = RecordBuilder::new(Dataset::Events);
+    let mut b = Row::new(Dataset::Events);
     b.set("id", id.unwrap_or_default())
-        .set("timestamp", Value::Ts(time))
-        .set("tenant", tenant)
+        .set("timestamp", Cell::Ts(time))
+        .set("tenant", tenant.to_string())
         .set("source", source.unwrap_or_default())
         .set("type", kind_.unwrap_or_default())
         .set("subject", subject.unwrap_or_default())
@@ -279,8 +283,8 @@ pub fn record_of(
         .set("datacontenttype", datacontenttype)
         .set("dataschema", dataschema)
         .set("data", data)
-        .set("ingested_at", Value::Ts(arrived));
-    b.build().map_err(|e| vec![e.to_string()])
+        .set("ingested_at", Cell::Ts(arrived));
+    Ok(b)
 }
 
 fn parse_rfc3339(t: &str) -> Option<i64> {
@@ -329,15 +333,16 @@ async fn ingest(
         Err(e) => return problem(StatusCode::FORBIDDEN, "Forbidden", e.to_string()),
     };
     let arrived = now_ns();
-    let mut records = Vec::with_capacity(events.len());
+    let mut rows = Rows::new(Dataset::Events, events.len());
     let mut refused: Vec<String> = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let checked = match e {
-            Ok(fields) => record_of(fields, &tenant, arrived),
+            Ok(fields) => row_of(fields, &tenant, arrived)
+                .and_then(|row| rows.push(&row).map_err(|e| vec![e.to_string()])),
             Err(k) => Err(vec![format!("an event must be a JSON object, got {k}")]),
         };
         match checked {
-            Ok(r) => records.push(r),
+            Ok(()) => {}
             Err(errors) => {
                 let id = match e.as_ref().map(|f| f.field("id")) {
                     Ok(Field::Str(id)) => Some(id),
@@ -360,7 +365,10 @@ async fn ingest(
         }
         return bad(detail);
     }
-    match pipeline.ingest(SOURCE, records, Vec::new()).await {
+    match pipeline
+        .ingest_columns(SOURCE, rows.finish(), Vec::new())
+        .await
+    {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => ingest_refused(&e),
     }
@@ -391,6 +399,7 @@ fn ingest_refused(e: &IngestError) -> Response {
 mod tests {
     use super::*;
     use serde_json::json;
+    use tally_pipeline::Value;
 
     const ARRIVED: i64 = 1_700_000_000_000_000_000;
 
@@ -472,7 +481,8 @@ mod tests {
         let raw = events_of(Shape::Batch, body.as_bytes()).unwrap();
         for (e, r) in events.as_array().unwrap().iter().zip(&raw) {
             let from_raw = match r {
-                Ok(fields) => record_of(fields, "t", ARRIVED),
+                Ok(fields) => row_of(fields, "t", ARRIVED)
+                    .and_then(|row| row.into_record().map_err(|e| vec![e.to_string()])),
                 Err(k) => Err(vec![format!("an event must be a JSON object, got {k}")]),
             };
             assert_eq!(from_raw, record(e, "t", ARRIVED), "{e}");
@@ -482,7 +492,10 @@ mod tests {
         // Escapes in a field are read; data is kept as its text.
         let body = br#"[{"specversion":"1.0","id":"b\u00e9","source":"s","type":"t","subject":"x","data":{"q":"\""}}]"#;
         let raw = events_of(Shape::Batch, body).unwrap();
-        let r = record_of(raw[0].as_ref().unwrap(), "t", ARRIVED).unwrap();
+        let r = row_of(raw[0].as_ref().unwrap(), "t", ARRIVED)
+            .unwrap()
+            .into_record()
+            .unwrap();
         let at = |name: &str| &r.values[Dataset::Events.column_index(name).unwrap()];
         assert_eq!(at("id"), &Value::Str("bé".into()));
         assert_eq!(at("data"), &Value::Str(r#"{"q":"\""}"#.into()));

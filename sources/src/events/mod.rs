@@ -140,7 +140,8 @@ impl Subject {
         }
     }
 
-    fn decode_object_into<'a>(
+    /// [`Subject::decode_into`] for an event already read as fields.
+    pub fn decode_object_into<'a>(
         self,
         obj: &'a Object<'a>,
         row: &mut Row<'a>,

@@ -42,10 +42,11 @@ use prost::Message;
 use tower::ServiceExt;
 
 use tally_pipeline::access::{Access, DEFAULT_NAMESPACE};
+use tally_pipeline::batch::{Row, Rows};
 use tally_pipeline::component::{Component, Context, Handle};
 use tally_pipeline::http_reply::retry_after;
 use tally_pipeline::metrics::Metrics;
-use tally_pipeline::{Dataset, IngestError, Pipeline, Record, Rejection};
+use tally_pipeline::{Dataset, IngestError, Pipeline, Rejection};
 use tally_proto::opentelemetry::proto::collector::logs::v1 as logs;
 use tally_proto::opentelemetry::proto::collector::metrics::v1 as metrics;
 use tally_proto::opentelemetry::proto::collector::trace::v1 as trace;
@@ -231,7 +232,8 @@ impl Otlp {
         found: Vec<(String, Result<Found, String>)>,
     ) -> Result<Outcome, Refusal> {
         let mut outcome = Outcome::default();
-        let mut records: Vec<Record> = Vec::new();
+        let dataset = Subject::UsageLlm.dataset();
+        let mut rows = Rows::new(dataset, found.len());
         let mut rejections: Vec<Rejection> = Vec::new();
         // Calls refused for their tenant, and the first reason.
         let (mut other_tenant, mut other_tenants) = (None::<String>, 0);
@@ -256,10 +258,17 @@ impl Otlp {
                     // between.
                     let obj = Object::from_fields(call);
                     let payload = || serde_json::Value::Object(obj.to_map()).to_string();
-                    let decoded = Subject::UsageLlm.decode_object(&obj).map_err(|e| e.0);
+                    let mut row = Row::new(dataset);
+                    let decoded = Subject::UsageLlm
+                        .decode_object_into(&obj, &mut row)
+                        .map_err(|e| e.0);
                     match decoded {
-                        Ok(r) => match access.refuse_record(&r) {
-                            None => records.push(r),
+                        Ok(()) => match access.refuse_row(dataset, row.tenant()) {
+                            None => {
+                                if let Err(e) = rows.push(&row) {
+                                    refuse(&what, e.to_string(), payload(), &mut outcome)
+                                }
+                            }
                             Some(reason) => {
                                 other_tenant.get_or_insert_with(|| reason.clone());
                                 other_tenants += 1;
@@ -274,13 +283,13 @@ impl Otlp {
         }
         // Every call is another tenant's: the export as a whole may not.
         if let Some(reason) = other_tenant.filter(|_| other_tenants == outcome.rejected) {
-            if records.is_empty() {
+            if rows.is_empty() {
                 return Err(Refusal::Forbidden(reason));
             }
         }
-        let calls = records.len() as u64;
+        let calls = rows.len() as u64;
         self.pipeline
-            .ingest(SOURCE, records, rejections)
+            .ingest_columns(SOURCE, rows.finish(), rejections)
             .await
             .map_err(Refusal::Ingest)?;
         self.metrics.otlp_calls.add(calls);
@@ -369,7 +378,7 @@ impl Otlp {
         req: metrics::ExportMetricsServiceRequest,
     ) -> Result<metrics::ExportMetricsServiceResponse, Refusal> {
         let received = tally_pipeline::now_ns();
-        let mut records = Vec::new();
+        let mut rows = Rows::new(Dataset::OtelMetrics, 64);
         let mut rejections = Vec::new();
         let mut outcome = Outcome::default();
         let mut n = 0;
@@ -385,11 +394,11 @@ impl Otlp {
                         too_many(n)?;
                         let what = format!("resourceMetrics[{i}].scopeMetrics[{j}].metrics[{k}]");
                         let refused = match row {
-                            Ok(r) => match access.refuse_record(&r) {
-                                None => {
-                                    records.push(r);
-                                    continue;
-                                }
+                            Ok(r) => match access.refuse_row(r.dataset(), r.tenant()) {
+                                None => match rows.push(&r) {
+                                    Ok(()) => continue,
+                                    Err(e) => format!("{}: {e}", m.name),
+                                },
                                 Some(reason) => reason,
                             },
                             Err(reason) => reason,
@@ -407,9 +416,9 @@ impl Otlp {
                 }
             }
         }
-        let stored = records.len() as u64;
+        let stored = rows.len() as u64;
         self.pipeline
-            .ingest(SOURCE, records, rejections)
+            .ingest_columns(SOURCE, rows.finish(), rejections)
             .await
             .map_err(Refusal::Ingest)?;
         self.metrics.otlp_points.add(stored);

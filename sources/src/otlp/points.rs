@@ -11,7 +11,8 @@
 //! points go to `otel_metrics` only, never to `usage_llm`.
 
 use serde_json::{json, Map, Value as Json};
-use tally_pipeline::{Dataset, Record, RecordBuilder, Value};
+use tally_pipeline::batch::{Cell, Row};
+use tally_pipeline::Dataset;
 use tally_proto::opentelemetry::proto::common::v1::{any_value, AnyValue, KeyValue};
 use tally_proto::opentelemetry::proto::metrics::v1::{metric::Data, number_data_point, Metric};
 
@@ -76,12 +77,12 @@ struct Point<'a> {
 
 /// The rows of one metric's points; a point without a time is refused
 /// with the reason.
-pub fn rows_of(
-    tenant: &str,
-    resource: &str,
-    m: &Metric,
+pub fn rows_of<'a>(
+    tenant: &'a str,
+    resource: &'a str,
+    m: &'a Metric,
     received: i64,
-) -> Vec<Result<Record, String>> {
+) -> Vec<Result<Row<'a>, String>> {
     let (kind, temp, monotonic, points): (&str, i32, Option<bool>, Vec<Point>) = match &m.data {
         Some(Data::Gauge(g)) => ("gauge", 0, None, g.data_points.iter().map(number).collect()),
         Some(Data::Sum(s)) => (
@@ -153,9 +154,9 @@ pub fn rows_of(
             let attributes = attributes_json(p.attributes);
             let series = digest(&[tenant, &m.name, &attributes, resource]);
             let point_id = digest(&[&series, &p.start.to_string(), &p.time.to_string()]);
-            let mut b = RecordBuilder::new(Dataset::OtelMetrics);
+            let mut b = Row::new(Dataset::OtelMetrics);
             b.set("point_id", point_id)
-                .set("timestamp", Value::Ts(p.time as i64))
+                .set("timestamp", Cell::Ts(p.time as i64))
                 .set("tenant", tenant)
                 .set("name", m.name.as_str())
                 .set("unit", (!m.unit.is_empty()).then_some(m.unit.as_str()))
@@ -166,9 +167,9 @@ pub fn rows_of(
                 .set(
                     "start_time",
                     if p.start > 0 {
-                        Value::Ts(p.start as i64)
+                        Cell::Ts(p.start as i64)
                     } else {
-                        Value::Null
+                        Cell::Null
                     },
                 )
                 .set("value", p.value)
@@ -176,8 +177,9 @@ pub fn rows_of(
                 .set("sum", p.sum)
                 .set("attributes", attributes)
                 .set("resource", resource)
-                .set("ingested_at", Value::Ts(received));
-            b.build().map_err(|e| format!("{}: {e}", m.name))
+                .set("ingested_at", Cell::Ts(received));
+            // Checked against the schema where it joins its columns.
+            Ok(b)
         })
         .collect()
 }
