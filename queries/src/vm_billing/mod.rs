@@ -28,23 +28,25 @@ pub async fn register_raw_views(engine: &SqlEngine) -> Result<(), QueryError> {
 }
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Utc};
-use serde_json::{json, Value};
 use tally_pipeline::access::Access;
 use tally_pipeline::clock::{HOUR_NS, NS_PER_SEC};
 use tally_pipeline::Dataset;
 
 use crate::history::History;
 use crate::http::{error_response, forbidden};
+use crate::sql::format::OutputFormat;
 use crate::sql::{QueryError, SqlEngine};
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
-use tally_pipeline::rules::vm::{self as hours, Sample, VmHour};
+use tally_pipeline::rules::vm::{self as hours, Sample, Usage, VmHour};
 use tally_pipeline::rules::vm_bill::{BillRow, HourIndex};
 use tally_pipeline::rules::{gap_fingerprint, VM_SAMPLES};
 
@@ -279,35 +281,19 @@ async fn vm_usage(
     };
     match bill(&history, window, from, to, &keep).await {
         Ok(rows) => {
-            let out: Vec<Value> = rows
-                .into_iter()
-                .map(|r| {
-                    let u = r.usage;
-                    json!({
-                        "customer_id": r.customer_id,
-                        "vm_id": r.vm_id,
-                        "window_start": time(r.start),
-                        "window_end": time(r.end),
-                        "cpu_seconds": u.cpu_seconds(),
-                        "memory_gib_hours": u.memory_gib_hours(),
-                        "disk_read_bytes": u.disk_read,
-                        "disk_write_bytes": u.disk_write,
-                        "network_rx_bytes": u.rx,
-                        "network_tx_bytes": u.tx,
-                        "observed_seconds": u.observed_seconds(),
-                        "samples": u.samples,
-                        "gaps": u.gaps,
-                    })
-                })
-                .collect();
-            if csv {
-                return (
-                    [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-                    to_csv(&out),
-                )
-                    .into_response();
+            let format = if csv {
+                OutputFormat::Csv
+            } else {
+                OutputFormat::Json
+            };
+            match format.write(&[answer(&rows)]) {
+                Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+                Err(e) => error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Query failed",
+                    e.to_string(),
+                ),
             }
-            Json(out).into_response()
         }
         Err(e) => error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -317,59 +303,123 @@ async fn vm_usage(
     }
 }
 
-/// The columns of a bill row, in the order of the CSV.
-const CSV_COLUMNS: [&str; 13] = [
-    "customer_id",
-    "vm_id",
-    "window_start",
-    "window_end",
-    "cpu_seconds",
-    "memory_gib_hours",
-    "disk_read_bytes",
-    "disk_write_bytes",
-    "network_rx_bytes",
-    "network_tx_bytes",
-    "observed_seconds",
-    "samples",
-    "gaps",
-];
-
-/// The JSON rows of a bill as CSV (RFC 4180), the same numbers as written
-/// in the JSON answer.
-fn to_csv(rows: &[Value]) -> String {
-    let mut out = CSV_COLUMNS.join(",");
-    out.push_str("\r\n");
-    for r in rows {
-        let cells: Vec<String> = CSV_COLUMNS
-            .iter()
-            .map(|c| match &r[*c] {
-                Value::String(s) if s.contains([',', '"', '\n', '\r']) => {
-                    format!("\"{}\"", s.replace('"', "\"\""))
-                }
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                v => v.to_string(),
-            })
-            .collect();
-        out.push_str(&cells.join(","));
-        out.push_str("\r\n");
-    }
-    out
+/// A bill's rows as the answer's columns, in the order of the CSV: what
+/// the JSON and CSV writers write (numbers as the rules give them, times
+/// as RFC 3339).
+fn answer(rows: &[WindowRow]) -> RecordBatch {
+    let text = |f: &dyn Fn(&WindowRow) -> String| -> ArrayRef {
+        Arc::new(rows.iter().map(|r| Some(f(r))).collect::<StringArray>())
+    };
+    let float = |f: &dyn Fn(&Usage) -> f64| -> ArrayRef {
+        Arc::new(rows.iter().map(|r| f(&r.usage)).collect::<Float64Array>())
+    };
+    let int = |f: &dyn Fn(&Usage) -> i64| -> ArrayRef {
+        Arc::new(rows.iter().map(|r| f(&r.usage)).collect::<Int64Array>())
+    };
+    let columns: [(&str, ArrayRef); 13] = [
+        ("customer_id", text(&|r| r.customer_id.clone())),
+        ("vm_id", text(&|r| r.vm_id.clone())),
+        ("window_start", text(&|r| time(r.start))),
+        ("window_end", text(&|r| time(r.end))),
+        ("cpu_seconds", float(&Usage::cpu_seconds)),
+        ("memory_gib_hours", float(&Usage::memory_gib_hours)),
+        ("disk_read_bytes", int(&|u| u.disk_read)),
+        ("disk_write_bytes", int(&|u| u.disk_write)),
+        ("network_rx_bytes", int(&|u| u.rx)),
+        ("network_tx_bytes", int(&|u| u.tx)),
+        ("observed_seconds", float(&Usage::observed_seconds)),
+        ("samples", int(&|u| u.samples)),
+        ("gaps", int(&|u| u.gaps)),
+    ];
+    RecordBatch::try_from_iter(columns).expect("the answer's columns are as long as the bill")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
+    /// The columns of a bill row, as the API documents them.
+    const CSV_COLUMNS: [&str; 13] = [
+        "customer_id",
+        "vm_id",
+        "window_start",
+        "window_end",
+        "cpu_seconds",
+        "memory_gib_hours",
+        "disk_read_bytes",
+        "disk_write_bytes",
+        "network_rx_bytes",
+        "network_tx_bytes",
+        "observed_seconds",
+        "samples",
+        "gaps",
+    ];
+
+    /// The answer's columns are written as JSON rows and as CSV with
+    /// the same numbers, fields quoted where RFC 4180 needs it.
     #[test]
-    fn csv_quotes_what_needs_it() {
-        let rows = vec![
-            serde_json::json!({"customer_id": "a,b", "vm_id": "v\"1", "cpu_seconds": 1.5, "gaps": 0}),
-        ];
-        let csv = to_csv(&rows);
-        let mut lines = csv.split("\r\n");
-        assert_eq!(lines.next().unwrap().split(',').count(), CSV_COLUMNS.len());
-        assert_eq!(lines.next().unwrap(), "\"a,b\",\"v\"\"1\",,,1.5,,,,,,,,0");
+    fn the_answer_is_written_from_its_columns() {
+        let mut usage = Usage {
+            cpu_nanos: 1_500_000_000,
+            samples: 2,
+            ..Default::default()
+        };
+        usage.mem_byte_ns = 1_073_741_824.0 * 3600.0 * 1e9;
+        let rows = vec![WindowRow {
+            customer_id: "a,b".into(),
+            vm_id: "v\"1".into(),
+            start: 0,
+            end: HOUR_NS,
+            usage,
+        }];
+        let batch = answer(&rows);
+        let names: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, CSV_COLUMNS);
+        let json: Value = serde_json::from_slice(
+            &OutputFormat::Json
+                .write(std::slice::from_ref(&batch))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{
+                "customer_id": "a,b", "vm_id": "v\"1",
+                "window_start": "1970-01-01T00:00:00Z", "window_end": "1970-01-01T01:00:00Z",
+                "cpu_seconds": 1.5, "memory_gib_hours": 1.0,
+                "disk_read_bytes": 0, "disk_write_bytes": 0,
+                "network_rx_bytes": 0, "network_tx_bytes": 0,
+                "observed_seconds": 0.0, "samples": 2, "gaps": 0
+            }])
+        );
+        let csv = String::from_utf8(OutputFormat::Csv.write(&[batch]).unwrap()).unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(lines.next().unwrap(), CSV_COLUMNS.join(","));
+        assert_eq!(
+            lines.next().unwrap(),
+            "\"a,b\",\"v\"\"1\",1970-01-01T00:00:00Z,1970-01-01T01:00:00Z,1.5,1.0,0,0,0,0,0.0,2,0"
+        );
+        assert_eq!(lines.next(), None);
+        // No rows: the JSON is an empty list, the CSV its header.
+        let empty = answer(&[]);
+        assert_eq!(
+            OutputFormat::Json
+                .write(std::slice::from_ref(&empty))
+                .unwrap(),
+            b"[]"
+        );
+        assert_eq!(
+            String::from_utf8(OutputFormat::Csv.write(&[empty]).unwrap())
+                .unwrap()
+                .trim_end(),
+            CSV_COLUMNS.join(",")
+        );
     }
 
     #[test]
