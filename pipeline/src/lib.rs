@@ -30,7 +30,8 @@ pub mod tap;
 pub mod waiting;
 pub mod wal;
 
+pub use batch::RecordBuilder;
 pub use clock::now_ns;
 pub use dataset::{Column, ColumnType, Dataset};
 pub use pipeline::{IngestError, IngestReport, Pipeline, Rejection, Relay, RelayError};
-pub use record::{Record, RecordBuilder, RowLayout, SchemaError, Value};
+pub use record::{Record, RowLayout, SchemaError, Value};

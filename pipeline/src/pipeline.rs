@@ -7,11 +7,12 @@ use std::sync::Arc;
 use arrow::array::BooleanArray;
 
 use crate::batch::Columns;
+use crate::batch::RecordBuilder;
 use crate::clock::{now_ns, NS_PER_SEC};
 use crate::dataset::Dataset;
 use crate::dedup::{Dedup, Keys};
 use crate::metrics::{Metrics, Outcome};
-use crate::record::{Record, RecordBuilder, SchemaError, Value};
+use crate::record::{Record, SchemaError, Value};
 use crate::store::{QueueFull, Store};
 use crate::wal::{Wal, WalError};
 

@@ -228,81 +228,6 @@ pub struct Record {
     pub values: Vec<Value>,
 }
 
-/// Builds a record by column name against the dataset's schema; `build`
-/// checks every value's type and nullability.
-///
-/// ```
-/// use tally_pipeline::{Dataset, Value};
-/// use tally_pipeline::record::RecordBuilder;
-/// let mut b = RecordBuilder::new(Dataset::UsageMessage);
-/// b.set("event_id", "m-1")
-///     .set("timestamp", Value::Ts(0))
-///     .set("actor_id", "user:1")
-///     .set("actor_type", "human")
-///     .set("microdao_id", "dao:1")
-///     .set("channel_id", "c")
-///     .set("message_length", 5);
-/// let record = b.build().unwrap();
-/// assert_eq!(record.get("message_length"), Some(&Value::I32(5)));
-/// ```
-#[derive(Debug, Clone)]
-pub struct RecordBuilder {
-    dataset: Dataset,
-    values: Vec<Value>,
-    /// Where the next `set` most likely goes: names usually come in schema
-    /// order, so the lookup is one comparison.
-    next: usize,
-    error: Option<SchemaError>,
-}
-
-impl RecordBuilder {
-    /// Every column null until set.
-    pub fn new(dataset: Dataset) -> Self {
-        Self {
-            dataset,
-            values: vec![Value::Null; dataset.columns().len()],
-            next: 0,
-            error: None,
-        }
-    }
-
-    pub fn set(&mut self, column: &str, value: impl Into<Value>) -> &mut Self {
-        let columns = self.dataset.columns();
-        let i = if columns.get(self.next).is_some_and(|c| c.name == column) {
-            Some(self.next)
-        } else {
-            self.dataset.column_index(column)
-        };
-        match i {
-            Some(i) => {
-                self.values[i] = value.into();
-                self.next = i + 1;
-            }
-            None => {
-                self.error.get_or_insert(SchemaError::UnknownColumn {
-                    dataset: self.dataset,
-                    column: column.to_string(),
-                });
-            }
-        }
-        self
-    }
-
-    /// The record, if every column holds a value of its type and every
-    /// required column a value.
-    pub fn build(self) -> Result<Record, SchemaError> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
-        let record = Record {
-            dataset: self.dataset,
-            values: self.values,
-        };
-        record.check()?;
-        Ok(record)
-    }
-}
-
 /// Column positions resolved once from names, for hot paths: a row is then
 /// placed without looking names up, and checked like any other.
 ///
@@ -367,7 +292,8 @@ impl<const N: usize> RowLayout<N> {
 impl Record {
     /// A record from values in the dataset's column order, for decoders of
     /// tally's own formats (WAL, Arrow); everything else uses
-    /// [`RecordBuilder`]. Checked when admitted, like every record.
+    /// `RecordBuilder` (`batch/rows.rs`). Checked when admitted, like every
+    /// record.
     pub fn from_columns(dataset: Dataset, values: Vec<Value>) -> Self {
         Self { dataset, values }
     }
@@ -449,35 +375,6 @@ pub fn encode_key_part(value: &Value, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_builder_places_values_by_name_and_checks_them() {
-        let mut b = RecordBuilder::new(Dataset::VmMetrics);
-        // Out of schema order on purpose.
-        b.set("vm_id", "vm-1")
-            .set("customer_id", "c")
-            .set("timestamp", Value::Ts(5));
-        for c in &Dataset::VmMetrics.columns()[3..] {
-            b.set(c.name, 1i64);
-        }
-        let r = b.build().unwrap();
-        assert_eq!(r.values[0], Value::Str("c".into()));
-        assert_eq!(r.values[1], Value::Str("vm-1".into()));
-        assert_eq!(r.get("timestamp"), Some(&Value::Ts(5)));
-
-        let mut missing = RecordBuilder::new(Dataset::VmMetrics);
-        missing.set("customer_id", "c");
-        assert_eq!(
-            missing.build().unwrap_err().to_string(),
-            "vm_metrics.vm_id is required (NOT NULL), got null"
-        );
-        let mut typo = RecordBuilder::new(Dataset::VmMetrics);
-        typo.set("vmid", "x");
-        assert!(matches!(
-            typo.build(),
-            Err(SchemaError::UnknownColumn { column, .. }) if column == "vmid"
-        ));
-    }
 
     #[test]
     fn check_names_the_column_and_the_rule() {

@@ -10,4 +10,4 @@ mod rows;
 
 pub use columns::Columns;
 pub use convert::{batch_to_records, data_type, records_to_batch, schema, times, value_at};
-pub use rows::{Cell, Row, Rows, RowsByDataset};
+pub use rows::{Cell, RecordBuilder, Row, Rows, RowsByDataset};
