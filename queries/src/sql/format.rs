@@ -78,3 +78,18 @@ impl OutputFormat {
         Ok(out)
     }
 }
+
+/// Batches as CSV with CRLF line ends (RFC 4180), header first: the VM
+/// bill's file, which spreadsheets and billing imports read.
+pub fn csv_rfc4180(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let mut out = Vec::new();
+    let mut w = arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .with_line_terminator(arrow::csv::writer::Terminator::CRLF)
+        .build(&mut out);
+    for b in batches {
+        w.write(b)?;
+    }
+    drop(w);
+    Ok(out)
+}

@@ -42,7 +42,7 @@ use tally_pipeline::Dataset;
 
 use crate::history::History;
 use crate::http::{error_response, forbidden};
-use crate::sql::format::OutputFormat;
+use crate::sql::format::{csv_rfc4180, OutputFormat};
 use crate::sql::{QueryError, SqlEngine};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
@@ -281,12 +281,13 @@ async fn vm_usage(
     };
     match bill(&history, window, from, to, &keep).await {
         Ok(rows) => {
-            let format = if csv {
-                OutputFormat::Csv
+            let batch = [answer(&rows)];
+            let (written, format) = if csv {
+                (csv_rfc4180(&batch), OutputFormat::Csv)
             } else {
-                OutputFormat::Json
+                (OutputFormat::Json.write(&batch), OutputFormat::Json)
             };
-            match format.write(&[answer(&rows)]) {
+            match written {
                 Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
                 Err(e) => error_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -356,8 +357,8 @@ mod tests {
         "gaps",
     ];
 
-    /// The answer's columns are written as JSON rows and as CSV with
-    /// the same numbers, fields quoted where RFC 4180 needs it.
+    /// The answer's columns are written as JSON rows and as CSV (RFC 4180:
+    /// CRLF line ends, fields quoted where needed) with the same numbers.
     #[test]
     fn the_answer_is_written_from_its_columns() {
         let mut usage = Usage {
@@ -398,14 +399,15 @@ mod tests {
                 "observed_seconds": 0.0, "samples": 2, "gaps": 0
             }])
         );
-        let csv = String::from_utf8(OutputFormat::Csv.write(&[batch]).unwrap()).unwrap();
-        let mut lines = csv.lines();
-        assert_eq!(lines.next().unwrap(), CSV_COLUMNS.join(","));
+        let csv = String::from_utf8(csv_rfc4180(&[batch]).unwrap()).unwrap();
         assert_eq!(
-            lines.next().unwrap(),
-            "\"a,b\",\"v\"\"1\",1970-01-01T00:00:00Z,1970-01-01T01:00:00Z,1.5,1.0,0,0,0,0,0.0,2,0"
+            csv,
+            format!(
+                "{}\r\n{}\r\n",
+                CSV_COLUMNS.join(","),
+                "\"a,b\",\"v\"\"1\",1970-01-01T00:00:00Z,1970-01-01T01:00:00Z,1.5,1.0,0,0,0,0,0.0,2,0"
+            )
         );
-        assert_eq!(lines.next(), None);
         // No rows: the JSON is an empty list, the CSV its header.
         let empty = answer(&[]);
         assert_eq!(
@@ -415,10 +417,8 @@ mod tests {
             b"[]"
         );
         assert_eq!(
-            String::from_utf8(OutputFormat::Csv.write(&[empty]).unwrap())
-                .unwrap()
-                .trim_end(),
-            CSV_COLUMNS.join(",")
+            String::from_utf8(csv_rfc4180(&[empty]).unwrap()).unwrap(),
+            format!("{}\r\n", CSV_COLUMNS.join(","))
         );
     }
 
