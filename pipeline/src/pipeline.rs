@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use arrow::array::BooleanArray;
 
-use crate::batch::Columns;
 use crate::batch::RecordBuilder;
+use crate::batch::{Columns, RowsByDataset};
 use crate::clock::{now_ns, NS_PER_SEC};
 use crate::dataset::Dataset;
 use crate::dedup::{Dedup, Keys};
@@ -76,34 +76,6 @@ impl Rejection {
             payload,
         }
     }
-}
-
-/// Splits records that fit their schema from those that do not, which
-/// become rejections (counted in `tally_records_failing_schema_total`).
-/// The third value says, per input record, whether it fits (`None`: all do).
-fn admit(
-    records: Vec<Record>,
-    mut rejections: Vec<Rejection>,
-    metrics: &Metrics,
-) -> (Vec<Record>, Vec<Rejection>, Option<Vec<bool>>) {
-    if records.iter().all(|r| r.check().is_ok()) {
-        return (records, rejections, None);
-    }
-    let mut kept = Vec::with_capacity(records.len());
-    let mut fits = Vec::with_capacity(records.len());
-    for r in records {
-        let check = r.check();
-        fits.push(check.is_ok());
-        match check {
-            Ok(()) => kept.push(r),
-            Err(e) => {
-                tracing::error!(dataset = %r.dataset, error = %e, "a record does not fit its dataset's schema; rejected");
-                metrics.records_failing_schema.add(1);
-                rejections.push(Rejection::schema(&r, e));
-            }
-        }
-    }
-    (kept, rejections, Some(fits))
 }
 
 /// What became of a request's records.
@@ -185,37 +157,64 @@ impl Pipeline {
 
     /// Stores `records` (dropping duplicates) and `rejections`, and returns
     /// once they are durable. On error nothing of the request is stored.
+    ///
+    /// For records a source built one at a time (the host sampler, Stripe,
+    /// derived alerts): each is checked against its schema here, once, as
+    /// it joins its dataset's columns. One that does not fit is rejected
+    /// with the reason (counted in `tally_records_failing_schema_total`)
+    /// and never reaches the WAL or the Parquet writer. `stored_flags`
+    /// follow the records given.
     pub async fn ingest(
         &self,
         source: &str,
         records: Vec<Record>,
-        rejections: Vec<Rejection>,
+        mut rejections: Vec<Rejection>,
     ) -> Result<IngestReport, IngestError> {
-        let reserved = self.reserve(&records, &rejections)?;
-        self.ingest_reserved(source, records, rejections, reserved)
-            .await
-    }
-
-    /// Admission: room for every row of the request under the queue bound,
-    /// or none (a full queue refuses before dedup remembers keys). Each
-    /// record counts for its dataset, each rejection for `rejected`.
-    fn reserve(
-        &self,
-        records: &[Record],
-        rejections: &[Rejection],
-    ) -> Result<[usize; Dataset::COUNT], IngestError> {
-        let mut rows = [0usize; Dataset::COUNT];
-        for r in records {
-            rows[r.dataset.index()] += 1;
+        let mut rows = RowsByDataset::default();
+        let mut fits = Vec::with_capacity(records.len());
+        for r in &records {
+            let fit = rows.push_record(r);
+            fits.push(fit.is_ok());
+            if let Err(e) = fit {
+                tracing::error!(dataset = %r.dataset, error = %e, "a record does not fit its dataset's schema; rejected");
+                rejections.push(Rejection::schema(r, e));
+            }
         }
-        rows[Dataset::Rejected.index()] += rejections.len();
-        self.reserve_rows(rows)
+        let result = self
+            .ingest_parts(source, rows.finish(), rejections, false)
+            .await;
+        // A full queue refuses the request before anything of it is taken.
+        if !matches!(result, Err(IngestError::QueueFull(_))) {
+            let failing = fits.iter().filter(|f| !**f).count();
+            self.inner
+                .metrics
+                .records_failing_schema
+                .add(failing as u64);
+        }
+        let mut report = result?;
+        // The flags follow the parts (one per dataset, in the order of
+        // `Dataset::ALL`): put them back in the records' order.
+        let mut per_dataset = [0usize; Dataset::COUNT];
+        for (r, fit) in records.iter().zip(&fits) {
+            per_dataset[r.dataset.index()] += usize::from(*fit);
+        }
+        let mut flags = report.stored_flags.iter().copied();
+        let mut of_dataset: Vec<std::vec::IntoIter<bool>> = Dataset::ALL
+            .iter()
+            .map(|d| {
+                let n = per_dataset[d.index()];
+                flags.by_ref().take(n).collect::<Vec<_>>().into_iter()
+            })
+            .collect();
+        report.stored_flags = records
+            .iter()
+            .zip(&fits)
+            .map(|(r, fit)| *fit && of_dataset[r.dataset.index()].next().unwrap_or(false))
+            .collect();
+        Ok(report)
     }
 
-    fn reserve_rows(
-        &self,
-        rows: [usize; Dataset::COUNT],
-    ) -> Result<[usize; Dataset::COUNT], IngestError> {
+    fn reserve_rows(&self, rows: [usize; Dataset::COUNT]) -> Result<(), IngestError> {
         let store = &self.inner.store;
         for d in Dataset::ALL {
             let n = rows[d.index()];
@@ -230,7 +229,7 @@ impl Pipeline {
                 return Err(e.into());
             }
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// Stores rows a decoder built as columns (checked against their
@@ -260,17 +259,19 @@ impl Pipeline {
         rejections: Vec<Rejection>,
         from_log: bool,
     ) -> Result<IngestReport, IngestError> {
-        let reserved = self.reserve_parts(&parts, &rejections)?;
-        self.ingest_reserved_parts(source, parts, rejections, reserved, from_log)
+        self.reserve_parts(&parts, &rejections)?;
+        self.ingest_reserved_parts(source, parts, rejections, from_log)
             .await
     }
 
-    /// Admission of columns and rejections (see [`Pipeline::reserve`]).
+    /// Admission: room for every row of the request under the queue bound,
+    /// or none (a full queue refuses before dedup remembers keys). Each row
+    /// counts for its dataset, each rejection for `rejected`.
     pub(crate) fn reserve_parts(
         &self,
         parts: &[Columns],
         rejections: &[Rejection],
-    ) -> Result<[usize; Dataset::COUNT], IngestError> {
+    ) -> Result<(), IngestError> {
         let mut rows = [0usize; Dataset::COUNT];
         for p in parts {
             rows[p.dataset().index()] += p.rows();
@@ -284,7 +285,6 @@ impl Pipeline {
         source: &str,
         parts: Vec<Columns>,
         rejections: Vec<Rejection>,
-        reserved: [usize; Dataset::COUNT],
         from_log: bool,
     ) -> Result<IngestReport, IngestError> {
         let inner = &self.inner;
@@ -326,10 +326,6 @@ impl Pipeline {
                 kept.push(part);
             }
         }
-        debug_assert_eq!(
-            reserved.iter().sum::<usize>(),
-            report.stored_flags.len() + rejections.len()
-        );
         let (rejected, rejected_by_dataset) =
             self.rejected_rows(source, now, rejections, &mut report);
         kept.extend(Columns::of_records(rejected));
@@ -368,88 +364,6 @@ impl Pipeline {
             }
         }
         (rows, by_dataset)
-    }
-
-    async fn ingest_reserved(
-        &self,
-        source: &str,
-        records: Vec<Record>,
-        rejections: Vec<Rejection>,
-        reserved: [usize; Dataset::COUNT],
-    ) -> Result<IngestReport, IngestError> {
-        let inner = &self.inner;
-        let now = now_ns();
-        let now_secs = (now / NS_PER_SEC) as u64;
-
-        // The schema is checked here, for every source: a record that does
-        // not fit its dataset is rejected with the reason and never reaches
-        // the WAL or the Parquet writer. Its row moves from its dataset's
-        // reservation to `rejected`'s.
-        let (records, rejections, fits) = admit(records, rejections, &inner.metrics);
-        if fits.is_some() {
-            let mut kept = [0usize; Dataset::COUNT];
-            for r in &records {
-                kept[r.dataset.index()] += 1;
-            }
-            for d in Dataset::ALL {
-                if d != Dataset::Rejected && reserved[d.index()] > kept[d.index()] {
-                    let moved = reserved[d.index()] - kept[d.index()];
-                    inner.store.release(d, moved);
-                    inner.store.reserve_unbounded(Dataset::Rejected, moved);
-                }
-            }
-        }
-
-        let mut report = IngestReport {
-            stored_flags: Vec::with_capacity(records.len()),
-            ..Default::default()
-        };
-        // Every record's key in one buffer, then into the index under one
-        // lock per run of a dataset.
-        let keys = Keys::of(&records);
-        let mut fresh = Vec::with_capacity(keys.len());
-        inner.dedup.insert_all(keys.iter(), now_secs, &mut fresh);
-        let mut kept = Vec::with_capacity(records.len() + rejections.len());
-        let mut fresh_keys = fresh.iter();
-        for r in records {
-            let keyed = r.dataset.has_key();
-            if keyed && !fresh_keys.next().copied().unwrap_or(true) {
-                inner.store.release(r.dataset, 1);
-                inner
-                    .metrics
-                    .count(Outcome::Duplicate, r.dataset, source, 1);
-                report.duplicates += 1;
-                report.stored_flags.push(false);
-                continue;
-            }
-            report.stored_flags.push(true);
-            kept.push(r);
-        }
-        if let Some(fits) = fits {
-            // Records rejected for their schema were stored neither.
-            let mut kept_flags = std::mem::take(&mut report.stored_flags).into_iter();
-            report.stored_flags = fits
-                .into_iter()
-                .map(|ok| ok && kept_flags.next().unwrap_or(false))
-                .collect();
-        }
-        // Rows per dataset, counted once (this loop runs for every request).
-        let mut accepted = [0usize; Dataset::COUNT];
-        for r in &kept {
-            accepted[r.dataset.index()] += 1;
-        }
-        report.accepted = kept.len();
-        let (rejected, rejected_by_dataset) =
-            self.rejected_rows(source, now, rejections, &mut report);
-        kept.extend(rejected);
-        let logged = Logged {
-            parts: Columns::of_records(kept),
-            accepted,
-            rejected_by_dataset,
-            keys,
-            fresh,
-        };
-        self.log(source, logged, report, false).await
     }
 
     /// Writes an entry's rows to the WAL (or the relay) and counts them:

@@ -44,9 +44,9 @@ impl Pipeline {
         loop {
             let error = match origin {
                 Origin::Consumer => match self.reserve_parts(&parts, &rejections) {
-                    Ok(reserved) => {
+                    Ok(()) => {
                         return self
-                            .ingest_reserved_parts(source, parts, rejections, reserved, false)
+                            .ingest_reserved_parts(source, parts, rejections, false)
                             .await
                     }
                     Err(e) => e,

@@ -303,37 +303,47 @@ impl Rows {
     /// not fit (or is of another dataset) is refused and nothing of it is
     /// appended.
     pub fn push(&mut self, row: &Row<'_>) -> Result<(), SchemaError> {
-        if row.dataset != self.dataset {
-            return Err(SchemaError::Arrow {
-                dataset: self.dataset,
-                reason: format!("a row of {} cannot join its columns", row.dataset),
-            });
-        }
-        row.check()?;
-        for (b, cell) in self.builders.iter_mut().zip(&row.cells) {
-            // Only a dictionary column can refuse a value, past 2^31
-            // distinct strings: far beyond a request's bound.
-            b.append_cell(cell)
-                .expect("a checked row appends to its columns");
-        }
-        self.len += 1;
-        Ok(())
+        self.append(
+            row.dataset,
+            row.check(),
+            &row.cells,
+            ColumnBuilder::append_cell,
+        )
     }
 
     /// Checks a record against the schema and appends it (records that
-    /// arrive already decoded: a Kafka topic of tally records); one that
-    /// does not fit is refused and nothing of it is appended.
+    /// arrive already decoded: a Kafka topic of tally records, records a
+    /// source builds one at a time); one that does not fit is refused and
+    /// nothing of it is appended.
     pub fn push_record(&mut self, record: &Record) -> Result<(), SchemaError> {
-        if record.dataset != self.dataset {
+        self.append(
+            record.dataset,
+            record.check(),
+            &record.values,
+            ColumnBuilder::append,
+        )
+    }
+
+    /// Appends one row's values, one per column, once `checked` says they
+    /// fit the schema of `of` (this rows' dataset).
+    fn append<T>(
+        &mut self,
+        of: Dataset,
+        checked: Result<(), SchemaError>,
+        values: &[T],
+        append: impl Fn(&mut ColumnBuilder, &T) -> Result<(), ArrowError>,
+    ) -> Result<(), SchemaError> {
+        if of != self.dataset {
             return Err(SchemaError::Arrow {
                 dataset: self.dataset,
-                reason: format!("a record of {} cannot join its columns", record.dataset),
+                reason: format!("a row of {of} cannot join its columns"),
             });
         }
-        record.check()?;
-        for (b, v) in self.builders.iter_mut().zip(&record.values) {
-            b.append(v)
-                .expect("a checked record appends to its columns");
+        checked?;
+        for (b, v) in self.builders.iter_mut().zip(values) {
+            // Only a dictionary column can refuse a value, past 2^31
+            // distinct strings: far beyond a request's bound.
+            append(b, v).expect("a checked row appends to its columns");
         }
         self.len += 1;
         Ok(())

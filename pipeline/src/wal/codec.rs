@@ -674,9 +674,15 @@ mod tests {
     #[test]
     fn a_part_with_a_buffer_outside_its_body_is_refused() {
         let input = include_bytes!("../../../fuzz/corpus/wal_codec/ipc-buffer-outside-body");
+        assert_refused_as_ipc(input, "outside the message body");
+    }
+
+    /// An input the codec refuses as an unreadable IPC part, for a reason
+    /// that contains `why`.
+    fn assert_refused_as_ipc(input: &[u8], why: &str) {
         let err = decode_entry(input).unwrap_err();
         assert!(
-            matches!(&err, DecodeError::Ipc { reason, .. } if reason.contains("outside the message body")),
+            matches!(&err, DecodeError::Ipc { reason, .. } if reason.contains(why)),
             "{err}"
         );
     }
@@ -687,11 +693,7 @@ mod tests {
     #[test]
     fn a_schema_message_without_fields_is_refused() {
         let input = include_bytes!("../../../fuzz/corpus/wal_codec/ipc-schema-without-fields");
-        let err = decode_entry(input).unwrap_err();
-        assert!(
-            matches!(&err, DecodeError::Ipc { reason, .. } if reason.contains("no field list")),
-            "{err}"
-        );
+        assert_refused_as_ipc(input, "no field list");
     }
 
     /// Each column of the stream's schema message must be the dataset's,
