@@ -20,7 +20,7 @@ use tally_pipeline::Pipeline;
 use tally_proto::billing::v1::SendMetricsBatchRequest;
 use tally_queries::api_usage::config::UsageConfig;
 use tally_sources::billing::connect::{decode_request, decompress, BillingRequest, Codec};
-use tally_sources::billing::{batch_columns, validate_batch, BillingService, METHODS};
+use tally_sources::billing::{BillingService, MetricsBatch, METHODS};
 use tally_sources::events::object::{Event, Object};
 use tally_sources::events::Subject;
 use tally_sources::http::body::{split, Item};
@@ -47,18 +47,25 @@ pub fn connect_body(data: &[u8]) {
     let encoding = if sel & 0x80 != 0 { "gzip" } else { "identity" };
     let bytes = decompress(encoding, body);
     if let (Codec::Proto, Ok(bytes)) = (&codec, &bytes) {
-        // The direct decoder of batches gives prost's result whenever it
-        // does not leave the input to prost.
+        // The direct batch decoder gives prost's result whenever it does
+        // not leave the input to prost, into a message and into columns;
+        // where prost fails, the batch's error is prost's.
+        let prost = SendMetricsBatchRequest::decode(&bytes[..]);
         if let Some(direct) = tally_proto::fast::send_metrics_batch(bytes) {
-            assert_eq!(Ok(direct), SendMetricsBatchRequest::decode(&bytes[..]));
+            assert_eq!(Ok(&direct), prost.as_ref());
         }
+        assert_eq!(
+            MetricsBatch::decode(bytes),
+            prost.map(|r| MetricsBatch::from_request(&r))
+        );
     }
     let decoded = bytes.and_then(|b| decode_request(method, codec, &b));
-    if let Ok(BillingRequest::SendMetricsBatch(req)) = decoded {
-        if validate_batch(&req, NOW_NS).is_ok() {
-            let (columns, _) = batch_columns(&req).expect("a valid batch fits vm_metrics");
+    if let Ok(BillingRequest::SendMetricsBatch(batch)) = decoded {
+        if batch.validate(NOW_NS).is_ok() {
+            let n = batch.samples.len();
+            let (columns, _) = batch.into_columns().expect("a valid batch fits vm_metrics");
             let records = columns.to_records();
-            assert_eq!(records.len(), req.metrics.len());
+            assert_eq!(records.len(), n);
             for r in &records {
                 r.check().expect("rows of a valid batch fit the schema");
             }

@@ -86,6 +86,65 @@ pub fn decode_message<U: Message + Default + 'static>(bytes: &[u8]) -> Result<U,
     U::decode(bytes)
 }
 
+/// A message the server reads from its bytes in its own way rather than
+/// as a prost message (`tally_sources::billing::MetricsBatch`: a batch
+/// decoded straight into columns). Errors are prost's.
+pub trait FromWire: Sized + Send + 'static {
+    fn from_wire(bytes: &[u8]) -> Result<Self, DecodeError>;
+}
+
+/// `application/grpc+proto` for a method served by hand: requests become
+/// `U` by [`FromWire`], responses `T` are encoded by prost.
+#[derive(Debug, Clone)]
+pub struct FromWireCodec<T, U> {
+    _types: PhantomData<(T, U)>,
+}
+
+impl<T, U> Default for FromWireCodec<T, U> {
+    fn default() -> Self {
+        Self {
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<T, U> Codec for FromWireCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: FromWire,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = FromWireDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(BufferSettings::default())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        FromWireDecoder { _type: PhantomData }
+    }
+}
+
+/// Reads `U` from the message's bytes as one slice; a malformed message is
+/// `Internal` with prost's reason, as prost's own codec answers.
+#[derive(Debug, Clone)]
+pub struct FromWireDecoder<U> {
+    _type: PhantomData<U>,
+}
+
+impl<U: FromWire> Decoder for FromWireDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        U::from_wire(&buf.copy_to_bytes(buf.remaining()))
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

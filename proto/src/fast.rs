@@ -7,27 +7,83 @@
 //! nested field, a key written in more bytes than it needs, a malformed
 //! length, invalid UTF-8) it gives up and the caller decodes with prost, so
 //! the result and every error stay prost's own.
+//!
+//! The decoder hands what it reads to a [`BatchSink`]: the server's sink
+//! appends each sample to its columns as it is read
+//! (`tally_sources::billing::MetricsBatch`); prost's message is a sink too.
 
 use crate::billing::v1::{SendMetricsBatchRequest, VmMetrics};
 
+/// What a batch's fields become as the decoder reads them. After the
+/// decoder gave up (`None`) the sink holds a part of the message and is
+/// thrown away.
+pub trait BatchSink {
+    /// The number of samples the message holds, before the first.
+    fn reserve(&mut self, samples: usize);
+    /// `vm_id`; a later occurrence replaces an earlier one.
+    fn vm_id(&mut self, vm_id: &str);
+    /// `customer_id`; a later occurrence replaces an earlier one.
+    fn customer_id(&mut self, customer_id: &str);
+    /// The next sample.
+    fn sample(&mut self, sample: &VmMetrics);
+}
+
+impl BatchSink for SendMetricsBatchRequest {
+    fn reserve(&mut self, samples: usize) {
+        self.metrics.reserve(samples);
+    }
+    fn vm_id(&mut self, vm_id: &str) {
+        vm_id.clone_into(&mut self.vm_id);
+    }
+    fn customer_id(&mut self, customer_id: &str) {
+        customer_id.clone_into(&mut self.customer_id);
+    }
+    fn sample(&mut self, sample: &VmMetrics) {
+        self.metrics.push(*sample);
+    }
+}
+
 /// Decodes `bytes`, or `None` when prost has to (see the module).
 pub fn send_metrics_batch(bytes: &[u8]) -> Option<SendMetricsBatchRequest> {
-    let mut r = Reader { buf: bytes, pos: 0 };
     let mut req = SendMetricsBatchRequest::default();
+    send_metrics_batch_into(bytes, &mut req)?;
+    Some(req)
+}
+
+/// Decodes `bytes` into `sink`; `None` when prost has to (see the module).
+pub fn send_metrics_batch_into(bytes: &[u8], sink: &mut impl BatchSink) -> Option<()> {
+    sink.reserve(samples(bytes)?);
+    let mut r = Reader { buf: bytes, pos: 0 };
     while !r.done() {
         match r.byte()? {
             // (field << 3) | wire type 2: vm_id, customer_id (the last
             // occurrence wins, as for any scalar), a sample.
-            0x0a => req.vm_id = r.string()?,
-            0x12 => req.customer_id = r.string()?,
+            0x0a => sink.vm_id(r.str()?),
+            0x12 => sink.customer_id(r.str()?),
             0x1a => {
                 let sample = r.len_delimited()?;
-                req.metrics.push(vm_metrics(sample)?);
+                sink.sample(&vm_metrics(sample)?);
             }
             _ => return None,
         }
     }
-    Some(req)
+    Some(())
+}
+
+/// The number of samples (field 3) at the message's top level, read from
+/// the keys and lengths alone.
+fn samples(bytes: &[u8]) -> Option<usize> {
+    let mut r = Reader { buf: bytes, pos: 0 };
+    let mut n = 0;
+    while !r.done() {
+        let key = r.byte()?;
+        if !matches!(key, 0x0a | 0x12 | 0x1a) {
+            return None;
+        }
+        r.len_delimited()?;
+        n += usize::from(key == 0x1a);
+    }
+    Some(n)
 }
 
 fn vm_metrics(bytes: &[u8]) -> Option<VmMetrics> {
@@ -114,10 +170,8 @@ impl<'a> Reader<'a> {
         Some(bytes)
     }
 
-    fn string(&mut self) -> Option<String> {
-        std::str::from_utf8(self.len_delimited()?)
-            .ok()
-            .map(str::to_owned)
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.len_delimited()?).ok()
     }
 }
 

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use tally_pipeline::access::Access;
 
+use super::batch::MetricsBatch;
 use super::json;
 use super::service::{BillingService, RpcError};
 use tally_proto::billing::v1 as pb;
@@ -49,7 +50,8 @@ impl Codec {
 /// A decoded request of one of the five methods.
 #[derive(Debug)]
 pub enum BillingRequest {
-    SendMetricsBatch(pb::SendMetricsBatchRequest),
+    /// Decoded straight into columns.
+    SendMetricsBatch(MetricsBatch),
     SendHeartbeat(pb::SendHeartbeatRequest),
     NotifyVmStarted(pb::NotifyVmStartedRequest),
     NotifyVmStopped(pb::NotifyVmStoppedRequest),
@@ -85,9 +87,10 @@ pub fn decompress(content_encoding: &str, body: &[u8]) -> Result<Vec<u8>, RpcErr
 /// Decodes the message of `method` from a decompressed body.
 pub fn decode_request(method: &str, codec: Codec, body: &[u8]) -> Result<BillingRequest, RpcError> {
     Ok(match method {
-        "SendMetricsBatch" => {
-            BillingRequest::SendMetricsBatch(decode(codec, body, json::metrics_batch)?)
-        }
+        "SendMetricsBatch" => BillingRequest::SendMetricsBatch(match codec {
+            Codec::Proto => MetricsBatch::decode(body).map_err(not_protobuf)?,
+            Codec::Json => json::metrics_batch(body).map_err(RpcError::InvalidArgument)?,
+        }),
         "SendHeartbeat" => BillingRequest::SendHeartbeat(decode(codec, body, json::heartbeat)?),
         "NotifyVmStarted" => {
             BillingRequest::NotifyVmStarted(decode(codec, body, json::vm_started)?)
@@ -207,15 +210,17 @@ pub async fn call(
     (StatusCode::OK, response_headers, bytes).into_response()
 }
 
+fn not_protobuf(e: prost::DecodeError) -> RpcError {
+    RpcError::InvalidArgument(format!("request is not a valid protobuf message: {e}"))
+}
+
 fn decode<T: Message + Default + 'static>(
     codec: Codec,
     body: &[u8],
     from_json: fn(&[u8]) -> Result<T, String>,
 ) -> Result<T, RpcError> {
     match codec {
-        Codec::Proto => tally_proto::codec::decode_message::<T>(body).map_err(|e| {
-            RpcError::InvalidArgument(format!("request is not a valid protobuf message: {e}"))
-        }),
+        Codec::Proto => tally_proto::codec::decode_message::<T>(body).map_err(not_protobuf),
         Codec::Json => from_json(body).map_err(RpcError::InvalidArgument),
     }
 }

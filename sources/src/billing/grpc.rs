@@ -1,10 +1,21 @@
 //! gRPC and gRPC-Web: the tonic service, calling the same billing logic.
+//!
+//! `SendMetricsBatch` over gRPC is served by hand ([`send_metrics_batch`]):
+//! its message is decoded from the wire straight into a [`MetricsBatch`]'s
+//! columns. The other methods, and every method over gRPC-Web, are
+//! tonic's generated service.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use tally_proto::billing::v1 as pb;
+use tally_proto::codec::FromWireCodec;
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use tally_pipeline::access::Access;
 
+use super::batch::MetricsBatch;
 use super::service::{BillingService, RpcError};
 
 impl From<RpcError> for Status {
@@ -59,8 +70,8 @@ impl pb::billing_service_server::BillingService for BillingService {
     ) -> Result<Response<pb::SendMetricsBatchResponse>, Status> {
         let src = source(&req);
         let access = access(&req)?;
-        let message =
-            BillingService::send_metrics_batch(self, src, &access, req.into_inner()).await?;
+        let batch = MetricsBatch::from_request(req.get_ref());
+        let message = BillingService::send_metrics_batch(self, src, &access, batch).await?;
         Ok(Response::new(pb::SendMetricsBatchResponse {
             success: true,
             message,
@@ -107,4 +118,44 @@ impl pb::billing_service_server::BillingService for BillingService {
             success: true,
         }))
     }
+}
+
+/// `SendMetricsBatch` as a tonic unary service over [`MetricsBatch`].
+struct SendMetricsBatch(BillingService);
+
+impl tonic::server::UnaryService<MetricsBatch> for SendMetricsBatch {
+    type Response = pb::SendMetricsBatchResponse;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<Self::Response>, Status>> + Send + 'static>>;
+
+    fn call(&mut self, req: Request<MetricsBatch>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let src = source(&req);
+            let access = access(&req)?;
+            let message =
+                BillingService::send_metrics_batch(&service, src, &access, req.into_inner())
+                    .await?;
+            Ok(Response::new(pb::SendMetricsBatchResponse {
+                success: true,
+                message,
+            }))
+        })
+    }
+}
+
+/// Serves one gRPC `SendMetricsBatch` call: gzip accepted and sent, and
+/// messages up to `max_body` bytes, as the generated service is set up.
+pub(super) async fn send_metrics_batch(
+    service: BillingService,
+    max_body: usize,
+    req: axum::extract::Request,
+) -> axum::http::Response<tonic::body::Body> {
+    let codec = FromWireCodec::<pb::SendMetricsBatchResponse, MetricsBatch>::default();
+    tonic::server::Grpc::new(codec)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_body)
+        .unary(SendMetricsBatch(service), req)
+        .await
 }

@@ -7,8 +7,10 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use tally_proto::billing::v1::{
     NotifyPossibleGapRequest, NotifyVmStartedRequest, NotifyVmStoppedRequest, SendHeartbeatRequest,
-    SendMetricsBatchRequest, VmMetrics,
+    VmMetrics,
 };
+
+use super::batch::{MetricsBatch, Samples, MAX_BATCH};
 
 fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     #[derive(Deserialize)]
@@ -61,13 +63,42 @@ struct Metrics {
 }
 
 #[derive(Deserialize)]
-struct MetricsBatch {
+struct Batch {
     #[serde(default, alias = "vmId")]
     vm_id: String,
     #[serde(default, alias = "customerId")]
     customer_id: String,
-    #[serde(default)]
-    metrics: Vec<Metrics>,
+    #[serde(default, deserialize_with = "samples")]
+    metrics: Samples,
+}
+
+/// `metrics`: each sample is appended to the columns as it is parsed (no
+/// list of samples first). An error names the sample's index.
+fn samples<'de, D: Deserializer<'de>>(d: D) -> Result<Samples, D::Error> {
+    struct Visitor;
+    impl<'de> de::Visitor<'de> for Visitor {
+        type Value = Samples;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of samples")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Samples, A::Error> {
+            let mut samples = Samples::default();
+            samples.reserve(seq.size_hint().unwrap_or(0).min(MAX_BATCH + 1));
+            while let Some(m) = seq.next_element::<Metrics>()? {
+                samples.push(&VmMetrics {
+                    timestamp: m.timestamp,
+                    cpu_time_nanos: m.cpu_time_nanos,
+                    memory_usage_bytes: m.memory_usage_bytes,
+                    disk_read_bytes: m.disk_read_bytes,
+                    disk_write_bytes: m.disk_write_bytes,
+                    network_rx_bytes: m.network_rx_bytes,
+                    network_tx_bytes: m.network_tx_bytes,
+                });
+            }
+            Ok(samples)
+        }
+    }
+    d.deserialize_seq(Visitor)
 }
 
 #[derive(Deserialize)]
@@ -120,24 +151,12 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, String> {
     })
 }
 
-pub(crate) fn metrics_batch(body: &[u8]) -> Result<SendMetricsBatchRequest, String> {
-    let b: MetricsBatch = parse(body)?;
-    Ok(SendMetricsBatchRequest {
+pub(crate) fn metrics_batch(body: &[u8]) -> Result<MetricsBatch, String> {
+    let b: Batch = parse(body)?;
+    Ok(MetricsBatch {
         vm_id: b.vm_id,
         customer_id: b.customer_id,
-        metrics: b
-            .metrics
-            .into_iter()
-            .map(|m| VmMetrics {
-                timestamp: m.timestamp,
-                cpu_time_nanos: m.cpu_time_nanos,
-                memory_usage_bytes: m.memory_usage_bytes,
-                disk_read_bytes: m.disk_read_bytes,
-                disk_write_bytes: m.disk_write_bytes,
-                network_rx_bytes: m.network_rx_bytes,
-                network_tx_bytes: m.network_tx_bytes,
-            })
-            .collect(),
+        samples: b.metrics,
     })
 }
 
@@ -186,19 +205,20 @@ mod tests {
                "cpu_time_nanos":1234567890123,"memoryUsageBytes":"536870912"}]}"#,
         )
         .unwrap();
-        assert_eq!(r.vm_id, "ud-1");
-        let m = &r.metrics[0];
-        assert_eq!(
-            m.timestamp,
-            Some(prost_types::Timestamp {
-                seconds: 1_705_314_600,
-                nanos: 100_000_000
-            })
-        );
-        assert_eq!(
-            (m.cpu_time_nanos, m.memory_usage_bytes),
-            (1_234_567_890_123, 536_870_912)
-        );
+        let want = tally_proto::billing::v1::SendMetricsBatchRequest {
+            vm_id: "ud-1".into(),
+            customer_id: "c".into(),
+            metrics: vec![VmMetrics {
+                timestamp: Some(prost_types::Timestamp {
+                    seconds: 1_705_314_600,
+                    nanos: 100_000_000,
+                }),
+                cpu_time_nanos: 1_234_567_890_123,
+                memory_usage_bytes: 536_870_912,
+                ..Default::default()
+            }],
+        };
+        assert_eq!(r, MetricsBatch::from_request(&want));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! error), and the maintained Connect crates for axum were pre-release or
 //! pinned to older prost/axum when this was written.
 
+pub mod batch;
 pub mod connect;
+pub mod error;
 pub mod grpc;
 pub(crate) mod json;
 pub mod metrics;
@@ -27,7 +29,8 @@ use tally_pipeline::component::{Component, Context, Handle};
 use tally_proto::billing::v1::billing_service_server::BillingServiceServer;
 use tower::ServiceExt;
 
-pub use service::{batch_columns, validate_batch, BillingService};
+pub use batch::{MetricsBatch, MAX_BATCH};
+pub use service::BillingService;
 
 /// The methods of billing.v1.BillingService.
 pub const METHODS: [&str; 5] = [
@@ -104,6 +107,11 @@ async fn serve(State(b): State<Billing>, Path(method): Path<String>, req: Reques
         };
     }
     if content_type.starts_with("application/grpc") {
+        if method == "SendMetricsBatch" {
+            return grpc::send_metrics_batch(b.service, b.max_body, req)
+                .await
+                .map(Body::new);
+        }
         return match b.grpc.oneshot(req).await {
             Ok(r) => r.map(Body::new),
             Err(e) => connect::error("internal", &e.to_string()),

@@ -4,95 +4,22 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, DictionaryArray, Int32Array, Int64Array, StringArray, TimestampNanosecondArray,
-};
-use arrow::datatypes::Int32Type;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use tally_pipeline::access::limits::{OverRate, RateLimiter};
+use tally_pipeline::access::limits::RateLimiter;
 use tally_pipeline::access::Access;
-use tally_pipeline::batch::Columns;
-use tally_pipeline::clock::{DAY_NS, NS_PER_SEC};
-use tally_pipeline::rules::vm::SAMPLE_VALUES;
+use tally_pipeline::clock::NS_PER_SEC;
 use tally_pipeline::{
-    now_ns, Dataset, IngestError, Pipeline, Record, RecordBuilder, Rejection, SchemaError, Value,
+    now_ns, Dataset, Pipeline, Record, RecordBuilder, Rejection, SchemaError, Value,
 };
 use tally_proto::billing::v1::{
     NotifyPossibleGapRequest, NotifyVmStartedRequest, NotifyVmStoppedRequest, SendHeartbeatRequest,
-    SendMetricsBatchRequest,
 };
 
+use super::batch::{required, MetricsBatch};
+pub use super::error::RpcError;
 use super::metrics::BillingMetrics;
-
-/// At most this many samples per batch.
-pub const MAX_BATCH: usize = 1000;
-/// Samples may be stamped at most this far in the future.
-const MAX_FUTURE_NS: i64 = DAY_NS;
-
-/// An RPC failure with its Connect / gRPC code.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RpcError {
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    ResourceExhausted(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
-    #[error("{0}")]
-    Unimplemented(String),
-    /// The token may not write for this customer.
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// The customer is over its rate (`--customer-rate`).
-    #[error("{0}")]
-    OverRate(OverRate),
-}
-
-impl From<SchemaError> for RpcError {
-    /// A row this service built does not fit its dataset: a defect of
-    /// tally's, not of the request.
-    fn from(e: SchemaError) -> Self {
-        RpcError::Internal(format!("the row does not fit the schema: {e}"))
-    }
-}
-
-impl RpcError {
-    /// The Connect code name.
-    pub fn code(&self) -> &'static str {
-        match self {
-            RpcError::InvalidArgument(_) => "invalid_argument",
-            RpcError::ResourceExhausted(_) => "resource_exhausted",
-            RpcError::Unavailable(_) => "unavailable",
-            RpcError::Internal(_) => "internal",
-            RpcError::Unimplemented(_) => "unimplemented",
-            RpcError::PermissionDenied(_) => "permission_denied",
-            RpcError::OverRate(_) => "resource_exhausted",
-        }
-    }
-
-    /// When to try again, for `resource_exhausted`.
-    pub fn retry_after_secs(&self) -> Option<u64> {
-        match self {
-            RpcError::OverRate(e) => Some(e.retry_after.as_secs().max(1)),
-            RpcError::ResourceExhausted(_) => Some(1),
-            _ => None,
-        }
-    }
-}
-
-impl From<IngestError> for RpcError {
-    fn from(e: IngestError) -> Self {
-        match e {
-            IngestError::QueueFull(q) => RpcError::ResourceExhausted(q.to_string()),
-            IngestError::Wal(w) => RpcError::Unavailable(w.to_string()),
-            IngestError::Relay(r) => RpcError::Unavailable(r.to_string()),
-        }
-    }
-}
 
 /// What the service remembers of the fleet, for gap detection and
 /// `billaged_active_vms`.
@@ -127,18 +54,6 @@ pub struct BillingService {
     gap_limit_ns: i64,
 }
 
-fn required(name: &str, v: &str) -> Result<(), RpcError> {
-    if v.is_empty() {
-        Err(RpcError::InvalidArgument(format!("{name} is required")))
-    } else if v.len() > 1024 || v.contains('\0') {
-        Err(RpcError::InvalidArgument(format!(
-            "{name} must be at most 1024 bytes without NUL characters"
-        )))
-    } else {
-        Ok(())
-    }
-}
-
 fn required_time(name: &str, v: i64) -> Result<(), RpcError> {
     if v <= 0 {
         Err(RpcError::InvalidArgument(format!(
@@ -147,111 +62,6 @@ fn required_time(name: &str, v: i64) -> Result<(), RpcError> {
     } else {
         Ok(())
     }
-}
-
-/// Checks a batch; the first error names the field and the sample's index.
-pub fn validate_batch(req: &SendMetricsBatchRequest, now: i64) -> Result<(), RpcError> {
-    required("vm_id", &req.vm_id)?;
-    required("customer_id", &req.customer_id)?;
-    let n = req.metrics.len();
-    if n == 0 || n > MAX_BATCH {
-        return Err(RpcError::InvalidArgument(format!(
-            "metrics must hold between 1 and {MAX_BATCH} samples, got {n}"
-        )));
-    }
-    for (i, m) in req.metrics.iter().enumerate() {
-        let Some(ts) = &m.timestamp else {
-            return Err(RpcError::InvalidArgument(format!(
-                "metrics[{i}].timestamp is required"
-            )));
-        };
-        if !(0..NS_PER_SEC as i32).contains(&ts.nanos) || ts.seconds <= 0 {
-            return Err(RpcError::InvalidArgument(format!(
-                "metrics[{i}].timestamp must be after 1970 with nanos in 0..1e9, got {}s {}ns",
-                ts.seconds, ts.nanos
-            )));
-        }
-        let ns = timestamp_ns(ts).ok_or_else(|| {
-            RpcError::InvalidArgument(format!("metrics[{i}].timestamp is out of range"))
-        })?;
-        if ns > now + MAX_FUTURE_NS {
-            return Err(RpcError::InvalidArgument(format!(
-                "metrics[{i}].timestamp is more than 24h in the future"
-            )));
-        }
-        for (name, v) in [
-            ("cpu_time_nanos", m.cpu_time_nanos),
-            ("memory_usage_bytes", m.memory_usage_bytes),
-            ("disk_read_bytes", m.disk_read_bytes),
-            ("disk_write_bytes", m.disk_write_bytes),
-            ("network_rx_bytes", m.network_rx_bytes),
-            ("network_tx_bytes", m.network_tx_bytes),
-        ] {
-            if v < 0 {
-                return Err(RpcError::InvalidArgument(format!(
-                    "metrics[{i}].{name} must be >= 0, got {v}"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The `vm_metrics` rows of a validated batch, as columns, and its newest
-/// sample time. Each sample is read once into the columns it fills; the
-/// VM and customer are one dictionary value each, whatever the batch's
-/// length. The columns are checked against the schema by name when
-/// assembled.
-pub fn batch_columns(req: &SendMetricsBatchRequest) -> Result<(Columns, i64), SchemaError> {
-    let n = req.metrics.len();
-    let mut times = Vec::with_capacity(n);
-    let mut newest = i64::MIN;
-    let mut counters: [Vec<i64>; 6] = std::array::from_fn(|_| Vec::with_capacity(n));
-    for m in &req.metrics {
-        let ts = m
-            .timestamp
-            .as_ref()
-            .and_then(timestamp_ns)
-            .unwrap_or_default();
-        newest = newest.max(ts);
-        times.push(ts);
-        for (column, v) in counters.iter_mut().zip([
-            m.cpu_time_nanos,
-            m.memory_usage_bytes,
-            m.disk_read_bytes,
-            m.disk_write_bytes,
-            m.network_rx_bytes,
-            m.network_tx_bytes,
-        ]) {
-            column.push(v);
-        }
-    }
-    let one = |v: &str| -> ArrayRef {
-        Arc::new(DictionaryArray::<Int32Type>::new(
-            Int32Array::from(vec![0; n]),
-            Arc::new(StringArray::from(vec![v])),
-        ))
-    };
-    let mut columns: Vec<(&str, ArrayRef)> = vec![
-        ("customer_id", one(&req.customer_id)),
-        ("vm_id", one(&req.vm_id)),
-        (
-            "timestamp",
-            Arc::new(TimestampNanosecondArray::from(times).with_timezone("UTC")),
-        ),
-    ];
-    // The counters were pushed in the order of the sample's fields, which
-    // is the order of SAMPLE_VALUES.
-    for (name, values) in SAMPLE_VALUES.into_iter().zip(counters) {
-        columns.push((name, Arc::new(Int64Array::from(values))));
-    }
-    Ok((Columns::assemble(Dataset::VmMetrics, n, columns)?, newest))
-}
-
-pub fn timestamp_ns(ts: &prost_types::Timestamp) -> Option<i64> {
-    ts.seconds
-        .checked_mul(NS_PER_SEC)?
-        .checked_add(ts.nanos as i64)
 }
 
 /// The optional columns of a `vm_events` row.
@@ -355,28 +165,24 @@ impl BillingService {
         &self,
         source: &str,
         access: &Access,
-        req: SendMetricsBatchRequest,
+        batch: MetricsBatch,
     ) -> Result<String, RpcError> {
         let started = Instant::now();
         let now = now_ns();
-        if let Err(e) = validate_batch(&req, now) {
-            let payload = format!(
-                "{{\"vm_id\":{:?},\"customer_id\":{:?},\"samples\":{}}}",
-                req.vm_id,
-                req.customer_id,
-                req.metrics.len()
-            );
-            self.reject(source, "SendMetricsBatch", payload, &e).await;
+        if let Err(e) = batch.validate(now) {
+            self.reject(source, "SendMetricsBatch", batch.summary(), &e)
+                .await;
             return Err(e);
         }
-        Self::check_customer(access, &req.customer_id)?;
-        let n = req.metrics.len();
+        Self::check_customer(access, &batch.customer_id)?;
+        let n = batch.samples.len();
         if let Some(limits) = &self.customer_limits {
             limits
-                .take(&req.customer_id, n as u64)
+                .take(&batch.customer_id, n as u64)
                 .map_err(RpcError::OverRate)?;
         }
-        let (columns, newest) = batch_columns(&req)?;
+        let (vm_id, customer_id) = (batch.vm_id.clone(), batch.customer_id.clone());
+        let (columns, newest) = batch.into_columns()?;
         let report = self
             .pipeline
             .ingest_columns(source, columns, Vec::new())
@@ -384,9 +190,9 @@ impl BillingService {
         let (accepted, duplicates) = (report.accepted, report.duplicates);
         {
             let mut fleet = self.fleet.lock();
-            let last = fleet.last_sample.entry(req.vm_id.clone()).or_insert(newest);
+            let last = fleet.last_sample.entry(vm_id.clone()).or_insert(newest);
             *last = (*last).max(newest);
-            fleet.owner.insert(req.vm_id, req.customer_id);
+            fleet.owner.insert(vm_id, customer_id);
         }
         self.metrics.processed.add(accepted as u64);
         self.metrics.batch_size.observe(n as f64);
@@ -567,69 +373,5 @@ impl BillingService {
             now,
         )?;
         self.store(source, vec![r]).await.map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tally_proto::billing::v1::VmMetrics;
-
-    fn sample(secs: i64) -> VmMetrics {
-        VmMetrics {
-            timestamp: Some(prost_types::Timestamp {
-                seconds: secs,
-                nanos: 0,
-            }),
-            cpu_time_nanos: 1,
-            memory_usage_bytes: 1,
-            disk_read_bytes: 1,
-            disk_write_bytes: 1,
-            network_rx_bytes: 1,
-            network_tx_bytes: 1,
-        }
-    }
-
-    fn batch(metrics: Vec<VmMetrics>) -> SendMetricsBatchRequest {
-        SendMetricsBatchRequest {
-            vm_id: "vm".into(),
-            customer_id: "c".into(),
-            metrics,
-        }
-    }
-
-    fn err(req: &SendMetricsBatchRequest) -> String {
-        validate_batch(req, 2_000_000_000 * NS_PER_SEC)
-            .unwrap_err()
-            .to_string()
-    }
-
-    #[test]
-    fn validation_names_the_field_and_the_index() {
-        let mut b = batch((0..20).map(|i| sample(1_700_000_000 + i)).collect());
-        assert!(validate_batch(&b, 2_000_000_000 * NS_PER_SEC).is_ok());
-        b.metrics[17].timestamp = None;
-        assert_eq!(err(&b), "metrics[17].timestamp is required");
-        b.metrics[17] = sample(1_700_000_000);
-        b.metrics[3].disk_write_bytes = -5;
-        assert_eq!(err(&b), "metrics[3].disk_write_bytes must be >= 0, got -5");
-        b.metrics[3] = sample(2_000_000_000 + 25 * 3600);
-        assert_eq!(
-            err(&b),
-            "metrics[3].timestamp is more than 24h in the future"
-        );
-        assert_eq!(
-            err(&batch(vec![])),
-            "metrics must hold between 1 and 1000 samples, got 0"
-        );
-        assert_eq!(
-            err(&batch(
-                (0..1001).map(|i| sample(1_700_000_000 + i)).collect()
-            )),
-            "metrics must hold between 1 and 1000 samples, got 1001"
-        );
-        let mut no_vm = batch(vec![sample(1_700_000_000)]);
-        no_vm.vm_id.clear();
-        assert_eq!(err(&no_vm), "vm_id is required");
     }
 }

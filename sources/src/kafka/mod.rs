@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use prost::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -45,11 +44,10 @@ use tally_pipeline::sink::SinkControl;
 use tally_pipeline::waiting::Origin;
 use tally_pipeline::wal::codec::decode_records;
 use tally_pipeline::{now_ns, IngestError, Pipeline, Rejection};
-use tally_proto::billing::v1::SendMetricsBatchRequest;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::billing::{batch_columns, validate_batch};
+use crate::billing::MetricsBatch;
 use crate::events::Subject;
 
 pub const SOURCE: &str = "kafka";
@@ -310,9 +308,9 @@ fn ensure_topics(rt: &Handle, config: &KafkaConfig, topics: &[String]) -> Result
 /// billing.v1 validates it, as `vm_metrics` columns (as billing.v1 builds
 /// them).
 pub fn decode_vm_metrics(payload: &[u8], now: i64) -> Result<Columns, BadVmMetrics> {
-    let req = SendMetricsBatchRequest::decode(payload)?;
-    validate_batch(&req, now)?;
-    Ok(batch_columns(&req)?.0)
+    let batch = MetricsBatch::decode(payload)?;
+    batch.validate(now)?;
+    Ok(batch.into_columns()?.0)
 }
 
 /// Why a `vm.metrics` message is refused (the rejection's reason).
