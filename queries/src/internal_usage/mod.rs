@@ -10,6 +10,7 @@
 //! calls, tokens and cost per group) and `/internal/usage/hourly` (the same
 //! per hour), with the same filters.
 
+pub mod answer;
 pub mod totals;
 
 /// `usage_llm_hourly` regrouped without the actor (see the file).
@@ -18,13 +19,14 @@ const USAGE_LLM_BY_AGENT: &str = include_str!("sql/usage_llm_hourly_by_agent.sql
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 use tally_pipeline::access::Access;
 use tally_pipeline::Dataset;
 
@@ -32,6 +34,7 @@ use crate::history::History;
 use crate::http::{error_response, forbidden};
 use crate::prices::PriceCatalogue;
 use crate::sql::QueryError;
+use answer::Answer;
 use totals::Scope;
 
 #[derive(Clone)]
@@ -184,7 +187,7 @@ fn failed(e: QueryError) -> Response {
     )
 }
 
-type Batch = Arc<arrow::array::RecordBatch>;
+type Batch = Arc<RecordBatch>;
 
 /// Hourly rollup rows of one dataset over the period (LLM calls without
 /// their actor: these answers never ask for it).
@@ -211,7 +214,7 @@ fn nulls_last(a: &Option<String>, b: &Option<String>) -> std::cmp::Ordering {
 
 /// Model rows with `cost_usd` (null when unpriced), the priced total, and
 /// the number of calls that could not be priced.
-fn model_rows(api: &InternalUsage, f: &Filters, llm: &[Batch]) -> (Vec<Value>, f64, u64) {
+fn model_rows(api: &InternalUsage, f: &Filters, llm: &[Batch]) -> (RecordBatch, f64, u64) {
     let mut rows: Vec<_> = totals::models(llm, &f.scope(), &api.prices)
         .into_iter()
         .collect();
@@ -223,30 +226,16 @@ fn model_rows(api: &InternalUsage, f: &Filters, llm: &[Batch]) -> (Vec<Value>, f
     });
     let mut total = 0.0;
     let mut unpriced = 0;
-    let mut out = Vec::with_capacity(rows.len());
-    for ((model, provider), t) in rows {
-        let cost = t.cost;
-        match cost {
+    for (_, t) in &rows {
+        match t.cost {
             Some(c) => total += c,
             None => unpriced += t.calls as u64,
         }
-        out.push(json!({
-            "model": model,
-            "provider": provider,
-            "calls": t.calls,
-            "tokens": t.tokens,
-            "prompt_tokens": t.prompt,
-            "completion_tokens": t.completion,
-            "cache_creation_tokens": t.cache_creation,
-            "cache_read_tokens": t.cache_read,
-            "avg_latency_ms": t.avg_latency_ms(),
-            "cost_usd": cost,
-        }));
     }
-    (out, total, unpriced)
+    (answer::models(&rows), total, unpriced)
 }
 
-fn agent_rows(f: &Filters, agent: &[Batch], llm: &[Batch], tool: &[Batch]) -> Vec<Value> {
+fn agent_rows(f: &Filters, agent: &[Batch], llm: &[Batch], tool: &[Batch]) -> RecordBatch {
     let mut rows: Vec<_> = totals::agents(agent, llm, tool, &f.scope())
         .into_iter()
         .collect();
@@ -256,36 +245,15 @@ fn agent_rows(f: &Filters, agent: &[Batch], llm: &[Batch], tool: &[Batch]) -> Ve
             .then(b.llm_calls.cmp(&a.llm_calls))
             .then_with(|| a_id.cmp(b_id))
     });
-    rows.into_iter()
-        .map(|(agent_id, t)| {
-            json!({
-                "agent_id": agent_id,
-                "invocations": t.invocations,
-                "llm_calls": t.llm_calls,
-                "tool_calls": t.tool_calls,
-                "total_tokens": t.total_tokens,
-            })
-        })
-        .collect()
+    answer::agents(&rows)
 }
 
-fn tool_rows(f: &Filters, tool: &[Batch]) -> Vec<Value> {
+fn tool_rows(f: &Filters, tool: &[Batch]) -> RecordBatch {
     let mut rows: Vec<_> = totals::tools(tool, &f.scope()).into_iter().collect();
     rows.sort_by(|((ia, _), a), ((ib, _), b)| {
         b.calls.cmp(&a.calls).then_with(|| nulls_last(ia, ib))
     });
-    rows.into_iter()
-        .map(|((tool_id, tool_name), t)| {
-            json!({
-                "tool_id": tool_id,
-                "tool_name": tool_name,
-                "calls": t.calls,
-                "success_rate": t.successes as f64 / t.calls.max(1) as f64,
-                "avg_latency_ms": (t.latency_count > 0)
-                    .then(|| t.latency_sum as f64 / t.latency_count as f64),
-            })
-        })
-        .collect()
+    answer::tools(&rows)
 }
 
 /// Parses the filters and answers with `rows`, or names what is wrong. A
@@ -298,7 +266,7 @@ async fn answer<F, Fut>(
 ) -> Response
 where
     F: FnOnce(InternalUsage, Filters) -> Fut,
-    Fut: std::future::Future<Output = Result<Value, QueryError>>,
+    Fut: std::future::Future<Output = Result<Answer, QueryError>>,
 {
     match Filters::parse(&params, Utc::now()) {
         Ok(mut f) => {
@@ -307,7 +275,7 @@ where
             }
             f.tenants = access.tenants.clone();
             match rows(api, f).await {
-                Ok(v) => Json(v).into_response(),
+                Ok(a) => a.into_response(),
                 Err(e) => failed(e),
             }
         }
@@ -323,7 +291,7 @@ async fn models(
     answer(api, access, params, |api, f| async move {
         let llm = hourly(&api, Dataset::UsageLlm, &f).await?;
         let (models, _, _) = model_rows(&api, &f, &llm);
-        Ok(json!({ "models": models }))
+        Answer::new().rows("models", &models)
     })
     .await
 }
@@ -337,7 +305,7 @@ async fn agents(
         let agent = hourly(&api, Dataset::UsageAgent, &f).await?;
         let llm = hourly(&api, Dataset::UsageLlm, &f).await?;
         let tool = hourly(&api, Dataset::UsageTool, &f).await?;
-        Ok(json!({ "agents": agent_rows(&f, &agent, &llm, &tool) }))
+        Answer::new().rows("agents", &agent_rows(&f, &agent, &llm, &tool))
     })
     .await
 }
@@ -349,22 +317,13 @@ async fn tools(
 ) -> Response {
     answer(api, access, params, |api, f| async move {
         let tool = hourly(&api, Dataset::UsageTool, &f).await?;
-        Ok(json!({ "tools": tool_rows(&f, &tool) }))
+        Answer::new().rows("tools", &tool_rows(&f, &tool))
     })
     .await
 }
 
 /// The columns `/internal/usage/breakdown` groups by.
 const BREAKDOWN_BY: [&str; 4] = ["microdao_id", "agent_id", "actor_id", "model"];
-
-fn group_json(t: &totals::GroupTotals) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("calls".into(), json!(t.calls));
-    m.insert("tokens".into(), json!(t.tokens));
-    m.insert("cost_usd".into(), json!(t.cost));
-    m.insert("unpriced_calls".into(), json!(t.unpriced_calls));
-    m
-}
 
 /// `{"by": …, "rows": [{"key", "calls", "tokens", "cost_usd",
 /// "unpriced_calls"}]}`, most calls first.
@@ -393,15 +352,8 @@ async fn breakdown(
         });
         let mut rows: Vec<_> = groups.into_iter().collect();
         rows.sort_by(|(ka, a), (kb, b)| b.calls.cmp(&a.calls).then_with(|| nulls_last(ka, kb)));
-        let rows: Vec<Value> = rows
-            .into_iter()
-            .map(|(key, t)| {
-                let mut m = group_json(&t);
-                m.insert("key".into(), json!(key));
-                Value::Object(m)
-            })
-            .collect();
-        Ok(json!({"by": by, "rows": rows}))
+        let rows = answer::groups(&rows, "key", |k| k.clone());
+        Answer::new().value("by", &by).rows("rows", &rows)
     })
     .await
 }
@@ -416,19 +368,12 @@ async fn hourly_totals(
     answer(api, access, params, |api, f| async move {
         let llm = hourly(&api, Dataset::UsageLlm, &f).await?;
         let groups = totals::grouped(&llm, &f.scope(), &api.prices, totals::hour_at);
-        let hours: Vec<Value> = groups
-            .into_iter()
-            .map(|(hour, t)| {
-                let mut m = group_json(&t);
-                let at = DateTime::from_timestamp_nanos(hour);
-                m.insert(
-                    "hour".into(),
-                    json!(at.to_rfc3339_opts(SecondsFormat::Secs, true)),
-                );
-                Value::Object(m)
-            })
-            .collect();
-        Ok(json!({ "hours": hours }))
+        let hours: Vec<_> = groups.into_iter().collect();
+        let hours = answer::groups(&hours, "hour", |&hour| {
+            let at = DateTime::from_timestamp_nanos(hour);
+            Some(at.to_rfc3339_opts(SecondsFormat::Secs, true))
+        });
+        Answer::new().rows("hours", &hours)
     })
     .await
 }
@@ -475,7 +420,11 @@ async fn summary(
         );
         summary.insert("llm_cost_usd_total".into(), json!(cost));
         summary.insert("unpriced_calls".into(), json!(unpriced));
-        Ok(json!({"summary": summary, "models": models, "agents": agents, "tools": tools}))
+        Answer::new()
+            .value("summary", &summary)
+            .rows("models", &models)?
+            .rows("agents", &agents)?
+            .rows("tools", &tools)
     })
     .await
 }

@@ -77,7 +77,8 @@ impl ModelTotals {
     }
 }
 
-type Key = (Option<String>, Option<String>);
+/// A pair of optional strings: (model, provider), (tool_id, tool_name).
+pub type Key = (Option<String>, Option<String>);
 type BorrowedKey<'b> = (Option<&'b str>, Option<&'b str>);
 
 fn owned<T>(m: HashMap<(Option<&str>, Option<&str>), T>) -> BTreeMap<Key, T> {
