@@ -146,8 +146,35 @@ impl<'a> Reader<'a> {
 
     /// A varint of at most ten bytes whose tenth byte holds one bit (what
     /// prost accepts); `None` otherwise.
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self) -> Option<u64> {
+        let rest = self.buf.get(self.pos..)?;
+        let &first = rest.first()?;
+        if first < 0x80 {
+            self.pos += 1;
+            return Some(u64::from(first));
+        }
+        // With ten bytes ahead (all but the message's last fields), read
+        // them without a bound check each.
+        let Some(ten) = rest.first_chunk::<10>() else {
+            return self.varint_near_end();
+        };
+        let mut value = 0u64;
+        for (i, &b) in ten.iter().enumerate() {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                if i == 9 && b > 1 {
+                    return None;
+                }
+                self.pos += i + 1;
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    /// [`Reader::varint`] byte by byte, within ten bytes of the end.
+    fn varint_near_end(&mut self) -> Option<u64> {
         let mut value = 0u64;
         for i in 0..10 {
             let b = self.byte()?;
@@ -261,6 +288,56 @@ mod tests {
         // Unchanged and doubled encodings are all decoded directly.
         assert!(direct >= 8_000, "{direct} direct, {deferred} deferred");
         assert!(deferred > 0);
+    }
+
+    /// Varints read as prost reads them, whatever follows them (the
+    /// ten-byte path and the byte-by-byte one near the end), and the
+    /// encodings prost refuses refused.
+    #[test]
+    fn varints_are_prosts_near_the_end_and_away_from_it() {
+        let mut values = vec![0u64, 1, 127, 128, 300, u64::MAX, u64::MAX - 1];
+        for k in 1..64 {
+            values.extend([(1u64 << k) - 1, 1u64 << k, (1u64 << k) + 1]);
+        }
+        for v in values {
+            let mut bytes = Vec::new();
+            prost::encoding::encode_varint(v, &mut bytes);
+            for padding in 0..12 {
+                let mut buf = bytes.clone();
+                buf.extend(std::iter::repeat_n(0xff, padding));
+                let mut r = Reader { buf: &buf, pos: 0 };
+                assert_eq!(r.varint(), Some(v), "{v} with {padding} bytes after");
+                assert_eq!(r.pos, bytes.len());
+                let mut prost_buf = &buf[..];
+                assert_eq!(prost::encoding::decode_varint(&mut prost_buf).ok(), Some(v));
+            }
+        }
+        // A tenth byte over 1, an eleventh byte, and a cut-off varint.
+        let bad: [&[u8]; 3] = [
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            &[
+                0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x81, 0x00,
+            ],
+            &[0x80, 0x80],
+        ];
+        for b in bad {
+            for padding in [0, 12] {
+                let mut buf = b.to_vec();
+                if b.len() < 10 {
+                    // Cut off: nothing may follow.
+                    if padding > 0 {
+                        continue;
+                    }
+                } else {
+                    buf.extend(std::iter::repeat_n(0x00, padding));
+                }
+                assert_eq!(Reader { buf: &buf, pos: 0 }.varint(), None, "{buf:?}");
+                assert!(
+                    prost::encoding::decode_varint(&mut &buf[..]).is_err(),
+                    "{buf:?}"
+                );
+            }
+        }
     }
 
     #[test]
