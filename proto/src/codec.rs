@@ -1,5 +1,6 @@
-//! The gRPC codec of the generated service and client: prost's encoder, and
-//! a decoder that takes each message as one contiguous slice first.
+//! The gRPC codec of the generated service and client, and of methods
+//! served by hand: prost's encoder, and a decoder that takes each message
+//! as one contiguous slice first.
 //!
 //! prost decoding through tonic's `DecodeBuf` advances a `BytesMut` for
 //! every field it reads; a batch of 600 VM samples has ~5,000 fields. The
@@ -17,7 +18,23 @@ use tonic_prost::ProstEncoder;
 
 use crate::billing::v1::SendMetricsBatchRequest;
 
-/// `application/grpc+proto` with prost, decoding from a slice.
+/// What a codec's decoder makes of a message's bytes, taken as one slice.
+/// Every prost message is read by [`decode_message`]; a server may read a
+/// message in its own way instead (`tally_sources::billing::MetricsBatch`:
+/// a batch decoded straight into columns). Errors are prost's.
+pub trait FromWire: Sized + Send + 'static {
+    fn from_wire(bytes: &[u8]) -> Result<Self, DecodeError>;
+}
+
+impl<U: Message + Default + 'static> FromWire for U {
+    fn from_wire(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_message(bytes)
+    }
+}
+
+/// `application/grpc+proto`: responses `T` encoded by prost, requests `U`
+/// read from one slice by [`FromWire`]. The generated service and client
+/// use it for prost's messages.
 #[derive(Debug, Clone)]
 pub struct SliceCodec<T, U> {
     _types: PhantomData<(T, U)>,
@@ -34,7 +51,7 @@ impl<T, U> Default for SliceCodec<T, U> {
 impl<T, U> Codec for SliceCodec<T, U>
 where
     T: Message + Send + 'static,
-    U: Message + Default + Send + 'static,
+    U: FromWire,
 {
     type Encode = T;
     type Decode = U;
@@ -50,13 +67,13 @@ where
     }
 }
 
-/// Decodes `U` from the message's bytes as one slice.
+/// Reads `U` from the message's bytes as one slice.
 #[derive(Debug, Clone)]
 pub struct SliceDecoder<U> {
     _type: PhantomData<U>,
 }
 
-impl<U: Message + Default + 'static> Decoder for SliceDecoder<U> {
+impl<U: FromWire> Decoder for SliceDecoder<U> {
     type Item = U;
     type Error = Status;
 
@@ -67,8 +84,8 @@ impl<U: Message + Default + 'static> Decoder for SliceDecoder<U> {
 
 /// One message from its bytes; a malformed one is the status prost's own
 /// codec gives (`Internal` with prost's reason).
-fn decode_slice<U: Message + Default + 'static>(bytes: &[u8]) -> Result<U, Status> {
-    decode_message(bytes).map_err(|e| Status::internal(e.to_string()))
+fn decode_slice<U: FromWire>(bytes: &[u8]) -> Result<U, Status> {
+    U::from_wire(bytes).map_err(|e| Status::internal(e.to_string()))
 }
 
 /// `U` from its bytes: a `SendMetricsBatchRequest` by the direct decoder
@@ -84,65 +101,6 @@ pub fn decode_message<U: Message + Default + 'static>(bytes: &[u8]) -> Result<U,
         }
     }
     U::decode(bytes)
-}
-
-/// A message the server reads from its bytes in its own way rather than
-/// as a prost message (`tally_sources::billing::MetricsBatch`: a batch
-/// decoded straight into columns). Errors are prost's.
-pub trait FromWire: Sized + Send + 'static {
-    fn from_wire(bytes: &[u8]) -> Result<Self, DecodeError>;
-}
-
-/// `application/grpc+proto` for a method served by hand: requests become
-/// `U` by [`FromWire`], responses `T` are encoded by prost.
-#[derive(Debug, Clone)]
-pub struct FromWireCodec<T, U> {
-    _types: PhantomData<(T, U)>,
-}
-
-impl<T, U> Default for FromWireCodec<T, U> {
-    fn default() -> Self {
-        Self {
-            _types: PhantomData,
-        }
-    }
-}
-
-impl<T, U> Codec for FromWireCodec<T, U>
-where
-    T: Message + Send + 'static,
-    U: FromWire,
-{
-    type Encode = T;
-    type Decode = U;
-    type Encoder = ProstEncoder<T>;
-    type Decoder = FromWireDecoder<U>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::default())
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        FromWireDecoder { _type: PhantomData }
-    }
-}
-
-/// Reads `U` from the message's bytes as one slice; a malformed message is
-/// `Internal` with prost's reason, as prost's own codec answers.
-#[derive(Debug, Clone)]
-pub struct FromWireDecoder<U> {
-    _type: PhantomData<U>,
-}
-
-impl<U: FromWire> Decoder for FromWireDecoder<U> {
-    type Item = U;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::from_wire(&buf.copy_to_bytes(buf.remaining()))
-            .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
-    }
 }
 
 #[cfg(test)]

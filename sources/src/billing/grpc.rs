@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use tally_proto::billing::v1 as pb;
-use tally_proto::codec::FromWireCodec;
+use tally_proto::codec::SliceCodec;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
@@ -151,7 +151,7 @@ pub(super) async fn send_metrics_batch(
     max_body: usize,
     req: axum::extract::Request,
 ) -> axum::http::Response<tonic::body::Body> {
-    let codec = FromWireCodec::<pb::SendMetricsBatchResponse, MetricsBatch>::default();
+    let codec = SliceCodec::<pb::SendMetricsBatchResponse, MetricsBatch>::default();
     tonic::server::Grpc::new(codec)
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
