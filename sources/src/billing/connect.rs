@@ -14,8 +14,9 @@ use serde_json::json;
 use tally_pipeline::access::Access;
 
 use super::batch::MetricsBatch;
+use super::error::RpcError;
 use super::json;
-use super::service::{BillingService, RpcError};
+use super::service::BillingService;
 use tally_proto::billing::v1 as pb;
 
 pub const SOURCE: &str = "connect";

@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 use tally_pipeline::access::Access;
 
 use super::batch::MetricsBatch;
-use super::service::{BillingService, RpcError};
+use super::error::RpcError;
+use super::service::BillingService;
 
 impl From<RpcError> for Status {
     fn from(e: RpcError) -> Status {

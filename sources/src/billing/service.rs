@@ -18,7 +18,7 @@ use tally_proto::billing::v1::{
 };
 
 use super::batch::{required, MetricsBatch};
-pub use super::error::RpcError;
+use super::error::RpcError;
 use super::metrics::BillingMetrics;
 
 /// What the service remembers of the fleet, for gap detection and

@@ -319,7 +319,7 @@ pub enum BadVmMetrics {
     #[error("message is not a SendMetricsBatchRequest: {0}")]
     NotABatch(#[from] prost::DecodeError),
     #[error(transparent)]
-    Invalid(#[from] crate::billing::service::RpcError),
+    Invalid(#[from] crate::billing::error::RpcError),
     #[error(transparent)]
     Schema(#[from] tally_pipeline::SchemaError),
 }
