@@ -459,6 +459,161 @@ async fn grpc_web_frames_round_trip() {
     );
 }
 
+/// Standard base64 with padding: the body encoding of `grpc-web-text`.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`base64`], group by group of four characters, so that
+/// padded pieces written one after another decode too.
+fn unbase64(text: &[u8]) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let mut out = Vec::new();
+    for group in text.chunks(4) {
+        let digits: Vec<u8> = group.iter().copied().filter(|&c| c != b'=').collect();
+        let n = digits
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &c)| n | (value(c) as u32) << (18 - 6 * i));
+        for i in 0..digits.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+/// `SendMetricsBatch` over gRPC-Web, binary and text, is served by the
+/// same hand-served method as gRPC: the rows are stored, counted under the
+/// source `grpc-web`, and an invalid batch is a trailers-only error.
+#[tokio::test]
+async fn grpc_web_metrics_batches_binary_and_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tally::start(&dir.path().join("data"), &NO_FLUSH).await;
+    let batch = |vm: &str, n: i64| pb::SendMetricsBatchRequest {
+        vm_id: vm.into(),
+        customer_id: "cust-web".into(),
+        metrics: (0..n)
+            .map(|i| sample(1_705_314_600 + i, 7 * i + 3))
+            .collect(),
+    };
+    let frame = |msg: &pb::SendMetricsBatchRequest| {
+        let msg = msg.encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        frame
+    };
+    // The answer is written in the encoding the `accept` header asks for.
+    let call = |content_type: &'static str, body: Vec<u8>| {
+        reqwest::Client::new()
+            .post(t.url("/billing.v1.BillingService/SendMetricsBatch"))
+            .header("content-type", content_type)
+            .header("accept", content_type)
+            .header("x-grpc-web", "1")
+            .body(body)
+            .send()
+    };
+    let answer = |body: &[u8]| {
+        assert_eq!(body[0], 0, "first frame is data");
+        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        let r = pb::SendMetricsBatchResponse::decode(&body[5..5 + len]).unwrap();
+        let trailer = String::from_utf8_lossy(&body[5 + len + 5..]).to_lowercase();
+        assert!(
+            body[5 + len] & 0x80 != 0 && trailer.contains("grpc-status:0"),
+            "{trailer}"
+        );
+        r
+    };
+
+    let binary = batch("vm-web-bin", 600);
+    let r = call("application/grpc-web+proto", frame(&binary))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/grpc-web+proto");
+    let r = answer(&r.bytes().await.unwrap());
+    assert!(r.success);
+    assert_eq!(r.message, "processed 600 metrics");
+
+    let text = batch("vm-web-text", 5);
+    let r = call(
+        "application/grpc-web-text",
+        base64(&frame(&text)).into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/grpc-web-text+proto"
+    );
+    // The answer is base64 too; its frames decode as above.
+    let r = answer(&unbase64(&r.bytes().await.unwrap()));
+    assert!(r.success);
+    assert_eq!(r.message, "processed 5 metrics");
+
+    // An invalid batch: the status and message in the headers, nothing stored.
+    let r = call(
+        "application/grpc-web+proto",
+        frame(&pb::SendMetricsBatchRequest {
+            customer_id: "cust-web".into(),
+            ..batch("", 3)
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.headers()["grpc-status"], "3");
+    assert_eq!(r.headers()["grpc-message"], "vm_id%20is%20required");
+
+    for (req, vm) in [(&binary, "vm-web-bin"), (&text, "vm-web-text")] {
+        let cpu: i64 = req.metrics.iter().map(|m| m.cpu_time_nanos).sum();
+        let rows = t
+            .sql(&format!(
+                "SELECT count(*) AS n, sum(cpu_time_nanos) AS cpu FROM vm_metrics WHERE vm_id = '{vm}'"
+            ))
+            .await;
+        assert_eq!(rows[0]["n"], req.metrics.len() as u64, "{vm}");
+        assert_eq!(rows[0]["cpu"], cpu, "{vm}");
+    }
+    assert_eq!(
+        t.sql("SELECT count(*) AS n FROM vm_metrics").await[0]["n"],
+        605
+    );
+    let metrics = t.metrics_text().await;
+    assert!(
+        metrics.contains(
+            "tally_records_accepted_total{dataset=\"vm_metrics\",source=\"grpc-web\"} 605"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("tally_records_accepted_total{dataset=\"vm_metrics\",source=\"grpc\"}"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn buf_curl_speaks_connect_grpc_and_grpc_web() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,6 @@
 //! message's bytes are split off the buffer (no copy when they arrive in
 //! one piece) and decoded from a `&[u8]`, whose cursor is a pointer.
 
-use std::any::{Any, TypeId};
 use std::marker::PhantomData;
 
 use bytes::Buf;
@@ -15,8 +14,6 @@ use prost::{DecodeError, Message};
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::Status;
 use tonic_prost::ProstEncoder;
-
-use crate::billing::v1::SendMetricsBatchRequest;
 
 /// What a codec's decoder makes of a message's bytes, taken as one slice.
 /// Every prost message is read by [`decode_message`]; a server may read a
@@ -88,18 +85,10 @@ fn decode_slice<U: FromWire>(bytes: &[u8]) -> Result<U, Status> {
     U::from_wire(bytes).map_err(|e| Status::internal(e.to_string()))
 }
 
-/// `U` from its bytes: a `SendMetricsBatchRequest` by the direct decoder
-/// ([`crate::fast`]) when it can, everything else by prost. The result and
-/// the errors are prost's either way.
-pub fn decode_message<U: Message + Default + 'static>(bytes: &[u8]) -> Result<U, DecodeError> {
-    if TypeId::of::<U>() == TypeId::of::<SendMetricsBatchRequest>() {
-        if let Some(request) = crate::fast::send_metrics_batch(bytes) {
-            let boxed: Box<dyn Any> = Box::new(request);
-            if let Ok(u) = boxed.downcast::<U>() {
-                return Ok(*u);
-            }
-        }
-    }
+/// `U` from its bytes, by prost. (`SendMetricsBatch` requests are read
+/// into columns by their own [`FromWire`] on every server path, so no
+/// generated method decodes one here.)
+pub fn decode_message<U: Message + Default>(bytes: &[u8]) -> Result<U, DecodeError> {
     U::decode(bytes)
 }
 

@@ -151,7 +151,10 @@ impl<'a> Row<'a> {
 
     pub fn set(&mut self, column: &str, cell: impl Into<Cell<'a>>) -> &mut Self {
         let columns = self.dataset.columns();
-        let i = if columns.get(self.next).is_some_and(|c| c.name == column) {
+        let i = if columns
+            .get(self.next)
+            .is_some_and(|c| crate::dataset::same_name(c.name, column))
+        {
             Some(self.next)
         } else {
             self.dataset.column_index(column)

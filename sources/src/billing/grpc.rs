@@ -1,17 +1,19 @@
 //! gRPC and gRPC-Web: the tonic service, calling the same billing logic.
 //!
-//! `SendMetricsBatch` over gRPC is served by hand ([`send_metrics_batch`]):
-//! its message is decoded from the wire straight into a [`MetricsBatch`]'s
-//! columns. The other methods, and every method over gRPC-Web, are
-//! tonic's generated service.
+//! `SendMetricsBatch` is served by hand ([`send_metrics_batch`]), over gRPC
+//! and, behind tonic-web's layer, over gRPC-Web: its message is decoded
+//! from the wire straight into a [`MetricsBatch`]'s columns. The other
+//! methods are tonic's generated service.
 
 use std::future::Future;
 use std::pin::Pin;
 
+use axum::http;
 use tally_proto::billing::v1 as pb;
 use tally_proto::codec::SliceCodec;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
+use tower::{Layer, ServiceExt};
 
 use tally_pipeline::access::Access;
 
@@ -48,15 +50,15 @@ fn access<T>(req: &Request<T>) -> Result<Access, Status> {
         .ok_or_else(|| Status::permission_denied("the request carries no access decision"))
 }
 
-/// The label of a request's source: gRPC-Web requests arrive through the
-/// tonic-web layer with their original content type.
+/// Marks a request that arrived as gRPC-Web. tonic-web's layer rewrites
+/// the content type to `application/grpc` before the service sees it, so
+/// the router sets this extension while it can still tell.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GrpcWeb;
+
+/// The label of a request's source: `grpc-web` or `grpc`.
 fn source<T>(req: &Request<T>) -> &'static str {
-    let web = req
-        .metadata()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/grpc-web"));
-    if web {
+    if req.extensions().get::<GrpcWeb>().is_some() {
         "grpc-web"
     } else {
         "grpc"
@@ -65,6 +67,9 @@ fn source<T>(req: &Request<T>) -> &'static str {
 
 #[tonic::async_trait]
 impl pb::billing_service_server::BillingService for BillingService {
+    /// The router serves this method by hand ([`send_metrics_batch`]); the
+    /// generated trait still asks for it, so a caller of the generated
+    /// service alone gets the same answer.
     async fn send_metrics_batch(
         &self,
         req: Request<pb::SendMetricsBatchRequest>,
@@ -147,11 +152,13 @@ impl tonic::server::UnaryService<MetricsBatch> for SendMetricsBatch {
 
 /// Serves one gRPC `SendMetricsBatch` call: gzip accepted and sent, and
 /// messages up to `max_body` bytes, as the generated service is set up.
+/// A gRPC-Web call reaches it through tonic-web's layer
+/// ([`grpc_web_send_metrics_batch`]).
 pub(super) async fn send_metrics_batch(
     service: BillingService,
     max_body: usize,
-    req: axum::extract::Request,
-) -> axum::http::Response<tonic::body::Body> {
+    req: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
     let codec = SliceCodec::<pb::SendMetricsBatchResponse, MetricsBatch>::default();
     tonic::server::Grpc::new(codec)
         .accept_compressed(CompressionEncoding::Gzip)
@@ -159,4 +166,30 @@ pub(super) async fn send_metrics_batch(
         .max_decoding_message_size(max_body)
         .unary(SendMetricsBatch(service), req)
         .await
+}
+
+/// Serves one gRPC-Web `SendMetricsBatch` call: tonic-web's layer turns
+/// the request into gRPC (its frames unwrapped, base64 decoded for
+/// `-text`), [`send_metrics_batch`] reads it into columns, and the layer
+/// turns the answer back into gRPC-Web, trailers in the body.
+pub(super) async fn grpc_web_send_metrics_batch(
+    service: BillingService,
+    max_body: usize,
+    mut req: axum::extract::Request,
+) -> http::Response<tonic::body::Body> {
+    req.extensions_mut().insert(GrpcWeb);
+    let method = tower::service_fn(move |req| {
+        let service = service.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(send_metrics_batch(service, max_body, req).await)
+        }
+    });
+    match tonic_web::GrpcWebLayer::new()
+        .layer(method)
+        .oneshot(req)
+        .await
+    {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }

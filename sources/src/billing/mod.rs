@@ -2,7 +2,8 @@
 //! gRPC over HTTP/2 cleartext, and gRPC-Web, all at
 //! `POST /billing.v1.BillingService/<Method>`, told apart by content type.
 //!
-//! gRPC and gRPC-Web are tonic's (`tonic-web` for the latter). Connect unary
+//! gRPC and gRPC-Web are tonic's (`tonic-web` for the latter), with
+//! `SendMetricsBatch` served by hand over both (`grpc.rs`). Connect unary
 //! is served here: it is plain HTTP (a JSON or protobuf body, gzip, a JSON
 //! error), and the maintained Connect crates for axum were pre-release or
 //! pinned to older prost/axum when this was written.
@@ -101,6 +102,13 @@ async fn serve(State(b): State<Billing>, Path(method): Path<String>, req: Reques
         .unwrap_or("")
         .to_ascii_lowercase();
     if content_type.starts_with("application/grpc-web") {
+        if method == "SendMetricsBatch" {
+            return grpc::grpc_web_send_metrics_batch(b.service, b.max_body, req)
+                .await
+                .map(Body::new);
+        }
+        let mut req = req;
+        req.extensions_mut().insert(grpc::GrpcWeb);
         return match b.grpc_web.oneshot(req).await {
             Ok(r) => r.map(Body::new),
             Err(e) => connect::error("internal", &e.to_string()),
@@ -108,6 +116,7 @@ async fn serve(State(b): State<Billing>, Path(method): Path<String>, req: Reques
     }
     if content_type.starts_with("application/grpc") {
         if method == "SendMetricsBatch" {
+            let req = req.map(tonic::body::Body::new);
             return grpc::send_metrics_batch(b.service, b.max_body, req)
                 .await
                 .map(Body::new);

@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value as Json};
+use tally_pipeline::dataset::same_name;
 
 /// A top-level field's value.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,7 +127,13 @@ impl<'a> Object<'a> {
     /// The event in `payload`; `Err` when it is not JSON (the parser's
     /// message).
     pub fn parse(payload: &'a [u8]) -> Result<Event<'a>, serde_json::Error> {
-        serde_json::from_slice(payload)
+        // Checked as UTF-8 once, the text is read without checking each
+        // string again (`from_slice` checks every string on its own).
+        // Text that is not UTF-8 is read by `from_slice`, for its error.
+        match std::str::from_utf8(payload) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(payload),
+        }
     }
 
     /// An object already parsed into a tree (a JSON array body).
@@ -157,7 +164,7 @@ impl<'a> Object<'a> {
         self.fields
             .iter()
             .rev()
-            .find(|(kt, k, _)| *kt == t && k == name)
+            .find(|(kt, k, _)| *kt == t && same_name(k, name))
             .map(|(_, _, v)| v)
     }
 
@@ -317,6 +324,25 @@ impl<'de> Visitor<'de> for EventVisitor {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Text that is not UTF-8 is refused with `serde_json`'s own message,
+    /// inside a string or out of one; escapes still decode.
+    #[test]
+    fn text_that_is_not_utf8_is_serde_jsons_error() {
+        for bad in [
+            &b"{\"a\":\"x\xffy\"}"[..],
+            b"{\"a\xc3\":1}",
+            b"{\"a\":1}\xff",
+            b"\xef\xbb",
+        ] {
+            let want = serde_json::from_slice::<Json>(bad).unwrap_err().to_string();
+            assert_eq!(Object::parse(bad).unwrap_err().to_string(), want);
+        }
+        let Event::Object(o) = Object::parse("{\"a\":\"é\\u00e9\"}".as_bytes()).unwrap() else {
+            panic!("an object")
+        };
+        assert_eq!(o.get("a"), Some(&Field::Str(Cow::Owned("éé".into()))));
+    }
 
     /// The same event read in one pass and through a `serde_json` tree
     /// gives the same fields.

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value as Json};
 use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+use tally_pipeline::batch::{Cell, Row, Rows};
 use tally_pipeline::clock::NS_PER_SEC;
 use tally_pipeline::component::{Component, Context, Handle};
 use tally_pipeline::metrics::Outcome;
-use tally_pipeline::{now_ns, Dataset, Pipeline, Record, RecordBuilder, SchemaError, Value};
+use tally_pipeline::{now_ns, Dataset, Pipeline};
 use tokio::sync::watch;
 
 use gpu::{GpuInfo, GpuProbe, GpuTotals, GpuUnavailable};
@@ -69,10 +70,12 @@ impl HostSample {
         }
     }
 
-    pub fn record(&self, hostname: &str) -> Result<Record, SchemaError> {
-        let mut r = RecordBuilder::new(Dataset::HostUsage);
+    /// The sample as a row of `host_usage`, by column name (checked where
+    /// it joins its columns).
+    pub fn row<'a>(&self, hostname: &'a str) -> Row<'a> {
+        let mut r = Row::new(Dataset::HostUsage);
         r.set("hostname", hostname)
-            .set("timestamp", Value::Ts(self.timestamp_ns))
+            .set("timestamp", Cell::Ts(self.timestamp_ns))
             .set("cpu_percent", self.cpu_percent)
             .set("ram_percent", self.ram_percent())
             .set("ram_used_mb", self.ram_used_mb as i64)
@@ -80,7 +83,7 @@ impl HostSample {
             .set("gpu_percent", self.gpu.map(|g| g.percent))
             .set("gpu_mem_used_mb", self.gpu.map(|g| g.mem_used_mb as i64))
             .set("gpu_mem_total_mb", self.gpu.map(|g| g.mem_total_mb as i64));
-        r.build()
+        r
     }
 
     /// The `usage_update` message (README "Host telemetry and the /usage WebSocket") with tally's ingest rates.
@@ -375,14 +378,15 @@ pub async fn run(
             json: update.to_string().into(),
         }));
         *tick_cost.lock() = started.elapsed();
-        let record = match sample.record(&sampler.info.hostname) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "host sample does not fit host_usage; not stored");
-                continue;
-            }
-        };
-        if let Err(e) = pipeline.ingest(SOURCE, vec![record], Vec::new()).await {
+        let mut rows = Rows::new(Dataset::HostUsage, 1);
+        if let Err(e) = rows.push(&sample.row(&sampler.info.hostname)) {
+            tracing::error!(error = %e, "host sample does not fit host_usage; not stored");
+            continue;
+        }
+        if let Err(e) = pipeline
+            .ingest_columns(SOURCE, rows.finish(), Vec::new())
+            .await
+        {
             tracing::debug!(error = %e, "host sample not stored");
         }
     }
@@ -405,7 +409,9 @@ mod tests {
         let update = sample.usage_update(&Map::new());
         assert!(update.get("gpu_percent").is_none());
         assert!(s.info.system_info().get("gpus").is_none());
-        let r = sample.record(&s.info.hostname).unwrap();
-        assert_eq!(r.get("gpu_percent"), Some(&Value::Null));
+        let r = sample.row(&s.info.hostname);
+        r.check().unwrap();
+        let gpu = Dataset::HostUsage.column_index("gpu_percent").unwrap();
+        assert_eq!(r.cell(gpu), &Cell::Null);
     }
 }
