@@ -1,5 +1,5 @@
 //! billing.v1 semantics, independent of the wire protocol: validation,
-//! records for `vm_metrics` and `vm_events`, fleet state and metrics.
+//! the rows of `vm_metrics` and `vm_events`, fleet state and metrics.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -9,10 +9,9 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tally_pipeline::access::limits::RateLimiter;
 use tally_pipeline::access::Access;
+use tally_pipeline::batch::{Cell, Row, Rows};
 use tally_pipeline::clock::NS_PER_SEC;
-use tally_pipeline::{
-    now_ns, Dataset, Pipeline, Record, RecordBuilder, Rejection, SchemaError, Value,
-};
+use tally_pipeline::{now_ns, Dataset, Pipeline, Rejection, SchemaError};
 use tally_proto::billing::v1::{
     NotifyPossibleGapRequest, NotifyVmStartedRequest, NotifyVmStoppedRequest, SendHeartbeatRequest,
 };
@@ -77,11 +76,19 @@ struct VmEvent<'a> {
 }
 
 impl VmEvent<'_> {
-    fn record(self, event_id: String, kind: &str, now: i64) -> Result<Record, SchemaError> {
-        let t = |v: Option<i64>| v.map(Value::Ts).unwrap_or(Value::Null);
-        let mut r = RecordBuilder::new(Dataset::VmEvents);
+    /// Appends the event to `rows` (of `vm_events`) by column name,
+    /// checked as it joins them.
+    fn push(
+        self,
+        rows: &mut Rows,
+        event_id: &str,
+        kind: &str,
+        now: i64,
+    ) -> Result<(), SchemaError> {
+        let t = |v: Option<i64>| v.map_or(Cell::Null, Cell::Ts);
+        let mut r = Row::new(Dataset::VmEvents);
         r.set("event_id", event_id)
-            .set("timestamp", Value::Ts(now))
+            .set("timestamp", Cell::Ts(now))
             .set("kind", kind)
             .set("vm_id", self.vm_id)
             .set("customer_id", self.customer_id)
@@ -90,7 +97,7 @@ impl VmEvent<'_> {
             .set("event_time", t(self.event_time))
             .set("last_sent", t(self.last_sent))
             .set("resume_time", t(self.resume_time));
-        r.build()
+        rows.push(&r)
     }
 }
 
@@ -133,8 +140,11 @@ impl BillingService {
         }
     }
 
-    async fn store(&self, source: &str, records: Vec<Record>) -> Result<(usize, usize), RpcError> {
-        let report = self.pipeline.ingest(source, records, Vec::new()).await?;
+    async fn store(&self, source: &str, rows: Rows) -> Result<(usize, usize), RpcError> {
+        let report = self
+            .pipeline
+            .ingest_columns(source, rows.finish(), Vec::new())
+            .await?;
         Ok((report.accepted, report.duplicates))
     }
 
@@ -224,16 +234,18 @@ impl BillingService {
             return Err(e);
         }
         let list = serde_json::to_string(&req.active_vms).unwrap_or_default();
-        let mut records = vec![VmEvent {
+        let mut rows = Rows::new(Dataset::VmEvents, 1 + req.active_vms.len());
+        VmEvent {
             instance_id: Some(&req.instance_id),
             active_vms: Some(list),
             ..Default::default()
         }
-        .record(
-            format!("heartbeat:{}:{now}", req.instance_id),
+        .push(
+            &mut rows,
+            &format!("heartbeat:{}:{now}", req.instance_id),
             "heartbeat",
             now,
-        )?];
+        )?;
         {
             let mut fleet = self.fleet.lock();
             for vm in &req.active_vms {
@@ -241,19 +253,18 @@ impl BillingService {
                     if now - last > self.gap_limit_ns {
                         // Keyed by the last sample: one gap per silence, however
                         // many heartbeats notice it.
-                        records.push(
-                            VmEvent {
-                                vm_id: Some(vm),
-                                instance_id: Some(&req.instance_id),
-                                last_sent: Some(last),
-                                ..Default::default()
-                            }
-                            .record(
-                                format!("gap_detected:{vm}:{last}"),
-                                "gap_detected",
-                                now,
-                            )?,
-                        );
+                        VmEvent {
+                            vm_id: Some(vm),
+                            instance_id: Some(&req.instance_id),
+                            last_sent: Some(last),
+                            ..Default::default()
+                        }
+                        .push(
+                            &mut rows,
+                            &format!("gap_detected:{vm}:{last}"),
+                            "gap_detected",
+                            now,
+                        )?;
                     }
                 }
             }
@@ -262,7 +273,7 @@ impl BillingService {
                 .insert(req.instance_id.clone(), req.active_vms.clone());
             self.metrics.active_vms.set(fleet.active() as u64);
         }
-        self.store(source, records).await.map(|_| ())
+        self.store(source, rows).await.map(|_| ())
     }
 
     pub async fn notify_vm_started(
@@ -281,18 +292,20 @@ impl BillingService {
             return Err(e);
         }
         Self::check_customer(access, &req.customer_id)?;
-        let r = VmEvent {
+        let mut rows = Rows::new(Dataset::VmEvents, 1);
+        VmEvent {
             vm_id: Some(&req.vm_id),
             customer_id: Some(&req.customer_id),
             event_time: Some(req.start_time),
             ..Default::default()
         }
-        .record(
-            format!("started:{}:{}", req.vm_id, req.start_time),
+        .push(
+            &mut rows,
+            &format!("started:{}:{}", req.vm_id, req.start_time),
             "started",
             now,
         )?;
-        self.store(source, vec![r]).await?;
+        self.store(source, rows).await?;
         let mut fleet = self.fleet.lock();
         fleet.owner.insert(req.vm_id.clone(), req.customer_id);
         fleet.running.insert(req.vm_id);
@@ -315,17 +328,19 @@ impl BillingService {
             return Err(e);
         }
         self.check_vm(access, &req.vm_id)?;
-        let r = VmEvent {
+        let mut rows = Rows::new(Dataset::VmEvents, 1);
+        VmEvent {
             vm_id: Some(&req.vm_id),
             event_time: Some(req.stop_time),
             ..Default::default()
         }
-        .record(
-            format!("stopped:{}:{}", req.vm_id, req.stop_time),
+        .push(
+            &mut rows,
+            &format!("stopped:{}:{}", req.vm_id, req.stop_time),
             "stopped",
             now,
         )?;
-        self.store(source, vec![r]).await?;
+        self.store(source, rows).await?;
         let mut fleet = self.fleet.lock();
         fleet.running.remove(&req.vm_id);
         self.metrics.active_vms.set(fleet.active() as u64);
@@ -358,20 +373,22 @@ impl BillingService {
             return Err(e);
         }
         self.check_vm(access, &req.vm_id)?;
-        let r = VmEvent {
+        let mut rows = Rows::new(Dataset::VmEvents, 1);
+        VmEvent {
             vm_id: Some(&req.vm_id),
             last_sent: Some(req.last_sent),
             resume_time: Some(req.resume_time),
             ..Default::default()
         }
-        .record(
-            format!(
+        .push(
+            &mut rows,
+            &format!(
                 "possible_gap:{}:{}:{}",
                 req.vm_id, req.last_sent, req.resume_time
             ),
             "possible_gap",
             now,
         )?;
-        self.store(source, vec![r]).await.map(|_| ())
+        self.store(source, rows).await.map(|_| ())
     }
 }
