@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 
-use common::{vm_sample as sample, Tally};
+use common::{base64, vm_sample as sample, Tally};
 use prost::Message;
 use serde_json::{json, Value};
 use tally_proto::billing::v1 as pb;
@@ -459,27 +459,7 @@ async fn grpc_web_frames_round_trip() {
     );
 }
 
-/// Standard base64 with padding: the body encoding of `grpc-web-text`.
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// The inverse of [`base64`], group by group of four characters, so that
+/// The inverse of [`common::base64`], group by group of four characters, so that
 /// padded pieces written one after another decode too.
 fn unbase64(text: &[u8]) -> Vec<u8> {
     let value = |c: u8| match c {
