@@ -108,17 +108,22 @@ impl Samples {
         };
         self.seconds.push(seconds);
         self.nanos.push(nanos);
-        for (column, v) in self.counters.iter_mut().zip([
-            m.cpu_time_nanos,
-            m.memory_usage_bytes,
-            m.disk_read_bytes,
-            m.disk_write_bytes,
-            m.network_rx_bytes,
-            m.network_tx_bytes,
-        ]) {
+        for (column, v) in self.counters.iter_mut().zip(counters(m)) {
             column.push(v);
         }
     }
+}
+
+/// A sample's six counters, in the order of [`SAMPLE_VALUES`].
+fn counters(m: &VmMetrics) -> [i64; 6] {
+    [
+        m.cpu_time_nanos,
+        m.memory_usage_bytes,
+        m.disk_read_bytes,
+        m.disk_write_bytes,
+        m.network_rx_bytes,
+        m.network_tx_bytes,
+    ]
 }
 
 impl BatchSink for MetricsBatch {
@@ -421,16 +426,7 @@ mod tests {
                 t.seconds > 0
                     && (0..1_000_000_000).contains(&t.nanos)
                     && ns <= latest as i128
-                    && [
-                        m.cpu_time_nanos,
-                        m.memory_usage_bytes,
-                        m.disk_read_bytes,
-                        m.disk_write_bytes,
-                        m.network_rx_bytes,
-                        m.network_tx_bytes,
-                    ]
-                    .iter()
-                    .all(|&v| v >= 0)
+                    && counters(m).iter().all(|&v| v >= 0)
             };
             let want = metrics.iter().all(ok_one);
             let b = MetricsBatch::from_request(&batch(metrics));
