@@ -21,7 +21,7 @@ use tally_proto::billing::v1::SendMetricsBatchRequest;
 use tally_queries::api_usage::config::UsageConfig;
 use tally_sources::billing::connect::{decode_request, decompress, BillingRequest, Codec};
 use tally_sources::billing::{BillingService, MetricsBatch, METHODS};
-use tally_sources::events::object::{Event, Object};
+use tally_sources::events::object::{Event, Field, Object};
 use tally_sources::events::Subject;
 use tally_sources::http::body::{split, Item};
 use tally_sources::kafka::decode_vm_metrics;
@@ -179,6 +179,22 @@ pub fn event_json(data: &[u8]) {
                 }
             }
         }
+    }
+    // The hand reader and serde_json read the same fields, or fail with
+    // the same message.
+    match (Object::parse(body), Object::parse_with_serde(body)) {
+        (Ok(Event::Object(a)), Ok(Event::Object(b))) => {
+            let (a, b): (Vec<_>, Vec<_>) = (a.fields().collect(), b.fields().collect());
+            assert_eq!(a, b);
+            for ((_, x), (_, y)) in a.iter().zip(&b) {
+                if let (Field::Float(x), Field::Float(y)) = (x, y) {
+                    assert_eq!(x.to_bits(), y.to_bits());
+                }
+            }
+        }
+        (Ok(Event::Other(a, x)), Ok(Event::Other(b, y))) => assert_eq!((a, x), (b, y)),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        (a, b) => panic!("the readers disagree: {a:?} / {b:?}"),
     }
     let one_pass = subject.decode_message("fuzz", body);
     if let Ok(r) = &one_pass {

@@ -6,6 +6,7 @@ pub(crate) mod chat_usage;
 pub(crate) mod fields;
 mod invalid;
 pub mod object;
+mod scan;
 
 use std::fmt;
 

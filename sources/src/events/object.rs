@@ -10,6 +10,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value as Json};
 use tally_pipeline::dataset::same_name;
 
+use super::scan;
+
 /// A top-level field's value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Field<'a> {
@@ -130,10 +132,28 @@ impl<'a> Object<'a> {
         // Checked as UTF-8 once, the text is read without checking each
         // string again (`from_slice` checks every string on its own).
         // Text that is not UTF-8 is read by `from_slice`, for its error.
+        // The common event is read by hand ([`scan`]); what it leaves,
+        // `serde_json` reads, so answers and errors are serde_json's.
         match std::str::from_utf8(payload) {
-            Ok(text) => serde_json::from_str(text),
+            Ok(text) => match scan::object(text) {
+                Some(fields) => Ok(Event::Object(Object {
+                    fields: fields.into_iter().map(|(k, v)| (tag(&k), k, v)).collect(),
+                })),
+                None => serde_json::from_str(text),
+            },
             Err(_) => serde_json::from_slice(payload),
         }
+    }
+
+    /// The event in `payload` as `serde_json` alone reads it (what
+    /// [`Object::parse`] must agree with).
+    pub fn parse_with_serde(payload: &'a [u8]) -> Result<Event<'a>, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+
+    /// The fields in the order sent, repeated names included.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &Field<'a>)> {
+        self.fields.iter().map(|(_, k, v)| (k.as_ref(), v))
     }
 
     /// An object already parsed into a tree (a JSON array body).
@@ -423,6 +443,193 @@ mod tests {
         ] {
             assert_eq!(obj.get(absent), None, "{absent}");
         }
+    }
+
+    /// Both readers' answers to `text`: equal fields in the same order,
+    /// or the same error message.
+    fn agree(text: &[u8]) {
+        let shown = String::from_utf8_lossy(text);
+        match (Object::parse(text), Object::parse_with_serde(text)) {
+            (Ok(Event::Object(a)), Ok(Event::Object(b))) => {
+                let a: Vec<_> = a.fields().collect();
+                let b: Vec<_> = b.fields().collect();
+                assert_eq!(a, b, "{shown}");
+                // The same floats to the bit (-0.0 equals 0.0 otherwise).
+                for ((_, x), (_, y)) in a.iter().zip(&b) {
+                    if let (Field::Float(x), Field::Float(y)) = (x, y) {
+                        assert_eq!(x.to_bits(), y.to_bits(), "{shown}");
+                    }
+                }
+            }
+            (Ok(Event::Other(a, x)), Ok(Event::Other(b, y))) => {
+                assert_eq!((a, x), (b, y), "{shown}")
+            }
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{shown}"),
+            (a, b) => panic!("{shown}: the readers disagree: {a:?} / {b:?}"),
+        }
+    }
+
+    /// The hand reader takes what serde_json takes and gives up on the
+    /// rest: at the edges of numbers, strings, nesting and whitespace.
+    #[test]
+    fn the_hand_reader_agrees_with_serde_json_at_the_edges() {
+        let values = [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "01",
+            "-01",
+            "1.",
+            ".5",
+            "1.5",
+            "-1.5e3",
+            "1e",
+            "1e+",
+            "1E-2",
+            "2e400",
+            "-2e400",
+            "1e-400",
+            "123456789012345678",
+            "1234567890123456789",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "0.1e1",
+            "0x1",
+            "+1",
+            "-",
+            "--1",
+            "1.5.5",
+            "0.30000000000000004",
+            "9007199254740993.0",
+            "true",
+            "false",
+            "null",
+            "tru",
+            "nul",
+            "falsey",
+            "True",
+            "\"\"",
+            "\"a\"",
+            "\"\\\"\"",
+            "\"\\u00e9\"",
+            "\"\\ud800\"",
+            "\"\\x\"",
+            "\"tab\there\"",
+            "\"\u{1f}\"",
+            "\"\u{10}\"",
+            "\"é中😀\"",
+            "\"\u{7f}\"",
+            "\"",
+            "\"\\\"",
+            "{}",
+            "[]",
+            "{\"k\":[1,{\"x\":\"]\"}]}",
+            "[1,2",
+            "{\"a\":}",
+            "[\"]\"]",
+            "{\"a\":1,\"a\":2}",
+            "[1,]",
+            "{\"a\" 1}",
+        ];
+        for v in values {
+            for text in [
+                format!("{{\"v\":{v}}}"),
+                format!("{{ \"a\" : 1 , \"v\" :\t{v}\r\n}}\n"),
+                format!("{{\"v\":{v},\"z\":null}}"),
+                format!("{{\"v\":{v}}} x"),
+                format!("{{\"v\":{v}"),
+                format!("{{\"v\":{v},}}"),
+                format!("{{{v}:1}}"),
+                format!("[{v}]"),
+                v.to_string(),
+            ] {
+                agree(text.as_bytes());
+            }
+        }
+        let deep = |n: usize| format!("{{\"d\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        for n in [1, 99, 100, 101, 126, 127, 128, 200] {
+            agree(deep(n).as_bytes());
+        }
+        for text in [
+            "",
+            " ",
+            "{",
+            "}",
+            "{}",
+            " {} ",
+            "{,}",
+            "{\"a\":1}}",
+            "{\"a\":1}{}",
+        ] {
+            agree(text.as_bytes());
+        }
+    }
+
+    /// Random events, and random damage to them, read both ways.
+    #[test]
+    fn the_hand_reader_agrees_with_serde_json_on_random_text() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let pieces = [
+            "\"event_id\"",
+            "\"a\\\"b\"",
+            "\"\\n\"",
+            "\"é\"",
+            "0",
+            "-0",
+            "12",
+            "-3",
+            "4.25",
+            "1e9",
+            "true",
+            "false",
+            "null",
+            "{}",
+            "[1,\"x\"]",
+            "{\"m\":{\"n\":[]}}",
+            "99999999999999999999",
+            "\"\u{1}\"",
+        ];
+        let mut by_hand = 0;
+        let bytes = b"{}[]\":,\\ \t\n-+.eE0123456789tfnul\x01\x1f\x7f";
+        for _ in 0..20_000 {
+            let mut text = String::from("{");
+            for i in 0..next(6) {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(&format!("\"k{}\":", next(4)));
+                text.push_str(pieces[next(pieces.len())]);
+            }
+            text.push('}');
+            let mut raw = text.into_bytes();
+            for _ in 0..next(3) {
+                let at = next(raw.len() + 1);
+                match next(3) {
+                    0 if at < raw.len() => {
+                        raw.remove(at);
+                    }
+                    1 if at < raw.len() => raw[at] = bytes[next(bytes.len())],
+                    _ => raw.insert(at, bytes[next(bytes.len())]),
+                }
+            }
+            agree(&raw);
+            let taken = std::str::from_utf8(&raw).ok().and_then(scan::object);
+            by_hand += usize::from(taken.is_some());
+        }
+        // Most texts are read by hand, not all left to serde_json.
+        assert!(
+            (5_000..19_000).contains(&by_hand),
+            "{by_hand} of 20000 by hand"
+        );
     }
 
     #[test]
