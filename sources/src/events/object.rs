@@ -95,6 +95,15 @@ impl Field<'_> {
 #[derive(Debug, Clone, Default)]
 pub struct Object<'a> {
     fields: Vec<(u64, Cow<'a, str>, Field<'a>)>,
+    /// One bit per field, at [`bit`] of its tag: a name whose bit is
+    /// clear is absent without a look at the fields (about half the names
+    /// a decoder asks for are optional and not sent).
+    present: u64,
+}
+
+/// The bit of [`Object::present`] that a tag sets.
+fn bit(tag: u64) -> u64 {
+    1 << (tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
 }
 
 /// A name's length and its first and last eight bytes (a short name's
@@ -136,9 +145,9 @@ impl<'a> Object<'a> {
         // `serde_json` reads, so answers and errors are serde_json's.
         match std::str::from_utf8(payload) {
             Ok(text) => match scan::object(text) {
-                Some(fields) => Ok(Event::Object(Object {
-                    fields: fields.into_iter().map(|(k, v)| (tag(&k), k, v)).collect(),
-                })),
+                Some(fields) => Ok(Event::Object(Object::new(
+                    fields.into_iter().map(|(k, v)| (tag(&k), k, v)).collect(),
+                ))),
                 None => serde_json::from_str(text),
             },
             Err(_) => serde_json::from_slice(payload),
@@ -156,31 +165,38 @@ impl<'a> Object<'a> {
         self.fields.iter().map(|(_, k, v)| (k.as_ref(), v))
     }
 
+    fn new(fields: Vec<(u64, Cow<'a, str>, Field<'a>)>) -> Object<'a> {
+        let present = fields.iter().fold(0, |bits, (t, _, _)| bits | bit(*t));
+        Object { fields, present }
+    }
+
     /// An object already parsed into a tree (a JSON array body).
     pub fn from_map(map: &'a Map<String, Json>) -> Object<'a> {
-        Object {
-            fields: map
-                .iter()
+        Object::new(
+            map.iter()
                 .map(|(k, v)| (tag(k), Cow::Borrowed(k.as_str()), Field::from_json(v)))
                 .collect(),
-        }
+        )
     }
 
     /// An object from fields as built by a source (no JSON text or tree
     /// in between), in order.
     pub fn from_fields(fields: Vec<(&'a str, Field<'a>)>) -> Object<'a> {
-        Object {
-            fields: fields
+        Object::new(
+            fields
                 .into_iter()
                 .map(|(k, v)| (tag(k), Cow::Borrowed(k), v))
                 .collect(),
-        }
+        )
     }
 
     /// The field's value; the last one when a name is sent twice (as
     /// JSON parsers that build maps keep it).
     pub fn get(&self, name: &str) -> Option<&Field<'a>> {
         let t = tag(name);
+        if self.present & bit(t) == 0 {
+            return None;
+        }
         self.fields
             .iter()
             .rev()
@@ -311,7 +327,7 @@ impl<'de> Visitor<'de> for EventVisitor {
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             fields.push((tag(&key), key, map.next_value::<Field<'de>>()?));
         }
-        Ok(Event::Object(Object { fields }))
+        Ok(Event::Object(Object::new(fields)))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Event<'de>, A::Error> {
         let v = FieldVisitor.visit_seq(seq)?.to_json();
