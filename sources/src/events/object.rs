@@ -110,7 +110,7 @@ fn bit(tag: u64) -> u64 {
 /// bytes) folded into one word. Two names with different tags differ, so a
 /// lookup compares tags and compares names only where the tags are equal:
 /// a decoder asks for ~25 names among ~15 fields per event.
-fn tag(name: &str) -> u64 {
+pub(super) fn tag(name: &str) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let b = name.as_bytes();
     let len = (b.len() as u64).wrapping_mul(K);
@@ -145,9 +145,7 @@ impl<'a> Object<'a> {
         // `serde_json` reads, so answers and errors are serde_json's.
         match std::str::from_utf8(payload) {
             Ok(text) => match scan::object(text) {
-                Some(fields) => Ok(Event::Object(Object::new(
-                    fields.into_iter().map(|(k, v)| (tag(&k), k, v)).collect(),
-                ))),
+                Some(fields) => Ok(Event::Object(Object::new(fields))),
                 None => serde_json::from_str(text),
             },
             Err(_) => serde_json::from_slice(payload),

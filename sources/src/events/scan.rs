@@ -11,7 +11,10 @@ use std::borrow::Cow;
 
 use serde_json::Value as Json;
 
-use super::object::Field;
+use super::object::{tag, Field};
+
+/// A field: its name's tag, its name, its value.
+pub(super) type Tagged<'a> = (u64, Cow<'a, str>, Field<'a>);
 
 /// Nested values deeper than this are left to `serde_json` with the whole
 /// event, whose recursion limit (128) counts from the top.
@@ -20,7 +23,7 @@ const MAX_DEPTH: usize = 100;
 /// The fields of the object that is all of `text`, in the order sent;
 /// `None` when `text` is anything else or this reader leaves it to
 /// `serde_json`.
-pub(super) fn object(text: &str) -> Option<Vec<(Cow<'_, str>, Field<'_>)>> {
+pub(super) fn object(text: &str) -> Option<Vec<Tagged<'_>>> {
     let mut s = Scanner {
         text,
         bytes: text.as_bytes(),
@@ -40,7 +43,7 @@ pub(super) fn object(text: &str) -> Option<Vec<(Cow<'_, str>, Field<'_>)>> {
             s.expect(b':')?;
             s.skip_ws();
             let value = s.value()?;
-            fields.push((key, value));
+            fields.push((tag(&key), key, value));
             s.skip_ws();
             match s.peek()? {
                 b',' => {
@@ -57,6 +60,20 @@ pub(super) fn object(text: &str) -> Option<Vec<(Cow<'_, str>, Field<'_>)>> {
     }
     s.skip_ws();
     (s.at == s.bytes.len()).then_some(fields)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `word` that is a quote, a backslash or
+/// below 0x20, read as little-endian. Bytes above the first such byte may
+/// be marked falsely (a borrow), so only the lowest mark is exact.
+fn special_bytes(word: u64) -> u64 {
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let quote = zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    quote | backslash | control
 }
 
 struct Scanner<'a> {
@@ -85,6 +102,18 @@ impl<'a> Scanner<'a> {
     /// is borrowed from the text; with them `serde_json` decodes it.
     fn string(&mut self) -> Option<Cow<'a, str>> {
         let start = self.at;
+        // Eight bytes at a time up to the first quote, backslash or
+        // control character (then byte by byte from it, or for the last
+        // few bytes).
+        while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            let special = special_bytes(word);
+            if special != 0 {
+                self.at += (special.trailing_zeros() / 8) as usize;
+                break;
+            }
+            self.at += 8;
+        }
         loop {
             match *self.bytes.get(self.at)? {
                 b'"' => {
@@ -242,11 +271,40 @@ impl<'a> Scanner<'a> {
 mod tests {
     use super::*;
 
+    /// The lowest mark is the first special byte, at every position and
+    /// next to every byte value.
+    #[test]
+    fn the_first_special_byte_is_found_a_word_at_a_time() {
+        let is_special = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
+        for at in 0..8 {
+            for special in (0..=255u8).filter(|&b| is_special(b)) {
+                for filler in 0..=255u8 {
+                    let mut bytes = [filler; 8];
+                    bytes[at] = special;
+                    let want = bytes.iter().position(|&b| is_special(b)).unwrap();
+                    let marks = special_bytes(u64::from_le_bytes(bytes));
+                    assert_eq!((marks.trailing_zeros() / 8) as usize, want, "{bytes:?}");
+                }
+            }
+            for filler in (0..=255u8).filter(|&b| !is_special(b)) {
+                assert_eq!(
+                    special_bytes(u64::from_le_bytes([filler; 8])),
+                    0,
+                    "{filler}"
+                );
+            }
+        }
+    }
+
     /// What the hand reader takes on itself and what it leaves.
     #[test]
     fn common_events_are_read_by_hand() {
         let fields = object(r#" {"a":"x","b":-2,"c":1.5,"d":[1],"e":"\u00e9","a":null} "#)
             .expect("read by hand");
+        for (t, k, _) in &fields {
+            assert_eq!(*t, tag(k));
+        }
+        let fields: Vec<_> = fields.into_iter().map(|(_, k, v)| (k, v)).collect();
         assert_eq!(
             fields,
             vec![
