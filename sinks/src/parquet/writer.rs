@@ -5,6 +5,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use arrow::array::Array;
 use arrow::compute::{concat_batches, interleave_record_batch};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -127,9 +128,7 @@ pub fn in_file_order(dataset: Dataset, batches: &[RecordBatch]) -> Result<Record
             .collect();
         return concat_batches(&schema(dataset), &slices);
     }
-    let keys = SortKeys::of(dataset, batches)?;
-    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
-    order.sort_by(|&a, &b| keys.get(a as usize).cmp(keys.get(b as usize)));
+    let order = file_order(dataset, batches)?;
     if let [batch] = batches {
         if order.iter().enumerate().all(|(i, &r)| i as u32 == r) {
             return Ok(batch.clone());
@@ -216,6 +215,218 @@ fn ordered_runs(dataset: Dataset, batches: &[RecordBatch]) -> Result<Option<Vec<
     Ok((!overlap).then(|| order.into_iter().map(|i| runs[i]).collect()))
 }
 
+/// The rows' positions (across `batches`, in turn) in the order of their
+/// sort keys, rows of equal keys in arrival order. Rows are sorted by
+/// their [`sort_prefixes`], integers, and only the rows of a run of equal
+/// prefixes have their whole keys encoded and compared: most rows never
+/// have their key built, and no comparison is of two byte strings that
+/// share the tenant and often the start of an id.
+fn file_order(dataset: Dataset, batches: &[RecordBatch]) -> Result<Vec<u32>, ArrowError> {
+    let prefixes = sort_prefixes(dataset, batches)?;
+    let mut order: Vec<(u128, u32)> = prefixes.into_iter().zip(0..).collect();
+    // (prefix, row) pairs are distinct: equal prefixes stay in row order.
+    order.sort_unstable();
+    let mut start = 0;
+    while start < order.len() {
+        let prefix = order[start].0;
+        let end = start + order[start..].partition_point(|(p, _)| *p == prefix);
+        if end - start > 1 {
+            let run = &mut order[start..end];
+            let keys = SortKeys::of_rows(dataset, batches, run.iter().map(|(_, r)| *r as usize))?;
+            let mut by_key: Vec<usize> = (0..run.len()).collect();
+            by_key.sort_by(|&a, &b| keys.get(a).cmp(keys.get(b)));
+            let sorted: Vec<(u128, u32)> = by_key.into_iter().map(|i| run[i]).collect();
+            run.copy_from_slice(&sorted);
+        }
+        start = end;
+    }
+    Ok(order.into_iter().map(|(_, row)| row).collect())
+}
+
+/// Each row's sort prefix: up to 128 bits such that, where two rows'
+/// prefixes differ, they order the rows as their whole sort keys do
+/// ([`SortKeys`]). Parts are taken from the key columns, then the time, in
+/// order, each below the last:
+/// - a dictionary column: the rank of the row's value among all values of
+///   the column in `batches` (32 bits; null last);
+/// - a string column: the 8 bytes after the prefix all its values share,
+///   zero-padded (null last); it ends the prefix unless every value fits;
+///   a column of nulls alone gives no part;
+/// - an integer or time column without nulls: the value's 8 key bytes.
+///
+/// Anything else (a NUL byte in a string, which the key encoding's
+/// terminator cannot tell apart; nulls in a number column; other types)
+/// ends the prefix before it, as does a part that no longer fits.
+fn sort_prefixes(dataset: Dataset, batches: &[RecordBatch]) -> Result<Vec<u128>, ArrowError> {
+    let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut prefixes = vec![0u128; n];
+    let mut used = 0u32;
+    let columns = dataset
+        .key_columns()
+        .iter()
+        .copied()
+        .chain(std::iter::once(dataset.time_column()));
+    for c in columns {
+        let readers = batches
+            .iter()
+            .map(|b| KeyColumn::of(b.column(c)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(part) = PrefixPart::of(&readers) else {
+            break;
+        };
+        if part.bits == 0 {
+            continue;
+        }
+        if used + part.bits > 128 {
+            break;
+        }
+        used += part.bits;
+        let shift = 128 - used;
+        for (prefix, value) in prefixes.iter_mut().zip(part.values) {
+            *prefix |= u128::from(value) << shift;
+        }
+        if !part.exact {
+            break;
+        }
+    }
+    Ok(prefixes)
+}
+
+/// One column's part of [`sort_prefixes`].
+struct PrefixPart {
+    /// Each row's part, in its low `bits` bits.
+    values: Vec<u64>,
+    bits: u32,
+    /// Equal parts mean equal values (the next column's part may follow).
+    exact: bool,
+}
+
+impl PrefixPart {
+    fn of(readers: &[KeyColumn]) -> Option<PrefixPart> {
+        match readers.first()? {
+            KeyColumn::Dict(..) => Self::ranks(readers),
+            KeyColumn::Str(_) => Self::string_bytes(readers),
+            KeyColumn::I32(_) | KeyColumn::I64(_) | KeyColumn::Ts(_) => Self::numbers(readers),
+            KeyColumn::F64(_) | KeyColumn::Bool(_) => None,
+        }
+    }
+
+    fn ranks(readers: &[KeyColumn]) -> Option<PrefixPart> {
+        let mut dictionaries = Vec::with_capacity(readers.len());
+        for r in readers {
+            let KeyColumn::Dict(keys, values) = r else {
+                return None;
+            };
+            if values.value_data().contains(&0) {
+                return None;
+            }
+            dictionaries.push((keys, values));
+        }
+        let mut all: Vec<&str> = dictionaries
+            .iter()
+            .flat_map(|(_, values)| values.iter().flatten())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        if all.len() >= u32::MAX as usize {
+            return None;
+        }
+        let mut values = Vec::new();
+        for (keys, dictionary) in dictionaries {
+            let rank: Vec<u64> = dictionary
+                .iter()
+                .map(|v| {
+                    v.map_or(u64::from(u32::MAX), |v| {
+                        all.binary_search(&v).expect("every value is ranked") as u64
+                    })
+                })
+                .collect();
+            values.extend((0..keys.len()).map(|i| {
+                if keys.is_null(i) {
+                    u64::from(u32::MAX)
+                } else {
+                    rank[keys.value(i) as usize]
+                }
+            }));
+        }
+        Some(PrefixPart {
+            values,
+            bits: 32,
+            exact: true,
+        })
+    }
+
+    fn string_bytes(readers: &[KeyColumn]) -> Option<PrefixPart> {
+        let mut arrays = Vec::with_capacity(readers.len());
+        for r in readers {
+            let KeyColumn::Str(a) = r else {
+                return None;
+            };
+            if a.value_data().contains(&0) {
+                return None;
+            }
+            arrays.push(*a);
+        }
+        let mut strings = arrays.iter().flat_map(|a| a.iter().flatten());
+        let Some(first) = strings.next() else {
+            // Nulls alone: every row's part would be the same.
+            return Some(PrefixPart {
+                values: Vec::new(),
+                bits: 0,
+                exact: true,
+            });
+        };
+        let (mut shared, mut longest) = (first.len(), first.len());
+        for s in strings {
+            shared = first.as_bytes()[..shared]
+                .iter()
+                .zip(s.as_bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            longest = longest.max(s.len());
+        }
+        let part = |s: Option<&str>| match s {
+            None => u64::MAX,
+            Some(s) => {
+                let rest = &s.as_bytes()[shared..];
+                let mut eight = [0u8; 8];
+                let take = rest.len().min(8);
+                eight[..take].copy_from_slice(&rest[..take]);
+                u64::from_be_bytes(eight)
+            }
+        };
+        Some(PrefixPart {
+            values: arrays.iter().flat_map(|a| a.iter().map(part)).collect(),
+            bits: 64,
+            exact: longest - shared <= 8,
+        })
+    }
+
+    fn numbers(readers: &[KeyColumn]) -> Option<PrefixPart> {
+        let mut values = Vec::new();
+        for r in readers {
+            let (nulls, ints): (usize, Box<dyn Iterator<Item = i64> + '_>) = match r {
+                KeyColumn::I32(a) => (
+                    a.null_count(),
+                    Box::new(a.values().iter().map(|&v| v as i64)),
+                ),
+                KeyColumn::I64(a) => (a.null_count(), Box::new(a.values().iter().copied())),
+                KeyColumn::Ts(a) => (a.null_count(), Box::new(a.values().iter().copied())),
+                _ => return None,
+            };
+            if nulls > 0 {
+                return None;
+            }
+            values.extend(ints.map(|v| (v as u64) ^ (1 << 63)));
+        }
+        Some(PrefixPart {
+            values,
+            bits: 64,
+            exact: true,
+        })
+    }
+}
+
 /// Every row's sort key in one buffer.
 struct SortKeys {
     bytes: Vec<u8>,
@@ -224,30 +435,52 @@ struct SortKeys {
 }
 
 impl SortKeys {
-    /// The key columns, then the time.
+    /// The key columns, then the time, of every row.
+    #[cfg(test)]
     fn of(dataset: Dataset, batches: &[RecordBatch]) -> Result<Self, ArrowError> {
+        let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        Self::of_rows(dataset, batches, 0..n)
+    }
+
+    /// The keys of `rows` (positions across `batches`, in turn), in the
+    /// order given.
+    fn of_rows(
+        dataset: Dataset,
+        batches: &[RecordBatch],
+        rows: impl ExactSizeIterator<Item = usize>,
+    ) -> Result<Self, ArrowError> {
         let time = dataset.time_column();
         let keys = dataset.key_columns();
-        let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let mut bytes = Vec::with_capacity(n * 48);
-        let mut ends = Vec::with_capacity(n + 1);
+        let columns = batches
+            .iter()
+            .map(|batch| {
+                keys.iter()
+                    .chain(std::iter::once(&time))
+                    .map(|&c| KeyColumn::of(batch.column(c)))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut starts = Vec::with_capacity(batches.len());
+        let mut n = 0;
+        for b in batches {
+            starts.push(n);
+            n += b.num_rows();
+        }
+        let mut bytes = Vec::with_capacity(rows.len() * 48);
+        let mut ends = Vec::with_capacity(rows.len() + 1);
         ends.push(0);
-        for batch in batches {
-            let columns = keys
-                .iter()
-                .chain(std::iter::once(&time))
-                .map(|&c| KeyColumn::of(batch.column(c)))
-                .collect::<Result<Vec<_>, _>>()?;
-            for i in 0..batch.num_rows() {
-                for c in &columns {
-                    c.encode(i, &mut bytes);
-                }
-                ends.push(bytes.len());
+        for row in rows {
+            // Row `row` of the whole is row `row - starts[b]` of batch `b`.
+            let b = starts.partition_point(|&s| s <= row) - 1;
+            for c in &columns[b] {
+                c.encode(row - starts[b], &mut bytes);
             }
+            ends.push(bytes.len());
         }
         Ok(SortKeys { bytes, ends })
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.ends.len() - 1
     }
@@ -310,7 +543,7 @@ pub fn write_partition(
 mod tests {
     use super::*;
     use tally_pipeline::batch::{batch_to_records, records_to_batch};
-    use tally_pipeline::{Record, Value};
+    use tally_pipeline::{ColumnType, Record, Value};
 
     const D: Dataset = Dataset::VmMetrics;
 
@@ -385,6 +618,137 @@ mod tests {
         let mut want: Vec<_> = records.iter().map(tuple).collect();
         want.sort();
         assert_eq!(got, want);
+    }
+
+    /// Rows ordered by prefix, then whole key, come in the order of a sort
+    /// by whole keys alone, for datasets whose prefixes end in a string
+    /// (`usage_llm`: tenant, chat, id) or in the time (`vm_metrics`; and
+    /// `vm_events`, whose id is followed by the time), with
+    /// values that share long heads, fit the eight bytes or not, hold NUL
+    /// bytes or non-ASCII text, or are null; across batches whose
+    /// dictionaries differ.
+    #[test]
+    fn prefixes_order_rows_as_whole_keys_do() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let words = [
+            "",
+            "a",
+            "b",
+            "ab",
+            "a\0",
+            "é",
+            "ü",
+            "tenant-1",
+            "tenant-10",
+            "tenant-2",
+        ];
+        for round in 0..300 {
+            // vm_events: an id, then the time (after a string that fits).
+            let dataset = [Dataset::VmMetrics, Dataset::UsageLlm, Dataset::VmEvents][round % 3];
+            // Per round: whether the string keys share a long head, and
+            // whether their tails fit in eight bytes.
+            let head = ["", "bench-0000000", "x"][rand(3) as usize];
+            let tail_len = [3u64, 8, 9, 20][rand(4) as usize];
+            let with_nul = rand(10) == 0;
+            let string = |rand: &mut dyn FnMut(u64) -> u64, nullable: bool| {
+                if nullable && rand(4) == 0 {
+                    return Value::Null;
+                }
+                if rand(3) == 0 {
+                    let mut w = words[rand(words.len() as u64) as usize].to_string();
+                    if !with_nul {
+                        w = w.replace('\0', "");
+                    }
+                    return Value::Str(w);
+                }
+                let len = rand(tail_len + 1) as usize;
+                let tail: String = (0..len).map(|_| (b'0' + rand(3) as u8) as char).collect();
+                Value::Str(format!("{head}{tail}"))
+            };
+            let mut batches = Vec::new();
+            for _ in 0..1 + rand(4) {
+                let mut records = Vec::new();
+                for _ in 0..rand(40) {
+                    let mut values: Vec<Value> = dataset
+                        .columns()
+                        .iter()
+                        .map(|c| match c.ty {
+                            ColumnType::Utf8 | ColumnType::Dict => Value::Str("x".into()),
+                            ColumnType::Int32 => Value::I32(1),
+                            ColumnType::Int64 => Value::I64(1),
+                            ColumnType::Float64 => Value::F64(1.0),
+                            ColumnType::Bool => Value::Bool(true),
+                            ColumnType::TimestampNs => Value::Ts(0),
+                        })
+                        .collect();
+                    for &k in dataset.key_columns() {
+                        let nullable = dataset.columns()[k].nullable;
+                        values[k] = match dataset.columns()[k].ty {
+                            ColumnType::TimestampNs => Value::Ts(rand(5) as i64 - 2),
+                            _ => string(&mut rand, nullable),
+                        };
+                    }
+                    values[dataset.time_column()] = Value::Ts(rand(7) as i64 - 3);
+                    records.push(Record::from_columns(dataset, values));
+                }
+                batches.push(records_to_batch(dataset, records.iter()).unwrap());
+            }
+            let keys = SortKeys::of(dataset, &batches).unwrap();
+            let mut want: Vec<u32> = (0..keys.len() as u32).collect();
+            want.sort_by(|&a, &b| keys.get(a as usize).cmp(keys.get(b as usize)));
+            assert_eq!(
+                file_order(dataset, &batches).unwrap(),
+                want,
+                "round {round}"
+            );
+        }
+    }
+
+    /// The prefix decides alone where it can: a tenant's rank and an id's
+    /// bytes after the head all ids share.
+    #[test]
+    fn prefixes_skip_the_shared_head_of_ids() {
+        let d = Dataset::UsageLlm;
+        let record = |tenant: &str, id: &str| {
+            let mut values: Vec<Value> = d.columns().iter().map(|_| Value::Null).collect();
+            for (name, v) in [
+                ("microdao_id", Value::Str(tenant.into())),
+                ("event_id", Value::Str(id.into())),
+                ("timestamp", Value::Ts(0)),
+                ("prompt_tokens", Value::I32(0)),
+                ("completion_tokens", Value::I32(0)),
+                ("total_tokens", Value::I32(0)),
+                ("success", Value::Bool(true)),
+                ("source", Value::Str("usage.llm".into())),
+            ] {
+                values[d.column_index(name).unwrap()] = v;
+            }
+            Record::from_columns(d, values)
+        };
+        let records = [
+            record("t2", "bench-000000000123"),
+            record("t1", "bench-000000000124"),
+            record("t1", "bench-000000000099"),
+        ];
+        let batch = records_to_batch(d, records.iter()).unwrap();
+        let prefixes = sort_prefixes(d, &[batch]).unwrap();
+        let id = |tail: &[u8]| {
+            let mut eight = [0u8; 8];
+            eight[..tail.len()].copy_from_slice(tail);
+            u128::from(u64::from_be_bytes(eight)) << 32
+        };
+        // Ranks t1 = 0, t2 = 1 in the top 32 bits; chat_id (all null) gives
+        // no part; the ids share "bench-000000000".
+        assert_eq!(
+            prefixes,
+            vec![(1u128 << 96) | id(b"123"), id(b"124"), id(b"099")]
+        );
     }
 
     #[test]
