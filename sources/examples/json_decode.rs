@@ -7,7 +7,8 @@
 //!   event read straight into its typed fields by each parser's serde
 //!   deserializer, then into the record; only the parser differs;
 //! - `hand reader one pass`: `Object::parse` as tally reads events, its
-//!   own loop over the bytes with `serde_json` for what it leaves.
+//!   own loop over the bytes with `serde_json` for what it leaves;
+//! - `..., parse only`: the event's fields read, not decoded into a record.
 
 use std::time::Instant;
 
@@ -76,6 +77,13 @@ fn main() {
     });
     time("sonic-rs one pass", &mut |l| sonic(l).map_or(0, |_| 1));
     time("hand reader one pass", &mut |l| by_hand(l).map_or(0, |_| 1));
+    // The parsers alone, without the decoding into a record.
+    time("serde_json, parse only", &mut |l| {
+        Object::parse_with_serde(l).map_or(0, |_| 1)
+    });
+    time("hand reader, parse only", &mut |l| {
+        Object::parse(l).map_or(0, |_| 1)
+    });
 
     let base = results[0].1;
     println!(

@@ -42,8 +42,7 @@ pub(super) fn object(text: &str) -> Option<Vec<Tagged<'_>>> {
             s.skip_ws();
             s.expect(b':')?;
             s.skip_ws();
-            let value = s.value()?;
-            fields.push((tag(&key), key, value));
+            s.field(&mut fields, key)?;
             s.skip_ws();
             match s.peek()? {
                 b',' => {
@@ -102,6 +101,18 @@ impl<'a> Scanner<'a> {
     /// is borrowed from the text; with them `serde_json` decodes it.
     fn string(&mut self) -> Option<Cow<'a, str>> {
         let start = self.at;
+        match self.plain() {
+            Some(s) => Some(Cow::Borrowed(s)),
+            None => self.escaped(start).map(Cow::Owned),
+        }
+    }
+
+    /// The string whose opening quote was just read, when it holds no
+    /// escapes (returned in two registers, where a `Cow` goes through
+    /// memory); `None` at a backslash (`at` on it) or at what is not JSON.
+    #[inline]
+    fn plain(&mut self) -> Option<&'a str> {
+        let start = self.at;
         // Eight bytes at a time up to the first quote, backslash or
         // control character (then byte by byte from it, or for the last
         // few bytes).
@@ -119,22 +130,31 @@ impl<'a> Scanner<'a> {
                 b'"' => {
                     self.at += 1;
                     // Both ends are ASCII quotes: char boundaries.
-                    return Some(Cow::Borrowed(&self.text[start..self.at - 1]));
+                    return Some(&self.text[start..self.at - 1]);
                 }
-                b'\\' => break,
-                // Control characters must be escaped in JSON strings.
-                0..=0x1f => return None,
+                // Control characters must be escaped in JSON strings; a
+                // backslash is left to `escaped`.
+                0..=0x1f | b'\\' => return None,
                 _ => self.at += 1,
             }
         }
-        // Escapes: find the closing quote, then let serde_json decode.
+    }
+
+    /// The rest of a string from a backslash (`at`) that [`Self::plain`]
+    /// stopped at; the string began at `start`. The closing quote is found,
+    /// then serde_json decodes the string.
+    #[cold]
+    fn escaped(&mut self, start: usize) -> Option<String> {
+        if self.peek()? != b'\\' {
+            return None;
+        }
         while let Some(&b) = self.bytes.get(self.at) {
             match b {
                 b'\\' => self.at += 2,
                 b'"' => {
                     self.at += 1;
                     let quoted = self.text.get(start - 1..self.at)?;
-                    return serde_json::from_str::<String>(quoted).ok().map(Cow::Owned);
+                    return serde_json::from_str::<String>(quoted).ok();
                 }
                 _ => self.at += 1,
             }
@@ -142,27 +162,51 @@ impl<'a> Scanner<'a> {
         None
     }
 
-    fn value(&mut self) -> Option<Field<'a>> {
+    /// Reads the value of field `key` and appends the field. Each kind of
+    /// value is built where it is pushed (a value returned through
+    /// `Option` was moved twice, and the moves cost more than the reading).
+    fn field(&mut self, fields: &mut Vec<Tagged<'a>>, key: Cow<'a, str>) -> Option<()> {
+        let t = tag(&key);
         match self.peek()? {
             b'"' => {
                 self.at += 1;
-                self.string().map(Field::Str)
+                let start = self.at;
+                match self.plain() {
+                    Some(s) => fields.push((t, key, Field::Str(Cow::Borrowed(s)))),
+                    None => {
+                        let s = self.escaped(start)?;
+                        fields.push((t, key, Field::Str(Cow::Owned(s))));
+                    }
+                }
             }
-            b't' => self.word(b"true", Field::Bool(true)),
-            b'f' => self.word(b"false", Field::Bool(false)),
-            b'n' => self.word(b"null", Field::Null),
-            b'-' | b'0'..=b'9' => self.number(),
-            b'{' | b'[' => self.nested(),
-            _ => None,
+            b't' => {
+                self.word(b"true")?;
+                fields.push((t, key, Field::Bool(true)));
+            }
+            b'f' => {
+                self.word(b"false")?;
+                fields.push((t, key, Field::Bool(false)));
+            }
+            b'n' => {
+                self.word(b"null")?;
+                fields.push((t, key, Field::Null));
+            }
+            b'-' | b'0'..=b'9' => {
+                let n = self.number()?;
+                fields.push((t, key, n));
+            }
+            b'{' | b'[' => {
+                let v = self.nested()?;
+                fields.push((t, key, v));
+            }
+            _ => return None,
         }
+        Some(())
     }
 
-    fn word(&mut self, word: &[u8], field: Field<'a>) -> Option<Field<'a>> {
+    fn word(&mut self, word: &[u8]) -> Option<()> {
         let end = self.at + word.len();
-        (self.bytes.get(self.at..end)? == word).then(|| {
-            self.at = end;
-            field
-        })
+        (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
     }
 
     /// A number as `serde_json` reads it: an integer (without fraction or
