@@ -3,6 +3,7 @@
 
 pub(crate) mod agent_usage;
 pub(crate) mod chat_usage;
+pub(crate) mod field;
 pub(crate) mod fields;
 mod invalid;
 pub mod object;

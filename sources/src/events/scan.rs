@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use serde_json::Value as Json;
 
-use super::object::{tag, Field};
+use super::field::{tag, Field};
 
 /// A field: its name's tag, its name, its value.
 pub(super) type Tagged<'a> = (u64, Cow<'a, str>, Field<'a>);
