@@ -189,15 +189,7 @@ fn ordered_runs(dataset: Dataset, batches: &[RecordBatch]) -> Result<Option<Vec<
     }
     // The sort key of a run's first and last rows, from each batch's key
     // columns read once.
-    let readers = batches
-        .iter()
-        .map(|batch| {
-            keys.iter()
-                .chain(std::iter::once(&time))
-                .map(|&c| KeyColumn::of(batch.column(c)))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let readers = sort_key_columns(dataset, batches)?;
     let encode = |b: usize, row: usize| {
         let mut out = Vec::new();
         for c in &readers[b] {
@@ -427,6 +419,24 @@ impl PrefixPart {
     }
 }
 
+/// Each batch's sort key columns: the key columns, then the time.
+fn sort_key_columns<'a>(
+    dataset: Dataset,
+    batches: &'a [RecordBatch],
+) -> Result<Vec<Vec<KeyColumn<'a>>>, ArrowError> {
+    let columns = dataset.key_columns().iter().copied();
+    let columns: Vec<usize> = columns.chain([dataset.time_column()]).collect();
+    batches
+        .iter()
+        .map(|batch| {
+            columns
+                .iter()
+                .map(|&c| KeyColumn::of(batch.column(c)))
+                .collect()
+        })
+        .collect()
+}
+
 /// Every row's sort key in one buffer.
 struct SortKeys {
     bytes: Vec<u8>,
@@ -449,17 +459,7 @@ impl SortKeys {
         batches: &[RecordBatch],
         rows: impl ExactSizeIterator<Item = usize>,
     ) -> Result<Self, ArrowError> {
-        let time = dataset.time_column();
-        let keys = dataset.key_columns();
-        let columns = batches
-            .iter()
-            .map(|batch| {
-                keys.iter()
-                    .chain(std::iter::once(&time))
-                    .map(|&c| KeyColumn::of(batch.column(c)))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let columns = sort_key_columns(dataset, batches)?;
         let mut starts = Vec::with_capacity(batches.len());
         let mut n = 0;
         for b in batches {
@@ -547,6 +547,16 @@ mod tests {
 
     const D: Dataset = Dataset::VmMetrics;
 
+    /// A xorshift generator from `state`: `rand(n)` is in `0..n`.
+    fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        }
+    }
+
     fn batch(records: &[Record]) -> RecordBatch {
         records_to_batch(D, records.iter()).unwrap()
     }
@@ -629,13 +639,7 @@ mod tests {
     /// dictionaries differ.
     #[test]
     fn prefixes_order_rows_as_whole_keys_do() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut rand = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rand = xorshift(0x2545_f491_4f6c_dd1d);
         let words = [
             "",
             "a",
@@ -753,13 +757,7 @@ mod tests {
 
     #[test]
     fn file_order_is_customer_vm_time() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rand = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rand = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut records = Vec::new();
         for _batch in 0..40 {
             let (customer, vm) = (rand(3), rand(7));
