@@ -25,8 +25,8 @@ use crate::quarantine::{Damage, DamageKind, Quarantine};
 use crate::record::Record;
 use crate::store::{Prepared, Store};
 use segment::{
-    classify_tail, encode_frame_with_crc, list_segments, lost_entries, read_segment, segment_path,
-    sync_dir, Tail,
+    classify_tail, encode_frame_with_crc, list_removing, list_segments, lost_entries, read_segment,
+    remove_in_steps, segment_path, sync_dir, Tail, REMOVE_PAUSE, REMOVE_STEP,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +128,11 @@ impl Wal {
         report.last_seq = report.last_seq.max(flushed_seq);
         store.set_applied_seq(report.last_seq);
         let pinned = quarantine_damage(&report.damage, config.quarantine.as_deref());
+        // Segments a crash caught while they were deleted: their entries
+        // were in Parquet before the deletion began.
+        for path in list_removing(&config.dir).map_err(io_err(&config.dir))? {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
         let next_seq = report.last_seq + 1;
         // Segments holding entries before `next_seq`. A segment named for
         // `next_seq` itself (left empty by the rotation of a truncation)
@@ -403,8 +408,9 @@ struct Writer {
     failure: Arc<Mutex<Option<String>>>,
     /// Damaged segments that are not in quarantine: never deleted.
     pinned: std::collections::HashSet<u64>,
-    /// Deletes truncated segments on its own thread: an unlink and a
-    /// directory fsync must not hold up the fsyncs appenders wait for.
+    /// Deletes truncated segments on its own thread, a few MiB at a time
+    /// (`segment::remove_in_steps`): the deletion and a directory fsync
+    /// must not hold up the fsyncs appenders wait for.
     remover: Option<Remover>,
 }
 
@@ -422,11 +428,11 @@ impl Remover {
                 for paths in rx {
                     let mut removed = false;
                     for path in paths {
-                        match fs::remove_file(&path) {
-                            Ok(()) => removed = true,
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        match remove_in_steps(&path, REMOVE_STEP, REMOVE_PAUSE) {
+                            Ok(gone) => removed |= gone,
                             // Its entries are in Parquet: a restart lists it
-                            // again, skips them and deletes it then.
+                            // again (or its leftover while being removed),
+                            // skips them and deletes it then.
                             Err(e) => {
                                 tracing::warn!(path = %path.display(), error = %e, "cannot delete a truncated WAL segment; kept until the next start")
                             }
@@ -679,6 +685,48 @@ mod tests {
             "only the fresh active segment remains: {left:?}"
         );
         assert_eq!(read_segment(&left[0].1).unwrap().frames.len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_cut_by_a_crash_while_removed_is_deleted_not_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut cfg = config(dir.path());
+        cfg.segment_bytes = 1 << 20;
+        let (wal, _) = Wal::open(
+            cfg.clone(),
+            Arc::new(Store::new(1000)),
+            metrics.clone(),
+            0,
+            |_| {},
+        )
+        .unwrap();
+        for i in 0..10 {
+            wal.append(vec![record(i)]).await.unwrap();
+        }
+        wal.shutdown().await;
+        // A crash after the flush of all ten, while the remover had cut the
+        // segment in the middle of an entry.
+        let segments = list_segments(dir.path()).unwrap();
+        assert_eq!(segments.len(), 1);
+        let removing = segment::removing_path(&segments[0].1);
+        fs::rename(&segments[0].1, &removing).unwrap();
+        let len = fs::metadata(&removing).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&removing)
+            .unwrap()
+            .set_len(len / 2 + 3)
+            .unwrap();
+
+        let store = Arc::new(Store::new(1000));
+        let (wal, report) = Wal::open(cfg, store.clone(), metrics.clone(), 10, |_| {}).unwrap();
+        assert!(report.damage.is_empty(), "{:?}", report.damage);
+        assert_eq!(report.torn_frames, 0);
+        assert!(!removing.exists());
+        assert_eq!(wal.append(vec![record(11)]).await.unwrap(), 11);
+        wal.shutdown().await;
+        assert_eq!(metrics.damage_reports.get(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,67 @@ pub fn classify_tail(
     }
 }
 
+/// The name a segment takes while it is deleted. Replay does not read it: a
+/// crash part-way through the deletion leaves a cut file, which under its
+/// segment name would read as damage.
+pub fn removing_path(segment: &Path) -> PathBuf {
+    segment.with_extension(REMOVING)
+}
+
+const REMOVING: &str = "removing";
+
+/// Segments a deletion left behind (see [`removing_path`]).
+pub fn list_removing(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == REMOVING) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// How much of a segment one step of [`remove_in_steps`] cuts, and the
+/// pause after it.
+pub const REMOVE_STEP: u64 = 4 << 20;
+pub const REMOVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Deletes a segment `step` bytes at a time: renamed out of replay's sight,
+/// cut from the end with each cut committed, then unlinked.
+///
+/// One unlink of a 64 MiB segment frees all its blocks in one journal
+/// commit (on ext4, with the discards of a `discard` mount), and the WAL's
+/// next `fdatasync` waits for that commit: 40–75 ms measured under ingest,
+/// the slowest acknowledgements (BENCHMARKS.md). A few MiB a commit keep
+/// each wait to a millisecond or two. `Ok(false)` when there was no file.
+pub fn remove_in_steps(path: &Path, step: u64, pause: std::time::Duration) -> io::Result<bool> {
+    let removing = removing_path(path);
+    match fs::rename(path, &removing) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    // The new name is durable before the file is cut.
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    let file = fs::OpenOptions::new().write(true).open(&removing)?;
+    let mut len = file.metadata()?.len();
+    while len > 0 {
+        len = len.saturating_sub(step.max(1));
+        file.set_len(len)?;
+        file.sync_data()?;
+        if len > 0 {
+            std::thread::sleep(pause);
+        }
+    }
+    drop(file);
+    fs::remove_file(&removing)?;
+    Ok(true)
+}
+
 /// fsync a directory so that a create, rename or delete in it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -212,6 +273,36 @@ mod tests {
             );
         }
         (bytes, starts)
+    }
+
+    #[test]
+    fn a_segment_is_removed_in_steps_out_of_replays_sight() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 7);
+        fs::write(&path, vec![7u8; 10 << 10]).unwrap();
+        let keep = segment_path(dir.path(), 9);
+        fs::write(&keep, b"").unwrap();
+        assert!(remove_in_steps(&path, 3 << 10, std::time::Duration::ZERO).unwrap());
+        assert!(!path.exists());
+        assert!(!removing_path(&path).exists());
+        assert!(list_removing(dir.path()).unwrap().is_empty());
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![(9, keep)]);
+        // Gone already: nothing to do.
+        assert!(!remove_in_steps(&path, 3 << 10, std::time::Duration::ZERO).unwrap());
+    }
+
+    #[test]
+    fn a_segment_being_removed_is_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), 7);
+        let removing = removing_path(&path);
+        fs::write(&removing, b"cut").unwrap();
+        assert_eq!(
+            removing.file_name().unwrap(),
+            "00000000000000000007.removing"
+        );
+        assert!(list_segments(dir.path()).unwrap().is_empty());
+        assert_eq!(list_removing(dir.path()).unwrap(), vec![removing]);
     }
 
     #[test]
