@@ -25,6 +25,10 @@ for i in 1 2 3; do
     run() {
       local name=$1
       shift
+      # The run before left files to write back and delete: not this
+      # run's disk time.
+      sync
+      sleep 2
       "$BENCH" --server-bin "$BIN/tally" --duration 15s --warmup 3s --quiet \
         --out "$OUT/$name.$v.$i.json" "$@" >/dev/null
     }

@@ -258,6 +258,29 @@ async fn http_outcome(result: reqwest::Result<reqwest::Response>) -> Result<(), 
     }
 }
 
+/// The open loop's send times, `interval` apart, each delivered when it is
+/// due. A thread of its own sleeps to each: tokio's timer fires on whole
+/// milliseconds, so at 3 ms intervals every request would leave up to 1 ms
+/// late (by the run's phase against the timer), and that lateness would
+/// count as the server's latency. Ends when the receiver is dropped.
+fn ticker(interval: Duration) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        for i in 0u32.. {
+            let intended = start + interval * i;
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            if tx.send(intended).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant) {
     let (client, mixed) = match client {
         Client::Mixed { clients, turn } => {
@@ -507,12 +530,12 @@ pub async fn run_with(
             let interval = Duration::from_secs_f64(args.batch as f64 / rate.max(1) as f64);
             let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1) * 64));
             let (client, shared, batch) = (client.clone(), shared.clone(), args.batch);
+            let mut ticks = ticker(interval);
             tasks.push(tokio::spawn(async move {
-                let start = Instant::now();
-                let mut i: u32 = 0;
-                while !shared.stop.load(Ordering::Relaxed) && !shared.sent_all() {
-                    let intended = start + interval * i;
-                    tokio::time::sleep_until(intended.into()).await;
+                while let Some(intended) = ticks.recv().await {
+                    if shared.stop.load(Ordering::Relaxed) || shared.sent_all() {
+                        break;
+                    }
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break;
                     };
@@ -521,7 +544,6 @@ pub async fn run_with(
                         send(&client, &shared, batch, intended).await;
                         drop(permit);
                     });
-                    i += 1;
                 }
             }));
         }
