@@ -11,6 +11,8 @@
 #   each DIR holds a release `tally`; NEW_DIR's `tally-bench` drives both.
 #   OUT (default /tmp/ingest-ab) keeps the reports; ingest_ab_summary.py
 #   prints the medians. Needs nats-server on the PATH.
+#   RUNS (default 3) runs of each build; ONLY (a scenario name above) runs
+#   that scenario alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE=$1 NEW=$2
@@ -19,12 +21,17 @@ mkdir -p "$OUT"
 BENCH=$NEW/tally-bench
 NATS_PORT=4333
 
-for i in 1 2 3; do
+RUNS=${RUNS:-3}
+ONLY=${ONLY:-}
+for i in $(seq "$RUNS"); do
   for v in base new; do
     [ $v = base ] && BIN=$BASE || BIN=$NEW
     run() {
       local name=$1
       shift
+      if [ -n "$ONLY" ] && [ "$ONLY" != "$name" ]; then
+        return
+      fi
       # The run before left files to write back and delete: not this
       # run's disk time.
       sync
@@ -35,6 +42,9 @@ for i in 1 2 3; do
     run grpc-vm-closed --scenario grpc-vm --concurrency 8 --batch 600 --vms 1000
     run grpc-vm-200k --scenario grpc-vm --concurrency 8 --batch 600 --vms 1000 --rate 200000
     run http-llm-100k --scenario http-llm --concurrency 8 --batch 500 --rate 100000
+    if [ -n "$ONLY" ] && [ "$ONLY" != nats-core-300k ]; then
+      continue
+    fi
     NATS_DIR=$(mktemp -d)
     nats-server -a 127.0.0.1 -p $NATS_PORT -js -sd "$NATS_DIR" >/dev/null 2>&1 &
     NATS_PID=$!
