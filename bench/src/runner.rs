@@ -601,3 +601,24 @@ pub async fn run_with(
         timeline,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_ticker_gives_evenly_spaced_times_and_none_before_it_is_due() {
+        let interval = Duration::from_micros(2_500);
+        let mut ticks = ticker(interval);
+        let first = ticks.recv().await.expect("a tick");
+        for i in 1..40u32 {
+            let due = ticks.recv().await.expect("a tick");
+            let now = Instant::now();
+            assert_eq!(due - first, interval * i, "tick {i}");
+            assert!(now >= due, "tick {i} came {:?} early", due - now);
+        }
+        // Dropping the receiver ends the thread (nothing to observe but
+        // that dropping does not hang the test).
+        drop(ticks);
+    }
+}
