@@ -220,11 +220,12 @@ pub const REMOVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(5
 /// Deletes a segment `step` bytes at a time: renamed out of replay's sight,
 /// cut from the end with each cut committed, then unlinked.
 ///
-/// One unlink of a 64 MiB segment frees all its blocks in one journal
-/// commit (on ext4, with the discards of a `discard` mount), and the WAL's
-/// next `fdatasync` waits for that commit: 40–75 ms measured under ingest,
-/// the slowest acknowledgements (BENCHMARKS.md). A few MiB a commit keep
-/// each wait to a millisecond or two. `Ok(false)` when there was no file.
+/// One unlink of a 64 MiB segment frees (and, on a file system mounted with
+/// `discard`, discards) all its blocks at once, and a WAL `fdatasync`
+/// meanwhile waits behind it: 40–75 ms measured under ingest on ext4, the
+/// slowest acknowledgements (BENCHMARKS.md). Cut a few MiB at a time, with
+/// a pause between the cuts, the fsyncs wait about as long as with no
+/// delete at all. `Ok(false)` when there was no file.
 pub fn remove_in_steps(path: &Path, step: u64, pause: std::time::Duration) -> io::Result<bool> {
     let removing = removing_path(path);
     match fs::rename(path, &removing) {
