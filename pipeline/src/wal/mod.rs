@@ -637,6 +637,21 @@ mod tests {
         }
     }
 
+    /// A WAL of 1 MiB segments opened on an empty directory.
+    fn open_empty(dir: &Path, metrics: &Arc<Metrics>) -> (WalConfig, Wal) {
+        let mut cfg = config(dir);
+        cfg.segment_bytes = 1 << 20;
+        let (wal, _) = Wal::open(
+            cfg.clone(),
+            Arc::new(Store::new(1000)),
+            metrics.clone(),
+            0,
+            |_| {},
+        )
+        .unwrap();
+        (cfg, wal)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn appended_entries_replay_after_reopen_and_truncate_removes_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -691,16 +706,7 @@ mod tests {
     async fn a_segment_cut_by_a_crash_while_removed_is_deleted_not_reported() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::default());
-        let mut cfg = config(dir.path());
-        cfg.segment_bytes = 1 << 20;
-        let (wal, _) = Wal::open(
-            cfg.clone(),
-            Arc::new(Store::new(1000)),
-            metrics.clone(),
-            0,
-            |_| {},
-        )
-        .unwrap();
+        let (cfg, wal) = open_empty(dir.path(), &metrics);
         for i in 0..10 {
             wal.append(vec![record(i)]).await.unwrap();
         }
@@ -762,16 +768,7 @@ mod tests {
     async fn a_damaged_frame_is_salvaged_around_quarantined_and_reported() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::default());
-        let mut cfg = config(dir.path());
-        cfg.segment_bytes = 1 << 20;
-        let (wal, _) = Wal::open(
-            cfg.clone(),
-            Arc::new(Store::new(1000)),
-            metrics.clone(),
-            0,
-            |_| {},
-        )
-        .unwrap();
+        let (mut cfg, wal) = open_empty(dir.path(), &metrics);
         for i in 1..=5 {
             wal.append(vec![record(i), record(100 + i)]).await.unwrap();
         }
