@@ -4,6 +4,8 @@
 pub mod control_plane;
 pub mod kafka_relay;
 pub mod parquet;
+#[cfg(test)]
+mod test_rng;
 
 pub use parquet::checkpoint::Checkpoint;
 pub use parquet::compact::{CompactionPolicy, CompactionReport, Compactor};

@@ -1038,15 +1038,7 @@ mod tests {
             .collect()
     }
 
-    /// A seeded generator: each call gives a number below `n`.
-    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
-        move |n| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        }
-    }
+    use crate::test_rng::xorshift;
 
     #[test]
     fn a_merge_yields_to_full_queues_for_no_longer_than_it_worked() {

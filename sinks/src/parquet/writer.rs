@@ -547,15 +547,7 @@ mod tests {
 
     const D: Dataset = Dataset::VmMetrics;
 
-    /// A xorshift generator from `state`: `rand(n)` is in `0..n`.
-    fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
-        move |n| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        }
-    }
+    use crate::test_rng::xorshift;
 
     fn batch(records: &[Record]) -> RecordBatch {
         records_to_batch(D, records.iter()).unwrap()
