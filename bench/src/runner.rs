@@ -49,6 +49,8 @@ struct Shared {
     stored: AtomicU64,
     requests: AtomicU64,
     hist: Mutex<Histogram<u64>>,
+    /// The slowest acknowledgement since the timeline's last moment, µs.
+    slowest_us: AtomicU64,
     errors: Mutex<std::collections::BTreeMap<String, u64>>,
     acked_by: Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -376,6 +378,7 @@ async fn send(client: &Client, shared: &Shared, batch: usize, intended: Instant)
                 .or_default() += batch as u64;
             let us = intended.elapsed().as_micros() as u64;
             let _ = shared.hist.lock().expect("not poisoned").record(us.max(1));
+            shared.slowest_us.fetch_max(us, Ordering::Relaxed);
         }
         Err(code) => {
             *shared
@@ -511,6 +514,7 @@ pub async fn run_with(
         stored: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        slowest_us: AtomicU64::new(0),
         errors: Mutex::new(Default::default()),
         acked_by: Mutex::new(Default::default()),
     });
@@ -558,7 +562,9 @@ pub async fn run_with(
     while started.elapsed() < args.duration && !shared.sent_all() {
         tokio::time::sleep(Duration::from_secs(1).min(args.duration)).await;
         if args.timeline {
-            timeline.push(crate::server::sample(&http, base, pid, started.elapsed()).await);
+            let mut moment = crate::server::sample(&http, base, pid, started.elapsed()).await;
+            moment.slowest_ack_ms = Some(shared.slowest_us.swap(0, Ordering::Relaxed) as f64 / 1e3);
+            timeline.push(moment);
         }
         if !args.quiet {
             let now = shared.acked.load(Ordering::Relaxed);

@@ -163,6 +163,10 @@ pub struct Moment {
     pub compaction_rows_per_second: Option<f64>,
     /// Hours of `vm_metrics` compacted since the server started.
     pub vm_compactions: Option<f64>,
+    /// Hours of every dataset compacted since the server started.
+    pub compactions: Option<f64>,
+    /// The slowest acknowledgement since the moment before, ms.
+    pub slowest_ack_ms: Option<f64>,
 }
 
 /// Samples the server's RSS and its compactor's metrics.
@@ -191,5 +195,12 @@ pub async fn sample(http: &reqwest::Client, base: &str, pid: Option<u32>, at: Du
         compaction_backlog_hours: metric("tally_compaction_backlog_hours"),
         compaction_rows_per_second: metric("tally_compaction_rows_per_second"),
         vm_compactions: metric("tally_compactions_total{dataset=\"vm_metrics\"}"),
+        compactions: Some(
+            text.lines()
+                .filter(|l| l.starts_with("tally_compactions_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        ),
+        slowest_ack_ms: None,
     }
 }

@@ -14,16 +14,21 @@
 //! latency spike in profiles). See BENCHMARKS.md for the measured
 //! cost per million keys.
 //!
-//! The number of keys per dataset is bounded: when the bound is hit, the
-//! oldest hour of keys is dropped early and `tally_dedup_evictions_total`
-//! counts it, so memory stays bounded and the shortened window is visible.
+//! The number of keys per dataset is bounded: past the bound, the oldest
+//! keys are dropped before their window ends and `tally_dedup_evictions_total`
+//! counts them, so memory stays bounded and the shortened window is
+//! visible. An id-keyed dataset drops its earliest arrivals one for one
+//! with new keys ([`IdKeys`]); a time-keyed one drops the keys of its
+//! earliest seconds, an eighth of the bound at a time. Neither empties the
+//! index at once: at 50,000 keys a second the default bound is reached in
+//! 200 s, and dropping "the oldest hour" then dropped every key, with a
+//! walk that held the admission lock for seconds.
 
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use std::hash::BuildHasher;
-
-use hashbrown::hash_map::EntryRef;
-use hashbrown::{DefaultHashBuilder, HashMap};
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use parking_lot::Mutex;
 
 use crate::batch::keys::KeyColumn;
@@ -38,6 +43,9 @@ const SHARDS: usize = 64;
 /// Marks a time of [`Times::run`] that was removed (a record that did not
 /// become durable): it no longer counts and may be admitted again.
 const REMOVED: u32 = u32::MAX;
+
+/// Arrivals an expiry drops per hold of a dataset's lock.
+const EXPIRE_STEP: usize = 4096;
 
 /// The times of one key prefix (one VM's samples). A VM's samples arrive in
 /// time order, so each new time is compared with the last and pushed:
@@ -97,12 +105,10 @@ impl Times {
         }
     }
 
-    fn oldest(&self) -> Option<u32> {
-        let run = self.run_seen.iter().filter(|s| **s != REMOVED).min();
-        run.into_iter()
-            .chain(self.scattered.values())
-            .min()
-            .copied()
+    /// The first-seen seconds of the live times.
+    fn seen_values(&self) -> impl Iterator<Item = u32> + '_ {
+        let run = self.run_seen.iter().filter(|s| **s != REMOVED);
+        run.chain(self.scattered.values()).copied()
     }
 
     /// Keeps the times first seen at or after `cutoff`. Late arrivals are
@@ -116,18 +122,32 @@ impl Times {
             .collect();
         late.sort_unstable();
         if late.is_empty() {
-            // The usual case: compact in place.
-            let mut kept = 0;
-            for i in 0..self.run.len() {
-                let seen = self.run_seen[i];
-                if seen != REMOVED && seen >= cutoff {
-                    self.run[kept] = self.run[i];
-                    self.run_seen[kept] = seen;
-                    kept += 1;
+            // The usual case: compact in place. The run is in arrival
+            // order, so the times to drop mostly come first: then the rest
+            // moves down in one go.
+            let keep = |seen: u32| seen != REMOVED && seen >= cutoff;
+            let start = self
+                .run_seen
+                .iter()
+                .position(|s| keep(*s))
+                .unwrap_or(self.run_seen.len());
+            if self.run_seen[start..].iter().all(|s| keep(*s)) {
+                self.run.drain(..start);
+                self.run_seen.drain(..start);
+            } else {
+                let mut kept = 0;
+                for i in start..self.run.len() {
+                    let seen = self.run_seen[i];
+                    if keep(seen) {
+                        self.run[kept] = self.run[i];
+                        self.run_seen[kept] = seen;
+                        kept += 1;
+                    }
                 }
+                self.run.truncate(kept);
+                self.run_seen.truncate(kept);
             }
-            self.run.truncate(kept);
-            self.run_seen.truncate(kept);
+            let kept = self.run.len();
             self.len = kept;
             if self.run.capacity() > 4 * kept.max(16) {
                 self.run.shrink_to_fit();
@@ -162,15 +182,171 @@ impl Times {
     }
 }
 
+/// A key of an id-keyed dataset with the second it was first seen and the
+/// low half of its hash (in what would be padding: 24 bytes either way).
+/// Lookups compare the half hash before the key's bytes, so a probe does
+/// not read the key of another that shares its table slot group.
+struct IdKey {
+    key: Box<[u8]>,
+    seen: u32,
+    hash_lo: u32,
+}
+
+impl IdKey {
+    fn is(&self, key: &[u8], hash: u64) -> bool {
+        self.hash_lo == hash as u32 && *self.key == *key
+    }
+
+    /// Whether this is the key of the arrival `(hash, seen)`.
+    fn arrived(&self, hash: u64, seen: u32, hasher: &DefaultHashBuilder) -> bool {
+        self.seen == seen && self.hash_lo == hash as u32 && hasher.hash_one(&self.key) == hash
+    }
+}
+
+/// The keys of a dataset keyed by an id alone, in [`SHARDS`] tables by
+/// hash, and their arrivals in order: the hash and first-seen second of
+/// each key, oldest first. The key bound and the window drop keys from the
+/// front of the arrivals, one at a time, so neither walks the whole index
+/// (a walk over ten million boxed keys, freeing them, held the admission
+/// lock for seconds). An arrival whose key was removed, or seen again
+/// later (which is a new arrival), finds no key of its hash and second,
+/// and is skipped.
+struct IdKeys {
+    shards: Vec<HashTable<IdKey>>,
+    hasher: DefaultHashBuilder,
+    arrivals: VecDeque<(u64, u32)>,
+    len: usize,
+}
+
+impl IdKeys {
+    fn new() -> Self {
+        IdKeys {
+            shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
+            hasher: DefaultHashBuilder::default(),
+            arrivals: VecDeque::new(),
+            len: 0,
+        }
+    }
+
+    fn shard(hash: u64) -> usize {
+        // The top bits: the table inside a shard indexes by the low ones.
+        (hash >> 58) as usize % SHARDS
+    }
+
+    /// Admits `key` at `now`: `true` when it was not seen within `window`
+    /// seconds. A new key past `max_keys` first drops the oldest arrivals;
+    /// `evicted` counts them.
+    fn admit(
+        &mut self,
+        key: &[u8],
+        now: u32,
+        window: u64,
+        max_keys: usize,
+        evicted: &mut u64,
+    ) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let hasher = &self.hasher;
+        let rehash = |e: &IdKey| hasher.hash_one(&e.key);
+        match self.shards[Self::shard(hash)].entry(hash, |e| e.is(key, hash), rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                let seen = &mut e.get_mut().seen;
+                if (now as u64).saturating_sub(*seen as u64) < window {
+                    return false;
+                }
+                *seen = now;
+                self.arrivals.push_back((hash, now));
+                return true;
+            }
+            hashbrown::hash_table::Entry::Vacant(v) if self.len < max_keys => {
+                v.insert(IdKey {
+                    key: key.into(),
+                    seen: now,
+                    hash_lo: hash as u32,
+                });
+            }
+            hashbrown::hash_table::Entry::Vacant(_) => {
+                while self.len >= max_keys {
+                    match self.pop_oldest() {
+                        Some(true) => *evicted += 1,
+                        Some(false) => {}
+                        None => break,
+                    }
+                }
+                let hasher = &self.hasher;
+                self.shards[Self::shard(hash)].insert_unique(
+                    hash,
+                    IdKey {
+                        key: key.into(),
+                        seen: now,
+                        hash_lo: hash as u32,
+                    },
+                    |e| hasher.hash_one(&e.key),
+                );
+            }
+        }
+        self.len += 1;
+        self.arrivals.push_back((hash, now));
+        true
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        let hash = self.hasher.hash_one(key);
+        if let Ok(e) = self.shards[Self::shard(hash)].find_entry(hash, |e| e.is(key, hash)) {
+            e.remove();
+            self.len -= 1;
+        }
+        // Removed keys leave their arrivals behind: past twice the live
+        // keys, the arrivals are walked once to drop them.
+        if self.arrivals.len() > 2 * self.len + 65_536 {
+            let (shards, hasher) = (&self.shards, &self.hasher);
+            self.arrivals.retain(|&(hash, seen)| {
+                shards[Self::shard(hash)]
+                    .find(hash, |e| e.arrived(hash, seen, hasher))
+                    .is_some()
+            });
+        }
+    }
+
+    /// Takes the oldest arrival: `Some(true)` when its key was dropped,
+    /// `Some(false)` when it was stale, `None` when there is none.
+    fn pop_oldest(&mut self) -> Option<bool> {
+        let (hash, seen) = self.arrivals.pop_front()?;
+        let hasher = &self.hasher;
+        match self.shards[Self::shard(hash)].find_entry(hash, |e| e.arrived(hash, seen, hasher)) {
+            Ok(e) => {
+                e.remove();
+                self.len -= 1;
+                Some(true)
+            }
+            Err(_) => Some(false),
+        }
+    }
+
+    /// Drops keys first seen before `cutoff`, at most `limit` arrivals;
+    /// `false` when none is left to drop.
+    fn expire(&mut self, cutoff: u32, limit: usize) -> bool {
+        for _ in 0..limit {
+            match self.arrivals.front() {
+                Some(&(_, seen)) if seen < cutoff => {
+                    self.pop_oldest();
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// The second the oldest key kept was first seen.
+    fn oldest(&self) -> Option<u32> {
+        self.arrivals.front().map(|(_, seen)| *seen)
+    }
+}
+
 /// The keys of one dataset. `seen` values are the Unix second a key was
 /// first seen.
 enum KeySet {
-    /// Whole keys, in [`SHARDS`] tables by hash.
-    Flat {
-        shards: Vec<HashMap<Box<[u8]>, u32>>,
-        hasher: DefaultHashBuilder,
-        len: usize,
-    },
+    /// Whole keys, in arrival order ([`IdKeys`]).
+    Flat(IdKeys),
     /// Key prefix → the times (last 8 key bytes) seen with it.
     Nested {
         prefixes: HashMap<Box<[u8]>, Times>,
@@ -186,22 +362,14 @@ impl KeySet {
                 len: 0,
             }
         } else {
-            KeySet::Flat {
-                shards: (0..SHARDS).map(|_| HashMap::new()).collect(),
-                hasher: DefaultHashBuilder::default(),
-                len: 0,
-            }
+            KeySet::Flat(IdKeys::new())
         }
-    }
-
-    fn shard(hasher: &DefaultHashBuilder, key: &[u8]) -> usize {
-        // The top bits: the table inside a shard indexes by the low ones.
-        (hasher.hash_one(key) >> 58) as usize % SHARDS
     }
 
     fn len(&self) -> usize {
         match self {
-            KeySet::Flat { len, .. } | KeySet::Nested { len, .. } => *len,
+            KeySet::Flat(keys) => keys.len,
+            KeySet::Nested { len, .. } => *len,
         }
     }
 
@@ -213,53 +381,9 @@ impl KeySet {
         (prefix, u64::from_be_bytes(last))
     }
 
-    fn seen_mut(&mut self, key: &[u8]) -> Option<&mut u32> {
-        match self {
-            KeySet::Flat { shards, hasher, .. } => shards[Self::shard(hasher, key)].get_mut(key),
-            KeySet::Nested { prefixes, .. } => {
-                let (prefix, time) = Self::split(key);
-                prefixes.get_mut(prefix)?.seen_mut(time)
-            }
-        }
-    }
-
-    fn insert(&mut self, key: &[u8], now: u32) {
-        match self {
-            KeySet::Flat {
-                shards,
-                hasher,
-                len,
-            } => {
-                if shards[Self::shard(hasher, key)]
-                    .insert(key.into(), now)
-                    .is_none()
-                {
-                    *len += 1;
-                }
-            }
-            KeySet::Nested { prefixes, len } => {
-                let (prefix, time) = Self::split(key);
-                let times = match prefixes.get_mut(prefix) {
-                    Some(t) => t,
-                    None => prefixes.entry(prefix.into()).or_default(),
-                };
-                times.insert(time, now);
-                *len += 1;
-            }
-        }
-    }
-
     fn remove(&mut self, key: &[u8]) {
         match self {
-            KeySet::Flat {
-                shards,
-                hasher,
-                len,
-            } => {
-                if shards[Self::shard(hasher, key)].remove(key).is_some() {
-                    *len -= 1;
-                }
-            }
+            KeySet::Flat(keys) => keys.remove(key),
             KeySet::Nested { prefixes, len } => {
                 let (prefix, time) = Self::split(key);
                 if let Some(times) = prefixes.get_mut(prefix) {
@@ -270,36 +394,115 @@ impl KeySet {
             }
         }
     }
+}
 
-    fn oldest(&self) -> Option<u32> {
-        match self {
-            KeySet::Flat { shards, .. } => shards
-                .iter()
-                .filter_map(|m| m.values().min().copied())
-                .min(),
-            KeySet::Nested { prefixes, .. } => prefixes.values().filter_map(Times::oldest).min(),
+/// The keys of a dataset whose key ends in the record's time, per prefix.
+/// The key bound drops the keys first seen in the earliest seconds, at
+/// least an eighth of the bound at a time (one walk over the runs, which
+/// are plain vectors), so the window shrinks by that eighth, not to
+/// nothing.
+impl KeySet {
+    fn admit_nested(
+        prefixes: &mut HashMap<Box<[u8]>, Times>,
+        len: &mut usize,
+        key: &[u8],
+        now: u32,
+        window: u64,
+        max_keys: usize,
+        evicted: &mut u64,
+    ) -> bool {
+        let (prefix, time) = Self::split(key);
+        let times = prefixes.entry_ref(prefix).or_default();
+        if let Some(seen) = times.seen_mut(time) {
+            if (now as u64).saturating_sub(*seen as u64) < window {
+                return false;
+            }
+            *seen = now;
+            return true;
         }
+        if *len >= max_keys {
+            *evicted += Self::evict_earliest_seconds(prefixes, len, max_keys);
+            prefixes.entry_ref(prefix).or_default().insert(time, now);
+        } else {
+            times.insert(time, now);
+        }
+        *len += 1;
+        true
     }
 
-    /// Keeps the keys first seen at or after `cutoff`.
-    fn retain_since(&mut self, cutoff: u32) {
-        match self {
-            KeySet::Flat { shards, len, .. } => {
-                *len = 0;
-                for m in shards {
-                    m.retain(|_, seen| *seen >= cutoff);
-                    *len += m.len();
+    /// Drops the keys first seen in the earliest seconds, at least an
+    /// eighth of `max_keys`; returns how many.
+    fn evict_earliest_seconds(
+        prefixes: &mut HashMap<Box<[u8]>, Times>,
+        len: &mut usize,
+        max_keys: usize,
+    ) -> u64 {
+        let want = (max_keys / 8).max(1);
+        // Plain loops over the runs (a removed time is `u32::MAX`, never
+        // the least): the index holds millions of times.
+        let Some(lo) = prefixes
+            .values()
+            .flat_map(|t| {
+                t.run_seen
+                    .iter()
+                    .min()
+                    .into_iter()
+                    .chain(t.scattered.values())
+            })
+            .min()
+            .copied()
+        else {
+            return 0;
+        };
+        // The last second to drop: counted per second over the next day
+        // and a half or so, else (a window longer than that) found by
+        // selection.
+        const SPAN: usize = 1 << 17;
+        let mut per_second = vec![0usize; SPAN];
+        let mut count = |seen: u32, n: usize| {
+            let d = seen.wrapping_sub(lo) as usize;
+            if d < SPAN {
+                per_second[d] += n;
+            }
+        };
+        for times in prefixes.values() {
+            // A run's times come in seconds that repeat: counted per
+            // stretch of one second.
+            let mut stretch = (lo, 0);
+            for &seen in &times.run_seen {
+                if seen == stretch.0 {
+                    stretch.1 += 1;
+                } else {
+                    count(stretch.0, stretch.1);
+                    stretch = (seen, 1);
                 }
             }
-            KeySet::Nested { prefixes, len } => {
-                *len = 0;
-                prefixes.retain(|_, times| {
-                    times.retain_since(cutoff);
-                    *len += times.len;
-                    times.len > 0
-                });
+            count(stretch.0, stretch.1);
+            for &seen in times.scattered.values() {
+                count(seen, 1);
             }
         }
+        let mut dropped = 0;
+        let found = per_second.iter().position(|n| {
+            dropped += n;
+            dropped >= want
+        });
+        let last = match found {
+            Some(d) => lo + d as u32,
+            None => {
+                let mut all: Vec<u32> = prefixes.values().flat_map(Times::seen_values).collect();
+                let i = (want - 1).min(all.len() - 1);
+                *all.select_nth_unstable(i).1
+            }
+        };
+        let before = *len;
+        *len = 0;
+        prefixes.retain(|_, times| {
+            times.retain_since(last.saturating_add(1));
+            *len += times.len;
+            times.len > 0
+        });
+        (before - *len) as u64
     }
 }
 
@@ -442,58 +645,18 @@ impl Dedup {
     }
 
     fn admit(&self, set: &mut KeySet, dataset: Dataset, key: &[u8], now_secs: u64) -> bool {
-        let now = now_secs as u32;
-        let window = self.window_secs;
-        // A key seen within the window is a duplicate; one seen before it
-        // counts as new and is seen again now.
-        let again = |seen: &mut u32| {
-            if now_secs.saturating_sub(*seen as u64) < window {
-                return false;
+        let (now, window, max_keys) = (now_secs as u32, self.window_secs, self.max_keys);
+        let mut evicted = 0;
+        let fresh = match set {
+            KeySet::Flat(keys) => keys.admit(key, now, window, max_keys, &mut evicted),
+            KeySet::Nested { prefixes, len } => {
+                KeySet::admit_nested(prefixes, len, key, now, window, max_keys, &mut evicted)
             }
-            *seen = now;
-            true
         };
-        if set.len() < self.max_keys {
-            // Room for a new key: one lookup finds the key or inserts it.
-            return match set {
-                KeySet::Flat {
-                    shards,
-                    hasher,
-                    len,
-                } => match shards[KeySet::shard(hasher, key)].entry_ref(key) {
-                    EntryRef::Occupied(mut e) => again(e.get_mut()),
-                    EntryRef::Vacant(e) => {
-                        e.insert(now);
-                        *len += 1;
-                        true
-                    }
-                },
-                KeySet::Nested { prefixes, len } => {
-                    let (prefix, time) = KeySet::split(key);
-                    let times = prefixes.entry_ref(prefix).or_default();
-                    match times.seen_mut(time) {
-                        Some(seen) => again(seen),
-                        None => {
-                            times.insert(time, now);
-                            *len += 1;
-                            true
-                        }
-                    }
-                }
-            };
+        if evicted > 0 {
+            self.evicted(set, dataset, evicted, now_secs);
         }
-        if let Some(seen) = set.seen_mut(key) {
-            if now_secs.saturating_sub(*seen as u64) < self.window_secs {
-                return false;
-            }
-            *seen = now;
-            return true;
-        }
-        if set.len() >= self.max_keys {
-            self.evict_oldest_hour(set, dataset);
-        }
-        set.insert(key, now);
-        true
+        fresh
     }
 
     /// Forgets a key whose record was not made durable after all.
@@ -520,11 +683,31 @@ impl Dedup {
         }
     }
 
-    /// Drops keys older than the window.
+    /// Drops keys older than the window. An id-keyed dataset drops its
+    /// oldest arrivals a few thousand at a time, letting go of the lock
+    /// between, so ingest never waits for a whole expiry.
     pub fn expire(&self, now_secs: u64) {
         let cutoff = now_secs.saturating_sub(self.window_secs) as u32;
         for set in &self.sets {
-            set.lock().retain_since(cutoff);
+            loop {
+                let mut set = set.lock();
+                match &mut *set {
+                    KeySet::Flat(keys) => {
+                        if !keys.expire(cutoff, EXPIRE_STEP) {
+                            break;
+                        }
+                    }
+                    KeySet::Nested { prefixes, len } => {
+                        *len = 0;
+                        prefixes.retain(|_, times| {
+                            times.retain_since(cutoff);
+                            *len += times.len;
+                            times.len > 0
+                        });
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -536,15 +719,21 @@ impl Dedup {
         Dataset::ALL.iter().all(|d| self.len(*d) == 0)
     }
 
-    fn evict_oldest_hour(&self, set: &mut KeySet, dataset: Dataset) {
-        let Some(oldest) = set.oldest() else {
-            return;
-        };
-        let before = set.len();
-        set.retain_since(oldest.saturating_add(3600));
-        let evicted = (before - set.len()) as u64;
+    /// Counts keys the bound dropped, and says so in the log once per
+    /// bound's worth, with how far back the index now reaches.
+    fn evicted(&self, set: &KeySet, dataset: Dataset, evicted: u64, now_secs: u64) {
+        let total = self.metrics.dedup_evictions.get();
         self.metrics.dedup_evictions.add(evicted);
-        tracing::info!(%dataset, evicted, max_keys = self.max_keys, "dedup key bound reached: the oldest hour of keys left memory early; compaction still drops copies of them");
+        let bound = self.max_keys as u64;
+        if total / bound == (total + evicted) / bound && total > 0 {
+            return;
+        }
+        let oldest = match set {
+            KeySet::Flat(keys) => keys.oldest(),
+            KeySet::Nested { prefixes, .. } => prefixes.values().flat_map(Times::seen_values).min(),
+        };
+        let reach_secs = oldest.map(|s| now_secs.saturating_sub(s as u64));
+        tracing::info!(%dataset, evicted = total + evicted, max_keys = self.max_keys, ?reach_secs, "dedup key bound reached: the oldest keys left memory before their window ended; compaction still drops copies of them");
     }
 }
 
@@ -579,15 +768,71 @@ mod tests {
     }
 
     #[test]
-    fn key_bound_evicts_the_oldest_hour_and_counts_it() {
+    fn an_id_key_entry_is_a_boxed_key_and_two_halves() {
+        assert_eq!(std::mem::size_of::<IdKey>(), 24);
+    }
+
+    #[test]
+    fn key_bound_drops_the_earliest_arrivals_of_ids_and_counts_them() {
         let d = dedup(86_400, 3);
-        d.insert(Dataset::VmMetrics, b"1", 0);
-        d.insert(Dataset::VmMetrics, b"2", 10);
-        d.insert(Dataset::VmMetrics, b"3", 7200);
-        assert!(d.insert(Dataset::VmMetrics, b"4", 7201));
-        assert_eq!(d.len(Dataset::VmMetrics), 2);
+        let llm = Dataset::UsageLlm;
+        assert!(d.insert(llm, b"1", 0));
+        assert!(d.insert(llm, b"2", 0));
+        assert!(d.insert(llm, b"3", 0));
+        // Full: each new key drops the earliest arrival, one at a time.
+        assert!(d.insert(llm, b"4", 1));
+        assert_eq!(d.len(llm), 3);
+        assert_eq!(d.metrics.dedup_evictions.get(), 1);
+        assert!(!d.insert(llm, b"2", 2), "2 is still held");
+        assert!(d.insert(llm, b"1", 2), "1 left memory");
         assert_eq!(d.metrics.dedup_evictions.get(), 2);
-        assert!(!d.insert(Dataset::VmMetrics, b"3", 7202));
+        // A removed key's arrival is skipped, not counted.
+        d.remove(llm, b"3");
+        assert!(d.insert(llm, b"5", 3));
+        assert_eq!(d.metrics.dedup_evictions.get(), 2);
+        assert!(d.insert(llm, b"6", 3));
+        assert_eq!(d.metrics.dedup_evictions.get(), 3, "4 went");
+        assert!(!d.insert(llm, b"1", 4));
+        assert!(!d.insert(llm, b"5", 4));
+        assert!(d.insert(llm, b"4", 4));
+    }
+
+    #[test]
+    fn key_bound_drops_the_earliest_seconds_of_vm_keys_and_counts_them() {
+        let d = dedup(86_400, 8);
+        let key = |ts| vm_key("vm-1", ts);
+        for ts in 0..8 {
+            // Two keys a second.
+            assert!(d.insert(Dataset::VmMetrics, &key(ts), ts as u64 / 2));
+        }
+        // Full: an eighth of the bound (one key) is wanted, and the whole
+        // earliest second (two keys) goes.
+        assert!(d.insert(Dataset::VmMetrics, &key(8), 10));
+        assert_eq!(d.len(Dataset::VmMetrics), 7);
+        assert_eq!(d.metrics.dedup_evictions.get(), 2);
+        assert!(d.insert(Dataset::VmMetrics, &key(0), 10), "second 0 left");
+        assert!(
+            !d.insert(Dataset::VmMetrics, &key(2), 10),
+            "second 1 is held"
+        );
+    }
+
+    #[test]
+    fn expiry_drops_arrivals_before_the_window_and_keeps_later_ones() {
+        let d = dedup(100, 1_000_000);
+        let llm = Dataset::UsageLlm;
+        // More keys than one step of an expiry.
+        let n = EXPIRE_STEP as u64 * 3 + 7;
+        for i in 0..n {
+            assert!(d.insert(llm, format!("old-{i}").as_bytes(), i / 1000));
+        }
+        assert!(d.insert(llm, b"new", 150));
+        // A key seen again after its window is a new arrival.
+        assert!(d.insert(llm, b"old-0", 150));
+        d.expire(160);
+        assert_eq!(d.len(llm), 2);
+        assert!(!d.insert(llm, b"old-0", 160));
+        assert!(d.insert(llm, b"old-1", 160));
     }
 
     fn vm_key(vm: &str, ts: i64) -> Vec<u8> {
@@ -622,15 +867,46 @@ mod tests {
         );
     }
 
-    /// The index against a second implementation (one map from whole key
-    /// to first-seen second) over a long random run of inserts, batched
-    /// inserts, removals, expiries and evictions, with times mostly in
-    /// order per VM and sometimes late, repeated or removed and re-sent.
-    #[test]
-    fn vm_keys_agree_with_a_plain_map_under_random_operations() {
+    /// A second implementation of the index: one map from whole key to
+    /// first-seen second, and the arrivals in order.
+    #[derive(Default)]
+    struct Model {
+        seen: std::collections::HashMap<Vec<u8>, u64>,
+        arrivals: std::collections::VecDeque<(Vec<u8>, u64)>,
+    }
+
+    impl Model {
+        /// Takes the oldest arrival, dropping its key if it is still the
+        /// key's latest; `false` when there is none.
+        fn pop(&mut self) -> bool {
+            let Some((key, at)) = self.arrivals.pop_front() else {
+                return false;
+            };
+            if self.seen.get(&key) == Some(&at) {
+                self.seen.remove(&key);
+            }
+            true
+        }
+    }
+
+    /// How the model makes room at the key bound.
+    #[derive(Clone, Copy)]
+    enum Bound {
+        /// Drops the earliest arrivals until there is room.
+        Arrivals,
+        /// Drops every key of the earliest seconds, at least an eighth of
+        /// the bound.
+        EarliestSeconds,
+    }
+
+    /// The index against [`Model`] over a long random run of inserts,
+    /// batched inserts, removals, expiries and evictions, with times
+    /// mostly in order per key prefix and sometimes late, repeated or
+    /// removed and re-sent.
+    fn agrees_with_a_plain_map(dataset: Dataset, key_of: fn(usize, i64) -> Vec<u8>, bound: Bound) {
         let (window, max_keys) = (50u64, 400usize);
         let d = dedup(window, max_keys);
-        let mut model: std::collections::HashMap<Vec<u8>, u64> = Default::default();
+        let mut model = Model::default();
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut rand = move |n: u64| {
             state ^= state << 13;
@@ -640,59 +916,66 @@ mod tests {
         };
         let mut next_time = [0i64; 4];
         let mut now = 0u64;
-        let model_admit =
-            |model: &mut std::collections::HashMap<Vec<u8>, u64>, key: &[u8], now: u64| {
-                if let Some(seen) = model.get_mut(key) {
-                    if now - *seen < window {
-                        return false;
+        let model_admit = |model: &mut Model, key: &[u8], now: u64| {
+            if let Some(seen) = model.seen.get_mut(key) {
+                if now - *seen < window {
+                    return false;
+                }
+                *seen = now;
+                model.arrivals.push_back((key.to_vec(), now));
+                return true;
+            }
+            if model.seen.len() >= max_keys {
+                match bound {
+                    Bound::Arrivals => while model.seen.len() >= max_keys && model.pop() {},
+                    Bound::EarliestSeconds => {
+                        let mut seens: Vec<u64> = model.seen.values().copied().collect();
+                        seens.sort_unstable();
+                        let last = seens[(max_keys / 8).max(1) - 1];
+                        model.seen.retain(|_, seen| *seen > last);
                     }
-                    *seen = now;
-                    return true;
                 }
-                if model.len() >= max_keys {
-                    let oldest = *model.values().min().unwrap();
-                    model.retain(|_, seen| *seen >= oldest + 3600);
-                }
-                model.insert(key.to_vec(), now);
-                true
-            };
+            }
+            model.seen.insert(key.to_vec(), now);
+            model.arrivals.push_back((key.to_vec(), now));
+            true
+        };
         for step in 0..20_000 {
             if rand(10) == 0 {
                 now += rand(5);
             }
-            let vm = rand(4) as usize;
+            let prefix = rand(4) as usize;
             let ts = match rand(10) {
-                // A late sample or a re-send of an older one.
-                0 => next_time[vm] - rand(30) as i64 - 1,
+                // A late record or a re-send of an older one.
+                0 => next_time[prefix] - rand(30) as i64 - 1,
                 _ => {
-                    next_time[vm] += 1 + rand(3) as i64;
-                    next_time[vm]
+                    next_time[prefix] += 1 + rand(3) as i64;
+                    next_time[prefix]
                 }
             };
-            let key = vm_key(&format!("vm-{vm}"), ts - 20);
+            let key = key_of(prefix, ts - 20);
             match rand(20) {
                 0 => {
                     // A record that did not become durable.
-                    d.remove(Dataset::VmMetrics, &key);
-                    model.remove(&key);
+                    d.remove(dataset, &key);
+                    model.seen.remove(&key);
                 }
                 1 => {
                     d.expire(now);
                     let cutoff = now.saturating_sub(window);
-                    model.retain(|_, seen| *seen >= cutoff);
+                    match bound {
+                        Bound::Arrivals => {
+                            while model.arrivals.front().is_some_and(|(_, at)| *at < cutoff) {
+                                model.pop();
+                            }
+                        }
+                        Bound::EarliestSeconds => model.seen.retain(|_, seen| *seen >= cutoff),
+                    }
                 }
                 2 => {
-                    let keys = [
-                        key.clone(),
-                        vm_key(&format!("vm-{vm}"), ts - 21),
-                        key.clone(),
-                    ];
+                    let keys = [key.clone(), key_of(prefix, ts - 21), key.clone()];
                     let mut fresh = Vec::new();
-                    d.insert_all(
-                        keys.iter().map(|k| (Dataset::VmMetrics, &k[..])),
-                        now,
-                        &mut fresh,
-                    );
+                    d.insert_all(keys.iter().map(|k| (dataset, &k[..])), now, &mut fresh);
                     let expected: Vec<bool> = keys
                         .iter()
                         .map(|k| model_admit(&mut model, k, now))
@@ -701,16 +984,30 @@ mod tests {
                 }
                 _ => {
                     let expected = model_admit(&mut model, &key, now);
-                    assert_eq!(
-                        d.insert(Dataset::VmMetrics, &key, now),
-                        expected,
-                        "step {step}"
-                    );
+                    assert_eq!(d.insert(dataset, &key, now), expected, "step {step}");
                 }
             }
-            assert_eq!(d.len(Dataset::VmMetrics), model.len(), "step {step}");
+            assert_eq!(d.len(dataset), model.seen.len(), "step {step}");
         }
         assert!(d.metrics.dedup_evictions.get() > 0, "the bound was reached");
+    }
+
+    #[test]
+    fn vm_keys_agree_with_a_plain_map_under_random_operations() {
+        agrees_with_a_plain_map(
+            Dataset::VmMetrics,
+            |vm, ts| vm_key(&format!("vm-{vm}"), ts),
+            Bound::EarliestSeconds,
+        );
+    }
+
+    #[test]
+    fn id_keys_agree_with_a_plain_map_under_random_operations() {
+        agrees_with_a_plain_map(
+            Dataset::UsageLlm,
+            |source, n| format!("evt-{source}-{n}").into_bytes(),
+            Bound::Arrivals,
+        );
     }
 
     #[test]
