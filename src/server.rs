@@ -409,6 +409,7 @@ impl Core {
             },
         )
         .context("opening the WAL")?;
+        dedup.order_by_first_seen();
         tracing::info!(
             data = %data.display(),
             files = recovered.files,

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{llm_event, ndjson, Tally};
+use common::{llm_event, metric, ndjson, Tally};
 use serde_json::{json, Value};
 
 async fn post(t: &Tally, path: &str, content_type: &str, body: String) -> (u16, Value) {
@@ -180,6 +180,47 @@ async fn a_record_sent_twice_is_stored_once_also_across_restarts() {
             json!({"event_id": "new-3", "n": 1}),
         ]
     );
+}
+
+/// Past `--dedup-max-keys`, each new key drops the earliest one kept: the
+/// latest keys up to the bound still meet their copies at ingest, and the
+/// index is never emptied at once.
+#[tokio::test]
+async fn past_the_key_bound_the_latest_keys_are_still_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bound, sent) = (100usize, 250usize);
+    let bound_arg = bound.to_string();
+    let mut args = NO_FLUSH.to_vec();
+    args.extend(["--dedup-max-keys", &bound_arg]);
+    let t = Tally::start(&dir.path().join("data"), &args).await;
+    let event = |i: usize| llm_event(&format!("e-{i}"), "2025-11-24T12:00:00Z", 1, 1);
+    let send = |ids: std::ops::Range<usize>| {
+        let body = ndjson(&ids.map(event).collect::<Vec<_>>());
+        post(&t, "/v1/events/usage.llm", "application/x-ndjson", body)
+    };
+    for start in (0..sent).step_by(50) {
+        let (status, r) = send(start..start + 50).await;
+        assert_eq!((status, r["accepted"].as_u64()), (200, Some(50)));
+    }
+    let evicted = metric(&t.metrics_text().await, "tally_dedup_evictions_total");
+    assert_eq!(evicted as usize, sent - bound);
+    // The latest `bound` keys are all held.
+    let (_, r) = send(sent - bound..sent).await;
+    assert_eq!(
+        (r["accepted"].as_u64(), r["duplicates"].as_u64()),
+        (Some(0), Some(bound as u64))
+    );
+    // The earliest left memory: taken at ingest (compaction drops the
+    // copies), each dropping the earliest key still held.
+    let (_, r) = send(0..10).await;
+    assert_eq!(
+        (r["accepted"].as_u64(), r["duplicates"].as_u64()),
+        (Some(10), Some(0))
+    );
+    let (_, r) = send(sent - bound + 10..sent).await;
+    assert_eq!(r["duplicates"].as_u64(), Some(bound as u64 - 10));
+    let (_, r) = send(sent - bound..sent - bound + 10).await;
+    assert_eq!(r["accepted"].as_u64(), Some(10));
 }
 
 #[tokio::test]

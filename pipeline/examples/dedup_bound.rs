@@ -7,8 +7,8 @@
 //! clock advancing one second per 50,000 keys (the design point), into an
 //! index bounded at MAX_KEYS (default 10 M, the server's default), for
 //! `usage_llm` ids (36-byte UUID text) and `vm_metrics` keys (1,000 VMs).
-//! Prints the batches' time in the index: the median while the index fills
-//! its last tenth, then the median, p99.9 and the longest after the bound
+//! Prints the batches' time in the index: the longest while the index
+//! fills, the median while it fills its last tenth, then the median, p99.9 and the longest after the bound
 //! was first reached, and the number of keys evicted.
 
 use std::sync::Arc;
@@ -36,6 +36,7 @@ fn main() {
         let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH as usize);
         let mut waits = Vec::new();
         let mut filling = Vec::new();
+        let mut longest_filling = 0f64;
         let mut fresh = Vec::with_capacity(BATCH as usize);
         let mut i = 0;
         while i < keys {
@@ -69,8 +70,11 @@ fn main() {
             assert!(fresh.iter().all(|f| *f), "every key is distinct");
             if i >= max_keys as u64 {
                 waits.push(took.as_secs_f64() * 1e3);
-            } else if i >= max_keys as u64 / 10 * 9 {
-                filling.push(took.as_secs_f64() * 1e3);
+            } else {
+                longest_filling = longest_filling.max(took.as_secs_f64() * 1e3);
+                if i >= max_keys as u64 / 10 * 9 {
+                    filling.push(took.as_secs_f64() * 1e3);
+                }
             }
             i += BATCH;
         }
@@ -78,7 +82,8 @@ fn main() {
         filling.sort_by(f64::total_cmp);
         let at = |q: f64| waits[((waits.len() as f64 - 1.0) * q) as usize];
         println!(
-            "{name}: {keys} keys, bound {max_keys}: per batch of {BATCH} in the last tenth before the bound, median {:.3} ms; past the bound, median {:.3} ms, p99.9 {:.3} ms, longest {:.1} ms; {} keys evicted, {} held",
+            "{name}: {keys} keys, bound {max_keys}: per batch of {BATCH} while filling, longest {:.1} ms; in the last tenth before the bound, median {:.3} ms; past the bound, median {:.3} ms, p99.9 {:.3} ms, longest {:.1} ms; {} keys evicted, {} held",
+            longest_filling,
             filling.get(filling.len() / 2).copied().unwrap_or(0.0),
             at(0.5),
             at(0.999),
