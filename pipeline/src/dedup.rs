@@ -368,7 +368,9 @@ impl IdKeys {
         }
         self.len += 1;
         self.arrivals.push((hash, now));
-        self.grow_early(Self::shard(hash));
+        if self.len < max_keys {
+            self.grow_early(Self::shard(hash));
+        }
         true
     }
 
@@ -376,6 +378,9 @@ impl IdKeys {
     /// second or two (at 7.3 M keys: acknowledgements held ~300 ms at
     /// 50,000 keys/s). Shard `s` doubles once it is `1 - s/512` full
     /// instead, which spreads the doublings over an eighth of the fill.
+    /// Only while the index fills: at the bound, keys leave as they come,
+    /// and the slots they leave shrink `capacity()`; growing on it then
+    /// rehashed a shard every few seconds (70 ms batches).
     fn grow_early(&mut self, shard: usize) {
         let table = &mut self.shards[shard];
         let (len, cap) = (table.len(), table.capacity());
