@@ -203,6 +203,21 @@ impl IdKey {
     }
 }
 
+/// One admission: the second it happens, the window and the key bound.
+#[derive(Clone, Copy)]
+struct Admission {
+    now: u32,
+    window: u64,
+    max_keys: usize,
+}
+
+impl Admission {
+    /// Whether a key first seen at `seen` is still inside the window.
+    fn within_window(&self, seen: u32) -> bool {
+        (self.now as u64).saturating_sub(seen as u64) < self.window
+    }
+}
+
 /// Arrivals per chunk of [`Arrivals`].
 const ARRIVALS_CHUNK: usize = 1 << 16;
 
@@ -259,12 +274,17 @@ impl Arrivals {
     /// Rebuilds the arrivals from `keep`'s choice, in order (start-up and
     /// rare clean-ups: it walks them all).
     fn rebuild(&mut self, keep: impl FnMut(&(u64, u32)) -> bool) {
+        let mut all = self.take_all();
+        all.retain(keep);
+        self.fill(all);
+    }
+
+    fn take_all(&mut self) -> Vec<(u64, u32)> {
         let mut all = Vec::with_capacity(self.len);
         while let Some(a) = self.pop() {
             all.push(a);
         }
-        all.retain(keep);
-        self.fill(all);
+        all
     }
 
     fn fill(&mut self, all: Vec<(u64, u32)>) {
@@ -276,10 +296,7 @@ impl Arrivals {
 
     /// Orders the arrivals by first-seen second (stable).
     fn sort_by_seen(&mut self) {
-        let mut all = Vec::with_capacity(self.len);
-        while let Some(a) = self.pop() {
-            all.push(a);
-        }
+        let mut all = self.take_all();
         all.sort_by_key(|(_, seen)| *seen);
         self.fill(all);
     }
@@ -318,21 +335,15 @@ impl IdKeys {
     /// Admits `key` at `now`: `true` when it was not seen within `window`
     /// seconds. A new key past `max_keys` first drops the oldest arrivals;
     /// `evicted` counts them.
-    fn admit(
-        &mut self,
-        key: &[u8],
-        now: u32,
-        window: u64,
-        max_keys: usize,
-        evicted: &mut u64,
-    ) -> bool {
+    fn admit(&mut self, key: &[u8], at: Admission, evicted: &mut u64) -> bool {
+        let Admission { now, max_keys, .. } = at;
         let hash = self.hasher.hash_one(key);
         let hasher = &self.hasher;
         let rehash = |e: &IdKey| hasher.hash_one(&e.key);
         match self.shards[Self::shard(hash)].entry(hash, |e| e.is(key, hash), rehash) {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
                 let seen = &mut e.get_mut().seen;
-                if (now as u64).saturating_sub(*seen as u64) < window {
+                if at.within_window(*seen) {
                     return false;
                 }
                 *seen = now;
@@ -513,15 +524,14 @@ impl KeySet {
         prefixes: &mut HashMap<Box<[u8]>, Times>,
         len: &mut usize,
         key: &[u8],
-        now: u32,
-        window: u64,
-        max_keys: usize,
+        at: Admission,
         evicted: &mut u64,
     ) -> bool {
+        let Admission { now, max_keys, .. } = at;
         let (prefix, time) = Self::split(key);
         let times = prefixes.entry_ref(prefix).or_default();
         if let Some(seen) = times.seen_mut(time) {
-            if (now as u64).saturating_sub(*seen as u64) < window {
+            if at.within_window(*seen) {
                 return false;
             }
             *seen = now;
@@ -752,12 +762,16 @@ impl Dedup {
     }
 
     fn admit(&self, set: &mut KeySet, dataset: Dataset, key: &[u8], now_secs: u64) -> bool {
-        let (now, window, max_keys) = (now_secs as u32, self.window_secs, self.max_keys);
+        let at = Admission {
+            now: now_secs as u32,
+            window: self.window_secs,
+            max_keys: self.max_keys,
+        };
         let mut evicted = 0;
         let fresh = match set {
-            KeySet::Flat(keys) => keys.admit(key, now, window, max_keys, &mut evicted),
+            KeySet::Flat(keys) => keys.admit(key, at, &mut evicted),
             KeySet::Nested { prefixes, len } => {
-                KeySet::admit_nested(prefixes, len, key, now, window, max_keys, &mut evicted)
+                KeySet::admit_nested(prefixes, len, key, at, &mut evicted)
             }
         };
         if evicted > 0 {
