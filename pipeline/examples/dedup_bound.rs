@@ -11,12 +11,14 @@
 //! fills, the median while it fills its last tenth, then the median, p99.9 and the longest after the bound
 //! was first reached, and the number of keys evicted.
 
+#[path = "common/keys.rs"]
+mod keys;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use tally_pipeline::dedup::Dedup;
 use tally_pipeline::metrics::Metrics;
-use tally_pipeline::record::{encode_key_part, Value};
 use tally_pipeline::Dataset;
 
 fn main() {
@@ -43,23 +45,7 @@ fn main() {
             batch.clear();
             for j in i..i + BATCH {
                 let mut key = Vec::new();
-                if dataset == Dataset::UsageLlm {
-                    let id = format!(
-                        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-                        j,
-                        j % 65536,
-                        j % 4096,
-                        j % 4096,
-                        j * 7919
-                    );
-                    encode_key_part(&Value::Str(id), &mut key);
-                } else {
-                    encode_key_part(&Value::Str(format!("ud-{:016x}", j % 1000)), &mut key);
-                    encode_key_part(
-                        &Value::Ts(1_700_000_000_000_000_000 + j as i64 * 100_000_000),
-                        &mut key,
-                    );
-                }
+                keys::key_of(dataset, j, &mut key);
                 batch.push(key);
             }
             let now = 1_700_000_000 + i / RATE;

@@ -4,11 +4,13 @@
 //! prints RSS growth per million keys for 36-byte event ids (UUID text) and
 //! for `vm_metrics` keys (vm id + timestamp).
 
+#[path = "common/keys.rs"]
+mod keys;
+
 use std::sync::Arc;
 
 use tally_pipeline::dedup::Dedup;
 use tally_pipeline::metrics::Metrics;
-use tally_pipeline::record::{encode_key_part, Value};
 use tally_pipeline::Dataset;
 
 fn rss_kib() -> u64 {
@@ -46,23 +48,7 @@ fn main() {
         let mut key = Vec::new();
         for i in 0..N {
             key.clear();
-            if dataset == Dataset::UsageLlm {
-                let id = format!(
-                    "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-                    i,
-                    i % 65536,
-                    i % 4096,
-                    i % 4096,
-                    i * 7919
-                );
-                encode_key_part(&Value::Str(id), &mut key);
-            } else {
-                encode_key_part(&Value::Str(format!("ud-{:016x}", i % 1000)), &mut key);
-                encode_key_part(
-                    &Value::Ts(1_700_000_000_000_000_000 + i as i64 * 100_000_000),
-                    &mut key,
-                );
-            }
+            keys::key_of(dataset, i, &mut key);
             dedup.insert(dataset, &key, 1_700_000_000);
         }
         let after = rss_kib();
