@@ -230,12 +230,15 @@ struct Arrivals {
     chunks: VecDeque<Vec<(u64, u32)>>,
     /// Arrivals of the front chunk already taken.
     head: usize,
-    len: usize,
 }
 
 impl Arrivals {
+    /// Every chunk but the last is full.
     fn len(&self) -> usize {
-        self.len
+        match self.chunks.back() {
+            Some(last) => (self.chunks.len() - 1) * ARRIVALS_CHUNK + last.len() - self.head,
+            None => 0,
+        }
     }
 
     fn push(&mut self, arrival: (u64, u32)) {
@@ -247,7 +250,6 @@ impl Arrivals {
                 self.chunks.push_back(chunk);
             }
         }
-        self.len += 1;
     }
 
     fn front(&self) -> Option<(u64, u32)> {
@@ -259,7 +261,6 @@ impl Arrivals {
         let chunk = self.chunks.front_mut()?;
         let arrival = *chunk.get(self.head)?;
         self.head += 1;
-        self.len -= 1;
         if self.head == chunk.len() {
             if chunk.len() == ARRIVALS_CHUNK || several {
                 self.chunks.pop_front();
@@ -280,7 +281,7 @@ impl Arrivals {
     }
 
     fn take_all(&mut self) -> Vec<(u64, u32)> {
-        let mut all = Vec::with_capacity(self.len);
+        let mut all = Vec::with_capacity(self.len());
         while let Some(a) = self.pop() {
             all.push(a);
         }
@@ -613,13 +614,19 @@ impl KeySet {
             }
         };
         let before = *len;
+        Self::retain_nested_since(prefixes, len, last.saturating_add(1));
+        (before - *len) as u64
+    }
+
+    /// Keeps the time-keyed keys first seen at or after `cutoff`, and
+    /// drops the prefixes left empty.
+    fn retain_nested_since(prefixes: &mut HashMap<Box<[u8]>, Times>, len: &mut usize, cutoff: u32) {
         *len = 0;
         prefixes.retain(|_, times| {
-            times.retain_since(last.saturating_add(1));
+            times.retain_since(cutoff);
             *len += times.len;
             times.len > 0
         });
-        (before - *len) as u64
     }
 }
 
@@ -819,12 +826,7 @@ impl Dedup {
                         }
                     }
                     KeySet::Nested { prefixes, len } => {
-                        *len = 0;
-                        prefixes.retain(|_, times| {
-                            times.retain_since(cutoff);
-                            *len += times.len;
-                            times.len > 0
-                        });
+                        KeySet::retain_nested_since(prefixes, len, cutoff);
                         break;
                     }
                 }
